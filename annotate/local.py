@@ -1,0 +1,155 @@
+"""Local teacher: a Hugging Face causal LM scores every label in one forward pass per row."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from annotate.config import AnnotateConfig
+from annotate.models import load_causal_lm, pick_device, pick_dtype
+from annotate.tasks import TaskSpec
+
+__all__ = ["Annotation", "LocalTeacher", "VerbalizerScorer"]
+
+
+@dataclass
+class Annotation:
+    """The teacher's answer for one row.
+
+    ``logprobs`` are natural-log probabilities renormalised over the label set; ``mass`` is
+    the probability the label sequences held before renormalising. A failed row has
+    ``error_type``/``error_message`` and no logprobs.
+    """
+
+    logprobs: list[float] | None = None
+    mass: float | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+class VerbalizerScorer:
+    """Scores each label's full verbalizer token sequence after a prompt.
+
+    One forward pass over the (left-padded) prompts gives the first label token; when some
+    verbalizer has more tokens, a second short pass feeds the label tokens on top of the
+    prompts' KV cache (repeated once per label), so the prompt is never computed twice and
+    labels whose first tokens collide are still told apart.
+
+    Args:
+        model: a causal LM in eval mode.
+        label_token_ids: for each label, the token ids of its continuation.
+        pad_token_id: id used for padding (any valid id; padded positions are masked).
+    """
+
+    def __init__(self, model, label_token_ids: list[list[int]], pad_token_id: int):
+        if any(len(ids) == 0 for ids in label_token_ids):
+            raise ValueError("every label needs at least one token")
+        self.model = model
+        self.label_ids = label_token_ids
+        self.pad_id = pad_token_id
+
+    @torch.no_grad()
+    def label_logprobs(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Return ``(batch, n_labels)`` log P(label tokens | prompt), unnormalised over labels."""
+        device = self.model.device
+        batch, n_labels = len(prompts), len(self.label_ids)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, ids in enumerate(prompts):  # left padding: every prompt ends at the last column
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        multi = max(len(ids) for ids in self.label_ids) > 1
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=multi)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        scores = first[:, [ids[0] for ids in self.label_ids]]
+        if multi:
+            scores = scores + self._continuation(out.past_key_values, mask, n_labels)
+        return scores.cpu()
+
+    def _continuation(self, cache, prompt_mask: torch.Tensor, n_labels: int) -> torch.Tensor:
+        """log P(label tokens 2..n | prompt, token 1) for every (row, label), from the cache."""
+        device = prompt_mask.device
+        batch = prompt_mask.shape[0]
+        steps = max(len(ids) for ids in self.label_ids) - 1
+        feed = torch.full((n_labels, steps), self.pad_id, dtype=torch.long)
+        target = torch.full((n_labels, steps), -1, dtype=torch.long)
+        for k, ids in enumerate(self.label_ids):
+            feed[k, : len(ids) - 1] = torch.tensor(ids[:-1])
+            target[k, : len(ids) - 1] = torch.tensor(ids[1:])
+        feed = feed.repeat(batch, 1).to(device)  # row-major: (row0,label0), (row0,label1), ...
+        target = target.repeat(batch, 1).to(device)
+        cache.batch_repeat_interleave(n_labels)
+        rep_mask = prompt_mask.repeat_interleave(n_labels, dim=0)
+        full_mask = torch.cat([rep_mask, (target >= 0).long()], dim=1)
+        start = rep_mask.sum(-1, keepdim=True)
+        positions = start + torch.arange(steps, device=device)
+        out = self.model(input_ids=feed, attention_mask=full_mask, position_ids=positions, past_key_values=cache)
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        picked = picked.masked_fill(target < 0, 0.0)
+        return picked.sum(-1).view(batch, n_labels)
+
+
+class LocalTeacher:
+    """A local Hugging Face causal LM as teacher (``--teacher smollm2``, a dir, a GGUF or a hub id)."""
+
+    returns_logprobs = True
+
+    def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        self.tokenizer, model = load_causal_lm(cfg.teacher, device, dtype, cfg.load_in_4bit)
+        self.task = task
+        self.max_prompt_tokens = cfg.max_prompt_tokens
+        self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        label_ids = [self.tokenizer(task.continuation(lab), add_special_tokens=False).input_ids for lab in task.labels]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.scorer = VerbalizerScorer(model, label_ids, pad if pad is not None else 0)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of the full prompt: chat template, then the pre-filled answer prefix."""
+        msgs = self.task.messages(text)
+        if self.has_template:
+            prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer(prompt + self.task.answer_prefix, add_special_tokens=False).input_ids
+        plain = "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
+        return self.tokenizer(plain).input_ids
+
+    def score(self, texts: list[str]) -> list[Annotation]:
+        """Annotate a batch; rows that fail come back as error annotations, never as exceptions."""
+        prompts = [self.prompt_ids(t) for t in texts]
+        results: list[Annotation | None] = [None] * len(texts)
+        ok = []
+        for i, ids in enumerate(prompts):
+            if len(ids) > self.max_prompt_tokens:
+                results[i] = Annotation(error_type="prompt_too_long", error_message=f"{len(ids)} prompt tokens > --max-prompt-tokens {self.max_prompt_tokens}")
+            else:
+                ok.append(i)
+        if ok:
+            try:
+                for i, ann in zip(ok, self._score_ids([prompts[i] for i in ok])):
+                    results[i] = ann
+            except (RuntimeError, ValueError) as err:  # e.g. out of memory: retry rows one by one
+                if len(ok) == 1:
+                    results[ok[0]] = Annotation(error_type=type(err).__name__, error_message=str(err).splitlines()[0][:300])
+                else:
+                    for i in ok:
+                        results[i] = self.score([texts[i]])[0]
+        return results  # type: ignore[return-value]
+
+    def _score_ids(self, prompts: list[list[int]]) -> list[Annotation]:
+        scores = self.scorer.label_logprobs(prompts)
+        return [normalise(row.tolist()) for row in scores]
+
+
+def normalise(raw: list[float]) -> Annotation:
+    """Renormalise label log-probs over the label set and keep the mass they held."""
+    total = torch.logsumexp(torch.tensor(raw, dtype=torch.float64), dim=0).item()
+    if not math.isfinite(total):
+        return Annotation(error_type="no_label_mass", error_message="every label has zero probability")
+    return Annotation(logprobs=[x - total for x in raw], mass=math.exp(total))

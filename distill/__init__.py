@@ -1,0 +1,8 @@
+"""distill: train a small student on the teacher's hard and soft labels."""
+
+from distill.config import DistillConfig
+from distill.data import build_dataloaders, load_training_rows
+from distill.losses import KDLoss, hybrid_kd_loss
+from distill.train import distill, load_student
+
+__all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_training_rows"]

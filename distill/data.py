@@ -1,0 +1,117 @@
+"""Training rows from the annotation chunks, and the dataloaders that batch them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from annotate.chunks import label_columns, read_annotations
+from distill.config import DistillConfig
+
+__all__ = ["TrainingRows", "load_training_rows", "build_dataloaders"]
+
+
+@dataclass
+class TrainingRows:
+    """Texts with hard label ids and teacher log-probs, split into train and validation."""
+
+    labels: list[str]
+    train: pd.DataFrame
+    val: pd.DataFrame
+    n_failed: int
+    manifest: dict
+
+
+def load_training_rows(cfg: DistillConfig) -> TrainingRows:
+    """Read the annotations, drop failed rows (counted), keep split=train, hold out a val set."""
+    frame, manifest = read_annotations(cfg.annotations or f"{cfg.out}/annotations")
+    labels = manifest["labels"]
+    failed = frame["error_type"] != ""
+    frame = frame[~failed & (frame["split"] == "train")].reset_index(drop=True)
+    if cfg.hard_labels == "gold":
+        if (frame["gold"] == "").any():
+            raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+        hard = frame["gold"]
+    else:
+        hard = frame["teacher_label"]
+    frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))
+    if len(frame) < 2:
+        raise ValueError(f"expected at least 2 annotated training rows; found {len(frame)}; annotate more rows (--limit)")
+    order = np.random.default_rng(cfg.seed).permutation(len(frame))
+    n_val = int(round(len(frame) * cfg.val_fraction))
+    val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
+    return TrainingRows(labels, train.reset_index(drop=True), val.reset_index(drop=True), int(failed.sum()), manifest)
+
+
+def _encode(frame: pd.DataFrame, labels: list[str], tokenizer, max_length: int) -> list[dict]:
+    enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)
+    teacher = frame[label_columns(labels)].to_numpy(np.float32)
+    return [
+        {"input_ids": ids, "label": int(y), "teacher_logprobs": t}
+        for ids, y, t in zip(enc["input_ids"], frame["hard"], teacher)
+    ]
+
+
+def _length_grouped(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of similar-length rows: sort within shuffled windows of 50 batches."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = 50 * batch_size
+    batches = []
+    for w in range(0, len(order), window):
+        part = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+        batches += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class _EpochBatches:
+    """A batch sampler that draws new length-grouped batches each epoch (seed + epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def __iter__(self):
+        self.epoch += 1
+        return iter(_length_grouped(self.lengths, self.batch_size, self.seed + self.epoch))
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tuple[DataLoader, DataLoader | None]:
+    """Tokenize once; batches are padded to their own longest row (dynamic padding)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def collate(items: list[dict]) -> dict:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, it in enumerate(items):  # right padding (the encoder student reads position 0)
+            ids[i, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            mask[i, : len(it["input_ids"])] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([it["label"] for it in items]),
+            "teacher_logprobs": torch.tensor(np.stack([it["teacher_logprobs"] for it in items])),
+        }
+
+    train = _encode(rows.train, rows.labels, tokenizer, cfg.max_length)
+    if cfg.group_by_length:
+        sampler = _EpochBatches([len(it["input_ids"]) for it in train], cfg.batch_size, cfg.seed)
+        train_dl = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        train_dl = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate)
+    val_dl = None
+    if len(rows.val):
+        val = _encode(rows.val, rows.labels, tokenizer, cfg.max_length)
+        val_dl = DataLoader(val, batch_size=2 * cfg.batch_size, collate_fn=collate)
+    return train_dl, val_dl

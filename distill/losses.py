@@ -1,0 +1,58 @@
+"""The hybrid distillation loss, as a pure tensor function."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["KDLoss", "hybrid_kd_loss"]
+
+
+class KDLoss(NamedTuple):
+    """The total loss and its two parts (each already a mean over its rows)."""
+
+    total: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+
+
+def hybrid_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+) -> KDLoss:
+    """``L = α·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−α)·CE(y, softmax(z_S))``.
+
+    Defaults α=0.5, T=2.0 are LLM-Neo's. α=0 is plain hard-label fine-tuning, α=1 pure KD.
+    The T² factor keeps the KD gradient's size independent of T (Hinton et al. 2015).
+
+    Args:
+        student_logits: ``(batch, n_labels)`` raw student scores z_S.
+        teacher_logprobs: ``(batch, n_labels)`` teacher label log-probs z_T (natural log). Rows
+            with any non-finite value (no soft label) are left out of the KD mean.
+        labels: ``(batch,)`` hard label ids; ``-100`` rows are left out of the CE mean.
+        alpha: weight of the KD part, in [0, 1].
+        temperature: softening temperature T > 0 applied to both distributions in KD.
+
+    Returns:
+        ``KDLoss(total, kd, ce)``; a part with no rows to average is 0 (never NaN).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected 0 <= alpha <= 1, found {alpha}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected > 0, found {temperature}")
+    has_soft = torch.isfinite(teacher_logprobs).all(dim=-1)
+    teacher = torch.where(has_soft.unsqueeze(-1), teacher_logprobs, torch.zeros_like(teacher_logprobs))
+    t_logp = F.log_softmax(teacher.float() / temperature, dim=-1)
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    kl_rows = (t_logp.exp() * (t_logp - s_logp)).sum(dim=-1)
+    kd = (kl_rows * has_soft).sum() / has_soft.sum().clamp(min=1) * temperature**2
+
+    has_hard = labels != -100
+    ce_rows = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
+    ce = (ce_rows * has_hard).sum() / has_hard.sum().clamp(min=1)
+    return KDLoss(alpha * kd + (1 - alpha) * ce, kd, ce)

@@ -1,0 +1,148 @@
+"""The ``distillery`` command: annotate, distill, evaluate, or run all three.
+
+    distillery run                                   # the embedded demo (tweets, SmolLM2 -> MiniLM)
+    distillery run --data reviews.csv --label-column label --labels negative,positive --out data/runs/reviews
+    distillery annotate --config my.yaml --limit 500
+    distillery distill --out data/runs/reviews --alpha 0.8
+    distillery evaluate --out data/runs/reviews
+
+Every subcommand takes ``--config FILE.yaml`` (flat keys, the same names as the flags with
+underscores); flags win over the file, unknown keys are errors. The resolved config is written
+next to each stage's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from annotate.config import AnnotateConfig
+from distill.config import DistillConfig
+from evaluation.config import EvaluateConfig
+
+STAGES = {
+    "annotate": (AnnotateConfig,),
+    "distill": (DistillConfig,),
+    "evaluate": (EvaluateConfig,),
+    "run": (AnnotateConfig, DistillConfig, EvaluateConfig),
+}
+HELP = {
+    "annotate": "ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv",
+    "distill": "train a student on OUT/annotations with the hybrid KD loss; save OUT/student",
+    "evaluate": "compare students, teacher and gold; write OUT/report.md and OUT/metrics.json",
+    "run": "annotate, distill and evaluate in one go (no arguments: the embedded demo)",
+}
+
+
+def _fields(classes) -> dict[str, dataclasses.Field]:
+    """The union of the config fields; a name shared by two stages means the same thing."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, f)
+    return out
+
+
+def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    help_text = f"{f.metadata.get('help', '')} (default: {default if default != [] else 'none'})"
+    kind = str(f.type)
+    if kind == "bool":
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif kind.startswith("list"):
+        parser.add_argument(flag, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None, metavar="A,B", help=help_text)
+    else:
+        convert = {"int": int, "float": float}.get(kind, str)
+        parser.add_argument(flag, type=convert, default=None, choices=f.metadata.get("choices"), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{annotate,distill,evaluate,run}")
+    for name, classes in STAGES.items():
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
+        for f in _fields(classes).values():
+            _add_flag(p, f)
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """Defaults <- YAML file <- flags, checked against the stage's fields."""
+    known = _fields(STAGES[args.command])
+    values: dict = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: '{path}'")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
+    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+    return values
+
+
+def build(cls, values: dict):
+    """An instance of one stage's config from the resolved values that belong to it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def headline(metrics: dict) -> str:
+    t, s = metrics["teacher"], metrics["student"]
+    speed = f"{s['speedup']:.1f}×" if s.get("speedup") else "–"
+    rows = [
+        ("teacher accuracy", f"{t['accuracy']:.4f}"),
+        ("student accuracy", f"{s['accuracy']:.4f}"),
+        ("majority baseline", f"{metrics['majority_accuracy']:.4f}"),
+        ("agreement", f"{metrics['agreement']:.4f}"),
+        ("Cohen's κ", f"{metrics['kappa']:.4f}"),
+        ("retention", f"{metrics['retention']:.4f}"),
+        ("student speed-up", speed),
+    ]
+    return "\n".join(f"  {k:<18} {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        values = resolve(args)
+        configs = [build(cls, values) for cls in STAGES[args.command]]
+        started = time.perf_counter()
+        from annotate import annotate
+        from distill import distill
+        from evaluation import evaluate
+
+        if args.command == "annotate":
+            annotate(configs[0])
+        elif args.command == "distill":
+            distill(configs[0])
+        else:
+            if args.command == "run":
+                annotate(configs[0])
+                distill(configs[1])
+            metrics = evaluate(configs[-1])
+            print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
+        print(f"{args.command}: finished in {time.perf_counter() - started:.0f} s")
+    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
+        if os.environ.get("DISTILLERY_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"distillery {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Typed config of the evaluate stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from annotate.config import option
+
+
+@dataclass
+class EvaluateConfig:
+    """What is compared: the students in ``students`` against the teacher's annotations and gold."""
+
+    out: str = option("data/runs/demo", "run directory; the report goes to OUT/report.md")
+    annotations: str = option("", "annotations dir with the teacher's labels and gold (default OUT/annotations)")
+    students: list[str] = option([], "student model dirs, comma-separated (default OUT/student)")
+    eval_split: str = option("test", "which rows to evaluate on: test, train or all")
+    speed_rows: int = option(128, "rows used to time student and teacher (0 = skip the teacher timing)")
+    eval_batch_size: int = option(32, "student batch size for inference")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.students, str):
+            self.students = [s.strip() for s in self.students.split(",") if s.strip()]
+        if self.eval_split not in ("test", "train", "all"):
+            raise ValueError(f"eval_split: expected test, train or all, found '{self.eval_split}'")
+        if self.speed_rows < 0 or self.eval_batch_size < 1:
+            raise ValueError("speed_rows: expected >= 0; eval_batch_size: expected >= 1")

@@ -1,0 +1,146 @@
+"""The evaluate stage: student(s) vs teacher vs gold -> metrics.json, report.md, plots.
+
+Run it with::
+
+    distillery evaluate --out data/runs/demo     # OUT/annotations (test split) and OUT/student
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from annotate.chunks import label_columns, read_annotations
+from annotate.config import AnnotateConfig
+from annotate.models import pick_device, resolve_model
+from evaluation.config import EvaluateConfig
+from evaluation.metrics import agreement_metrics, classification_metrics
+from evaluation.report import ReportData, plot_confusion, render_report
+
+__all__ = ["evaluate", "predict_student", "size_on_disk"]
+
+
+def size_on_disk(path: str | Path) -> int | None:
+    """Bytes of a model file or directory (None for a hub id that is not local)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return None
+
+
+@torch.no_grad()
+def predict_student(model, tokenizer, texts: list[str], batch_size: int, max_length: int = 128) -> np.ndarray:
+    """Class probabilities ``(n, n_labels)`` of a sequence classifier, batched."""
+    probs = []
+    for b in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[b : b + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
+        probs.append(torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(probs)
+
+
+def _time(fn, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | None]:
+    """Rows/s, batch size and parameter count of the annotation's teacher on ``texts``."""
+    from annotate.backends import build_teacher
+    from annotate.tasks import TaskSpec
+
+    cfg = AnnotateConfig(**manifest["config"])
+    teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
+    teacher.score(texts[: cfg.teacher_batch_size])  # warm-up
+    bs = cfg.teacher_batch_size
+    seconds, _ = _time(lambda: [teacher.score(texts[b : b + bs]) for b in range(0, len(texts), bs)])
+    params = sum(p.numel() for p in teacher.scorer.model.parameters()) if hasattr(teacher, "scorer") else None
+    return len(texts) / seconds, bs, params
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Compare students, teacher and gold on the evaluation rows; write the report. Returns metrics."""
+    out = Path(cfg.out)
+    frame, manifest = read_annotations(cfg.annotations or out / "annotations")
+    labels = manifest["labels"]
+    rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
+    n_failed = int((rows["error_type"] != "").sum())
+    rows = rows[rows["error_type"] == ""]
+    if len(rows) == 0 or (rows["gold"] == "").any():
+        raise ValueError(
+            f"evaluate: expected {cfg.eval_split} rows with gold labels; found {len(rows)} rows, "
+            f"{int((rows['gold'] == '').sum())} without gold; annotate with --label-column and --test-fraction > 0"
+        )
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    gold = rows["gold"].map(label_id).to_numpy()
+    texts = rows["text"].tolist()
+    speed_texts = texts[: cfg.speed_rows]
+    device = pick_device(cfg.device)
+
+    teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
+    models = {"teacher": classification_metrics(teacher_probs, gold, labels)}
+    teacher_src = resolve_model(manifest["teacher"])
+    models["teacher"].update(size_bytes=size_on_disk(teacher_src))
+    if speed_texts:
+        rps, bs, params = _teacher_speed(manifest, speed_texts)
+        models["teacher"].update(rows_per_s=rps, batch_size=bs, parameters=params)
+
+    students = cfg.students or [str(out / "student")]
+    for path in students:
+        name = Path(path).name
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        if [model.config.id2label[i] for i in range(len(labels))] != labels:
+            raise ValueError(f"{path}: expected a student for labels {labels}; found {list(model.config.id2label.values())}")
+        probs = predict_student(model, tokenizer, texts, cfg.eval_batch_size)
+        m = classification_metrics(probs, gold, labels)
+        m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))
+        m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if models["teacher"]["accuracy"] else None
+        if speed_texts:
+            predict_student(model, tokenizer, speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
+            seconds, _ = _time(predict_student, model, tokenizer, speed_texts, cfg.eval_batch_size)
+            m["rows_per_s"] = len(speed_texts) / seconds
+            if models["teacher"].get("rows_per_s"):
+                m["speedup"] = m["rows_per_s"] / models["teacher"]["rows_per_s"]
+        m.update(parameters=sum(p.numel() for p in model.parameters()), size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size)
+        models[name] = m
+
+    # Majority class of the training rows' gold labels (the class prior a reader should beat).
+    train_gold = frame.loc[(frame["split"] == "train") & (frame["gold"] != ""), "gold"]
+    majority = (train_gold if len(train_gold) else rows["gold"]).value_counts().idxmax()
+    majority_acc = float((rows["gold"] == majority).mean())
+
+    plots = []
+    for name, m in models.items():
+        plots.append(f"confusion_{name}_vs_gold.png")
+        plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
+    for name, m in list(models.items())[1:]:
+        plots.append(f"confusion_{name}_vs_teacher.png")
+        plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
+
+    first = next(k for k in models if k != "teacher")
+    metrics = {
+        "labels": labels, "split": cfg.eval_split, "rows": len(rows), "rows_failed": n_failed,
+        "majority_label": majority, "majority_accuracy": majority_acc,
+        "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
+        "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+    (out / "evaluate_config.yaml").write_text(config_text)
+    report = ReportData(
+        task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(rows), n_failed=n_failed,
+        labels=labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(speed_texts),
+        device=str(device), plots=plots, config=config_text,
+    )
+    (out / "report.md").write_text(render_report(report))
+    return metrics

@@ -1,0 +1,103 @@
+"""Render ``report.md`` from a dataclass and ``report_template.md``; draw confusion matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table"]
+
+TEMPLATE = Path(__file__).with_name("report_template.md")
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows. ``models`` maps a display name to its metrics dict."""
+
+    task: str
+    teacher: str
+    split: str
+    n_rows: int
+    n_failed: int
+    labels: list[str]
+    majority_label: str
+    majority_accuracy: float
+    models: dict[str, dict]  # "teacher" first, then the students
+    speed_rows: int
+    device: str
+    plots: list[str]
+    config: str
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _params(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.1f}M params"
+
+
+def render_report(data: ReportData) -> str:
+    """The report as Markdown text."""
+    teacher = data.models["teacher"]
+    students = {k: v for k, v in data.models.items() if k != "teacher"}
+    headline = markdown_table(
+        ["student", "teacher acc", "student acc", "agreement", "κ", "retention", "speed-up"],
+        [[name, teacher["accuracy"], m["accuracy"], m["agreement"], m["kappa"], m["retention"],
+          None if m.get("speedup") is None else f"{m['speedup']:.1f}×"] for name, m in students.items()],
+    )
+    quality = markdown_table(
+        ["model", "accuracy", "majority baseline", "macro-F1", "ECE"],
+        [[name, m["accuracy"], data.majority_accuracy, m["macro_f1"], m["ece"]] for name, m in data.models.items()],
+    )
+    per_class = markdown_table(
+        ["model", *data.labels],
+        [[name, *[m["per_class"][lab]["f1"] for lab in data.labels]] for name, m in data.models.items()],
+    )
+    speed = markdown_table(
+        ["model", "rows/s", "batch", "parameters", "size on disk (MB)"],
+        [[name, m.get("rows_per_s"), m.get("batch_size"), m.get("parameters"),
+          None if m.get("size_bytes") is None else m["size_bytes"] / 1e6] for name, m in data.models.items()],
+    )
+    plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
+    return TEMPLATE.read_text().format(
+        task=data.task, teacher=data.teacher, teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
+        split=data.split, n_failed=data.n_failed, majority_label=data.majority_label,
+        majority_accuracy=_fmt(data.majority_accuracy), headline=headline, quality=quality, per_class=per_class,
+        speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=data.config.rstrip(),
+    )
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, ylabel: str, xlabel: str, path: Path) -> None:
+    """Save one confusion matrix as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+    ax.imshow(m, cmap="Blues")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""Tiny random models and a locally trained tokenizer for tests: nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "I love this movie, it is great and wonderful",
+    "I hate this film, it is terrible and awful",
+    "the weather is fine today, nothing special",
+    "Sentiment: positive negative neutral",
+    "What is the sentiment of this text? Answer negative, positive.",
+    "You are a sentiment classifier. Answer with one word",
+] * 20
+
+
+def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (vocab ~300) with a ChatML template, saved to ``path``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", mask_token="<mask>", unk_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_llama(path: Path, seed: int = 0) -> Path:
+    """A 2-layer random Llama causal LM plus the tiny tokenizer, saved to ``path``."""
+    import torch
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer(path)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def build_roberta(path: Path, seed: int = 0) -> Path:
+    """A 2-layer random RoBERTa (hidden 32) plus the tiny tokenizer, saved to ``path``."""
+    import torch
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer(path)
+    config = RobertaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=300, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, num_labels=2,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(path)
+    return path
