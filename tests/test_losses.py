@@ -1,0 +1,75 @@
+"""Closed-form identities of the hybrid KD loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import hybrid_kd_loss
+
+
+def _batch(seed=0, n=6, c=3):
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, c, generator=g, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(n, c, generator=g), dim=-1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    return student, teacher, labels
+
+
+def test_identical_distributions_give_zero_kd():
+    student, teacher, labels = _batch()
+    loss = hybrid_kd_loss(teacher.clone().requires_grad_(), teacher, labels, alpha=1.0, temperature=2.0)
+    assert loss.kd.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    student, teacher, labels = _batch()
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=0.0)
+    assert loss.total.item() == pytest.approx(F.cross_entropy(student, labels).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_kd_is_t_squared_times_kl_at_temperature(temperature):
+    student, teacher, labels = _batch(seed=1)
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=1.0, temperature=temperature)
+    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1), log_target=True, reduction="batchmean")
+    assert loss.kd.item() == pytest.approx(temperature**2 * kl.item(), rel=1e-5)
+    assert loss.total.item() == pytest.approx(loss.kd.item(), rel=1e-6)
+
+
+def test_total_is_the_alpha_mix():
+    student, teacher, labels = _batch(seed=2)
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=0.3, temperature=2.0)
+    assert loss.total.item() == pytest.approx(0.3 * loss.kd.item() + 0.7 * loss.ce.item(), rel=1e-6)
+
+
+def test_masked_rows_get_no_gradient_and_no_nan():
+    student, teacher, labels = _batch(seed=3)
+    teacher = teacher.clone()
+    teacher[0] = float("nan")  # no soft label for row 0
+    labels = labels.clone()
+    labels[0] = -100  # and no hard label either
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=0.5)
+    loss.total.backward()
+    assert torch.isfinite(loss.total)
+    assert torch.all(student.grad[0] == 0)
+    assert student.grad[1:].abs().sum() > 0
+
+
+def test_nothing_to_average_gives_zero_not_nan():
+    student, teacher, _ = _batch()
+    loss = hybrid_kd_loss(student, torch.full_like(teacher, float("nan")), torch.full((6,), -100), alpha=0.5)
+    assert loss.total.item() == 0.0 and loss.kd.item() == 0.0 and loss.ce.item() == 0.0
+
+
+def test_teacher_gets_no_gradient():
+    student, teacher, labels = _batch()
+    teacher = teacher.clone().requires_grad_()
+    hybrid_kd_loss(student, teacher.detach(), labels, alpha=1.0).total.backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+@pytest.mark.parametrize("alpha,temperature", [(-0.1, 2.0), (1.5, 2.0), (0.5, 0.0)])
+def test_bad_hyperparameters_are_rejected(alpha, temperature):
+    student, teacher, labels = _batch()
+    with pytest.raises(ValueError, match="alpha|temperature"):
+        hybrid_kd_loss(student, teacher, labels, alpha=alpha, temperature=temperature)

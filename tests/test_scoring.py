@@ -1,0 +1,79 @@
+"""Verbalizer scoring: full label sequences, left padding, colliding first tokens, renormalisation."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from annotate.config import AnnotateConfig
+from annotate.local import LocalTeacher, VerbalizerScorer, normalise
+from annotate.tasks import TaskSpec, load_task
+
+
+def _reference(model, prompt, label_ids):
+    """log P(label | prompt) from one unpadded forward pass over prompt + label."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + label_ids])).logits[0].float(), -1)
+    return sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(label_ids))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+
+
+def test_multi_token_labels_match_unbatched_reference(llama):
+    tok, model = llama
+    words = [" negative", " positive", " neutral"]
+    label_ids = [tok(w, add_special_tokens=False).input_ids for w in words]
+    assert max(len(ids) for ids in label_ids) > 1, "the test needs multi-token labels"
+    assert label_ids[0][0] == label_ids[2][0], "the test needs two labels whose first tokens collide"
+    prompts = [tok(t).input_ids for t in ["I love this movie", "the weather is fine today, nothing special at all", "hate"]]
+    got = VerbalizerScorer(model, label_ids, tok.pad_token_id).label_logprobs(prompts)
+    want = torch.tensor([[_reference(model, p, ids) for ids in label_ids] for p in prompts])
+    assert torch.allclose(got, want, atol=1e-4)
+    assert got[:, 0].ne(got[:, 2]).all(), "colliding first tokens must still give different scores"
+
+
+def test_batched_equals_one_by_one(llama):
+    tok, model = llama
+    label_ids = [tok(w, add_special_tokens=False).input_ids for w in [" negative", " positive"]]
+    scorer = VerbalizerScorer(model, label_ids, tok.pad_token_id)
+    prompts = [tok(t).input_ids for t in ["a", "what a great and wonderful day it was", "terrible"]]
+    batched = scorer.label_logprobs(prompts)
+    single = torch.cat([scorer.label_logprobs([p]) for p in prompts])
+    assert torch.allclose(batched, single, atol=1e-4)
+
+
+def test_normalise_renormalises_over_labels_and_keeps_the_mass():
+    ann = normalise([math.log(0.2), math.log(0.3)])
+    assert sum(math.exp(x) for x in ann.logprobs) == pytest.approx(1.0)
+    assert math.exp(ann.logprobs[0]) == pytest.approx(0.4)
+    assert ann.mass == pytest.approx(0.5)
+    assert normalise([-math.inf, -math.inf]).error_type == "no_label_mass"
+
+
+def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama):
+    task = load_task("sentiment-binary")
+    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), task)
+    text = teacher.tokenizer.decode(teacher.prompt_ids("great fun"))
+    assert text.endswith("<|im_start|>assistant\nSentiment:")
+    assert "Text: great fun" in text
+    out = teacher.score(["great fun", "awful acting"])
+    assert all(a.error_type == "" for a in out)
+    assert all(sum(math.exp(x) for x in a.logprobs) == pytest.approx(1.0) and 0 < a.mass <= 1 for a in out)
+
+
+def test_too_long_prompt_is_an_error_row_not_an_exception(tiny_llama):
+    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu", max_prompt_tokens=200), load_task("sentiment-binary"))
+    out = teacher.score(["short", "long " * 200])
+    assert out[0].error_type == "" and out[0].logprobs is not None
+    assert out[1].error_type == "prompt_too_long" and out[1].logprobs is None
+
+
+def test_task_needs_two_labels():
+    with pytest.raises(ValueError, match="at least two labels"):
+        TaskSpec(name="t", labels=["positive"], instruction="{text}")
+    with pytest.raises(ValueError, match="at least two labels"):
+        load_task("sentiment-binary", labels=["positive"])
