@@ -100,16 +100,20 @@ def build(cls, values: dict):
 
 
 def headline(metrics: dict) -> str:
+    """The table ``run`` and ``evaluate`` print ("–" where there is no gold label)."""
     t, s = metrics["teacher"], metrics["student"]
-    speed = f"{s['speedup']:.1f}×" if s.get("speedup") else "–"
+
+    def num(x) -> str:
+        return "–" if x is None else f"{x:.4f}"
+
     rows = [
-        ("teacher accuracy", f"{t['accuracy']:.4f}"),
-        ("student accuracy", f"{s['accuracy']:.4f}"),
-        ("majority baseline", f"{metrics['majority_accuracy']:.4f}"),
-        ("agreement", f"{metrics['agreement']:.4f}"),
-        ("Cohen's κ", f"{metrics['kappa']:.4f}"),
-        ("retention", f"{metrics['retention']:.4f}"),
-        ("student speed-up", speed),
+        ("teacher accuracy", num(t["accuracy"])),
+        ("student accuracy", num(s["accuracy"])),
+        ("majority baseline", num(metrics["majority_accuracy"])),
+        ("agreement", num(metrics["agreement"])),
+        ("Cohen's κ", num(metrics["kappa"])),
+        ("retention", num(metrics["retention"])),
+        ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
     return "\n".join(f"  {k:<18} {v}" for k, v in rows)
 

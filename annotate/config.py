@@ -28,7 +28,7 @@ class AnnotateConfig:
     hf_config: str = option("", "config name of an hf: dataset (e.g. sst2 for hf:glue)")
     split: str = option("train", "split of an hf: dataset")
     text_column: str = option("text", "column that holds the text")
-    label_column: str = option("", "column with gold labels (optional; 'tweets' uses its crowd labels)")
+    label_column: str = option("", "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)")
     id_column: str = option("", "column with row ids (default: a stable hash of the text)")
     limit: int = option(1200, "annotate at most this many rows (0 = all), sampled with --seed")
     balance: bool = option(True, "sample the same number of rows per gold label (needs gold labels)")

@@ -44,6 +44,8 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         frame = frame[frame[label_col].isin(labels)]
     else:
         frame = _read_table(cfg)
+        if not label_col and "label" in frame.columns:
+            label_col = "label"  # the usual name; pass --label-column for another
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
     frame = frame.reset_index(drop=True)

@@ -3,6 +3,7 @@
 from distill.config import DistillConfig
 from distill.data import build_dataloaders, load_training_rows
 from distill.losses import KDLoss, hybrid_kd_loss
-from distill.train import distill, load_student
+from distill.students import load_student, load_trained_student
+from distill.train import distill
 
-__all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_training_rows"]
+__all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_trained_student", "load_training_rows"]

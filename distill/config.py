@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from annotate.config import option
 
-STUDENTS = ("encoder",)
+STUDENTS = ("encoder", "llama-lora")
 
 
 @dataclass
@@ -21,8 +21,8 @@ class DistillConfig:
     out: str = option("data/runs/demo", "run directory; reads OUT/annotations, writes OUT/student")
     annotations: str = option("", "annotations dir (default OUT/annotations)")
     output_dir: str = option("", "where the student is saved (default OUT/student)")
-    student: str = option("encoder", "student kind: encoder (AutoModelForSequenceClassification)", choices=STUDENTS)
-    student_model: str = option("minilm", "student checkpoint: 'minilm' (embedded), a hub id or a local dir")
+    student: str = option("encoder", "student kind: encoder (AutoModelForSequenceClassification) or llama-lora (LLM-Neo)", choices=STUDENTS)
+    student_model: str = option("", "student checkpoint: a hub id, a local dir or a .gguf (default: minilm for encoder, smollm2 for llama-lora)")
     hard_labels: str = option("teacher", "hard labels for the CE part: teacher or gold", choices=("teacher", "gold"))
     alpha: float = option(0.5, "weight of the KD part (0 = hard labels only, 1 = pure KD)")
     temperature: float = option(2.0, "KD temperature T")
@@ -36,6 +36,12 @@ class DistillConfig:
     val_fraction: float = option(0.1, "share of training rows held out to pick the best checkpoint")
     evals_per_epoch: int = option(2, "validation passes per epoch (best one is kept)")
     group_by_length: bool = option(True, "batch texts of similar length together (less padding)")
+    lora_r: int = option(4, "LoRA rank (llama-lora; LLM-Neo: 4)")
+    lora_alpha: float = option(8.0, "LoRA alpha (LLM-Neo: 8)")
+    lora_dropout: float = option(0.1, "LoRA dropout (LLM-Neo: 0.1)")
+    lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj"], "modules that get LoRA adapters, comma-separated")
+    load_in_4bit: bool = option(False, "QLoRA: load the llama student in 4 bit with bitsandbytes (CUDA only)")
+    merge: bool = option(False, "llama-lora: also save a merged standalone model in OUTPUT_DIR/merged")
     seed: int = option(0, "seed for the split, shuffling and initialisation")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
 
@@ -51,5 +57,9 @@ class DistillConfig:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.student not in STUDENTS:
             raise ValueError(f"student: expected one of {STUDENTS}, found '{self.student}'")
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r: expected >= 1, found {self.lora_r}")
         if self.hard_labels not in ("teacher", "gold"):
             raise ValueError(f"hard_labels: expected teacher or gold, found '{self.hard_labels}'")

@@ -18,28 +18,15 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
-from annotate.models import pick_device, resolve_model
+from annotate.models import pick_device
 from distill.config import DistillConfig
 from distill.data import build_dataloaders, load_training_rows
 from distill.losses import hybrid_kd_loss
+from distill.students import load_student, save_student, trainable_parameters
 
-__all__ = ["distill", "load_student", "evaluate_student"]
-
-
-def load_student(cfg: DistillConfig, labels: list[str]):
-    """``(tokenizer, model)``: an encoder with a fresh classification head for ``labels``."""
-    path = resolve_model(cfg.student_model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={lab: i for i, lab in enumerate(labels)},
-        ignore_mismatched_sizes=True,
-    )
-    return tokenizer, model
+__all__ = ["distill", "evaluate_student"]
 
 
 @torch.no_grad()
@@ -67,6 +54,8 @@ def distill(cfg: DistillConfig) -> Path:
     rows = load_training_rows(cfg)
     print(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out")
     tokenizer, model = load_student(cfg, rows.labels)
+    trainable, total = trainable_parameters(model)
+    print(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
 
     device = pick_device(cfg.device)
@@ -95,9 +84,9 @@ def distill(cfg: DistillConfig) -> Path:
             bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}")
             if val_dl is not None and step in eval_at:
                 record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(model, val_dl, cfg).items()})
-                if record["val_accuracy"] > best:  # keep the best checkpoint in memory
+                if record["val_accuracy"] > best:  # keep the best checkpoint's trainable weights in memory
                     best = record["val_accuracy"]
-                    best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                    best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).named_parameters() if v.requires_grad}
                 tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
             log.append(record)
     bar.close()
@@ -105,10 +94,8 @@ def distill(cfg: DistillConfig) -> Path:
 
     student = accelerator.unwrap_model(model)
     if best_state is not None:
-        student.load_state_dict(best_state)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+        student.load_state_dict(best_state, strict=False)
+    save_student(student, tokenizer, out_dir, cfg, rows.labels)
     (out_dir / "distillery_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     with open(out_dir / "train_log.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in log)
@@ -116,6 +103,7 @@ def distill(cfg: DistillConfig) -> Path:
         "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
         "steps": steps, "train_seconds": train_seconds, "train_rows_per_s": cfg.epochs * len(rows.train) / train_seconds,
         "best_val_accuracy": best if best >= 0 else None, "labels": rows.labels,
+        "trainable_parameters": trainable, "total_parameters": total,
     }
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']})")

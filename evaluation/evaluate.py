@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from annotate.chunks import label_columns, read_annotations
 from annotate.config import AnnotateConfig
 from annotate.models import pick_device, resolve_model
+from distill.students import load_trained_student
 from evaluation.config import EvaluateConfig
 from evaluation.metrics import agreement_metrics, classification_metrics
 from evaluation.report import ReportData, plot_confusion, render_report
@@ -75,19 +75,26 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
     n_failed = int((rows["error_type"] != "").sum())
     rows = rows[rows["error_type"] == ""]
-    if len(rows) == 0 or (rows["gold"] == "").any():
-        raise ValueError(
-            f"evaluate: expected {cfg.eval_split} rows with gold labels; found {len(rows)} rows, "
-            f"{int((rows['gold'] == '').sum())} without gold; annotate with --label-column and --test-fraction > 0"
-        )
+    if len(rows) == 0:
+        raise ValueError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
+    n_gold = int((rows["gold"] != "").sum())
+    if 0 < n_gold < len(rows):
+        raise ValueError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
+    has_gold = n_gold > 0  # without gold: agreement, κ and speed only
     label_id = {lab: i for i, lab in enumerate(labels)}
-    gold = rows["gold"].map(label_id).to_numpy()
+    gold = rows["gold"].map(label_id).to_numpy() if has_gold else None
+
+    def vs_gold(probs: np.ndarray) -> dict:
+        if has_gold:
+            return classification_metrics(probs, gold, labels)
+        return {"accuracy": None, "macro_f1": None, "ece": None, "confusion": None, "per_class": {lab: {"f1": None} for lab in labels}}
+
     texts = rows["text"].tolist()
     speed_texts = texts[: cfg.speed_rows]
     device = pick_device(cfg.device)
 
     teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
-    models = {"teacher": classification_metrics(teacher_probs, gold, labels)}
+    models = {"teacher": vs_gold(teacher_probs)}
     teacher_src = resolve_model(manifest["teacher"])
     models["teacher"].update(size_bytes=size_on_disk(teacher_src))
     if speed_texts:
@@ -97,14 +104,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     students = cfg.students or [str(out / "student")]
     for path in students:
         name = Path(path).name
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        tokenizer, model = load_trained_student(path, device)
         if [model.config.id2label[i] for i in range(len(labels))] != labels:
             raise ValueError(f"{path}: expected a student for labels {labels}; found {list(model.config.id2label.values())}")
         probs = predict_student(model, tokenizer, texts, cfg.eval_batch_size)
-        m = classification_metrics(probs, gold, labels)
+        m = vs_gold(probs)
         m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))
-        m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if models["teacher"]["accuracy"] else None
+        m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if has_gold and models["teacher"]["accuracy"] else None
         if speed_texts:
             predict_student(model, tokenizer, speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
             seconds, _ = _time(predict_student, model, tokenizer, speed_texts, cfg.eval_batch_size)
@@ -114,15 +120,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         m.update(parameters=sum(p.numel() for p in model.parameters()), size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size)
         models[name] = m
 
-    # Majority class of the training rows' gold labels (the class prior a reader should beat).
-    train_gold = frame.loc[(frame["split"] == "train") & (frame["gold"] != ""), "gold"]
-    majority = (train_gold if len(train_gold) else rows["gold"]).value_counts().idxmax()
-    majority_acc = float((rows["gold"] == majority).mean())
-
-    plots = []
-    for name, m in models.items():
-        plots.append(f"confusion_{name}_vs_gold.png")
-        plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
+    majority, majority_acc, plots = None, None, []
+    if has_gold:  # majority class of the training rows' gold labels: the prior a reader should beat
+        train_gold = frame.loc[(frame["split"] == "train") & (frame["gold"] != ""), "gold"]
+        majority = (train_gold if len(train_gold) else rows["gold"]).value_counts().idxmax()
+        majority_acc = float((rows["gold"] == majority).mean())
+        for name, m in models.items():
+            plots.append(f"confusion_{name}_vs_gold.png")
+            plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
     for name, m in list(models.items())[1:]:
         plots.append(f"confusion_{name}_vs_teacher.png")
         plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])

@@ -22,8 +22,8 @@ class ReportData:
     n_rows: int
     n_failed: int
     labels: list[str]
-    majority_label: str
-    majority_accuracy: float
+    majority_label: str | None  # None when the rows have no gold labels
+    majority_accuracy: float | None
     models: dict[str, dict]  # "teacher" first, then the students
     speed_rows: int
     device: str
@@ -71,11 +71,14 @@ def render_report(data: ReportData) -> str:
         [[name, m.get("rows_per_s"), m.get("batch_size"), m.get("parameters"),
           None if m.get("size_bytes") is None else m["size_bytes"] / 1e6] for name, m in data.models.items()],
     )
+    if data.majority_label is None:
+        baseline = "No gold labels: accuracy, F1 and ECE are unavailable; agreement and κ compare student and teacher."
+    else:
+        baseline = f"Majority-class baseline (always `{data.majority_label}`): accuracy **{_fmt(data.majority_accuracy)}**."
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     return TEMPLATE.read_text().format(
         task=data.task, teacher=data.teacher, teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
-        split=data.split, n_failed=data.n_failed, majority_label=data.majority_label,
-        majority_accuracy=_fmt(data.majority_accuracy), headline=headline, quality=quality, per_class=per_class,
+        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, quality=quality, per_class=per_class,
         speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=data.config.rstrip(),
     )
 

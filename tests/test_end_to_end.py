@@ -36,3 +36,18 @@ def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, rev
     assert saved["epochs"] == 2 and saved["student_model"] == str(tiny_roberta)
     log = [json.loads(line) for line in (out / "student" / "train_log.jsonl").read_text().splitlines()]
     assert {"kd", "ce", "loss"} <= set(log[0]) and any("val_accuracy" in r for r in log)
+
+
+def test_run_without_gold_labels_reports_agreement_only(tiny_llama, tiny_roberta, tmp_path, capsys):
+    from conftest import make_rows
+
+    path = tmp_path / "unlabelled.jsonl"
+    make_rows(30).drop(columns="sentiment").rename(columns={"review": "text"}).to_json(path, orient="records", lines=True)
+    out = tmp_path / "run"
+    code = distillery_cli.main(["run", "--data", str(path), "--labels", "negative,positive", "--teacher", str(tiny_llama),
+                                "--student-model", str(tiny_roberta), "--device", "cpu", "--speed-rows", "0", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher"]["accuracy"] is None and metrics["retention"] is None
+    assert 0 <= metrics["agreement"] <= 1
+    assert "No gold labels" in (out / "report.md").read_text()

@@ -32,7 +32,7 @@ def test_classification_and_agreement_metrics():
 
 
 def _model(acc, **extra):
-    return {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.05, "per_class": {"neg": {"f1": 0.5}, "pos": {"f1": 0.6}}, **extra}
+    return {"accuracy": acc, "macro_f1": None if acc is None else acc - 0.01, "ece": 0.05, "per_class": {"neg": {"f1": 0.5}, "pos": {"f1": 0.6}}, **extra}
 
 
 def test_report_renders_every_section():
@@ -53,3 +53,13 @@ def test_report_renders_every_section():
     assert "| student | 80.0000 | 32 | 22000000 | 90.0000 |" in text
     assert "![confusion_student_vs_gold](confusion_student_vs_gold.png)" in text
     assert "```yaml\nlimit: 10\n```" in text
+
+
+def test_report_without_gold_says_so():
+    data = ReportData(
+        task="t", teacher="smollm2", split="test", n_rows=3, n_failed=0, labels=["neg", "pos"], majority_label=None,
+        majority_accuracy=None, models={"teacher": _model(None), "student": _model(None, agreement=0.5, kappa=0.1, retention=None)},
+        speed_rows=0, device="cpu", plots=[], config="",
+    )
+    text = render_report(data)
+    assert "No gold labels" in text and "| student | – | – | 0.5000 | 0.1000 | – | – |" in text
