@@ -7,6 +7,7 @@ Run it with::
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -60,7 +61,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
         store.save_manifest()
 
     started = time.perf_counter()
-    with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1) as bar:
+    with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk, done, redo in todo_chunks:
             texts = chunk.loc[redo, "text"].tolist()
             # Batch rows of similar length together: less padding, ~15-25% faster on CPU.

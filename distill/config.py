@@ -30,7 +30,7 @@ class DistillConfig:
     weight_decay: float = option(0.01, "AdamW weight decay")
     batch_size: int = option(16, "training batch size")
     max_length: int = option(128, "truncate texts to this many tokens")
-    epochs: int = option(1, "passes over the training rows")
+    epochs: int = option(3, "passes over the training rows (LLM-Neo: 1; a small encoder on ~1k rows needs 3, see README)")
     warmup_ratio: float = option(0.1, "share of steps with linear warm-up (then linear decay)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     val_fraction: float = option(0.1, "share of training rows held out to pick the best checkpoint")

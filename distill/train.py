@@ -9,6 +9,7 @@ Run it with::
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -69,7 +70,7 @@ def distill(cfg: DistillConfig) -> Path:
     log, best, best_state = [], -1.0, None
     started = time.perf_counter()
     model.train()
-    bar = tqdm(total=steps, desc="distill", unit="step")
+    bar = tqdm(total=steps, desc="distill", unit="step", mininterval=0.5 if sys.stderr.isatty() else 30)
     for epoch in range(cfg.epochs):
         for step, batch in enumerate(train_dl, start=1):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -36,6 +36,8 @@ def _fmt(x, digits: int = 4) -> str:
         return "–"
     if isinstance(x, float):
         return f"{x:.{digits}f}"
+    if isinstance(x, int):
+        return f"{x:,}"
     return str(x)
 
 

@@ -50,7 +50,7 @@ def test_report_renders_every_section():
     assert "Teacher `smollm2` (134.5M params), evaluated on 10 `test` rows" in text
     assert "| student | 0.8000 | 0.7000 | 0.9000 | 0.8000 | 0.8750 | 20.0× |" in text
     assert "| teacher | 0.8000 | 0.5000 | 0.7900 | 0.0500 |" in text
-    assert "| student | 80.0000 | 32 | 22000000 | 90.0000 |" in text
+    assert "| student | 80.0000 | 32 | 22,000,000 | 90.0000 |" in text
     assert "![confusion_student_vs_gold](confusion_student_vs_gold.png)" in text
     assert "```yaml\nlimit: 10\n```" in text
 
