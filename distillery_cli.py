@@ -28,7 +28,7 @@ from evaluation.config import EvaluateConfig
 
 STAGES = {
     "annotate": (AnnotateConfig,),
-    "distill": (DistillConfig,),
+    "distill": (DistillConfig, AnnotateConfig),  # annotate's data/teacher settings serve --teacher-mode online
     "evaluate": (EvaluateConfig,),
     "run": (AnnotateConfig, DistillConfig, EvaluateConfig),
 }
@@ -131,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "annotate":
             annotate(configs[0])
         elif args.command == "distill":
-            distill(configs[0])
+            distill(configs[0], configs[1])
         else:
             if args.command == "run":
                 annotate(configs[0])
-                distill(configs[1])
+                distill(configs[1], configs[0])
             metrics = evaluate(configs[-1])
             print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
         print(f"{args.command}: finished in {time.perf_counter() - started:.0f} s")

@@ -28,7 +28,8 @@ class DistillConfig:
     temperature: float = option(2.0, "KD temperature T")
     lr: float = option(5e-5, "AdamW learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay")
-    batch_size: int = option(16, "training batch size")
+    batch_size: int = option(16, "training batch size per optimizer step (split across processes under accelerate launch)")
+    grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")
     max_length: int = option(128, "truncate texts to this many tokens")
     epochs: int = option(3, "passes over the training rows (LLM-Neo: 1; a small encoder on ~1k rows needs 3, see README)")
     warmup_ratio: float = option(0.1, "share of steps with linear warm-up (then linear decay)")
@@ -40,8 +41,11 @@ class DistillConfig:
     lora_alpha: float = option(8.0, "LoRA alpha (LLM-Neo: 8)")
     lora_dropout: float = option(0.1, "LoRA dropout (LLM-Neo: 0.1)")
     lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj"], "modules that get LoRA adapters, comma-separated")
-    load_in_4bit: bool = option(False, "QLoRA: load the llama student in 4 bit with bitsandbytes (CUDA only)")
+    qlora: bool = option(False, "QLoRA: load the llama student in 4 bit with bitsandbytes (CUDA only)")
+    teacher_mode: str = option("offline", "offline: soft labels from OUT/annotations; online: the local teacher (--teacher ...) scores each batch", choices=("offline", "online"))
     merge: bool = option(False, "llama-lora: also save a merged standalone model in OUTPUT_DIR/merged")
+    checkpoint_every: int = option(0, "save a resumable checkpoint to OUTPUT_DIR/checkpoint every N optimizer steps (0 = never)")
+    resume: bool = option(False, "continue from OUTPUT_DIR/checkpoint (same config), with the same loss curve")
     seed: int = option(0, "seed for the split, shuffling and initialisation")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
 
@@ -52,13 +56,17 @@ class DistillConfig:
             raise ValueError(f"temperature: expected > 0, found {self.temperature}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: expected 0 <= x < 1, found {self.val_fraction}")
-        for name in ("batch_size", "max_length", "epochs", "evals_per_epoch"):
+        if self.batch_size % max(self.grad_accum, 1):
+            raise ValueError(f"batch_size: expected a multiple of grad_accum ({self.grad_accum}), found {self.batch_size}")
+        for name in ("batch_size", "grad_accum", "max_length", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.student not in STUDENTS:
             raise ValueError(f"student: expected one of {STUDENTS}, found '{self.student}'")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        if self.teacher_mode not in ("offline", "online"):
+            raise ValueError(f"teacher_mode: expected offline or online, found '{self.teacher_mode}'")
         if self.lora_r < 1:
             raise ValueError(f"lora_r: expected >= 1, found {self.lora_r}")
         if self.hard_labels not in ("teacher", "gold"):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from annotate.chunks import label_columns, read_annotations
 from distill.config import DistillConfig
 
-__all__ = ["TrainingRows", "load_training_rows", "build_dataloaders"]
+__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "load_training_rows"]
 
 
 @dataclass
@@ -40,28 +40,37 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
     else:
         hard = frame["teacher_label"]
     frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))
+    train, val = split_train_val(frame, cfg)
+    return TrainingRows(labels, train, val, int(failed.sum()), manifest)
+
+
+def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out ``cfg.val_fraction`` of the rows (seeded) to pick the best checkpoint."""
     if len(frame) < 2:
-        raise ValueError(f"expected at least 2 annotated training rows; found {len(frame)}; annotate more rows (--limit)")
+        raise ValueError(f"expected at least 2 training rows; found {len(frame)}; use more rows (--limit)")
     order = np.random.default_rng(cfg.seed).permutation(len(frame))
     n_val = int(round(len(frame) * cfg.val_fraction))
     val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
-    return TrainingRows(labels, train.reset_index(drop=True), val.reset_index(drop=True), int(failed.sum()), manifest)
+    return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
 def _encode(frame: pd.DataFrame, labels: list[str], tokenizer, max_length: int) -> list[dict]:
     enc = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)
     teacher = frame[label_columns(labels)].to_numpy(np.float32)
     return [
-        {"input_ids": ids, "label": int(y), "teacher_logprobs": t}
-        for ids, y, t in zip(enc["input_ids"], frame["hard"], teacher)
+        {"input_ids": ids, "label": int(y), "teacher_logprobs": t, "text": text}
+        for ids, y, t, text in zip(enc["input_ids"], frame["hard"], teacher, frame["text"])
     ]
 
 
-def _length_grouped(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Shuffled batches of similar-length rows: sort within shuffled windows of 50 batches."""
+def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group: bool) -> list[list[int]]:
+    """Shuffled batches; with ``group``, rows of similar length share a batch (sorted inside
+    shuffled windows of 50 batches), so dynamic padding pads less."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
+    if not group:
+        return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
     window = 50 * batch_size
     batches = []
     for w in range(0, len(order), window):
@@ -71,15 +80,18 @@ def _length_grouped(lengths: list[int], batch_size: int, seed: int) -> list[list
     return batches
 
 
-class _EpochBatches:
-    """A batch sampler that draws new length-grouped batches each epoch (seed + epoch)."""
+class EpochBatchSampler:
+    """Batches fixed by (seed, epoch): call ``set_epoch`` before each epoch; a resumed run
+    sees exactly the batches the first run saw."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: bool):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self):
-        self.epoch += 1
-        return iter(_length_grouped(self.lengths, self.batch_size, self.seed + self.epoch))
+        return iter(_epoch_batches(self.lengths, self.batch_size, self.seed + self.epoch, self.group))
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
@@ -101,15 +113,12 @@ def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tupl
             "attention_mask": mask,
             "labels": torch.tensor([it["label"] for it in items]),
             "teacher_logprobs": torch.tensor(np.stack([it["teacher_logprobs"] for it in items])),
+            "texts": [it["text"] for it in items],  # for the online teacher
         }
 
     train = _encode(rows.train, rows.labels, tokenizer, cfg.max_length)
-    if cfg.group_by_length:
-        sampler = _EpochBatches([len(it["input_ids"]) for it in train], cfg.batch_size, cfg.seed)
-        train_dl = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
-    else:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        train_dl = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=collate)
+    sampler = EpochBatchSampler([len(it["input_ids"]) for it in train], cfg.batch_size // cfg.grad_accum, cfg.seed, cfg.group_by_length)
+    train_dl = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     val_dl = None
     if len(rows.val):
         val = _encode(rows.val, rows.labels, tokenizer, cfg.max_length)

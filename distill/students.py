@@ -44,13 +44,13 @@ def load_student(cfg: DistillConfig, labels: list[str]):
 
     from peft import LoraConfig, TaskType, get_peft_model
 
-    if cfg.load_in_4bit:
+    if cfg.qlora:
         from annotate.models import bnb_4bit_config, pick_device
 
         device = pick_device(cfg.device)
         kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
     base = AutoModelForSequenceClassification.from_pretrained(path, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    if cfg.load_in_4bit:
+    if cfg.qlora:
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base)

@@ -17,26 +17,39 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from annotate.config import AnnotateConfig
 from annotate.models import pick_device
 from distill.config import DistillConfig
 from distill.data import build_dataloaders, load_training_rows
 from distill.losses import hybrid_kd_loss
+from distill.online import OnlineTeacher, load_online_rows
 from distill.students import load_student, save_student, trainable_parameters
 
 __all__ = ["distill", "evaluate_student"]
 
 
+def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -> dict:
+    """Offline: the batch as read from the chunks. Online: soft and hard labels from the teacher."""
+    if online is None:
+        return batch
+    device = batch["input_ids"].device
+    logprobs, labels = online.targets(batch["texts"], batch["labels"] if gold_labels else None)
+    return {**batch, "teacher_logprobs": logprobs.to(device), "labels": labels.to(device)}
+
+
 @torch.no_grad()
-def evaluate_student(model, dataloader, cfg: DistillConfig) -> dict:
+def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None) -> dict:
     """Validation loss parts and agreement with the hard labels."""
     model.eval()
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
     agree = total = 0
     for batch in dataloader:
+        batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+        batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         parts = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
         n = len(batch["labels"])
@@ -48,64 +61,145 @@ def evaluate_student(model, dataloader, cfg: DistillConfig) -> dict:
     return {**{k: v / total for k, v in sums.items()}, "val_accuracy": agree / total}
 
 
-def distill(cfg: DistillConfig) -> Path:
-    """Train the student on the annotations of ``cfg.out``; returns the saved student dir."""
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA max allocated on GPU; max resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
+    """Train the student on the annotations of ``cfg.out``; returns the saved student dir.
+
+    Under ``accelerate launch`` (or torchrun) each optimizer step's batch is split across the
+    processes, so N processes see the same rows per step as one. ``--teacher-mode online``
+    needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
+    """
     set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir or f"{cfg.out}/student")
-    rows = load_training_rows(cfg)
-    print(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out")
+    ckpt_dir = out_dir / "checkpoint"
+    device = pick_device(cfg.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True), gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision="bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no",
+    )
+    say = accelerator.print
+    online = None
+    if cfg.teacher_mode == "online":
+        if source is None:
+            raise ValueError("--teacher-mode online needs the data and teacher settings (--data, --teacher, ...)")
+        rows = load_online_rows(cfg, source)
+        online = OnlineTeacher(source, rows.labels, rows.train["text"].tolist()[:256])
+        say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
+    else:
+        rows = load_training_rows(cfg)
+    say(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out")
     tokenizer, model = load_student(cfg, rows.labels)
     trainable, total = trainable_parameters(model)
-    print(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    say(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
+    sampler = train_dl.batch_sampler
 
-    device = pick_device(cfg.device)
-    accelerator = Accelerator(cpu=device.type == "cpu")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * len(train_dl)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train_dl) // cfg.grad_accum)
+    steps = cfg.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
-    eval_at = {max(1, round(len(train_dl) * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
 
-    log, best, best_state = [], -1.0, None
-    started = time.perf_counter()
+    progress = {"epoch": 0, "batches": 0, "step": 0, "best": -1.0, "log": []}
+    best_state, resume_rng = None, None
+    if cfg.resume:
+        if not (ckpt_dir / "progress.json").is_file():
+            raise FileNotFoundError(f"--resume: expected a checkpoint in {ckpt_dir}; found none; run without --resume (and with --checkpoint-every N)")
+        accelerator.load_state(str(ckpt_dir))
+        progress = json.loads((ckpt_dir / "progress.json").read_text())
+        if (ckpt_dir / "best.pt").is_file():
+            best_state = torch.load(ckpt_dir / "best.pt")
+        if progress["batches"] >= len(train_dl):  # the checkpoint closed an epoch
+            progress.update(epoch=progress["epoch"] + 1, batches=0)
+        elif progress["batches"]:
+            # Opening the loader mid-epoch draws from torch's RNG; the first run did not.
+            resume_rng = torch.load(ckpt_dir / "torch_rng.pt")
+        say(f"distill: resuming at optimizer step {progress['step']} of {steps}")
+
+    started, rows_seen = time.perf_counter(), 0
     model.train()
-    bar = tqdm(total=steps, desc="distill", unit="step", mininterval=0.5 if sys.stderr.isatty() else 30)
-    for epoch in range(cfg.epochs):
-        for step, batch in enumerate(train_dl, start=1):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
-            accelerator.backward(loss.total)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            record = {"epoch": epoch, "step": bar.n + 1, "loss": loss.total.item(), "kd": loss.kd.item(), "ce": loss.ce.item(), "lr": scheduler.get_last_lr()[0]}
+    bar = tqdm(total=steps, initial=progress["step"], desc="distill", unit="step", disable=not accelerator.is_main_process,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    for epoch in range(progress["epoch"], cfg.epochs):
+        skip = progress["batches"] if epoch == progress["epoch"] else 0
+        batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        batches.set_epoch(epoch)  # accelerate re-seeds the sampler from the loader's own epoch count
+        sampler.set_epoch(epoch)
+        for batch_index, batch in enumerate(batches, start=skip + 1):
+            if resume_rng is not None:
+                torch.set_rng_state(resume_rng)  # dropout continues exactly where the checkpoint left it
+                resume_rng = None
+            batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+            with accelerator.accumulate(model):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
+                accelerator.backward(loss.total)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            rows_seen += len(batch["labels"])
+            if not accelerator.sync_gradients and batch_index < len(train_dl):
+                continue  # the optimizer steps once per grad_accum micro-batches
+            progress["step"] += 1
+            step_in_epoch = -(-batch_index // cfg.grad_accum)
+            parts = accelerator.reduce(torch.stack([loss.total, loss.kd, loss.ce]).detach(), reduction="mean")
+            record = {"epoch": epoch, "step": progress["step"], "loss": parts[0].item(), "kd": parts[1].item(), "ce": parts[2].item(), "lr": scheduler.get_last_lr()[0]}
             bar.update(1)
-            bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}")
-            if val_dl is not None and step in eval_at:
-                record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(model, val_dl, cfg).items()})
-                if record["val_accuracy"] > best:  # keep the best checkpoint's trainable weights in memory
-                    best = record["val_accuracy"]
+            bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}", refresh=False)
+            if val_dl is not None and step_in_epoch in eval_at:
+                record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(model, val_dl, cfg, online).items()})
+                if record["val_accuracy"] > progress["best"]:  # keep the best trainable weights in memory
+                    progress["best"] = record["val_accuracy"]
                     best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).named_parameters() if v.requires_grad}
-                tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
-            log.append(record)
+                if accelerator.is_main_process:
+                    tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
+            progress["log"].append(record)
+            progress.update(epoch=epoch, batches=batch_index)
+            if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint(accelerator, ckpt_dir, progress, best_state)
+        progress.update(epoch=epoch + 1, batches=0)
     bar.close()
     train_seconds = time.perf_counter() - started
 
+    accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(model)
     if best_state is not None:
         student.load_state_dict(best_state, strict=False)
-    save_student(student, tokenizer, out_dir, cfg, rows.labels)
-    (out_dir / "distillery_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    with open(out_dir / "train_log.jsonl", "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in log)
-    summary = {
-        "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
-        "steps": steps, "train_seconds": train_seconds, "train_rows_per_s": cfg.epochs * len(rows.train) / train_seconds,
-        "best_val_accuracy": best if best >= 0 else None, "labels": rows.labels,
-        "trainable_parameters": trainable, "total_parameters": total,
-    }
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']})")
+    if accelerator.is_main_process:
+        summary = {
+            "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
+            "steps": steps, "train_seconds": train_seconds, "processes": accelerator.num_processes,
+            "train_rows_per_s": rows_seen * accelerator.num_processes / train_seconds,
+            "best_val_accuracy": progress["best"] if progress["best"] >= 0 else None, "labels": rows.labels,
+            "trainable_parameters": trainable, "total_parameters": total, "peak_memory_bytes": peak_memory_bytes(device),
+        }
+        save_student(student, tokenizer, out_dir, cfg, rows.labels)
+        (out_dir / "distillery_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        with open(out_dir / "train_log.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in progress["log"])
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        say(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
+            f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
+    accelerator.wait_for_everyone()
     return out_dir
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, progress: dict, best_state: dict | None) -> None:
+    """Model, optimizer, scheduler and RNG states (accelerate) plus our progress and best weights."""
+    accelerator.save_state(str(ckpt_dir))
+    if accelerator.is_main_process:
+        torch.save(torch.get_rng_state(), ckpt_dir / "torch_rng.pt")
+        if best_state is not None:
+            torch.save(best_state, ckpt_dir / "best.pt")
+        (ckpt_dir / "progress.json").write_text(json.dumps(progress))

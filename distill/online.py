@@ -1,0 +1,71 @@
+"""Online distillation (LLM-Neo style): a frozen local teacher gives soft labels per batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from annotate.chunks import calibrated, label_columns
+from annotate.config import AnnotateConfig
+from annotate.inputs import load_rows
+from annotate.local import LocalTeacher
+from annotate.run import content_free_bias
+from annotate.tasks import load_task
+from distill.config import DistillConfig
+from distill.data import TrainingRows, split_train_val
+
+__all__ = ["OnlineTeacher", "load_online_rows"]
+
+
+class OnlineTeacher:
+    """The local teacher in eval mode under no_grad, scoring each training batch.
+
+    Calibration follows ``--calibrate``: ``mean`` uses the mean raw log-probs over the first
+    ``calibration_rows`` training texts (scored once before training), ``content-free`` the
+    content-free inputs, ``none`` nothing. With the same teacher outputs the targets equal the
+    offline ones read from annotation chunks.
+
+    Args:
+        source: the annotate config (teacher, device, calibration).
+        labels: the label set, in column order.
+        calibration_texts: texts for ``mean`` calibration.
+    """
+
+    def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
+        task = load_task(source.task, labels)
+        self.teacher = LocalTeacher(source, task)
+        self.bias = np.zeros(len(labels))
+        if source.calibrate == "mean":
+            scored = [a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None]
+            self.bias = np.mean(np.asarray(scored), axis=0)
+        elif source.calibrate == "content-free":
+            self.bias = np.asarray(content_free_bias(self.teacher, task.content_free))
+
+    def targets(self, texts: list[str], hard: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(teacher_logprobs, hard_labels)`` for a batch; ``hard`` given means gold labels.
+
+        A row the teacher fails on gets NaN log-probs and label -100: the loss leaves it out.
+        """
+        anns = self.teacher.score(texts)
+        raw = np.array([a.logprobs if a.logprobs is not None else [np.nan] * len(self.bias) for a in anns], dtype=np.float64)
+        logprobs = torch.tensor(calibrated(raw, self.bias), dtype=torch.float32)
+        ok = torch.isfinite(logprobs).all(dim=-1)
+        labels = hard.cpu() if hard is not None else logprobs.nan_to_num(-1e9).argmax(dim=-1)
+        return logprobs, torch.where(ok, labels, torch.full_like(labels, -100))
+
+
+def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows:
+    """The raw training rows (split=train) for online distillation: no annotations needed."""
+    task = load_task(source.task, source.labels or None)
+    rows = load_rows(source, task.labels)
+    frame = rows[rows["split"] == "train"].reset_index(drop=True)
+    if cfg.hard_labels == "gold":
+        if (frame["gold"] == "").any():
+            raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+        hard = frame["gold"].map({lab: i for i, lab in enumerate(task.labels)})
+    else:
+        hard = pd.Series(-100, index=frame.index)  # filled by the teacher batch by batch
+    frame = frame.assign(hard=hard, teacher_label="", **{c: np.nan for c in label_columns(task.labels)})
+    train, val = split_train_val(frame, cfg)
+    return TrainingRows(task.labels, train, val, 0, {"labels": task.labels, "teacher": source.teacher})
