@@ -6,6 +6,7 @@ from enum import Enum
 from typing import Protocol
 
 from annotate.config import AnnotateConfig
+from annotate.hosted import HostedTeacher
 from annotate.local import Annotation, LocalTeacher
 from annotate.tasks import TaskSpec
 
@@ -24,9 +25,10 @@ class Teacher(Protocol):
 
 class TeacherKind(str, Enum):
     LOCAL = "local"
+    OPENAI = "openai"
 
 
-TEACHERS: dict[TeacherKind, type] = {TeacherKind.LOCAL: LocalTeacher}
+TEACHERS: dict[TeacherKind, type] = {TeacherKind.LOCAL: LocalTeacher, TeacherKind.OPENAI: HostedTeacher}
 
 
 def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:

@@ -119,15 +119,19 @@ class ChunkStore:
         """
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
-        ok = pd.concat([f[f["error_type"] == ""] for f in frames.values()]) if frames else pd.DataFrame()
         raw_cols, cal_cols = label_columns(labels, raw=True), label_columns(labels)
+
+        def soft(f: pd.DataFrame) -> pd.Series:  # rows with soft labels; hard-label-only rows keep theirs
+            return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
+
+        ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame()
         bias = np.zeros(len(labels))
         if mode == "mean" and len(ok):
             bias = ok[raw_cols].to_numpy(float).mean(axis=0)
         elif mode == "content-free" and bias_content_free is not None:
             bias = np.asarray(bias_content_free)
         for name, frame in frames.items():
-            good = frame["error_type"] == ""
+            good = soft(frame)
             if good.any():
                 cal = calibrated(frame.loc[good, raw_cols].to_numpy(float), bias)
                 frame.loc[good, cal_cols] = cal

@@ -37,7 +37,7 @@ class AnnotateConfig:
     seed: int = option(0, "seed for sampling, the train/test split and training")
     task: str = option("sentiment-binary", "task name in data/tasks/ or a task YAML path")
     labels: list[str] = option([], "override the task's labels, comma-separated (e.g. negative,positive)")
-    backend: str = option("local", "teacher backend: local (a Hugging Face model in this process)", choices=("local",))
+    backend: str = option("local", "teacher backend: local (a Hugging Face model in this process) or openai (an OpenAI-compatible server)", choices=("local", "openai"))
     teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
     teacher_batch_size: int = option(16, "rows per teacher forward pass")
     max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows")
@@ -46,6 +46,18 @@ class AnnotateConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = option("auto", "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
     load_in_4bit: bool = option(False, "load the teacher in 4 bit with bitsandbytes (CUDA only)")
+
+    base_url: str = option("", "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    api_key_env: str = option("OPENAI_API_KEY", "openai backend: the environment variable that holds the API key")
+    extra_headers: list[str] = option([], "openai backend: extra HTTP headers, 'Name: value', comma-separated")
+    request_timeout: float = option(30.0, "openai backend: seconds before a request times out (then it is retried)")
+    top_logprobs: int = option(20, "openai backend: how many top tokens' log-probs to ask for")
+    concurrency: int = option(4, "openai backend: requests in flight")
+    max_retries: int = option(6, "openai backend: retries of a request on 429, 5xx, timeouts and dropped connections")
+    price_prompt_per_m: float = option(0.0, "openai backend: price per million prompt tokens, for --dry-run and --max-cost")
+    price_completion_per_m: float = option(0.0, "openai backend: price per million completion tokens")
+    max_cost: float = option(0.0, "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)")
+    dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
 
     def __post_init__(self) -> None:
         if self.limit < 0:

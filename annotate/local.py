@@ -20,13 +20,16 @@ class Annotation:
 
     ``logprobs`` are natural-log probabilities renormalised over the label set; ``mass`` is
     the probability the label sequences held before renormalising. A failed row has
-    ``error_type``/``error_message`` and no logprobs.
+    ``error_type``/``error_message`` and no logprobs; a hosted teacher that returns no
+    log-probs gives only ``hard_label`` (flagged ``no_logprobs``).
     """
 
     logprobs: list[float] | None = None
     mass: float | None = None
     error_type: str = ""
     error_message: str = ""
+    hard_label: str = ""  # set when the teacher gave a label but no log-probs
+    flags: str = ""  # e.g. "bounded:positive" (log-prob is an upper bound) or "no_logprobs"
 
 
 class VerbalizerScorer:

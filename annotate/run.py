@@ -7,6 +7,7 @@ Run it with::
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict
@@ -53,6 +54,13 @@ def annotate(cfg: AnnotateConfig) -> Path:
             todo_chunks.append((index, chunk, done, redo))
     n_todo = sum(len(redo) for *_, redo in todo_chunks)
     print(f"annotate: {len(rows)} rows, {len(rows) - n_todo} already done, {n_todo} to annotate -> {root}")
+    if cfg.dry_run:
+        todo_texts = [t for _, chunk, _, redo in todo_chunks for t in chunk.loc[redo, "text"]]
+        prompt_chars = sum(len(json.dumps(task.messages(t))) for t in todo_texts)
+        tokens = prompt_chars / 4  # ~4 characters a token for English text
+        cost = tokens / 1e6 * cfg.price_prompt_per_m + n_todo / 1e6 * cfg.price_completion_per_m
+        print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
+        return root
 
     if n_todo or (cfg.calibrate == "content-free" and "content_free_bias" not in store.manifest):
         teacher = build_teacher(cfg, task)
@@ -75,11 +83,17 @@ def annotate(cfg: AnnotateConfig) -> Path:
             frame = chunk_frame(chunk, task.labels, cfg.teacher, task.prompt_hash()) if done is None else done
             fill(frame, redo, results, task.labels)
             store.write(index, frame)
+            spent = spent_so_far(teacher, cfg)
+            if cfg.max_cost and spent >= cfg.max_cost:
+                print(f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks are kept, rerun to go on")
+                return root
     elapsed = time.perf_counter() - started
 
     record = store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"))
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
+        if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
+            store.manifest["usage"] = {**teacher.usage, "cost": spent_so_far(teacher, cfg)}
         store.save_manifest()
     failed = store.manifest["rows_failed"]
     print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {record['mode']}")
@@ -92,6 +106,7 @@ def chunk_frame(chunk: pd.DataFrame, labels: list[str], teacher: str, prompt_has
     frame["teacher_label"] = ""
     for col in label_columns(labels) + label_columns(labels, raw=True) + ["label_mass"]:
         frame[col] = np.nan
+    frame["flags"] = ""
     frame["teacher"] = teacher
     frame["prompt_hash"] = prompt_hash
     frame["error_type"] = ""
@@ -103,12 +118,22 @@ def fill(frame: pd.DataFrame, index, results: list[Annotation], labels: list[str
     """Write the teacher's answers into ``frame`` at ``index`` (calibrated columns = raw until finalize)."""
     for i, ann in zip(index, results):
         frame.loc[i, "error_type"], frame.loc[i, "error_message"] = ann.error_type, ann.error_message
+        frame.loc[i, "flags"] = ann.flags
+        frame.loc[i, "teacher_label"] = ann.hard_label
         if ann.logprobs is None:
             continue
         frame.loc[i, label_columns(labels, raw=True)] = ann.logprobs
         frame.loc[i, label_columns(labels)] = ann.logprobs
         frame.loc[i, "label_mass"] = ann.mass
         frame.loc[i, "teacher_label"] = labels[int(np.argmax(ann.logprobs))]
+
+
+def spent_so_far(teacher, cfg: AnnotateConfig) -> float:
+    """Money spent by a hosted teacher in this run (0 for a local one)."""
+    usage = getattr(teacher, "usage", None)
+    if not usage:
+        return 0.0
+    return usage["prompt_tokens"] / 1e6 * cfg.price_prompt_per_m + usage["completion_tokens"] / 1e6 * cfg.price_completion_per_m
 
 
 def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:

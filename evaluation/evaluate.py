@@ -94,6 +94,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     device = pick_device(cfg.device)
 
     teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
+    hard_only = np.isnan(teacher_probs).any(axis=1)  # a hosted teacher that gave no log-probs
+    if hard_only.any():
+        teacher_probs[hard_only] = np.eye(len(labels))[rows.loc[hard_only, "teacher_label"].map(label_id).to_numpy(int)]
     models = {"teacher": vs_gold(teacher_probs)}
     teacher_src = resolve_model(manifest["teacher"])
     models["teacher"].update(size_bytes=size_on_disk(teacher_src))
