@@ -1,0 +1,73 @@
+"""A fault-injecting HTTP proxy (a real asyncio server) for the hosted-teacher tests.
+
+Request n (counted from 1) gets, by ``n % 10``: 1 -> 429 with Retry-After, 3 -> 500,
+5 -> 503, 7 -> a stall past the client's timeout, 9 -> a dropped connection; every other
+request is forwarded to the real server. ``answered`` counts, per request body, the
+answers that reached the client, so a test can check no answered request was sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import threading
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, stall_seconds: float, faults: bool = True):
+        self.upstream_port, self.stall, self.faults = upstream_port, stall_seconds, faults
+        self.n = 0
+        self.counts = collections.Counter()
+        self.answered = collections.Counter()
+        self.loop = asyncio.new_event_loop()
+        self.port = None
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            body = await reader.readexactly(length)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        self.n += 1
+        kind = self.n % 10 if self.faults and b"/chat/completions" in head.split(b"\r\n")[0] else 0
+        self.counts[{1: "429", 3: "500", 5: "503", 7: "stall", 9: "drop"}.get(kind, "forwarded")] += 1
+        if kind in (1, 3, 5):
+            status = {1: b"429 Too Many Requests", 3: b"500 Internal Server Error", 5: b"503 Service Unavailable"}[kind]
+            extra = b"Retry-After: 0.2\r\n" if kind == 1 else b""
+            msg = b'{"error": {"message": "injected fault"}}'
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n" + extra
+                         + b"Content-Length: " + str(len(msg)).encode() + b"\r\nConnection: close\r\n\r\n" + msg)
+        elif kind == 7:
+            await asyncio.sleep(self.stall)
+        elif kind == 9:
+            pass  # close without a word
+        else:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            lines = [l for l in head.split(b"\r\n") if l and not l.lower().startswith(b"connection")]
+            up_writer.write(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
+            await up_writer.drain()
+            response = await up_reader.read()
+            up_writer.close()
+            writer.write(response)
+            if response.startswith(b"HTTP/1.1 200") or response.startswith(b"HTTP/1.0 200"):
+                self.answered[hashlib.sha256(body).hexdigest()] += 1
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
