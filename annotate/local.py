@@ -110,9 +110,13 @@ class LocalTeacher:
         self.task = task
         self.max_prompt_tokens = cfg.max_prompt_tokens
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        label_ids = [self.tokenizer(task.continuation(lab), add_special_tokens=False).input_ids for lab in task.labels]
+        sequences, self.groups = [], []  # every continuation of every label, and its label index
+        for k, lab in enumerate(task.labels):
+            for text in task.continuations(lab):
+                sequences.append(self.tokenizer(text, add_special_tokens=False).input_ids)
+                self.groups.append(k)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.scorer = VerbalizerScorer(model, label_ids, pad if pad is not None else 0)
+        self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of the full prompt: chat template, then the pre-filled answer prefix."""
@@ -146,8 +150,10 @@ class LocalTeacher:
         return results  # type: ignore[return-value]
 
     def _score_ids(self, prompts: list[list[int]]) -> list[Annotation]:
-        scores = self.scorer.label_logprobs(prompts)
-        return [normalise(row.tolist()) for row in scores]
+        scores = self.scorer.label_logprobs(prompts)  # (batch, n_sequences)
+        groups = torch.tensor(self.groups)
+        per_label = torch.stack([torch.logsumexp(scores[:, groups == k], dim=1) for k in range(len(self.task.labels))], dim=1)
+        return [normalise(row.tolist()) for row in per_label]
 
 
 def normalise(raw: list[float]) -> Annotation:

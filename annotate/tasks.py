@@ -28,6 +28,8 @@ class TaskSpec:
         label_separator: put between the answer prefix and the verbalizer word.
         few_shot: optional ``[{text, label}]`` examples, given as earlier chat turns.
         content_free: inputs with no content, for ``--calibrate content-free``.
+        case_variants: also score ``Negative`` for ``negative`` (summed), as a hosted teacher's
+            case-folded top-K matching does.
     """
 
     name: str
@@ -39,6 +41,7 @@ class TaskSpec:
     verbalizers: dict[str, str] = field(default_factory=dict)
     few_shot: list[dict[str, str]] = field(default_factory=list)
     content_free: list[str] = field(default_factory=lambda: ["N/A", "", "[MASK]"])
+    case_variants: bool = False
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
@@ -75,10 +78,12 @@ class TaskSpec:
         msgs.append({"role": "user", "content": self._user(text)})
         return msgs
 
-    def continuation(self, label: str) -> str:
-        """The text scored for ``label`` right after the prompt."""
+    def continuations(self, label: str) -> list[str]:
+        """The texts scored (and summed) for ``label`` right after the prompt."""
         sep = self.label_separator if self.answer_prefix else ""
-        return sep + self.verbalizers[label]
+        word = self.verbalizers[label]
+        words = [word] + ([word.capitalize()] if self.case_variants and word.capitalize() != word else [])
+        return [sep + w for w in words]
 
     def prompt_hash(self) -> str:
         """A short hash of everything that changes what the teacher is asked."""

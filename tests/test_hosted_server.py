@@ -40,11 +40,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     port = _free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill up and stall the server
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("smollm2"), "--host", "127.0.0.1", "--port", str(port),
            "--n_threads_batch", "1", "--n_ctx", "2048"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -53,7 +54,8 @@ def server():
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server died: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                pytest.fail(f"llama.cpp server died: {log.read()[-2000:]}")
             time.sleep(0.3)
     else:
         proc.kill()
@@ -76,7 +78,8 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
     assert (hosted["error_type"] == "").all(), hosted["error_message"].tolist()[:3]
     assert manifest["usage"]["requests_sent"] >= 50 and manifest["usage"]["prompt_tokens"] > 0
 
-    local = LocalTeacher(AnnotateConfig(device="cpu"), TaskSpec(**TASK))
+    # The server's answers are matched case-insensitively; the local scorer sums the same variants.
+    local = LocalTeacher(AnnotateConfig(device="cpu"), TaskSpec(**TASK, case_variants=True))
     rows = load_rows(AnnotateConfig(limit=50, seed=0, test_fraction=0.0), ["negative", "positive"])
     assert rows["id"].tolist() == hosted["id"].tolist()
     local_lp = np.array([a.logprobs for a in local.score(rows["text"].tolist())])
@@ -85,8 +88,8 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
     mad = np.abs(np.exp(local_lp[:, 1]) - np.exp(hosted_lp[:, 1])).mean()
     print(f"hosted vs local: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
     # Same weights, but llama.cpp computes with the Q4_1 blocks while transformers uses the
-    # de-quantized float32 copy, and the server sums "positive"/"Positive" variants the local
-    # scorer does not see: expect the same label almost always and probabilities within 0.1.
+    # de-quantized float32 copy, and the server's top-20 may miss a variant the local scorer
+    # sums: expect the same label almost always and probabilities within 0.1 on average.
     assert agreement >= 0.9
     assert mad < 0.1
 
@@ -107,13 +110,13 @@ def test_faults_are_retried_and_every_row_is_annotated_once(server, tmp_path):
 
     proxy = FaultProxy(int(server.rsplit(":", 1)[1].split("/")[0]), stall_seconds=4)
     try:
-        cfg = _cfg(tmp_path, f"http://127.0.0.1:{proxy.port}/v1", request_timeout=2.0, max_retries=10, limit=30)
+        cfg = _cfg(tmp_path, f"http://127.0.0.1:{proxy.port}/v1", request_timeout=2.0, max_retries=10)
         root = annotate(cfg)
     finally:
         proxy.close()
     frame, _ = read_annotations(root)
     print(f"proxy counts: {dict(proxy.counts)}")
-    assert len(frame) == 30 and frame["id"].is_unique
+    assert len(frame) == 50 and frame["id"].is_unique
     assert (frame["error_type"] == "").all(), frame["error_message"].tolist()[:3]
     for kind in ("429", "500", "503", "stall", "drop"):
         assert proxy.counts[kind] >= 1, f"no {kind} injected"
