@@ -1,6 +1,6 @@
 """A fault-injecting HTTP proxy (a real asyncio server) for the hosted-teacher tests.
 
-Request n (counted from 1) gets, by ``n % 10``: 1 -> 429 with Retry-After, 3 -> 500,
+With ``faults``, request n (counted from 1) gets, by ``n % 10``: 1 -> 429 with Retry-After, 3 -> 500,
 5 -> 503, 7 -> a stall past the client's timeout, 9 -> a dropped connection; every other
 request is forwarded to the real server. ``answered`` counts, per request body, the
 answers that reached the client, so a test can check no answered request was sent again.
@@ -15,8 +15,9 @@ import threading
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, stall_seconds: float, faults: bool = True):
-        self.upstream_port, self.stall, self.faults = upstream_port, stall_seconds, faults
+    def __init__(self, upstream_port: int, stall_seconds: float = 4.0, faults: bool = True, api_key: str | None = None):
+        # ``api_key``: answer 401 unless the request carries it, as a hosted API does.
+        self.upstream_port, self.stall, self.faults, self.api_key = upstream_port, stall_seconds, faults, api_key
         self.n = 0
         self.counts = collections.Counter()
         self.answered = collections.Counter()
@@ -45,6 +46,13 @@ class FaultProxy:
             writer.close()
             return
         self.n += 1
+        if self.api_key and f"authorization: bearer {self.api_key}".encode() not in head.lower():
+            msg = b'{"error": {"message": "Incorrect API key provided"}}'
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(msg)).encode() + b"\r\nConnection: close\r\n\r\n" + msg)
+            await writer.drain()
+            writer.close()
+            return
         kind = self.n % 10 if self.faults and b"/chat/completions" in head.split(b"\r\n")[0] else 0
         self.counts[{1: "429", 3: "500", 5: "503", 7: "stall", 9: "drop"}.get(kind, "forwarded")] += 1
         if kind in (1, 3, 5):

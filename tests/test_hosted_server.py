@@ -121,3 +121,60 @@ def test_faults_are_retried_and_every_row_is_annotated_once(server, tmp_path):
     for kind in ("429", "500", "503", "stall", "drop"):
         assert proxy.counts[kind] >= 1, f"no {kind} injected"
     assert max(proxy.answered.values()) == 1, "an answered request was sent again"
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def test_wrong_key_stops_the_run_with_one_line_and_no_key_in_it(server, tmp_path, capsys, monkeypatch):
+    from fault_proxy import FaultProxy
+
+    proxy = FaultProxy(_port(server), faults=False, api_key="right-key")
+    monkeypatch.setenv("TEST_KEY", "wrong-key-123")
+    try:
+        import distillery_cli
+
+        code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
+                                    "--api-key-env", "TEST_KEY", "--limit", "4", "--out", str(tmp_path / "run")])
+    finally:
+        proxy.close()
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("distillery")]  # the rest is the progress bar
+    assert code == 2 and len(errors) == 1 and "refused the API key from $TEST_KEY" in errors[0] and "Traceback" not in err
+    assert "wrong-key-123" not in err
+    assert not list((tmp_path / "run" / "annotations").glob("part-*.csv")), "no partial chunk"
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix != ".sqlite":
+            assert "wrong-key-123" not in path.read_text(errors="ignore")
+
+
+def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
+    import os
+    import signal
+
+    from fault_proxy import FaultProxy
+
+    proxy = FaultProxy(_port(server), faults=False)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distillery_cli", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
+           "--limit", "40", "--chunk-size", "10", "--teacher-batch-size", "5", "--concurrency", "1", "--out", str(out)]
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    try:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while sum(proxy.answered.values()) < 15 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        sent_before = sum(proxy.answered.values())
+        assert 0 < sent_before < 40, "the kill must land mid-run"
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame, _ = read_annotations(out / "annotations")
+    assert len(frame) == 40 and frame["id"].is_unique and (frame["error_type"] == "").all()
+    assert max(proxy.answered.values()) == 1, "an answered request was sent again after the kill"
+    assert len(proxy.answered) == 40
