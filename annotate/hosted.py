@@ -30,6 +30,10 @@ class AuthError(PermissionError):
     """The server refused the API key: the run stops at once."""
 
 
+class ServerConfigError(ConnectionError):
+    """The very first requests all failed the same way (no server there, unknown model, ...)."""
+
+
 def labels_from_top_logprobs(top: list[tuple[str, float]], verbalizers: list[str]) -> tuple[list[float], float, list[str]]:
     """Per-label log-probs from ``(token, logprob)`` pairs of one position.
 
@@ -95,6 +99,7 @@ class HostedTeacher:
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
         self.cache = RequestCache(Path(cfg.out) / "annotations" / "request_cache.sqlite")
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
+        self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
 
     def _request(self, text: str) -> dict:
         return {
@@ -106,7 +111,15 @@ class HostedTeacher:
         return message.replace(self.api_key, "***") if self.api_key != "no-key" else message
 
     def score(self, texts: list[str]) -> list[Annotation]:
-        return asyncio.run(self._score_all(texts))
+        """Annotate a batch. If nothing has been answered yet and every row failed the same way
+        (wrong URL, unknown model), stop with one line instead of writing a chunk of errors."""
+        out = asyncio.run(self._score_all(texts))
+        self.answered += sum(a.error_type == "" for a in out)
+        kinds = {a.error_type for a in out}
+        if not self.answered and len(kinds) == 1 and "" not in kinds:
+            raise ServerConfigError(f"every request to {self.cfg.base_url} failed ({out[0].error_type}: {out[0].error_message[:200]}); "
+                                    "check --base-url and --teacher (the model name)")
+        return out
 
     async def _score_all(self, texts: list[str]) -> list[Annotation]:
         import openai

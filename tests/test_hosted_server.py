@@ -99,8 +99,10 @@ def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
 
     code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--limit", "4",
                                 "--max-retries", "0", "--out", str(tmp_path / "dead")])
-    frame, _ = read_annotations(tmp_path / "dead" / "annotations")
-    assert code == 0 and (frame["error_type"] == "APIConnectionError").all()  # rows are kept as errors, retried on rerun
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("distillery")]
+    assert code == 2 and len(errors) == 1 and "failed (APIConnectionError" in errors[0] and "check --base-url" in errors[0]
+    assert "Traceback" not in err and not list((tmp_path / "dead" / "annotations").glob("part-*.csv")), "no partial garbage"
     code = distillery_cli.main(["annotate", "--backend", "openai", "--limit", "4", "--out", str(tmp_path / "nourl")])
     assert code == 2 and "expected --base-url" in capsys.readouterr().err
 
@@ -176,5 +178,9 @@ def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     frame, _ = read_annotations(out / "annotations")
     assert len(frame) == 40 and frame["id"].is_unique and (frame["error_type"] == "").all()
-    assert max(proxy.answered.values()) == 1, "an answered request was sent again after the kill"
+    # Every answer the client had received before the kill was cached and not asked again. The
+    # one request in flight (--concurrency 1) may have been answered by the server after the
+    # client died, before it could cache it: that one alone may be sent twice.
+    resent = sum(n - 1 for n in proxy.answered.values())
+    assert resent <= 1, f"{resent} answered requests were sent again after the kill"
     assert len(proxy.answered) == 40
