@@ -70,6 +70,7 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Compare students, teacher and gold on the evaluation rows; write the report. Returns metrics."""
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
     labels = manifest["labels"]
     rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
@@ -100,9 +101,11 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     models = {"teacher": vs_gold(teacher_probs)}
     teacher_src = resolve_model(manifest["teacher"])
     models["teacher"].update(size_bytes=size_on_disk(teacher_src))
-    if speed_texts:
+    if speed_texts and manifest["config"].get("backend", "local") == "local":
         rps, bs, params = _teacher_speed(manifest, speed_texts)
         models["teacher"].update(rows_per_s=rps, batch_size=bs, parameters=params)
+    elif manifest.get("teacher_rows_per_s"):  # a hosted teacher is not called again: its annotation speed
+        models["teacher"].update(rows_per_s=manifest["teacher_rows_per_s"])
 
     students = cfg.students or [str(out / "student")]
     for path in students:
