@@ -164,7 +164,7 @@ class HostedTeacher:
                     with attempt:
                         self.usage["requests_sent"] += 1
                         response = await client.chat.completions.create(**request)
-        except openai.AuthenticationError as err:
+        except openai.AuthenticationError:
             raise AuthError(f"the server at {self.cfg.base_url} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
         except openai.APIStatusError as err:
             return Annotation(error_type=f"http_{err.status_code}", error_message=self._safe(str(err))[:300])

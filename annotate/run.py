@@ -89,14 +89,16 @@ def annotate(cfg: AnnotateConfig) -> Path:
                 return root
     elapsed = time.perf_counter() - started
 
-    record = store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"))
+    finished = store.manifest.get("status") == "complete" and store.manifest.get("calibration", {}).get("mode") == cfg.calibrate
+    if n_todo or not finished:  # a rerun with nothing to do leaves the chunks untouched
+        store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"))
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
             store.manifest["usage"] = {**teacher.usage, "cost": spent_so_far(teacher, cfg)}
         store.save_manifest()
     failed = store.manifest["rows_failed"]
-    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {record['mode']}")
+    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {cfg.calibrate}")
     return root
 
 

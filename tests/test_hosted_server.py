@@ -5,8 +5,6 @@ a message when llama-cpp-python is not installed (`make install` installs it).
 """
 
 import importlib.util
-import json
-import math
 import socket
 import subprocess
 import sys

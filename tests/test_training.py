@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import distillery_cli
 from annotate import AnnotateConfig, annotate
