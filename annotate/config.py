@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CALIBRATIONS = ("none", "mean", "content-free")
+CALIBRATIONS = ("none", "mean", "content-free", "gold")
 
 
 def option(default, help: str, **kw):
@@ -42,7 +42,8 @@ class AnnotateConfig:
     teacher_batch_size: int = option(16, "rows per teacher forward pass")
     max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows")
     chunk_size: int = option(200, "rows per CSV chunk (the unit of resume)")
-    calibrate: str = option("mean", "label prior correction: none, mean (over the annotated rows) or content-free", choices=CALIBRATIONS)
+    calibrate: str = option("mean", "label prior correction: none, mean (over the annotated rows), content-free, or gold (fit a bias and a temperature on --calibrate-on gold rows)", choices=CALIBRATIONS)
+    calibrate_on: int = option(200, "--calibrate gold: how many non-test rows with gold labels to fit on")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = option("auto", "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
     load_in_4bit: bool = option(False, "load the teacher in 4 bit with bitsandbytes (CUDA only)")

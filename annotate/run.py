@@ -32,6 +32,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
     """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir."""
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
+    if cfg.calibrate == "gold" and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
+        raise ValueError("--calibrate gold: expected rows with gold labels outside the test split; found none; pass --label-column, or use --calibrate mean")
     root = Path(cfg.out) / "annotations"
     fingerprint = {
         "teacher": cfg.teacher,
@@ -89,9 +91,10 @@ def annotate(cfg: AnnotateConfig) -> Path:
                 return root
     elapsed = time.perf_counter() - started
 
-    finished = store.manifest.get("status") == "complete" and store.manifest.get("calibration", {}).get("mode") == cfg.calibrate
-    if n_todo or not finished:  # a rerun with nothing to do leaves the chunks untouched
-        store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"))
+    previous = store.manifest.get("calibration", {})
+    same = previous.get("mode") == cfg.calibrate and (cfg.calibrate != "gold" or previous.get("calibrate_on") == cfg.calibrate_on)
+    if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
+        store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"), cfg.calibrate_on)
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run

@@ -41,6 +41,8 @@ class OnlineTeacher:
             self.bias = np.mean(np.asarray(scored), axis=0)
         elif source.calibrate == "content-free":
             self.bias = np.asarray(content_free_bias(self.teacher, task.content_free))
+        elif source.calibrate == "gold":
+            raise ValueError("--teacher-mode online supports --calibrate none, mean or content-free; found gold (annotate offline for gold calibration)")
 
     def targets(self, texts: list[str], hard: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(teacher_logprobs, hard_labels)`` for a batch; ``hard`` given means gold labels.

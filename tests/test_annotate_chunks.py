@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from annotate import AnnotateConfig, ManifestError, annotate, read_annotations
-from annotate.chunks import calibrated, label_columns
+from annotate.chunks import calibrated, fit_gold_calibration, label_columns
 from conftest import make_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,33 @@ def test_mean_calibration_removes_the_label_prior(tiny_llama, reviews_csv, tmp_p
     assert np.allclose(bias, raw.mean(axis=0))
     assert np.allclose(frame[label_columns(labels)].to_numpy(), calibrated(raw, bias))
     assert (frame["teacher_label"] == [labels[i] for i in calibrated(raw, bias).argmax(1)]).all()
+
+
+def test_gold_calibration_recovers_a_known_bias_and_temperature():
+    rng = np.random.default_rng(0)
+    true_bias, true_t = np.array([0.0, 1.5, -0.7]), 2.5
+    raw = rng.normal(0, 3, size=(20000, 3))
+    probs = np.exp(calibrated(raw, true_bias, true_t))
+    gold = np.array([rng.choice(3, p=p) for p in probs])
+    bias, temperature = fit_gold_calibration(raw, gold)
+    assert temperature == pytest.approx(true_t, rel=0.05)
+    assert np.allclose(bias, true_bias, atol=0.15)
+
+
+def test_gold_calibration_on_a_run_and_switching_mode_without_reannotating(tiny_llama, reviews_csv, tmp_path, capsys):
+    root = annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run", calibrate="mean"))
+    annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run", calibrate="gold", calibrate_on=12))
+    assert "0 to annotate" in capsys.readouterr().out
+    frame, manifest = read_annotations(root)
+    labels, record = manifest["labels"], manifest["calibration"]
+    assert record["mode"] == "gold" and record["fitted_on"] == 12 and record["temperature"] > 0
+    fit = frame[(frame["split"] != "test")].head(12)
+    bias, temperature = fit_gold_calibration(fit[label_columns(labels, raw=True)].to_numpy(), fit["gold"].map(labels.index).to_numpy())
+    assert temperature == pytest.approx(record["temperature"], rel=1e-4)
+    raw = frame[label_columns(labels, raw=True)].to_numpy()
+    assert np.allclose(frame[label_columns(labels)].to_numpy(), calibrated(raw, bias, temperature), atol=1e-4)
+    with pytest.raises(ValueError, match="gold labels"):
+        annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "nogold", label_column="", calibrate="gold"))
 
 
 def test_rerun_does_nothing_and_changed_teacher_or_labels_is_refused(tiny_llama, reviews_csv, tmp_path, capsys):
