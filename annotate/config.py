@@ -29,6 +29,7 @@ class AnnotateConfig:
     split: str = option("train", "split of an hf: dataset")
     text_column: str = option("text", "column that holds the text")
     label_column: str = option("", "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)")
+    split_column: str = option("", "column with 'train' or 'test' per row, kept as the split (instead of --test-fraction)")
     id_column: str = option("", "column with row ids (default: a stable hash of the text)")
     limit: int = option(1200, "annotate at most this many rows (0 = all), sampled with --seed")
     balance: bool = option(True, "sample the same number of rows per gold label (needs gold labels)")

@@ -48,6 +48,12 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
             label_col = "label"  # the usual name; pass --label-column for another
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
+    if cfg.split_column:
+        if cfg.split_column not in frame.columns:
+            raise InputError(f"{cfg.data}: expected a column '{cfg.split_column}' (--split-column); found {list(frame.columns)}")
+        bad = sorted(set(frame[cfg.split_column].astype(str)) - {"train", "test"})
+        if bad:
+            raise InputError(f"{cfg.data}: expected 'train' or 'test' in split column '{cfg.split_column}'; found {bad[:5]}; fix the file or drop --split-column")
     frame = frame.reset_index(drop=True)
     texts = frame[text_col]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
@@ -63,6 +69,8 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         frame = frame[~empty].reset_index(drop=True)
 
     out = pd.DataFrame({"text": frame[text_col].astype(str)})
+    if cfg.split_column:
+        out["split"] = frame[cfg.split_column].astype(str)
     out["gold"] = frame[label_col].astype(str).str.strip() if label_col else ""
     if label_col:
         bad = sorted(set(out["gold"]) - set(labels))
@@ -77,7 +85,8 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         raise InputError(f"{cfg.data}: ids in '{cfg.id_column}' must be unique; found '{dup}' twice")
 
     out = _sample(out, cfg.limit, cfg.balance and bool(label_col), cfg.seed)
-    out["split"] = ["test" if _unit(cfg.seed, i) < cfg.test_fraction else "train" for i in out["id"]]
+    if not cfg.split_column:
+        out["split"] = ["test" if _unit(cfg.seed, i) < cfg.test_fraction else "train" for i in out["id"]]
     return out[["id", "text", "gold", "split"]].reset_index(drop=True)
 
 

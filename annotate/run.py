@@ -42,6 +42,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
         "data": {k: getattr(cfg, k) for k in ("data", "hf_config", "split", "text_column", "label_column", "id_column", "limit", "balance", "drop_empty", "test_fraction", "seed")},
         "chunk_size": cfg.chunk_size,
     }
+    if cfg.split_column:  # only when set, so runs from before this option still resume
+        fingerprint["data"]["split_column"] = cfg.split_column
     extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash()}
     store = ChunkStore(root, fingerprint, extra)
     (root / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

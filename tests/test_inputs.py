@@ -94,3 +94,16 @@ def test_sampling_is_seeded_balanced_and_ids_are_stable(tmp_path):
     assert a.equals(b) and a["gold"].value_counts().to_dict() == {"negative": 2, "positive": 2}
     every = _load(path, label_column="label", balance=False)
     assert every["id"].is_unique and len(every) == 6
+
+
+def test_split_column_is_kept_and_bad_values_are_refused(tmp_path):
+    path = tmp_path / "split.csv"
+    pd.DataFrame({"text": [f"row {i}" for i in range(6)], "label": ["negative", "positive"] * 3,
+                  "part": ["train", "train", "test", "train", "test", "test"]}).to_csv(path, index=False)
+    rows = _load(path, split_column="part", balance=False)
+    assert dict(zip(rows["text"], rows["split"])) == {f"row {i}": s for i, s in enumerate(["train", "train", "test", "train", "test", "test"])}
+    pd.DataFrame({"text": ["a", "b"], "label": ["negative", "positive"], "part": ["train", "dev"]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="expected 'train' or 'test'.*dev"):
+        _load(path, split_column="part")
+    with pytest.raises(InputError, match="expected a column 'nope'"):
+        _load(path, split_column="nope")
