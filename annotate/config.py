@@ -41,6 +41,7 @@ class AnnotateConfig:
     backend: str = option("local", "teacher backend: local (a Hugging Face model in this process) or openai (an OpenAI-compatible server)", choices=("local", "openai"))
     teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
     teacher_batch_size: int = option(16, "rows per teacher forward pass")
+    prefix_cache: bool = option(True, "local teacher: run the prompt part shared by every row once and reuse its KV cache (same scores, faster)")
     max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows")
     chunk_size: int = option(200, "rows per CSV chunk (the unit of resume)")
     calibrate: str = option("mean", "label prior correction: none, mean (over the annotated rows), content-free, or gold (fit a bias and a temperature on --calibrate-on gold rows)", choices=CALIBRATIONS)

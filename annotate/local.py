@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ class VerbalizerScorer:
     prompts' KV cache (repeated once per label), so the prompt is never computed twice and
     labels whose first tokens collide are still told apart.
 
+    With :meth:`set_prefix`, the tokens every prompt starts with (system prompt, instruction,
+    few-shot examples) are run once and their KV cache is reused for every row: a causal LM's
+    keys and values for a prefix do not depend on what follows, so scores are unchanged. A
+    prompt that does not start with those tokens is scored in full.
+
     Args:
         model: a causal LM in eval mode.
         label_token_ids: for each label, the token ids of its continuation.
@@ -52,22 +58,50 @@ class VerbalizerScorer:
         self.model = model
         self.label_ids = label_token_ids
         self.pad_id = pad_token_id
+        self.prefix_ids: list[int] = []
+        self.prefix_cache = None
+
+    @torch.no_grad()
+    def set_prefix(self, prefix_ids: list[int]) -> None:
+        """Compute the KV cache of the shared prompt prefix once (an empty list turns it off)."""
+        self.prefix_ids = list(prefix_ids)
+        self.prefix_cache = None
+        if self.prefix_ids:
+            ids = torch.tensor([self.prefix_ids], device=self.model.device)
+            self.prefix_cache = self.model(input_ids=ids, use_cache=True).past_key_values
 
     @torch.no_grad()
     def label_logprobs(self, prompts: list[list[int]]) -> torch.Tensor:
         """Return ``(batch, n_labels)`` log P(label tokens | prompt), unnormalised over labels."""
+        n = len(self.prefix_ids)
+        hit = [i for i, p in enumerate(prompts) if n and len(p) > n and p[:n] == self.prefix_ids]
+        miss = sorted(set(range(len(prompts))) - set(hit))
+        scores = torch.empty(len(prompts), len(self.label_ids))
+        if hit:
+            scores[hit] = self._score([prompts[i][n:] for i in hit], with_prefix=True)
+        if miss:
+            scores[miss] = self._score([prompts[i] for i in miss], with_prefix=False)
+        return scores
+
+    def _score(self, rows: list[list[int]], with_prefix: bool) -> torch.Tensor:
         device = self.model.device
-        batch, n_labels = len(prompts), len(self.label_ids)
-        width = max(len(p) for p in prompts)
+        batch, n_labels = len(rows), len(self.label_ids)
+        width = max(len(p) for p in rows)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
-        for i, ids in enumerate(prompts):  # left padding: every prompt ends at the last column
+        for i, ids in enumerate(rows):  # left padding: every row ends at the last column
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             mask[i, width - len(ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        start = len(self.prefix_ids) if with_prefix else 0
+        positions = start + (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = None
+        if with_prefix:  # [prefix | padding | row]: the padding sits between prefix and row
+            cache = copy.deepcopy(self.prefix_cache)
+            cache.batch_repeat_interleave(batch)
+            mask = torch.cat([torch.ones((batch, start), dtype=torch.long, device=device), mask], dim=1)
         multi = max(len(ids) for ids in self.label_ids) > 1
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=multi)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=multi)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         scores = first[:, [ids[0] for ids in self.label_ids]]
         if multi:
@@ -117,15 +151,30 @@ class LocalTeacher:
                 self.groups.append(k)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
+        if cfg.prefix_cache:
+            self.scorer.set_prefix(self.shared_prefix_ids())
 
-    def prompt_ids(self, text: str) -> list[int]:
-        """Token ids of the full prompt: chat template, then the pre-filled answer prefix."""
+    def prompt_text(self, text: str) -> str:
+        """The full prompt: chat template (or plain turns), then the pre-filled answer prefix."""
         msgs = self.task.messages(text)
         if self.has_template:
-            prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer(prompt + self.task.answer_prefix, add_special_tokens=False).input_ids
-        plain = "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
-        return self.tokenizer(plain).input_ids
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + self.task.answer_prefix
+        return "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of the full prompt."""
+        return self.tokenizer(self.prompt_text(text), add_special_tokens=not self.has_template).input_ids
+
+    def shared_prefix_ids(self) -> list[int]:
+        """Tokens every prompt starts with: the prompt up to the row's text, less its last token.
+
+        The last token is dropped because it may merge with the text's first characters (e.g.
+        "\n\n" + "Hi"); rows whose prompt still does not start with these ids are scored in full.
+        """
+        marker = "\u2063\u2063"  # invisible separators: never in the prompt around them
+        rendered = self.prompt_text(marker)
+        ids = self.tokenizer(rendered[: rendered.index(marker)], add_special_tokens=not self.has_template).input_ids
+        return ids[:-1]
 
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch; rows that fail come back as error annotations, never as exceptions."""

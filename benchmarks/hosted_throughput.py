@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from annotate import AnnotateConfig, load_rows, load_task  # noqa: E402
-from annotate.hosted import HostedTeacher  # noqa: E402
-from annotate.models import resolve_model  # noqa: E402
+from annotate import AnnotateConfig, load_rows, load_task
+from annotate.hosted import HostedTeacher
+from annotate.models import resolve_model
 
 
 def start_server(log: Path) -> tuple[subprocess.Popen, str]:

@@ -77,3 +77,29 @@ def test_task_needs_two_labels():
         TaskSpec(name="t", labels=["positive"], instruction="{text}")
     with pytest.raises(ValueError, match="at least two labels"):
         load_task("sentiment-binary", labels=["positive"])
+
+
+def test_shared_prefix_cache_gives_the_same_scores(llama):
+    tok, model = llama
+    label_ids = [tok(w, add_special_tokens=False).input_ids for w in [" negative", " positive", " neutral"]]
+    prefix = tok("Classify the sentiment of these reviews, one at a time, carefully:").input_ids
+    rows = [prefix + tok(t, add_special_tokens=False).input_ids for t in [" a", " what a great and wonderful day it was", " meh"]]
+    rows.append(tok("no shared prefix here").input_ids)  # scored in full
+    plain = VerbalizerScorer(model, label_ids, tok.pad_token_id).label_logprobs(rows)
+    cached = VerbalizerScorer(model, label_ids, tok.pad_token_id)
+    cached.set_prefix(prefix)
+    assert torch.allclose(cached.label_logprobs(rows), plain, atol=1e-4)
+    assert torch.allclose(cached.label_logprobs(rows[:2]), plain[:2], atol=1e-4)  # the cache is reused, not consumed
+
+
+def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama):
+    task = load_task("sentiment-binary")
+    task.few_shot = [{"text": "loved it", "label": "positive"}, {"text": "boring and long", "label": "negative"}]
+    texts = ["great fun", "awful acting", "\n\nstarts with newlines", "ok"]
+    on = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), task)
+    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu", prefix_cache=False), task)
+    prefix = on.scorer.prefix_ids
+    assert len(prefix) > 20 and not off.scorer.prefix_ids
+    assert sum(on.prompt_ids(t)[: len(prefix)] == prefix for t in texts) >= 3
+    for a, b in zip(on.score(texts), off.score(texts)):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
