@@ -54,6 +54,8 @@ class AnnotateConfig:
     api_key_env: str = option("OPENAI_API_KEY", "openai backend: the environment variable that holds the API key")
     extra_headers: list[str] = option([], "openai backend: extra HTTP headers, 'Name: value', comma-separated")
     request_timeout: float = option(30.0, "openai backend: seconds before a request times out (then it is retried)")
+    hosted_scoring: str = option("top-logprobs", "openai backend: top-logprobs (chat endpoint, first answer token) or echo (completions endpoint: every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)", choices=("top-logprobs", "echo"))
+    template_from: str = option("", "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty = plain text")
     top_logprobs: int = option(20, "openai backend: how many top tokens' log-probs to ask for")
     concurrency: int = option(4, "openai backend: requests in flight")
     max_retries: int = option(6, "openai backend: retries of a request on 429, 5xx, timeouts and dropped connections")
@@ -69,6 +71,8 @@ class AnnotateConfig:
             raise ValueError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
         if self.teacher_batch_size < 1 or self.chunk_size < 1:
             raise ValueError("teacher_batch_size and chunk_size: expected >= 1")
+        if self.hosted_scoring not in ("top-logprobs", "echo"):
+            raise ValueError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate not in CALIBRATIONS:
             raise ValueError(f"calibrate: expected one of {CALIBRATIONS}, found '{self.calibrate}'")
         if isinstance(self.labels, str):

@@ -5,6 +5,12 @@ case-folded and matched to the label whose verbalizer they begin; their probabil
 summed per label and renormalised over the label set. A label absent from the top-K gets
 no invented number: its log-prob is bounded above by the smallest returned log-prob, that
 bound is stored and the row is flagged ``bounded:<label>``.
+
+``--hosted-scoring echo`` uses the completions endpoint instead (vLLM, llama.cpp): each
+label's full verbalizer is appended to the prompt and the server echoes the prompt's token
+log-probs, so multi-token labels are scored like the local teacher does. llama.cpp reports
+the distribution of position i against token i (one position late); :func:`echo_label_logprob`
+reads it from position i-1 instead, and a one-request probe finds which kind of server it is.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ import sqlite3
 from pathlib import Path
 
 from annotate.config import AnnotateConfig
-from annotate.local import Annotation
+from annotate.local import Annotation, normalise
 from annotate.tasks import TaskSpec
 
-__all__ = ["HostedTeacher", "AuthError", "labels_from_top_logprobs"]
+__all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -52,6 +58,57 @@ def labels_from_top_logprobs(top: list[tuple[str, float]], verbalizers: list[str
     covered = sum(mass)
     total = math.log(sum(math.exp(x) for x in raw)) if any(math.isfinite(x) for x in raw) else -math.inf
     return [x - total for x in raw], covered, bounded
+
+
+def echo_label_logprob(logprobs: dict, verbalizer: str, generated: str, shifted: bool) -> tuple[float, bool]:
+    """log P(verbalizer | prompt) from the echo of ``prompt + verbalizer`` (+ ``generated``).
+
+    ``logprobs``: the completion's ``{tokens, token_logprobs, top_logprobs}``. The label's
+    tokens are found from the end of the echo (some servers list the generated token, some do
+    not; llama.cpp's character offsets skip special tokens, so they are not used).
+    ``shifted``: llama.cpp's layout, where entry i holds the distribution that predicts token
+    i+1; the log-prob of token i is then looked up in ``top_logprobs[i-1]``, and when it is
+    not among those top tokens the smallest of them bounds it from above.
+    Returns ``(log-prob, bounded)``.
+    """
+    tokens = logprobs["tokens"]
+    ends = [len(tokens) - k for k in range(1, 4) if generated and "".join(tokens[len(tokens) - k:]) == generated] + [len(tokens)]
+    for end in ends:
+        start, text = end, ""
+        while start > 1 and len(text) < len(verbalizer):
+            start -= 1
+            text = tokens[start] + text
+        if text == verbalizer:
+            break
+    else:
+        raise ValueError(f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)")
+    total, bounded = 0.0, False
+    for i in range(start, end):
+        if not shifted:
+            total += logprobs["token_logprobs"][i]
+            continue
+        top = logprobs["top_logprobs"][i - 1] or {}
+        if tokens[i] in top:
+            total += top[tokens[i]]
+        else:
+            total, bounded = total + min(top.values(), default=-math.inf), True
+    return total, bounded
+
+
+PROBE = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"  # the later numbers are near-certain
+
+
+def echo_is_shifted(logprobs: dict) -> bool:
+    """True when an echoed ``head + PROBE`` shows llama.cpp's one-position-late log-probs.
+
+    llama.cpp is late when it adds a BOS token the echo does not list (a prompt that does not
+    start with a special token), so the probe starts like the real prompts do.
+    """
+    tokens, aligned, late = logprobs["tokens"], [], []
+    for i in range(len(tokens) - 14, len(tokens) - 1):  # the last numbers, not the generated token
+        aligned.append(logprobs["token_logprobs"][i] or -30.0)
+        late.append((logprobs["top_logprobs"][i - 1] or {}).get(tokens[i], -30.0))
+    return sum(late) > sum(aligned)
 
 
 class RequestCache:
@@ -100,6 +157,12 @@ class HostedTeacher:
         self.cache = RequestCache(Path(cfg.out) / "annotations" / "request_cache.sqlite")
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
+        self.template = None
+        self.shifted: bool | None = None  # echo mode: llama.cpp's late prompt log-probs (probed once)
+        if cfg.hosted_scoring == "echo" and cfg.template_from:
+            from annotate.models import load_tokenizer
+
+            self.template = load_tokenizer(cfg.template_from)
 
     def _request(self, text: str) -> dict:
         return {
@@ -107,13 +170,23 @@ class HostedTeacher:
             "logprobs": True, "top_logprobs": self.cfg.top_logprobs,
         }
 
+    def _echo_request(self, prompt: str) -> dict:
+        return {"model": self.cfg.teacher, "prompt": prompt, "temperature": 0.0, "max_tokens": 1, "echo": True, "logprobs": self.cfg.top_logprobs}
+
+    def prompt_text(self, text: str) -> str:
+        """Echo mode: the prompt as plain text, formatted by --template-from's chat template if given."""
+        msgs = self.task.messages(text)
+        if self.template is not None:
+            return self.template.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + self.task.answer_prefix
+        return "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
+
     def _safe(self, message: str) -> str:
         return message.replace(self.api_key, "***") if self.api_key != "no-key" else message
 
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch. If nothing has been answered yet and every row failed the same way
         (wrong URL, unknown model), stop with one line instead of writing a chunk of errors."""
-        out = asyncio.run(self._score_all(texts))
+        out = asyncio.run(self._score_all(texts) if self.cfg.hosted_scoring == "top-logprobs" else self._echo_all(texts))
         self.answered += sum(a.error_type == "" for a in out)
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
@@ -122,28 +195,75 @@ class HostedTeacher:
         return out
 
     async def _score_all(self, texts: list[str]) -> list[Annotation]:
-        import openai
-
-        client = openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=self.api_key, max_retries=0, timeout=self.cfg.request_timeout,
-            default_headers=dict(h.split(":", 1) for h in self.cfg.extra_headers) if self.cfg.extra_headers else None,
-        )
+        client = self._client()
         gate = asyncio.Semaphore(self.cfg.concurrency)
         try:
             return list(await asyncio.gather(*(self._one(client, gate, t) for t in texts)))
         finally:
             await client.close()
 
+    def _client(self):
+        import openai
+
+        return openai.AsyncOpenAI(
+            base_url=self.cfg.base_url, api_key=self.api_key, max_retries=0, timeout=self.cfg.request_timeout,
+            default_headers=dict(h.split(":", 1) for h in self.cfg.extra_headers) if self.cfg.extra_headers else None,
+        )
+
     async def _one(self, client, gate: asyncio.Semaphore, text: str) -> Annotation:
+        answer = await self._send(client, gate, self._request(text), chat=True)
+        return answer if isinstance(answer, Annotation) else self._parse(answer)
+
+    async def _echo_all(self, texts: list[str]) -> list[Annotation]:
+        client, gate = self._client(), asyncio.Semaphore(self.cfg.concurrency)
+        try:
+            if self.shifted is None:
+                marker = "\u2063\u2063"
+                head = self.prompt_text(marker)
+                probe = await self._send(client, gate, self._echo_request(head[: head.index(marker)] + PROBE), chat=False)
+                if isinstance(probe, Annotation):
+                    return [probe] * len(texts)  # the server failed: reported like any failed request
+                self.shifted = echo_is_shifted(probe["choices"][0]["logprobs"])
+            return list(await asyncio.gather(*(self._echo_one(client, gate, t) for t in texts)))
+        finally:
+            await client.close()
+
+    async def _echo_one(self, client, gate: asyncio.Semaphore, text: str) -> Annotation:
+        """One completions request per label continuation: prompt + continuation, echoed with log-probs."""
+        prompt = self.prompt_text(text)
+        pieces = [(k, c) for k, lab in enumerate(self.task.labels) for c in self.task.continuations(lab)]
+        answers = await asyncio.gather(*(self._send(client, gate, self._echo_request(prompt + c), chat=False) for _, c in pieces))
+        failed = next((a for a in answers if isinstance(a, Annotation)), None)
+        if failed is not None:
+            return failed
+        per_label: list[list[float]] = [[] for _ in self.task.labels]
+        bounded = set()
+        for (k, cont), body in zip(pieces, answers):
+            self._count_usage(body)
+            echoed = body["choices"][0].get("text") or ""
+            generated = echoed[len(prompt + cont):] if echoed.startswith(prompt + cont) else ""
+            try:
+                value, was_bounded = echo_label_logprob(body["choices"][0]["logprobs"], cont, generated, bool(self.shifted))
+            except (ValueError, KeyError, TypeError) as err:
+                return Annotation(error_type="bad_echo", error_message=str(err)[:300])
+            per_label[k].append(value)
+            if was_bounded:
+                bounded.add(self.task.labels[k])
+        ann = normalise([math.log(sum(math.exp(v) for v in values)) if any(math.isfinite(v) for v in values) else -math.inf for values in per_label])
+        ann.flags = ";".join(f"bounded:{b}" for b in self.task.labels if b in bounded)
+        return ann
+
+    async def _send(self, client, gate: asyncio.Semaphore, request: dict, chat: bool) -> dict | Annotation:
+        """The server's answer (from the cache if it was received before), or an error annotation."""
         import openai
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-        request = self._request(text)
         key = RequestCache.key({"base_url": self.cfg.base_url, **request})
         body = self.cache.get(key)
         if body is not None:
             self.usage["cache_hits"] += 1
-            return self._parse(body)
+            return body
+        create = client.chat.completions.create if chat else client.completions.create
 
         def retryable(err: BaseException) -> bool:
             if isinstance(err, (openai.APIConnectionError, openai.APITimeoutError)):
@@ -163,7 +283,7 @@ class HostedTeacher:
                 async for attempt in AsyncRetrying(retry=retry_if_exception(retryable), wait=wait, stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True):
                     with attempt:
                         self.usage["requests_sent"] += 1
-                        response = await client.chat.completions.create(**request)
+                        response = await create(**request)
         except openai.AuthenticationError:
             raise AuthError(f"the server at {self.cfg.base_url} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
         except openai.APIStatusError as err:
@@ -172,12 +292,15 @@ class HostedTeacher:
             return Annotation(error_type=type(err).__name__, error_message=self._safe(str(err))[:300])
         body = response.model_dump()
         self.cache.put(key, body)
-        return self._parse(body)
+        return body
 
-    def _parse(self, body: dict) -> Annotation:
+    def _count_usage(self, body: dict) -> None:
         usage = body.get("usage") or {}
         self.usage["prompt_tokens"] += usage.get("prompt_tokens") or 0
         self.usage["completion_tokens"] += usage.get("completion_tokens") or 0
+
+    def _parse(self, body: dict) -> Annotation:
+        self._count_usage(body)
         choice = body["choices"][0]
         content = ((choice.get("logprobs") or {}).get("content")) or []
         if content and content[0].get("top_logprobs"):

@@ -112,6 +112,16 @@ def load_causal_lm(spec: str, device: torch.device, dtype: torch.dtype, load_in_
     return tokenizer, model
 
 
+def load_tokenizer(spec: str):
+    """The tokenizer of a model given like ``--teacher`` (its chat template formats prompts)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(spec)
+    if path.endswith(".gguf"):
+        path = gguf_to_plain(path, AutoModelForCausalLM)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def bnb_4bit_config(device: torch.device):
     """A bitsandbytes NF4 config; a clear error on CPU or without bitsandbytes."""
     if device.type != "cuda":

@@ -42,7 +42,7 @@ def build_input(name: str, data_dir: Path, train_rows: int, test_rows: int, seed
     train = pd.read_csv(files[0], keep_default_na=False).sample(n=train_rows, random_state=seed)
     test = pd.read_csv(files[1], keep_default_na=False)
     if test_rows and test_rows < len(test):
-        test = test.groupby("label", group_keys=False).apply(lambda g: g.sample(frac=test_rows / len(test), random_state=seed))
+        test = pd.concat(g.sample(frac=test_rows / len(test), random_state=seed) for _, g in test.groupby("label"))
     frame = pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
     frame = frame[frame["text"].str.strip() != ""]
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class DistillConfig:
     student: str = option("encoder", "student kind: encoder (AutoModelForSequenceClassification) or llama-lora (LLM-Neo)", choices=STUDENTS)
     student_model: str = option("", "student checkpoint: a hub id, a local dir or a .gguf (default: minilm for encoder, smollm2 for llama-lora)")
     hard_labels: str = option("teacher", "hard labels for the CE part: teacher or gold", choices=("teacher", "gold"))
+    max_train_rows: int = option(0, "train on at most this many of the annotated training rows, in file order (0 = all)")
     alpha: float = option(0.5, "weight of the KD part (0 = hard labels only, 1 = pure KD)")
     temperature: float = option(2.0, "KD temperature T")
     lr: float = option(5e-5, "AdamW learning rate")
@@ -58,6 +59,8 @@ class DistillConfig:
             raise ValueError(f"val_fraction: expected 0 <= x < 1, found {self.val_fraction}")
         if self.batch_size % max(self.grad_accum, 1):
             raise ValueError(f"batch_size: expected a multiple of grad_accum ({self.grad_accum}), found {self.batch_size}")
+        if self.max_train_rows < 0:
+            raise ValueError(f"max_train_rows: expected >= 0, found {self.max_train_rows}")
         for name in ("batch_size", "grad_accum", "max_length", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")

@@ -33,6 +33,8 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
     labels = manifest["labels"]
     failed = frame["error_type"] != ""
     frame = frame[~failed & (frame["split"] == "train")].reset_index(drop=True)
+    if cfg.max_train_rows:
+        frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
             raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")

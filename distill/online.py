@@ -62,6 +62,8 @@ def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows
     task = load_task(source.task, source.labels or None)
     rows = load_rows(source, task.labels)
     frame = rows[rows["split"] == "train"].reset_index(drop=True)
+    if cfg.max_train_rows:
+        frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
             raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")

@@ -64,8 +64,8 @@ def server(tmp_path_factory):
 
 
 def _cfg(tmp_path, url, **kw):
-    return AnnotateConfig(backend="openai", base_url=url, teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none",
-                          test_fraction=0.0, concurrency=2, **kw)
+    base = dict(backend="openai", base_url=url, teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0, concurrency=2)
+    return AnnotateConfig(**{**base, **kw})
 
 
 def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path):
@@ -90,6 +90,55 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
     # sums: expect the same label almost always and probabilities within 0.1 on average.
     assert agreement >= 0.9
     assert mad < 0.1
+
+
+def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray:
+    """Label log-probs (renormalised) of the local float32 SmolLM2 for ready-made prompt texts."""
+    from annotate.local import normalise
+
+    local = LocalTeacher(AnnotateConfig(device="cpu", prefix_cache=False), task)
+    tok = local.tokenizer
+    ids = [([tok.bos_token_id] if bos else []) + tok(p, add_special_tokens=False).input_ids for p in prompts]
+    scores = local.scorer.label_logprobs(ids)
+    return np.array([normalise(row.tolist()).logprobs for row in scores])
+
+
+def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, tmp_path):
+    """Completions endpoint, full verbalizers, same chat template and answer prefix as local."""
+    root = annotate(_cfg(tmp_path, server, limit=30, hosted_scoring="echo", template_from="smollm2"))
+    hosted, manifest = read_annotations(root)
+    assert (hosted["error_type"] == "").all(), hosted["error_message"].tolist()[:3]
+    assert manifest["usage"]["requests_sent"] == 1 + 2 * 30  # the alignment probe, then one request per label
+    task = TaskSpec(**manifest["task"])
+    local = LocalTeacher(AnnotateConfig(device="cpu"), task)
+    local_lp = np.array([a.logprobs for a in local.score(hosted["text"].tolist())])
+    hosted_lp = hosted[label_columns(task.labels)].to_numpy(float)
+    agreement = (local_lp.argmax(1) == hosted_lp.argmax(1)).mean()
+    mad = np.abs(np.exp(local_lp[:, 1]) - np.exp(hosted_lp[:, 1])).mean()
+    print(f"echo (template) vs local: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
+    # The same prompt and label sequences: only Q4_1 vs de-quantized float32 arithmetic differs
+    # (label log-probs within ~0.05 measured), so the probabilities should match closely.
+    assert agreement >= 0.9 and mad < 0.05
+
+
+def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
+    """A prompt without a leading special token makes llama.cpp add an unlisted BOS, so its echoed
+    log-probs come one position late; read in place they would be ~-10 per token."""
+    from annotate.hosted import HostedTeacher
+    from annotate.tasks import load_task
+
+    task = load_task("sentiment-binary")
+    teacher = HostedTeacher(_cfg(tmp_path, server, hosted_scoring="echo"), task)
+    texts = load_rows(AnnotateConfig(limit=12, seed=1), task.labels)["text"].tolist()
+    anns = teacher.score(texts)
+    assert teacher.shifted is True
+    hosted_lp = np.array([a.logprobs for a in anns])
+    assert all(a.mass > 0.05 for a in anns), "label mass near zero: the shift was not undone"
+    local_lp = _local_logprobs([teacher.prompt_text(t) for t in texts], task, bos=True)
+    agreement = (local_lp.argmax(1) == hosted_lp.argmax(1)).mean()
+    mad = np.abs(np.exp(local_lp[:, 1]) - np.exp(hosted_lp[:, 1])).mean()
+    print(f"echo (plain prompt, shifted) vs local with BOS: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
+    assert agreement >= 0.8 and mad < 0.1
 
 
 def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):

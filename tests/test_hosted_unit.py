@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from annotate.hosted import labels_from_top_logprobs
+from annotate.hosted import echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
 
 
 def test_case_and_space_variants_are_summed_and_renormalised():
@@ -26,3 +26,38 @@ def test_a_token_that_begins_two_labels_counts_for_neither():
     top = [("ne", math.log(0.5)), ("neutral", math.log(0.3)), ("negative", math.log(0.1))]
     logprobs, _, _ = labels_from_top_logprobs(top, ["negative", "neutral"])
     assert [math.exp(x) for x in logprobs] == pytest.approx([0.25, 0.75])
+
+
+# An echo of "A B neg ative" + generated ".": entry i of top_logprobs is the distribution that
+# predicts token i (aligned, as vLLM) or token i+1 (llama.cpp after an unlisted BOS).
+ALIGNED = {"tokens": ["A", " B", " neg", "ative", "."], "token_logprobs": [None, -1.0, -0.5, -0.25, -0.1],
+           "top_logprobs": [None, {" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25}, {".": -0.1}]}
+SHIFTED = {"tokens": ["A", " B", " neg", "ative"], "token_logprobs": [None, -9.0, -9.0, -9.0],
+           "top_logprobs": [{" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25, "x": -3.0}, {".": -0.1}]}
+
+
+def test_echo_aligned_sums_the_label_tokens_and_skips_the_generated_one():
+    assert echo_label_logprob(ALIGNED, " negative", ".", shifted=False) == (pytest.approx(-0.75), False)
+
+
+def test_echo_shifted_reads_each_token_from_the_previous_position():
+    assert echo_label_logprob(SHIFTED, " negative", "", shifted=False)[0] == pytest.approx(-18.0)  # read naively: wrong
+    assert echo_label_logprob(SHIFTED, " negative", ".", shifted=True) == (pytest.approx(-0.75), False)
+
+
+def test_echo_shifted_token_outside_the_top_k_is_bounded_and_flagged():
+    body = {**SHIFTED, "top_logprobs": [{" B": -1.0}, {" pos": -1.5, " x": -2.0}, {"ative": -0.25}, {}]}
+    assert echo_label_logprob(body, " negative", "", shifted=True) == (pytest.approx(-2.25), True)
+
+
+def test_echo_label_merged_with_the_prompt_is_an_error():
+    body = {**ALIGNED, "tokens": ["A", " B neg", "ative", "."]}
+    with pytest.raises(ValueError, match="merged"):
+        echo_label_logprob(body, " negative", ".", shifted=False)
+
+
+def test_probe_tells_llama_cpp_late_logprobs_from_aligned_ones():
+    tokens = [str(i) for i in range(20)]
+    aligned = {"tokens": tokens, "token_logprobs": [None] + [-0.01] * 19, "top_logprobs": [None] + [{t: -0.01} for t in tokens[1:]]}
+    late = {"tokens": tokens, "token_logprobs": [None] + [-12.0] * 19, "top_logprobs": [{tokens[i + 1]: -0.01, tokens[i]: -12.0} for i in range(19)] + [{}]}
+    assert not echo_is_shifted(aligned) and echo_is_shifted(late)

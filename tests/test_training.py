@@ -108,3 +108,10 @@ def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
 
     w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
+def test_max_train_rows_trains_on_the_first_rows_only(annotated, tiny_roberta, tmp_path):
+    out = distill(DistillConfig(out=str(annotated), output_dir=str(tmp_path / "s"), student_model=str(tiny_roberta),
+                                epochs=1, max_train_rows=20, val_fraction=0.25, device="cpu"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["train_rows"], summary["val_rows"]) == (15, 5)

@@ -1,0 +1,84 @@
+"""Inference: students vs the teacher, rows/s and latency p50/p95 at batch 1 and 32, size on disk.
+
+    python benchmarks/inference.py [--run data/runs/bench-quality-sst2] [--rows 128]
+
+Times the students a run has trained (student-minilm, student-smollm2-lora, or student) and
+its local teacher (SmolLM2-135M scoring every label in one forward pass, shared-prefix cache
+on) on the same test texts, in one process, after a warm-up. Latency is per batch (at batch 1,
+per row). Prints a table and writes benchmarks/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, print_table, write_result
+
+from annotate import AnnotateConfig, read_annotations
+from annotate.local import LocalTeacher
+from annotate.models import resolve_model
+from annotate.tasks import TaskSpec
+from distill import load_trained_student
+from evaluation import predict_student
+from evaluation.evaluate import size_on_disk
+
+RUNS = [ROOT / "data" / "runs" / "bench-quality-sst2", ROOT / "data" / "runs" / "demo"]
+
+
+def time_batches(fn, texts: list[str], batch: int, rounds: int) -> dict:
+    """rows/s over ``rounds`` passes and per-batch latency percentiles, after one warm-up batch."""
+    fn(texts[:batch])
+    latencies = []
+    for _ in range(rounds):
+        for b in range(0, len(texts) - batch + 1, batch):
+            start = time.perf_counter()
+            fn(texts[b : b + batch])
+            latencies.append(time.perf_counter() - start)
+    lat = np.array(latencies)
+    return {"batch": batch, "rows_per_s": batch * len(lat) / lat.sum(), "p50_ms": 1000 * np.percentile(lat, 50), "p95_ms": 1000 * np.percentile(lat, 95)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=None, help="run dir with annotations and students (default: the SST-2 quality run, else the demo run)")
+    parser.add_argument("--rows", type=int, default=128, help="test texts timed (batch 32 needs at least 32)")
+    args = parser.parse_args()
+    run = args.run or next((p for p in RUNS if (p / "annotations" / "manifest.json").is_file()), None)
+    if run is None:
+        sys.exit(f"no run found: expected one of {[str(p) for p in RUNS]}; run benchmarks/quality.py or 'distillery run' first, or pass --run")
+    started = time.perf_counter()
+    frame, manifest = read_annotations(run / "annotations")
+    texts = frame.loc[frame["split"] == "test", "text"].tolist()[: args.rows]
+    results = []
+
+    cfg = AnnotateConfig(**{**manifest["config"], "device": "cpu"})
+    teacher = LocalTeacher(cfg, TaskSpec(**manifest["task"]))
+    teacher_size = size_on_disk(resolve_model(manifest["teacher"]))
+    for batch in (1, 32):
+        row = {"model": f"teacher {manifest['teacher']}", "size_mb": teacher_size / 1e6, **time_batches(teacher.score, texts, batch, rounds=1)}
+        results.append(row)
+        print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
+    del teacher
+
+    students = sorted(p for p in run.glob("student*") if (p / "distillery_student.json").is_file())
+    for path in students:
+        tokenizer, model = load_trained_student(path, "cpu")
+        for batch in (1, 32):
+            row = {"model": path.name, "size_mb": size_on_disk(path) / 1e6,
+                   **time_batches(lambda t, b=batch: predict_student(model, tokenizer, t, b), texts, batch, rounds=2)}
+            results.append(row)
+            print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
+    for row in results:
+        base = next(r for r in results if r["batch"] == row["batch"])
+        row["speedup_vs_teacher"] = row["rows_per_s"] / base["rows_per_s"]
+    print_table(results, ["model", "batch", "rows_per_s", "p50_ms", "p95_ms", "speedup_vs_teacher", "size_mb"])
+    write_result("inference", {"command": " ".join(["python benchmarks/inference.py", *sys.argv[1:]]), "run": str(run.relative_to(ROOT)),
+                               "rows": len(texts), "wall_s": time.perf_counter() - started, "results": results})
+
+
+if __name__ == "__main__":
+    main()
