@@ -58,6 +58,8 @@ class AnnotateConfig:
     template_from: str = option("", "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty = plain text")
     top_logprobs: int = option(20, "openai backend: how many top tokens' log-probs to ask for")
     concurrency: int = option(4, "openai backend: requests in flight")
+    requests_per_minute: float = option(0.0, "openai backend: send at most this many requests a minute, evenly spaced (0 = no limit)")
+    tokens_per_minute: float = option(0.0, "openai backend: at most this many tokens a minute (prompt estimated as characters/4, plus max_tokens; 0 = no limit)")
     max_retries: int = option(6, "openai backend: retries of a request on 429, 5xx, timeouts and dropped connections")
     price_prompt_per_m: float = option(0.0, "openai backend: price per million prompt tokens, for --dry-run and --max-cost")
     price_completion_per_m: float = option(0.0, "openai backend: price per million completion tokens")

@@ -158,6 +158,16 @@ class HostedTeacher:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
         self.template = None
+        # One event loop for the whole run, so the rate limiters keep their state across batches.
+        self.loop = asyncio.new_event_loop()
+        self.request_limiter = self.token_limiter = None
+        if cfg.requests_per_minute or cfg.tokens_per_minute:
+            from aiolimiter import AsyncLimiter
+
+            if cfg.requests_per_minute:  # evenly spaced requests, no burst
+                self.request_limiter = AsyncLimiter(1, 60.0 / cfg.requests_per_minute)
+            if cfg.tokens_per_minute:  # a leaky bucket of one minute's tokens
+                self.token_limiter = AsyncLimiter(cfg.tokens_per_minute, 60.0)
         self.shifted: bool | None = None  # echo mode: llama.cpp's late prompt log-probs (probed once)
         if cfg.hosted_scoring == "echo" and cfg.template_from:
             from annotate.models import load_tokenizer
@@ -186,7 +196,7 @@ class HostedTeacher:
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch. If nothing has been answered yet and every row failed the same way
         (wrong URL, unknown model), stop with one line instead of writing a chunk of errors."""
-        out = asyncio.run(self._score_all(texts) if self.cfg.hosted_scoring == "top-logprobs" else self._echo_all(texts))
+        out = self.loop.run_until_complete(self._score_all(texts) if self.cfg.hosted_scoring == "top-logprobs" else self._echo_all(texts))
         self.answered += sum(a.error_type == "" for a in out)
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
@@ -282,6 +292,7 @@ class HostedTeacher:
             async with gate:
                 async for attempt in AsyncRetrying(retry=retry_if_exception(retryable), wait=wait, stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True):
                     with attempt:
+                        await self._within_rate_limits(request)
                         self.usage["requests_sent"] += 1
                         response = await create(**request)
         except openai.AuthenticationError:
@@ -293,6 +304,14 @@ class HostedTeacher:
         body = response.model_dump()
         self.cache.put(key, body)
         return body
+
+    async def _within_rate_limits(self, request: dict) -> None:
+        """Wait for --requests-per-minute and --tokens-per-minute (tokens estimated as chars/4 + max_tokens)."""
+        if self.request_limiter is not None:
+            await self.request_limiter.acquire()
+        if self.token_limiter is not None:
+            tokens = len(json.dumps(request.get("messages") or request.get("prompt"))) / 4 + request["max_tokens"]
+            await self.token_limiter.acquire(min(tokens, self.cfg.tokens_per_minute))
 
     def _count_usage(self, body: dict) -> None:
         usage = body.get("usage") or {}

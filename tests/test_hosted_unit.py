@@ -61,3 +61,72 @@ def test_probe_tells_llama_cpp_late_logprobs_from_aligned_ones():
     aligned = {"tokens": tokens, "token_logprobs": [None] + [-0.01] * 19, "top_logprobs": [None] + [{t: -0.01} for t in tokens[1:]]}
     late = {"tokens": tokens, "token_logprobs": [None] + [-12.0] * 19, "top_logprobs": [{tokens[i + 1]: -0.01, tokens[i]: -12.0} for i in range(19)] + [{}]}
     assert not echo_is_shifted(aligned) and echo_is_shifted(late)
+
+
+ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+          "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "positive"},
+                       "logprobs": {"content": [{"token": "positive", "logprob": -0.1, "bytes": None,
+                                                 "top_logprobs": [{"token": "positive", "logprob": -0.1, "bytes": None},
+                                                                  {"token": "negative", "logprob": -2.5, "bytes": None}]}]}}]}
+
+
+@pytest.fixture
+def answering_server():
+    """A real HTTP server that answers every chat request at once and records when each arrived."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    arrivals = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            arrivals.append(time.monotonic())
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, answer = 200, ANSWER
+            if request["model"] != "smollm2":  # as OpenAI answers an unknown model
+                status = 404
+                answer = {"error": {"message": f"The model `{request['model']}` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}
+            body = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", arrivals
+    server.shutdown()
+
+
+def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
+    from annotate import AnnotateConfig, load_task
+    from annotate.hosted import HostedTeacher
+
+    url, arrivals = answering_server
+    task = load_task("sentiment-binary")
+    texts = [f"row {i}" for i in range(6)]
+    free = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, out=str(tmp_path / "a"), concurrency=4), task)
+    assert all(a.error_type == "" for a in free.score(texts))
+    assert arrivals[-1] - arrivals[0] < 1.0  # unlimited: as fast as the server answers
+    arrivals.clear()
+    limited = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, out=str(tmp_path / "b"), concurrency=4, requests_per_minute=200), task)
+    assert all(a.error_type == "" for a in limited.score(texts[:3]) + limited.score(texts[3:]))  # the limit holds across batches
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert len(arrivals) == 6 and min(gaps) > 0.25  # 200/minute: one every 0.3 s
+
+
+def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server, tmp_path, capsys):
+    import distillery_cli
+
+    url, _ = answering_server
+    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--teacher", "gpt-nope", "--limit", "4", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("distillery")]
+    assert code == 2 and len(lines) == 1 and "http_404" in lines[0] and "gpt-nope" in lines[0] and "check --base-url and --teacher" in lines[0]
+    assert "Traceback" not in err and not list((tmp_path / "annotations").glob("part-*.csv"))
