@@ -10,6 +10,7 @@ Same model (the embedded SmolLM2-135M-Instruct), same rows (built-in tweets), sa
 - ours: `VerbalizerScorer` (one forward pass, every label's full token sequence) at batch
   1/4/16/32, with and without the shared-prefix KV cache;
 - the prefix cache again on a 6-shot prompt, whose shared prefix is longer than a tweet.
+Batches hold rows of similar length, as `distillery annotate` builds them (for every method).
 Labels are compared uncalibrated (generation cannot be calibrated). Prints a table and writes
 benchmarks/results/annotation_speed.json.
 """
@@ -62,10 +63,16 @@ def score(teacher: LocalTeacher, texts: list[str], batch_size: int) -> list[str]
     return out
 
 
-def timed(fn, *args) -> tuple[float, list[str]]:
+def timed(fn, teacher, texts: list[str], batch_size: int, *rest) -> tuple[float, list[str]]:
+    """Run ``fn`` on the texts sorted by length (as `distillery annotate` batches them); labels in input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     start = time.perf_counter()
-    labels = fn(*args)
-    return time.perf_counter() - start, labels
+    sorted_labels = fn(teacher, [texts[i] for i in order], batch_size, *rest)
+    seconds = time.perf_counter() - start
+    labels = [""] * len(texts)
+    for i, label in zip(order, sorted_labels):
+        labels[i] = label
+    return seconds, labels
 
 
 def main() -> None:
