@@ -3,9 +3,11 @@
     python benchmarks/inference.py [--run data/runs/bench-quality-sst2] [--rows 128]
 
 Times the students a run has trained (student-minilm, student-smollm2-lora, or student) and
-its local teacher (SmolLM2-135M scoring every label in one forward pass, shared-prefix cache
-on) on the same test texts, in one process, after a warm-up. Latency is per batch (at batch 1,
-per row). Prints a table and writes benchmarks/results/inference.json.
+its local teacher (SmolLM2-135M scoring every label in one forward pass, with and without the
+shared-prefix cache) on the same test texts, sorted by length so batches hold similar lengths,
+in one process, after a warm-up. Latency is per batch (at batch 1, per row). Speed-ups are
+against the teacher with the prefix cache (the fastest teacher). Size on disk: the teacher as
+shipped (a Q4_1 GGUF; it runs as float32), the student directories as saved. Prints a table and writes benchmarks/results/inference.json.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def main() -> None:
         sys.exit(f"no run found: expected one of {[str(p) for p in RUNS]}; run benchmarks/quality.py or 'distillery run' first, or pass --run")
     started = time.perf_counter()
     frame, manifest = read_annotations(run / "annotations")
-    texts = frame.loc[frame["split"] == "test", "text"].tolist()[: args.rows]
+    texts = sorted(frame.loc[frame["split"] == "test", "text"].tolist()[: args.rows], key=len)  # batches of similar length, for every model
     results = []
 
     cfg = AnnotateConfig(**{**manifest["config"], "device": "cpu"})
@@ -60,6 +62,11 @@ def main() -> None:
     teacher_size = size_on_disk(resolve_model(manifest["teacher"]))
     for batch in (1, 32):
         row = {"model": f"teacher {manifest['teacher']}", "size_mb": teacher_size / 1e6, **time_batches(teacher.score, texts, batch, rounds=1)}
+        results.append(row)
+        print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
+    teacher.scorer.set_prefix([])  # the same teacher computing the whole prompt for every row
+    for batch in (1, 32):
+        row = {"model": f"teacher {manifest['teacher']}, no prefix cache", "size_mb": teacher_size / 1e6, **time_batches(teacher.score, texts, batch, rounds=1)}
         results.append(row)
         print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
     del teacher

@@ -39,12 +39,17 @@ def size_on_disk(path: str | Path) -> int | None:
 
 @torch.no_grad()
 def predict_student(model, tokenizer, texts: list[str], batch_size: int, max_length: int = 128) -> np.ndarray:
-    """Class probabilities ``(n, n_labels)`` of a sequence classifier, batched."""
-    probs = []
+    """Class probabilities ``(n, n_labels)`` of a sequence classifier, in the order of ``texts``.
+
+    Batches hold texts of similar length (less padding); the output is in input order.
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for b in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[b : b + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
-        probs.append(torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy())
-    return np.concatenate(probs)
+        idx = order[b : b + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
+        probs[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
+    return probs
 
 
 def _time(fn, *args) -> tuple[float, object]:
