@@ -102,7 +102,9 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update (what Trainer uses too); ~10% of a CPU step otherwise.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = -(-len(train_dl) // cfg.grad_accum)
     steps = cfg.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
