@@ -7,7 +7,10 @@ its local teacher (SmolLM2-135M scoring every label in one forward pass, with an
 shared-prefix cache) on the same test texts, sorted by length so batches hold similar lengths,
 in one process, after a warm-up. Latency is per batch (at batch 1, per row). Speed-ups are
 against the teacher with the prefix cache (the fastest teacher). Size on disk: the teacher as
-shipped (a Q4_1 GGUF; it runs as float32), the student directories as saved. Prints a table and writes benchmarks/results/inference.json.
+shipped (a Q4_1 GGUF; it runs as float32), the student directories as saved (the LoRA student
+is an adapter: it needs the base model too). The encoder student is also timed with its Linear
+layers quantized to int8 (torch.ao dynamic quantization, deprecated in torch 2.13, so only
+measured here, not offered by distillery), with the share of labels it keeps. Prints a table and writes benchmarks/results/inference.json.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from common import ROOT, print_table, write_result
 
 from annotate import AnnotateConfig, read_annotations
@@ -74,11 +79,20 @@ def main() -> None:
     students = sorted(p for p in run.glob("student*") if (p / "distillery_student.json").is_file())
     for path in students:
         tokenizer, model = load_trained_student(path, "cpu")
-        for batch in (1, 32):
-            row = {"model": path.name, "size_mb": size_on_disk(path) / 1e6,
-                   **time_batches(lambda t, b=batch: predict_student(model, tokenizer, t, b), texts, batch, rounds=2)}
-            results.append(row)
-            print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
+        variants = [(path.name, model)]
+        if "llama" not in model.config.model_type:  # the encoder: also int8 dynamic quantization of its Linear layers
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch 2.13 marks torch.ao's quantized tensors deprecated
+                int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            variants.append((f"{path.name} int8 (torch.ao dynamic, not a product feature)", int8))
+        reference = predict_student(model, tokenizer, texts, 32).argmax(1)
+        for name, variant in variants:
+            same = float((predict_student(variant, tokenizer, texts, 32).argmax(1) == reference).mean())
+            for batch in (1, 32):
+                row = {"model": name, "size_mb": size_on_disk(path) / 1e6, "same_label_as_fp32": same,
+                       **time_batches(lambda t, b=batch, m=variant: predict_student(m, tokenizer, t, b), texts, batch, rounds=2)}
+                results.append(row)
+                print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
     for row in results:
         base = next(r for r in results if r["batch"] == row["batch"])
         row["speedup_vs_teacher"] = row["rows_per_s"] / base["rows_per_s"]
