@@ -24,9 +24,9 @@ from pathlib import Path
 from common import ROOT, print_table, write_result
 
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny import build_llama, build_roberta  # noqa: E402
+from tiny import build_llama, build_roberta
 
-WORDS = "good bad great awful fine boring fun slow smart dull lovely weak strong cheap warm cold".split()
+WORDS = ["good", "bad", "great", "awful", "fine", "boring", "fun", "slow", "smart", "dull", "lovely", "weak", "strong", "cheap", "warm", "cold"]
 
 
 def write_rows(path: Path, n: int) -> None:
