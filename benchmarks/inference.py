@@ -90,7 +90,7 @@ def main() -> None:
             same = float((predict_student(variant, tokenizer, texts, 32).argmax(1) == reference).mean())
             for batch in (1, 32):
                 row = {"model": name, "size_mb": size_on_disk(path) / 1e6, "same_label_as_fp32": same,
-                       **time_batches(lambda t, b=batch, m=variant: predict_student(m, tokenizer, t, b), texts, batch, rounds=2)}
+                       **time_batches(lambda t, b=batch, m=variant, tk=tokenizer: predict_student(m, tk, t, b), texts, batch, rounds=2)}
                 results.append(row)
                 print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
     for row in results:
