@@ -3,7 +3,7 @@
 #   make test   install, then the whole test suite (CI runs this through .ci/run)
 PY ?= python3
 
-.PHONY: install install-server demo test test-fast
+.PHONY: install install-server demo test test-fast bench
 
 install:
 	$(PY) -m pip install -q torch==2.13.0           # pinned: the CPU wheel here; unpinned pulls GBs of CUDA
@@ -28,3 +28,14 @@ test: install-server
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# Every benchmark in order (quality first: the others reuse its SST-2 run); ~75 min on 2 CPU cores.
+bench: install
+	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/annotation_speed.py
+	$(PY) benchmarks/training_speed.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/kd_sweep.py --train-rows 300
+	$(PY) benchmarks/teacher_calibration.py --train-rows 300
+	$(PY) benchmarks/report.py
