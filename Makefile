@@ -36,6 +36,6 @@ bench: install
 	$(PY) benchmarks/training_speed.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/memory.py
-	$(PY) benchmarks/kd_sweep.py --train-rows 300
-	$(PY) benchmarks/teacher_calibration.py --train-rows 300
+	$(PY) benchmarks/kd_sweep.py
+	$(PY) benchmarks/teacher_calibration.py
 	$(PY) benchmarks/report.py

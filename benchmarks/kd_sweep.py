@@ -1,6 +1,6 @@
 """Does soft-label KD help? α × T sweep with 3 seeds, MiniLM student, on the SST-2 run.
 
-    python benchmarks/kd_sweep.py [--run data/runs/bench-quality-sst2] [--train-rows 400] [--seeds 0,1,2]
+    python benchmarks/kd_sweep.py [--run data/runs/bench-quality-sst2] [--train-rows 300] [--seeds 0,1,2]
 
 Reuses the teacher's annotations of benchmarks/quality.py (SST-2: a 1,000-row train sample,
 the 872-row validation split as test). Every cell distils the MiniLM-L6 encoder from the first
@@ -55,7 +55,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=RUN)
-    parser.add_argument("--train-rows", type=int, default=400)
+    parser.add_argument("--train-rows", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--alphas", default="0,0.5,0.8,1.0")
     parser.add_argument("--temperatures", default="1,2,4")

@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=RUN)
     parser.add_argument("--calibrate-on", type=int, default=100)
-    parser.add_argument("--train-rows", type=int, default=400)
+    parser.add_argument("--train-rows", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
