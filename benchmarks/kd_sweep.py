@@ -1,11 +1,11 @@
 """Does soft-label KD help? α × T sweep with 3 seeds, MiniLM student, on the SST-2 run.
 
-    python benchmarks/kd_sweep.py [--run data/runs/bench-quality-sst2] [--train-rows 300] [--seeds 0,1,2]
+    python benchmarks/kd_sweep.py [--run data/runs/bench-quality-sst2] [--train-rows 1000] [--seeds 0,1,2]
 
 Reuses the teacher's annotations of benchmarks/quality.py (SST-2: a 1,000-row train sample,
 the 872-row validation split as test). Every cell distils the MiniLM-L6 encoder from the first
---train-rows training rows (2 epochs, max length 64) and is scored on the test rows against
-gold and against the teacher. α=0 is plain cross-entropy on the teacher's hard labels: T does
+--train-rows training rows (3 epochs, max length 64, otherwise distill's defaults) and is
+scored on the test rows against gold and against the teacher. α=0 is plain cross-entropy on the teacher's hard labels: T does
 not enter the loss, so it runs once per seed. Prints mean ± std over seeds and writes
 benchmarks/results/kd_sweep.json.
 """
@@ -55,8 +55,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=RUN)
-    parser.add_argument("--train-rows", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-rows", type=int, default=1000, help="first N annotated training rows (10%% of them pick the checkpoint)")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--alphas", default="0,0.5,0.8,1.0")
     parser.add_argument("--temperatures", default="1,2,4")
     parser.add_argument("--seeds", default="0,1,2")

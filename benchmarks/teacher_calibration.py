@@ -34,8 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=RUN)
     parser.add_argument("--calibrate-on", type=int, default=100)
-    parser.add_argument("--train-rows", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-rows", type=int, default=1000, help="first N annotated training rows (10%% of them pick the checkpoint)")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args()
     if not (args.run / "annotations" / "manifest.json").is_file():
