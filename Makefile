@@ -29,7 +29,7 @@ test: install-server
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-# Every benchmark in order (quality first: the others reuse its SST-2 run); ~75 min on 2 CPU cores.
+# Every benchmark in order (quality first: the others reuse its SST-2 run); ~75 min on 2 CPU cores (README, Results).
 bench: install
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/annotation_speed.py
