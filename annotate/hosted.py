@@ -185,10 +185,7 @@ class HostedTeacher:
 
     def prompt_text(self, text: str) -> str:
         """Echo mode: the prompt as plain text, formatted by --template-from's chat template if given."""
-        msgs = self.task.messages(text)
-        if self.template is not None:
-            return self.template.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + self.task.answer_prefix
-        return "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
+        return self.task.prompt_text(text, self.template)
 
     def _safe(self, message: str) -> str:
         return message.replace(self.api_key, "***") if self.api_key != "no-key" else message
@@ -228,9 +225,7 @@ class HostedTeacher:
         client, gate = self._client(), asyncio.Semaphore(self.cfg.concurrency)
         try:
             if self.shifted is None:
-                marker = "\u2063\u2063"
-                head = self.prompt_text(marker)
-                probe = await self._send(client, gate, self._echo_request(head[: head.index(marker)] + PROBE), chat=False)
+                probe = await self._send(client, gate, self._echo_request(self.task.prompt_head(self.template) + PROBE), chat=False)
                 if isinstance(probe, Annotation):
                     return [probe] * len(texts)  # the server failed: reported like any failed request
                 self.shifted = echo_is_shifted(probe["choices"][0]["logprobs"])

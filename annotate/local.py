@@ -158,10 +158,7 @@ class LocalTeacher:
 
     def prompt_text(self, text: str) -> str:
         """The full prompt: chat template (or plain turns), then the pre-filled answer prefix."""
-        msgs = self.task.messages(text)
-        if self.has_template:
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + self.task.answer_prefix
-        return "\n\n".join(m["content"] for m in msgs) + "\n" + self.task.answer_prefix
+        return self.task.prompt_text(text, self.tokenizer if self.has_template else None)
 
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of the full prompt."""
@@ -173,10 +170,8 @@ class LocalTeacher:
         The last token is dropped because it may merge with the text's first characters (e.g.
         "\n\n" + "Hi"); rows whose prompt still does not start with these ids are scored in full.
         """
-        marker = "\u2063\u2063"  # invisible separators: never in the prompt around them
-        rendered = self.prompt_text(marker)
-        ids = self.tokenizer(rendered[: rendered.index(marker)], add_special_tokens=not self.has_template).input_ids
-        return ids[:-1]
+        head = self.task.prompt_head(self.tokenizer if self.has_template else None)
+        return self.tokenizer(head, add_special_tokens=not self.has_template).input_ids[:-1]
 
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch; rows that fail come back as error annotations, never as exceptions."""

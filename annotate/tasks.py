@@ -85,6 +85,20 @@ class TaskSpec:
         words = [word] + ([word.capitalize()] if self.case_variants and word.capitalize() != word else [])
         return [sep + w for w in words]
 
+    def prompt_text(self, text: str, tokenizer=None) -> str:
+        """The whole prompt as text: ``tokenizer``'s chat template (plain turns without one),
+        then the pre-filled answer prefix."""
+        msgs = self.messages(text)
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + self.answer_prefix
+        return "\n\n".join(m["content"] for m in msgs) + "\n" + self.answer_prefix
+
+    def prompt_head(self, tokenizer=None) -> str:
+        """The part of :meth:`prompt_text` that comes before the row's text (same for every row)."""
+        marker = "\u2063\u2063"  # invisible separators: never in the prompt around them
+        rendered = self.prompt_text(marker, tokenizer)
+        return rendered[: rendered.index(marker)]
+
     def prompt_hash(self) -> str:
         """A short hash of everything that changes what the teacher is asked."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
