@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install, then `distillery run` on the embedded defaults (~10 min on 2 CPU cores)
+#   make demo   install, then `distillery run` on the embedded defaults (~4 min on 2 CPU cores, plus installs)
 #   make test   install, then the whole test suite (CI runs this through .ci/run)
 PY ?= python3
 
