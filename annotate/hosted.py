@@ -193,7 +193,7 @@ class HostedTeacher:
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch. If nothing has been answered yet and every row failed the same way
         (wrong URL, unknown model), stop with one line instead of writing a chunk of errors."""
-        out = self.loop.run_until_complete(self._score_all(texts) if self.cfg.hosted_scoring == "top-logprobs" else self._echo_all(texts))
+        out = self.loop.run_until_complete(self._score_all(texts))
         self.answered += sum(a.error_type == "" for a in out)
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
@@ -202,10 +202,18 @@ class HostedTeacher:
         return out
 
     async def _score_all(self, texts: list[str]) -> list[Annotation]:
-        client = self._client()
-        gate = asyncio.Semaphore(self.cfg.concurrency)
+        """All rows of a batch concurrently, on one client; echo mode probes the server once first."""
+        client, gate = self._client(), asyncio.Semaphore(self.cfg.concurrency)
+        one = self._one
         try:
-            return list(await asyncio.gather(*(self._one(client, gate, t) for t in texts)))
+            if self.cfg.hosted_scoring == "echo":
+                one = self._echo_one
+                if self.shifted is None:
+                    probe = await self._send(client, gate, self._echo_request(self.task.prompt_head(self.template) + PROBE), chat=False)
+                    if isinstance(probe, Annotation):
+                        return [probe] * len(texts)  # the server failed: reported like any failed request
+                    self.shifted = echo_is_shifted(probe["choices"][0]["logprobs"])
+            return list(await asyncio.gather(*(one(client, gate, t) for t in texts)))
         finally:
             await client.close()
 
@@ -220,18 +228,6 @@ class HostedTeacher:
     async def _one(self, client, gate: asyncio.Semaphore, text: str) -> Annotation:
         answer = await self._send(client, gate, self._request(text), chat=True)
         return answer if isinstance(answer, Annotation) else self._parse(answer)
-
-    async def _echo_all(self, texts: list[str]) -> list[Annotation]:
-        client, gate = self._client(), asyncio.Semaphore(self.cfg.concurrency)
-        try:
-            if self.shifted is None:
-                probe = await self._send(client, gate, self._echo_request(self.task.prompt_head(self.template) + PROBE), chat=False)
-                if isinstance(probe, Annotation):
-                    return [probe] * len(texts)  # the server failed: reported like any failed request
-                self.shifted = echo_is_shifted(probe["choices"][0]["logprobs"])
-            return list(await asyncio.gather(*(self._echo_one(client, gate, t) for t in texts)))
-        finally:
-            await client.close()
 
     async def _echo_one(self, client, gate: asyncio.Semaphore, text: str) -> Annotation:
         """One completions request per label continuation: prompt + continuation, echoed with log-probs."""
@@ -261,7 +257,12 @@ class HostedTeacher:
     async def _send(self, client, gate: asyncio.Semaphore, request: dict, chat: bool) -> dict | Annotation:
         """The server's answer (from the cache if it was received before), or an error annotation."""
         import openai
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
 
         key = RequestCache.key({"base_url": self.cfg.base_url, **request})
         body = self.cache.get(key)
