@@ -145,10 +145,11 @@ class HostedTeacher:
 
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         try:
+            import aiolimiter  # noqa: F401
             import openai  # noqa: F401
             import tenacity  # noqa: F401
         except ImportError:
-            raise ImportError("the hosted teacher needs openai and tenacity: pip install 'distillery[hosted]'") from None
+            raise ImportError("the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'") from None
         if not cfg.base_url:
             raise ValueError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
         self.cfg, self.task = cfg, task
