@@ -5,8 +5,8 @@
 Reuses the teacher's annotations of benchmarks/quality.py (SST-2: a 1,000-row train sample,
 the 872-row validation split as test). Every cell distils the MiniLM-L6 encoder from the first
 --train-rows training rows (3 epochs, max length 64, otherwise distill's defaults) and is
-scored on the test rows against gold and against the teacher. α=0 is plain cross-entropy on the teacher's hard labels: T does
-not enter the loss, so it runs once per seed. Prints mean ± std over seeds and writes
+scored on the test rows against gold and against the teacher. α=0 is plain cross-entropy on
+the teacher's hard labels: T does not enter the loss, so it runs once per seed. Prints mean ± std over seeds and writes
 benchmarks/results/kd_sweep.json.
 """
 
@@ -45,7 +45,8 @@ def test_rows(annotations: Path) -> dict:
     labels = manifest["labels"]
     test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
     return {"texts": test["text"].tolist(), "gold": test["gold"].map(labels.index).to_numpy(),
-            "teacher": test[label_columns(labels)].to_numpy().argmax(1), "labels": labels}
+            "teacher_probs": np.exp(test[label_columns(labels)].to_numpy()), "teacher": test[label_columns(labels)].to_numpy().argmax(1),
+            "labels": labels, "calibration": manifest["calibration"]}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

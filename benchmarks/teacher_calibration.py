@@ -19,12 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from common import ROOT, print_table, write_result
 from kd_sweep import mean_std, test_rows, train_and_score
 
 from annotate import AnnotateConfig, annotate, read_annotations
-from annotate.chunks import label_columns
 from evaluation import classification_metrics
 
 RUN = ROOT / "data" / "runs" / "bench-quality-sst2"
@@ -49,13 +47,11 @@ def main() -> None:
         shutil.copytree(args.run / "annotations", run / "annotations")
         annotate(AnnotateConfig(**{**manifest["config"], "out": str(run), "calibrate": mode, "calibrate_on": args.calibrate_on}))
         test = test_rows(run / "annotations")
-        frame, calibrated = read_annotations(run / "annotations")
-        rows = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
-        teacher = classification_metrics(np.exp(rows[label_columns(test["labels"])].to_numpy()), test["gold"], test["labels"])
+        teacher = classification_metrics(test["teacher_probs"], test["gold"], test["labels"])
         students = [train_and_score(run, 0.5, 2.0, int(seed), args, test) for seed in args.seeds.split(",")]
         acc = mean_std([s["accuracy"] for s in students])
         results.append({"mode": mode, "teacher_accuracy": teacher["accuracy"], "teacher_macro_f1": teacher["macro_f1"], "teacher_ece": teacher["ece"],
-                        "student_accuracy_mean": acc[0], "student_accuracy_std": acc[1], "calibration": calibrated["calibration"], "per_seed": students})
+                        "student_accuracy_mean": acc[0], "student_accuracy_std": acc[1], "calibration": test["calibration"], "per_seed": students})
         print(f"  {mode}: teacher {teacher['accuracy']:.4f} (ECE {teacher['ece']:.4f}), student {acc[0]:.4f} ± {acc[1]:.4f}", flush=True)
     print_table(results, ["mode", "teacher_accuracy", "teacher_macro_f1", "teacher_ece", "student_accuracy_mean", "student_accuracy_std"])
     write_result("teacher_calibration", {"command": " ".join(["python benchmarks/teacher_calibration.py", *sys.argv[1:]]), "run": str(args.run),
