@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "calibrated", "fit_gold_calibration"]
+from annotate.calibration import fit_calibration, resolve_mode
+
+__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns"]
 
 FORMAT = "distillery.annotations/1"
 
@@ -29,37 +30,6 @@ class ManifestError(ValueError):
 def label_columns(labels: list[str], raw: bool = False) -> list[str]:
     """Column names of the per-label natural-log probabilities (``logprob_<label>``)."""
     return [f"{'raw_' if raw else ''}logprob_{lab}" for lab in labels]
-
-
-def calibrated(raw: np.ndarray, bias: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Subtract a per-label log-prior, divide by a temperature, renormalise over the labels (natural log)."""
-    shifted = (raw - bias) / temperature
-    return shifted - np.logaddexp.reduce(shifted, axis=1, keepdims=True)
-
-
-def fit_gold_calibration(raw: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, float]:
-    """Fit a per-label bias and one temperature to gold labels by maximum likelihood.
-
-    ``raw``: (rows, labels) raw label log-probs; ``gold``: the label index of each row.
-    Returns ``(bias, temperature)`` for :func:`calibrated` (bias of the first label fixed at 0:
-    only differences between labels matter).
-    """
-    x = torch.tensor(raw, dtype=torch.float64)
-    y = torch.tensor(gold, dtype=torch.long)
-    free_bias = torch.zeros(raw.shape[1] - 1, dtype=torch.float64, requires_grad=True)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([free_bias, log_t], max_iter=200, line_search_fn="strong_wolfe")
-
-    def nll():
-        optimizer.zero_grad()
-        bias = torch.cat([torch.zeros(1, dtype=torch.float64), free_bias])
-        loss = torch.nn.functional.cross_entropy((x - bias) / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    optimizer.step(nll)
-    bias = np.concatenate([[0.0], free_bias.detach().numpy()])
-    return bias, float(log_t.detach().exp())
 
 
 def _sha256(path: Path) -> str:
@@ -140,10 +110,8 @@ class ChunkStore:
     def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200) -> dict:
         """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
 
-        ``mean`` uses the mean raw log-prob of each label over all annotated rows (no gold
-        needed); ``content-free`` the bias measured on content-free inputs; ``gold`` a per-label
-        bias and a temperature fitted on the first ``calibrate_on`` non-test rows with a gold
-        label; ``none`` no change.
+        The modes are described in :mod:`annotate.calibration`; ``gold`` (and ``auto`` when it
+        picks gold) fits on the first ``calibrate_on`` non-test rows with a gold label.
         """
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
@@ -152,33 +120,24 @@ class ChunkStore:
         def soft(f: pd.DataFrame) -> pd.Series:  # rows with soft labels; hard-label-only rows keep theirs
             return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
 
-        ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame()
-        bias, temperature = np.zeros(len(labels)), 1.0
-        record: dict = {"mode": mode}
-        if mode == "mean" and len(ok):
-            bias = ok[raw_cols].to_numpy(float).mean(axis=0)
-        elif mode == "content-free" and bias_content_free is not None:
-            bias = np.asarray(bias_content_free)
-        elif mode == "gold":
-            fit_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")].head(calibrate_on)
-            if len(fit_rows) < len(labels):
-                raise ValueError(
-                    f"--calibrate gold: expected gold labels ({'/'.join(labels)}) on at least {len(labels)} non-test rows; "
-                    f"found {len(fit_rows)}; pass --label-column, or use --calibrate mean"
-                )
-            gold_idx = fit_rows["gold"].map(labels.index).to_numpy()
-            bias, temperature = fit_gold_calibration(fit_rows[raw_cols].to_numpy(float), gold_idx)
-            record.update(temperature=temperature, calibrate_on=calibrate_on, fitted_on=len(fit_rows))
+        ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
+        gold_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")]
+        resolved = resolve_mode(mode, len(gold_rows))
+        fit_rows = gold_rows.head(calibrate_on)
+        calibration = fit_calibration(resolved, ok[raw_cols].to_numpy(float), bias_content_free,
+                                      fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())
+        if resolved == "gold":
+            calibration.extra["calibrate_on"] = calibrate_on
         for name, frame in frames.items():
             good = soft(frame)
             if good.any():
-                cal = calibrated(frame.loc[good, raw_cols].to_numpy(float), bias, temperature)
+                cal = calibration.apply(frame.loc[good, raw_cols].to_numpy(float))
                 frame.loc[good, cal_cols] = cal
                 frame.loc[good, "teacher_label"] = [labels[i] for i in cal.argmax(axis=1)]
             self.write(int(name[5:10]), frame)
         n_rows = sum(len(f) for f in frames.values())
         n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
-        record["bias"] = dict(zip(labels, map(float, bias)))
+        record = {**calibration.record(labels), "requested": mode}
         self.manifest.update(status="complete", calibration=record, rows=n_rows, rows_failed=n_err)
         self.save_manifest()
         return record

@@ -66,9 +66,10 @@ def annotate(cfg: AnnotateConfig) -> Path:
         print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
         return root
 
-    if n_todo or (cfg.calibrate == "content-free" and "content_free_bias" not in store.manifest):
+    needs_content_free = cfg.calibrate.startswith("content-free") and "content_free_bias" not in store.manifest
+    if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
-    if cfg.calibrate == "content-free" and "content_free_bias" not in store.manifest:
+    if needs_content_free:
         store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
         store.save_manifest()
 
@@ -94,7 +95,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
     elapsed = time.perf_counter() - started
 
     previous = store.manifest.get("calibration", {})
-    same = previous.get("mode") == cfg.calibrate and (cfg.calibrate != "gold" or previous.get("calibrate_on") == cfg.calibrate_on)
+    same = previous.get("requested", previous.get("mode")) == cfg.calibrate and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
     if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
         store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"), cfg.calibrate_on)
     if n_todo:
@@ -103,7 +104,11 @@ def annotate(cfg: AnnotateConfig) -> Path:
             store.manifest["usage"] = {**teacher.usage, "cost": spent_so_far(teacher, cfg)}
         store.save_manifest()
     failed = store.manifest["rows_failed"]
-    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {cfg.calibrate}")
+    calibration = store.manifest["calibration"]
+    chosen = calibration["mode"] + (" (auto)" if cfg.calibrate == "auto" else "")
+    prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
+    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
+          + (f", estimated label prior {prior}" if prior else ""))
     return root
 
 

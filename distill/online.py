@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from annotate.chunks import calibrated, label_columns
+from annotate.calibration import fit_calibration, resolve_mode
+from annotate.chunks import label_columns
 from annotate.config import AnnotateConfig
 from annotate.inputs import load_rows
 from annotate.local import LocalTeacher
@@ -21,28 +22,30 @@ __all__ = ["OnlineTeacher", "load_online_rows"]
 class OnlineTeacher:
     """The local teacher in eval mode under no_grad, scoring each training batch.
 
-    Calibration follows ``--calibrate``: ``mean`` uses the mean raw log-probs over the first
-    ``calibration_rows`` training texts (scored once before training), ``content-free`` the
-    content-free inputs, ``none`` nothing. With the same teacher outputs the targets equal the
-    offline ones read from annotation chunks.
+    Calibration follows ``--calibrate`` (``gold`` is not available online; ``auto`` means
+    ``mean+em``): ``mean`` and the prior EM use the raw log-probs of the first
+    ``calibration_texts`` (scored once before training), ``content-free`` the content-free
+    inputs. With the same teacher outputs the targets equal the offline ones read from
+    annotation chunks.
 
     Args:
         source: the annotate config (teacher, device, calibration).
         labels: the label set, in column order.
-        calibration_texts: texts for ``mean`` calibration.
+        calibration_texts: texts for ``mean`` calibration and the prior estimate.
     """
 
     def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
         task = load_task(source.task, labels)
         self.teacher = LocalTeacher(source, task)
-        self.bias = np.zeros(len(labels))
-        if source.calibrate == "mean":
-            scored = [a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None]
-            self.bias = np.mean(np.asarray(scored), axis=0)
-        elif source.calibrate == "content-free":
-            self.bias = np.asarray(content_free_bias(self.teacher, task.content_free))
-        elif source.calibrate == "gold":
-            raise ValueError("--teacher-mode online supports --calibrate none, mean or content-free; found gold (annotate offline for gold calibration)")
+        mode = resolve_mode(source.calibrate, 0)
+        if mode == "gold":
+            raise ValueError("--teacher-mode online: expected --calibrate auto, none, mean, mean+em, content-free or content-free+em; found gold "
+                             "(annotate offline for gold calibration)")
+        raw = np.zeros((0, len(labels)))
+        if mode.startswith("mean") or mode.endswith("+em"):
+            raw = np.asarray([a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None])
+        content_free = content_free_bias(self.teacher, task.content_free) if mode.startswith("content-free") else None
+        self.calibration = fit_calibration(mode, raw, content_free)
 
     def targets(self, texts: list[str], hard: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(teacher_logprobs, hard_labels)`` for a batch; ``hard`` given means gold labels.
@@ -50,8 +53,9 @@ class OnlineTeacher:
         A row the teacher fails on gets NaN log-probs and label -100: the loss leaves it out.
         """
         anns = self.teacher.score(texts)
-        raw = np.array([a.logprobs if a.logprobs is not None else [np.nan] * len(self.bias) for a in anns], dtype=np.float64)
-        logprobs = torch.tensor(calibrated(raw, self.bias), dtype=torch.float32)
+        n_labels = len(self.calibration.bias)
+        raw = np.array([a.logprobs if a.logprobs is not None else [np.nan] * n_labels for a in anns], dtype=np.float64)
+        logprobs = torch.tensor(self.calibration.apply(raw), dtype=torch.float32)
         ok = torch.isfinite(logprobs).all(dim=-1)
         labels = hard.cpu() if hard is not None else logprobs.nan_to_num(-1e9).argmax(dim=-1)
         return logprobs, torch.where(ok, labels, torch.full_like(labels, -100))

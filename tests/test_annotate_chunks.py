@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from annotate import AnnotateConfig, ManifestError, annotate, read_annotations
-from annotate.chunks import calibrated, fit_gold_calibration, label_columns
+from annotate.calibration import calibrated, fit_gold_calibration
+from annotate.chunks import label_columns
 from conftest import make_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,145 @@
+"""Teacher calibration: turn raw label log-probs into calibrated ones.
+
+Every mode is a per-label bias and a temperature applied to the raw log-probs
+(:func:`calibrated`); they differ in how the bias is found:
+
+- ``none``: no change.
+- ``mean``: the mean raw log-prob of each label over the annotated rows. Removes the teacher's
+  own label bias, and with it the data's label prior: it assumes the labels are balanced.
+- ``content-free``: the log-probs the teacher gives to content-free inputs (Zhao et al. 2021,
+  "Calibrate before use"). Also assumes a uniform prior.
+- ``mean+em`` / ``content-free+em``: that correction, then the data's label prior estimated
+  without gold labels by EM (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of
+  a classifier to new a priori probabilities") and put back: an imbalanced set stays
+  imbalanced.
+- ``gold``: a per-label bias and one temperature fitted by maximum likelihood on gold rows
+  (the bias then carries the prior of those rows).
+- ``auto``: ``gold`` when there are at least :data:`AUTO_MIN_GOLD` gold-labelled training
+  rows, else ``mean+em`` (chosen from benchmarks/calibration_shift.py; see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
+
+CALIBRATIONS = ("auto", "none", "mean", "content-free", "mean+em", "content-free+em", "gold")
+AUTO_MIN_GOLD = 50
+
+
+@dataclass
+class Calibration:
+    """A fitted calibration: ``calibrated(raw, bias, temperature)`` gives the calibrated log-probs."""
+
+    mode: str
+    bias: np.ndarray
+    temperature: float = 1.0
+    prior: np.ndarray | None = None  # the label prior EM estimated (the +em modes)
+    extra: dict = field(default_factory=dict)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        return calibrated(raw, self.bias, self.temperature)
+
+    def record(self, labels: list[str]) -> dict:
+        """What the manifest keeps: mode, bias per label, and temperature/prior where fitted."""
+        out = {"mode": self.mode, "bias": dict(zip(labels, map(float, self.bias))), **self.extra}
+        if self.temperature != 1.0 or self.mode == "gold":
+            out["temperature"] = float(self.temperature)
+        if self.prior is not None:
+            out["prior"] = dict(zip(labels, map(float, self.prior)))
+        return out
+
+
+def calibrated(raw: np.ndarray, bias: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Subtract a per-label log-prior, divide by a temperature, renormalise over the labels (natural log)."""
+    shifted = (raw - bias) / temperature
+    return shifted - np.logaddexp.reduce(shifted, axis=1, keepdims=True)
+
+
+def em_prior(logprobs: np.ndarray, max_iter: int = 1000, tol: float = 1e-8) -> np.ndarray:
+    """The label prior of a set of rows, by EM on posteriors computed under a uniform prior.
+
+    Saerens et al. 2002: with posteriors ``p_i`` made for prior ``π0`` (here uniform), repeat
+    ``π ← mean_i normalise(p_i · π / π0)`` until it stops moving. ``logprobs``: ``(rows,
+    labels)`` natural-log posteriors. Returns the prior (sums to 1).
+    """
+    logp = np.asarray(logprobs, dtype=np.float64)
+    prior = np.full(logp.shape[1], 1.0 / logp.shape[1])
+    for _ in range(max_iter):
+        post = calibrated(logp, -np.log(prior))  # log p_i + log π, renormalised
+        new = np.exp(post).mean(axis=0)
+        if np.abs(new - prior).max() < tol:
+            return new
+        prior = new
+    return prior
+
+
+def fit_gold_calibration(raw: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, float]:
+    """Fit a per-label bias and one temperature to gold labels by maximum likelihood.
+
+    ``raw``: (rows, labels) raw label log-probs; ``gold``: the label index of each row.
+    Returns ``(bias, temperature)`` for :func:`calibrated` (bias of the first label fixed at 0:
+    only differences between labels matter).
+    """
+    x = torch.tensor(raw, dtype=torch.float64)
+    y = torch.tensor(gold, dtype=torch.long)
+    free_bias = torch.zeros(raw.shape[1] - 1, dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([free_bias, log_t], max_iter=200, line_search_fn="strong_wolfe")
+
+    def nll():
+        optimizer.zero_grad()
+        bias = torch.cat([torch.zeros(1, dtype=torch.float64), free_bias])
+        loss = torch.nn.functional.cross_entropy((x - bias) / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(nll)
+    bias = np.concatenate([[0.0], free_bias.detach().numpy()])
+    return bias, float(log_t.detach().exp())
+
+
+def resolve_mode(mode: str, n_gold: int) -> str:
+    """``auto`` -> ``gold`` with at least AUTO_MIN_GOLD gold training rows, else ``mean+em``."""
+    if mode != "auto":
+        return mode
+    return "gold" if n_gold >= AUTO_MIN_GOLD else "mean+em"
+
+
+def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None = None,
+                    gold_raw: np.ndarray | None = None, gold: np.ndarray | None = None) -> Calibration:
+    """Fit one calibration mode (not ``auto``: see :func:`resolve_mode`).
+
+    Args:
+        mode: one of CALIBRATIONS except ``auto``.
+        raw: ``(rows, labels)`` raw log-probs of every row to be calibrated.
+        content_free: ``(labels,)`` mean raw log-probs on content-free inputs (content-free modes).
+        gold_raw, gold: raw log-probs and gold label ids of the rows ``gold`` is fitted on.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    n_labels = raw.shape[1]
+    base = mode.removesuffix("+em")
+    if base == "none":
+        bias = np.zeros(n_labels)
+    elif base == "mean":
+        bias = raw.mean(axis=0) if len(raw) else np.zeros(n_labels)
+    elif base == "content-free":
+        if content_free is None:
+            raise ValueError("content-free calibration: expected the teacher's log-probs on content-free inputs; found none")
+        bias = np.asarray(content_free, dtype=np.float64)
+    elif base == "gold":
+        if gold is None or len(gold) < n_labels:
+            raise ValueError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {0 if gold is None else len(gold)}; "
+                             "pass --label-column, or use --calibrate mean+em")
+        bias, temperature = fit_gold_calibration(gold_raw, gold)
+        return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
+    else:
+        raise ValueError(f"calibrate: expected one of {CALIBRATIONS}, found '{mode}'")
+    if not mode.endswith("+em"):
+        return Calibration(mode, bias)
+    prior = em_prior(calibrated(raw, bias)) if len(raw) else np.full(n_labels, 1.0 / n_labels)
+    return Calibration(mode, bias - np.log(prior), prior=prior)

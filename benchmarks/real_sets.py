@@ -1,0 +1,134 @@
+"""User-like sets built from the shared gold-labelled data, annotated once by the embedded teacher.
+
+    python benchmarks/real_sets.py [--sets long,tweets2,tweets3,sst2] [--data-dir ../shared/data]
+
+A user's data is rarely the balanced demo: these sets are what calibration_shift.py,
+small_data.py and data_size.py measure on. Each is annotated with ``--calibrate none`` (the
+raw label log-probs stay in the chunks; every calibration is then computed from them without
+asking the teacher again) into ``data/runs/bench-real-NAME``:
+
+- ``sst2``: a seeded 5,000-row sample of sst2_train.csv (split=train) + the 872 validation rows;
+- ``tweets2``: binary tweets (negative/positive), 1,500 train rows + 1,000 test rows, both
+  sampled from the shipped files at their natural label shares;
+- ``tweets3``: 3-way tweets as shipped, 600 train + 1,000 test rows (label-stratified);
+- ``long``: long imbalanced "reviews": 5 SST-2 training sentences of one label joined into one
+  text (~450 characters), 75% positive, 600 train + 400 test rows, none of their sentences in
+  the ``sst2`` pool.
+
+Imbalanced variants (SST-2 80/20 and 20/80, tweets 75/25) are resampled from these rows by
+the scripts that use them (:func:`resample`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import ROOT, SHARED_DATA
+
+from annotate import AnnotateConfig, annotate, read_annotations
+
+RUNS = ROOT / "data" / "runs"
+TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary"}
+
+
+def run_dir(name: str) -> Path:
+    return RUNS / f"bench-real-{name}"
+
+
+def _read(data_dir: Path, file: str) -> pd.DataFrame:
+    frame = pd.read_csv(data_dir / file, keep_default_na=False)
+    return frame[frame["text"].str.strip() != ""]
+
+
+def _stratified(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    return pd.concat(g.sample(frac=n / len(frame), random_state=seed) for _, g in frame.groupby("label"))
+
+
+def _joined(sentences: pd.DataFrame, n: int, positive_share: float, per_text: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``n`` long texts, each ``per_text`` sentences of one label; ``positive_share`` of them positive."""
+    rows = []
+    n_pos = int(round(n * positive_share))
+    for label, count in (("positive", n_pos), ("negative", n - n_pos)):
+        pool = sentences[sentences["label"] == label]["text"].to_numpy()
+        picks = rng.choice(len(pool), size=(count, per_text), replace=False)
+        rows += [{"text": " ".join(pool[i].strip() for i in row), "label": label} for row in picks]
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
+
+
+def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
+    """The rows of one set: columns text, label, split."""
+    if name == "sst2":
+        train = _read(data_dir, "sst2_train.csv").sample(n=5000, random_state=seed)
+        test = _read(data_dir, "sst2_validation.csv")
+    elif name == "tweets2":
+        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=1500, random_state=seed)
+        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=1000, random_state=seed)
+    elif name == "tweets3":
+        train = _stratified(_read(data_dir, "tweet_sentiment_train.csv"), 600, seed)
+        test = _stratified(_read(data_dir, "tweet_sentiment_test.csv"), 1000, seed)
+    elif name == "long":
+        sst = _read(data_dir, "sst2_train.csv")
+        pool_ids = set(sst.sample(n=5000, random_state=seed).index)  # the sst2 set's rows stay out
+        sentences = sst[~sst.index.isin(pool_ids) & (sst["text"].str.len() >= 60)]
+        rng = np.random.default_rng(seed)
+        both = _joined(sentences, 1000, 0.75, 5, rng)
+        train, test = both.iloc[:600], both.iloc[600:]
+    else:
+        raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
+    return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[["text", "label", "split"]]
+
+
+def annotate_set(name: str, data_dir: Path = SHARED_DATA, seed: int = 0) -> Path:
+    """Annotate one set (resumable; a finished run is reused) and return its annotations dir."""
+    out = run_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "input.csv"
+    if not path.is_file():
+        build(name, data_dir, seed).to_csv(path, index=False)
+    return annotate(AnnotateConfig(data=str(path), split_column="split", limit=0, balance=False, task=TASKS[name],
+                                   calibrate="none", out=str(out), seed=seed, device="cpu"))
+
+
+def load(name: str) -> pd.DataFrame:
+    """The annotated rows of a set (failed rows dropped) with a ``labels`` attribute."""
+    frame, manifest = read_annotations(run_dir(name) / "annotations")
+    frame = frame[frame["error_type"] == ""].reset_index(drop=True)
+    frame.attrs["labels"] = manifest["labels"]
+    return frame
+
+
+def resample(frame: pd.DataFrame, shares: dict[str, float], n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows of ``frame`` whose gold labels have the given shares (without replacement)."""
+    parts = []
+    for label, share in shares.items():
+        rows = frame[frame["gold"] == label]
+        k = int(round(n * share))
+        if k > len(rows):
+            raise ValueError(f"resample: {k} '{label}' rows asked for, {len(rows)} available")
+        parts.append(rows.sample(n=k, random_state=seed))
+    out = pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    out.attrs["labels"] = frame.attrs.get("labels")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="long,tweets2,tweets3,sst2")
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
+    args = parser.parse_args()
+    for name in args.sets.split(","):
+        if not (args.data_dir / "sst2_train.csv").is_file():
+            raise SystemExit(f"skipping: the shared data is not in {args.data_dir} (pass --data-dir)")
+        started = time.perf_counter()
+        annotate_set(name, args.data_dir)
+        frame = load(name)
+        print(f"{name}: {len(frame)} rows, mean {frame['text'].str.len().mean():.0f} characters, "
+              f"gold {frame['gold'].value_counts().to_dict()}, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
