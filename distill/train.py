@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from annotate.config import AnnotateConfig
 from annotate.models import pick_device
-from distill.config import DistillConfig
-from distill.data import build_dataloaders, load_training_rows
+from distill.config import DEFAULT_LR, DistillConfig
+from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
 from distill.online import OnlineTeacher, load_online_rows
 from distill.students import load_student, save_student, trainable_parameters
@@ -99,6 +99,8 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     tokenizer, model = load_student(cfg, rows.labels)
     trainable, total = trainable_parameters(model)
     say(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    cfg = with_automatic_settings(cfg, tokenizer, model, rows.train["text"].tolist())
+    tokenizer.model_max_length = cfg.max_length  # saved with the student: predict truncates the same way
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
 
@@ -106,7 +108,9 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
     steps_per_epoch = -(-len(train_dl) // cfg.grad_accum)
-    steps = cfg.epochs * steps_per_epoch
+    epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))  # a small set gets more epochs
+    steps = epochs * steps_per_epoch
+    say(f"distill: {epochs} epochs of {steps_per_epoch} steps (--epochs {cfg.epochs}, --min-steps {cfg.min_steps}), lr {cfg.lr:g}, max length {cfg.max_length}")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
@@ -131,7 +135,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     model.train()
     bar = tqdm(total=steps, initial=progress["step"], desc="distill", unit="step", disable=not accelerator.is_main_process,
                mininterval=0.5 if sys.stderr.isatty() else 30)
-    for epoch in range(progress["epoch"], cfg.epochs):
+    for epoch in range(progress["epoch"], epochs):
         skip = progress["batches"] if epoch == progress["epoch"] else 0
         batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         batches.set_epoch(epoch)  # accelerate re-seeds the sampler from the loader's own epoch count
@@ -181,7 +185,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     if accelerator.is_main_process:
         summary = {
             "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
-            "steps": steps, "train_seconds": train_seconds, "processes": accelerator.num_processes,
+            "epochs": epochs, "steps": steps, "lr": cfg.lr, "max_length": cfg.max_length, "train_seconds": train_seconds, "processes": accelerator.num_processes,
             "train_rows_per_s": rows_seen * accelerator.num_processes / train_seconds,
             "best_val_accuracy": progress["best"] if progress["best"] >= 0 else None, "labels": rows.labels,
             "trainable_parameters": trainable, "total_parameters": total, "peak_memory_bytes": peak_memory_bytes(device),
@@ -194,7 +198,23 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
         say(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
             f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
     accelerator.wait_for_everyone()
+    if cfg.learning_curve and cfg.teacher_mode == "offline":
+        n_rows = len(rows.train) + len(rows.val)
+        for share in (25, 50):
+            say(f"distill: learning curve, {share}% of the training rows")
+            distill(replace(cfg, learning_curve=False, max_train_rows=n_rows * share // 100,
+                            output_dir=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
     return out_dir
+
+
+def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[str]) -> DistillConfig:
+    """Resolve the settings left at 0 (automatic): lr per student kind, max length from the data."""
+    limits = [n for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
+    return replace(
+        cfg,
+        lr=cfg.lr or DEFAULT_LR[cfg.student],
+        max_length=cfg.max_length or covering_length(tokenizer, texts, min(limits) if limits else None),
+    )
 
 
 def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, progress: dict, best_state: dict | None) -> None:

@@ -21,7 +21,8 @@ from annotate.config import AnnotateConfig
 from annotate.models import pick_device, resolve_model
 from distill.students import load_trained_student
 from evaluation.config import EvaluateConfig
-from evaluation.metrics import agreement_metrics, classification_metrics
+from evaluation.diagnosis import diagnose
+from evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
 from evaluation.report import ReportData, plot_confusion, render_report
 
 __all__ = ["evaluate", "predict_student", "size_on_disk"]
@@ -38,11 +39,15 @@ def size_on_disk(path: str | Path) -> int | None:
 
 
 @torch.no_grad()
-def predict_student(model, tokenizer, texts: list[str], batch_size: int, max_length: int = 128) -> np.ndarray:
+def predict_student(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None) -> np.ndarray:
     """Class probabilities ``(n, n_labels)`` of a sequence classifier, in the order of ``texts``.
 
-    Batches hold texts of similar length (less padding); the output is in input order.
+    Batches hold texts of similar length (less padding); the output is in input order. Texts
+    are truncated to ``max_length`` tokens, by default the student's own (distill saves the
+    max length it trained with as the tokenizer's ``model_max_length``).
     """
+    if max_length is None:
+        max_length = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for b in range(0, len(texts), batch_size):
@@ -70,6 +75,20 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     seconds, _ = _time(lambda: [teacher.score(texts[b : b + bs]) for b in range(0, len(texts), bs)])
     params = sum(p.numel() for p in teacher.scorer.model.parameters()) if hasattr(teacher, "scorer") else None
     return len(texts) / seconds, bs, params
+
+
+def learning_curve(out: Path, student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
+    """Accuracy and agreement of the students ``distill --learning-curve`` trained on part of the
+    rows (``OUT/learning_curve/student-*``) and of ``student`` (all rows); empty without them."""
+    parts = sorted((out / "learning_curve").glob("student-*"))
+    points = []
+    for path in [*parts, student] if parts else []:
+        tokenizer, model = load_trained_student(path, device)
+        pred = predict_student(model, tokenizer, texts, batch_size).argmax(1)
+        summary = json.loads((path / "train_summary.json").read_text())
+        points.append({"train_rows": summary["train_rows"] + summary["val_rows"], "steps": summary["steps"],
+                       "accuracy": float((pred == gold).mean()) if gold is not None else None, "agreement": float((pred == teacher_pred).mean())})
+    return sorted(points, key=lambda p: p["train_rows"])
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
@@ -122,6 +141,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         m = vs_gold(probs)
         m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))
         m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if has_gold and models["teacher"]["accuracy"] else None
+        ci = bootstrap_intervals(teacher_probs.argmax(1), probs.argmax(1), gold, len(labels))
+        m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
+        models["teacher"].setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})
         if speed_texts:
             predict_student(model, tokenizer, speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
             seconds, _ = _time(predict_student, model, tokenizer, speed_texts, cfg.eval_batch_size)
@@ -144,19 +166,24 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
 
     first = next(k for k in models if k != "teacher")
+    models["teacher"]["label_shares"] = {lab: float((teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(labels)}
     metrics = {
         "labels": labels, "split": cfg.eval_split, "rows": len(rows), "rows_failed": n_failed,
-        "majority_label": majority, "majority_accuracy": majority_acc,
+        "majority_label": majority, "majority_accuracy": majority_acc, "calibration": manifest.get("calibration", {}),
+        "gold_shares": {lab: float((gold == i).mean()) for i, lab in enumerate(labels)} if has_gold else None,
         "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
         "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
+        "learning_curve": learning_curve(out, Path(students[0]), texts, gold, teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
+    summary_path = Path(students[0]) / "train_summary.json"
+    metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
     (out / "evaluate_config.yaml").write_text(config_text)
     report = ReportData(
         task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(rows), n_failed=n_failed,
         labels=labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(speed_texts),
-        device=str(device), plots=plots, config=config_text,
+        device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
     )
     (out / "report.md").write_text(render_report(report))
     return metrics

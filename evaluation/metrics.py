@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-__all__ = ["expected_calibration_error", "classification_metrics", "agreement_metrics"]
+__all__ = ["agreement_metrics", "bootstrap_intervals", "classification_metrics", "expected_calibration_error"]
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> float:
@@ -50,3 +50,46 @@ def agreement_metrics(student_pred: np.ndarray, teacher_pred: np.ndarray, n_labe
         "kappa": float(0.0 if np.isnan(kappa) else kappa),
         "confusion_vs_teacher": confusion_matrix(teacher_pred, student_pred, labels=ids).tolist(),
     }
+
+
+def _kappa(a: np.ndarray, b: np.ndarray, n_labels: int) -> float:
+    """Cohen's κ from two label arrays (the same formula as sklearn, vectorised for the bootstrap)."""
+    joint = np.bincount(a * n_labels + b, minlength=n_labels * n_labels).reshape(n_labels, n_labels) / len(a)
+    expected = joint.sum(1) @ joint.sum(0)
+    return 0.0 if expected == 1 else float((np.trace(joint) - expected) / (1 - expected))
+
+
+def bootstrap_intervals(teacher_pred: np.ndarray, student_pred: np.ndarray, gold: np.ndarray | None, n_labels: int,
+                        resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of a student's metrics, resampling rows (paired).
+
+    Every resample draws the same rows for teacher, student and gold, so retention (student
+    accuracy / teacher accuracy) gets an interval of its own, not a ratio of two intervals.
+
+    Args:
+        teacher_pred, student_pred: ``(n,)`` label ids.
+        gold: ``(n,)`` gold label ids, or None (then only agreement and κ).
+        n_labels: size of the label set.
+        resamples: bootstrap resamples; level: coverage of the interval.
+
+    Returns:
+        ``{metric: [low, high]}`` for agreement, kappa and, with gold, teacher_accuracy,
+        student_accuracy and retention.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(student_pred)
+    draws: dict[str, list[float]] = {"agreement": [], "kappa": []}
+    if gold is not None:
+        draws.update(teacher_accuracy=[], student_accuracy=[], retention=[])
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        t, s = teacher_pred[idx], student_pred[idx]
+        draws["agreement"].append(float((t == s).mean()))
+        draws["kappa"].append(_kappa(s, t, n_labels))
+        if gold is not None:
+            t_acc, s_acc = float((t == gold[idx]).mean()), float((s == gold[idx]).mean())
+            draws["teacher_accuracy"].append(t_acc)
+            draws["student_accuracy"].append(s_acc)
+            draws["retention"].append(s_acc / t_acc if t_acc else np.nan)
+    tail = 100 * (1 - level) / 2
+    return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))] for k, v in draws.items()}

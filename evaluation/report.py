@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ class ReportData:
     device: str
     plots: list[str]
     config: str
+    warnings: list[str] = field(default_factory=list)
+    learning_curve: list[dict] = field(default_factory=list)  # {train_rows, steps, accuracy, agreement}
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -47,6 +49,13 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def with_ci(value: float | None, ci: list[float] | None) -> str:
+    """``0.7424 [0.6900, 0.7900]``: a value and its 95% bootstrap interval."""
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if not ci else f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def _params(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f}M params"
 
@@ -55,11 +64,17 @@ def render_report(data: ReportData) -> str:
     """The report as Markdown text."""
     teacher = data.models["teacher"]
     students = {k: v for k, v in data.models.items() if k != "teacher"}
+    t_ci = teacher.get("ci", {}).get("accuracy")
     headline = markdown_table(
         ["student", "teacher acc", "student acc", "agreement", "κ", "retention", "speed-up"],
-        [[name, teacher["accuracy"], m["accuracy"], m["agreement"], m["kappa"], m["retention"],
+        [[name, with_ci(teacher["accuracy"], t_ci), *[with_ci(m[k], m.get("ci", {}).get(k)) for k in ("accuracy", "agreement", "kappa", "retention")],
           None if m.get("speedup") is None else f"{m['speedup']:.1f}×"] for name, m in students.items()],
     )
+    warnings = "\n".join(f"- **Warning** – {w}" for w in data.warnings) or "No warnings: teacher and student are clearly above the majority baseline and agree."
+    curve = "Not computed (`distillery distill --learning-curve` trains students on 25% and 50% of the rows)."
+    if data.learning_curve:
+        curve = markdown_table(["training rows", "optimizer steps", "student accuracy", "agreement with teacher"],
+                               [[p["train_rows"], p["steps"], p["accuracy"], p["agreement"]] for p in data.learning_curve])
     quality = markdown_table(
         ["model", "accuracy", "majority baseline", "macro-F1", "ECE"],
         [[name, m["accuracy"], data.majority_accuracy, m["macro_f1"], m["ece"]] for name, m in data.models.items()],
@@ -80,7 +95,7 @@ def render_report(data: ReportData) -> str:
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     return TEMPLATE.read_text().format(
         task=data.task, teacher=data.teacher, teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
-        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, quality=quality, per_class=per_class,
+        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, warnings=warnings, curve=curve, quality=quality, per_class=per_class,
         speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=data.config.rstrip(),
     )
 

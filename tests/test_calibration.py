@@ -1,4 +1,4 @@
-"""Calibration on synthetic data with a known label prior: EM finds it, mean cannot, auto picks by gold rows."""
+"""Calibration on synthetic data with a known label prior: EM and the mixture find it, mean cannot, auto picks by gold rows."""
 
 import numpy as np
 import pytest
@@ -48,11 +48,29 @@ def test_em_changes_little_on_balanced_data():
     assert (mean_em.apply(raw).argmax(1) == mean.apply(raw).argmax(1)).mean() > 0.97
 
 
-def test_auto_is_gold_with_enough_gold_rows_else_mean_em():
-    assert resolve_mode("auto", 50) == "gold" and resolve_mode("auto", 49) == "mean+em" and resolve_mode("mean", 500) == "mean"
+def test_gmm_finds_the_prior_and_a_temperature_without_gold():
+    # Posteriors three times too soft (a temperature the teacher does not know) and a teacher
+    # bias: EM on the posteriors runs away; the mixture over the log-odds finds prior and scale.
+    posteriors, gold = _synthetic([0.8, 0.2], n=5000)
+    teacher_bias = np.array([-0.3, 0.9])
+    raw = calibrated(posteriors / 3 + teacher_bias, np.zeros(2))
+    gmm = fit_calibration("content-free+gmm", raw, content_free=teacher_bias)
+    assert np.allclose(gmm.prior, [0.8, 0.2], atol=0.03)
+    bayes = ((posteriors + np.log([0.8, 0.2])).argmax(1) == gold).mean()
+    assert (gmm.apply(raw).argmax(1) == gold).mean() == pytest.approx(bayes, abs=0.01)
+    assert (fit_calibration("mean", raw).apply(raw).argmax(1) == gold).mean() < bayes - 0.03
+    probs = np.exp(gmm.apply(raw))[:, 0]  # calibrated: in each confidence bin, that share is label 0
+    for lo in (0.1, 0.4, 0.7):
+        inside = (probs > lo) & (probs < lo + 0.2)
+        assert abs((gold[inside] == 0).mean() - probs[inside].mean()) < 0.06
 
 
-@pytest.mark.parametrize("rows, expected", [(40, "mean+em"), (96, "gold")])
+def test_auto_is_gold_with_enough_gold_rows_else_a_mixture():
+    assert resolve_mode("auto", 50) == "gold" and resolve_mode("mean", 500) == "mean"
+    assert resolve_mode("auto", 49, 2) == "content-free" and resolve_mode("auto", 0, 3) == "mean"
+
+
+@pytest.mark.parametrize("rows, expected", [(40, "content-free"), (96, "gold")])
 def test_auto_on_a_run(tiny_llama, tmp_path, rows, expected):
     data = tmp_path / "rows.csv"
     make_rows(rows).to_csv(data, index=False)
@@ -62,4 +80,5 @@ def test_auto_on_a_run(tiny_llama, tmp_path, rows, expected):
     _, manifest = read_annotations(annotate(cfg))
     record = manifest["calibration"]
     assert record["mode"] == expected and record["requested"] == "auto"
-    assert ("prior" in record) == (expected == "mean+em") and ("temperature" in record) == (expected == "gold")
+    assert ("temperature" in record) == (expected == "gold") and record["bias"]
+    assert len(manifest["content_free_bias"]) == 2

@@ -45,7 +45,7 @@ def _log(student_dir: Path) -> list[dict]:
 
 def _cfg(annotated, student, out, **kw):
     return DistillConfig(out=str(annotated), output_dir=str(out), student_model=str(student), device="cpu", batch_size=8,
-                         epochs=2, val_fraction=0.125, lr=1e-3, **kw)
+                         epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, **kw)
 
 
 def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tmp_path):
@@ -115,3 +115,24 @@ def test_max_train_rows_trains_on_the_first_rows_only(annotated, tiny_roberta, t
                                 epochs=1, max_train_rows=20, val_fraction=0.25, device="cpu"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["train_rows"], summary["val_rows"]) == (15, 5)
+
+
+def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annotated, tiny_roberta, tmp_path):
+    base = dict(out=str(annotated), student_model=str(tiny_roberta), epochs=1, max_train_rows=20, val_fraction=0.25, batch_size=8, device="cpu")
+    floor = distill(DistillConfig(output_dir=str(tmp_path / "floor"), min_steps=12, **base))
+    summary = json.loads((floor / "train_summary.json").read_text())
+    # 15 training rows, batch 8: 2 steps an epoch, so 12 steps take 6 epochs.
+    assert (summary["epochs"], summary["steps"]) == (6, 12) and len(_log(floor)) == 12
+    plain = json.loads((distill(DistillConfig(output_dir=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json").read_text())
+    assert (plain["epochs"], plain["steps"]) == (1, 2)
+    # lr per student kind; max length covers >= 95% of the training rows' token lengths.
+    assert summary["lr"] == 5e-5
+    from transformers import AutoTokenizer
+
+    from annotate import read_annotations
+    frame, _ = read_annotations(annotated / "annotations")
+    texts = frame[frame["split"] == "train"]["text"].head(20)
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_roberta)(texts.tolist()).input_ids]
+    assert summary["max_length"] % 8 == 0 and sum(n <= summary["max_length"] for n in lengths) >= 0.95 * len(lengths)
+    assert summary["max_length"] - 8 < sorted(lengths)[int(0.95 * len(lengths)) - 1] + 8  # and not much more
+    assert AutoTokenizer.from_pretrained(floor).model_max_length == summary["max_length"]
