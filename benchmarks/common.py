@@ -10,10 +10,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from annotate.models import quiet_third_party
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"  # real gold-labelled sets, read by path, never copied
 RESULTS = ROOT / "benchmarks" / "results"
+quiet_third_party()
 
 # name -> (train file, test file, task)
 SETS = {

@@ -58,8 +58,11 @@ def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFra
 
 def covering_length(tokenizer, texts: list[str], model_limit: int | None, share: float = 0.95) -> int:
     """The smallest max length (a multiple of 8) that leaves ``share`` of ``texts`` untruncated, capped at ``model_limit``."""
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True).input_ids]
-    length = int(-(-np.quantile(lengths, share) // 8) * 8) if lengths else 128
+    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=True).input_ids)
+    if not lengths:
+        return min(128, model_limit or 128)
+    needed = lengths[max(0, int(np.ceil(share * len(lengths))) - 1)]  # at least `share` of the rows fit
+    length = -(-needed // 8) * 8
     return max(8, min(length, model_limit or length))
 
 
@@ -107,7 +110,12 @@ class EpochBatchSampler:
 
 
 def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tuple[DataLoader, DataLoader | None]:
-    """Tokenize once; batches are padded to their own longest row (dynamic padding)."""
+    """Tokenize once; batches are padded to their own longest row (dynamic padding).
+
+    ``cfg.max_length`` must be set (distill resolves 0, automatic, before calling this).
+    """
+    if cfg.max_length < 1:
+        raise ValueError("build_dataloaders: expected max_length >= 1; found 0 (automatic): resolve it first, as distill() does")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(items: list[dict]) -> dict:

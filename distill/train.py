@@ -100,7 +100,6 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     trainable, total = trainable_parameters(model)
     say(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     cfg = with_automatic_settings(cfg, tokenizer, model, rows.train["text"].tolist())
-    tokenizer.model_max_length = cfg.max_length  # saved with the student: predict truncates the same way
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
 
@@ -115,7 +114,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
 
-    progress = {"epoch": 0, "batches": 0, "step": 0, "best": -1.0, "log": []}
+    progress = {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []}
     best_state, resume_rng = None, None
     if cfg.resume:
         if not (ckpt_dir / "progress.json").is_file():
@@ -165,8 +164,10 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
             bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}", refresh=False)
             if val_dl is not None and step_in_epoch in eval_at:
                 record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(model, val_dl, cfg, online).items()})
-                if record["val_accuracy"] > progress["best"]:  # keep the best trainable weights in memory
-                    progress["best"] = record["val_accuracy"]
+                # Keep the weights of the lowest validation loss: on a small set the validation accuracy
+                # moves in steps of 1/len(val) and picked lucky early checkpoints (README, "Small data").
+                if progress["best"] is None or record["val_loss"] < progress["best"]["val_loss"]:
+                    progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
                     best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).named_parameters() if v.requires_grad}
                 if accelerator.is_main_process:
                     tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
@@ -187,7 +188,8 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
             "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
             "epochs": epochs, "steps": steps, "lr": cfg.lr, "max_length": cfg.max_length, "train_seconds": train_seconds, "processes": accelerator.num_processes,
             "train_rows_per_s": rows_seen * accelerator.num_processes / train_seconds,
-            "best_val_accuracy": progress["best"] if progress["best"] >= 0 else None, "labels": rows.labels,
+            "best_val_accuracy": progress["best"]["val_accuracy"] if progress["best"] else None,
+            "best_step": progress["best"]["step"] if progress["best"] else None, "labels": rows.labels,
             "trainable_parameters": trainable, "total_parameters": total, "peak_memory_bytes": peak_memory_bytes(device),
         }
         save_student(student, tokenizer, out_dir, cfg, rows.labels)

@@ -13,17 +13,26 @@ def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, rev
     code = distillery_cli.main([
         "run", "--data", str(reviews_csv), "--text-column", "review", "--label-column", "sentiment",
         "--labels", "negative,positive", "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta),
-        "--device", "cpu", "--limit", "0", "--epochs", "2", "--batch-size", "8", "--speed-rows", "8", "--out", str(out),
+        "--device", "cpu", "--epochs", "2", "--min-steps", "20", "--batch-size", "8", "--speed-rows", "8", "--out", str(out), "--learning-curve",
     ])
     printed = capsys.readouterr().out
     assert code == 0
     for line in ("teacher accuracy", "student accuracy", "agreement", "Cohen's κ", "retention", "student speed-up", "report:"):
         assert line in printed
+    # A random tiny teacher on 8 test rows: not clearly above the majority class, and the run says so.
+    assert "WARNING: teacher: accuracy" in printed and "not clearly above the majority baseline" in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     for part in ("teacher", "student"):
         assert {"accuracy", "macro_f1", "ece", "rows_per_s"} <= set(metrics[part])
     assert {"agreement", "kappa", "retention"} <= set(metrics)
+    assert json.loads((out / "annotations" / "manifest.json").read_text())["rows"] == 40, "a user's file is annotated whole by default"
+    ci = metrics["student"]["ci"]["accuracy"]
+    assert ci[0] <= metrics["student"]["accuracy"] <= ci[1] and any(w.startswith("teacher:") for w in metrics["warnings"])
+    curve = metrics["learning_curve"]
+    n_train = 40 - metrics["rows"]
+    assert [p["train_rows"] for p in curve] == [n_train // 4, n_train // 2, n_train] and all(0 <= p["agreement"] <= 1 for p in curve)
+    assert "## Learning curve" in (out / "report.md").read_text() and f"| {n_train // 4} |" in (out / "report.md").read_text()
     assert 0 <= metrics["student"]["accuracy"] <= 1 and metrics["rows"] == sum(metrics["teacher"]["per_class"][k]["support"] for k in ("negative", "positive"))
     report = (out / "report.md").read_text()
     assert "## Headline" in report and "confusion_student_vs_gold.png" in report

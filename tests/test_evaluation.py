@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from evaluation import ReportData, agreement_metrics, classification_metrics, expected_calibration_error, render_report
+from evaluation.diagnosis import diagnose
+from evaluation.metrics import bootstrap_intervals
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():
@@ -63,3 +65,53 @@ def test_report_without_gold_says_so():
     )
     text = render_report(data)
     assert "No gold labels" in text and "| student | – | – | 0.5000 | 0.1000 | – | – |" in text
+
+
+def test_bootstrap_intervals_cover_the_truth_with_the_binomial_width():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 400)
+    teacher = np.where(rng.random(400) < 0.8, gold, 1 - gold)  # 80% right
+    student = np.where(rng.random(400) < 0.9, teacher, 1 - teacher)  # agrees on ~90%
+    ci = bootstrap_intervals(teacher, student, gold, 2)
+    s_acc, t_acc = (student == gold).mean(), (teacher == gold).mean()
+    for key, value in (("student_accuracy", s_acc), ("teacher_accuracy", t_acc), ("agreement", (student == teacher).mean()), ("retention", s_acc / t_acc)):
+        assert ci[key][0] < value < ci[key][1], key
+    width = ci["teacher_accuracy"][1] - ci["teacher_accuracy"][0]
+    assert width == pytest.approx(2 * 1.96 * np.sqrt(t_acc * (1 - t_acc) / 400), rel=0.2)
+    same = bootstrap_intervals(teacher, teacher, None, 2)
+    assert same["agreement"] == [1.0, 1.0] and same["kappa"][0] == pytest.approx(1.0) and "retention" not in same
+
+
+def _metrics(teacher_acc, student_acc, agreement, teacher_shares=None):
+    return {
+        "majority_label": "pos", "majority_accuracy": 0.72, "calibration": {"mode": "mean"}, "gold_shares": {"neg": 0.28, "pos": 0.72},
+        "teacher": {"accuracy": teacher_acc, "ci": {"accuracy": [teacher_acc - 0.04, teacher_acc + 0.04]},
+                    "label_shares": teacher_shares or {"neg": 0.3, "pos": 0.7}},
+        "student": {"accuracy": student_acc, "agreement": agreement, "kappa": 0.14, "ci": {"accuracy": [student_acc - 0.05, student_acc + 0.05]}},
+    }
+
+
+def test_warnings_name_the_problem_and_the_fix():
+    assert diagnose(_metrics(0.90, 0.88, 0.93)) == []
+    # The review set: the student below the majority class and far from its teacher.
+    found = diagnose(_metrics(0.90, 0.595, 0.571), {"train_rows": 491, "steps": 93})
+    assert len(found) == 2
+    assert "student: accuracy 0.5950 is not clearly above the majority baseline 0.7200" in found[0] and "491 training rows, 93 optimizer steps" in found[0]
+    assert "--learning-curve" in found[0] and "57.1%" in found[1] and "--min-steps" in found[1]
+    # A teacher pushed to 50/50 on a 72/28 set, and one no better than the majority class.
+    shares = diagnose(_metrics(0.743, 0.80, 0.9, {"neg": 0.5, "pos": 0.5}))
+    assert len(shares) == 2 and "not clearly above the majority" in shares[0] and "calibration 'mean'" in shares[1] and "--calibrate auto" in shares[1]
+
+
+def test_report_shows_intervals_warnings_and_the_learning_curve():
+    data = ReportData(
+        task="t", teacher="smollm2", split="test", n_rows=10, n_failed=0, labels=["neg", "pos"], majority_label="pos", majority_accuracy=0.72,
+        models={"teacher": _model(0.8, ci={"accuracy": [0.7, 0.9]}),
+                "student": _model(0.6, agreement=0.57, kappa=0.14, retention=0.75, ci={"accuracy": [0.5, 0.7], "agreement": [0.47, 0.67], "kappa": [0.0, 0.3], "retention": [0.6, 0.9]})},
+        speed_rows=0, device="cpu", plots=[], config="", warnings=["student: it agrees with its teacher on only 57.0% of the rows"],
+        learning_curve=[{"train_rows": 100, "steps": 300, "accuracy": 0.55, "agreement": 0.5}, {"train_rows": 400, "steps": 300, "accuracy": 0.6, "agreement": 0.57}],
+    )
+    text = render_report(data)
+    assert "| student | 0.8000 [0.7000, 0.9000] | 0.6000 [0.5000, 0.7000] | 0.5700 [0.4700, 0.6700] | 0.1400 [0.0000, 0.3000] | 0.7500 [0.6000, 0.9000] | – |" in text
+    assert "- **Warning** – student: it agrees with its teacher on only 57.0% of the rows" in text
+    assert "| 100 | 300 | 0.5500 | 0.5000 |" in text and "| 400 | 300 | 0.6000 | 0.5700 |" in text

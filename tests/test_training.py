@@ -129,10 +129,18 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
     assert summary["lr"] == 5e-5
     from transformers import AutoTokenizer
 
-    from annotate import read_annotations
-    frame, _ = read_annotations(annotated / "annotations")
-    texts = frame[frame["split"] == "train"]["text"].head(20)
-    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_roberta)(texts.tolist()).input_ids]
+    from distill.data import covering_length, load_training_rows
+    tok = AutoTokenizer.from_pretrained(tiny_roberta)
+    train_texts = load_training_rows(DistillConfig(**base)).train["text"].tolist()
+    lengths = sorted(len(ids) for ids in tok(train_texts).input_ids)
+    assert summary["max_length"] == covering_length(tok, train_texts, 300)
     assert summary["max_length"] % 8 == 0 and sum(n <= summary["max_length"] for n in lengths) >= 0.95 * len(lengths)
-    assert summary["max_length"] - 8 < sorted(lengths)[int(0.95 * len(lengths)) - 1] + 8  # and not much more
-    assert AutoTokenizer.from_pretrained(floor).model_max_length == summary["max_length"]
+    assert summary["max_length"] - 8 < lengths[-1]  # and no more than that needs
+    # covering_length itself: 100 texts of 1..100 words cover 95 of them; the model's limit caps it.
+    words = [" ".join(["great"] * k) for k in range(1, 101)]
+    n_tokens = sorted(len(ids) for ids in tok(words).input_ids)
+    cover = covering_length(tok, words, None)
+    assert sum(n <= cover for n in n_tokens) >= 95 and sum(n <= cover - 8 for n in n_tokens) < 95
+    assert covering_length(tok, words, 16) == 16
+    # Prediction reads texts up to the model's limit, not the training cut.
+    assert AutoTokenizer.from_pretrained(floor).model_max_length == AutoTokenizer.from_pretrained(tiny_roberta).model_max_length
