@@ -17,6 +17,10 @@ TABLES = {  # result file -> columns shown
     "quality": ["set", "model", "accuracy", "macro_f1", "ece", "agreement", "kappa", "retention", "train_rows", "test_rows"],
     "kd_sweep": ["alpha", "T", "accuracy_mean", "accuracy_std", "agreement_mean", "agreement_std"],
     "teacher_calibration": ["mode", "teacher_accuracy", "teacher_macro_f1", "teacher_ece", "student_accuracy_mean", "student_accuracy_std"],
+    "calibration_shift": ["scenario", "mode", "accuracy", "accuracy_std", "macro_f1", "ece", "majority_share", "majority_baseline"],
+    "small_data_encoder": ["set", "student", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "majority_accuracy", "distill_s"],
+    "small_data_lora": ["set", "student", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "majority_accuracy", "distill_s"],
+    "data_size": ["train_rows", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "distill_s"],
 }
 
 

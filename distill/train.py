@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from annotate.config import AnnotateConfig
 from annotate.models import pick_device
-from distill.config import DEFAULT_LR, DistillConfig
+from distill.config import DEFAULT_LR, DEFAULT_MIN_STEPS, DistillConfig
 from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
 from distill.online import OnlineTeacher, load_online_rows
@@ -102,6 +102,8 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     cfg = with_automatic_settings(cfg, tokenizer, model, rows.train["text"].tolist())
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
+    if cfg.head_warmup_epochs and not cfg.resume:
+        warm_start_head(model, train_dl, cfg, online, device)
 
     # fused: one kernel for the whole update (what Trainer uses too); ~10% of a CPU step otherwise.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -209,12 +211,35 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     return out_dir
 
 
+def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:
+    """LP-FT's first half (Kumar et al. 2022): fit only the classification head on the frozen
+    model's features with the KD loss, so fine-tuning starts from a head that already fits."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and ("classifier" in n or "score" in n)]
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in head)]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.to(device).eval()  # no dropout: the features are those of the frozen model
+    optimizer = torch.optim.AdamW(head, lr=1e-3, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.head_warmup_epochs):
+        for batch in train_dl:
+            batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature).total.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for p in frozen:
+        p.requires_grad_(True)
+    model.train()
+
+
 def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[str]) -> DistillConfig:
-    """Resolve the settings left at 0 (automatic): lr per student kind, max length from the data."""
+    """Resolve the automatic settings: lr and min steps per student kind, max length from the data."""
     limits = [n for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
     return replace(
         cfg,
         lr=cfg.lr or DEFAULT_LR[cfg.student],
+        min_steps=DEFAULT_MIN_STEPS[cfg.student] if cfg.min_steps == -1 else cfg.min_steps,
         max_length=cfg.max_length or covering_length(tokenizer, texts, min(limits) if limits else None),
     )
 

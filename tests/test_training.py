@@ -144,3 +144,28 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
     assert covering_length(tok, words, 16) == 16
     # Prediction reads texts up to the model's limit, not the training cut.
     assert AutoTokenizer.from_pretrained(floor).model_max_length == AutoTokenizer.from_pretrained(tiny_roberta).model_max_length
+
+
+def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, tiny_roberta):
+    import torch
+
+    from distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
+    from distill.train import warm_start_head
+
+    cfg = DistillConfig(out=str(annotated), student_model=str(tiny_roberta), device="cpu", batch_size=8, max_length=32, head_warmup_epochs=5)
+    rows = load_training_rows(cfg)
+    tok, model = load_student(cfg, rows.labels)
+    train_dl, _ = build_dataloaders(cfg, tok, rows)
+
+    def loss():
+        model.eval()
+        with torch.no_grad():
+            return sum(hybrid_kd_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["teacher_logprobs"], b["labels"]).total.item()
+                       for b in train_dl)
+
+    before, start = loss(), {n: p.detach().clone() for n, p in model.named_parameters()}
+    warm_start_head(model, train_dl, cfg, None, torch.device("cpu"))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, start[n])}
+    assert changed and all(n.startswith("classifier.") for n in changed)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+    assert loss() < before
