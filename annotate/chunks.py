@@ -107,11 +107,13 @@ class ChunkStore:
     def save_manifest(self) -> None:
         _atomic_write(self.manifest_path, json.dumps(self.manifest, indent=2, default=str) + "\n")
 
-    def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200) -> dict:
+    def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200,
+                 requested: str | None = None) -> dict:
         """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
 
         The modes are described in :mod:`annotate.calibration`; ``gold`` (and ``auto`` when it
         picks gold) fits on the first ``calibrate_on`` non-test rows with a gold label.
+        ``requested`` is what the user asked for (e.g. ``auto``), kept in the record.
         """
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
@@ -137,7 +139,7 @@ class ChunkStore:
             self.write(int(name[5:10]), frame)
         n_rows = sum(len(f) for f in frames.values())
         n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
-        record = {**calibration.record(labels), "requested": mode}
+        record = {**calibration.record(labels), "requested": requested or mode}
         self.manifest.update(status="complete", calibration=record, rows=n_rows, rows_failed=n_err)
         self.save_manifest()
         return record

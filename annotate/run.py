@@ -19,6 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from annotate.backends import Teacher, build_teacher
+from annotate.calibration import resolve_mode
 from annotate.chunks import ChunkStore, label_columns
 from annotate.config import AnnotateConfig
 from annotate.inputs import load_rows
@@ -66,12 +67,11 @@ def annotate(cfg: AnnotateConfig) -> Path:
         print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
         return root
 
-    needs_content_free = cfg.calibrate.startswith(("content-free", "auto")) and "content_free_bias" not in store.manifest
+    n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
+    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels))  # auto: by the gold rows there are
+    needs_content_free = mode.startswith("content-free") and "content_free_bias" not in store.manifest
     if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
-    if needs_content_free:
-        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
-        store.save_manifest()
 
     started = time.perf_counter()
     with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
@@ -93,11 +93,14 @@ def annotate(cfg: AnnotateConfig) -> Path:
                 print(f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks are kept, rerun to go on")
                 return root
     elapsed = time.perf_counter() - started
+    if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
+        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
+        store.save_manifest()
 
     previous = store.manifest.get("calibration", {})
     same = previous.get("requested", previous.get("mode")) == cfg.calibrate and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
     if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
-        store.finalize(task.labels, cfg.calibrate, store.manifest.get("content_free_bias"), cfg.calibrate_on)
+        store.finalize(task.labels, mode, store.manifest.get("content_free_bias"), cfg.calibrate_on, requested=cfg.calibrate)
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
@@ -152,5 +155,6 @@ def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
     """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
     scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
     if not scored:
-        raise RuntimeError("content-free calibration: the teacher failed on every content-free input")
+        raise ValueError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
+                         "use --calibrate mean, or gold with --label-column")
     return np.mean(np.asarray(scored), axis=0).tolist()

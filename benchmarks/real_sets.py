@@ -192,6 +192,5 @@ def materialize(rows: pd.DataFrame, set_name: str, out: Path, calibrate: str, ca
     store = ChunkStore(root, {**manifest["fingerprint"], "scenario": str(out)}, {k: manifest[k] for k in keep})
     for index, start in enumerate(range(0, len(rows), 200)):
         store.write(index, rows.iloc[start : start + 200].reset_index(drop=True))
-    cf = content_free_bias(set_name) if calibrate.startswith("content-free") else None
-    store.finalize(manifest["labels"], calibrate, cf, calibrate_on)
+    store.finalize(manifest["labels"], calibrate, content_free_bias(set_name), calibrate_on)
     return out
