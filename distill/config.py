@@ -8,7 +8,6 @@ from annotate.config import option
 
 STUDENTS = ("encoder", "llama-lora")
 DEFAULT_LR = {"encoder": 5e-5, "llama-lora": 1e-3}  # measured: README, "Small data"
-DEFAULT_MIN_STEPS = {"encoder": 300, "llama-lora": 100}  # the LoRA student costs ~4 s a step on 2 CPU cores
 
 
 @dataclass
@@ -39,8 +38,7 @@ class DistillConfig:
     grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")
     max_length: int = option(0, "truncate texts to this many tokens (0 = cover 95% of the training rows, up to the model's limit)")
     epochs: int = option(3, "passes over the training rows at least (LLM-Neo: 1; a small encoder on ~1k rows needs 3, see README)")
-    min_steps: int = option(-1, "train for at least this many optimizer steps: a small set gets more epochs (-1 = per student kind: "
-                                "encoder 300, llama-lora 100; 0 = --epochs only)")
+    min_steps: int = option(300, "train for at least this many optimizer steps: a small set gets more epochs (0 = --epochs only)")
     head_warmup_epochs: int = option(0, "LP-FT (Kumar et al. 2022): first fit only the new classification head for this many epochs "
                                         "(lr 1e-3, encoder frozen), then fine-tune everything (0 = off)")
     learning_curve: bool = option(False, "also train students on the first 25% and 50% of the training rows (OUT/learning_curve/), for the report")
@@ -74,8 +72,8 @@ class DistillConfig:
             raise ValueError(f"max_train_rows: expected >= 0, found {self.max_train_rows}")
         if self.head_warmup_epochs < 0:
             raise ValueError(f"head_warmup_epochs: expected >= 0, found {self.head_warmup_epochs}")
-        if self.lr < 0 or self.max_length < 0 or self.min_steps < -1:
-            raise ValueError(f"lr, max_length: expected >= 0 (0 = automatic), min_steps >= -1; found {self.lr}, {self.max_length}, {self.min_steps}")
+        if self.lr < 0 or self.max_length < 0 or self.min_steps < 0:
+            raise ValueError(f"lr, max_length, min_steps: expected >= 0 (0 = automatic), found {self.lr}, {self.max_length}, {self.min_steps}")
         for name in ("batch_size", "grad_accum", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")

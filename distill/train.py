@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from annotate.config import AnnotateConfig
 from annotate.models import pick_device
-from distill.config import DEFAULT_LR, DEFAULT_MIN_STEPS, DistillConfig
+from distill.config import DEFAULT_LR, DistillConfig
 from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
 from distill.online import OnlineTeacher, load_online_rows
@@ -234,12 +234,11 @@ def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher |
 
 
 def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[str]) -> DistillConfig:
-    """Resolve the automatic settings: lr and min steps per student kind, max length from the data."""
+    """Resolve the settings left at 0 (automatic): lr per student kind, max length from the data."""
     limits = [n for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
     return replace(
         cfg,
         lr=cfg.lr or DEFAULT_LR[cfg.student],
-        min_steps=DEFAULT_MIN_STEPS[cfg.student] if cfg.min_steps == -1 else cfg.min_steps,
         max_length=cfg.max_length or covering_length(tokenizer, texts, min(limits) if limits else None),
     )
 

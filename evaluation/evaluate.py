@@ -79,10 +79,10 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     return len(texts) / seconds, bs, params
 
 
-def learning_curve(out: Path, student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
+def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
     """Accuracy and agreement of the students ``distill --learning-curve`` trained on part of the
-    rows (``OUT/learning_curve/student-*``) and of ``student`` (all rows); empty without them."""
-    parts = sorted((out / "learning_curve").glob("student-*"))
+    rows (``learning_curve/student-*`` beside ``student``) and of ``student`` (all rows); empty without them."""
+    parts = sorted((student.parent / "learning_curve").glob("student-*"))
     points = []
     for path in [*parts, student] if parts else []:
         tokenizer, model = load_trained_student(path, device)
@@ -175,7 +175,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "gold_shares": {lab: float((gold == i).mean()) for i, lab in enumerate(labels)} if has_gold else None,
         "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
         "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
-        "learning_curve": learning_curve(out, Path(students[0]), texts, gold, teacher_probs.argmax(1), cfg.eval_batch_size, device),
+        "learning_curve": learning_curve(Path(students[0]), texts, gold, teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
