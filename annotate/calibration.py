@@ -22,8 +22,9 @@ Every mode is a per-label bias and a temperature applied to the raw log-probs
   par with ``content-free``, not better (README, "Calibration under label shift").
 - ``gold``: a per-label bias and one temperature fitted by maximum likelihood on gold rows
   (the bias then carries the prior of those rows).
-- ``auto``: ``gold`` when there are at least :data:`AUTO_MIN_GOLD` gold-labelled training
-  rows; otherwise ``content-free`` for two labels and ``mean`` for more (content-free inputs
+- ``auto``: ``mean`` when the rows were sampled label-balanced (``--balance``: the prior is
+  uniform by construction; the demo), else ``gold`` when there are at least
+  :data:`AUTO_MIN_GOLD` gold-labelled training rows; otherwise ``content-free`` for two labels and ``mean`` for more (content-free inputs
   read as "neutral", which skews a 3-way set). Chosen from benchmarks/calibration_shift.py:
   gold stays within ~1 point of the best mode on every set there, content-free is the most
   robust mode without gold on binary sets.
@@ -143,11 +144,13 @@ def fit_gmm(raw: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return weights, bias, gmm.weights_
 
 
-def resolve_mode(mode: str, n_gold: int, n_labels: int = 2) -> str:
-    """``auto`` -> ``gold`` with at least AUTO_MIN_GOLD gold training rows, else
-    ``content-free`` (two labels) or ``mean`` (more)."""
+def resolve_mode(mode: str, n_gold: int, n_labels: int = 2, balanced: bool = False) -> str:
+    """``auto`` -> ``mean`` for a label-balanced sample, else ``gold`` with at least
+    AUTO_MIN_GOLD gold training rows, else ``content-free`` (two labels) or ``mean`` (more)."""
     if mode != "auto":
         return mode
+    if balanced:  # sampled with --balance: the label prior is uniform by construction, mean's assumption
+        return "mean"
     if n_gold >= AUTO_MIN_GOLD:
         return "gold"
     return "content-free" if n_labels == 2 else "mean"

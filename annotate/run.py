@@ -68,7 +68,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
         return root
 
     n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
-    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels))  # auto: by the gold rows there are
+    balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
+    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced)  # auto: by what the data offers
     needs_content_free = mode.startswith("content-free") and "content_free_bias" not in store.manifest
     if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
@@ -98,7 +99,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
         store.save_manifest()
 
     previous = store.manifest.get("calibration", {})
-    same = previous.get("requested", previous.get("mode")) == cfg.calibrate and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
+    same = (previous.get("mode") == mode and previous.get("requested", mode) == cfg.calibrate
+            and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on)
     if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
         store.finalize(task.labels, mode, store.manifest.get("content_free_bias"), cfg.calibrate_on, requested=cfg.calibrate)
     if n_todo:
@@ -108,7 +110,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
         store.save_manifest()
     failed = store.manifest["rows_failed"]
     calibration = store.manifest["calibration"]
-    chosen = calibration["mode"] + (" (auto)" if cfg.calibrate == "auto" else "")
+    chosen = calibration["mode"] + ((" (auto: label-balanced sample)" if balanced else " (auto)") if cfg.calibrate == "auto" else "")
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
     print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
           + (f", estimated label prior {prior}" if prior else ""))

@@ -68,17 +68,18 @@ def test_gmm_finds_the_prior_and_a_temperature_without_gold():
 def test_auto_is_gold_with_enough_gold_rows_else_a_mixture():
     assert resolve_mode("auto", 50) == "gold" and resolve_mode("mean", 500) == "mean"
     assert resolve_mode("auto", 49, 2) == "content-free" and resolve_mode("auto", 0, 3) == "mean"
+    assert resolve_mode("auto", 500, 2, balanced=True) == "mean"  # a --balance sample has a uniform prior
 
 
-@pytest.mark.parametrize("rows, expected", [(40, "content-free"), (96, "gold")])
-def test_auto_on_a_run(tiny_llama, tmp_path, rows, expected):
+@pytest.mark.parametrize("rows, balance, expected", [(40, False, "content-free"), (96, False, "gold"), (96, True, "mean")])
+def test_auto_on_a_run(tiny_llama, tmp_path, rows, balance, expected):
     data = tmp_path / "rows.csv"
     make_rows(rows).to_csv(data, index=False)
     cfg = AnnotateConfig(data=str(data), out=str(tmp_path / "run"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                         device="cpu", limit=0, test_fraction=0.25)
+                         device="cpu", limit=0, test_fraction=0.25, balance=balance)
     assert cfg.calibrate == "auto"
     _, manifest = read_annotations(annotate(cfg))
     record = manifest["calibration"]
     assert record["mode"] == expected and record["requested"] == "auto"
     assert ("temperature" in record) == (expected == "gold") and record["bias"]
-    assert len(manifest["content_free_bias"]) == 2
+    assert ("content_free_bias" in manifest) == (expected == "content-free"), "content-free inputs are scored only when used"
