@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from common import ROOT, print_table, write_result
 from kd_sweep import mean_std
-from real_sets import SCENARIOS, load, materialize
+from real_sets import load, materialize
 
 from annotate import read_annotations
 from annotate.chunks import label_columns
