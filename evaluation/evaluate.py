@@ -18,7 +18,7 @@ import yaml
 
 from annotate.chunks import label_columns, read_annotations
 from annotate.config import AnnotateConfig
-from annotate.models import pick_device, resolve_model
+from annotate.models import parameter_count, pick_device, resolve_model
 from distill.students import load_trained_student
 from evaluation.config import EvaluateConfig
 from evaluation.diagnosis import diagnose
@@ -75,7 +75,7 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     teacher.score(texts[: cfg.teacher_batch_size])  # warm-up
     bs = cfg.teacher_batch_size
     seconds, _ = _time(lambda: [teacher.score(texts[b : b + bs]) for b in range(0, len(texts), bs)])
-    params = sum(p.numel() for p in teacher.scorer.model.parameters()) if hasattr(teacher, "scorer") else None
+    params = parameter_count(teacher.scorer.model)[1] if hasattr(teacher, "scorer") else None
     return len(texts) / seconds, bs, params
 
 
@@ -152,7 +152,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             m["rows_per_s"] = len(speed_texts) / seconds
             if models["teacher"].get("rows_per_s"):
                 m["speedup"] = m["rows_per_s"] / models["teacher"]["rows_per_s"]
-        m.update(parameters=sum(p.numel() for p in model.parameters()), size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size)
+        m.update(parameters=parameter_count(model)[1], size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size)
         models[name] = m
 
     majority, majority_acc, plots = None, None, []

@@ -124,8 +124,12 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
 def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server, tmp_path, capsys):
     import distillery_cli
 
+    from conftest import make_rows
+
     url, _ = answering_server
-    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--teacher", "gpt-nope", "--limit", "4", "--out", str(tmp_path)])
+    make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)  # no packaged data needed
+    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--teacher", "gpt-nope", "--data", str(tmp_path / "rows.csv"),
+                                "--out", str(tmp_path)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("distillery")]
     assert code == 2 and len(lines) == 1 and "http_404" in lines[0] and "gpt-nope" in lines[0] and "check --base-url and --teacher" in lines[0]
