@@ -161,7 +161,7 @@ def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None 
     """Fit one calibration mode (not ``auto``: see :func:`resolve_mode`).
 
     Args:
-        mode: one of CALIBRATIONS except ``auto``.
+        mode: one of CALIBRATIONS except ``auto`` (also ``content-free+em``, measured, not offered).
         raw: ``(rows, labels)`` raw log-probs of every row to be calibrated.
         content_free: ``(labels,)`` mean raw log-probs on content-free inputs (content-free modes).
         gold_raw, gold: raw log-probs and gold label ids of the rows ``gold`` is fitted on.
@@ -184,7 +184,7 @@ def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None 
         bias, temperature = fit_gold_calibration(gold_raw, gold)
         return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
     else:
-        raise ValueError(f"calibrate: expected one of {CALIBRATIONS}, found '{mode}'")
+        raise ValueError(f"calibrate: expected a resolved mode from {CALIBRATIONS[1:]}, found '{mode}'")
     if mode.endswith("+gmm") and len(raw) > n_labels:
         weights, gmm_bias, prior = fit_gmm(raw, calibrated(raw, bias))
         return Calibration(mode, gmm_bias, prior=prior, weights=weights)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from annotate.calibration import fit_calibration, resolve_mode
+from annotate.calibration import fit_calibration
 
 __all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns"]
 
@@ -111,9 +111,11 @@ class ChunkStore:
                  requested: str | None = None) -> dict:
         """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
 
-        The modes are described in :mod:`annotate.calibration`; ``gold`` (and ``auto`` when it
-        picks gold) fits on the first ``calibrate_on`` non-test rows with a gold label.
-        ``requested`` is what the user asked for (e.g. ``auto``), kept in the record.
+        ``mode`` is a resolved mode (not ``auto``: the caller resolves it with
+        :func:`annotate.calibration.resolve_mode`, which knows how the rows were sampled); the
+        modes are described in :mod:`annotate.calibration`. ``gold`` fits on the first
+        ``calibrate_on`` non-test rows with a gold label. ``requested`` is what the user asked
+        for (e.g. ``auto``), kept in the record.
         """
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
@@ -124,11 +126,10 @@ class ChunkStore:
 
         ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
         gold_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")]
-        resolved = resolve_mode(mode, len(gold_rows), len(labels))
         fit_rows = gold_rows.head(calibrate_on)
-        calibration = fit_calibration(resolved, ok[raw_cols].to_numpy(float), bias_content_free,
+        calibration = fit_calibration(mode, ok[raw_cols].to_numpy(float), bias_content_free,
                                       fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())
-        if resolved == "gold":
+        if mode == "gold":
             calibration.extra["calibrate_on"] = calibrate_on
         for name, frame in frames.items():
             good = soft(frame)

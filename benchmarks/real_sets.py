@@ -32,6 +32,7 @@ import pandas as pd
 from common import ROOT, SHARED_DATA
 
 from annotate import AnnotateConfig, annotate, read_annotations
+from annotate.calibration import resolve_mode
 from annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
@@ -192,5 +193,8 @@ def materialize(rows: pd.DataFrame, set_name: str, out: Path, calibrate: str, ca
     store = ChunkStore(root, {**manifest["fingerprint"], "scenario": str(out)}, {k: manifest[k] for k in keep})
     for index, start in enumerate(range(0, len(rows), 200)):
         store.write(index, rows.iloc[start : start + 200].reset_index(drop=True))
-    store.finalize(manifest["labels"], calibrate, content_free_bias(set_name), calibrate_on)
+    labels = manifest["labels"]
+    n_gold = int((rows["gold"].isin(labels) & (rows["split"] != "test")).sum())
+    mode = resolve_mode(calibrate, n_gold, len(labels))
+    store.finalize(labels, mode, content_free_bias(set_name), calibrate_on, requested=calibrate)
     return out
