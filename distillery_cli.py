@@ -14,6 +14,7 @@ next to each stage's output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> dict:
-    """Defaults <- YAML file <- flags, checked against the stage's fields."""
+    """Defaults <- YAML file <- flags, checked against the stages' fields."""
     known = _fields(STAGES[args.command])
     values: dict = {}
     if args.config:
@@ -87,9 +88,12 @@ def resolve(args: argparse.Namespace) -> dict:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
         values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - set(known))
+        # One file may serve every stage (data/configs/llm-neo-sst2.yaml): a key of another
+        # stage is left to that stage; a key no stage knows is an error.
+        unknown = sorted(set(values) - set(_fields(cls for classes in STAGES.values() for cls in classes)))
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
+        values = {k: v for k, v in values.items() if k in known}
     values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
     return values
 
@@ -119,29 +123,53 @@ def headline(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def gpus_hidden(hide: bool):
+    """``--device cpu`` means the CPU in every process: with a GPU visible, torch's barrier under
+    accelerate picks ``cuda:<local rank>`` even for the gloo backend, and rank 1 of a CPU run
+    crashed on a 1-GPU machine (issue #10). Nothing has touched CUDA yet when this runs; the
+    variable is put back afterwards for in-process callers (tests)."""
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hide:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if hide and previous is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        elif hide:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def run_stages(command: str, configs: list) -> None:
+    """Run one stage, or all three for ``run``, and print the headline."""
+    from annotate.models import quiet_third_party
+
+    quiet_third_party()
+    from annotate import annotate
+    from distill import distill
+    from evaluation import evaluate
+
+    if command == "annotate":
+        annotate(configs[0])
+    elif command == "distill":
+        distill(configs[0], configs[1])
+    else:
+        if command == "run":
+            annotate(configs[0])
+            distill(configs[1], configs[0])
+        metrics = evaluate(configs[-1])
+        print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         values = resolve(args)
         configs = [build(cls, values) for cls in STAGES[args.command]]
         started = time.perf_counter()
-        from annotate.models import quiet_third_party
-
-        quiet_third_party()
-        from annotate import annotate
-        from distill import distill
-        from evaluation import evaluate
-
-        if args.command == "annotate":
-            annotate(configs[0])
-        elif args.command == "distill":
-            distill(configs[0], configs[1])
-        else:
-            if args.command == "run":
-                annotate(configs[0])
-                distill(configs[1], configs[0])
-            metrics = evaluate(configs[-1])
-            print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
+        with gpus_hidden(values.get("device") == "cpu"):
+            run_stages(args.command, configs)
         print(f"{args.command}: finished in {time.perf_counter() - started:.0f} s")
     except (ValueError, FileNotFoundError, ImportError, OSError) as err:
         if os.environ.get("DISTILLERY_DEBUG"):

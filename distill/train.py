@@ -114,6 +114,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     say(f"distill: {epochs} epochs of {steps_per_epoch} steps (--epochs {cfg.epochs}, --min-steps {cfg.min_steps}), lr {cfg.lr:g}, max length {cfg.max_length}")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    accelerator.register_save_state_pre_hook(keep_trainable_weights)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
 
     progress = {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []}
@@ -121,7 +122,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     if cfg.resume:
         if not (ckpt_dir / "progress.json").is_file():
             raise FileNotFoundError(f"--resume: expected a checkpoint in {ckpt_dir}; found none; run without --resume (and with --checkpoint-every N)")
-        accelerator.load_state(str(ckpt_dir))
+        accelerator.load_state(str(ckpt_dir), strict=False)  # the frozen weights come from the base, not the checkpoint
         progress = json.loads((ckpt_dir / "progress.json").read_text())
         if (ckpt_dir / "best.pt").is_file():
             best_state = torch.load(ckpt_dir / "best.pt")
@@ -241,6 +242,17 @@ def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[st
         lr=cfg.lr or DEFAULT_LR[cfg.student],
         max_length=cfg.max_length or covering_length(tokenizer, texts, min(limits) if limits else None),
     )
+
+
+def keep_trainable_weights(models: list, weights: list[dict], output_dir: str) -> None:
+    """accelerate's save hook: a checkpoint holds the trainable weights only.
+
+    A LoRA student's frozen base is reloaded from its own checkpoint anyway, and a QLoRA base's
+    4-bit state (absmax, quant_map, ...) is rejected by a strict load (issue #10).
+    """
+    for i, model in enumerate(models):
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        weights[i] = {name: tensor for name, tensor in weights[i].items() if name in trainable}
 
 
 def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, progress: dict, best_state: dict | None) -> None:

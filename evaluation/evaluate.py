@@ -67,16 +67,20 @@ def _time(fn, *args) -> tuple[float, object]:
 
 def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | None]:
     """Rows/s, batch size and parameter count of the annotation's teacher on ``texts``."""
-    from annotate.backends import build_teacher
+    from annotate.backends import batch_limits, build_teacher, teacher_batches
     from annotate.tasks import TaskSpec
 
     cfg = AnnotateConfig(**manifest["config"])
     teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
-    teacher.score(texts[: cfg.teacher_batch_size])  # warm-up
-    bs = cfg.teacher_batch_size
-    seconds, _ = _time(lambda: [teacher.score(texts[b : b + bs]) for b in range(0, len(texts), bs)])
+    rows, tokens = batch_limits(cfg)
+    teacher.score(texts[:rows])  # warm-up
+
+    def score_all():  # batched as annotate batches them, tokenization included
+        return [teacher.score([texts[i] for i in batch]) for batch in teacher_batches(teacher.prompt_lengths(texts), rows, tokens)]
+
+    seconds, _ = _time(score_all)
     params = parameter_count(teacher.scorer.model)[1] if hasattr(teacher, "scorer") else None
-    return len(texts) / seconds, bs, params
+    return len(texts) / seconds, rows, params
 
 
 def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
@@ -152,7 +156,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             m["rows_per_s"] = len(speed_texts) / seconds
             if models["teacher"].get("rows_per_s"):
                 m["speedup"] = m["rows_per_s"] / models["teacher"]["rows_per_s"]
-        m.update(parameters=parameter_count(model)[1], size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size)
+        m.update(parameters=parameter_count(model)[1], size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
+                 evaluated_base=model.evaluated_base)
         models[name] = m
 
     majority, majority_acc, plots = None, None, []

@@ -84,9 +84,9 @@ def render_report(data: ReportData) -> str:
         [[name, *[m["per_class"][lab]["f1"] for lab in data.labels]] for name, m in data.models.items()],
     )
     speed = markdown_table(
-        ["model", "rows/s", "batch", "parameters", "size on disk (MB)"],
+        ["model", "rows/s", "batch", "parameters", "size on disk (MB)", "evaluated as"],
         [[name, m.get("rows_per_s"), m.get("batch_size"), m.get("parameters"),
-          None if m.get("size_bytes") is None else m["size_bytes"] / 1e6] for name, m in data.models.items()],
+          None if m.get("size_bytes") is None else m["size_bytes"] / 1e6, m.get("evaluated_base")] for name, m in data.models.items()],
     )
     if data.majority_label is None:
         baseline = "No gold labels: accuracy, F1 and ECE are unavailable; agreement and κ compare student and teacher."

