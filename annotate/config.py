@@ -44,7 +44,9 @@ class AnnotateConfig:
     labels: list[str] = option([], "override the task's labels, comma-separated (e.g. negative,positive)")
     backend: str = option("local", "teacher backend: local (a Hugging Face model in this process) or openai (an OpenAI-compatible server)", choices=("local", "openai"))
     teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
-    teacher_batch_size: int = option(16, "rows per teacher forward pass")
+    teacher_batch_size: int = option(0, "most rows per teacher call (0 = automatic: 16 on CPU, 512 on CUDA, 16 for the openai backend)")
+    teacher_batch_tokens: int = option(0, "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
+                                          "tokens after the cached prefix (0 = automatic: no cap on CPU, 8192 on CUDA)")
     prefix_cache: bool = option(True, "local teacher: run the prompt part shared by every row once and reuse its KV cache (same scores, faster)")
     max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows")
     chunk_size: int = option(200, "rows per CSV chunk (the unit of resume)")
@@ -82,8 +84,8 @@ class AnnotateConfig:
             raise ValueError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
-        if self.teacher_batch_size < 1 or self.chunk_size < 1:
-            raise ValueError("teacher_batch_size and chunk_size: expected >= 1")
+        if self.teacher_batch_size < 0 or self.teacher_batch_tokens < 0 or self.chunk_size < 1:
+            raise ValueError("teacher_batch_size, teacher_batch_tokens: expected >= 0 (0 = automatic); chunk_size: expected >= 1")
         if self.hosted_scoring not in ("top-logprobs", "echo"):
             raise ValueError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate not in CALIBRATIONS:

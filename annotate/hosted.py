@@ -191,6 +191,10 @@ class HostedTeacher:
     def _safe(self, message: str) -> str:
         return message.replace(self.api_key, "***") if self.api_key != "no-key" else message
 
+    def prompt_lengths(self, texts: list[str]) -> list[int]:
+        """Characters per row: a server batches for itself, so only the row count limits a call."""
+        return [len(t) for t in texts]
+
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch. If nothing has been answered yet and every row failed the same way
         (wrong URL, unknown model), stop with one line instead of writing a chunk of errors."""

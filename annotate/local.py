@@ -155,6 +155,7 @@ class LocalTeacher:
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
         if cfg.prefix_cache:
             self.scorer.set_prefix(self.shared_prefix_ids())
+        self.tokenized: dict[str, list[int]] = {}  # prompt ids of the rows measured by prompt_lengths()
 
     def prompt_text(self, text: str) -> str:
         """The full prompt: chat template (or plain turns), then the pre-filled answer prefix."""
@@ -163,6 +164,17 @@ class LocalTeacher:
     def prompt_ids(self, text: str) -> list[int]:
         """Token ids of the full prompt."""
         return self.tokenizer(self.prompt_text(text), add_special_tokens=not self.has_template).input_ids
+
+    def prompt_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each row's forward pass computes: its prompt less the cached shared prefix.
+
+        Tokenizes all ``texts`` in one call (the fast tokenizer's batch path) and keeps the ids
+        for :meth:`score`, so batching by tokens costs no second tokenization.
+        """
+        ids = self.tokenizer([self.prompt_text(t) for t in texts], add_special_tokens=not self.has_template).input_ids
+        self.tokenized = dict(zip(texts, ids))
+        prefix = self.scorer.prefix_ids
+        return [len(x) - len(prefix) if prefix and x[: len(prefix)] == prefix else len(x) for x in ids]
 
     def shared_prefix_ids(self) -> list[int]:
         """Tokens every prompt starts with: the prompt up to the row's text, less its last token.
@@ -175,7 +187,7 @@ class LocalTeacher:
 
     def score(self, texts: list[str]) -> list[Annotation]:
         """Annotate a batch; rows that fail come back as error annotations, never as exceptions."""
-        prompts = [self.prompt_ids(t) for t in texts]
+        prompts = [self.tokenized.get(t) or self.prompt_ids(t) for t in texts]
         results: list[Annotation | None] = [None] * len(texts)
         ok = []
         for i, ids in enumerate(prompts):

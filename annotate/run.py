@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from annotate.backends import Teacher, build_teacher
+from annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
 from annotate.calibration import resolve_mode
 from annotate.chunks import ChunkStore, label_columns
 from annotate.config import AnnotateConfig
@@ -73,16 +73,15 @@ def annotate(cfg: AnnotateConfig) -> Path:
     needs_content_free = mode.startswith("content-free") and "content_free_bias" not in store.manifest
     if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
+        limits = batch_limits(cfg)
 
     started = time.perf_counter()
     with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk, done, redo in todo_chunks:
             texts = chunk.loc[redo, "text"].tolist()
-            # Batch rows of similar length together: less padding, ~15-25% faster on CPU.
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             results: list[Annotation] = [Annotation()] * len(texts)
-            for b in range(0, len(order), cfg.teacher_batch_size):
-                batch = order[b : b + cfg.teacher_batch_size]
+            # Rows of similar length batched together: less padding, ~15-25% faster on CPU.
+            for batch in teacher_batches(teacher.prompt_lengths(texts), *limits):
                 for i, ann in zip(batch, teacher.score([texts[i] for i in batch])):
                     results[i] = ann
                 bar.update(len(batch))
