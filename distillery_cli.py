@@ -1,10 +1,12 @@
-"""The ``distillery`` command: annotate, distill, evaluate, or run all three.
+"""The ``distillery`` command: annotate, distill, evaluate, or run all three; then predict and export.
 
     distillery run                                   # the embedded demo (tweets, SmolLM2 -> MiniLM)
     distillery run --data reviews.csv --label-column label --labels negative,positive --out data/runs/reviews
     distillery annotate --config my.yaml --limit 500
     distillery distill --out data/runs/reviews --alpha 0.8
     distillery evaluate --out data/runs/reviews
+    distillery predict --student data/runs/reviews/student --data new.csv --out preds.csv --defer
+    distillery export --student data/runs/reviews/student          # ONNX, int8 weights
 
 Every subcommand takes ``--config FILE.yaml`` (flat keys, the same names as the flags with
 underscores); flags win over the file, unknown keys are errors. The resolved config is written
@@ -26,18 +28,23 @@ import yaml
 from annotate.config import AnnotateConfig
 from distill.config import DistillConfig
 from evaluation.config import EvaluateConfig
+from serve.config import ExportConfig, PredictConfig
 
 STAGES = {
     "annotate": (AnnotateConfig,),
     "distill": (DistillConfig, AnnotateConfig),  # annotate's data/teacher settings serve --teacher-mode online
     "evaluate": (EvaluateConfig,),
     "run": (AnnotateConfig, DistillConfig, EvaluateConfig),
+    "predict": (PredictConfig,),
+    "export": (ExportConfig,),
 }
 HELP = {
     "annotate": "ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv",
     "distill": "train a student on OUT/annotations with the hybrid KD loss; save OUT/student",
     "evaluate": "compare students, teacher and gold; write OUT/report.md and OUT/metrics.json",
     "run": "annotate, distill and evaluate in one go (no arguments: the embedded demo)",
+    "predict": "label new rows with a saved student (encoder, LoRA, merged or ONNX); write id, text, label, probabilities",
+    "export": "export a saved student to ONNX (int8 weights by default) for onnxruntime",
 }
 
 
@@ -67,7 +74,7 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{annotate,distill,evaluate,run}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(STAGES) + "}")
     for name, classes in STAGES.items():
         p = sub.add_parser(name, help=HELP[name], description=HELP[name])
         p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
@@ -149,11 +156,16 @@ def run_stages(command: str, configs: list) -> None:
     from annotate import annotate
     from distill import distill
     from evaluation import evaluate
+    from serve import export, predict, write_card
 
     if command == "annotate":
         annotate(configs[0])
     elif command == "distill":
-        distill(configs[0], configs[1])
+        write_card(distill(configs[0], configs[1]))
+    elif command == "predict":
+        predict(configs[0])
+    elif command == "export":
+        write_card(export(configs[0]))
     else:
         if command == "run":
             annotate(configs[0])

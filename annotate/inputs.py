@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from annotate.config import AnnotateConfig
 
-__all__ = ["InputError", "load_rows", "builtin_tweets_path"]
+__all__ = ["InputError", "load_rows", "iter_texts", "builtin_tweets_path"]
 
 
 class InputError(ValueError):
@@ -43,7 +44,7 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         # The built-in set has three classes; a task with fewer keeps only its own labels.
         frame = frame[frame[label_col].isin(labels)]
     else:
-        frame = _read_table(cfg)
+        frame = _read_table(cfg.data, cfg.hf_config, cfg.split, cfg.label_column)
         if not label_col and "label" in frame.columns:
             label_col = "label"  # the usual name; pass --label-column for another
 
@@ -90,31 +91,84 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
     return out[["id", "text", "gold", "split"]].reset_index(drop=True)
 
 
-def _read_table(cfg: AnnotateConfig) -> pd.DataFrame:
-    if cfg.data.startswith("hf:"):
+def _read_table(data: str, hf_config: str = "", split: str = "train", label_column: str = "") -> pd.DataFrame:
+    if data.startswith("hf:"):
         import datasets  # heavy; only for hub datasets
 
-        ds = datasets.load_dataset(cfg.data[3:], cfg.hf_config or None, split=cfg.split)
+        ds = datasets.load_dataset(data[3:], hf_config or None, split=split)
         frame = ds.to_pandas()
-        if cfg.label_column in ds.features and hasattr(ds.features[cfg.label_column], "names"):
-            names = ds.features[cfg.label_column].names
-            frame[cfg.label_column] = frame[cfg.label_column].map(lambda i: names[i])
+        if label_column in ds.features and hasattr(ds.features[label_column], "names"):
+            names = ds.features[label_column].names
+            frame[label_column] = frame[label_column].map(lambda i: names[i])
         return frame
-    path = Path(cfg.data)
+    return pd.concat(list(_read_file(data, chunk_rows=None)), ignore_index=True)
+
+
+def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """A file's rows, whole (``chunk_rows`` None) or in frames of ``chunk_rows`` (.json: whole)."""
+    path = Path(data)
     if not path.is_file():
-        raise InputError(f"input file not found: '{cfg.data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME")
+        raise InputError(f"input file not found: '{data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME")
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""])
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
+            frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""], chunksize=chunk_rows)
+            yield from [frames] if chunk_rows is None else frames
+        elif suffix in (".jsonl", ".json"):
+            lines = suffix == ".jsonl"
+            frames = pd.read_json(path, lines=lines, chunksize=chunk_rows if lines else None)
+            yield from frames if lines and chunk_rows else [frames]
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            if chunk_rows is None:
+                yield pd.read_parquet(path)
+            else:
+                yield from (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+        else:
+            raise InputError(f"unsupported input '{path.name}': expected .csv, .tsv, .jsonl, .json or .parquet")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, OSError) as err:
+        if isinstance(err, InputError):
+            raise
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}; check the file is valid UTF-8 {suffix[1:]}") from None
-    raise InputError(f"unsupported input '{path.name}': expected .csv, .tsv, .jsonl, .json or .parquet")
+
+
+def iter_texts(data: str, text_column: str = "text", id_column: str = "", chunk_rows: int = 1000, drop_empty: bool = False,
+               hf_config: str = "", split: str = "train") -> Iterator[pd.DataFrame]:
+    """Every row of an input as frames of at most ``chunk_rows`` rows with columns ``id, text``.
+
+    Files stream (.csv/.tsv/.jsonl/.parquet are read a chunk at a time, so memory stays flat in
+    the number of rows); .json, hf: datasets and the built-in tweets are read whole first. The
+    id is ``--id-column``'s value, else the row's position in the input (0-based). Bad input
+    raises :class:`InputError` with the same messages as :func:`load_rows`.
+    """
+    if data == "tweets":
+        frame = pd.read_csv(builtin_tweets_path(), encoding="latin-1")
+        frames = (frame.iloc[i : i + chunk_rows] for i in range(0, len(frame), chunk_rows))
+    elif data.startswith("hf:"):
+        frame = _read_table(data, hf_config, split)
+        frames = (frame.iloc[i : i + chunk_rows] for i in range(0, len(frame), chunk_rows))
+    else:
+        frames = _read_file(data, chunk_rows)
+    start, any_rows = 0, False
+    for frame in frames:
+        if not any_rows:
+            _check_columns(frame, text_column, "", id_column, data)
+        any_rows = True
+        frame = frame.reset_index(drop=True)
+        texts = frame[text_column]
+        empty = texts.isna() | (texts.astype(str).str.strip() == "")
+        out = pd.DataFrame({"id": frame[id_column].astype(str) if id_column else [str(start + i) for i in range(len(frame))],
+                            "text": texts.astype(str)})
+        if empty.any() and not drop_empty:
+            rows = ", ".join(str(start + i + 2) for i in frame.index[empty][:5])
+            raise InputError(f"{data}: expected text in every row; found {int(empty.sum())} empty (file lines {rows}...); "
+                             "remove them or pass --drop-empty to skip them")
+        start += len(frame)
+        yield out[~empty].reset_index(drop=True)
+    if not any_rows:
+        raise InputError(f"{data}: expected at least one row; found none")
 
 
 def _check_columns(frame: pd.DataFrame, text_col: str, label_col: str, id_col: str, source: str) -> None:

@@ -98,6 +98,7 @@ def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: li
         merged = model.merge_and_unload()
         merged.save_pretrained(out_dir / "merged")
         tokenizer.save_pretrained(out_dir / "merged")
+        (out_dir / "merged" / STUDENT_FILE).write_text(json.dumps({**meta, "student": "merged"}, indent=2) + "\n")
 
 
 def load_trained_student(path: str | Path, device="cpu"):

@@ -13,50 +13,21 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from annotate.chunks import label_columns, read_annotations
 from annotate.config import AnnotateConfig
 from annotate.models import parameter_count, pick_device, resolve_model
-from distill.students import load_trained_student
 from evaluation.config import EvaluateConfig
 from evaluation.diagnosis import diagnose
 from evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
 from evaluation.report import ReportData, plot_confusion, render_report
+from serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
+from serve.card import push_to_hub
+from serve.defer import plot_coverage
+from serve.student import predict_probabilities as predict_student
 
 __all__ = ["evaluate", "predict_student", "size_on_disk"]
-
-
-def size_on_disk(path: str | Path) -> int | None:
-    """Bytes of a model file or directory (None for a hub id that is not local)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return None
-
-
-@torch.no_grad()
-def predict_student(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None) -> np.ndarray:
-    """Class probabilities ``(n, n_labels)`` of a sequence classifier, in the order of ``texts``.
-
-    Batches hold texts of similar length (less padding); the output is in input order. Texts
-    are truncated to ``max_length`` tokens, by default the model's limit (the tokenizer's
-    ``model_max_length``, 512 where unset): distill may train on shorter cuts to save time
-    (95% of its rows), but a longer text at prediction time is read whole (measured on SST-2:
-    cutting the validation sentences at the training rows' length cost accuracy).
-    """
-    if max_length is None:
-        max_length = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    for b in range(0, len(texts), batch_size):
-        idx = order[b : b + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
-        probs[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
-    return probs
 
 
 def _time(fn, *args) -> tuple[float, object]:
@@ -89,8 +60,7 @@ def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_si
     parts = sorted((student.parent / "learning_curve").glob("student-*"))
     points = []
     for path in [*parts, student] if parts else []:
-        tokenizer, model = load_trained_student(path, device)
-        pred = predict_student(model, tokenizer, texts, batch_size).argmax(1)
+        pred = load_student(path, device).probabilities(texts, batch_size).argmax(1)
         summary = json.loads((path / "train_summary.json").read_text())
         points.append({"train_rows": summary["train_rows"] + summary["val_rows"], "steps": summary["steps"],
                        "accuracy": float((pred == gold).mean()) if gold is not None else None, "agreement": float((pred == teacher_pred).mean())})
@@ -140,24 +110,25 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     students = cfg.students or [str(out / "student")]
     for path in students:
         name = Path(path).name
-        tokenizer, model = load_trained_student(path, device)
-        if [model.config.id2label[i] for i in range(len(labels))] != labels:
-            raise ValueError(f"{path}: expected a student for labels {labels}; found {list(model.config.id2label.values())}")
-        probs = predict_student(model, tokenizer, texts, cfg.eval_batch_size)
+        student = load_student(path, device)
+        if student.labels != labels:
+            raise ValueError(f"{path}: expected a student for labels {labels}; found {student.labels}")
+        probs = student.probabilities(texts, cfg.eval_batch_size)
         m = vs_gold(probs)
         m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))
         m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if has_gold and models["teacher"]["accuracy"] else None
         ci = bootstrap_intervals(teacher_probs.argmax(1), probs.argmax(1), gold, len(labels))
         m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
         models["teacher"].setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})
+        m["defer"] = answer_or_defer(probs, teacher_probs.argmax(1), gold, cfg.target_agreement)
         if speed_texts:
-            predict_student(model, tokenizer, speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
-            seconds, _ = _time(predict_student, model, tokenizer, speed_texts, cfg.eval_batch_size)
+            student.probabilities(speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
+            seconds, _ = _time(student.probabilities, speed_texts, cfg.eval_batch_size)
             m["rows_per_s"] = len(speed_texts) / seconds
             if models["teacher"].get("rows_per_s"):
                 m["speedup"] = m["rows_per_s"] / models["teacher"]["rows_per_s"]
-        m.update(parameters=parameter_count(model)[1], size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
-                 evaluated_base=model.evaluated_base)
+        m.update(parameters=student.parameters, size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
+                 evaluated_base=student.evaluated_base)
         models[name] = m
 
     majority, majority_acc, plots = None, None, []
@@ -171,8 +142,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     for name, m in list(models.items())[1:]:
         plots.append(f"confusion_{name}_vs_teacher.png")
         plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
-
     first = next(k for k in models if k != "teacher")
+    defer = models[first]["defer"]
+    plot_coverage(defer["curve"], defer["picked"], defer["target"], out / "coverage.png")
     models["teacher"]["label_shares"] = {lab: float((teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(labels)}
     metrics = {
         "labels": labels, "split": cfg.eval_split, "rows": len(rows), "rows_failed": n_failed,
@@ -191,6 +163,39 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(rows), n_failed=n_failed,
         labels=labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(speed_texts),
         device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
+        defer=defer,
     )
     (out / "report.md").write_text(render_report(report))
+    for path in students:  # the model card of each student shows this evaluation
+        record_evaluation(Path(path), models[Path(path).name], metrics, str(device))
+    if cfg.push_to_hub:
+        print(f"evaluate: uploaded {students[0]} to {push_to_hub(students[0], cfg.push_to_hub)}")
     return metrics
+
+
+def answer_or_defer(probs: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarray | None, target: float) -> dict:
+    """The student's coverage curve and, for ``target`` > 0, the threshold ``predict --defer`` uses."""
+    confidence, pred = probs.max(1), probs.argmax(1)
+    agree = pred == teacher_pred
+    picked = pick_threshold(confidence, agree, target) if target else None
+    return {"target": target or None, "picked": picked, "curve": coverage_curve(confidence, agree, None if gold is None else pred == gold)}
+
+
+def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) -> None:
+    """Put the evaluation and the deferral threshold into the student's distillery_student.json
+    (predict reads the threshold there) and rewrite its model card."""
+    meta_file = student_dir / "distillery_student.json"
+    if not meta_file.is_file():  # not a Distillery student: nothing to update
+        return
+    meta = json.loads(meta_file.read_text())
+    teacher = metrics["teacher"]
+    meta["evaluation"] = {
+        "split": metrics["split"], "rows": metrics["rows"], "majority_accuracy": metrics["majority_accuracy"],
+        "teacher_accuracy": teacher["accuracy"], "teacher_macro_f1": teacher["macro_f1"], "teacher_ci": teacher.get("ci", {}).get("accuracy"),
+        **{k: m.get(k) for k in ("accuracy", "macro_f1", "agreement", "kappa", "retention", "ci", "rows_per_s", "speedup", "batch_size")},
+        "device": device,
+    }
+    picked = m["defer"]["picked"]
+    meta["defer"] = {**picked, "target": m["defer"]["target"]} if picked else None
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    write_card(student_dir)

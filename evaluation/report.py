@@ -31,6 +31,7 @@ class ReportData:
     config: str
     warnings: list[str] = field(default_factory=list)
     learning_curve: list[dict] = field(default_factory=list)  # {train_rows, steps, accuracy, agreement}
+    defer: dict | None = None  # the first student's {target, picked, curve} (serve/defer.py)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -75,6 +76,19 @@ def render_report(data: ReportData) -> str:
     if data.learning_curve:
         curve = markdown_table(["training rows", "optimizer steps", "student accuracy", "agreement with teacher"],
                                [[p["train_rows"], p["steps"], p["accuracy"], p["agreement"]] for p in data.learning_curve])
+    defer = "Not computed."
+    if data.defer:
+        picked, target = data.defer["picked"], data.defer["target"]
+        if picked:
+            defer = (f"At confidence ≥ **{picked['threshold']:.4f}** the student answers **{picked['coverage']:.1%}** of the rows "
+                     f"with agreement {picked['agreement']:.4f}; its one-sided 95% lower bound {picked['lower_bound']:.4f} meets the "
+                     f"target {target:g}, so {picked['coverage']:.1%} of teacher calls are saved. `distillery predict --defer` "
+                     "marks the other rows for the teacher.")
+        elif target:
+            defer = f"No threshold reaches agreement {target:g} with 95% confidence on these rows: defer every row, or lower the target."
+        defer += "\n\n" + markdown_table(["threshold", "answered", "agreement", "accuracy (gold)"],
+                                          [[p["threshold"], p["coverage"], p["agreement"], p["accuracy"]] for p in data.defer["curve"][::4]])
+        defer += "\n\n![coverage](coverage.png)"
     quality = markdown_table(
         ["model", "accuracy", "majority baseline", "macro-F1", "ECE"],
         [[name, m["accuracy"], data.majority_accuracy, m["macro_f1"], m["ece"]] for name, m in data.models.items()],
@@ -95,7 +109,7 @@ def render_report(data: ReportData) -> str:
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     return TEMPLATE.read_text().format(
         task=data.task, teacher=data.teacher, teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
-        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, warnings=warnings, curve=curve, quality=quality, per_class=per_class,
+        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, warnings=warnings, curve=curve, defer=defer, quality=quality, per_class=per_class,
         speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=data.config.rstrip(),
     )
 

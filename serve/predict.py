@@ -1,0 +1,126 @@
+"""The predict command: read rows -> label them with the student -> write CSV, chunk by chunk.
+
+Run it with::
+
+    distillery predict --student data/runs/demo/student --data new_tweets.csv --out preds.csv
+    distillery predict --student data/runs/demo/student-onnx --data reviews.jsonl --out preds.csv --defer
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from annotate.inputs import iter_texts
+from annotate.models import pick_device
+from serve.config import PredictConfig
+from serve.student import Student, load_student
+
+__all__ = ["predict", "defer_threshold", "prediction_frame"]
+
+
+def defer_threshold(cfg: PredictConfig, student: Student) -> float | None:
+    """The confidence under which rows are deferred: the flag, else what evaluate recorded."""
+    if not cfg.defer:
+        return None
+    if cfg.defer_threshold != -1.0:
+        return cfg.defer_threshold
+    meta_file = student.path / "distillery_student.json"
+    recorded = json.loads(meta_file.read_text()).get("defer") if meta_file.is_file() else None
+    if not recorded:
+        raise ValueError(f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
+                         "--target-agreement 0.95' on the run first, or pass --defer-threshold")
+    return recorded["threshold"]
+
+
+def prediction_frame(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], threshold: float | None) -> pd.DataFrame:
+    """``id, text, label, p_<label>..., confidence[, deferred]`` for one chunk of rows."""
+    out = rows[["id", "text"]].copy()
+    out["label"] = [labels[i] for i in probs.argmax(1)]
+    for k, label in enumerate(labels):
+        out[f"p_{label}"] = probs[:, k]
+    out["confidence"] = probs.max(1)
+    if threshold is not None:
+        out["deferred"] = out["confidence"] < threshold
+    return out
+
+
+def predict(cfg: PredictConfig) -> Path:
+    """Label every row of ``cfg.data``; returns the CSV written. A killed run resumes at its last chunk."""
+    out = Path(cfg.out)
+    if out.is_dir():
+        out = out / "predictions.csv"
+    student = load_student(cfg.student, "cpu" if Path(cfg.student, "model.onnx").is_file() else pick_device(cfg.device))
+    threshold = defer_threshold(cfg, student)
+    parts = out.with_name(out.name + ".parts")
+    fingerprint = {"student": str(Path(cfg.student).resolve()), "data": cfg.data, "hf_config": cfg.hf_config, "split": cfg.split,
+                   "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
+                   "defer_threshold": threshold}
+    state = _open_state(parts, fingerprint, out)
+    if state["complete"]:
+        print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
+        return out
+    print(f"predict: {student.kind} student {cfg.student} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
+          + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
+    rows = 0
+    with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
+        for index, chunk in enumerate(iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)):
+            path = parts / f"part-{index:05d}.csv"
+            if path.is_file():  # written by a run that was stopped later
+                rows += len(chunk)
+                bar.update(len(chunk))
+                continue
+            frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.batch_size), student.labels, threshold)
+            tmp = path.with_suffix(".tmp")
+            frame.to_csv(tmp, index=False)
+            os.replace(tmp, path)  # atomic: a killed run leaves whole chunks only
+            rows += len(chunk)
+            bar.update(len(chunk))
+    _join(sorted(parts.glob("part-*.csv")), out)
+    for path in parts.glob("part-*.csv"):
+        path.unlink()
+    state.update(complete=True, rows=rows)
+    (parts / "run.json").write_text(json.dumps(state, indent=2) + "\n")
+    print(f"predict: {rows} rows -> {out}")
+    return out
+
+
+def _open_state(parts: Path, fingerprint: dict, out: Path) -> dict:
+    """The run's state in ``OUT.parts/run.json``; a different run writing to the same OUT is refused."""
+    state_file = parts / "run.json"
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state["fingerprint"] != fingerprint:
+            changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+            raise ValueError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --out, "
+                             f"or delete {out} and {parts} to start over")
+        if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
+            shutil.rmtree(parts)
+        else:
+            return state
+    elif out.is_file():
+        raise ValueError(f"{out}: exists and was not written by this predict run; pass another --out or delete it")
+    parts.mkdir(parents=True, exist_ok=True)
+    state = {"fingerprint": fingerprint, "complete": False, "rows": 0}
+    state_file.write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def _join(paths: list[Path], out: Path) -> None:
+    """Concatenate the chunk CSVs into ``out`` (one header), streaming, then rename into place."""
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as dst:
+        for i, path in enumerate(paths):
+            with open(path, encoding="utf-8", newline="") as src:
+                header = src.readline()
+                if i == 0:
+                    dst.write(header)
+                shutil.copyfileobj(src, dst)
+    os.replace(tmp, out)

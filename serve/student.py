@@ -1,0 +1,121 @@
+"""One loader for every saved student: encoder, LoRA adapter, merged LoRA, or exported ONNX.
+
+    from serve import load_student
+    student = load_student("data/runs/demo/student")          # or .../student-onnx
+    probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from annotate.models import parameter_count
+from distill.students import STUDENT_FILE, load_trained_student
+
+__all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]
+
+ONNX_FILE = "model.onnx"
+
+
+def size_on_disk(path: str | Path) -> int | None:
+    """Bytes of a model file or directory (None for a hub id that is not local)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return None
+
+
+def _max_length(tokenizer) -> int:
+    return tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+
+
+@torch.no_grad()
+def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None) -> np.ndarray:
+    """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
+
+    Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
+    tokens, by default the model's limit (the tokenizer's ``model_max_length``, 512 where
+    unset): distill may train on shorter cuts to save time (95% of its rows), but a longer text
+    at prediction time is read whole (measured on SST-2: cutting the validation sentences at
+    the training rows' length cost accuracy).
+    """
+    max_length = max_length or _max_length(tokenizer)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for b in range(0, len(texts), batch_size):
+        idx = order[b : b + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
+        probs[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+@dataclass
+class Student:
+    """A saved student, ready to label text.
+
+    ``kind``: encoder, llama-lora (adapter on its base), merged (LoRA folded in) or onnx.
+    ``model`` is the PyTorch module (None for ONNX), ``session`` the onnxruntime session.
+    """
+
+    path: Path
+    kind: str
+    labels: list[str]
+    tokenizer: object
+    model: object = None
+    session: object = None
+    evaluated_base: str = ""  # what the weights run as, for the report and the model card
+    parameters: int | None = None
+
+    def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
+        """``(len(texts), len(labels))`` class probabilities, rows in input order."""
+        if self.session is None:
+            return predict_probabilities(self.model, self.tokenizer, texts, batch_size, max_length)
+        max_length = max_length or _max_length(self.tokenizer)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        names = {i.name for i in self.session.get_inputs()}
+        for b in range(0, len(texts), batch_size):
+            idx = order[b : b + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np")
+            logits = self.session.run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0]
+            probs[idx] = torch.softmax(torch.from_numpy(logits).float(), dim=-1).numpy()
+        return probs
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> Student:
+    """Load any saved student directory (see :class:`Student`); a clear error for anything else."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
+    meta_file = path / STUDENT_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if (path / ONNX_FILE).is_file():
+        return _load_onnx(path, meta)
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: expected a saved student (config.json, adapter_config.json or {ONNX_FILE}); found none")
+    tokenizer, model = load_trained_student(path, device)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    kind = meta.get("student", "encoder")  # encoder, llama-lora or merged (save_student writes it)
+    return Student(path=path, kind=kind, labels=labels, tokenizer=tokenizer, model=model, evaluated_base=model.evaluated_base,
+                   parameters=parameter_count(model)[1])
+
+
+def _load_onnx(path: Path, meta: dict) -> Student:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("an ONNX student needs onnxruntime: pip install 'distillery[export]'") from None
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    return Student(path=path, kind="onnx", labels=meta["labels"], tokenizer=AutoTokenizer.from_pretrained(path), session=session,
+                   evaluated_base=f"ONNX ({meta.get('weights', 'float32')} weights, onnxruntime)", parameters=meta.get("parameters"))
