@@ -74,12 +74,18 @@ class AnnotateConfig:
     price_completion_per_m: float = option(0.0, "openai backend: price per million completion tokens")
     max_cost: float = option(0.0, "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)")
     dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
+    only_deferred: bool = option(False, "with --data PREDICTIONS.csv from 'distillery predict --defer': annotate only the deferred rows "
+                                        "(ids from its id column, no test split), then write OUT/merged.csv: the student's label where it "
+                                        "answered, the teacher's where it deferred")
 
     def __post_init__(self) -> None:
         if self.limit == -1:  # the demo's sample; a user's file is annotated whole
             self.limit = 1200 if self.data == "tweets" else 0
         if self.balance is None:
             self.balance = self.data == "tweets"
+        if self.only_deferred:  # every deferred row needs a label: no test split, ids from predict's output
+            self.test_fraction = 0.0
+            self.id_column = self.id_column or "id"
         if self.limit < 0:
             raise ValueError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
         if not 0.0 <= self.test_fraction < 1.0:

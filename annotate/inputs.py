@@ -45,10 +45,16 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         frame = frame[frame[label_col].isin(labels)]
     else:
         frame = _read_table(cfg.data, cfg.hf_config, cfg.split, cfg.label_column)
-        if not label_col and "label" in frame.columns:
+        if not label_col and "label" in frame.columns and not cfg.only_deferred:  # predict's "label" is the student's, not gold
             label_col = "label"  # the usual name; pass --label-column for another
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
+    if cfg.only_deferred:
+        from annotate.deferred import keep_deferred
+
+        frame = keep_deferred(frame, cfg.data)
+        if len(frame) == 0:
+            raise InputError(f"{cfg.data}: no row is marked deferred; nothing to send to the teacher")
     if cfg.split_column:
         if cfg.split_column not in frame.columns:
             raise InputError(f"{cfg.data}: expected a column '{cfg.split_column}' (--split-column); found {list(frame.columns)}")

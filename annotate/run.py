@@ -22,6 +22,7 @@ from annotate.backends import Teacher, batch_limits, build_teacher, teacher_batc
 from annotate.calibration import resolve_mode
 from annotate.chunks import ChunkStore, label_columns
 from annotate.config import AnnotateConfig
+from annotate.deferred import merge_answers
 from annotate.inputs import load_rows
 from annotate.local import Annotation
 from annotate.tasks import load_task
@@ -45,6 +46,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
     }
     if cfg.split_column:  # only when set, so runs from before this option still resume
         fingerprint["data"]["split_column"] = cfg.split_column
+    if cfg.only_deferred:
+        fingerprint["data"]["only_deferred"] = True
     extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash()}
     store = ChunkStore(root, fingerprint, extra)
     (root / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
@@ -113,6 +116,12 @@ def annotate(cfg: AnnotateConfig) -> Path:
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
     print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
           + (f", estimated label prior {prior}" if prior else ""))
+    if cfg.only_deferred:
+        merged = Path(cfg.out) / "merged.csv"
+        counts = merge_answers(cfg.data, root, merged)
+        print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
+              f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
+              f"{counts['not_annotated']} not annotated)")
     return root
 
 

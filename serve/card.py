@@ -126,7 +126,7 @@ def render_card(data: CardData) -> str:
         d = data.defer
         defer = (f"On the held-out rows the student answers when its confidence is at least **{d['threshold']:.4f}** and defers the rest: "
                  f"it answered {d['coverage']:.1%} of them with {d['agreement']:.4f} agreement, whose one-sided 95% lower bound "
-                 f"({d['lower_bound']:.4f}) meets the target {d['target']:g} (SGR with Clopper–Pearson bounds). "
+                 f"({d['lower_bound']:.4f}) meets the target {d['target']:g} (fixed-sequence testing with Clopper–Pearson bounds). "
                  "`distillery predict --defer` marks the rows under the threshold.")
     else:
         defer = "No threshold recorded (`distillery evaluate --target-agreement 0.95` picks one)."

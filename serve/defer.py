@@ -3,11 +3,14 @@
 The student answers a row when its confidence (top class probability) is at least a
 threshold and defers it to the teacher otherwise. :func:`pick_threshold` chooses the lowest
 threshold whose agreement with the teacher on the answered rows is, with 95% confidence, at
-least a target — SGR, "selection with guaranteed risk" (Geifman & El-Yaniv, NeurIPS 2017): a
-binary search over the held-out rows' confidences, each tested threshold bounded by a one-sided
-Clopper–Pearson interval at level δ/k (k = the number of thresholds the search can test), so
-the guarantee holds jointly for every threshold tested, whichever is returned. The guarantee
-is about new rows drawn like the held-out ones.
+least a target, by fixed-sequence testing (Learn then Test, Angelopoulos et al. 2021): going
+from the most confident rows down, each threshold's agreement is bounded by a one-sided
+Clopper–Pearson interval at the full level δ, and the search stops at the first threshold
+that fails. The order depends only on the confidences, never on the agreements, so the
+chosen threshold keeps the guarantee without a multiplicity correction. Picking the lowest
+passing threshold of every threshold instead (no stop) answers about twice the rows on
+synthetic data but broke its 95% guarantee in 7.5% of samples (README, "Answer or defer").
+The guarantee is about new rows drawn like the held-out ones.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def coverage_curve(confidence: np.ndarray, agree: np.ndarray, correct: np.ndarra
 
 
 def pick_threshold(confidence: np.ndarray, agree: np.ndarray, target: float, delta: float = 0.05) -> dict | None:
-    """The lowest confidence threshold whose agreement has a lower bound >= ``target`` (SGR).
+    """The lowest confidence threshold whose agreement has a lower bound >= ``target``.
 
     Args:
         confidence: the student's top-class probability per held-out row.
@@ -50,29 +53,23 @@ def pick_threshold(confidence: np.ndarray, agree: np.ndarray, target: float, del
         delta: the chance, over the held-out sample, that the guarantee fails (0.05: 95%).
 
     Returns:
-        ``{threshold, coverage, agreement, lower_bound, tests}``, or None when no threshold
-        passes (the student should defer every row).
+        ``{threshold, coverage, agreement, lower_bound, rows}``, or None when even the most
+        confident rows fail (the student should defer every row).
     """
-    order = np.argsort(confidence)
-    conf, hits = np.asarray(confidence)[order], np.asarray(agree, dtype=float)[order]
+    order = np.argsort(-np.asarray(confidence), kind="stable")
+    conf, hits = np.asarray(confidence)[order], np.cumsum(np.asarray(agree, dtype=float)[order])
     m = len(conf)
-    if m == 0:
-        return None
-    tests = max(1, math.ceil(math.log2(m)))
-    tail_hits = np.cumsum(hits[::-1])[::-1]  # agreements among rows z..m-1 (threshold conf[z])
-    lo, hi, best = 0, m - 1, None
-    for _ in range(tests):
-        z = (lo + hi) // 2
-        z = int(np.searchsorted(conf, conf[z]))  # ties: a threshold answers every row at that confidence
-        n, k = m - z, int(tail_hits[z])
-        bound = clopper_pearson_lower(k, n, 1 - delta / tests)
-        if bound >= target:
-            best = {"threshold": float(conf[z]), "coverage": n / m, "agreement": k / n, "lower_bound": bound, "tests": tests}
-            hi = z - 1  # try a lower threshold (more rows answered)
-        else:
-            lo = z + 1
-        if lo > hi:
+    first = math.ceil(math.log(delta) / math.log(target))  # fewer rows cannot pass even if all agree
+    step = max(1, m // 100)  # ~100 thresholds, from the most confident rows down
+    best = None
+    for n in range(first, m + 1, step):
+        while n < m and conf[n] == conf[n - 1]:  # a threshold answers every row at its confidence
+            n += 1
+        k = int(hits[n - 1])
+        bound = clopper_pearson_lower(k, n, 1 - delta)
+        if bound < target:
             break
+        best = {"threshold": float(conf[n - 1]), "coverage": n / m, "agreement": k / n, "lower_bound": bound, "rows": n}
     return best
 
 

@@ -8,6 +8,7 @@ Run it with::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -63,6 +64,8 @@ def predict(cfg: PredictConfig) -> Path:
     fingerprint = {"student": str(Path(cfg.student).resolve()), "data": cfg.data, "hf_config": cfg.hf_config, "split": cfg.split,
                    "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
                    "defer_threshold": threshold}
+    chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
+    first = next(chunks)  # bad input fails here, before any file is written
     state = _open_state(parts, fingerprint, out)
     if state["complete"]:
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
@@ -71,7 +74,7 @@ def predict(cfg: PredictConfig) -> Path:
           + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
     rows = 0
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
-        for index, chunk in enumerate(iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)):
+        for index, chunk in enumerate(itertools.chain([first], chunks)):
             path = parts / f"part-{index:05d}.csv"
             if path.is_file():  # written by a run that was stopped later
                 rows += len(chunk)

@@ -1,0 +1,53 @@
+"""Teacher-grade labels at the student's cost: annotate only the rows the student deferred.
+
+    distillery predict  --student RUN/student --data new.csv --out preds.csv --defer
+    distillery annotate --data preds.csv --only-deferred --out RUN-deferred     # -> RUN-deferred/merged.csv
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from annotate.chunks import read_annotations
+from annotate.inputs import InputError
+
+__all__ = ["keep_deferred", "merge_answers"]
+
+
+def keep_deferred(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows of a ``predict --defer`` output whose ``deferred`` column is true."""
+    if "deferred" not in frame.columns:
+        raise InputError(f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery predict --defer'); "
+                         f"found {', '.join(map(str, frame.columns[:10]))}")
+    return frame[frame["deferred"].astype(str).str.lower().isin(("true", "1"))]
+
+
+def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_rows: int = 10_000) -> dict:
+    """Write ``out``: every prediction row, with the teacher's label where the student deferred.
+
+    Columns ``id, text, label, source`` (``student`` or ``teacher``; ``student`` too for a deferred
+    row the teacher failed on, with ``teacher_error`` set, or did not see, e.g. under --limit).
+    Streams the predictions; returns counts.
+    """
+    frame, _ = read_annotations(annotations)
+    teacher = dict(zip(frame["id"].astype(str), frame["teacher_label"]))
+    errors = dict(zip(frame["id"].astype(str), frame["error_type"]))
+    counts = {"rows": 0, "teacher": 0, "failed": 0, "not_annotated": 0}
+    tmp = out.with_name(out.name + ".tmp")
+    for i, chunk in enumerate(pd.read_csv(predictions, keep_default_na=False, chunksize=chunk_rows, dtype={"id": str})):
+        deferred = chunk["deferred"].astype(str).str.lower().isin(("true", "1"))
+        answered = chunk["id"].map(teacher).fillna("")
+        failed = chunk["id"].map(errors).fillna("")
+        use_teacher = deferred & (answered != "") & (failed == "")
+        merged = pd.DataFrame({"id": chunk["id"], "text": chunk["text"], "label": chunk["label"].where(~use_teacher, answered),
+                               "source": use_teacher.map({True: "teacher", False: "student"}), "teacher_error": failed.where(deferred, "")})
+        merged.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
+        counts["rows"] += len(chunk)
+        counts["teacher"] += int(use_teacher.sum())
+        counts["failed"] += int((deferred & (failed != "")).sum())
+        counts["not_annotated"] += int((deferred & (answered == "") & (failed == "")).sum())
+    os.replace(tmp, out)
+    return counts

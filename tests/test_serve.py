@@ -1,0 +1,217 @@
+"""Serving a student: predict (formats, chunks, resume, errors), ONNX export parity, the model
+card, and answer-or-defer (the bound on synthetic data, --defer, annotate --only-deferred)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import distillery_cli
+from annotate.inputs import InputError, iter_texts
+from conftest import make_rows
+from serve import load_student
+from serve.defer import clopper_pearson_lower, pick_threshold
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_llama, tiny_roberta, tmp_path_factory):
+    """`distillery run` on 60 reviews: annotations, a trained tiny student, metrics and its card."""
+    out = tmp_path_factory.mktemp("served")
+    make_rows(60).to_csv(out / "reviews.csv", index=False)
+    code = distillery_cli.main([
+        "run", "--data", str(out / "reviews.csv"), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
+        "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta), "--device", "cpu", "--epochs", "2", "--min-steps", "40",
+        "--batch-size", "8", "--lr", "1e-3", "--speed-rows", "8", "--out", str(out / "run"),
+    ])
+    assert code == 0
+    return out / "run"
+
+
+def _inputs(tmp_path, n=30) -> dict:
+    frame = make_rows(n).assign(rid=[f"r{i}" for i in range(n)])
+    paths = {s: tmp_path / f"rows.{s}" for s in ("csv", "tsv", "jsonl", "json", "parquet")}
+    frame.to_csv(paths["csv"], index=False)
+    frame.to_csv(paths["tsv"], sep="\t", index=False)
+    frame.to_json(paths["jsonl"], orient="records", lines=True)
+    frame.to_json(paths["json"], orient="records")
+    frame.to_parquet(paths["parquet"])
+    return {"frame": frame, **paths}
+
+
+def _predict(run_dir, data, out, *extra) -> int:
+    return distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(data), "--text-column", "review",
+                                "--id-column", "rid", "--chunk-size", "7", "--batch-size", "4", "--device", "cpu", "--out", str(out), *extra])
+
+
+def test_predict_reads_every_format_and_gives_the_students_probabilities(run_dir, tmp_path):
+    inputs = _inputs(tmp_path)
+    student = load_student(run_dir / "student")
+    want = student.probabilities(inputs["frame"]["review"].tolist())
+    for suffix in ("csv", "tsv", "jsonl", "json", "parquet"):
+        out = tmp_path / f"preds-{suffix}.csv"
+        assert _predict(run_dir, inputs[suffix], out) == 0
+        got = pd.read_csv(out, keep_default_na=False)
+        assert list(got.columns) == ["id", "text", "label", "p_negative", "p_positive", "confidence"]
+        assert got["id"].tolist() == inputs["frame"]["rid"].tolist() and got["text"].tolist() == inputs["frame"]["review"].tolist()
+        np.testing.assert_allclose(got[["p_negative", "p_positive"]].to_numpy(), want, atol=1e-6)
+        assert got["label"].tolist() == [student.labels[i] for i in want.argmax(1)]
+        np.testing.assert_allclose(got["confidence"], want.max(1), atol=1e-6)
+        assert not list((tmp_path / f"preds-{suffix}.csv.parts").glob("part-*.csv")), "the chunks are joined, then removed"
+
+
+def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_dir, tmp_path, monkeypatch):
+    inputs = _inputs(tmp_path)
+    whole = tmp_path / "whole.csv"
+    assert _predict(run_dir, inputs["csv"], whole) == 0
+    import importlib
+
+    predict_mod = importlib.import_module("serve.predict")  # the module, not serve.predict the function
+
+    real, calls = predict_mod.prediction_frame, []
+
+    def crash_on_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies in its third chunk
+        return real(*args)
+
+    monkeypatch.setattr(predict_mod, "prediction_frame", crash_on_third)
+    out = tmp_path / "resumed.csv"
+    with pytest.raises(KeyboardInterrupt):
+        _predict(run_dir, inputs["csv"], out)
+    assert sorted(p.name for p in (tmp_path / "resumed.csv.parts").glob("part-*.csv")) == ["part-00000.csv", "part-00001.csv"]
+    assert not out.exists()
+    calls.clear()
+    monkeypatch.setattr(predict_mod, "prediction_frame", lambda *a: (calls.append(1), real(*a))[1])
+    assert _predict(run_dir, inputs["csv"], out) == 0
+    assert len(calls) == 3, "30 rows in chunks of 7: chunks 3, 4 and 5 are left after the crash"
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(whole))
+    assert _predict(run_dir, inputs["csv"], out) == 0 and len(calls) == 3, "a finished run does nothing"
+
+
+def test_predict_errors_are_one_line_and_lose_nothing(run_dir, tmp_path, capsys):
+    inputs = _inputs(tmp_path)
+    code = distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(inputs["csv"]), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "expected a column 'text'" in err and "--text-column" in err
+    mine = tmp_path / "mine.csv"
+    mine.write_text("precious,data\n1,2\n")
+    assert _predict(run_dir, inputs["csv"], mine) == 2
+    assert "not written by this predict run" in capsys.readouterr().err and mine.read_text() == "precious,data\n1,2\n"
+    code = distillery_cli.main(["predict", "--student", str(tmp_path / "nope"), "--data", str(inputs["csv"])])
+    assert code == 2 and "student not found" in capsys.readouterr().err
+
+
+def test_iter_texts_streams_a_file_in_chunks_and_names_empty_lines(tmp_path):
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"text": [f"row {i}" for i in range(25)]}).to_csv(path, index=False)
+    chunks = list(iter_texts(str(path), chunk_rows=10))
+    assert [len(c) for c in chunks] == [10, 10, 5] and chunks[2]["id"].tolist() == ["20", "21", "22", "23", "24"]
+    pd.DataFrame({"text": ["a", "b", "", "d"]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"found 1 empty \(file lines 4"):
+        list(iter_texts(str(path), chunk_rows=2))
+    assert [c["text"].tolist() for c in iter_texts(str(path), chunk_rows=2, drop_empty=True)] == [["a", "b"], ["d"]]
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, quantize):
+    out = tmp_path / f"onnx-{quantize}"
+    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--output-dir", str(out), "--quantize", quantize]) == 0
+    texts = make_rows(200)["review"].tolist() + ["terrible", "great", "the weather today", "I love it " * 30]
+    want = load_student(run_dir / "student").probabilities(texts)
+    onnx = load_student(out)
+    assert onnx.kind == "onnx" and onnx.labels == ["negative", "positive"]
+    got = onnx.probabilities(texts)
+    # float32: the same model up to summation order. int8 weights: probabilities move, labels hold.
+    assert np.abs(got - want).max() < (1e-5 if quantize == "none" else 0.05)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    # The few lines the README gives to serve it without Distillery.
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    enc = tok(texts[:3], padding=True, truncation=True, return_tensors="np")
+    logits = session.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})[0]
+    # int8 quantizes activations per batch, so compare on the same batch of rows.
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), onnx.probabilities(texts[:3]), atol=1e-5)
+    card = (out / "README.md").read_text()
+    assert "ONNX export" in card and f"- {'int8' if quantize == 'int8' else 'float32'}" in card
+
+
+def test_model_card_carries_the_run_and_its_evaluation(run_dir):
+    card = (run_dir / "student" / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    meta = yaml.safe_load(front)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "annotations" / "manifest.json").read_text())
+    assert meta["pipeline_tag"] == "text-classification" and meta["labels"] == ["negative", "positive"]
+    assert "distillery" in meta["tags"] and meta["library_name"] == "transformers"
+    results = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert results["accuracy"] == round(metrics["student"]["accuracy"], 4) and results["agreement"] == round(metrics["agreement"], 4)
+    ci = metrics["student"]["ci"]["accuracy"]
+    assert f"{metrics['student']['accuracy']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" in body
+    assert manifest["prompt_hash"] in body and manifest["calibration"]["mode"] in body
+    assert "α = 0.5" in body and "T = 2.0" in body and "Intended use and limitations" in body
+    summary = json.loads((run_dir / "student" / "train_summary.json").read_text())
+    assert f"{summary['train_rows']} training" in body and f"{summary['steps']} optimizer steps" in body
+
+
+def test_clopper_pearson_lower_bound_matches_closed_forms():
+    from scipy.stats import binomtest
+
+    assert clopper_pearson_lower(0, 10) == 0.0
+    assert clopper_pearson_lower(20, 20) == pytest.approx(0.05 ** (1 / 20))  # all successes: alpha^(1/n)
+    # One-sided 95% = the lower end of the two-sided 90% exact interval.
+    assert clopper_pearson_lower(83, 100) == pytest.approx(binomtest(83, 100).proportion_ci(0.90, method="exact").low)
+
+
+def test_pick_threshold_keeps_its_guarantee_on_synthetic_data():
+    """Confidence c ~ U(0.5, 1) and the student agrees with probability c: the rows answered at
+    threshold t agree at (1 + t) / 2, so target 0.95 is met exactly at t = 0.9 (coverage 0.2)."""
+    rng = np.random.default_rng(0)
+    misses, coverages = 0, []
+    for _ in range(200):
+        conf = rng.uniform(0.5, 1.0, 2000)
+        agree = rng.random(2000) < conf
+        picked = pick_threshold(conf, agree, target=0.95)
+        if picked is None:
+            coverages.append(0.0)
+            continue
+        misses += (1 + picked["threshold"]) / 2 < 0.95  # the true agreement above the chosen threshold
+        coverages.append(picked["coverage"])
+    assert misses <= 10, f"the 95% guarantee failed in {misses} of 200 samples"
+    # The oracle answers 20%; a 95% guarantee from 2,000 rows costs most of that (measured: 5.1% on average).
+    assert 0.03 < np.mean(coverages) < 0.2
+    always_wrong = pick_threshold(np.linspace(0.5, 1, 500), np.arange(500) % 5 != 0, target=0.95)  # 80% agreement everywhere
+    assert always_wrong is None
+
+
+def test_defer_marks_rows_and_only_deferred_sends_them_to_the_teacher(run_dir, tiny_llama, tmp_path, capsys):
+    inputs = _inputs(tmp_path, n=20)
+    preds = tmp_path / "preds.csv"
+    assert _predict(run_dir, inputs["csv"], preds, "--defer", "--defer-threshold", "0.9") == 0
+    frame = pd.read_csv(preds)
+    assert (frame["deferred"] == (frame["confidence"] < 0.9)).all() and frame["deferred"].any()
+    code = distillery_cli.main(["annotate", "--data", str(preds), "--only-deferred", "--teacher", str(tiny_llama), "--device", "cpu",
+                                "--labels", "negative,positive", "--out", str(tmp_path / "deferred")])
+    assert code == 0
+    annotated = pd.concat(pd.read_csv(p, keep_default_na=False, dtype={"id": str}) for p in (tmp_path / "deferred" / "annotations").glob("part-*.csv"))
+    assert sorted(annotated["id"]) == sorted(frame.loc[frame["deferred"], "id"].astype(str)), "only the deferred rows go to the teacher"
+    merged = pd.read_csv(tmp_path / "deferred" / "merged.csv", keep_default_na=False, dtype={"id": str})
+    teacher = dict(zip(annotated["id"], annotated["teacher_label"]))
+    for row, deferred in zip(merged.itertuples(), frame["deferred"]):
+        assert row.source == ("teacher" if deferred else "student")
+        assert row.label == (teacher[row.id] if deferred else frame.loc[frame["id"].astype(str) == row.id, "label"].item())
+
+
+def test_defer_without_a_threshold_says_how_to_get_one(run_dir, tmp_path, capsys):
+    meta = json.loads((run_dir / "student" / "distillery_student.json").read_text())
+    inputs = _inputs(tmp_path, n=5)
+    code = _predict(run_dir, inputs["csv"], tmp_path / "p.csv", "--defer")
+    if meta.get("defer"):  # evaluate found a threshold for the tiny student: predict uses it
+        assert code == 0 and "deferred" in pd.read_csv(tmp_path / "p.csv").columns
+    else:
+        assert code == 2 and "--target-agreement" in capsys.readouterr().err
