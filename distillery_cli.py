@@ -7,6 +7,7 @@
     distillery evaluate --out data/runs/reviews
     distillery predict --student data/runs/reviews/student --data new.csv --out preds.csv --defer
     distillery export --student data/runs/reviews/student          # ONNX, int8 weights
+    distillery active --data pool.csv --budget 2000 --strategy margin --out data/runs/active
 
 Every subcommand takes ``--config FILE.yaml`` (flat keys, the same names as the flags with
 underscores); flags win over the file, unknown keys are errors. The resolved config is written
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from active.config import ActiveConfig
 from annotate.config import AnnotateConfig
 from distill.config import DistillConfig
 from evaluation.config import EvaluateConfig
@@ -37,6 +39,7 @@ STAGES = {
     "run": (AnnotateConfig, DistillConfig, EvaluateConfig),
     "predict": (PredictConfig,),
     "export": (ExportConfig,),
+    "active": (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig),
 }
 HELP = {
     "annotate": "ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv",
@@ -45,6 +48,7 @@ HELP = {
     "run": "annotate, distill and evaluate in one go (no arguments: the embedded demo)",
     "predict": "label new rows with a saved student (encoder, LoRA, merged or ONNX); write id, text, label, probabilities",
     "export": "export a saved student to ONNX (int8 weights by default) for onnxruntime",
+    "active": "annotate only the rows the student is unsure of: seed, train, score the pool, ask the teacher, repeat within --budget",
 }
 
 
@@ -61,7 +65,7 @@ def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     shown = "see above" if default is None or default == -1 else default if default != [] else "none"
-    help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+    help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
     kind = str(f.type)
     if kind in ("bool", "bool | None"):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -166,6 +170,12 @@ def run_stages(command: str, configs: list) -> None:
         predict(configs[0])
     elif command == "export":
         write_card(export(configs[0]))
+    elif command == "active":
+        from active import active
+
+        metrics = active(*configs)
+        if metrics:
+            print(f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one student per round)")
     else:
         if command == "run":
             annotate(configs[0])

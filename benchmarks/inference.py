@@ -8,30 +8,28 @@ shared-prefix cache) on the same test texts, sorted by length so batches hold si
 in one process, after a warm-up. Latency is per batch (at batch 1, per row). Speed-ups are
 against the teacher with the prefix cache (the fastest teacher). Size on disk: the teacher as
 shipped (a Q4_1 GGUF; it runs as float32), the student directories as saved (the LoRA student
-is an adapter: it needs the base model too). The encoder student is also timed with its Linear
-layers quantized to int8 (torch.ao dynamic quantization, deprecated in torch 2.13, so only
-measured here, not offered by distillery), with the share of labels it keeps. Prints a table and writes benchmarks/results/inference.json.
+is an adapter: it needs the base model too). An encoder student is also exported as
+`distillery export` does it (ONNX float32 and int8 weights, run by onnxruntime) and timed the
+same way; "same label" compares each variant with the PyTorch student on every test row of
+the run. Prints a table and writes benchmarks/results/inference.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from common import ROOT, print_table, write_result
 
 from annotate import AnnotateConfig, read_annotations
 from annotate.local import LocalTeacher
 from annotate.models import resolve_model
 from annotate.tasks import TaskSpec
-from distill import load_trained_student
-from evaluation import predict_student
-from evaluation.evaluate import size_on_disk
+from serve import ExportConfig, export, load_student, size_on_disk
 
 RUNS = [ROOT / "data" / "runs" / "bench-quality-sst2", ROOT / "data" / "runs" / "demo"]
 
@@ -76,29 +74,31 @@ def main() -> None:
         print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
     del teacher
 
-    students = sorted(p for p in run.glob("student*") if (p / "distillery_student.json").is_file())
+    all_test = frame.loc[frame["split"] == "test", "text"].tolist()
+    students = sorted(p for p in run.glob("student*") if (p / "distillery_student.json").is_file() and not p.name.endswith("-onnx"))
+    exports = Path(tempfile.mkdtemp(prefix="inference-onnx-"))
     for path in students:
-        tokenizer, model = load_trained_student(path, "cpu")
-        variants = [(path.name, model)]
-        if "llama" not in model.config.model_type:  # the encoder: also int8 dynamic quantization of its Linear layers
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch 2.13 marks torch.ao's quantized tensors deprecated
-                int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-            variants.append((f"{path.name} int8 (torch.ao dynamic, not a product feature)", int8))
-        reference = predict_student(model, tokenizer, texts, 32).argmax(1)
-        for name, variant in variants:
-            same = float((predict_student(variant, tokenizer, texts, 32).argmax(1) == reference).mean())
+        variants = [(path.name, load_student(path, "cpu"))]
+        if variants[0][1].kind == "encoder":  # the product's export: ONNX float32 and int8 (onnxruntime, per-channel)
+            for quantize in ("none", "int8"):
+                onnx_dir = export(ExportConfig(student=str(path), output_dir=str(exports / f"{path.name}-{quantize}"), quantize=quantize))
+                variants.append((f"{path.name} ONNX {'int8' if quantize == 'int8' else 'fp32'}", load_student(onnx_dir)))
+        reference = variants[0][1].probabilities(all_test, 32)
+        for name, student in variants:
+            probs = student.probabilities(all_test, 32)
+            same = float((probs.argmax(1) == reference.argmax(1)).mean())
+            size = size_on_disk(student.path) / 1e6
             for batch in (1, 32):
-                row = {"model": name, "size_mb": size_on_disk(path) / 1e6, "same_label_as_fp32": same,
-                       **time_batches(lambda t, b=batch, m=variant, tk=tokenizer: predict_student(m, tk, t, b), texts, batch, rounds=2)}
+                row = {"model": name, "size_mb": size, "same_label_as_fp32": same, "max_prob_diff": float(abs(probs - reference).max()),
+                       **time_batches(lambda t, b=batch, st=student: st.probabilities(t, b), texts, batch, rounds=2)}
                 results.append(row)
-                print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s", flush=True)
+                print(f"  {row['model']} batch {batch}: {row['rows_per_s']:.1f} rows/s, same label as fp32 on {same:.4f} of {len(all_test)} rows", flush=True)
     for row in results:
         base = next(r for r in results if r["batch"] == row["batch"])
         row["speedup_vs_teacher"] = row["rows_per_s"] / base["rows_per_s"]
-    print_table(results, ["model", "batch", "rows_per_s", "p50_ms", "p95_ms", "speedup_vs_teacher", "size_mb"])
-    write_result("inference", {"command": " ".join(["python benchmarks/inference.py", *sys.argv[1:]]), "run": str(run.relative_to(ROOT)),
-                               "rows": len(texts), "wall_s": time.perf_counter() - started, "results": results})
+    print_table(results, ["model", "batch", "rows_per_s", "p50_ms", "p95_ms", "speedup_vs_teacher", "same_label_as_fp32", "size_mb"])
+    write_result("inference", {"command": " ".join(["python benchmarks/inference.py", *sys.argv[1:]]), "run": str(run.resolve().relative_to(ROOT)),
+                               "rows": len(texts), "parity_rows": len(all_test), "wall_s": time.perf_counter() - started, "results": results})
 
 
 if __name__ == "__main__":

@@ -37,22 +37,33 @@ def _max_length(tokenizer) -> int:
 
 
 @torch.no_grad()
-def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None) -> np.ndarray:
+def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
+                          embeddings: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
 
     Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
     tokens, by default the model's limit (the tokenizer's ``model_max_length``, 512 where
     unset): distill may train on shorter cuts to save time (95% of its rows), but a longer text
     at prediction time is read whole (measured on SST-2: cutting the validation sentences at
-    the training rows' length cost accuracy).
+    the training rows' length cost accuracy). ``embeddings=True`` also returns each row's last
+    hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
     """
     max_length = max_length or _max_length(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    pooled = None
     for b in range(0, len(texts), batch_size):
         idx = order[b : b + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
-        probs[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
+        out = model(**enc, output_hidden_states=embeddings)
+        probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        if embeddings:
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
+            pooled = np.zeros((len(texts), mean.shape[-1]), dtype=np.float32) if pooled is None else pooled
+            pooled[idx] = mean.cpu().numpy()
+    if embeddings:
+        return probs, pooled if pooled is not None else np.zeros((0, 0), dtype=np.float32)
     return probs
 
 
@@ -72,6 +83,12 @@ class Student:
     session: object = None
     evaluated_base: str = ""  # what the weights run as, for the report and the model card
     parameters: int | None = None
+
+    def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
+        if self.session is not None:
+            raise ValueError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
+        return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True)
 
     def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""

@@ -38,3 +38,13 @@ def test_one_config_file_serves_every_stage_and_still_rejects_typos(tmp_path):
     bad.write_text("teacher: smollm2\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="unknown keys \\['learning_rat'\\]"):
         distillery_cli.resolve(distillery_cli.build_parser().parse_args(["annotate", "--config", str(bad)]))
+
+
+@pytest.mark.parametrize("command", list(distillery_cli.STAGES))
+def test_every_command_explains_itself(command, capsys):
+    """--help of every command prints (a '%' in a help text once broke distill's)."""
+    with pytest.raises(SystemExit) as done:
+        distillery_cli.main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: distillery {command}" in text and "--config FILE.yaml" in text

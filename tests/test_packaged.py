@@ -52,3 +52,12 @@ def test_demo_run_on_embedded_defaults_small(tmp_path, capsys):
     assert metrics["teacher"]["parameters"] == 134_515_008
     assert metrics["student"]["rows_per_s"] > metrics["teacher"]["rows_per_s"]
     assert "student speed-up" in capsys.readouterr().out
+    # The MiniLM student exported with int8 weights keeps its labels (issue #11: >= 99% parity).
+    from serve import load_student
+
+    assert distillery_cli.main(["export", "--student", str(out / "student")]) == 0
+    texts = load_rows(AnnotateConfig(limit=400, seed=1), ["negative", "positive"])["text"].tolist()
+    want = load_student(out / "student").probabilities(texts)
+    got = load_student(out / "student-onnx").probabilities(texts)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    assert abs(got - want).max() < 0.1

@@ -1,0 +1,168 @@
+"""The active loop: test + seed rows -> annotate -> distill -> score the pool -> pick rows -> repeat.
+
+Run it with::
+
+    distillery active --budget 600                                        # the built-in tweets
+    distillery active --data pool.csv --budget 2000 --strategy margin --out data/runs/active
+
+Every teacher answer is a normal annotation row in ``OUT/annotations`` (one chunk store that
+grows by whole chunks each round); each round's student is ``OUT/learning_curve/student-round-NNN``
+(so ``evaluate`` shows the curve), the last one is copied to ``OUT/student`` and evaluated on
+the test rows. ``OUT/active/state.json`` records every pick before the teacher sees it, so a
+killed run resumes mid-round without asking the teacher again; ``OUT/active/rounds.jsonl`` logs
+each round's rows, the strategy's scores and the student's test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from active.config import ActiveConfig
+from active.strategies import DIVERSE_POOL, Candidates, pick, scores
+from annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
+from distill import DistillConfig, distill
+from evaluation import EvaluateConfig, evaluate
+from serve import load_student
+
+__all__ = ["active"]
+
+
+def active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, report: EvaluateConfig) -> dict:
+    """Run (or resume) the loop until the budget is spent or the test agreement stops improving.
+
+    Returns the final metrics of ``evaluate`` (``None`` values when no round finished).
+    """
+    out = Path(source.out)
+    work = out / "active"
+    work.mkdir(parents=True, exist_ok=True)
+    labels = load_task(source.task, source.labels or None).labels
+    pool = load_rows(replace(source, test_fraction=0.0), labels).set_index("id")
+    has_gold = bool((pool["gold"] != "").all())
+    fingerprint = {"data": source.data, "limit": source.limit, "labels": labels, "strategy": cfg.strategy, "test_rows": cfg.test_rows,
+                   "seed_rows": cfg.seed_rows, "round_rows": cfg.round_rows, "seed": source.seed}
+    state = _load_state(work, fingerprint)
+    chunk = math.gcd(cfg.test_rows, cfg.seed_rows, cfg.round_rows)  # every full round ends on a chunk boundary
+    teacher_cfg = replace(source, data=str(work / "selected.csv"), text_column="text", label_column="gold" if has_gold else "",
+                          id_column="id", split_column="split", limit=0, balance=False, test_fraction=0.0, chunk_size=chunk,
+                          max_cost=cfg.budget_cost or source.max_cost, only_deferred=False)
+    print(f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "
+          f"{len(state['selected'])} rows already chosen, {sum(r.get('done', False) for r in state['rounds'])} rounds done")
+    rng = np.random.default_rng(source.seed)
+    while True:
+        if not state["rounds"] or state["rounds"][-1].get("done"):
+            reason = _stop_reason(cfg, state, len(pool))
+            if reason:
+                print(f"active: stopping: {reason}")
+                break
+            _open_round(cfg, state, pool, work, rng, source.seed)
+            _save(work, state, pool)
+        r = state["rounds"][-1]
+        started = time.perf_counter()
+        manifest = annotate(teacher_cfg) / "manifest.json"
+        if json.loads(manifest.read_text()).get("status") != "complete":  # --budget-cost reached mid-round
+            print("active: stopping: the teacher's cost budget is spent; the chosen rows stay recorded (rerun with a larger budget to go on)")
+            break
+        student = out / "learning_curve" / f"student-round-{r['round']:03d}"
+        previous = [x for x in state["rounds"] if x.get("done")]
+        warm = cfg.warm_start and previous and train.student == "encoder"
+        if not (student / "train_summary.json").is_file():
+            distill(replace(train, out=str(out), annotations="", output_dir=str(student), learning_curve=False,
+                            student_model=previous[-1]["student"] if warm else train.student_model), source)
+        r.update(_score_round(student, out, has_gold), student=str(student), calls=len(state["selected"]),
+                 seconds=r.get("seconds", 0.0) + time.perf_counter() - started, done=True)
+        print(f"active: round {r['round']}: {r['calls']} teacher calls, test agreement {r['test_agreement']:.4f}"
+              + (f", test accuracy {r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else ""))
+        _save(work, state, pool)
+        with open(work / "rounds.jsonl", "a") as fh:
+            fh.write(json.dumps({k: v for k, v in r.items() if k != "done"}) + "\n")
+
+    finished = [r for r in state["rounds"] if r.get("done")]
+    if not finished:
+        return {}
+    final = out / "student"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(finished[-1]["student"], final)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return evaluate(replace(report, out=str(out), annotations="", students=[str(final)], eval_split="test"))
+
+
+def _load_state(work: Path, fingerprint: dict) -> dict:
+    path = work / "state.json"
+    if not path.is_file():
+        return {"fingerprint": fingerprint, "selected": [], "rounds": []}
+    state = json.loads(path.read_text())
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise ValueError(f"{path}: written by another active run (different {', '.join(changed)}); pass a new --out")
+    return state
+
+
+def _stop_reason(cfg: ActiveConfig, state: dict, pool_size: int) -> str:
+    calls = len(state["selected"])
+    if state["rounds"] and calls >= cfg.budget:
+        return f"the budget of {cfg.budget} teacher calls is spent"
+    if state["rounds"] and calls >= pool_size:
+        return "every pool row is annotated"
+    done = [r["test_agreement"] for r in state["rounds"] if r.get("done")]
+    if cfg.patience and len(done) > cfg.patience:
+        best_before = max(done[: -cfg.patience])
+        if max(done[-cfg.patience :]) < best_before + cfg.min_gain:
+            return f"the test agreement has not improved by {cfg.min_gain} for {cfg.patience} rounds"
+    return ""
+
+
+def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random.Generator, seed: int) -> None:
+    """Choose the next rows and record them (before the teacher sees them)."""
+    chosen = {row["id"] for row in state["selected"]}
+    left = [i for i in pool.index if i not in chosen]
+    index = len(state["rounds"])
+    if index == 0:  # random test and seed rows
+        order = rng.permutation(len(left))
+        picks = [(left[i], None, "test") for i in order[: cfg.test_rows]]
+        picks += [(left[i], None, "train") for i in order[cfg.test_rows : cfg.test_rows + cfg.seed_rows]]
+    else:
+        k = min(cfg.round_rows, cfg.budget - len(chosen), len(left))
+        student = load_student(state["rounds"][-1]["student"])
+        candidates = Candidates(k * DIVERSE_POOL if cfg.strategy == "diverse" else k)
+        round_rng = np.random.default_rng([seed, index])
+        for start in range(0, len(left), cfg.pool_chunk):  # chunk by chunk: memory flat in the pool size
+            ids = left[start : start + cfg.pool_chunk]
+            texts = pool.loc[ids, "text"].tolist()
+            if cfg.strategy == "diverse":
+                probs, emb = student.embeddings(texts)
+            else:
+                probs, emb = student.probabilities(texts), None
+            candidates.add(ids, scores(cfg.strategy, probs, round_rng), emb)
+        picks = [(row_id, score, "train") for row_id, score in pick(cfg.strategy, candidates, k, seed + index)]
+    state["selected"] += [{"id": i, "round": index, "split": split, "score": s} for i, s, split in picks]
+    state["rounds"].append({"round": index, "rows": len(picks), "strategy": "random" if index == 0 else cfg.strategy,
+                            "score_mean": float(np.mean([s for _, s, _ in picks])) if index else None})
+
+
+def _save(work: Path, state: dict, pool) -> None:
+    """state.json and the selection file the teacher reads (ids in the order they were chosen)."""
+    rows = pool.loc[[s["id"] for s in state["selected"]], ["text", "gold"]].reset_index()
+    rows["split"] = [s["split"] for s in state["selected"]]
+    rows.to_csv(work / "selected.csv.tmp", index=False)
+    (work / "selected.csv.tmp").replace(work / "selected.csv")
+    (work / "state.json.tmp").write_text(json.dumps(state, indent=1) + "\n")
+    (work / "state.json.tmp").replace(work / "state.json")
+
+
+def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:
+    """The round's student on the test rows: agreement with the teacher, accuracy against gold."""
+    frame, manifest = read_annotations(out / "annotations")
+    test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
+    probs = load_student(student_dir).probabilities(test["text"].tolist())
+    pred = np.array(manifest["labels"])[probs.argmax(1)]
+    summary = json.loads((student_dir / "train_summary.json").read_text())
+    return {"train_rows": summary["train_rows"] + summary["val_rows"], "test_agreement": float((pred == test["teacher_label"].to_numpy()).mean()),
+            "test_accuracy": float((pred == test["gold"].to_numpy()).mean()) if has_gold else None}
