@@ -44,4 +44,6 @@ bench: install
 	$(PY) benchmarks/small_data.py --lora-seeds "" --name small_data_encoder
 	$(PY) benchmarks/small_data.py --seeds "" --lora-seeds 0 --name small_data_lora
 	$(PY) benchmarks/data_size.py
+	$(PY) benchmarks/active.py
+	$(PY) benchmarks/gpu_throughput.py --teacher smollm2 --device cpu --rows 128 --skip-kd   # on a GPU: without these flags
 	$(PY) benchmarks/report.py

@@ -80,7 +80,7 @@ def main() -> None:
         summary[strategy] = {int(b): next((int(c) for c in sorted(curve) if curve[c] >= acc), None) for b, acc in curves.get("random", {}).items()}
     print("calls needed to reach random's accuracy at B calls:", json.dumps(summary))
     write_result("active", {"command": " ".join(["python benchmarks/active.py", *sys.argv[1:]]), "pool": args.pool, "budget": args.budget,
-                            "wall_s": time.perf_counter() - started, "table": table.to_dict("records"), "runs": rows, "calls_to_match_random": summary})
+                            "wall_s": time.perf_counter() - started, "results": table.to_dict("records"), "runs": rows, "calls_to_match_random": summary})
 
 
 if __name__ == "__main__":

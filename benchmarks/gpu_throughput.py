@@ -203,7 +203,7 @@ def main() -> None:
     write_result(f"gpu_throughput-{'cuda' if cuda else 'cpu'}", {
         "command": " ".join(["python benchmarks/gpu_throughput.py", *sys.argv[1:]]), "device": device_name, "peak_tflops": peak / 1e12 or None,
         "texts": len(texts), "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_file() else "tweets",
-        "wall_s": time.perf_counter() - started, "annotation": rows, "online_kd": kd,
+        "wall_s": time.perf_counter() - started, "results": rows, "online_kd": kd,
     })
 
 

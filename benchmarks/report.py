@@ -21,6 +21,9 @@ TABLES = {  # result file -> columns shown
     "small_data_encoder": ["set", "student", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "majority_accuracy", "distill_s"],
     "small_data_lora": ["set", "student", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "majority_accuracy", "distill_s"],
     "data_size": ["train_rows", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "distill_s"],
+    "active": ["strategy", "calls", "accuracy", "std", "runs", "round_s"],
+    "gpu_throughput-cpu": ["teacher", "weights", "rows_cap", "tokens_cap", "default", "batches", "rows_per_s", "share_of_peak", "peak_gib"],
+    "gpu_throughput-cuda": ["teacher", "weights", "rows_cap", "tokens_cap", "default", "batches", "rows_per_s", "tflops", "share_of_peak", "peak_gib"],
 }
 
 
@@ -44,7 +47,7 @@ def main() -> None:
             print("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
         extra = {k: v for k, v in data.items() if k not in ("results", "command", "wall_s", "machine")}
         if extra:
-            print("\n" + ", ".join(f"{k}: {cell(v)}" for k, v in extra.items() if not isinstance(v, dict)))
+            print("\n" + ", ".join(f"{k}: {cell(v)}" for k, v in extra.items() if not isinstance(v, (dict, list))))
         if isinstance(data.get("summary"), dict):
             print(", ".join(f"{k}: {cell(v)}" for k, v in data["summary"].items()))
         print()

@@ -68,8 +68,22 @@ def export(cfg: ExportConfig) -> Path:
     return out
 
 
+class _Logits(torch.nn.Module):
+    """The classifier with one output, its logits (a Llama would also return its KV cache)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 def _export_fp32(model, tokenizer, path: Path) -> None:
     """torch.onnx (the dynamo exporter) with batch and sequence length dynamic."""
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    model = _Logits(model)
     example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     inputs = {k: example[k] for k in ("input_ids", "attention_mask")}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")

@@ -215,3 +215,27 @@ def test_defer_without_a_threshold_says_how_to_get_one(run_dir, tmp_path, capsys
         assert code == 0 and "deferred" in pd.read_csv(tmp_path / "p.csv").columns
     else:
         assert code == 2 and "--target-agreement" in capsys.readouterr().err
+
+
+def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
+    import torch
+
+    from distill import DistillConfig
+    from distill import load_student as new_student
+    from distill.students import save_student
+
+    cfg = DistillConfig(student="llama-lora", student_model=str(tiny_llama), device="cpu", merge=True)
+    tok, model = new_student(cfg, ["negative", "positive"])
+    with torch.no_grad():  # move the adapters and head away from their initial values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    save_student(model, tok, tmp_path / "student", cfg, ["negative", "positive"])
+    code = distillery_cli.main(["export", "--student", str(tmp_path / "student"), "--output-dir", str(tmp_path / "x")])
+    assert code == 2, "an adapter is not exported: its merged/ folder is"
+    assert distillery_cli.main(["export", "--student", str(tmp_path / "student" / "merged"), "--quantize", "none",
+                                "--output-dir", str(tmp_path / "onnx")]) == 0
+    texts = ["I love this movie", "terrible", "what a great and wonderful day it was", "meh"]  # padded: the last-token pick is traced
+    want = load_student(tmp_path / "student" / "merged").probabilities(texts)
+    assert load_student(tmp_path / "student" / "merged").kind == "merged"
+    np.testing.assert_allclose(load_student(tmp_path / "onnx").probabilities(texts), want, atol=1e-5)
