@@ -15,6 +15,7 @@ each round's rows, the strategy's scores and the student's test metrics.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -48,6 +49,8 @@ def active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, repo
     fingerprint = {"data": source.data, "limit": source.limit, "labels": labels, "strategy": cfg.strategy, "test_rows": cfg.test_rows,
                    "seed_rows": cfg.seed_rows, "round_rows": cfg.round_rows, "seed": source.seed}
     state = _load_state(work, fingerprint)
+    if state["selected"]:
+        _save(work, state, pool)  # the selection file is rebuilt from the state on every start
     chunk = math.gcd(cfg.test_rows, cfg.seed_rows, cfg.round_rows)  # every full round ends on a chunk boundary
     teacher_cfg = replace(source, data=str(work / "selected.csv"), text_column="text", label_column="gold" if has_gold else "",
                           id_column="id", split_column="split", limit=0, balance=False, test_fraction=0.0, chunk_size=chunk,
@@ -151,7 +154,7 @@ def _save(work: Path, state: dict, pool) -> None:
     """state.json and the selection file the teacher reads (ids in the order they were chosen)."""
     rows = pool.loc[[s["id"] for s in state["selected"]], ["text", "gold"]].reset_index()
     rows["split"] = [s["split"] for s in state["selected"]]
-    rows.to_csv(work / "selected.csv.tmp", index=False)
+    rows.to_csv(work / "selected.csv.tmp", index=False, quoting=csv.QUOTE_NONNUMERIC)  # tweets hold bare carriage returns
     (work / "selected.csv.tmp").replace(work / "selected.csv")
     (work / "state.json.tmp").write_text(json.dumps(state, indent=1) + "\n")
     (work / "state.json.tmp").replace(work / "state.json")
