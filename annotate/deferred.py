@@ -17,12 +17,17 @@ from annotate.inputs import InputError
 __all__ = ["keep_deferred", "merge_answers"]
 
 
+def _deferred(column: pd.Series) -> pd.Series:
+    """``predict --defer``'s column as booleans, however the file stored them (True, true, 1)."""
+    return column.astype(str).str.lower().isin(("true", "1"))
+
+
 def keep_deferred(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """The rows of a ``predict --defer`` output whose ``deferred`` column is true."""
     if "deferred" not in frame.columns:
         raise InputError(f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery predict --defer'); "
                          f"found {', '.join(map(str, frame.columns[:10]))}")
-    return frame[frame["deferred"].astype(str).str.lower().isin(("true", "1"))]
+    return frame[_deferred(frame["deferred"])]
 
 
 def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_rows: int = 10_000) -> dict:
@@ -38,7 +43,7 @@ def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_r
     counts = {"rows": 0, "teacher": 0, "failed": 0, "not_annotated": 0}
     tmp = out.with_name(out.name + ".tmp")
     for i, chunk in enumerate(pd.read_csv(predictions, keep_default_na=False, chunksize=chunk_rows, dtype={"id": str})):
-        deferred = chunk["deferred"].astype(str).str.lower().isin(("true", "1"))
+        deferred = _deferred(chunk["deferred"])
         answered = chunk["id"].map(teacher).fillna("")
         failed = chunk["id"].map(errors).fillna("")
         use_teacher = deferred & (answered != "") & (failed == "")

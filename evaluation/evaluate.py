@@ -18,6 +18,7 @@ import yaml
 from annotate.chunks import label_columns, read_annotations
 from annotate.config import AnnotateConfig
 from annotate.models import parameter_count, pick_device, resolve_model
+from distill.students import STUDENT_FILE
 from evaluation.config import EvaluateConfig
 from evaluation.diagnosis import diagnose
 from evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
@@ -184,7 +185,7 @@ def answer_or_defer(probs: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarra
 def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) -> None:
     """Put the evaluation and the deferral threshold into the student's distillery_student.json
     (predict reads the threshold there) and rewrite its model card."""
-    meta_file = student_dir / "distillery_student.json"
+    meta_file = student_dir / STUDENT_FILE
     if not meta_file.is_file():  # not a Distillery student: nothing to update
         return
     meta = json.loads(meta_file.read_text())

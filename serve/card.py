@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from distill.students import STUDENT_FILE
+
 __all__ = ["CardData", "card_data", "render_card", "write_card", "push_to_hub"]
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
@@ -59,7 +61,7 @@ def _read(path: Path) -> dict:
 def card_data(student_dir: str | Path) -> CardData:
     """Collect the card's facts from the files distill, annotate, evaluate and export wrote."""
     student_dir = Path(student_dir)
-    meta = _read(student_dir / "distillery_student.json")
+    meta = _read(student_dir / STUDENT_FILE)
     trained = Path(meta.get("exported_from", student_dir))  # an ONNX copy points at the student it came from
     if meta.get("student") == "merged":
         trained = trained.parent

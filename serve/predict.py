@@ -33,8 +33,7 @@ def defer_threshold(cfg: PredictConfig, student: Student) -> float | None:
         return None
     if cfg.defer_threshold != -1.0:
         return cfg.defer_threshold
-    meta_file = student.path / "distillery_student.json"
-    recorded = json.loads(meta_file.read_text()).get("defer") if meta_file.is_file() else None
+    recorded = student.meta.get("defer")
     if not recorded:
         raise ValueError(f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
                          "--target-agreement 0.95' on the run first, or pass --defer-threshold")
@@ -58,7 +57,7 @@ def predict(cfg: PredictConfig) -> Path:
     out = Path(cfg.out)
     if out.is_dir():
         out = out / "predictions.csv"
-    student = load_student(cfg.student, "cpu" if Path(cfg.student, "model.onnx").is_file() else pick_device(cfg.device))
+    student = load_student(cfg.student, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
     parts = out.with_name(out.name + ".parts")
     fingerprint = {"student": str(Path(cfg.student).resolve()), "data": cfg.data, "hf_config": cfg.hf_config, "split": cfg.split,

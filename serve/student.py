@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,7 @@ class Student:
     session: object = None
     evaluated_base: str = ""  # what the weights run as, for the report and the model card
     parameters: int | None = None
+    meta: dict = field(default_factory=dict)  # its distillery_student.json (labels, kind, evaluation, defer)
 
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
@@ -113,7 +114,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
         raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
     meta_file = path / STUDENT_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    if (path / ONNX_FILE).is_file():
+    if (path / ONNX_FILE).is_file():  # onnxruntime on the CPU, whatever the device
         return _load_onnx(path, meta)
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path}: expected a saved student (config.json, adapter_config.json or {ONNX_FILE}); found none")
@@ -121,7 +122,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     kind = meta.get("student", "encoder")  # encoder, llama-lora or merged (save_student writes it)
     return Student(path=path, kind=kind, labels=labels, tokenizer=tokenizer, model=model, evaluated_base=model.evaluated_base,
-                   parameters=parameter_count(model)[1])
+                   parameters=parameter_count(model)[1], meta=meta)
 
 
 def _load_onnx(path: Path, meta: dict) -> Student:
@@ -135,4 +136,4 @@ def _load_onnx(path: Path, meta: dict) -> Student:
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
     return Student(path=path, kind="onnx", labels=meta["labels"], tokenizer=AutoTokenizer.from_pretrained(path), session=session,
-                   evaluated_base=f"ONNX ({meta.get('weights', 'float32')} weights, onnxruntime)", parameters=meta.get("parameters"))
+                   evaluated_base=f"ONNX ({meta.get('weights', 'float32')} weights, onnxruntime)", parameters=meta.get("parameters"), meta=meta)
