@@ -13,10 +13,13 @@ install:
 install-server: install
 	# llama.cpp's OpenAI-compatible server, for the hosted-teacher tests. No wheel on PyPI for
 	# this platform: pip builds it, skipping the multimodal (llava/mtmd), tools, examples and tests.
+	# Portable x86-64 (AVX2/FMA/F16C), never the builder's CPU: built natively on an AVX-512+AMX
+	# machine it segfaults on its first completion, and a wheel from pip's cache (which ignores
+	# CMAKE_ARGS, hence --no-cache-dir) may come from another CPU.
 	@start=$$(date +%s); \
 	if $(PY) -c "import llama_cpp.server" 2>/dev/null; then echo "llama-cpp-python already installed"; \
-	else CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
-	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q "llama-cpp-python[server]==0.3.36" || \
+	else CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q --no-cache-dir "llama-cpp-python[server]==0.3.36" || \
 	  echo "llama-cpp-python did not build: the tests against a real llama.cpp server will be skipped"; fi; \
 	echo "llama-cpp-python install step: $$(( $$(date +%s) - start )) s"
 

@@ -31,6 +31,7 @@ from annotate.config import AnnotateConfig
 from distill.config import DistillConfig
 from evaluation.config import EvaluateConfig
 from serve.config import ExportConfig, PredictConfig
+from annotate.errors import UserError
 
 STAGES = {
     "annotate": (AnnotateConfig,),
@@ -97,13 +98,13 @@ def resolve(args: argparse.Namespace) -> dict:
             raise FileNotFoundError(f"config file not found: '{path}'")
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
+            raise UserError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
         values = {k.replace("-", "_"): v for k, v in values.items()}
         # One file may serve every stage (data/configs/llm-neo-sst2.yaml): a key of another
         # stage is left to that stage; a key no stage knows is an error.
         unknown = sorted(set(values) - set(_fields(cls for classes in STAGES.values() for cls in classes)))
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
+            raise UserError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
         values = {k: v for k, v in values.items() if k in known}
     values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
     return values

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from active.strategies import STRATEGIES
 from annotate.config import option
+from annotate.errors import UserError
 
 
 @dataclass
@@ -31,11 +32,11 @@ class ActiveConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy: expected one of {STRATEGIES}, found '{self.strategy}'")
+            raise UserError(f"strategy: expected one of {STRATEGIES}, found '{self.strategy}'")
         for name in ("seed_rows", "round_rows", "pool_chunk"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
+                raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.test_rows < 0 or self.patience < 0:
-            raise ValueError(f"test_rows, patience: expected >= 0, found {self.test_rows}, {self.patience}")
+            raise UserError(f"test_rows, patience: expected >= 0, found {self.test_rows}, {self.patience}")
         if self.budget < self.test_rows + self.seed_rows:
-            raise ValueError(f"budget: expected at least test_rows + seed_rows = {self.test_rows + self.seed_rows}, found {self.budget}")
+            raise UserError(f"budget: expected at least test_rows + seed_rows = {self.test_rows + self.seed_rows}, found {self.budget}")

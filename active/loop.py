@@ -31,6 +31,7 @@ from annotate import AnnotateConfig, annotate, load_rows, load_task, read_annota
 from distill import DistillConfig, distill
 from evaluation import EvaluateConfig, evaluate
 from serve import load_student
+from annotate.errors import UserError
 
 __all__ = ["active"]
 
@@ -104,7 +105,7 @@ def _load_state(work: Path, fingerprint: dict) -> dict:
     state = json.loads(path.read_text())
     if state["fingerprint"] != fingerprint:
         changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise ValueError(f"{path}: written by another active run (different {', '.join(changed)}); pass a new --out")
+        raise UserError(f"{path}: written by another active run (different {', '.join(changed)}); pass a new --out")
     return state
 
 

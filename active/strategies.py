@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+from annotate.errors import UserError
 
 __all__ = ["STRATEGIES", "scores", "Candidates", "pick"]
 
@@ -31,7 +32,7 @@ def scores(strategy: str, probs: np.ndarray, rng: np.random.Generator) -> np.nda
         return -(top2[:, 1] - top2[:, 0])
     if strategy == "entropy":
         return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
-    raise ValueError(f"strategy: expected one of {STRATEGIES}, found '{strategy}'")
+    raise UserError(f"strategy: expected one of {STRATEGIES}, found '{strategy}'")
 
 
 class Candidates:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from annotate.errors import UserError
 
 __all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
 
@@ -175,16 +176,16 @@ def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None 
         bias = raw.mean(axis=0) if len(raw) else np.zeros(n_labels)
     elif base == "content-free":
         if content_free is None:
-            raise ValueError("content-free calibration: expected the teacher's log-probs on content-free inputs; found none")
+            raise UserError("content-free calibration: expected the teacher's log-probs on content-free inputs; found none")
         bias = np.asarray(content_free, dtype=np.float64)
     elif base == "gold":
         if gold is None or len(gold) < n_labels:
-            raise ValueError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {0 if gold is None else len(gold)}; "
+            raise UserError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {0 if gold is None else len(gold)}; "
                              "pass --label-column, or use --calibrate mean+em")
         bias, temperature = fit_gold_calibration(gold_raw, gold)
         return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
     else:
-        raise ValueError(f"calibrate: expected a resolved mode from {CALIBRATIONS[1:]}, found '{mode}'")
+        raise UserError(f"calibrate: expected a resolved mode from {CALIBRATIONS[1:]}, found '{mode}'")
     if mode.endswith("+gmm") and len(raw) > n_labels:
         weights, gmm_bias, prior = fit_gmm(raw, calibrated(raw, bias))
         return Calibration(mode, gmm_bias, prior=prior, weights=weights)

@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 
 from annotate.calibration import fit_calibration
+from annotate.errors import UserError
 
 __all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns"]
 
 FORMAT = "distillery.annotations/1"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The annotations directory is missing, incomplete, or from another teacher/prompt/label set."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from annotate.calibration import CALIBRATIONS
+from annotate.errors import UserError
 
 
 
@@ -87,14 +88,14 @@ class AnnotateConfig:
             self.test_fraction = 0.0
             self.id_column = self.id_column or "id"
         if self.limit < 0:
-            raise ValueError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
+            raise UserError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
+            raise UserError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
         if self.teacher_batch_size < 0 or self.teacher_batch_tokens < 0 or self.chunk_size < 1:
-            raise ValueError("teacher_batch_size, teacher_batch_tokens: expected >= 0 (0 = automatic); chunk_size: expected >= 1")
+            raise UserError("teacher_batch_size, teacher_batch_tokens: expected >= 0 (0 = automatic); chunk_size: expected >= 1")
         if self.hosted_scoring not in ("top-logprobs", "echo"):
-            raise ValueError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
+            raise UserError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate not in CALIBRATIONS:
-            raise ValueError(f"calibrate: expected one of {CALIBRATIONS}, found '{self.calibrate}'")
+            raise UserError(f"calibrate: expected one of {CALIBRATIONS}, found '{self.calibrate}'")
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]

@@ -26,6 +26,7 @@ from pathlib import Path
 from annotate.config import AnnotateConfig
 from annotate.local import Annotation, normalise
 from annotate.tasks import TaskSpec
+from annotate.errors import UserError
 
 __all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
@@ -81,7 +82,7 @@ def echo_label_logprob(logprobs: dict, verbalizer: str, generated: str, shifted:
         if text == verbalizer:
             break
     else:
-        raise ValueError(f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)")
+        raise UserError(f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)")
     total, bounded = 0.0, False
     for i in range(start, end):
         if not shifted:
@@ -151,7 +152,7 @@ class HostedTeacher:
         except ImportError:
             raise ImportError("the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'") from None
         if not cfg.base_url:
-            raise ValueError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
+            raise UserError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
         self.cfg, self.task = cfg, task
         self.api_key = os.environ.get(cfg.api_key_env, "") or "no-key"
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]

@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from annotate.config import AnnotateConfig
+from annotate.errors import UserError
 
 __all__ = ["InputError", "load_rows", "iter_texts", "builtin_tweets_path"]
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input: the message says what was expected, what was found and how to fix it."""
 
 

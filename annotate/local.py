@@ -11,6 +11,7 @@ import torch
 from annotate.config import AnnotateConfig
 from annotate.models import load_causal_lm, pick_device, pick_dtype
 from annotate.tasks import TaskSpec
+from annotate.errors import UserError
 
 __all__ = ["Annotation", "LocalTeacher", "VerbalizerScorer"]
 
@@ -54,7 +55,7 @@ class VerbalizerScorer:
 
     def __init__(self, model, label_token_ids: list[list[int]], pad_token_id: int):
         if any(len(ids) == 0 for ids in label_token_ids):
-            raise ValueError("every label needs at least one token")
+            raise UserError("every label needs at least one token")
         self.model = model
         self.label_ids = label_token_ids
         self.pad_id = pad_token_id

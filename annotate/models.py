@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from annotate.errors import UserError
 
 __all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party"]
 
@@ -68,7 +69,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: '{name}' asked for but no CUDA GPU is visible; pass --device cpu")
+        raise UserError(f"device: '{name}' asked for but no CUDA GPU is visible; pass --device cpu")
     return torch.device(name)
 
 
@@ -78,7 +79,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"dtype: expected auto or one of {sorted(dtypes)}, found '{name}'")
+        raise UserError(f"dtype: expected auto or one of {sorted(dtypes)}, found '{name}'")
     return dtypes[name]
 
 
@@ -148,7 +149,7 @@ def load_tokenizer(spec: str):
 def bnb_4bit_config(device: torch.device):
     """A bitsandbytes NF4 config; a clear error on CPU or without bitsandbytes."""
     if device.type != "cuda":
-        raise ValueError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU")
+        raise UserError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError("--load-in-4bit needs bitsandbytes: pip install 'distillery[gpu]'")
     from transformers import BitsAndBytesConfig

@@ -26,6 +26,7 @@ from annotate.deferred import merge_answers
 from annotate.inputs import load_rows
 from annotate.local import Annotation
 from annotate.tasks import load_task
+from annotate.errors import UserError
 
 __all__ = ["annotate"]
 
@@ -35,7 +36,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
     if cfg.calibrate == "gold" and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
-        raise ValueError("--calibrate gold: expected rows with gold labels outside the test split; found none; pass --label-column, or use --calibrate mean")
+        raise UserError("--calibrate gold: expected rows with gold labels outside the test split; found none; pass --label-column, or use --calibrate mean")
     root = Path(cfg.out) / "annotations"
     fingerprint = {
         "teacher": cfg.teacher,
@@ -165,6 +166,6 @@ def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
     """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
     scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
     if not scored:
-        raise ValueError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
+        raise UserError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
                          "use --calibrate mean, or gold with --label-column")
     return np.mean(np.asarray(scored), axis=0).tolist()

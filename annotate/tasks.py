@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+from annotate.errors import UserError
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
 
@@ -45,21 +46,21 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
-            raise ValueError(
+            raise UserError(
                 f"task '{self.name}': expected at least two labels, found {self.labels}; "
                 "pass --labels negative,positive or fix 'labels' in the task file"
             )
         if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"task '{self.name}': labels repeat: {self.labels}")
+            raise UserError(f"task '{self.name}': labels repeat: {self.labels}")
         if "{text}" not in self.instruction:
-            raise ValueError(f"task '{self.name}': 'instruction' must contain {{text}}")
+            raise UserError(f"task '{self.name}': 'instruction' must contain {{text}}")
         unknown = set(self.verbalizers) - set(self.labels)
         if unknown:
-            raise ValueError(f"task '{self.name}': verbalizers for unknown labels {sorted(unknown)}")
+            raise UserError(f"task '{self.name}': verbalizers for unknown labels {sorted(unknown)}")
         self.verbalizers = {lab: self.verbalizers.get(lab, lab) for lab in self.labels}
         for shot in self.few_shot:
             if shot.get("label") not in self.labels:
-                raise ValueError(f"task '{self.name}': few-shot label {shot.get('label')!r} not in {self.labels}")
+                raise UserError(f"task '{self.name}': few-shot label {shot.get('label')!r} not in {self.labels}")
 
     def label_words(self) -> str:
         """``negative or positive``; ``negative, neutral or positive``."""
@@ -127,7 +128,7 @@ def load_task(name_or_path: str, labels: list[str] | None = None) -> TaskSpec:
     known_keys = set(TaskSpec.__dataclass_fields__)
     unknown = set(raw) - known_keys
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(known_keys)}")
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(known_keys)}")
     if labels:
         raw["labels"] = list(labels)
         raw["verbalizers"] = {k: v for k, v in (raw.get("verbalizers") or {}).items() if k in labels}

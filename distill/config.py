@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from annotate.config import option
+from annotate.errors import UserError
 
 STUDENTS = ("encoder", "llama-lora")
 DEFAULT_LR = {"encoder": 5e-5, "llama-lora": 1e-3}  # measured: README, "Small data"
@@ -61,29 +62,29 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha: expected 0 <= alpha <= 1, found {self.alpha}")
+            raise UserError(f"alpha: expected 0 <= alpha <= 1, found {self.alpha}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature: expected > 0, found {self.temperature}")
+            raise UserError(f"temperature: expected > 0, found {self.temperature}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction: expected 0 <= x < 1, found {self.val_fraction}")
+            raise UserError(f"val_fraction: expected 0 <= x < 1, found {self.val_fraction}")
         if self.batch_size % max(self.grad_accum, 1):
-            raise ValueError(f"batch_size: expected a multiple of grad_accum ({self.grad_accum}), found {self.batch_size}")
+            raise UserError(f"batch_size: expected a multiple of grad_accum ({self.grad_accum}), found {self.batch_size}")
         if self.max_train_rows < 0:
-            raise ValueError(f"max_train_rows: expected >= 0, found {self.max_train_rows}")
+            raise UserError(f"max_train_rows: expected >= 0, found {self.max_train_rows}")
         if self.head_warmup_epochs < 0:
-            raise ValueError(f"head_warmup_epochs: expected >= 0, found {self.head_warmup_epochs}")
+            raise UserError(f"head_warmup_epochs: expected >= 0, found {self.head_warmup_epochs}")
         if self.lr < 0 or self.max_length < 0 or self.min_steps < 0:
-            raise ValueError(f"lr, max_length, min_steps: expected >= 0 (0 = automatic), found {self.lr}, {self.max_length}, {self.min_steps}")
+            raise UserError(f"lr, max_length, min_steps: expected >= 0 (0 = automatic), found {self.lr}, {self.max_length}, {self.min_steps}")
         for name in ("batch_size", "grad_accum", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, found {getattr(self, name)}")
+                raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
         if self.student not in STUDENTS:
-            raise ValueError(f"student: expected one of {STUDENTS}, found '{self.student}'")
+            raise UserError(f"student: expected one of {STUDENTS}, found '{self.student}'")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
         if self.teacher_mode not in ("offline", "online"):
-            raise ValueError(f"teacher_mode: expected offline or online, found '{self.teacher_mode}'")
+            raise UserError(f"teacher_mode: expected offline or online, found '{self.teacher_mode}'")
         if self.lora_r < 1:
-            raise ValueError(f"lora_r: expected >= 1, found {self.lora_r}")
+            raise UserError(f"lora_r: expected >= 1, found {self.lora_r}")
         if self.hard_labels not in ("teacher", "gold"):
-            raise ValueError(f"hard_labels: expected teacher or gold, found '{self.hard_labels}'")
+            raise UserError(f"hard_labels: expected teacher or gold, found '{self.hard_labels}'")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from annotate.chunks import label_columns, read_annotations
 from distill.config import DistillConfig
+from annotate.errors import UserError
 
 __all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "load_training_rows"]
 
@@ -37,7 +38,7 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
-            raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+            raise UserError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
         hard = frame["gold"]
     else:
         hard = frame["teacher_label"]
@@ -49,7 +50,7 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
 def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Hold out ``cfg.val_fraction`` of the rows (seeded) to pick the best checkpoint."""
     if len(frame) < 2:
-        raise ValueError(f"expected at least 2 training rows; found {len(frame)}; use more rows (--limit)")
+        raise UserError(f"expected at least 2 training rows; found {len(frame)}; use more rows (--limit)")
     order = np.random.default_rng(cfg.seed).permutation(len(frame))
     n_val = int(round(len(frame) * cfg.val_fraction))
     val, train = frame.iloc[order[:n_val]], frame.iloc[order[n_val:]]
@@ -115,7 +116,7 @@ def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tupl
     ``cfg.max_length`` must be set (distill resolves 0, automatic, before calling this).
     """
     if cfg.max_length < 1:
-        raise ValueError("build_dataloaders: expected max_length >= 1; found 0 (automatic): resolve it first, as distill() does")
+        raise UserError("build_dataloaders: expected max_length >= 1; found 0 (automatic): resolve it first, as distill() does")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(items: list[dict]) -> dict:

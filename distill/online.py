@@ -15,6 +15,7 @@ from annotate.run import content_free_bias
 from annotate.tasks import load_task
 from distill.config import DistillConfig
 from distill.data import TrainingRows, split_train_val
+from annotate.errors import UserError
 
 __all__ = ["OnlineTeacher", "load_online_rows"]
 
@@ -39,7 +40,7 @@ class OnlineTeacher:
         self.teacher = LocalTeacher(source, task)
         mode = resolve_mode(source.calibrate, 0, len(labels))
         if mode == "gold":
-            raise ValueError("--teacher-mode online: expected --calibrate auto, none, mean, mean+em, content-free or content-free+em; found gold "
+            raise UserError("--teacher-mode online: expected --calibrate auto, none, mean, mean+em, content-free or content-free+em; found gold "
                              "(annotate offline for gold calibration)")
         raw = np.zeros((0, len(labels)))
         if mode.startswith("mean") or mode.endswith(("+em", "+gmm")):
@@ -70,7 +71,7 @@ def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows
         frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
-            raise ValueError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+            raise UserError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
         hard = frame["gold"].map({lab: i for i, lab in enumerate(task.labels)})
     else:
         hard = pd.Series(-100, index=frame.index)  # filled by the teacher batch by batch

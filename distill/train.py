@@ -28,6 +28,7 @@ from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
 from distill.online import OnlineTeacher, load_online_rows
 from distill.students import load_student, save_student, trainable_parameters
+from annotate.errors import UserError
 
 __all__ = ["distill", "evaluate_student"]
 
@@ -89,7 +90,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     online = None
     if cfg.teacher_mode == "online":
         if source is None:
-            raise ValueError("--teacher-mode online needs the data and teacher settings (--data, --teacher, ...)")
+            raise UserError("--teacher-mode online needs the data and teacher settings (--data, --teacher, ...)")
         rows = load_online_rows(cfg, source)
         online = OnlineTeacher(source, rows.labels, rows.train["text"].tolist()[:256])
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")

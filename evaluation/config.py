@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from annotate.config import option
+from annotate.errors import UserError
 
 
 @dataclass
@@ -26,8 +27,8 @@ class EvaluateConfig:
         if isinstance(self.students, str):
             self.students = [s.strip() for s in self.students.split(",") if s.strip()]
         if self.eval_split not in ("test", "train", "all"):
-            raise ValueError(f"eval_split: expected test, train or all, found '{self.eval_split}'")
+            raise UserError(f"eval_split: expected test, train or all, found '{self.eval_split}'")
         if not 0.0 <= self.target_agreement < 1.0:
-            raise ValueError(f"target_agreement: expected 0 <= x < 1 (0 = skip), found {self.target_agreement}")
+            raise UserError(f"target_agreement: expected 0 <= x < 1 (0 = skip), found {self.target_agreement}")
         if self.speed_rows < 0 or self.eval_batch_size < 1:
-            raise ValueError("speed_rows: expected >= 0; eval_batch_size: expected >= 1")
+            raise UserError("speed_rows: expected >= 0; eval_batch_size: expected >= 1")

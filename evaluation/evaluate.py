@@ -27,6 +27,7 @@ from serve import coverage_curve, load_student, pick_threshold, size_on_disk, wr
 from serve.card import push_to_hub
 from serve.defer import plot_coverage
 from serve.student import predict_probabilities as predict_student
+from annotate.errors import UserError
 
 __all__ = ["evaluate", "predict_student", "size_on_disk"]
 
@@ -78,10 +79,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     n_failed = int((rows["error_type"] != "").sum())
     rows = rows[rows["error_type"] == ""]
     if len(rows) == 0:
-        raise ValueError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
+        raise UserError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
     n_gold = int((rows["gold"] != "").sum())
     if 0 < n_gold < len(rows):
-        raise ValueError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
+        raise UserError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
     has_gold = n_gold > 0  # without gold: agreement, κ and speed only
     label_id = {lab: i for i, lab in enumerate(labels)}
     gold = rows["gold"].map(label_id).to_numpy() if has_gold else None
@@ -113,7 +114,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         name = Path(path).name
         student = load_student(path, device)
         if student.labels != labels:
-            raise ValueError(f"{path}: expected a student for labels {labels}; found {student.labels}")
+            raise UserError(f"{path}: expected a student for labels {labels}; found {student.labels}")
         probs = student.probabilities(texts, cfg.eval_batch_size)
         m = vs_gold(probs)
         m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))

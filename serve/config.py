@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from annotate.config import option
+from annotate.errors import UserError
 
 
 @dataclass
@@ -29,11 +30,11 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if not self.data:
-            raise ValueError("data: expected an input (--data FILE, 'tweets' or hf:NAME); found none")
+            raise UserError("data: expected an input (--data FILE, 'tweets' or hf:NAME); found none")
         if self.batch_size < 1 or self.chunk_size < 1:
-            raise ValueError(f"batch_size, chunk_size: expected >= 1, found {self.batch_size}, {self.chunk_size}")
+            raise UserError(f"batch_size, chunk_size: expected >= 1, found {self.batch_size}, {self.chunk_size}")
         if self.defer_threshold != -1.0 and not 0.0 <= self.defer_threshold <= 1.0:
-            raise ValueError(f"defer_threshold: expected a confidence in [0, 1], found {self.defer_threshold}")
+            raise UserError(f"defer_threshold: expected a confidence in [0, 1], found {self.defer_threshold}")
 
 
 @dataclass
@@ -47,4 +48,4 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.quantize not in ("int8", "none"):
-            raise ValueError(f"quantize: expected int8 or none, found '{self.quantize}'")
+            raise UserError(f"quantize: expected int8 or none, found '{self.quantize}'")

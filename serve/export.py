@@ -27,6 +27,7 @@ import torch
 from distill.students import STUDENT_FILE
 from serve.config import ExportConfig
 from serve.student import ONNX_FILE, load_student
+from annotate.errors import UserError
 
 __all__ = ["export"]
 
@@ -35,7 +36,7 @@ def export(cfg: ExportConfig) -> Path:
     """Export ``cfg.student`` to ONNX; returns the directory written."""
     student = load_student(cfg.student, "cpu")
     if student.kind == "llama-lora":
-        raise ValueError(f"{cfg.student}: a LoRA adapter exports as a merged model; train with --merge and pass {cfg.student}/merged")
+        raise UserError(f"{cfg.student}: a LoRA adapter exports as a merged model; train with --merge and pass {cfg.student}/merged")
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import QuantType, quantize_dynamic

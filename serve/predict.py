@@ -23,6 +23,7 @@ from annotate.inputs import iter_texts
 from annotate.models import pick_device
 from serve.config import PredictConfig
 from serve.student import Student, load_student
+from annotate.errors import UserError
 
 __all__ = ["predict", "defer_threshold", "prediction_frame"]
 
@@ -35,7 +36,7 @@ def defer_threshold(cfg: PredictConfig, student: Student) -> float | None:
         return cfg.defer_threshold
     recorded = student.meta.get("defer")
     if not recorded:
-        raise ValueError(f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
+        raise UserError(f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
                          "--target-agreement 0.95' on the run first, or pass --defer-threshold")
     return recorded["threshold"]
 
@@ -101,14 +102,14 @@ def _open_state(parts: Path, fingerprint: dict, out: Path) -> dict:
         state = json.loads(state_file.read_text())
         if state["fingerprint"] != fingerprint:
             changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-            raise ValueError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --out, "
+            raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --out, "
                              f"or delete {out} and {parts} to start over")
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
             shutil.rmtree(parts)
         else:
             return state
     elif out.is_file():
-        raise ValueError(f"{out}: exists and was not written by this predict run; pass another --out or delete it")
+        raise UserError(f"{out}: exists and was not written by this predict run; pass another --out or delete it")
     parts.mkdir(parents=True, exist_ok=True)
     state = {"fingerprint": fingerprint, "complete": False, "rows": 0}
     state_file.write_text(json.dumps(state, indent=2) + "\n")

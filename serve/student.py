@@ -16,6 +16,7 @@ import torch
 
 from annotate.models import parameter_count
 from distill.students import STUDENT_FILE, load_trained_student
+from annotate.errors import UserError
 
 __all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]
 
@@ -88,7 +89,7 @@ class Student:
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
         if self.session is not None:
-            raise ValueError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
+            raise UserError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
         return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True)
 
     def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
