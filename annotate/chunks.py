@@ -1,16 +1,17 @@
 """Annotation chunks on disk: ``OUT/annotations/part-NNNNN.csv`` plus ``manifest.json``.
 
-Each chunk is written atomically (temp file, fsync, rename) and the manifest after it, so a
-run killed at any point leaves only whole chunks; a rerun skips finished chunks and retries
-errored rows. The file format is documented in the README ("File formats").
+Each chunk is written whole (temp file, fsync, rename) and every row names the run that wrote
+it (``run_id``, a hash of the run's fingerprint), so a chunk describes itself: a run killed at
+any point, or whose manifest was lost, resumes from the chunks on disk. Every chunk's checksum
+is checked on resume and on read; a chunk cut or edited after it was written stops the run
+with its file name. The file format is documented in docs/ ("File formats").
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import pandas as pd
 
 from annotate.calibration import fit_calibration
 from annotate.errors import UserError
+from annotate.rundir import append_csv, sha256_file, write_json, write_text
 
-__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns"]
+__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id"]
 
 FORMAT = "distillery.annotations/1"
 
@@ -33,22 +35,18 @@ def label_columns(labels: list[str], raw: bool = False) -> list[str]:
     return [f"{'raw_' if raw else ''}logprob_{lab}" for lab in labels]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def run_id(fingerprint: dict) -> str:
+    """A short hash of a run's fingerprint, written into every row of its chunks."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _read_chunk(path: Path) -> pd.DataFrame:
     # Text columns keep "NA", "null" etc. as written; only the number columns have blanks.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not a whole chunk ({str(err).splitlines()[0]}); it was cut or edited after it was written; "
+                            "delete it and rerun 'distillery annotate' to annotate its rows again") from None
     for col in frame.columns:
         if col.startswith(("logprob_", "raw_logprob_")) or col == "label_mass":
             frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
@@ -63,11 +61,16 @@ class ChunkStore:
         fingerprint: what must not change between a run and its resume (teacher, prompt hash,
             labels, data selection, chunk size).
         manifest_extra: written into the manifest as is (resolved config, task, ...).
+        overwrite: start over: the chunks and manifest of an earlier run in ``root`` are deleted.
     """
 
-    def __init__(self, root: Path, fingerprint: dict, manifest_extra: dict):
+    def __init__(self, root: Path, fingerprint: dict, manifest_extra: dict, overwrite: bool = False):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
+        self.run_id = run_id(fingerprint)
+        if overwrite:
+            for path in [self.manifest_path, *self.root.glob("part-*.csv")]:
+                path.unlink(missing_ok=True)
         if self.manifest_path.is_file():
             self.manifest = json.loads(self.manifest_path.read_text())
             old = self.manifest.get("fingerprint", {})
@@ -76,37 +79,73 @@ class ChunkStore:
                 what = "; ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now" for k in changed)
                 raise ManifestError(
                     f"{self.root} holds annotations from a different run ({what}); "
-                    "pass a new --out, or delete that directory to start over"
+                    "pass another --out, or --overwrite to start over (the old annotations are deleted)"
                 )
             self.manifest.update(manifest_extra)
-        else:
+        else:  # a new run, or one whose manifest was lost: existing() adopts the chunks it wrote
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT, "fingerprint": fingerprint, **manifest_extra, "chunks": {}, "status": "annotating"}
 
     def chunk_path(self, index: int) -> Path:
         return self.root / f"part-{index:05d}.csv"
 
-    def existing(self, index: int, ids: list[str]) -> pd.DataFrame | None:
-        """The chunk already on disk for these ids, or None; a chunk with other ids is an error."""
+    def existing(self, index: int, rows: pd.DataFrame) -> pd.DataFrame | None:
+        """The chunk already on disk for these rows (``id, text, gold, split``), or None.
+
+        Its checksum is checked against the manifest; a chunk the manifest does not list (the
+        manifest was lost, or the run was killed between the two writes) is taken back when
+        this run wrote it. A chunk whose rows differ from ``rows`` means the input changed.
+        """
         path = self.chunk_path(index)
+        meta = self.manifest["chunks"].get(path.name)
         if not path.is_file():
+            self.manifest["chunks"].pop(path.name, None)  # listed just before a write that never happened
             return None
+        digest = sha256_file(path)
+        if meta is not None and digest not in (meta["sha256"], meta.get("was")):
+            raise ManifestError(f"{path} does not match its checksum in the manifest (cut or edited after it was written); "
+                                "delete it and rerun 'distillery annotate' to annotate its rows again")
         frame = _read_chunk(path)
-        if frame["id"].tolist() != ids:
-            raise ManifestError(f"{path} holds other rows than this run expects; delete it (or pass a new --out) and rerun")
+        if "run_id" not in frame.columns or set(frame["run_id"]) != {self.run_id}:
+            raise ManifestError(f"{path} was not written by this run (another teacher, prompt, label set or data selection); "
+                                "pass another --out, or --overwrite to start over")
+        keys = ["id", "text", "gold", "split"]
+        if len(frame) != len(rows) or not frame[keys].reset_index(drop=True).equals(rows[keys].astype(str).reset_index(drop=True)):
+            differ = len(rows) if len(frame) != len(rows) else int((frame[keys].to_numpy() != rows[keys].astype(str).to_numpy()).any(axis=1).sum())
+            raise ManifestError(f"the input changed since {path} was annotated ({differ} of its rows differ in id, text, gold label "
+                                f"or split, or rows were added or removed); pass --overwrite to annotate everything again, or another --out")
+        if meta is None or digest != meta["sha256"]:
+            self._record(path, frame, digest)
+            self.save_manifest()
         return frame
 
+    def _record(self, path: Path, frame: pd.DataFrame, digest: str, was: str | None = None) -> None:
+        entry = {"rows": len(frame), "errors": int((frame["error_type"] != "").sum()), "sha256": digest}
+        if was:
+            entry["was"] = was
+        self.manifest["chunks"][path.name] = entry
+
     def write(self, index: int, frame: pd.DataFrame) -> None:
-        """Write one chunk atomically, then record it in the manifest."""
+        """Write one chunk whole, its checksum recorded in the manifest first.
+
+        The manifest keeps the old checksum too until the new file is in place, so a kill
+        between the two writes leaves a chunk that matches one of them.
+        """
         path = self.chunk_path(index)
-        # Quote every text field: tweets hold bare carriage returns that would split a row.
-        _atomic_write(path, frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-        n_err = int((frame["error_type"] != "").sum())
-        self.manifest["chunks"][path.name] = {"rows": len(frame), "errors": n_err, "sha256": _sha256(path)}
+        frame["run_id"] = self.run_id
+        text = io.StringIO()
+        append_csv(text, frame, header=True)  # every field quoted: tweets hold bare carriage returns
+        text = text.getvalue()
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        old = self.manifest["chunks"].get(path.name)
+        self._record(path, frame, digest, was=old["sha256"] if old and path.is_file() else None)
+        self.save_manifest()
+        write_text(path, text)
+        self.manifest["chunks"][path.name].pop("was", None)
         self.save_manifest()
 
     def save_manifest(self) -> None:
-        _atomic_write(self.manifest_path, json.dumps(self.manifest, indent=2, default=str) + "\n")
+        write_json(self.manifest_path, self.manifest)
 
     def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200,
                  requested: str | None = None) -> dict:
@@ -166,10 +205,16 @@ def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
         path = root / name
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; rerun 'distillery annotate' to rebuild it")
-        if _sha256(path) != meta["sha256"]:
+        if sha256_file(path) != meta["sha256"]:
             raise ManifestError(f"{path} does not match its checksum in the manifest (edited or truncated?); delete it and rerun 'distillery annotate'")
         frames.append(_read_chunk(path))
+    if not frames:
+        raise ManifestError(f"{root}: the manifest lists no chunks; rerun 'distillery annotate' to annotate the rows")
     frame = pd.concat(frames, ignore_index=True)
+    twice = frame["id"][frame["id"].duplicated()]
+    if len(twice):
+        raise ManifestError(f"{root}: {twice.nunique()} ids appear in more than one row (e.g. '{twice.iloc[0]}'); the chunks were "
+                            "mixed from two runs; pass --overwrite to 'distillery annotate' to annotate them again")
     needed = ["id", "text", "gold", "split", "teacher_label", *label_columns(manifest["labels"]), "error_type"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from annotate.chunks import read_annotations
 from annotate.inputs import InputError
+from annotate.rundir import append_csv, replacing
 
 __all__ = ["keep_deferred", "merge_answers"]
 
@@ -41,18 +41,22 @@ def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_r
     teacher = dict(zip(frame["id"].astype(str), frame["teacher_label"]))
     errors = dict(zip(frame["id"].astype(str), frame["error_type"]))
     counts = {"rows": 0, "teacher": 0, "failed": 0, "not_annotated": 0}
-    tmp = out.with_name(out.name + ".tmp")
-    for i, chunk in enumerate(pd.read_csv(predictions, keep_default_na=False, chunksize=chunk_rows, dtype={"id": str})):
-        deferred = _deferred(chunk["deferred"])
-        answered = chunk["id"].map(teacher).fillna("")
-        failed = chunk["id"].map(errors).fillna("")
-        use_teacher = deferred & (answered != "") & (failed == "")
-        merged = pd.DataFrame({"id": chunk["id"], "text": chunk["text"], "label": chunk["label"].where(~use_teacher, answered),
-                               "source": use_teacher.map({True: "teacher", False: "student"}), "teacher_error": failed.where(deferred, "")})
-        merged.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
-        counts["rows"] += len(chunk)
-        counts["teacher"] += int(use_teacher.sum())
-        counts["failed"] += int((deferred & (failed != "")).sum())
-        counts["not_annotated"] += int((deferred & (answered == "") & (failed == "")).sum())
-    os.replace(tmp, out)
+    with replacing(out) as fh:
+        for i, chunk in enumerate(pd.read_csv(predictions, keep_default_na=False, chunksize=chunk_rows, dtype=str)):
+            _merge_chunk(chunk, teacher, errors, counts, fh, header=i == 0)
     return counts
+
+
+def _merge_chunk(chunk: pd.DataFrame, teacher: dict, errors: dict, counts: dict, fh, header: bool) -> None:
+    """Merge one chunk of predictions with the teacher's answers, append it to ``fh`` and count."""
+    deferred = _deferred(chunk["deferred"])
+    answered = chunk["id"].map(teacher).fillna("")
+    failed = chunk["id"].map(errors).fillna("")
+    use_teacher = deferred & (answered != "") & (failed == "")
+    merged = pd.DataFrame({"id": chunk["id"], "text": chunk["text"], "label": chunk["label"].where(~use_teacher, answered),
+                           "source": use_teacher.map({True: "teacher", False: "student"}), "teacher_error": failed.where(deferred, "")})
+    append_csv(fh, merged, header=header)
+    counts["rows"] += len(chunk)
+    counts["teacher"] += int(use_teacher.sum())
+    counts["failed"] += int((deferred & (failed != "")).sum())
+    counts["not_annotated"] += int((deferred & (answered == "") & (failed == "")).sum())

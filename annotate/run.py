@@ -25,6 +25,7 @@ from annotate.config import AnnotateConfig
 from annotate.deferred import merge_answers
 from annotate.inputs import load_rows
 from annotate.local import Annotation
+from annotate.rundir import claim_folder, file_fingerprint, guard_files, locked, record_files, write_text
 from annotate.tasks import load_task
 from annotate.errors import UserError
 
@@ -32,7 +33,15 @@ __all__ = ["annotate"]
 
 
 def annotate(cfg: AnnotateConfig) -> Path:
-    """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir."""
+    """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir.
+
+    One process at a time writes ``OUT`` (a second one stops with the first one's pid).
+    """
+    with locked(cfg.out, "annotate"):
+        return _annotate(cfg)
+
+
+def _annotate(cfg: AnnotateConfig) -> Path:
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
     if cfg.calibrate == "gold" and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
@@ -49,15 +58,18 @@ def annotate(cfg: AnnotateConfig) -> Path:
         fingerprint["data"]["split_column"] = cfg.split_column
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
-    extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash()}
-    store = ChunkStore(root, fingerprint, extra)
-    (root / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    overwrite = getattr(cfg, "overwrite", False)
+    claim_folder(root, overwrite)
+    extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
+             "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
+    store = ChunkStore(root, fingerprint, extra, overwrite=overwrite)
+    write_text(root / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
 
     teacher: Teacher | None = None  # loaded only when there is work to do
     todo_chunks = []
     for index, start in enumerate(range(0, len(rows), cfg.chunk_size)):
         chunk = rows.iloc[start : start + cfg.chunk_size].reset_index(drop=True)
-        done = store.existing(index, chunk["id"].tolist())
+        done = store.existing(index, chunk)
         redo = chunk.index if done is None else done.index[done["error_type"] != ""]
         if len(redo):
             todo_chunks.append((index, chunk, done, redo))
@@ -119,7 +131,9 @@ def annotate(cfg: AnnotateConfig) -> Path:
           + (f", estimated label prior {prior}" if prior else ""))
     if cfg.only_deferred:
         merged = Path(cfg.out) / "merged.csv"
+        guard_files(cfg.out, [merged.name], overwrite)
         counts = merge_answers(cfg.data, root, merged)
+        record_files(cfg.out, [merged.name])
         print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
               f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
               f"{counts['not_annotated']} not annotated)")
