@@ -10,8 +10,11 @@
     distillery active --data pool.csv --budget 2000 --strategy margin --out data/runs/active
 
 Every subcommand takes ``--config FILE.yaml`` (flat keys, the same names as the flags with
-underscores); flags win over the file, unknown keys are errors. The resolved config is written
-next to each stage's output.
+underscores); flags win over the file, unknown keys and values of the wrong type are errors.
+The resolved config is written next to each stage's output.
+
+Exit codes: 0 done; 2 a mistake in the input, a setting or a file (one line says what to fix);
+130 interrupted (rerun to resume); 1 a bug in Distillery (its traceback is printed).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import yaml
 
 from active.config import ActiveConfig
-from annotate.config import AnnotateConfig
+from annotate.config import AnnotateConfig, scrub
 from distill.config import DistillConfig
 from evaluation.config import EvaluateConfig
 from serve.config import ExportConfig, PredictConfig
@@ -88,30 +93,135 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KINDS = {"int": "a whole number", "float": "a finite number", "str": "a string", "bool": "true or false",
+         "bool | None": "true or false", "list[str]": "a list or a comma-separated string"}
+TRUE, FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _shown(name: str, value) -> str:
+    """A value as an error message may show it: never a header's value or anything key-like."""
+    if name == "extra_headers":
+        return "a value (not shown: it may hold a secret)"
+    text = scrub(repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def coerce(f: dataclasses.Field, value, where: str | None = None):
+    """A YAML value or a flag as its field's type, converting only what is unambiguous.
+
+    ``'0.5'`` or ``1`` for a float, ``'3'`` for an int, ``'true'``/``'false'`` for a bool, a
+    comma-separated string for a list (``extra_headers`` also takes a ``{Name: value}`` mapping);
+    NaN and infinity are refused, so is an explicitly empty list where an empty one would
+    silently mean the default (``--labels ','``). Anything else is a :class:`UserError` of one
+    line: where (the file; None for a flag), key, value, expected type.
+    """
+    kind, name = str(f.type), f.name
+    key = f"{where}: {name}" if where else "--" + name.replace("_", "-")
+
+    def wrong(extra: str = ""):
+        return UserError(f"{key}: expected {KINDS.get(kind, kind)} ({kind}){extra}, found {_shown(name, value)}")
+
+    if value is None:
+        if kind.endswith("| None"):
+            return None
+        raise wrong("; remove the key to keep the default")
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+            return value.strip().lower() in TRUE
+        raise wrong()
+    if kind == "int":
+        if isinstance(value, bool):
+            raise wrong()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value.strip())
+        raise wrong()
+    if kind == "float":
+        if isinstance(value, bool):
+            raise wrong()
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise wrong() from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong()
+        return float(value)
+    if kind.startswith("list"):
+        if isinstance(value, dict) and name == "extra_headers":  # the YAML mapping form of headers
+            value = [f"{k}: {v}" for k, v in value.items()]
+        if isinstance(value, str):
+            value = [x.strip() for x in value.split(",") if x.strip()]
+        if not isinstance(value, (list, tuple)) or any(isinstance(x, (dict, list, tuple, bool)) or x is None for x in value):
+            raise wrong()
+        value = [str(x).strip() for x in value]
+        if not value and f.metadata.get("nonempty"):
+            raise UserError(f"{key}: expected at least one value, comma-separated; found none (leave it out to keep the default)")
+        return value
+    if kind == "str":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise wrong()
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{key}: expected one of {', '.join(choices)}, found {_shown(name, value)}")
+        return value
+    return value
+
+
+def read_config(path: Path) -> dict:
+    """A YAML config file as ``{setting: value}`` (dashes in keys read as underscores).
+
+    A missing file, malformed YAML (with its line) or anything but a flat mapping is a one-line
+    :class:`UserError`.
+    """
+    if not path.is_file():
+        raise UserError(f"config file not found: '{path}'")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: expected a UTF-8 YAML file; found other bytes") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: {where}not valid YAML ({problem}); expected flat 'setting: value' lines") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"{path}: expected setting names as keys; found {bad[:3]}")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
 def resolve(args: argparse.Namespace) -> dict:
-    """Defaults <- YAML file <- flags, checked against the stages' fields."""
+    """Defaults <- YAML file <- flags, checked against the stages' fields and converted to their types."""
     known = _fields(STAGES[args.command])
     values: dict = {}
     if args.config:
         path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: '{path}'")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
-        values = {k.replace("-", "_"): v for k, v in values.items()}
+        values = read_config(path)
         # One file may serve every stage (data/configs/llm-neo-sst2.yaml): a key of another
         # stage is left to that stage; a key no stage knows is an error.
         unknown = sorted(set(values) - set(_fields(cls for classes in STAGES.values() for cls in classes)))
         if unknown:
             raise UserError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
-        values = {k: v for k, v in values.items() if k in known}
-    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
+        values = {k: coerce(known[k], v, str(path)) for k, v in values.items() if k in known}
+    for k, v in vars(args).items():
+        if k in known and v is not None:
+            values[k] = coerce(known[k], v)
     return values
 
 
 def build(cls, values: dict):
-    """An instance of one stage's config from the resolved values that belong to it."""
+    """An instance of one stage's config from the resolved values that belong to it (``__post_init__``
+    checks ranges and refuses NaN and infinity in every float field)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -185,8 +295,26 @@ def run_stages(command: str, configs: list) -> None:
         print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
 
 
+RESUME = {"distill": "rerun with --resume to go on from the last checkpoint (--checkpoint-every N saves them)",
+          "evaluate": "rerun the same command", "export": "rerun the same command"}
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error's message; an OSError with a file name reads 'what: 'file''."""
+    if isinstance(err, OSError) and err.filename is not None:  # "[Errno 13] Permission denied: 'x'" -> "Permission denied: 'x'"
+        what = err.strerror or (str(err.args[0]) if err.args else type(err).__name__)
+        files = f"'{err.filename}'" + (f" -> '{err.filename2}'" if err.filename2 is not None else "")
+        return f"{what.splitlines()[0]}: {files}"
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (``UserError``), a missing optional package (``ImportError``
+    with its pip hint) or a file, permission or connection error (``OSError``) is one line and exit
+    code 2; Ctrl-C is one line and 130; anything else is a bug in Distillery: its traceback and 1.
+    ``DISTILLERY_DEBUG=1`` re-raises everything."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("DISTILLERY_DEBUG", "") not in ("", "0")
     try:
         values = resolve(args)
         configs = [build(cls, values) for cls in STAGES[args.command]]
@@ -194,12 +322,24 @@ def main(argv: list[str] | None = None) -> int:
         with gpus_hidden(values.get("device") == "cpu"):
             run_stages(args.command, configs)
         print(f"{args.command}: finished in {time.perf_counter() - started:.0f} s")
-    except (ValueError, FileNotFoundError, ImportError, OSError) as err:
-        if os.environ.get("DISTILLERY_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"distillery {args.command}: error: {message}", file=sys.stderr)
+        how = RESUME.get(args.command, "rerun the same command to resume: finished work is kept")
+        print(f"\ndistillery {args.command}: interrupted; {how}", file=sys.stderr)
+        return 130
+    except (UserError, ImportError, OSError) as err:
+        if debug:
+            raise
+        print(f"distillery {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception:
+        if debug:
+            raise
+        traceback.print_exc()
+        print(f"distillery {args.command}: this is a bug in Distillery, not a mistake in your input or settings; please report it "
+              "with the traceback above (DISTILLERY_DEBUG=1 raises it for a debugger)", file=sys.stderr)
+        return 1
     return 0
 
 

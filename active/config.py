@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from active.strategies import STRATEGIES
-from annotate.config import option
+from annotate.config import check_finite, option
 from annotate.errors import UserError
 
 
@@ -31,6 +31,7 @@ class ActiveConfig:
     warm_start: bool = option(False, "start each round's encoder student from the previous round's instead of the base model")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.strategy not in STRATEGIES:
             raise UserError(f"strategy: expected one of {STRATEGIES}, found '{self.strategy}'")
         for name in ("seed_rows", "round_rows", "pool_chunk"):

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 
 from annotate.calibration import CALIBRATIONS
 from annotate.errors import UserError
 
+__all__ = ["AnnotateConfig", "check_finite", "option", "parse_headers", "redacted", "scrub"]
+
+REDACTED = "<redacted>"
+# An HTTP header name (RFC 9110 token) and an environment variable name.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Values that look like credentials wherever they appear: provider key prefixes, bearer tokens,
+# a URL's user:password@ and a URL's key=/token= query parameters.
+SECRET_PATTERNS = [  # (pattern, replacement): group 1, where there is one, is kept
+    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"\b(?:hf|gh[pousr]|glpat|xox[abprs])[_\-][A-Za-z0-9_\-]{16,}"), REDACTED),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
+    (re.compile(r"(?i)(\bbearer\s+)\S+"), r"\g<1>" + REDACTED),
+    (re.compile(r"(://)[^/@\s]+@"), r"\g<1>" + REDACTED + "@"),
+    (re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|secret|password|sig)=)[^&#\s]+"), r"\g<1>" + REDACTED),
+]
+SECRET_KEYS = re.compile(r"(?i)(api[_-]?key|token|secret|password|passwd|credential)$")
 
 
 def option(default, help: str, **kw):
@@ -14,6 +34,69 @@ def option(default, help: str, **kw):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+def check_finite(config) -> None:
+    """Refuse NaN and infinity in every float field of a config dataclass (``nan <= 0`` is False,
+    so a range check alone lets them through: ``--temperature nan`` trained a NaN student)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name}: expected a finite number, found {value}")
+
+
+def parse_headers(entries: list[str]) -> dict[str, str]:
+    """``['Name: value', ...]`` as HTTP reads header lines: split at the first ':', name and value stripped.
+
+    A malformed entry is a :class:`UserError` that names the entry by position only: the value
+    may be a key, and no message shows one.
+    """
+    headers = {}
+    for i, entry in enumerate(entries, 1):
+        name, colon, value = str(entry).partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not HEADER_NAME.fullmatch(name) or not value or "\n" in value or "\r" in value:
+            raise UserError(f"extra_headers: expected 'Name: value' entries (e.g. 'api-key: KEY'), comma-separated; entry {i} of "
+                            f"{len(entries)} is not one (its text is not shown, it may hold a secret)")
+        headers[name] = value
+    return headers
+
+
+def scrub(text: str) -> str:
+    """``text`` with credential-like pieces replaced (see :func:`redacted`)."""
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redacted(config: dict) -> dict:
+    """A copy of a resolved config (``asdict(cfg)``) that is safe to write next to the outputs.
+
+    Every extra header keeps its name and loses its value (at any depth, so a manifest's
+    ``{"config": ...}`` works too); the value of a top-level key named like a secret
+    (``*api_key``, ``*token``, ``*password``, ...) is replaced; ``api_key_env`` stays when it is
+    a variable name and goes when it looks like the key itself; in every other string,
+    credential-like pieces (``sk-...``, ``hf_...``, ``Bearer ...``, a URL's ``user:pass@`` or
+    ``?key=``) are replaced.
+    """
+
+    def walk(key: str, value, top: bool):
+        if isinstance(value, dict):
+            return {k: walk(str(k), v, False) for k, v in value.items()}
+        if key == "extra_headers" and isinstance(value, (str, list, tuple)):
+            entries = value.split(",") if isinstance(value, str) else value
+            return [f"{str(h).partition(':')[0].strip()}: {REDACTED}" if ":" in str(h) else REDACTED for h in entries]
+        if isinstance(value, (list, tuple)):
+            return [walk(key, v, top) for v in value]
+        if not isinstance(value, str) or not value:
+            return value
+        if key == "api_key_env":
+            return value if ENV_NAME.fullmatch(value) else REDACTED
+        if top and SECRET_KEYS.search(key):  # a setting's name, not a label or verbalizer named 'token' in a nested task
+            return REDACTED
+        return scrub(value)
+
+    return {k: walk(str(k), v, True) for k, v in config.items()}
 
 
 @dataclass
@@ -42,7 +125,7 @@ class AnnotateConfig:
     test_fraction: float = option(0.2, "share of rows marked split=test (held out from training, used by evaluate)")
     seed: int = option(0, "seed for sampling, the train/test split and training")
     task: str = option("sentiment-binary", "task name in data/tasks/ or a task YAML path")
-    labels: list[str] = option([], "override the task's labels, comma-separated (e.g. negative,positive)")
+    labels: list[str] = option([], "override the task's labels, comma-separated (e.g. negative,positive)", nonempty=True)
     backend: str = option("local", "teacher backend: local (a Hugging Face model in this process) or openai (an OpenAI-compatible server)", choices=("local", "openai"))
     teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
     teacher_batch_size: int = option(0, "most rows per teacher call (0 = automatic: 16 on CPU, 512 on CUDA, 16 for the openai backend)")
@@ -62,7 +145,8 @@ class AnnotateConfig:
 
     base_url: str = option("", "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
     api_key_env: str = option("OPENAI_API_KEY", "openai backend: the environment variable that holds the API key")
-    extra_headers: list[str] = option([], "openai backend: extra HTTP headers, 'Name: value', comma-separated")
+    extra_headers: list[str] = option([], "openai backend: extra HTTP headers, 'Name: value', comma-separated "
+                                         "(values are never written to a file or shown)")
     request_timeout: float = option(30.0, "openai backend: seconds before a request times out (then it is retried)")
     hosted_scoring: str = option("top-logprobs", "openai backend: top-logprobs (chat endpoint, first answer token) or echo (completions endpoint: every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)", choices=("top-logprobs", "echo"))
     template_from: str = option("", "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty = plain text")
@@ -75,11 +159,14 @@ class AnnotateConfig:
     price_completion_per_m: float = option(0.0, "openai backend: price per million completion tokens")
     max_cost: float = option(0.0, "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)")
     dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
+    overwrite: bool = option(False, "start over: annotations of an earlier run in OUT (another input, teacher or selection) are deleted, "
+                                    "and files distillery did not write there are replaced")
     only_deferred: bool = option(False, "with --data PREDICTIONS.csv from 'distillery predict --defer': annotate only the deferred rows "
                                         "(ids from its id column, no test split), then write OUT/merged.csv: the student's label where it "
                                         "answered, the teacher's where it deferred")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.limit == -1:  # the demo's sample; a user's file is annotated whole
             self.limit = 1200 if self.data == "tweets" else 0
         if self.balance is None:
@@ -99,3 +186,9 @@ class AnnotateConfig:
             raise UserError(f"calibrate: expected one of {CALIBRATIONS}, found '{self.calibrate}'")
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
+        if isinstance(self.extra_headers, str):
+            self.extra_headers = [h.strip() for h in self.extra_headers.split(",") if h.strip()]
+        parse_headers(self.extra_headers)  # a malformed header stops here, before any request
+        if not ENV_NAME.fullmatch(self.api_key_env):
+            raise UserError("api_key_env: expected the name of the environment variable that holds the key (e.g. OPENAI_API_KEY); "
+                            "found something else (not shown: it may be the key itself); export the key and pass its variable's name")

@@ -23,7 +23,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from annotate.config import AnnotateConfig
+from annotate.config import AnnotateConfig, parse_headers, scrub
 from annotate.local import Annotation, normalise
 from annotate.tasks import TaskSpec
 from annotate.errors import UserError
@@ -155,6 +155,7 @@ class HostedTeacher:
             raise UserError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
         self.cfg, self.task = cfg, task
         self.api_key = os.environ.get(cfg.api_key_env, "") or "no-key"
+        self.headers = parse_headers(cfg.extra_headers)  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
         self.cache = RequestCache(Path(cfg.out) / "annotations" / "request_cache.sqlite")
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
@@ -190,7 +191,12 @@ class HostedTeacher:
         return self.task.prompt_text(text, self.template)
 
     def _safe(self, message: str) -> str:
-        return message.replace(self.api_key, "***") if self.api_key != "no-key" else message
+        """``message`` with the API key, every extra header's value and credential-like pieces (a URL's
+        ``user:pass@``) masked: a server may echo them, and these messages reach the chunks and the terminal."""
+        secrets = [self.api_key] if self.api_key != "no-key" else []
+        for secret in sorted([*secrets, *self.headers.values()], key=len, reverse=True):
+            message = message.replace(secret, "***")
+        return scrub(message)
 
     def prompt_lengths(self, texts: list[str]) -> list[int]:
         """Characters per row: a server batches for itself, so only the row count limits a call."""
@@ -203,7 +209,7 @@ class HostedTeacher:
         self.answered += sum(a.error_type == "" for a in out)
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
-            raise ServerConfigError(f"every request to {self.cfg.base_url} failed ({out[0].error_type}: {out[0].error_message[:200]}); "
+            raise ServerConfigError(f"every request to {self._safe(self.cfg.base_url)} failed ({out[0].error_type}: {out[0].error_message[:200]}); "
                                     "check --base-url and --teacher (the model name)")
         return out
 
@@ -228,7 +234,7 @@ class HostedTeacher:
 
         return openai.AsyncOpenAI(
             base_url=self.cfg.base_url, api_key=self.api_key, max_retries=0, timeout=self.cfg.request_timeout,
-            default_headers=dict(h.split(":", 1) for h in self.cfg.extra_headers) if self.cfg.extra_headers else None,
+            default_headers=self.headers or None,
         )
 
     async def _one(self, client, gate: asyncio.Semaphore, text: str) -> Annotation:
@@ -298,7 +304,7 @@ class HostedTeacher:
                         self.usage["requests_sent"] += 1
                         response = await create(**request)
         except openai.AuthenticationError:
-            raise AuthError(f"the server at {self.cfg.base_url} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
+            raise AuthError(f"the server at {self._safe(self.cfg.base_url)} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
         except openai.APIStatusError as err:
             return Annotation(error_type=f"http_{err.status_code}", error_message=self._safe(str(err))[:300])
         except (openai.APIConnectionError, openai.APITimeoutError) as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotate.config import option
+from annotate.config import check_finite, option
 from annotate.errors import UserError
 
 STUDENTS = ("encoder", "llama-lora")
@@ -51,16 +51,18 @@ class DistillConfig:
     lora_r: int = option(4, "LoRA rank (llama-lora; LLM-Neo: 4)")
     lora_alpha: float = option(8.0, "LoRA alpha (LLM-Neo: 8)")
     lora_dropout: float = option(0.1, "LoRA dropout (LLM-Neo: 0.1)")
-    lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj"], "modules that get LoRA adapters, comma-separated")
+    lora_targets: list[str] = option(["q_proj", "k_proj", "v_proj"], "modules that get LoRA adapters, comma-separated", nonempty=True)
     qlora: bool = option(False, "QLoRA: load the llama student in 4 bit with bitsandbytes (CUDA only)")
     teacher_mode: str = option("offline", "offline: soft labels from OUT/annotations; online: the local teacher (--teacher ...) scores each batch", choices=("offline", "online"))
     merge: bool = option(False, "llama-lora: also save a merged standalone model in OUTPUT_DIR/merged")
     checkpoint_every: int = option(0, "save a resumable checkpoint to OUTPUT_DIR/checkpoint every N optimizer steps (0 = never)")
     resume: bool = option(False, "continue from OUTPUT_DIR/checkpoint (same config), with the same loss curve")
     seed: int = option(0, "seed for the split, shuffling and initialisation")
+    overwrite: bool = option(False, "write into an --output-dir that holds files distillery did not write")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"alpha: expected 0 <= alpha <= 1, found {self.alpha}")
         if self.temperature <= 0:
@@ -82,6 +84,8 @@ class DistillConfig:
             raise UserError(f"student: expected one of {STUDENTS}, found '{self.student}'")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        if not self.lora_targets:
+            raise UserError("lora_targets: expected at least one module name (e.g. q_proj,v_proj); found none")
         if self.teacher_mode not in ("offline", "online"):
             raise UserError(f"teacher_mode: expected offline or online, found '{self.teacher_mode}'")
         if self.lora_r < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotate.config import option
+from annotate.config import check_finite, option
 from annotate.errors import UserError
 
 
@@ -14,16 +14,18 @@ class EvaluateConfig:
 
     out: str = option("data/runs/demo", "run directory; the report goes to OUT/report.md")
     annotations: str = option("", "annotations dir with the teacher's labels and gold (default OUT/annotations)")
-    students: list[str] = option([], "student model dirs, comma-separated (default OUT/student)")
+    students: list[str] = option([], "student model dirs, comma-separated (default OUT/student)", nonempty=True)
     eval_split: str = option("test", "which rows to evaluate on: test, train or all")
     speed_rows: int = option(128, "rows used to time student and teacher (0 = skip the teacher timing)")
     eval_batch_size: int = option(32, "student batch size for inference")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    overwrite: bool = option(False, "replace report.md, metrics.json and plots in OUT that distillery did not write")
     target_agreement: float = option(0.95, "answer or defer: the lowest confidence threshold at which the student's agreement with the "
                                            "teacher has a one-sided 95% lower bound >= this is recorded for predict --defer (0 = skip)")
     push_to_hub: str = option("", "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if isinstance(self.students, str):
             self.students = [s.strip() for s in self.students.split(",") if s.strip()]
         if self.eval_split not in ("test", "train", "all"):

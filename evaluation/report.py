@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+from serve.card import shareable_name
 
 __all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table"]
 
@@ -61,8 +64,27 @@ def _params(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f}M params"
 
 
+def shareable_config(text: str) -> str:
+    """The resolved config as the report shows it: every local path (``out``, ``annotations``,
+    ``students``, a teacher's model dir) by its file or folder name, so a report can be shared
+    without the machine's directories; ``evaluate_config.yaml`` keeps the full paths."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(config, dict):
+        return text
+
+    def share(value):
+        if isinstance(value, list):
+            return [share(v) for v in value]
+        return shareable_name(value) if isinstance(value, str) else value
+
+    return yaml.safe_dump({k: share(v) for k, v in config.items()}, sort_keys=False)
+
+
 def render_report(data: ReportData) -> str:
-    """The report as Markdown text."""
+    """The report as Markdown text (local paths shown by their names, see :func:`shareable_config`)."""
     teacher = data.models["teacher"]
     students = {k: v for k, v in data.models.items() if k != "teacher"}
     t_ci = teacher.get("ci", {}).get("accuracy")
@@ -108,9 +130,9 @@ def render_report(data: ReportData) -> str:
         baseline = f"Majority-class baseline (always `{data.majority_label}`): accuracy **{_fmt(data.majority_accuracy)}**."
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     return TEMPLATE.read_text().format(
-        task=data.task, teacher=data.teacher, teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
+        task=data.task, teacher=shareable_name(data.teacher), teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
         split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, warnings=warnings, curve=curve, defer=defer, quality=quality, per_class=per_class,
-        speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=data.config.rstrip(),
+        speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=shareable_config(data.config).rstrip(),
     )
 
 

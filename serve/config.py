@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotate.config import option
+from annotate.config import check_finite, option
 from annotate.errors import UserError
 
 
@@ -27,8 +27,10 @@ class PredictConfig:
                                 "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)")
     defer_threshold: float = option(-1.0, "confidence under which a row is deferred (default: the one evaluate recorded for the student)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)")
+    overwrite: bool = option(False, "predict again from the start: replace an --out that another run, or a changed input, wrote")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if not self.data:
             raise UserError("data: expected an input (--data FILE, 'tweets' or hf:NAME); found none")
         if self.batch_size < 1 or self.chunk_size < 1:
@@ -45,7 +47,9 @@ class ExportConfig:
     output_dir: str = option("", "where the ONNX student goes (default: STUDENT-onnx beside the student)")
     quantize: str = option("int8", "int8 (weights of the linear layers in int8, onnxruntime dynamic quantization) or none (float32)",
                            choices=("int8", "none"))
+    overwrite: bool = option(False, "write into an --output-dir that holds files distillery did not write")
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.quantize not in ("int8", "none"):
             raise UserError(f"quantize: expected int8 or none, found '{self.quantize}'")

@@ -72,20 +72,27 @@ ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "u
 
 @pytest.fixture
 def answering_server():
-    """A real HTTP server that answers every chat request at once and records when each arrived."""
+    """A real HTTP server that answers every chat request at once and records when each arrived and
+    its headers. Model 'smollm2' is answered; 'echo-headers' gets a 400 whose message repeats the
+    key and the api-key header, as a careless proxy might; any other model a 404."""
     import json
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    arrivals = []
+    arrivals, headers = [], []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             arrivals.append(time.monotonic())
+            headers.append({k.lower(): v for k, v in self.headers.items()})
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             status, answer = 200, ANSWER
-            if request["model"] != "smollm2":  # as OpenAI answers an unknown model
+            if request["model"] == "echo-headers":
+                status = 400
+                answer = {"error": {"message": f"bad request from {self.headers.get('Authorization')} with api-key {self.headers.get('api-key')}",
+                                    "type": "invalid_request_error"}}
+            elif request["model"] != "smollm2":  # as OpenAI answers an unknown model
                 status = 404
                 answer = {"error": {"message": f"The model `{request['model']}` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}
             body = json.dumps(answer).encode()
@@ -100,7 +107,7 @@ def answering_server():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", arrivals
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", arrivals, headers
     server.shutdown()
 
 
@@ -108,7 +115,7 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     from annotate import AnnotateConfig, load_task
     from annotate.hosted import HostedTeacher
 
-    url, arrivals = answering_server
+    url, arrivals, _ = answering_server
     task = load_task("sentiment-binary")
     texts = [f"row {i}" for i in range(6)]
     free = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, out=str(tmp_path / "a"), concurrency=4), task)
@@ -126,7 +133,7 @@ def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server,
 
     from conftest import make_rows
 
-    url, _ = answering_server
+    url, _, _ = answering_server
     make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)  # no packaged data needed
     code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--teacher", "gpt-nope", "--data", str(tmp_path / "rows.csv"),
                                 "--out", str(tmp_path)])
@@ -134,3 +141,33 @@ def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server,
     lines = [line for line in err.splitlines() if line.startswith("distillery")]
     assert code == 2 and len(lines) == 1 and "http_404" in lines[0] and "gpt-nope" in lines[0] and "check --base-url and --teacher" in lines[0]
     assert "Traceback" not in err and not list((tmp_path / "annotations").glob("part-*.csv"))
+
+
+HEADER_SECRET, KEY_SECRET = "hdr-7f3a9c1e5b2d4806", "key-0b1d2f3a4c5e6978"  # no known key format: found by value, not by pattern
+
+
+def test_no_key_or_header_value_reaches_a_file_or_the_terminal(answering_server, tmp_path, monkeypatch, capsys):
+    """'api-key: VALUE' arrives as VALUE (no leading space); neither it nor the key is in any file of
+    the run folder (chunks, manifest, config.yaml, request cache) or in what the command prints,
+    even when the server repeats both in an error."""
+    import yaml
+
+    import distillery_cli
+    from conftest import make_rows
+
+    url, _, headers = answering_server
+    monkeypatch.setenv("DISTILLERY_TEST_KEY", KEY_SECRET)
+    make_rows(6).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)
+    common = ["annotate", "--backend", "openai", "--base-url", url, "--api-key-env", "DISTILLERY_TEST_KEY",
+              "--extra-headers", f"api-key: {HEADER_SECRET}", "--data", str(tmp_path / "rows.csv")]
+    assert distillery_cli.main([*common, "--teacher", "smollm2", "--out", str(tmp_path / "ok")]) == 0
+    assert headers and all(h["api-key"] == HEADER_SECRET and h["authorization"] == f"Bearer {KEY_SECRET}" for h in headers)
+    assert distillery_cli.main([*common, "--teacher", "echo-headers", "--out", str(tmp_path / "failed")]) == 2
+    printed = capsys.readouterr()
+    assert "http_400" in printed.err and "***" in printed.err
+    assert HEADER_SECRET not in printed.out + printed.err and KEY_SECRET not in printed.out + printed.err
+    written = yaml.safe_load((tmp_path / "ok" / "annotations" / "config.yaml").read_text())
+    assert written["extra_headers"] == ["api-key: <redacted>"], "the header's name stays, so the run can be reproduced"
+    for run in ("ok", "failed"):
+        files = [p for p in sorted((tmp_path / run).rglob("*")) if p.is_file()]
+        assert files and not [str(p) for p in files if HEADER_SECRET.encode() in p.read_bytes() or KEY_SECRET.encode() in p.read_bytes()]
