@@ -15,7 +15,6 @@ each round's rows, the strategy's scores and the student's test metrics.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -30,6 +29,7 @@ from active.strategies import DIVERSE_POOL, Candidates, pick, scores
 from annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
 from distill import DistillConfig, distill
 from evaluation import EvaluateConfig, evaluate
+from annotate.rundir import claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
 from serve import load_student
 from annotate.errors import UserError
 
@@ -39,23 +39,33 @@ __all__ = ["active"]
 def active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, report: EvaluateConfig) -> dict:
     """Run (or resume) the loop until the budget is spent or the test agreement stops improving.
 
-    Returns the final metrics of ``evaluate`` (``None`` values when no round finished).
+    Returns the final metrics of ``evaluate`` (``None`` values when no round finished). One
+    process at a time writes ``OUT``.
     """
+    with locked(source.out, "active"):
+        return _active(cfg, source, train, report)
+
+
+def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, report: EvaluateConfig) -> dict:
     out = Path(source.out)
     work = out / "active"
-    work.mkdir(parents=True, exist_ok=True)
     labels = load_task(source.task, source.labels or None).labels
-    pool = load_rows(replace(source, test_fraction=0.0), labels).set_index("id")
-    has_gold = bool((pool["gold"] != "").all())
+    pool = load_rows(replace(source, test_fraction=0.0), labels)
     fingerprint = {"data": source.data, "limit": source.limit, "labels": labels, "strategy": cfg.strategy, "test_rows": cfg.test_rows,
-                   "seed_rows": cfg.seed_rows, "round_rows": cfg.round_rows, "seed": source.seed}
+                   "seed_rows": cfg.seed_rows, "round_rows": cfg.round_rows, "seed": source.seed,
+                   "pool": rows_fingerprint(pool, ["id", "text", "gold"])}
+    pool = pool.set_index("id")
+    has_gold = bool((pool["gold"] != "").all())
+    if getattr(source, "overwrite", False):
+        _start_over(out)
+    claim_folder(work, overwrite=False)
     state = _load_state(work, fingerprint)
     if state["selected"]:
         _save(work, state, pool)  # the selection file is rebuilt from the state on every start
     chunk = math.gcd(cfg.test_rows, cfg.seed_rows, cfg.round_rows)  # every full round ends on a chunk boundary
     teacher_cfg = replace(source, data=str(work / "selected.csv"), text_column="text", label_column="gold" if has_gold else "",
                           id_column="id", split_column="split", limit=0, balance=False, test_fraction=0.0, chunk_size=chunk,
-                          max_cost=cfg.budget_cost or source.max_cost, only_deferred=False)
+                          max_cost=cfg.budget_cost or source.max_cost, only_deferred=False, overwrite=False)
     print(f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "
           f"{len(state['selected'])} rows already chosen, {sum(r.get('done', False) for r in state['rounds'])} rounds done")
     rng = np.random.default_rng(source.seed)
@@ -84,17 +94,13 @@ def active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, repo
         print(f"active: round {r['round']}: {r['calls']} teacher calls, test agreement {r['test_agreement']:.4f}"
               + (f", test accuracy {r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else ""))
         _save(work, state, pool)
-        with open(work / "rounds.jsonl", "a") as fh:
-            fh.write(json.dumps({k: v for k, v in r.items() if k != "done"}) + "\n")
 
     finished = [r for r in state["rounds"] if r.get("done")]
     if not finished:
         return {}
     final = out / "student"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(finished[-1]["student"], final)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    _replace_folder(Path(finished[-1]["student"]), final)
+    write_json(work / "config.json", asdict(cfg))
     return evaluate(replace(report, out=str(out), annotations="", students=[str(final)], eval_split="test"))
 
 
@@ -105,7 +111,8 @@ def _load_state(work: Path, fingerprint: dict) -> dict:
     state = json.loads(path.read_text())
     if state["fingerprint"] != fingerprint:
         changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise UserError(f"{path}: written by another active run (different {', '.join(changed)}); pass a new --out")
+        what = "the pool's rows changed since the run began" if changed == ["pool"] else f"different {', '.join(changed)}"
+        raise UserError(f"{path}: written by another active run ({what}); pass another --out, or --overwrite to start over")
     return state
 
 
@@ -152,13 +159,34 @@ def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random
 
 
 def _save(work: Path, state: dict, pool) -> None:
-    """state.json and the selection file the teacher reads (ids in the order they were chosen)."""
+    """state.json, the selection file the teacher reads (ids in the order they were chosen) and
+    rounds.jsonl, each written whole from the state."""
     rows = pool.loc[[s["id"] for s in state["selected"]], ["text", "gold"]].reset_index()
     rows["split"] = [s["split"] for s in state["selected"]]
-    rows.to_csv(work / "selected.csv.tmp", index=False, quoting=csv.QUOTE_NONNUMERIC)  # tweets hold bare carriage returns
-    (work / "selected.csv.tmp").replace(work / "selected.csv")
-    (work / "state.json.tmp").write_text(json.dumps(state, indent=1) + "\n")
-    (work / "state.json.tmp").replace(work / "state.json")
+    write_csv(work / "selected.csv", rows)
+    write_json(work / "state.json", state)
+    write_text(work / "rounds.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "done"}) + "\n"
+                                             for r in state["rounds"] if r.get("done")))
+
+
+def _start_over(out: Path) -> None:
+    """--overwrite: forget an earlier active run in ``out`` (state, annotations, round students)."""
+    for folder in (out / "active", out / "annotations", out / "learning_curve"):
+        if folder.is_dir():
+            claim_folder(folder, overwrite=False)  # only what distillery wrote is deleted
+            shutil.rmtree(folder)
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target``; the old ``target`` stays until the copy is whole."""
+    fresh, old = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(source, fresh)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    fresh.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:

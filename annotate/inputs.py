@@ -59,9 +59,11 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
     if cfg.split_column:
         if cfg.split_column not in frame.columns:
             raise InputError(f"{cfg.data}: expected a column '{cfg.split_column}' (--split-column); found {list(frame.columns)}")
-        bad = sorted(set(frame[cfg.split_column].astype(str)) - {"train", "test"})
+        bad = sorted(set(frame[cfg.split_column].fillna("").astype(str)) - {"train", "test"})
         if bad:
-            raise InputError(f"{cfg.data}: expected 'train' or 'test' in split column '{cfg.split_column}'; found {bad[:5]}; fix the file or drop --split-column")
+            shown = ", ".join(repr(b) if b else "an empty cell" for b in bad[:5])
+            raise InputError(f"{cfg.data}: expected 'train' or 'test' in split column '{cfg.split_column}'; found {shown}; "
+                             "fix the file or drop --split-column")
     frame = frame.reset_index(drop=True)
     texts = frame[text_col]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
@@ -81,6 +83,11 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         out["split"] = frame[cfg.split_column].astype(str)
     out["gold"] = frame[label_col].astype(str).str.strip() if label_col else ""
     if label_col:
+        blank = frame[label_col].isna() | (out["gold"] == "")
+        if blank.any():
+            lines = ", ".join(str(i + 2) for i in frame.index[blank][:5])
+            raise InputError(f"{cfg.data}: expected a gold label in every row of '{label_col}'; found {int(blank.sum())} empty "
+                             f"(file lines {lines}...); fill them in, or drop --label-column to annotate without gold labels")
         bad = sorted(set(out["gold"]) - set(labels))
         if bad:
             raise InputError(
@@ -119,11 +126,14 @@ def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, na_values=[""], chunksize=chunk_rows)
+            # Every column as written: "1e3", "007" or "True" in a text or id column stay what they are.
+            frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""],
+                                 chunksize=chunk_rows)
             yield from [frames] if chunk_rows is None else frames
         elif suffix in (".jsonl", ".json"):
             lines = suffix == ".jsonl"
-            frames = pd.read_json(path, lines=lines, chunksize=chunk_rows if lines else None)
+            # dtype=False: strings stay strings ("007", "1e3"); no column is read as dates either.
+            frames = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, chunksize=chunk_rows if lines else None)
             yield from frames if lines and chunk_rows else [frames]
         elif suffix == ".parquet":
             import pyarrow.parquet as pq

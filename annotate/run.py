@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
 from annotate.calibration import resolve_mode
 from annotate.chunks import ChunkStore, label_columns
-from annotate.config import AnnotateConfig
+from annotate.config import AnnotateConfig, redacted
 from annotate.deferred import merge_answers
 from annotate.inputs import load_rows
 from annotate.local import Annotation
@@ -60,10 +60,10 @@ def _annotate(cfg: AnnotateConfig) -> Path:
         fingerprint["data"]["only_deferred"] = True
     overwrite = getattr(cfg, "overwrite", False)
     claim_folder(root, overwrite)
-    extra = {"config": asdict(cfg), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
+    extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
              "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
     store = ChunkStore(root, fingerprint, extra, overwrite=overwrite)
-    write_text(root / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_text(root / "config.yaml", yaml.safe_dump(redacted(asdict(cfg)), sort_keys=False))
 
     teacher: Teacher | None = None  # loaded only when there is work to do
     todo_chunks = []

@@ -9,6 +9,7 @@ Run it with::
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -23,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from annotate.config import AnnotateConfig
 from annotate.models import pick_device
+from annotate.rundir import claim_folder, locked, write_json, write_text
 from distill.config import DEFAULT_LR, DistillConfig
 from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
@@ -77,10 +79,22 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     Under ``accelerate launch`` (or torchrun) each optimizer step's batch is split across the
     processes, so N processes see the same rows per step as one. ``--teacher-mode online``
     needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
+    One process at a time writes ``OUT`` and the student's folder.
     """
-    set_seed(cfg.seed)
     out_dir = Path(cfg.output_dir or f"{cfg.out}/student")
-    ckpt_dir = out_dir / "checkpoint"
+    with locked(cfg.out, "distill"), locked(out_dir, "distill"):
+        return _distill(cfg, source, out_dir)
+
+
+def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
+    set_seed(cfg.seed)
+    overwrite = getattr(cfg, "overwrite", False)
+    claim_folder(out_dir, overwrite, flag="--output-dir")
+    if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
+        summary = json.loads((out_dir / "train_summary.json").read_text())
+        print(f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
+              "(run without --resume to train again)")
+        return out_dir
     device = pick_device(cfg.device)
     accelerator = Accelerator(
         cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True), gradient_accumulation_steps=cfg.grad_accum,
@@ -120,9 +134,13 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
 
     progress = {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []}
     best_state, resume_rng = None, None
+    settings = training_settings(cfg)
     if cfg.resume:
-        if not (ckpt_dir / "progress.json").is_file():
-            raise FileNotFoundError(f"--resume: expected a checkpoint in {ckpt_dir}; found none; run without --resume (and with --checkpoint-every N)")
+        ckpt_dir = find_checkpoint(out_dir)
+        if ckpt_dir is None:
+            raise UserError(f"--resume: expected a checkpoint in {out_dir / 'checkpoint'}; found none; run without --resume "
+                            "(and with --checkpoint-every N)")
+        check_same_settings(ckpt_dir, settings)
         accelerator.load_state(str(ckpt_dir), strict=False)  # the frozen weights come from the base, not the checkpoint
         progress = json.loads((ckpt_dir / "progress.json").read_text())
         if (ckpt_dir / "best.pt").is_file():
@@ -178,7 +196,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
             progress["log"].append(record)
             progress.update(epoch=epoch, batches=batch_index)
             if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, ckpt_dir, progress, best_state)
+                save_checkpoint(accelerator, out_dir, progress, best_state, settings)
         progress.update(epoch=epoch + 1, batches=0)
     bar.close()
     train_seconds = time.perf_counter() - started
@@ -197,10 +215,11 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
             "trainable_parameters": trainable, "total_parameters": total, "peak_memory_bytes": peak_memory_bytes(device),
         }
         save_student(student, tokenizer, out_dir, cfg, rows.labels)
-        (out_dir / "distillery_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        with open(out_dir / "train_log.jsonl", "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in progress["log"])
-        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
+        write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
+        for name in CHECKPOINTS:  # a finished run is not resumed
+            shutil.rmtree(out_dir / name, ignore_errors=True)
         say(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
             f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
     accelerator.wait_for_everyone()
@@ -256,11 +275,56 @@ def keep_trainable_weights(models: list, weights: list[dict], output_dir: str) -
         weights[i] = {name: tensor for name, tensor in weights[i].items() if name in trainable}
 
 
-def save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, progress: dict, best_state: dict | None) -> None:
-    """Model, optimizer, scheduler and RNG states (accelerate) plus our progress and best weights."""
-    accelerator.save_state(str(ckpt_dir))
+CHECKPOINTS = ("checkpoint", "checkpoint.new", "checkpoint.old")
+IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learning_curve"}
+
+
+def training_settings(cfg: DistillConfig) -> dict:
+    """The resolved settings a checkpoint was trained with (those a resume must not change)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in IGNORED_ON_RESUME}
+
+
+def check_same_settings(ckpt_dir: Path, settings: dict) -> None:
+    """Refuse to resume a checkpoint with other training settings, naming them."""
+    path = ckpt_dir / "settings.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if changed:
+        what = ", ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+        raise UserError(f"--resume: the checkpoint in {ckpt_dir} was trained with other settings ({what}); rerun with the "
+                        "checkpoint's settings, or without --resume to train anew")
+
+
+def find_checkpoint(out_dir: Path) -> Path | None:
+    """The newest whole checkpoint: ``checkpoint``, or a ``.new``/``.old`` one a kill left mid-swap.
+
+    A checkpoint is whole once its ``progress.json`` (written last) is there.
+    """
+    whole = [out_dir / name for name in CHECKPOINTS if (out_dir / name / "progress.json").is_file()]
+    return max(whole, key=lambda d: json.loads((d / "progress.json").read_text())["step"], default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: Path, progress: dict, best_state: dict | None, settings: dict) -> None:
+    """Model, optimizer, scheduler and RNG states (accelerate) plus our progress, best weights and settings.
+
+    Written to ``checkpoint.new`` and renamed into place once whole; the previous checkpoint
+    stays until then, so a kill at any instant leaves one whole checkpoint to resume from.
+    """
+    current, fresh, old = (out_dir / name for name in CHECKPOINTS)
     if accelerator.is_main_process:
-        torch.save(torch.get_rng_state(), ckpt_dir / "torch_rng.pt")
+        shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(torch.get_rng_state(), fresh / "torch_rng.pt")
         if best_state is not None:
-            torch.save(best_state, ckpt_dir / "best.pt")
-        (ckpt_dir / "progress.json").write_text(json.dumps(progress))
+            torch.save(best_state, fresh / "best.pt")
+        write_json(fresh / "settings.json", settings)
+        write_text(fresh / "progress.json", json.dumps(progress))  # last: the checkpoint is whole
+        if current.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            current.rename(old)
+        fresh.rename(current)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

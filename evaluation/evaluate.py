@@ -8,6 +8,7 @@ Run it with::
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from annotate.chunks import label_columns, read_annotations
 from annotate.config import AnnotateConfig
 from annotate.models import parameter_count, pick_device, resolve_model
+from annotate.rundir import guard_files, locked, record_files, write_json, write_text
 from distill.students import STUDENT_FILE
 from evaluation.config import EvaluateConfig
 from evaluation.diagnosis import diagnose
@@ -29,7 +31,7 @@ from serve.defer import plot_coverage
 from serve.student import predict_probabilities as predict_student
 from annotate.errors import UserError
 
-__all__ = ["evaluate", "predict_student", "size_on_disk"]
+__all__ = ["evaluate", "predict_student", "size_on_disk", "student_names"]
 
 
 def _time(fn, *args) -> tuple[float, object]:
@@ -56,6 +58,29 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     return len(texts) / seconds, rows, params
 
 
+def student_names(paths: list[str]) -> dict[str, str]:
+    """A unique display name per student directory: its folder name when that is unique
+    (``student``), else as many trailing path parts as tell them apart (``a/student``,
+    ``b/student``). Two spellings of one directory are one student. Returns ``{name: path}``
+    in the given order."""
+    unique: dict[Path, str] = {}
+    for path in paths:
+        unique.setdefault(Path(path).resolve(), path)
+    parts = [p.relative_to(p.anchor).parts for p in unique]  # never the machine's root: the names go into shared reports
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) and "teacher" not in names:  # "teacher" is the teacher's row
+            break
+    else:  # only a student at /teacher gets here
+        names = [f"{n} (student)" if n == "teacher" else n for n in names]
+    return dict(zip(names, unique.values()))
+
+
+def _file_name(name: str) -> str:
+    """A student's display name as part of a file name (``a/student`` -> ``a_student``)."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
 def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
     """Accuracy and agreement of the students ``distill --learning-curve`` trained on part of the
     rows (``learning_curve/student-*`` beside ``student``) and of ``student`` (all rows); empty without them."""
@@ -69,10 +94,22 @@ def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_si
     return sorted(points, key=lambda p: p["train_rows"])
 
 
+REPORT_FILES = ["metrics.json", "evaluate_config.yaml", "report.md", "coverage.png"]
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
-    """Compare students, teacher and gold on the evaluation rows; write the report. Returns metrics."""
+    """Compare students, teacher and gold on the evaluation rows; write the report. Returns metrics.
+
+    One process at a time writes ``OUT``; a report file there that Distillery did not write is
+    not replaced without ``--overwrite``.
+    """
+    with locked(cfg.out, "evaluate"):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    guard_files(out, [*REPORT_FILES, *(p.name for p in out.glob("confusion_*.png"))], cfg.overwrite)
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
     labels = manifest["labels"]
     rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
@@ -109,9 +146,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     elif manifest.get("teacher_rows_per_s"):  # a hosted teacher is not called again: its annotation speed
         models["teacher"].update(rows_per_s=manifest["teacher_rows_per_s"])
 
-    students = cfg.students or [str(out / "student")]
-    for path in students:
-        name = Path(path).name
+    named = student_names(cfg.students or [str(out / "student")])  # a/student and b/student are two rows, not one
+    students = list(named.values())
+    for name, path in named.items():
         student = load_student(path, device)
         if student.labels != labels:
             raise UserError(f"{path}: expected a student for labels {labels}; found {student.labels}")
@@ -139,10 +176,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         majority = (train_gold if len(train_gold) else rows["gold"]).value_counts().idxmax()
         majority_acc = float((rows["gold"] == majority).mean())
         for name, m in models.items():
-            plots.append(f"confusion_{name}_vs_gold.png")
+            plots.append(f"confusion_{_file_name(name)}_vs_gold.png")
             plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
     for name, m in list(models.items())[1:]:
-        plots.append(f"confusion_{name}_vs_teacher.png")
+        plots.append(f"confusion_{_file_name(name)}_vs_teacher.png")
         plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
     first = next(k for k in models if k != "teacher")
     defer = models[first]["defer"]
@@ -158,18 +195,19 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     }
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
-    (out / "evaluate_config.yaml").write_text(config_text)
+    write_text(out / "evaluate_config.yaml", config_text)
     report = ReportData(
         task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(rows), n_failed=n_failed,
         labels=labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(speed_texts),
         device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
         defer=defer,
     )
-    (out / "report.md").write_text(render_report(report))
-    for path in students:  # the model card of each student shows this evaluation
-        record_evaluation(Path(path), models[Path(path).name], metrics, str(device))
+    write_text(out / "report.md", render_report(report))
+    record_files(out, [*REPORT_FILES, *plots])
+    for name, path in named.items():  # each student's card and distillery_student.json get its own row
+        record_evaluation(Path(path), models[name], metrics, str(device))
     if cfg.push_to_hub:
         print(f"evaluate: uploaded {students[0]} to {push_to_hub(students[0], cfg.push_to_hub)}")
     return metrics
@@ -199,5 +237,5 @@ def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) ->
     }
     picked = m["defer"]["picked"]
     meta["defer"] = {**picked, "target": m["defer"]["target"]} if picked else None
-    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(meta_file, meta)
     write_card(student_dir)

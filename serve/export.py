@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -28,6 +29,7 @@ from distill.students import STUDENT_FILE
 from serve.config import ExportConfig
 from serve.student import ONNX_FILE, load_student
 from annotate.errors import UserError
+from annotate.rundir import claim_folder, locked, write_json
 
 __all__ = ["export"]
 
@@ -43,6 +45,12 @@ def export(cfg: ExportConfig) -> Path:
     except ImportError:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
     out = Path(cfg.output_dir or f"{Path(cfg.student).resolve()}-onnx")
+    with locked(out, "export"):
+        claim_folder(out, getattr(cfg, "overwrite", False), flag="--output-dir")
+        return _export(cfg, student, out, quantize_dynamic, QuantType)
+
+
+def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) -> Path:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / ONNX_FILE
@@ -62,9 +70,10 @@ def export(cfg: ExportConfig) -> Path:
     student.tokenizer.save_pretrained(out)
     source = Path(cfg.student) / STUDENT_FILE
     meta = json.loads(source.read_text()) if source.is_file() else {}
-    meta.update(student="onnx", labels=student.labels, exported_from=str(Path(cfg.student).resolve()), parameters=student.parameters,
-                weights="int8" if cfg.quantize == "int8" else "float32")
-    (out / STUDENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    # Relative to the export, so the folder can be shared without this machine's paths.
+    meta.update(student="onnx", labels=student.labels, exported_from=os.path.relpath(Path(cfg.student).resolve(), out.resolve()),
+                parameters=student.parameters, weights="int8" if cfg.quantize == "int8" else "float32")
+    write_json(out / STUDENT_FILE, meta)
     print(f"export: {student.kind} student -> {out / ONNX_FILE} ({meta['weights']} weights, {time.perf_counter() - started:.0f} s)")
     return out
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from annotate.inputs import iter_texts
 from annotate.models import pick_device
+from annotate.rundir import file_fingerprint, locked, replacing, same_file, write_csv, write_json
 from serve.config import PredictConfig
 from serve.student import Student, load_student
 from annotate.errors import UserError
@@ -54,19 +54,28 @@ def prediction_frame(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], t
 
 
 def predict(cfg: PredictConfig) -> Path:
-    """Label every row of ``cfg.data``; returns the CSV written. A killed run resumes at its last chunk."""
+    """Label every row of ``cfg.data``; returns the CSV written. A killed run resumes at its last chunk.
+
+    ``OUT.parts/`` holds the finished chunks and ``run.json`` (what this run reads: student,
+    input and its content fingerprint); one process at a time writes it.
+    """
     out = Path(cfg.out)
     if out.is_dir():
         out = out / "predictions.csv"
+    parts = out.with_name(out.name + ".parts")
     student = load_student(cfg.student, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
-    parts = out.with_name(out.name + ".parts")
+    chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
+    first = next(chunks)  # bad input fails here, before any file is written
+    with locked(parts, "predict"):
+        return _predict(cfg, out, parts, student, threshold, itertools.chain([first], chunks))
+
+
+def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
     fingerprint = {"student": str(Path(cfg.student).resolve()), "data": cfg.data, "hf_config": cfg.hf_config, "split": cfg.split,
                    "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
                    "defer_threshold": threshold}
-    chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
-    first = next(chunks)  # bad input fails here, before any file is written
-    state = _open_state(parts, fingerprint, out)
+    state = _open_state(parts, fingerprint, cfg, out)
     if state["complete"]:
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
         return out
@@ -74,56 +83,61 @@ def predict(cfg: PredictConfig) -> Path:
           + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
     rows = 0
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
-        for index, chunk in enumerate(itertools.chain([first], chunks)):
+        for index, chunk in enumerate(chunks):
             path = parts / f"part-{index:05d}.csv"
-            if path.is_file():  # written by a run that was stopped later
-                rows += len(chunk)
-                bar.update(len(chunk))
-                continue
-            frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.batch_size), student.labels, threshold)
-            tmp = path.with_suffix(".tmp")
-            frame.to_csv(tmp, index=False)
-            os.replace(tmp, path)  # atomic: a killed run leaves whole chunks only
+            if not path.is_file():  # else written by a run that was stopped later
+                frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.batch_size), student.labels, threshold)
+                write_csv(path, frame)  # whole, every field quoted: a killed run leaves whole chunks only
             rows += len(chunk)
             bar.update(len(chunk))
     _join(sorted(parts.glob("part-*.csv")), out)
+    state.update(complete=True, rows=rows)
+    write_json(parts / "run.json", state)
     for path in parts.glob("part-*.csv"):
         path.unlink()
-    state.update(complete=True, rows=rows)
-    (parts / "run.json").write_text(json.dumps(state, indent=2) + "\n")
     print(f"predict: {rows} rows -> {out}")
     return out
 
 
-def _open_state(parts: Path, fingerprint: dict, out: Path) -> dict:
-    """The run's state in ``OUT.parts/run.json``; a different run writing to the same OUT is refused."""
+def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:
+    """The run's state in ``OUT.parts/run.json``; a different run, or a changed input, is refused."""
     state_file = parts / "run.json"
+    overwrite = getattr(cfg, "overwrite", False)
+    source = Path(cfg.data) if Path(cfg.data).is_file() else None
+    if state_file.is_file() and overwrite:
+        _clear(parts)
     if state_file.is_file():
         state = json.loads(state_file.read_text())
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        if changed:
             raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --out, "
-                             f"or delete {out} and {parts} to start over")
+                            "or --overwrite to predict again")
+        if source and state.get("input") and not same_file(state["input"], source):
+            raise UserError(f"{cfg.data} changed since {out} was predicted from it ({state['input']['size']:,} bytes then, "
+                            f"{source.stat().st_size:,} now); pass --overwrite to predict it again, or another --out")
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
-            shutil.rmtree(parts)
+            _clear(parts)
         else:
             return state
-    elif out.is_file():
-        raise UserError(f"{out}: exists and was not written by this predict run; pass another --out or delete it")
-    parts.mkdir(parents=True, exist_ok=True)
-    state = {"fingerprint": fingerprint, "complete": False, "rows": 0}
-    state_file.write_text(json.dumps(state, indent=2) + "\n")
+    elif out.is_file() and not overwrite:
+        raise UserError(f"{out}: exists and was not written by this predict run; pass another --out, or --overwrite to replace it")
+    state = {"fingerprint": fingerprint, "input": file_fingerprint(source) if source else None, "complete": False, "rows": 0}
+    write_json(state_file, state)
     return state
 
 
+def _clear(parts: Path) -> None:
+    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it)."""
+    for path in [parts / "run.json", *parts.glob("part-*.csv")]:
+        path.unlink(missing_ok=True)
+
+
 def _join(paths: list[Path], out: Path) -> None:
-    """Concatenate the chunk CSVs into ``out`` (one header), streaming, then rename into place."""
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as dst:
+    """Concatenate the chunk CSVs into ``out`` (one header), streaming, then put it in place whole."""
+    with replacing(out) as dst:
         for i, path in enumerate(paths):
             with open(path, encoding="utf-8", newline="") as src:
                 header = src.readline()
                 if i == 0:
                     dst.write(header)
                 shutil.copyfileobj(src, dst)
-    os.replace(tmp, out)
