@@ -10,7 +10,18 @@ from pathlib import Path
 import yaml
 from annotate.errors import UserError
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
+
+def _tasks_dir() -> Path:
+    """``data/tasks`` of the checkout (an editable install, or run from the repo), else the copy
+    the wheel puts next to this package: ``site-packages/distillery_data/tasks`` (pyproject maps
+    the ``distillery_data`` package to ``data/``). Found by path, not imported, so an installed
+    copy never reads the task files of a checkout on ``sys.path`` or the other way round."""
+    root = Path(__file__).resolve().parents[1]
+    checkout, installed = root / "data" / "tasks", root / "distillery_data" / "tasks"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+TASKS_DIR = _tasks_dir()
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """The hosted teacher against a real llama.cpp server (llama-cpp-python) serving the SmolLM2 GGUF.
 
 The server is started and stopped by a fixture on a free loopback port. The tests skip with
-a message when llama-cpp-python is not installed (`make install` installs it).
+a message when llama-cpp-python is not installed (`make install-server` installs it). A server
+that dies fails the next test at once with the tail of its log, and no test waits more than
+two minutes on a server that does not answer (pytest-timeout).
 """
 
 import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -24,7 +27,8 @@ from annotate.tasks import TaskSpec
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python[server] (make install)"),
+    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python[server] (make install-server)"),
+    pytest.mark.timeout(120),  # setup included: the module's server starts within the first test's two minutes
 ]
 # No answer prefix: a chat API answers from the start of the assistant turn, so the local
 # teacher is asked to score the same position.
@@ -37,30 +41,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def _log_tail(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-2000:]
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def llama_server(tmp_path_factory):
+    """One llama.cpp server for the module: ``(process, base URL, log file)``, checked to answer
+    one completion (a server built for another CPU may die on its first one)."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill up and stall the server
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("smollm2"), "--host", "127.0.0.1", "--port", str(port),
            "--n_threads_batch", "1", "--n_ctx", "2048"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=1)
-            break
-        except OSError:
+    try:
+        deadline = time.time() + 60
+        while True:
             if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llama.cpp server died: {log.read()[-2000:]}")
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server not ready in 60 s")
+                pytest.fail(f"llama.cpp server died on start (exit {proc.returncode}): {_log_tail(log)}")
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"llama.cpp server not ready in 60 s: {_log_tail(log)}")
+                time.sleep(0.3)
+        smoke = urllib.request.Request(f"{url}/completions", data=json.dumps({"prompt": "Hello", "max_tokens": 1}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(smoke, timeout=30).read()
+        except OSError as err:
+            time.sleep(0.5)  # let a crashing server exit, so the message says so
+            state = f"died (exit {proc.returncode})" if proc.poll() is not None else "is up"
+            pytest.fail(f"llama.cpp server did not complete one token ({err}); it {state}: {_log_tail(log)}")
+        yield proc, url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def server(llama_server):
+    """The module's server URL, checked alive before and after each test: a dead server fails the
+    test at once, with its log, instead of being retried until the timeout."""
+    proc, url, log = llama_server
+    if proc.poll() is not None:
+        pytest.fail(f"llama.cpp server died before this test (exit {proc.returncode}): {_log_tail(log)}")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    if proc.poll() is not None:
+        pytest.fail(f"llama.cpp server died during this test (exit {proc.returncode}): {_log_tail(log)}")
 
 
 def _cfg(tmp_path, url, **kw):
@@ -105,10 +146,12 @@ def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray
 
 def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, tmp_path):
     """Completions endpoint, full verbalizers, same chat template and answer prefix as local."""
-    root = annotate(_cfg(tmp_path, server, limit=30, hosted_scoring="echo", template_from="smollm2"))
+    # 8 rows: llama-cpp-python sorts the whole vocabulary in Python for every echoed token, 2-5 s
+    # a request on 2 busy cores, and the test must finish within its two minutes.
+    root = annotate(_cfg(tmp_path, server, limit=8, hosted_scoring="echo", template_from="smollm2"))
     hosted, manifest = read_annotations(root)
     assert (hosted["error_type"] == "").all(), hosted["error_message"].tolist()[:3]
-    assert manifest["usage"]["requests_sent"] == 1 + 2 * 30  # the alignment probe, then one request per label
+    assert manifest["usage"]["requests_sent"] == 1 + 2 * 8  # the alignment probe, then one request per label
     task = TaskSpec(**manifest["task"])
     local = LocalTeacher(AnnotateConfig(device="cpu"), task)
     local_lp = np.array([a.logprobs for a in local.score(hosted["text"].tolist())])
@@ -118,7 +161,7 @@ def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, t
     print(f"echo (template) vs local: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
     # The same prompt and label sequences: only Q4_1 vs de-quantized float32 arithmetic differs
     # (label log-probs within ~0.05 measured), so the probabilities should match closely.
-    assert agreement >= 0.9 and mad < 0.05
+    assert agreement >= 0.85 and mad < 0.05  # at most one of the 8 rows differs
 
 
 def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
@@ -129,7 +172,7 @@ def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
 
     task = load_task("sentiment-binary")
     teacher = HostedTeacher(_cfg(tmp_path, server, hosted_scoring="echo"), task)
-    texts = load_rows(AnnotateConfig(limit=12, seed=1), task.labels)["text"].tolist()
+    texts = load_rows(AnnotateConfig(limit=8, seed=1), task.labels)["text"].tolist()  # 8 rows: see the test above
     anns = teacher.score(texts)
     assert teacher.shifted is True
     hosted_lp = np.array([a.logprobs for a in anns])
@@ -138,7 +181,7 @@ def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
     agreement = (local_lp.argmax(1) == hosted_lp.argmax(1)).mean()
     mad = np.abs(np.exp(local_lp[:, 1]) - np.exp(hosted_lp[:, 1])).mean()
     print(f"echo (plain prompt, shifted) vs local with BOS: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
-    assert agreement >= 0.8 and mad < 0.1
+    assert agreement >= 0.8 and mad < 0.1  # at most one of the 8 rows differs
 
 
 def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
@@ -157,9 +200,12 @@ def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
 def test_faults_are_retried_and_every_row_is_annotated_once(server, tmp_path):
     from fault_proxy import FaultProxy
 
-    proxy = FaultProxy(int(server.rsplit(":", 1)[1].split("/")[0]), stall_seconds=4)
+    # The proxy faults a row's first request at most once, so 3 retries are plenty; one request
+    # then takes at most 4 tries of <= 5 s plus <= 3.5 s of backoff (0.5 + 1 + 2), and a stall
+    # (8 s) outlasts the 5 s timeout. 50 rows take ~30 s; a dead server gets 502s, fast.
+    proxy = FaultProxy(_port(server), stall_seconds=8)
     try:
-        cfg = _cfg(tmp_path, f"http://127.0.0.1:{proxy.port}/v1", request_timeout=2.0, max_retries=10)
+        cfg = _cfg(tmp_path, f"http://127.0.0.1:{proxy.port}/v1", request_timeout=5.0, max_retries=3)
         root = annotate(cfg)
     finally:
         proxy.close()
@@ -168,12 +214,8 @@ def test_faults_are_retried_and_every_row_is_annotated_once(server, tmp_path):
     assert len(frame) == 50 and frame["id"].is_unique
     assert (frame["error_type"] == "").all(), frame["error_message"].tolist()[:3]
     for kind in ("429", "500", "503", "stall", "drop"):
-        assert proxy.counts[kind] >= 1, f"no {kind} injected"
+        assert proxy.counts[kind] == 5, f"{kind} injected {proxy.counts[kind]} times, expected once per 10 rows"
     assert max(proxy.answered.values()) == 1, "an answered request was sent again"
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def test_wrong_key_stops_the_run_with_one_line_and_no_key_in_it(server, tmp_path, capsys, monkeypatch):
@@ -212,14 +254,14 @@ def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": root}
     try:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+        deadline = time.time() + 50  # with the rerun's 60 s, within the test's two minutes
         while sum(proxy.answered.values()) < 15 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         sent_before = sum(proxy.answered.values())
         assert 0 < sent_before < 40, "the kill must land mid-run"
-        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=60)
     finally:
         proxy.close()
     assert done.returncode == 0, done.stderr[-2000:]

