@@ -29,7 +29,8 @@ from active.strategies import DIVERSE_POOL, Candidates, pick, scores
 from annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
 from distill import DistillConfig, distill
 from evaluation import EvaluateConfig, evaluate
-from annotate.rundir import claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
+from evaluation.evaluate import check_report_writable
+from annotate.rundir import check_folder, claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
 from serve import load_student
 from annotate.errors import UserError
 
@@ -56,8 +57,10 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
                    "pool": rows_fingerprint(pool, ["id", "text", "gold"])}
     pool = pool.set_index("id")
     has_gold = bool((pool["gold"] != "").all())
-    if getattr(source, "overwrite", False):
+    if source.overwrite:
         _start_over(out)
+    check_folder(out / "student", source.overwrite)  # before any teacher call: the last round's student goes there
+    check_report_writable(replace(report, out=str(out)))
     claim_folder(work, overwrite=False)
     state = _load_state(work, fingerprint)
     if state["selected"]:
@@ -79,7 +82,7 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
             _save(work, state, pool)
         r = state["rounds"][-1]
         started = time.perf_counter()
-        manifest = annotate(teacher_cfg) / "manifest.json"
+        manifest = annotate(teacher_cfg, grows=True) / "manifest.json"
         if json.loads(manifest.read_text()).get("status") != "complete":  # --budget-cost reached mid-round
             print("active: stopping: the teacher's cost budget is spent; the chosen rows stay recorded (rerun with a larger budget to go on)")
             break
@@ -178,7 +181,7 @@ def _start_over(out: Path) -> None:
 
 
 def _replace_folder(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target``; the old ``target`` stays until the copy is whole."""
+    """Copy ``source`` to ``target`` (a folder distillery made); the old one stays until the copy is whole."""
     fresh, old = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
     shutil.rmtree(fresh, ignore_errors=True)
     shutil.copytree(source, fresh)
@@ -186,6 +189,7 @@ def _replace_folder(source: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
     fresh.rename(target)
+    claim_folder(target, overwrite=True)
     shutil.rmtree(old, ignore_errors=True)
 
 

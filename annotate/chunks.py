@@ -107,7 +107,7 @@ class ChunkStore:
                                 "delete it and rerun 'distillery annotate' to annotate its rows again")
         frame = _read_chunk(path)
         if "run_id" not in frame.columns or set(frame["run_id"]) != {self.run_id}:
-            raise ManifestError(f"{path} was not written by this run (another teacher, prompt, label set or data selection); "
+            raise ManifestError(f"{path} was not written by this run (another teacher, prompt, label set, data selection or chunk size); "
                                 "pass another --out, or --overwrite to start over")
         keys = ["id", "text", "gold", "split"]
         if len(frame) != len(rows) or not frame[keys].reset_index(drop=True).equals(rows[keys].astype(str).reset_index(drop=True)):
@@ -157,6 +157,8 @@ class ChunkStore:
         ``calibrate_on`` non-test rows with a gold label. ``requested`` is what the user asked
         for (e.g. ``auto``), kept in the record.
         """
+        self.manifest["status"] = "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
+        self.save_manifest()
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
         raw_cols, cal_cols = label_columns(labels, raw=True), label_columns(labels)

@@ -178,8 +178,11 @@ class AnnotateConfig:
             raise UserError(f"limit: expected >= 0 (0 = all rows), found {self.limit}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise UserError(f"test_fraction: expected 0 <= x < 1, found {self.test_fraction}")
-        if self.teacher_batch_size < 0 or self.teacher_batch_tokens < 0 or self.chunk_size < 1:
-            raise UserError("teacher_batch_size, teacher_batch_tokens: expected >= 0 (0 = automatic); chunk_size: expected >= 1")
+        for name in ("teacher_batch_size", "teacher_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}: expected >= 0 (0 = automatic), found {getattr(self, name)}")
+        if self.chunk_size < 1:
+            raise UserError(f"chunk_size: expected >= 1, found {self.chunk_size}")
         if self.hosted_scoring not in ("top-logprobs", "echo"):
             raise UserError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate not in CALIBRATIONS:

@@ -121,6 +121,8 @@ def _read_table(data: str, hf_config: str = "", split: str = "train", label_colu
 def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     """A file's rows, whole (``chunk_rows`` None) or in frames of ``chunk_rows`` (.json: whole)."""
     path = Path(data)
+    if path.is_dir():
+        raise InputError(f"'{data}' is a folder; pass --data with a .csv, .jsonl or .parquet file in it")
     if not path.is_file():
         raise InputError(f"input file not found: '{data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME")
     suffix = path.suffix.lower()

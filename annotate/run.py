@@ -20,28 +20,30 @@ from tqdm.auto import tqdm
 
 from annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
 from annotate.calibration import resolve_mode
-from annotate.chunks import ChunkStore, label_columns
+from annotate.chunks import ChunkStore, ManifestError, label_columns
 from annotate.config import AnnotateConfig, redacted
 from annotate.deferred import merge_answers
 from annotate.inputs import load_rows
 from annotate.local import Annotation
-from annotate.rundir import claim_folder, file_fingerprint, guard_files, locked, record_files, write_text
+from annotate.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
 from annotate.tasks import load_task
 from annotate.errors import UserError
 
 __all__ = ["annotate"]
 
 
-def annotate(cfg: AnnotateConfig) -> Path:
+def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
     """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir.
 
-    One process at a time writes ``OUT`` (a second one stops with the first one's pid).
+    One process at a time writes ``OUT`` (a second one stops with the first one's pid). A rerun
+    on an input that changed stops; with ``grows`` (the active loop's selection file) rows may
+    be added at the end, never edited or removed.
     """
     with locked(cfg.out, "annotate"):
-        return _annotate(cfg)
+        return _annotate(cfg, grows)
 
 
-def _annotate(cfg: AnnotateConfig) -> Path:
+def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
     if cfg.calibrate == "gold" and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
@@ -58,11 +60,15 @@ def _annotate(cfg: AnnotateConfig) -> Path:
         fingerprint["data"]["split_column"] = cfg.split_column
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
-    overwrite = getattr(cfg, "overwrite", False)
+    overwrite = cfg.overwrite
+    ours = claimed(root)  # --overwrite deletes earlier chunks only in a folder distillery made
     claim_folder(root, overwrite)
+    selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
              "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
-    store = ChunkStore(root, fingerprint, extra, overwrite=overwrite)
+    store = ChunkStore(root, fingerprint, extra, overwrite=overwrite and ours)
+    check_same_rows(store, selected, -(-len(rows) // cfg.chunk_size), grows)
+    store.manifest["selected_rows"] = selected
     write_text(root / "config.yaml", yaml.safe_dump(redacted(asdict(cfg)), sort_keys=False))
 
     teacher: Teacher | None = None  # loaded only when there is work to do
@@ -138,6 +144,18 @@ def _annotate(cfg: AnnotateConfig) -> Path:
               f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
               f"{counts['not_annotated']} not annotated)")
     return root
+
+
+def check_same_rows(store: ChunkStore, selected: dict, n_chunks: int, grows: bool) -> None:
+    """Stop when the rows to annotate are not those the run began with (edited, added or removed)."""
+    hint = "pass --overwrite to annotate the input again from the start, or another --out"
+    beyond = sorted(p.name for p in store.root.glob("part-*.csv") if int(p.name[5:10]) >= n_chunks)
+    if beyond:
+        raise ManifestError(f"the input shrank since this run began: {beyond[0]} holds rows that are no longer in it; {hint}")
+    before = store.manifest.get("selected_rows")
+    if before and before != selected and not (grows and selected["rows"] > before["rows"]):
+        what = "rows were edited" if before["rows"] == selected["rows"] else f"{before['rows']} rows then, {selected['rows']} now"
+        raise ManifestError(f"the input changed since this run began ({what}); {hint}")
 
 
 def chunk_frame(chunk: pd.DataFrame, labels: list[str], teacher: str, prompt_hash: str) -> pd.DataFrame:

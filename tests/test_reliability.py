@@ -115,6 +115,7 @@ def test_annotate_killed_at_random_points_resumes_every_row_exactly_once(tiny_ll
     out = tmp_path / "run"
     args = _annotate_args(tiny_llama, rows_csv, out)
     hits = kill_while_writing(args, out / "annotations", "part-*.csv", random.Random(1), KILLS["annotate"], pause=0.5)
+    print(f"annotate: {hits} of {KILLS['annotate']} kills landed while it was running")
     assert hits >= KILLS["annotate"] - 1, f"only {hits} kills landed while annotate was running"
     done = cli(*args)
     assert done.returncode == 0, done.stderr
@@ -193,6 +194,12 @@ def test_an_edited_input_stops_the_rerun_until_overwrite(tiny_llama, tmp_path):
     assert done.returncode == 0, done.stderr
     frame = read_annotations(out / "annotations")[0].set_index("id")
     assert frame.loc["r5", "text"] == "an edited text" and frame.loc["r6", "gold"] == rows.loc[6, "sentiment"]
+    for changed in (make_rows(16), make_rows(8)):  # grown by a whole chunk, then shrunk: no chunk is edited
+        changed.assign(rid=[f"r{i}" for i in range(len(changed))]).to_csv(data, index=False)
+        done = cli(*args)
+        assert done.returncode == 2 and "--overwrite" in done.stderr, done.stderr
+        assert "12 rows then, 16 now" in done.stderr or "shrank" in done.stderr, done.stderr
+    assert len(read_annotations(out / "annotations")[0]) == 12, "the run's rows are kept as they were"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +234,7 @@ def test_distill_killed_while_checkpointing_resumes_the_same_loss_curve(annotate
     args = _distill_args(annotated, tiny_roberta, output)
     resume = lambda: args + (["--resume"] if find_checkpoint(output) else [])  # noqa: E731
     hits = kill_while_writing(args, output, "checkpoint*/progress.json", random.Random(2), KILLS["distill"], pause=0.4, args_after=resume)
+    print(f"distill: {hits} of {KILLS['distill']} kills landed while it was running")
     assert hits >= KILLS["distill"] - 1, f"only {hits} kills landed while distill was running"
     done = cli(*resume())
     assert done.returncode == 0, done.stderr
@@ -266,6 +274,7 @@ def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, 
     out = tmp_path / "preds.csv"
     args = _predict_args(student, predict_input, out)
     hits = kill_while_writing(args, tmp_path / "preds.csv.parts", "part-*.csv", random.Random(4), KILLS["predict"], pause=0.3)
+    print(f"predict: {hits} of {KILLS['predict']} kills landed while it was running")
     assert hits >= KILLS["predict"] - 1, f"only {hits} kills landed while predict was running"
     assert cli(*args).returncode == 0
     got, want = pd.read_csv(out, dtype=str, keep_default_na=False), pd.read_csv(whole, dtype=str, keep_default_na=False)
@@ -303,6 +312,46 @@ def test_no_stage_writes_over_a_users_own_files(annotated, student, tiny_roberta
     assert cli(*evaluate).returncode == 0, "files distillery wrote are its own to replace"
 
 
+def test_run_and_active_check_the_output_folder_before_the_first_teacher_call(tiny_llama, tiny_roberta, rows_csv, tmp_path):
+    out = tmp_path / "mine"
+    (out / "student").mkdir(parents=True)
+    (out / "student" / "NOTES.txt").write_text("my notes\n")
+    run = ["run", "--data", rows_csv, "--text-column", "review", "--label-column", "sentiment", "--teacher", tiny_llama,
+           "--student-model", tiny_roberta, "--device", "cpu", "--out", out]
+    for args in (run, _active_args(tiny_llama, tiny_roberta, rows_csv, out)):
+        done = cli(*args)
+        assert done.returncode == 2 and "NOTES.txt" in done.stderr and "--overwrite" in done.stderr, done.stderr
+        assert (out / "student" / "NOTES.txt").read_text() == "my notes\n"
+        assert not (out / "annotations").exists(), "no teacher call was made"
+
+
+def test_distill_runs_from_the_same_annotations_side_by_side(annotated, tiny_roberta, tmp_path):
+    with locked(annotated, "annotate"):  # another process holds the run folder: distill only reads it
+        done = cli(*_distill_args(annotated, tiny_roberta, tmp_path / "sweep", "--epochs", "1", "--checkpoint-every", "0"))
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny_roberta, tmp_path, monkeypatch):
+    import distill.train as train_mod
+
+    output = tmp_path / "student"
+    args = [str(a) for a in _distill_args(annotated, tiny_roberta, output, "--epochs", "2")]
+    assert distillery_cli.main(args) == 0
+    real = train_mod.save_student
+
+    def half_saved(model, tokenizer, out_dir, *rest):
+        model.save_pretrained(out_dir)  # new weights in place, the rest of the folder still the first run's
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_student", half_saved)
+    assert distillery_cli.main([*args, "--lr", "5e-2"]) == 130
+    monkeypatch.setattr(train_mod, "save_student", real)
+    assert not (output / "train_summary.json").exists() and not (output / "distillery_student.json").exists()
+    done = cli(*args, "--lr", "5e-2", "--resume")
+    assert done.returncode == 0 and "nothing to resume" not in done.stdout, done.stdout + done.stderr
+    assert json.loads((output / "train_summary.json").read_text())["lr"] == 5e-2
+
+
 def _active_args(tiny_llama, tiny_roberta, pool: Path, out: Path) -> list:
     return ["active", "--data", pool, "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
             "--teacher", tiny_llama, "--student-model", tiny_roberta, "--device", "cpu", "--epochs", "1", "--min-steps", "4",
@@ -316,6 +365,7 @@ def test_active_killed_at_random_points_asks_about_every_row_once(tiny_llama, ti
     out = tmp_path / "run"
     args = _active_args(tiny_llama, tiny_roberta, pool, out)
     hits = kill_while_writing(args, out, "*/*.*", random.Random(5), KILLS["active"], pause=3.0)
+    print(f"active: {hits} of {KILLS['active']} kills landed while it was running")
     assert hits >= KILLS["active"] - 1, f"only {hits} kills landed while active was running"
     done = cli(*args)
     assert done.returncode == 0, done.stderr
