@@ -288,15 +288,18 @@ def run_stages(command: str, configs: list) -> None:
         if metrics:
             print(f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one student per round)")
     else:
-        if command == "run":  # a folder or report file that is not distillery's stops the run before any teacher call
-            from annotate.rundir import check_folder
-            from evaluation.evaluate import check_report_writable
+        with contextlib.ExitStack() as held:
+            if command == "run":  # OUT stays locked across the three stages
+                from annotate.rundir import check_folder, locked
+                from evaluation.evaluate import check_report_writable
 
-            check_folder(Path(configs[1].output_dir or f"{configs[1].out}/student"), configs[1].overwrite, "--output-dir")
-            check_report_writable(configs[-1])
-            annotate(configs[0])
-            distill(configs[1], configs[0])
-        metrics = evaluate(configs[-1])
+                held.enter_context(locked(configs[0].out, "run"))
+                # A folder or report file that is not distillery's stops the run before any teacher call.
+                check_folder(Path(configs[1].output_dir or f"{configs[1].out}/student"), configs[1].overwrite, "--output-dir")
+                check_report_writable(configs[-1])
+                annotate(configs[0])
+                distill(configs[1], configs[0])
+            metrics = evaluate(configs[-1])
         print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
 
 

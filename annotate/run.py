@@ -138,8 +138,8 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     if cfg.only_deferred:
         merged = Path(cfg.out) / "merged.csv"
         guard_files(cfg.out, [merged.name], overwrite)
+        record_files(cfg.out, [merged.name])  # before it is written: a kill mid-way leaves a file known to be ours
         counts = merge_answers(cfg.data, root, merged)
-        record_files(cfg.out, [merged.name])
         print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
               f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
               f"{counts['not_annotated']} not annotated)")

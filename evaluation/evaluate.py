@@ -117,6 +117,7 @@ def check_report_writable(cfg: EvaluateConfig) -> None:
 def _evaluate(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.out)
     check_report_writable(cfg)
+    record_files(out, REPORT_FILES)  # before they are written: a kill mid-way leaves files known to be ours
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
     labels = manifest["labels"]
     rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
@@ -184,9 +185,11 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         majority_acc = float((rows["gold"] == majority).mean())
         for name, m in models.items():
             plots.append(f"confusion_{_file_name(name)}_vs_gold.png")
+            record_files(out, plots[-1:])
             plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
     for name, m in list(models.items())[1:]:
         plots.append(f"confusion_{_file_name(name)}_vs_teacher.png")
+        record_files(out, plots[-1:])
         plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
     first = next(k for k in models if k != "teacher")
     defer = models[first]["defer"]
@@ -212,7 +215,6 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         defer=defer,
     )
     write_text(out / "report.md", render_report(report))
-    record_files(out, [*REPORT_FILES, *plots])
     for name, path in named.items():  # each student's card and distillery_student.json get its own row
         record_evaluation(Path(path), models[name], metrics, str(device))
     if cfg.push_to_hub:
