@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,8 +150,18 @@ def _owned(folder: Path) -> dict:
         return {"folder": False, "files": []}
 
 
+def _ours(name: str) -> bool:
+    """The lock, the marker, and the temporary files of whole-file writes (``.NAME.tmpPID``)."""
+    return name.startswith(".distillery") or re.fullmatch(r"\..+\.tmp\d+", name) is not None
+
+
 def _others(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".distillery"))
+    return sorted(p.name for p in folder.iterdir() if not _ours(p.name))
+
+
+def _main_process() -> bool:
+    """False in the other ranks of ``accelerate launch``: rank 0 checks and claims for the run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def claimed(folder: str | Path) -> bool:
@@ -161,7 +172,7 @@ def claimed(folder: str | Path) -> bool:
 def check_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> None:
     """Stop if ``folder`` holds files of someone else's (and ``overwrite`` is not given), naming them."""
     folder = Path(folder)
-    if folder.is_dir() and not overwrite and not _owned(folder)["folder"]:
+    if folder.is_dir() and not overwrite and _main_process() and not _owned(folder)["folder"]:
         others = _others(folder)
         if others:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
@@ -177,7 +188,7 @@ def claim_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> Pa
     folder = Path(folder)
     check_folder(folder, overwrite, flag)
     folder.mkdir(parents=True, exist_ok=True)
-    if not _owned(folder)["folder"]:
+    if _main_process() and not _owned(folder)["folder"]:
         write_json(folder / OWNED_FILE, {**_owned(folder), "folder": True})
     return folder
 
@@ -198,7 +209,7 @@ def record_files(folder: str | Path, names: list[str]) -> None:
     """Note ``names`` as written by Distillery in ``folder``'s marker."""
     folder = Path(folder)
     owned = _owned(folder)
-    if owned["folder"] or set(names) <= set(owned["files"]):
+    if not _main_process() or owned["folder"] or set(names) <= set(owned["files"]):
         return
     write_json(folder / OWNED_FILE, {**owned, "files": sorted(set(owned["files"]) | set(names))})
 

@@ -17,6 +17,7 @@ import torch
 from annotate.models import parameter_count
 from distill.students import STUDENT_FILE, load_trained_student
 from annotate.errors import UserError
+from annotate.rundir import claimed
 
 __all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]
 
@@ -114,6 +115,9 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     if not path.is_dir():
         raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
     meta_file = path / STUDENT_FILE
+    if claimed(path) and not meta_file.is_file():  # distill removes it when training starts and writes it last
+        raise UserError(f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "
+                        "(with --resume if it saved checkpoints)")
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if (path / ONNX_FILE).is_file():  # onnxruntime on the CPU, whatever the device
         return _load_onnx(path, meta)

@@ -347,6 +347,8 @@ def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny
     assert distillery_cli.main([*args, "--lr", "5e-2"]) == 130
     monkeypatch.setattr(train_mod, "save_student", real)
     assert not (output / "train_summary.json").exists() and not (output / "distillery_student.json").exists()
+    assert distillery_cli.main(["predict", "--student", str(output), "--data", str(annotated / "rows.csv"), "--text-column", "review",
+                                "--out", str(tmp_path / "p.csv")]) == 2, "a half-saved student is not served"
     done = cli(*args, "--lr", "5e-2", "--resume")
     assert done.returncode == 0 and "nothing to resume" not in done.stdout, done.stdout + done.stderr
     assert json.loads((output / "train_summary.json").read_text())["lr"] == 5e-2
