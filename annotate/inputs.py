@@ -134,8 +134,8 @@ def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
             yield from [frames] if chunk_rows is None else frames
         elif suffix in (".jsonl", ".json"):
             lines = suffix == ".jsonl"
-            # dtype=False: strings stay strings ("007", "1e3"); no column is read as dates either.
-            frames = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, chunksize=chunk_rows if lines else None)
+            # dtype=False: strings stay strings ("007", "1e3", dates); no type is guessed.
+            frames = pd.read_json(path, lines=lines, dtype=False, chunksize=chunk_rows if lines else None)
             yield from frames if lines and chunk_rows else [frames]
         elif suffix == ".parquet":
             import pyarrow.parquet as pq

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import distillery_cli
@@ -380,13 +380,14 @@ def test_active_killed_at_random_points_asks_about_every_row_once(tiny_llama, ti
 
 
 NASTY = ["a\rbare carriage return", "line\nbreak", "windows\r\nline", 'say "hi", ok', "tab\there", ",", '"', "NA", "null", " padded ",
-         "1e3", "007", "True", "émoji 🎉 ünïcödé", "\u2028separator", "#comment"]
+         "1e3", "007", "True", "émoji 🎉 ünïcödé", "\u2028separator", "#comment", "nul\x00byte"]
 texts = st.lists(st.one_of(st.sampled_from(NASTY), st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)),
                  min_size=1, max_size=6, unique=True).filter(lambda ts: all(t.strip() for t in ts))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(texts=texts)
+@example(texts=NASTY)  # every hard case at once, on every run
 def test_any_text_survives_annotate_predict_and_only_deferred_byte_for_byte(texts, tiny_llama, student):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
