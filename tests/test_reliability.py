@@ -31,7 +31,8 @@ from distill.train import find_checkpoint
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 120  # the longest any test here waits on a process
-KILLS = {"annotate": 7, "distill": 7, "predict": 6, "active": 5}  # 25 kill points; at least 21 must land
+KILLS = {"annotate": 7, "distill": 7, "predict": 6, "active": 6}  # 26 kill points
+LANDED = {"annotate": 6, "distill": 6, "predict": 5, "active": 4}  # at least 21 must hit a running process
 
 
 def _env() -> dict:
@@ -116,7 +117,7 @@ def test_annotate_killed_at_random_points_resumes_every_row_exactly_once(tiny_ll
     args = _annotate_args(tiny_llama, rows_csv, out)
     hits = kill_while_writing(args, out / "annotations", "part-*.csv", random.Random(1), KILLS["annotate"], pause=0.5)
     print(f"annotate: {hits} of {KILLS['annotate']} kills landed while it was running")
-    assert hits >= KILLS["annotate"] - 1, f"only {hits} kills landed while annotate was running"
+    assert hits >= LANDED["annotate"], f"only {hits} kills landed while annotate was running"
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     _same_annotations(out, reference)
@@ -235,7 +236,7 @@ def test_distill_killed_while_checkpointing_resumes_the_same_loss_curve(annotate
     resume = lambda: args + (["--resume"] if find_checkpoint(output) else [])  # noqa: E731
     hits = kill_while_writing(args, output, "checkpoint*/progress.json", random.Random(2), KILLS["distill"], pause=0.4, args_after=resume)
     print(f"distill: {hits} of {KILLS['distill']} kills landed while it was running")
-    assert hits >= KILLS["distill"] - 1, f"only {hits} kills landed while distill was running"
+    assert hits >= LANDED["distill"], f"only {hits} kills landed while distill was running"
     done = cli(*resume())
     assert done.returncode == 0, done.stderr
     want, got = _log(student), _log(output)
@@ -275,7 +276,7 @@ def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, 
     args = _predict_args(student, predict_input, out)
     hits = kill_while_writing(args, tmp_path / "preds.csv.parts", "part-*.csv", random.Random(4), KILLS["predict"], pause=0.3)
     print(f"predict: {hits} of {KILLS['predict']} kills landed while it was running")
-    assert hits >= KILLS["predict"] - 1, f"only {hits} kills landed while predict was running"
+    assert hits >= LANDED["predict"], f"only {hits} kills landed while predict was running"
     assert cli(*args).returncode == 0
     got, want = pd.read_csv(out, dtype=str, keep_default_na=False), pd.read_csv(whole, dtype=str, keep_default_na=False)
     assert got["id"].is_unique and len(got) == 400
@@ -365,18 +366,18 @@ def test_active_killed_at_random_points_asks_about_every_row_once(tiny_llama, ti
     pool = tmp_path / "pool.csv"
     make_rows(80).to_csv(pool, index=False)
     out = tmp_path / "run"
-    args = _active_args(tiny_llama, tiny_roberta, pool, out)
-    hits = kill_while_writing(args, out, "*/*.*", random.Random(5), KILLS["active"], pause=3.0)
+    args = [*_active_args(tiny_llama, tiny_roberta, pool, out), "--budget", "60"]  # 5 rounds: work left for every restart
+    hits = kill_while_writing(args, out, "*/*.*", random.Random(5), KILLS["active"], pause=1.0)
     print(f"active: {hits} of {KILLS['active']} kills landed while it was running")
-    assert hits >= KILLS["active"] - 1, f"only {hits} kills landed while active was running"
+    assert hits >= LANDED["active"], f"only {hits} kills landed while active was running"
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     state = json.loads((out / "active" / "state.json").read_text())
     chosen = [s["id"] for s in state["selected"]]
-    assert len(chosen) == 40 == len(set(chosen))
+    assert len(chosen) == 60 == len(set(chosen))
     frame = read_annotations(out / "annotations")[0]
     assert sorted(frame["id"]) == sorted(chosen), "every chosen row annotated exactly once"
-    assert len((out / "active" / "rounds.jsonl").read_text().splitlines()) == 3
+    assert len((out / "active" / "rounds.jsonl").read_text().splitlines()) == 5
 
 
 NASTY = ["a\rbare carriage return", "line\nbreak", "windows\r\nline", 'say "hi", ok', "tab\there", ",", '"', "NA", "null", " padded ",
