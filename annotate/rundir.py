@@ -72,14 +72,16 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None) ->
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip()
+        who = "starting up"
+        for _ in range(40):  # the holder writes who it is right after it takes the lock: wait up to 2 s for that
+            fh.seek(0)
+            try:
+                info = json.loads(fh.read())
+                who = f"pid {info['pid']}, 'distillery {info['command']}', started {info['started']}"
+                break
+            except (ValueError, KeyError, TypeError):
+                time.sleep(0.05)
         fh.close()
-        try:
-            info = json.loads(holder)
-            who = f"pid {info['pid']}, 'distillery {info['command']}', started {info['started']}"
-        except (ValueError, KeyError):
-            who = "starting up"
         raise RunLocked(f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or pass another --out") from None
     fh.seek(0)
     fh.truncate()
