@@ -49,6 +49,11 @@ class ForeignFiles(UserError):
     """A stage would write over files that Distillery did not write."""
 
 
+def _main_process() -> bool:
+    """False in the other ranks of ``accelerate launch``: rank 0 checks and claims for the run."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def locked(folder: str | Path, command: str, shown: str | Path | None = None) -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
@@ -59,7 +64,7 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
-    if key in _held or os.environ.get("RANK", "0") != "0":
+    if key in _held or not _main_process():
         if key in _held:
             _held[key][1] += 1
         try:
@@ -159,11 +164,6 @@ def _ours(name: str) -> bool:
 
 def _others(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not _ours(p.name))
-
-
-def _main_process() -> bool:
-    """False in the other ranks of ``accelerate launch``: rank 0 checks and claims for the run."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def claimed(folder: str | Path) -> bool:

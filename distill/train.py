@@ -88,7 +88,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
 
 def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
     set_seed(cfg.seed)
-    overwrite = getattr(cfg, "overwrite", False)
+    overwrite = cfg.overwrite
     claim_folder(out_dir, overwrite, flag="--output-dir")
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())

@@ -46,7 +46,7 @@ def export(cfg: ExportConfig) -> Path:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
     out = Path(cfg.output_dir or f"{Path(cfg.student).resolve()}-onnx")
     with locked(out, "export"):
-        claim_folder(out, getattr(cfg, "overwrite", False), flag="--output-dir")
+        claim_folder(out, cfg.overwrite, flag="--output-dir")
         return _export(cfg, student, out, quantize_dynamic, QuantType)
 
 

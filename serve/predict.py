@@ -105,7 +105,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
 def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:
     """The run's state in ``OUT.parts/run.json``; a different run, or a changed input, is refused."""
     state_file = parts / "run.json"
-    overwrite = getattr(cfg, "overwrite", False)
+    overwrite = cfg.overwrite
     source = Path(cfg.data) if Path(cfg.data).is_file() else None
     if state_file.is_file() and overwrite:
         _clear(parts)
