@@ -35,9 +35,9 @@ mkdir "$work/outside" && cd "$work/outside"
 import sys
 from pathlib import Path
 
-import annotate
-import distillery_cli
-from annotate.tasks import TASKS_DIR, load_task
+import distillery.annotate
+from distillery import cli as distillery_cli
+from distillery.core.tasks import TASKS_DIR, load_task
 
 venv = Path(sys.argv[1]).resolve()
 for name, path in [("annotate", annotate.__file__), ("distillery_cli", distillery_cli.__file__), ("task files", TASKS_DIR)]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from active.strategies import STRATEGIES
-from annotate.config import check_finite, option
-from annotate.errors import UserError
+from distillery.active.strategies import STRATEGIES
+from distillery.core.options import check_finite, option
+from distillery.core.errors import UserError
 
 
 @dataclass

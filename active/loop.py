@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from active.config import ActiveConfig
-from active.strategies import DIVERSE_POOL, Candidates, pick, scores
-from annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
-from distill import DistillConfig, distill
-from evaluation import EvaluateConfig, evaluate
-from evaluation.evaluate import check_report_writable
-from annotate.rundir import check_folder, claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
-from serve import load_student
-from annotate.errors import UserError
+from distillery.active.config import ActiveConfig
+from distillery.active.strategies import DIVERSE_POOL, Candidates, pick, scores
+from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
+from distillery.distill import DistillConfig, distill
+from distillery.evaluation import EvaluateConfig, evaluate
+from distillery.evaluation.evaluate import check_report_writable
+from distillery.core.rundir import check_folder, claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
+from distillery.serve import load_student
+from distillery.core.errors import UserError
 
 __all__ = ["active"]
 

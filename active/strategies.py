@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
 __all__ = ["STRATEGIES", "scores", "Candidates", "pick"]
 

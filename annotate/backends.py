@@ -5,10 +5,10 @@ from __future__ import annotations
 from enum import Enum
 from typing import Protocol
 
-from annotate.config import AnnotateConfig
-from annotate.hosted import HostedTeacher
-from annotate.local import Annotation, LocalTeacher
-from annotate.tasks import TaskSpec
+from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.hosted import HostedTeacher
+from distillery.annotate.local import Annotation, LocalTeacher
+from distillery.core.tasks import TaskSpec
 
 __all__ = ["Teacher", "TeacherKind", "TEACHERS", "build_teacher", "batch_limits", "teacher_batches"]
 
@@ -51,7 +51,7 @@ def batch_limits(cfg: AnnotateConfig) -> tuple[int, int]:
     """``(rows, tokens)`` per teacher call, automatic values resolved (tokens 0: no token cap)."""
     if TeacherKind(cfg.backend) is not TeacherKind.LOCAL:
         return cfg.teacher_batch_size or HOSTED_BATCH, 0
-    from annotate.models import pick_device
+    from distillery.core.models import pick_device
 
     rows, tokens = AUTO_BATCH[pick_device(cfg.device).type]
     return cfg.teacher_batch_size or rows, cfg.teacher_batch_tokens or tokens

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
 __all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from annotate.calibration import fit_calibration
-from annotate.errors import UserError
-from annotate.rundir import append_csv, sha256_file, write_json, write_text
+from distillery.annotate.calibration import fit_calibration
+from distillery.core.errors import UserError
+from distillery.core.rundir import append_csv, sha256_file, write_json, write_text
 
 __all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id"]
 

@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotate.chunks import read_annotations
-from annotate.inputs import InputError
-from annotate.rundir import append_csv, replacing
+from distillery.annotate.chunks import read_annotations
+from distillery.core.inputs import deferred_flags
+from distillery.core.rundir import append_csv, replacing
 
-__all__ = ["keep_deferred", "merge_answers"]
-
-
-def _deferred(column: pd.Series) -> pd.Series:
-    """``predict --defer``'s column as booleans, however the file stored them (True, true, 1)."""
-    return column.astype(str).str.lower().isin(("true", "1"))
-
-
-def keep_deferred(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The rows of a ``predict --defer`` output whose ``deferred`` column is true."""
-    if "deferred" not in frame.columns:
-        raise InputError(f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery predict --defer'); "
-                         f"found {', '.join(map(str, frame.columns[:10]))}")
-    return frame[_deferred(frame["deferred"])]
+__all__ = ["merge_answers"]
 
 
 def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_rows: int = 10_000) -> dict:
@@ -49,7 +36,7 @@ def merge_answers(predictions: str | Path, annotations: Path, out: Path, chunk_r
 
 def _merge_chunk(chunk: pd.DataFrame, teacher: dict, errors: dict, counts: dict, fh, header: bool) -> None:
     """Merge one chunk of predictions with the teacher's answers, append it to ``fh`` and count."""
-    deferred = _deferred(chunk["deferred"])
+    deferred = deferred_flags(chunk["deferred"])
     answered = chunk["id"].map(teacher).fillna("")
     failed = chunk["id"].map(errors).fillna("")
     use_teacher = deferred & (answered != "") & (failed == "")

@@ -23,10 +23,12 @@ import os
 import sqlite3
 from pathlib import Path
 
-from annotate.config import AnnotateConfig, parse_headers, scrub
-from annotate.local import Annotation, normalise
-from annotate.tasks import TaskSpec
-from annotate.errors import UserError
+from distillery.annotate.config import AnnotateConfig
+
+from distillery.core.secrets import parse_headers, scrub
+from distillery.annotate.local import Annotation, normalise
+from distillery.core.tasks import TaskSpec
+from distillery.core.errors import UserError
 
 __all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
@@ -173,7 +175,7 @@ class HostedTeacher:
                 self.token_limiter = AsyncLimiter(cfg.tokens_per_minute, 60.0)
         self.shifted: bool | None = None  # echo mode: llama.cpp's late prompt log-probs (probed once)
         if cfg.hosted_scoring == "echo" and cfg.template_from:
-            from annotate.models import load_tokenizer
+            from distillery.core.models import load_tokenizer
 
             self.template = load_tokenizer(cfg.template_from)
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from annotate.config import AnnotateConfig
-from annotate.models import load_causal_lm, pick_device, pick_dtype
-from annotate.tasks import TaskSpec
-from annotate.errors import UserError
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.models import load_causal_lm, pick_device, pick_dtype
+from distillery.core.tasks import TaskSpec
+from distillery.core.errors import UserError
 
 __all__ = ["Annotation", "LocalTeacher", "VerbalizerScorer"]
 

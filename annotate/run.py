@@ -18,16 +18,17 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
-from annotate.calibration import resolve_mode
-from annotate.chunks import ChunkStore, ManifestError, label_columns
-from annotate.config import AnnotateConfig, redacted
-from annotate.deferred import merge_answers
-from annotate.inputs import load_rows
-from annotate.local import Annotation
-from annotate.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
-from annotate.tasks import load_task
-from annotate.errors import UserError
+from distillery.annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
+from distillery.annotate.calibration import resolve_mode
+from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.secrets import redacted
+from distillery.annotate.deferred import merge_answers
+from distillery.core.inputs import load_rows
+from distillery.annotate.local import Annotation
+from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
+from distillery.core.tasks import load_task
+from distillery.core.errors import UserError
 
 __all__ = ["annotate"]
 

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from common import ROOT, SHARED_DATA, print_table, write_result
 
-import distillery_cli
-from serve import load_student
+from distillery import cli as distillery_cli
+from distillery.serve import load_student
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import time
 import torch
 from common import print_table, write_result
 
-from annotate import AnnotateConfig, load_rows, load_task
-from annotate.local import LocalTeacher
+from distillery.annotate import AnnotateConfig, load_rows, load_task
+from distillery.annotate.local import LocalTeacher
 
 SHOTS = [
     {"text": "just got back from the beach, best day ever!!", "label": "positive"},

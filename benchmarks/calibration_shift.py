@@ -29,10 +29,10 @@ from common import ROOT, print_table, write_result
 from kd_sweep import mean_std
 from real_sets import SCENARIOS, content_free_bias, materialize, scenario
 
-from annotate.calibration import fit_calibration, resolve_mode
-from annotate.chunks import label_columns
-from distill import DistillConfig, distill, load_trained_student
-from evaluation import classification_metrics, predict_student
+from distillery.annotate.calibration import fit_calibration, resolve_mode
+from distillery.annotate.chunks import label_columns
+from distillery.distill import DistillConfig, distill, load_trained_student
+from distillery.evaluation import classification_metrics, predict_student
 
 MODES = ["none", "mean", "content-free", "mean+em", "content-free+em", "mean+gmm", "content-free+gmm", "auto (no gold)",
          "gold-25", "gold-50", "gold-100", "gold-200"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from annotate.models import quiet_third_party
+from distillery.core.models import quiet_third_party
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -33,10 +33,10 @@ import pandas as pd
 import torch
 from common import ROOT, SHARED_DATA, print_table, write_result
 
-from annotate import AnnotateConfig, load_task
-from annotate.backends import AUTO_BATCH, teacher_batches
-from annotate.local import LocalTeacher
-from annotate.models import gguf_to_plain, parameter_count, resolve_model
+from distillery.annotate import AnnotateConfig, load_task
+from distillery.annotate.backends import AUTO_BATCH, teacher_batches
+from distillery.annotate.local import LocalTeacher
+from distillery.core.models import gguf_to_plain, parameter_count, resolve_model
 
 SHAPES = {  # the published configs' shapes (hidden, MLP, layers, heads, KV heads, vocab)
     "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -67,7 +67,7 @@ def build_shape(name: str, tokenizer_dir: str, device: str, out: Path) -> str:
 def read_texts(path: Path, rows: int) -> list[str]:
     if path.is_file():
         return pd.read_csv(path, keep_default_na=False)["text"].tolist()[:rows]
-    from annotate import load_rows
+    from distillery.annotate import load_rows
 
     print(f"{path} not found: using the built-in tweets")
     return load_rows(AnnotateConfig(limit=rows), ["negative", "positive"])["text"].tolist()
@@ -122,7 +122,7 @@ def time_annotation(teacher: LocalTeacher, texts: list[str], rows: int, tokens: 
 
 def time_online_kd(teacher_dir: str, student_dir: str, texts: list[str], device: str, four_bit: bool, out: Path, peak: float, teacher_params: int) -> dict:
     """``distill --teacher-mode online`` on ``texts`` for one epoch, LLM-Neo's LoRA settings."""
-    from distill import DistillConfig, distill
+    from distillery.distill import DistillConfig, distill
 
     data = out / "kd_rows.csv"
     pd.DataFrame({"text": texts, "label": ["positive"] * len(texts)}).to_csv(data, index=False)

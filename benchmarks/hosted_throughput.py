@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from annotate import AnnotateConfig, load_rows, load_task
-from annotate.hosted import HostedTeacher
-from annotate.models import resolve_model
+from distillery.annotate import AnnotateConfig, load_rows, load_task
+from distillery.annotate.hosted import HostedTeacher
+from distillery.core.models import resolve_model
 
 
 def start_server(log: Path) -> tuple[subprocess.Popen, str]:

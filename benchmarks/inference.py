@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, print_table, write_result
 
-from annotate import AnnotateConfig, read_annotations
-from annotate.local import LocalTeacher
-from annotate.models import resolve_model
-from annotate.tasks import TaskSpec
-from serve import ExportConfig, export, load_student, size_on_disk
+from distillery.annotate import AnnotateConfig, read_annotations
+from distillery.annotate.local import LocalTeacher
+from distillery.core.models import resolve_model
+from distillery.core.tasks import TaskSpec
+from distillery.serve import ExportConfig, export, load_student, size_on_disk
 
 RUNS = [ROOT / "data" / "runs" / "bench-quality-sst2", ROOT / "data" / "runs" / "demo"]
 

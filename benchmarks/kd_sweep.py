@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, print_table, write_result
 
-from annotate import read_annotations
-from annotate.chunks import label_columns
-from distill import DistillConfig, distill, load_trained_student
-from evaluation import predict_student
+from distillery.annotate import read_annotations
+from distillery.annotate.chunks import label_columns
+from distillery.distill import DistillConfig, distill, load_trained_student
+from distillery.evaluation import predict_student
 
 RUN = ROOT / "data" / "runs" / "bench-quality-sst2"
 

@@ -40,7 +40,7 @@ def write_rows(path: Path, n: int) -> None:
 def peak_rss(args: list[str]) -> tuple[float, float]:
     """Run ``distillery ARGS`` in a child process; return (peak RSS in MiB, wall seconds)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "distillery_cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "distillery", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise RuntimeError(f"distillery {' '.join(args)} failed: {proc.stderr.read()[-2000:]}")

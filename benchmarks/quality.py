@@ -20,9 +20,9 @@ from pathlib import Path
 
 from common import ROOT, SETS, SHARED_DATA, build_input, print_table, write_result
 
-from annotate import AnnotateConfig, annotate
-from distill import DistillConfig, distill
-from evaluation import EvaluateConfig, evaluate
+from distillery.annotate import AnnotateConfig, annotate
+from distillery.distill import DistillConfig, distill
+from distillery.evaluation import EvaluateConfig, evaluate
 
 STUDENTS = {  # name -> distill settings
     "minilm": {"student": "encoder"},

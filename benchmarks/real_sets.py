@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from common import ROOT, SHARED_DATA
 
-from annotate import AnnotateConfig, annotate, read_annotations
-from annotate.calibration import resolve_mode
-from annotate.chunks import ChunkStore
+from distillery.annotate import AnnotateConfig, annotate, read_annotations
+from distillery.annotate.calibration import resolve_mode
+from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
 TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary"}
@@ -173,9 +173,9 @@ def content_free_bias(set_name: str) -> list[float]:
     """The teacher's mean raw log-probs on the task's content-free inputs (scored once, then cached)."""
     path = run_dir(set_name) / "content_free_bias.json"
     if not path.is_file():
-        from annotate.backends import build_teacher
-        from annotate.run import content_free_bias as score_content_free
-        from annotate.tasks import load_task
+        from distillery.annotate.backends import build_teacher
+        from distillery.annotate.run import content_free_bias as score_content_free
+        from distillery.core.tasks import load_task
 
         task = load_task(TASKS[set_name])
         teacher = build_teacher(AnnotateConfig(task=TASKS[set_name], device="cpu"), task)

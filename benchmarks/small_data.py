@@ -27,10 +27,10 @@ from common import ROOT, print_table, write_result
 from kd_sweep import mean_std
 from real_sets import load, materialize
 
-from annotate import read_annotations
-from annotate.chunks import label_columns
-from distill import DistillConfig, distill, load_trained_student
-from evaluation import predict_student
+from distillery.annotate import read_annotations
+from distillery.annotate.chunks import label_columns
+from distillery.distill import DistillConfig, distill, load_trained_student
+from distillery.evaluation import predict_student
 
 POOLS = {"sst2": "sst2", "tweets2": "tweets2", "long 75/25": "long"}
 

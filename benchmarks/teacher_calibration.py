@@ -22,8 +22,8 @@ from pathlib import Path
 from common import ROOT, print_table, write_result
 from kd_sweep import mean_std, test_rows, train_and_score
 
-from annotate import AnnotateConfig, annotate, read_annotations
-from evaluation import classification_metrics
+from distillery.annotate import AnnotateConfig, annotate, read_annotations
+from distillery.evaluation import classification_metrics
 
 RUN = ROOT / "data" / "runs" / "bench-quality-sst2"
 

@@ -29,7 +29,7 @@ import torch
 from common import ROOT, print_table, write_result
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-from distill import DistillConfig, distill, load_student, load_training_rows
+from distillery.distill import DistillConfig, distill, load_student, load_training_rows
 
 BENCH_RUN = ROOT / "data" / "runs" / "bench-quality-sst2" / "annotations"
 DEMO_RUN = ROOT / "data" / "runs" / "demo" / "annotations"

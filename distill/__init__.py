@@ -1,9 +1,9 @@
 """distill: train a small student on the teacher's hard and soft labels."""
 
-from distill.config import DistillConfig
-from distill.data import build_dataloaders, load_training_rows
-from distill.losses import KDLoss, hybrid_kd_loss
-from distill.students import load_student, load_trained_student
-from distill.train import distill
+from distillery.distill.config import DistillConfig
+from distillery.distill.data import build_dataloaders, load_training_rows
+from distillery.distill.losses import KDLoss, hybrid_kd_loss
+from distillery.distill.students import load_student, load_trained_student
+from distillery.distill.train import distill
 
 __all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_trained_student", "load_training_rows"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotate.config import check_finite, option
-from annotate.errors import UserError
+from distillery.core.options import check_finite, option
+from distillery.core.errors import UserError
 
 STUDENTS = ("encoder", "llama-lora")
 DEFAULT_LR = {"encoder": 5e-5, "llama-lora": 1e-3}  # measured: README, "Small data"

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from annotate.chunks import label_columns, read_annotations
-from distill.config import DistillConfig
-from annotate.errors import UserError
+from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.distill.config import DistillConfig
+from distillery.core.errors import UserError
 
 __all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "load_training_rows"]
 

@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from annotate.calibration import fit_calibration, resolve_mode
-from annotate.chunks import label_columns
-from annotate.config import AnnotateConfig
-from annotate.inputs import load_rows
-from annotate.local import LocalTeacher
-from annotate.run import content_free_bias
-from annotate.tasks import load_task
-from distill.config import DistillConfig
-from distill.data import TrainingRows, split_train_val
-from annotate.errors import UserError
+from distillery.annotate.calibration import fit_calibration, resolve_mode
+from distillery.annotate.chunks import label_columns
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.inputs import load_rows
+from distillery.annotate.local import LocalTeacher
+from distillery.annotate.run import content_free_bias
+from distillery.core.tasks import load_task
+from distillery.distill.config import DistillConfig
+from distillery.distill.data import TrainingRows, split_train_val
+from distillery.core.errors import UserError
 
 __all__ = ["OnlineTeacher", "load_online_rows"]
 

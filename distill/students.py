@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from annotate.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
-from annotate.rundir import write_json
-from distill.config import DistillConfig
+from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
+from distillery.core.rundir import write_json
+from distillery.distill.config import DistillConfig
 
 __all__ = ["load_student", "save_student", "load_trained_student", "trainable_parameters", "keep_trainable_fp32"]
 

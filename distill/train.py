@@ -22,15 +22,15 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from annotate.config import AnnotateConfig
-from annotate.models import pick_device
-from annotate.rundir import claim_folder, locked, write_json, write_text
-from distill.config import DEFAULT_LR, DistillConfig
-from distill.data import build_dataloaders, covering_length, load_training_rows
-from distill.losses import hybrid_kd_loss
-from distill.online import OnlineTeacher, load_online_rows
-from distill.students import STUDENT_FILE, load_student, save_student, trainable_parameters
-from annotate.errors import UserError
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.models import pick_device
+from distillery.core.rundir import claim_folder, locked, write_json, write_text
+from distillery.distill.config import DEFAULT_LR, DistillConfig
+from distillery.distill.data import build_dataloaders, covering_length, load_training_rows
+from distillery.distill.losses import hybrid_kd_loss
+from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.distill.students import STUDENT_FILE, load_student, save_student, trainable_parameters
+from distillery.core.errors import UserError
 
 __all__ = ["distill", "evaluate_student"]
 

@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from annotate.chunks import label_columns, read_annotations
-from annotate.config import AnnotateConfig
-from annotate.models import parameter_count, pick_device, resolve_model
-from annotate.rundir import guard_files, locked, record_files, write_json, write_text
-from distill.students import STUDENT_FILE
-from evaluation.config import EvaluateConfig
-from evaluation.diagnosis import diagnose
-from evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
-from evaluation.report import ReportData, plot_confusion, render_report
-from serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
-from serve.card import push_to_hub
-from serve.defer import plot_coverage
-from serve.student import predict_probabilities as predict_student
-from annotate.errors import UserError
+from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.models import parameter_count, pick_device, resolve_model
+from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
+from distillery.distill.students import STUDENT_FILE
+from distillery.evaluation.config import EvaluateConfig
+from distillery.evaluation.diagnosis import diagnose
+from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
+from distillery.evaluation.report import ReportData, plot_confusion, render_report
+from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
+from distillery.serve.card import push_to_hub
+from distillery.serve.defer import plot_coverage
+from distillery.serve.student import predict_probabilities as predict_student
+from distillery.core.errors import UserError
 
 __all__ = ["evaluate", "predict_student", "size_on_disk", "student_names"]
 
@@ -42,8 +42,8 @@ def _time(fn, *args) -> tuple[float, object]:
 
 def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | None]:
     """Rows/s, batch size and parameter count of the annotation's teacher on ``texts``."""
-    from annotate.backends import batch_limits, build_teacher, teacher_batches
-    from annotate.tasks import TaskSpec
+    from distillery.annotate.backends import batch_limits, build_teacher, teacher_batches
+    from distillery.core.tasks import TaskSpec
 
     cfg = AnnotateConfig(**manifest["config"])
     teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))

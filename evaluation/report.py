@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from serve.card import shareable_name
+from distillery.serve.card import shareable_name
 
 __all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table"]
 

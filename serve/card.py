@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from distill.students import STUDENT_FILE
-from annotate.rundir import write_text
+from distillery.distill.students import STUDENT_FILE
+from distillery.core.rundir import write_text
 
 __all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card", "push_to_hub"]
 

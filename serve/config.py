@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from annotate.config import check_finite, option
-from annotate.errors import UserError
+from distillery.core.options import check_finite, option
+from distillery.core.errors import UserError
 
 
 @dataclass

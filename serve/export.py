@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from distill.students import STUDENT_FILE
-from serve.config import ExportConfig
-from serve.student import ONNX_FILE, load_student
-from annotate.errors import UserError
-from annotate.rundir import claim_folder, locked, write_json
+from distillery.distill.students import STUDENT_FILE
+from distillery.serve.config import ExportConfig
+from distillery.serve.student import ONNX_FILE, load_student
+from distillery.core.errors import UserError
+from distillery.core.rundir import claim_folder, locked, write_json
 
 __all__ = ["export"]
 

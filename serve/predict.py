@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from annotate.inputs import iter_texts
-from annotate.models import pick_device
-from annotate.rundir import file_fingerprint, locked, replacing, same_file, write_csv, write_json
-from serve.config import PredictConfig
-from serve.student import Student, load_student
-from annotate.errors import UserError
+from distillery.core.inputs import iter_texts
+from distillery.core.models import pick_device
+from distillery.core.rundir import file_fingerprint, locked, replacing, same_file, write_csv, write_json
+from distillery.serve.config import PredictConfig
+from distillery.serve.student import Student, load_student
+from distillery.core.errors import UserError
 
 __all__ = ["predict", "defer_threshold", "prediction_frame"]
 

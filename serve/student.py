@@ -1,6 +1,6 @@
 """One loader for every saved student: encoder, LoRA adapter, merged LoRA, or exported ONNX.
 
-    from serve import load_student
+    from distillery.serve import load_student
     student = load_student("data/runs/demo/student")          # or .../student-onnx
     probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from annotate.models import parameter_count
-from distill.students import STUDENT_FILE, load_trained_student
-from annotate.errors import UserError
-from annotate.rundir import claimed
+from distillery.core.models import parameter_count
+from distillery.distill.students import STUDENT_FILE, load_trained_student
+from distillery.core.errors import UserError
+from distillery.core.rundir import claimed
 
 __all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]
 

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import distillery_cli
-from active import ActiveConfig, Candidates, pick, scores
-from active.loop import _stop_reason
+from distillery import cli as distillery_cli
+from distillery.active import ActiveConfig, Candidates, pick, scores
+from distillery.active.loop import _stop_reason
 from conftest import make_rows
 
 
@@ -105,8 +105,8 @@ def test_active_loop_spends_the_budget_once_per_row(tiny_llama, tiny_roberta, po
 def test_a_killed_active_run_resumes_mid_round_without_asking_the_teacher_again(tiny_llama, tiny_roberta, pool, tmp_path, monkeypatch):
     import importlib
 
-    loop = importlib.import_module("active.loop")
-    from annotate.local import LocalTeacher
+    loop = importlib.import_module("distillery.active.loop")
+    from distillery.annotate.local import LocalTeacher
 
     asked = []
     real_score = LocalTeacher.score

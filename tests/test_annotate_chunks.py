@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annotate import AnnotateConfig, ManifestError, annotate, read_annotations
-from annotate.calibration import calibrated, fit_gold_calibration
-from annotate.chunks import label_columns
+from distillery.annotate import AnnotateConfig, ManifestError, annotate, read_annotations
+from distillery.annotate.calibration import calibrated, fit_gold_calibration
+from distillery.annotate.chunks import label_columns
 from conftest import make_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_kill_mid_run_then_resume_annotates_each_row_once(tiny_llama, tmp_path):
     path = tmp_path / "many.csv"
     make_rows(n).to_csv(path, index=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distillery_cli", "annotate", "--data", str(path), "--out", str(out), "--text-column", "review",
+    cmd = [sys.executable, "-m", "distillery", "annotate", "--data", str(path), "--out", str(out), "--text-column", "review",
            "--label-column", "sentiment", "--teacher", str(tiny_llama), "--device", "cpu", "--limit", "0",
            "--chunk-size", "25", "--teacher-batch-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from annotate import AnnotateConfig, annotate, read_annotations
-from annotate.calibration import calibrated, em_prior, fit_calibration, resolve_mode
+from distillery.annotate import AnnotateConfig, annotate, read_annotations
+from distillery.annotate.calibration import calibrated, em_prior, fit_calibration, resolve_mode
 from conftest import make_rows
 
 

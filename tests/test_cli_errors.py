@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-import distillery_cli
-from active.config import ActiveConfig
-from annotate.config import AnnotateConfig
-from annotate.errors import UserError
-from distill.config import DistillConfig
-from evaluation.config import EvaluateConfig
-from serve.config import PredictConfig
+from distillery import cli as distillery_cli
+from distillery.active.config import ActiveConfig
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.errors import UserError
+from distillery.distill.config import DistillConfig
+from distillery.evaluation.config import EvaluateConfig
+from distillery.serve.config import PredictConfig
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def _failing(monkeypatch, err: BaseException):
 
 
 def test_a_bug_shows_its_traceback_and_exits_1(monkeypatch, tmp_path, capsys):
-    import annotate
+    from distillery import annotate
 
     def broken(cfg):
         return {}["no such key"]  # a bug in our own code

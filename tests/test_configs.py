@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import distillery_cli
+from distillery import cli as distillery_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import json
 import yaml
 from transformers import pipeline
 
-import distillery_cli
+from distillery import cli as distillery_cli
 
 
 def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, reviews_csv, tmp_path, capsys):

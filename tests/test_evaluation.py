@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from evaluation import ReportData, agreement_metrics, classification_metrics, expected_calibration_error, render_report
-from evaluation.diagnosis import diagnose
-from evaluation.metrics import bootstrap_intervals
+from distillery.evaluation import ReportData, agreement_metrics, classification_metrics, expected_calibration_error, render_report
+from distillery.evaluation.diagnosis import diagnose
+from distillery.evaluation.metrics import bootstrap_intervals
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

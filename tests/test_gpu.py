@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from annotate import AnnotateConfig, load_task
-from annotate.local import LocalTeacher
-from distill import DistillConfig, hybrid_kd_loss, load_student
+from distillery.annotate import AnnotateConfig, load_task
+from distillery.annotate.local import LocalTeacher
+from distillery.distill import DistillConfig, hybrid_kd_loss, load_student
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes 4-bit)")]
 
@@ -31,9 +31,9 @@ def test_qlora_student_trains_adapters_only(tiny_llama):
 
 
 def test_qlora_checkpoint_resumes_and_evaluates_on_the_4bit_base(tiny_llama, tmp_path):
-    from annotate import annotate
+    from distillery.annotate import annotate
     from conftest import make_rows
-    from distill import distill, load_trained_student
+    from distillery.distill import distill, load_trained_student
 
     make_rows(48).to_csv(tmp_path / "rows.csv", index=False)
     annotate(AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from annotate import AnnotateConfig, annotate, load_rows, read_annotations
-from annotate.chunks import label_columns
-from annotate.local import LocalTeacher
-from annotate.models import resolve_model
-from annotate.tasks import TaskSpec
+from distillery.annotate import AnnotateConfig, annotate, load_rows, read_annotations
+from distillery.annotate.chunks import label_columns
+from distillery.annotate.local import LocalTeacher
+from distillery.core.models import resolve_model
+from distillery.core.tasks import TaskSpec
 
 pytestmark = [
     pytest.mark.integration,
@@ -135,7 +135,7 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
 
 def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray:
     """Label log-probs (renormalised) of the local float32 SmolLM2 for ready-made prompt texts."""
-    from annotate.local import normalise
+    from distillery.annotate.local import normalise
 
     local = LocalTeacher(AnnotateConfig(device="cpu", prefix_cache=False), task)
     tok = local.tokenizer
@@ -167,8 +167,8 @@ def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, t
 def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
     """A prompt without a leading special token makes llama.cpp add an unlisted BOS, so its echoed
     log-probs come one position late; read in place they would be ~-10 per token."""
-    from annotate.hosted import HostedTeacher
-    from annotate.tasks import load_task
+    from distillery.annotate.hosted import HostedTeacher
+    from distillery.core.tasks import load_task
 
     task = load_task("sentiment-binary")
     teacher = HostedTeacher(_cfg(tmp_path, server, hosted_scoring="echo"), task)
@@ -185,7 +185,7 @@ def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
 
 
 def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
-    import distillery_cli
+    from distillery import cli as distillery_cli
 
     code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--limit", "4",
                                 "--max-retries", "0", "--out", str(tmp_path / "dead")])
@@ -224,7 +224,7 @@ def test_wrong_key_stops_the_run_with_one_line_and_no_key_in_it(server, tmp_path
     proxy = FaultProxy(_port(server), faults=False, api_key="right-key")
     monkeypatch.setenv("TEST_KEY", "wrong-key-123")
     try:
-        import distillery_cli
+        from distillery import cli as distillery_cli
 
         code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
                                     "--api-key-env", "TEST_KEY", "--limit", "4", "--out", str(tmp_path / "run")])
@@ -248,7 +248,7 @@ def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
 
     proxy = FaultProxy(_port(server), faults=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distillery_cli", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
+    cmd = [sys.executable, "-m", "distillery", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
            "--limit", "40", "--chunk-size", "10", "--teacher-batch-size", "5", "--concurrency", "1", "--out", str(out)]
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root}

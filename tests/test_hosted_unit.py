@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from annotate.hosted import echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
+from distillery.annotate.hosted import echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
 
 
 def test_case_and_space_variants_are_summed_and_renormalised():
@@ -112,8 +112,8 @@ def answering_server():
 
 
 def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
-    from annotate import AnnotateConfig, load_task
-    from annotate.hosted import HostedTeacher
+    from distillery.annotate import AnnotateConfig, load_task
+    from distillery.annotate.hosted import HostedTeacher
 
     url, arrivals, _ = answering_server
     task = load_task("sentiment-binary")
@@ -129,7 +129,7 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
 
 
 def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server, tmp_path, capsys):
-    import distillery_cli
+    from distillery import cli as distillery_cli
 
     from conftest import make_rows
 
@@ -152,7 +152,7 @@ def test_no_key_or_header_value_reaches_a_file_or_the_terminal(answering_server,
     even when the server repeats both in an error."""
     import yaml
 
-    import distillery_cli
+    from distillery import cli as distillery_cli
     from conftest import make_rows
 
     url, _, headers = answering_server

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-import distillery_cli
-from annotate import AnnotateConfig, InputError, load_rows
+from distillery import cli as distillery_cli
+from distillery.annotate import AnnotateConfig, InputError, load_rows
 
 
 def _cli(capsys, *args):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from distill import DistillConfig, hybrid_kd_loss, load_student, load_trained_student
-from distill.students import save_student, trainable_parameters
+from distillery.distill import DistillConfig, hybrid_kd_loss, load_student, load_trained_student
+from distillery.distill.students import save_student, trainable_parameters
 
 LABELS = ["negative", "positive"]
 
@@ -112,7 +112,7 @@ def test_keep_trainable_fp32_casts_only_what_trains(bf16_llama):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from distill.students import keep_trainable_fp32
+    from distillery.distill.students import keep_trainable_fp32
 
     base = AutoModelForSequenceClassification.from_pretrained(bf16_llama, num_labels=2, dtype=torch.bfloat16)
     model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj"], modules_to_save=["score"]))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import hybrid_kd_loss
+from distillery.distill.losses import hybrid_kd_loss
 
 
 def _batch(seed=0, n=6, c=3):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from annotate import AnnotateConfig, annotate
+from distillery.annotate import AnnotateConfig, annotate
 from conftest import DEVICES, make_rows
-from distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
-from distill.online import OnlineTeacher, load_online_rows
-from distill.train import with_teacher
+from distillery.distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
+from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.distill.train import with_teacher
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,7 +44,7 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_online_training_runs_from_raw_rows(tiny_llama, tiny_roberta, tmp_path, device):
-    import distillery_cli
+    from distillery import cli as distillery_cli
 
     make_rows(24).to_csv(tmp_path / "rows.csv", index=False)
     code = distillery_cli.main(["distill", "--teacher-mode", "online", "--data", str(tmp_path / "rows.csv"), "--text-column", "review",

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import distillery_cli
-from annotate import AnnotateConfig, load_rows, load_task
-from annotate.local import LocalTeacher
-from annotate.models import resolve_model
+from distillery import cli as distillery_cli
+from distillery.annotate import AnnotateConfig, load_rows, load_task
+from distillery.annotate.local import LocalTeacher
+from distillery.core.models import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_builtin_tweets_load_balanced_binary():
 def test_gguf_plain_cache_gives_the_same_logits_as_the_gguf_model():
     from transformers import AutoModelForCausalLM
 
-    from annotate.models import gguf_to_plain
+    from distillery.core.models import gguf_to_plain
 
     gguf = resolve_model("smollm2")
     plain = AutoModelForCausalLM.from_pretrained(gguf_to_plain(gguf, AutoModelForCausalLM)).eval()
@@ -63,7 +63,7 @@ def test_demo_run_on_embedded_defaults_small(tmp_path, capsys):
     # moves probabilities by a few hundredths, so rows within that of 0.5 may flip: parity is
     # asserted where the student decides (confidence >= 0.6). The full demo student keeps its
     # label on 99.1% of all its test rows (README, "Inference").
-    from serve import load_student
+    from distillery.serve import load_student
 
     assert distillery_cli.main(["export", "--student", str(out / "student")]) == 0
     texts = load_rows(AnnotateConfig(limit=400, seed=1), ["negative", "positive"])["text"].tolist()

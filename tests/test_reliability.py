@@ -1,6 +1,6 @@
 """What Distillery guarantees when runs are killed, run twice at once, or meet edited inputs,
 lost manifests, torn chunks, foreign files and changed settings (README, "What Distillery
-guarantees"). Real processes (``python -m distillery_cli``), real files, kill -9 at random
+guarantees"). Real processes (``python -m distillery``), real files, kill -9 at random
 points while the process is writing; every wait is bounded."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import distillery_cli
-from annotate import read_annotations
-from annotate.rundir import locked
+from distillery import cli as distillery_cli
+from distillery.annotate import read_annotations
+from distillery.core.rundir import locked
 from conftest import make_rows
-from distill.train import find_checkpoint
+from distillery.distill.train import find_checkpoint
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def _env() -> dict:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """One ``distillery`` command in a fresh process, to the end (bounded)."""
-    return subprocess.run([sys.executable, "-m", "distillery_cli", *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "distillery", *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=WAIT_S * 2)
 
 
@@ -62,7 +62,7 @@ def kill_while_writing(args: list, watch: Path, pattern: str, rng: random.Random
     hits = 0
     for i in range(kills):
         command = args_after() if args_after and i else args
-        proc = subprocess.Popen([sys.executable, "-m", "distillery_cli", *map(str, command)], cwd=ROOT, env=_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "distillery", *map(str, command)], cwd=ROOT, env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         before, deadline = _snapshot(watch, pattern), time.monotonic() + WAIT_S
         try:
@@ -125,7 +125,7 @@ def test_annotate_killed_at_random_points_resumes_every_row_exactly_once(tiny_ll
 
 def test_two_annotate_runs_at_once_never_mix_rows(tiny_llama, rows_csv, reference, tmp_path):
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-m", "distillery_cli", *map(str, _annotate_args(tiny_llama, rows_csv, out, *limit))],
+    procs = [subprocess.Popen([sys.executable, "-m", "distillery", *map(str, _annotate_args(tiny_llama, rows_csv, out, *limit))],
                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for limit in (["--limit", "100"], ["--limit", "0"])]
     results = [(p.wait(timeout=WAIT_S * 2), p.stderr.read()) for p in procs]
@@ -333,7 +333,7 @@ def test_distill_runs_from_the_same_annotations_side_by_side(annotated, tiny_rob
 
 
 def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny_roberta, tmp_path, monkeypatch):
-    import distill.train as train_mod
+    import distillery.distill.train as train_mod
 
     output = tmp_path / "student"
     args = [str(a) for a in _distill_args(annotated, tiny_roberta, output, "--epochs", "2")]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from annotate.config import AnnotateConfig
-from annotate.local import LocalTeacher, VerbalizerScorer, normalise
-from annotate.tasks import TaskSpec, load_task
+from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.local import LocalTeacher, VerbalizerScorer, normalise
+from distillery.core.tasks import TaskSpec, load_task
 from conftest import DEVICES
 
 # How far the shared-prefix KV cache may move a label log-prob. float32: summation order only.
@@ -119,7 +119,7 @@ def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama, device):
 
 
 def test_teacher_batches_cap_rows_and_padded_tokens():
-    from annotate.backends import teacher_batches
+    from distillery.annotate.backends import teacher_batches
 
     lengths = [5, 50, 10, 10, 200, 7]
     # Shortest first; [0, 5, 2] pads to 3 x 10 = 30 <= 40 tokens; a 4th row would break the 3-row cap;

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-import distillery_cli
-from annotate.config import AnnotateConfig, parse_headers, redacted
-from annotate.errors import UserError
+from distillery import cli as distillery_cli
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.secrets import parse_headers, redacted
+from distillery.core.errors import UserError
 from conftest import make_rows
 
 HEADER_SECRET = "hdr-7f3a9c1e5b2d4806"  # neither looks like a known key format: found by value, not by pattern
@@ -32,8 +33,8 @@ def test_a_malformed_header_names_the_form_and_not_the_value(entry):
 
 def test_the_client_sends_the_header_value_without_the_space(tmp_path):
     pytest.importorskip("openai")
-    from annotate import load_task
-    from annotate.hosted import HostedTeacher
+    from distillery.annotate import load_task
+    from distillery.annotate.hosted import HostedTeacher
 
     cfg = AnnotateConfig(backend="openai", base_url="http://127.0.0.1:9/v1", out=str(tmp_path), extra_headers=[f"api-key: {HEADER_SECRET}"])
     client = HostedTeacher(cfg, load_task("sentiment-binary"))._client()
@@ -102,7 +103,7 @@ def two_students(tiny_llama, tiny_roberta, tmp_path_factory):
 
 
 def test_two_students_named_alike_keep_their_own_numbers(two_students):
-    from annotate import read_annotations
+    from distillery.annotate import read_annotations
 
     root, run = two_students
     metrics = json.loads((run / "metrics.json").read_text())

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import yaml
 
-import distillery_cli
-from annotate.inputs import InputError, iter_texts
+from distillery import cli as distillery_cli
+from distillery.core.inputs import InputError, iter_texts
 from conftest import make_rows
-from serve import load_student
-from serve.defer import clopper_pearson_lower, pick_threshold
+from distillery.serve import load_student
+from distillery.serve.defer import clopper_pearson_lower, pick_threshold
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_di
     assert _predict(run_dir, inputs["csv"], whole) == 0
     import importlib
 
-    predict_mod = importlib.import_module("serve.predict")  # the module, not serve.predict the function
+    predict_mod = importlib.import_module("distillery.serve.predict")  # the module, not serve.predict the function
 
     real, calls = predict_mod.prediction_frame, []
 
@@ -219,9 +219,9 @@ def test_defer_without_a_threshold_says_how_to_get_one(run_dir, tmp_path, capsys
 def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
     import torch
 
-    from distill import DistillConfig
-    from distill import load_student as new_student
-    from distill.students import save_student
+    from distillery.distill import DistillConfig
+    from distillery.distill import load_student as new_student
+    from distillery.distill.students import save_student
 
     cfg = DistillConfig(student="llama-lora", student_model=str(tiny_llama), device="cpu", merge=True)
     tok, model = new_student(cfg, ["negative", "positive"])

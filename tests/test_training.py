@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import distillery_cli
-from annotate import AnnotateConfig, annotate
+from distillery import cli as distillery_cli
+from distillery.annotate import AnnotateConfig, annotate
 from conftest import DEVICES, make_rows
-from distill import DistillConfig, distill
+from distillery.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tiny_llam
     curve = [r["loss"] for r in _log(full)]
     # The same run, stopped after 5 steps (a checkpoint every 5 steps), then resumed.
     part = _cfg(annotated, model, tmp_path / "part", checkpoint_every=5, **kw)
-    import distill.train as train_mod
+    import distillery.distill.train as train_mod
 
     class Stop(Exception):
         pass
@@ -104,7 +104,7 @@ def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
     assert distillery_cli.main(args + ["--output-dir", str(one)]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "distillery_cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "distillery",
            *args, "--output-dir", str(two)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -139,7 +139,7 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
     assert summary["lr"] == 5e-5
     from transformers import AutoTokenizer
 
-    from distill.data import covering_length, load_training_rows
+    from distillery.distill.data import covering_length, load_training_rows
     tok = AutoTokenizer.from_pretrained(tiny_roberta)
     train_texts = load_training_rows(DistillConfig(**base)).train["text"].tolist()
     lengths = sorted(len(ids) for ids in tok(train_texts).input_ids)
@@ -159,8 +159,8 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
 def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, tiny_roberta):
     import torch
 
-    from distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
-    from distill.train import warm_start_head
+    from distillery.distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
+    from distillery.distill.train import warm_start_head
 
     cfg = DistillConfig(out=str(annotated), student_model=str(tiny_roberta), device="cpu", batch_size=8, max_length=32, head_warmup_epochs=5)
     rows = load_training_rows(cfg)

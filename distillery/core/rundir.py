@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
 __all__ = [
     "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",

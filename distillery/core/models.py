@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
 __all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party"]
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
 
 def _tasks_dir() -> Path:
-    """``data/tasks`` of the checkout (an editable install, or run from the repo), else the copy
-    the wheel puts next to this package: ``site-packages/distillery_data/tasks`` (pyproject maps
-    the ``distillery_data`` package to ``data/``). Found by path, not imported, so an installed
-    copy never reads the task files of a checkout on ``sys.path`` or the other way round."""
-    root = Path(__file__).resolve().parents[1]
-    checkout, installed = root / "data" / "tasks", root / "distillery_data" / "tasks"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+    """The built-in task files: package data of ``distillery.data`` (the repo's ``data/`` folder,
+    mapped by pyproject), read through ``importlib.resources`` in a checkout and in a wheel alike."""
+    return Path(str(resources.files("distillery.data") / "tasks"))
 
 
 TASKS_DIR = _tasks_dir()

@@ -22,21 +22,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import yaml
 
-from active.config import ActiveConfig
-from annotate.config import AnnotateConfig, scrub
-from distill.config import DistillConfig
-from evaluation.config import EvaluateConfig
-from serve.config import ExportConfig, PredictConfig
-from annotate.errors import UserError
+from distillery.active.config import ActiveConfig
+from distillery.annotate.config import AnnotateConfig
+from distillery.core.options import coerce, read_config
+from distillery.distill.config import DistillConfig
+from distillery.evaluation.config import EvaluateConfig
+from distillery.serve.config import ExportConfig, PredictConfig
+from distillery.core.errors import UserError
 
 STAGES = {
     "annotate": (AnnotateConfig,),
@@ -93,113 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-KINDS = {"int": "a whole number", "float": "a finite number", "str": "a string", "bool": "true or false",
-         "bool | None": "true or false", "list[str]": "a list or a comma-separated string"}
-TRUE, FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
-def _shown(name: str, value) -> str:
-    """A value as an error message may show it: never a header's value or anything key-like."""
-    if name == "extra_headers":
-        return "a value (not shown: it may hold a secret)"
-    text = scrub(repr(value))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def coerce(f: dataclasses.Field, value, where: str | None = None):
-    """A YAML value or a flag as its field's type, converting only what is unambiguous.
-
-    ``'0.5'`` or ``1`` for a float, ``'3'`` for an int, ``'true'``/``'false'`` for a bool, a
-    comma-separated string for a list (``extra_headers`` also takes a ``{Name: value}`` mapping);
-    NaN and infinity are refused, so is an explicitly empty list where an empty one would
-    silently mean the default (``--labels ','``). Anything else is a :class:`UserError` of one
-    line: where (the file; None for a flag), key, value, expected type.
-    """
-    kind, name = str(f.type), f.name
-    key = f"{where}: {name}" if where else "--" + name.replace("_", "-")
-
-    def wrong(extra: str = ""):
-        return UserError(f"{key}: expected {KINDS.get(kind, kind)} ({kind}){extra}, found {_shown(name, value)}")
-
-    if value is None:
-        if kind.endswith("| None"):
-            return None
-        raise wrong("; remove the key to keep the default")
-    if kind.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
-            return value.strip().lower() in TRUE
-        raise wrong()
-    if kind == "int":
-        if isinstance(value, bool):
-            raise wrong()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value.strip())
-        raise wrong()
-    if kind == "float":
-        if isinstance(value, bool):
-            raise wrong()
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise wrong() from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise wrong()
-        return float(value)
-    if kind.startswith("list"):
-        if isinstance(value, dict) and name == "extra_headers":  # the YAML mapping form of headers
-            value = [f"{k}: {v}" for k, v in value.items()]
-        if isinstance(value, str):
-            value = [x.strip() for x in value.split(",") if x.strip()]
-        if not isinstance(value, (list, tuple)) or any(isinstance(x, (dict, list, tuple, bool)) or x is None for x in value):
-            raise wrong()
-        value = [str(x).strip() for x in value]
-        if not value and f.metadata.get("nonempty"):
-            raise UserError(f"{key}: expected at least one value, comma-separated; found none (leave it out to keep the default)")
-        return value
-    if kind == "str":
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise wrong()
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise UserError(f"{key}: expected one of {', '.join(choices)}, found {_shown(name, value)}")
-        return value
-    return value
-
-
-def read_config(path: Path) -> dict:
-    """A YAML config file as ``{setting: value}`` (dashes in keys read as underscores).
-
-    A missing file, malformed YAML (with its line) or anything but a flat mapping is a one-line
-    :class:`UserError`.
-    """
-    if not path.is_file():
-        raise UserError(f"config file not found: '{path}'")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: expected a UTF-8 YAML file; found other bytes") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}: {where}not valid YAML ({problem}); expected flat 'setting: value' lines") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
-    bad = [k for k in values if not isinstance(k, str)]
-    if bad:
-        raise UserError(f"{path}: expected setting names as keys; found {bad[:3]}")
-    return {k.replace("-", "_"): v for k, v in values.items()}
-
-
 def resolve(args: argparse.Namespace) -> dict:
     """Defaults <- YAML file <- flags, checked against the stages' fields and converted to their types."""
     known = _fields(STAGES[args.command])
@@ -228,7 +120,7 @@ def build(cls, values: dict):
 
 def headline(metrics: dict) -> str:
     """The table ``run`` and ``evaluate`` print ("–" where there is no gold label)."""
-    from evaluation.report import with_ci
+    from distillery.evaluation.report import with_ci
 
     t, s = metrics["teacher"], metrics["student"]
     rows = [
@@ -265,13 +157,13 @@ def gpus_hidden(hide: bool):
 
 def run_stages(command: str, configs: list) -> None:
     """Run one stage, or all three for ``run``, and print the headline."""
-    from annotate.models import quiet_third_party
+    from distillery.core.models import quiet_third_party
 
     quiet_third_party()
-    from annotate import annotate
-    from distill import distill
-    from evaluation import evaluate
-    from serve import export, predict, write_card
+    from distillery.annotate import annotate
+    from distillery.distill import distill
+    from distillery.evaluation import evaluate
+    from distillery.serve import export, predict, write_card
 
     if command == "annotate":
         annotate(configs[0])
@@ -282,7 +174,7 @@ def run_stages(command: str, configs: list) -> None:
     elif command == "export":
         write_card(export(configs[0]))
     elif command == "active":
-        from active import active
+        from distillery.active import active
 
         metrics = active(*configs)
         if metrics:
@@ -290,8 +182,8 @@ def run_stages(command: str, configs: list) -> None:
     else:
         with contextlib.ExitStack() as held:
             if command == "run":  # OUT stays locked across the three stages
-                from annotate.rundir import check_folder, locked
-                from evaluation.evaluate import check_report_writable
+                from distillery.core.rundir import check_folder, locked
+                from distillery.evaluation.evaluate import check_report_writable
 
                 held.enter_context(locked(configs[0].out, "run"))
                 # A folder or report file that is not distillery's stops the run before any teacher call.

@@ -6,13 +6,16 @@ import hashlib
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from annotate.config import AnnotateConfig
-from annotate.errors import UserError
+from distillery.core.errors import UserError
 
-__all__ = ["InputError", "load_rows", "iter_texts", "builtin_tweets_path"]
+if TYPE_CHECKING:  # the annotate stage's config; any object with the same fields serves
+    from distillery.annotate.config import AnnotateConfig
+
+__all__ = ["InputError", "load_rows", "iter_texts", "builtin_tweets_path", "keep_deferred", "deferred_flags"]
 
 
 class InputError(UserError):
@@ -51,8 +54,6 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
     if cfg.only_deferred:
-        from annotate.deferred import keep_deferred
-
         frame = keep_deferred(frame, cfg.data)
         if len(frame) == 0:
             raise InputError(f"{cfg.data}: no row is marked deferred; nothing to send to the teacher")
@@ -226,3 +227,16 @@ def _unit(seed: int, row_id: str) -> float:
     """A number in [0, 1) fixed by seed and id: the train/test split never moves on resume."""
     digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def deferred_flags(column: pd.Series) -> pd.Series:
+    """``predict --defer``'s column as booleans, however the file stored them (True, true, 1)."""
+    return column.astype(str).str.lower().isin(("true", "1"))
+
+
+def keep_deferred(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows of a ``predict --defer`` output whose ``deferred`` column is true."""
+    if "deferred" not in frame.columns:
+        raise InputError(f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery predict --defer'); "
+                         f"found {', '.join(map(str, frame.columns[:10]))}")
+    return frame[deferred_flags(frame["deferred"])]

@@ -1,0 +1,1 @@
+"""Package data of Distillery: the built-in task files (tasks/*.yaml) and example configs (configs/*.yaml)."""
