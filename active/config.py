@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distillery.active.strategies import STRATEGIES
+from distillery.active import strategies  # noqa: F401  (registers the built-in strategies)
+from distillery.core.registry import active_strategies
 from distillery.core.options import check_finite, option
 from distillery.core.errors import UserError
 
@@ -20,8 +21,7 @@ class ActiveConfig:
 
     budget: int = option(1000, "teacher calls in all: test rows + seed rows + every round's rows")
     budget_cost: float = option(0.0, "hosted teacher: also stop cleanly (resumable) once this much is spent, in its price units (0 = no limit)")
-    strategy: str = option("margin", "which rows go to the teacher: random, margin (smallest top-2 gap), entropy, or diverse "
-                                     "(margin within k-means clusters of the student's embeddings)", choices=STRATEGIES)
+    strategy: str = option("margin", "which rows go to the teacher", registry=active_strategies)
     test_rows: int = option(200, "random pool rows annotated first and held out: each round's student is scored on them, and evaluate uses them")
     seed_rows: int = option(100, "random rows the first student trains on")
     round_rows: int = option(100, "rows the strategy sends to the teacher each round")
@@ -32,8 +32,7 @@ class ActiveConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"strategy: expected one of {STRATEGIES}, found '{self.strategy}'")
+        active_strategies.get(self.strategy)  # an unknown one: one line naming the registered ones
         for name in ("seed_rows", "round_rows", "pool_chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")

@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from distillery.active.config import ActiveConfig
-from distillery.active.strategies import DIVERSE_POOL, Candidates, pick, scores
+from distillery.active.strategies import Candidates, pick, scores
+from distillery.core.registry import active_strategies
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
 from distillery.distill import DistillConfig, distill
+from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
 from distillery.core.rundir import check_folder, claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
@@ -88,9 +90,9 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
             break
         student = out / "learning_curve" / f"student-round-{r['round']:03d}"
         previous = [x for x in state["rounds"] if x.get("done")]
-        warm = cfg.warm_start and previous and train.student == "encoder"
+        warm = cfg.warm_start and previous and student_kind(train.student_kind).warm_start
         if not (student / "train_summary.json").is_file():
-            distill(replace(train, out=str(out), annotations="", output_dir=str(student), learning_curve=False,
+            distill(replace(train, out=str(out), annotations="", student=str(student), learning_curve=False,
                             student_model=previous[-1]["student"] if warm else train.student_model), source)
         r.update(_score_round(student, out, has_gold), student=str(student), calls=len(state["selected"]),
                  seconds=r.get("seconds", 0.0) + time.perf_counter() - started, done=True)
@@ -145,12 +147,13 @@ def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random
     else:
         k = min(cfg.round_rows, cfg.budget - len(chosen), len(left))
         student = load_student(state["rounds"][-1]["student"])
-        candidates = Candidates(k * DIVERSE_POOL if cfg.strategy == "diverse" else k)
+        strategy = active_strategies.get(cfg.strategy)
+        candidates = Candidates(k * strategy.pool_factor)
         round_rng = np.random.default_rng([seed, index])
         for start in range(0, len(left), cfg.pool_chunk):  # chunk by chunk: memory flat in the pool size
             ids = left[start : start + cfg.pool_chunk]
             texts = pool.loc[ids, "text"].tolist()
-            if cfg.strategy == "diverse":
+            if strategy.needs_embeddings:
                 probs, emb = student.embeddings(texts)
             else:
                 probs, emb = student.probabilities(texts), None

@@ -8,31 +8,72 @@ candidates of a large pool are kept in a bounded heap while it is scored chunk b
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-from distillery.core.errors import UserError
+from distillery.core.registry import active_strategies
 
-__all__ = ["STRATEGIES", "scores", "Candidates", "pick"]
+__all__ = ["Strategy", "STRATEGIES", "scores", "Candidates", "pick"]
 
-STRATEGIES = ("random", "margin", "entropy", "diverse")
+
+@dataclass(frozen=True)
+class Strategy:
+    """One active strategy, registered in ``active_strategies`` (``distillery.core.registry``).
+
+    Args:
+        summary: one line for --help.
+        score: ``(probs (rows, labels), rng) -> (rows,)`` priorities: a higher score is asked first.
+        needs_embeddings: the loop also computes the student's mean-pooled embeddings of the pool.
+        pool_factor: candidates kept per row to pick (``choose`` picks among them).
+        choose: ``(candidates best first [(score, order, id, embedding)], k, seed) -> [(id, score)]``;
+            None takes the k best.
+    """
+
+    summary: str
+    score: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    needs_embeddings: bool = False
+    pool_factor: int = 1
+    choose: Callable[[list, int, int], list] | None = None
+
+
 DIVERSE_POOL = 10  # diverse: cluster the 10·k most uncertain rows into k clusters (Zhdanov 2019)
 
 
-def scores(strategy: str, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Priority of each row (higher = ask first).
+def _margin(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    return -(top2[:, 1] - top2[:, 0])
 
-    random: a uniform draw. margin: minus the gap between the two most likely labels
-    (smallest margin first). entropy: the entropy of the student's distribution. diverse ranks
-    its candidates by margin too, then spreads its batch over clusters (:func:`pick`).
-    """
-    if strategy == "random":
-        return rng.random(len(probs))
-    if strategy in ("margin", "diverse"):
-        top2 = np.sort(probs, axis=1)[:, -2:]
-        return -(top2[:, 1] - top2[:, 0])
-    if strategy == "entropy":
-        return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
-    raise UserError(f"strategy: expected one of {STRATEGIES}, found '{strategy}'")
+
+def _entropy(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
+
+
+def _diverse(best: list, k: int, seed: int) -> list[tuple[str, float]]:
+    """k-means (k clusters) on the student's embeddings of the candidates, then the smallest-margin
+    row of each cluster, so one batch does not spend its budget on near-duplicates ("Diverse
+    mini-batch Active Learning", Zhdanov 2019)."""
+    from sklearn.cluster import KMeans
+
+    emb = np.stack([item[3] for item in best])
+    clusters = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(emb)
+    chosen = {}
+    for (score, _, row_id, _), c in zip(best, clusters):  # best is sorted: the first row of a cluster is its most uncertain
+        chosen.setdefault(int(c), (row_id, score))
+    return list(chosen.values())
+
+
+active_strategies.register("random", Strategy("a uniform draw", lambda probs, rng: rng.random(len(probs))))
+active_strategies.register("margin", Strategy("smallest gap between the two most likely labels", _margin))
+active_strategies.register("entropy", Strategy("highest entropy of the student's distribution", _entropy))
+active_strategies.register("diverse", Strategy("margin within k-means clusters of the student's embeddings", _margin,
+                                               needs_embeddings=True, pool_factor=DIVERSE_POOL, choose=_diverse))
+STRATEGIES = tuple(active_strategies.names())  # the built-in ones
+
+
+def scores(strategy: str, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Priority of each row under a registered strategy (higher = ask first)."""
+    return active_strategies.get(strategy).score(probs, rng)
 
 
 class Candidates:
@@ -56,20 +97,8 @@ class Candidates:
 
 
 def pick(strategy: str, candidates: Candidates, k: int, seed: int) -> list[tuple[str, float]]:
-    """``k`` rows ``(id, score)`` to annotate next.
-
-    diverse: k-means (k clusters) on the student's embeddings of the 10·k smallest-margin
-    candidates, then the smallest-margin row of each cluster, so one batch does not spend its
-    budget on near-duplicates ("Diverse mini-batch Active Learning", Zhdanov 2019).
-    """
-    best = candidates.best()
-    if strategy != "diverse" or len(best) <= k:
+    """``k`` rows ``(id, score)`` to annotate next: the strategy's ``choose`` among the candidates, else the k best."""
+    best, entry = candidates.best(), active_strategies.get(strategy)
+    if entry.choose is None or len(best) <= k:
         return [(row_id, score) for score, _, row_id, _ in best[:k]]
-    from sklearn.cluster import KMeans
-
-    emb = np.stack([item[3] for item in best])
-    clusters = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(emb)
-    chosen = {}
-    for (score, _, row_id, _), c in zip(best, clusters):  # best is sorted: the first row of a cluster is its most uncertain
-        chosen.setdefault(int(c), (row_id, score))
-    return list(chosen.values())
+    return entry.choose(best, k, seed)

@@ -2,55 +2,41 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.hosted import HostedTeacher
-from distillery.annotate.local import Annotation, LocalTeacher
+from distillery.annotate.local import LocalTeacher
+from distillery.annotate.teacher import Teacher, TeacherBackend
+from distillery.core.registry import teacher_backends
 from distillery.core.tasks import TaskSpec
 
-__all__ = ["Teacher", "TeacherKind", "TEACHERS", "build_teacher", "batch_limits", "teacher_batches"]
+if TYPE_CHECKING:
+    from distillery.annotate.config import AnnotateConfig
+
+__all__ = ["build_teacher", "batch_limits", "teacher_batches"]
 
 # Rows and prompt tokens per local teacher call when --teacher-batch-size / --teacher-batch-tokens
-# are 0 (automatic). CPU: measured (README, "Teacher batches"). CUDA: sized from the H100 run of
+# are 0 (automatic). CPU: measured (docs/results.md, "Teacher batches"). CUDA: sized from the H100 run of
 # issue #10 (batch 128 of short SST-2 rows, ~4k tokens, was the fastest measured and still
 # rising); not re-measured, as no GPU was lent since.
 AUTO_BATCH = {"cpu": (16, 0), "cuda": (512, 8192)}
 HOSTED_BATCH = 16  # rows handed to the hosted backend at a time; --concurrency sets requests in flight
 
-
-class Teacher(Protocol):
-    """Anything that turns texts into label log-probabilities."""
-
-    returns_logprobs: bool
-
-    def score(self, texts: list[str]) -> list[Annotation]:
-        """One annotation per text; failures are error annotations, never exceptions."""
-        ...
-
-    def prompt_lengths(self, texts: list[str]) -> list[int]:
-        """The cost of each row in the unit of --teacher-batch-tokens (local: prompt tokens)."""
-        ...
-
-
-class TeacherKind(str, Enum):
-    LOCAL = "local"
-    OPENAI = "openai"
-
-
-TEACHERS: dict[TeacherKind, type] = {TeacherKind.LOCAL: LocalTeacher, TeacherKind.OPENAI: HostedTeacher}
+teacher_backends.register("local", TeacherBackend("a Hugging Face model in this process", LocalTeacher, local=True))
+teacher_backends.register("openai", TeacherBackend("an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)", HostedTeacher,
+                                                   batch_rows=HOSTED_BATCH))
 
 
 def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:
     """Instantiate the backend named by ``cfg.backend``."""
-    return TEACHERS[TeacherKind(cfg.backend)](cfg, task)
+    return teacher_backends.get(cfg.backend).build(cfg, task)
 
 
 def batch_limits(cfg: AnnotateConfig) -> tuple[int, int]:
     """``(rows, tokens)`` per teacher call, automatic values resolved (tokens 0: no token cap)."""
-    if TeacherKind(cfg.backend) is not TeacherKind.LOCAL:
-        return cfg.teacher_batch_size or HOSTED_BATCH, 0
+    backend = teacher_backends.get(cfg.backend)
+    if not backend.local:
+        return cfg.teacher_batch_size or backend.batch_rows or HOSTED_BATCH, 0
     from distillery.core.models import pick_device
 
     rows, tokens = AUTO_BATCH[pick_device(cfg.device).type]

@@ -32,15 +32,17 @@ Every mode is a per-label bias and a temperature applied to the raw log-probs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from distillery.core.errors import UserError
+from distillery.core.registry import calibration_modes
 
-__all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
+__all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "CalibrationMode", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
 
-CALIBRATIONS = ("auto", "none", "mean", "content-free", "mean+em", "mean+gmm", "content-free+gmm", "gold")
 AUTO_MIN_GOLD = 50
 
 
@@ -159,15 +161,22 @@ def resolve_mode(mode: str, n_gold: int, n_labels: int = 2, balanced: bool = Fal
 
 def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None = None,
                     gold_raw: np.ndarray | None = None, gold: np.ndarray | None = None) -> Calibration:
-    """Fit one calibration mode (not ``auto``: see :func:`resolve_mode`).
+    """Fit a registered calibration mode (not ``auto``: see :func:`resolve_mode`).
 
     Args:
-        mode: one of CALIBRATIONS except ``auto`` (also ``content-free+em``, measured, not offered).
+        mode: a name in ``calibration_modes`` (also ``content-free+em``, measured, not offered).
         raw: ``(rows, labels)`` raw log-probs of every row to be calibrated.
-        content_free: ``(labels,)`` mean raw log-probs on content-free inputs (content-free modes).
-        gold_raw, gold: raw log-probs and gold label ids of the rows ``gold`` is fitted on.
+        content_free: ``(labels,)`` mean raw log-probs on content-free inputs (modes that need them).
+        gold_raw, gold: raw log-probs and gold label ids of the rows a gold mode is fitted on.
     """
-    raw = np.asarray(raw, dtype=np.float64)
+    entry = calibration_modes.get(mode) if mode != "content-free+em" else CalibrationMode("", partial(_fit_builtin, mode), True)
+    if entry.needs_content_free and content_free is None:
+        raise UserError(f"{mode} calibration: expected the teacher's log-probs on content-free inputs; found none")
+    return entry.fit(np.asarray(raw, dtype=np.float64), content_free, gold_raw, gold)
+
+
+def _fit_builtin(mode: str, raw: np.ndarray, content_free, gold_raw, gold) -> Calibration:
+    """The built-in modes: a bias (none, mean, content-free or gold), then +em or +gmm where named."""
     n_labels = raw.shape[1]
     base = mode.removesuffix("+em").removesuffix("+gmm")
     if base == "none":
@@ -175,17 +184,13 @@ def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None 
     elif base == "mean":
         bias = raw.mean(axis=0) if len(raw) else np.zeros(n_labels)
     elif base == "content-free":
-        if content_free is None:
-            raise UserError("content-free calibration: expected the teacher's log-probs on content-free inputs; found none")
         bias = np.asarray(content_free, dtype=np.float64)
-    elif base == "gold":
+    else:  # gold
         if gold is None or len(gold) < n_labels:
             raise UserError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {0 if gold is None else len(gold)}; "
                              "pass --label-column, or use --calibrate mean+em")
         bias, temperature = fit_gold_calibration(gold_raw, gold)
         return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
-    else:
-        raise UserError(f"calibrate: expected a resolved mode from {CALIBRATIONS[1:]}, found '{mode}'")
     if mode.endswith("+gmm") and len(raw) > n_labels:
         weights, gmm_bias, prior = fit_gmm(raw, calibrated(raw, bias))
         return Calibration(mode, gmm_bias, prior=prior, weights=weights)
@@ -193,3 +198,39 @@ def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None 
         return Calibration(mode, bias)
     prior = em_prior(calibrated(raw, bias)) if len(raw) else np.full(n_labels, 1.0 / n_labels)
     return Calibration(mode, bias - np.log(prior), prior=prior)
+
+
+@dataclass(frozen=True)
+class CalibrationMode:
+    """One calibration mode, registered in ``calibration_modes`` (``distillery.core.registry``).
+
+    Args:
+        summary: one line for --help.
+        fit: ``(raw, content_free, gold_raw, gold) -> Calibration``; ``raw`` are the raw log-probs
+            of every row, ``content_free`` the mean raw log-probs on content-free inputs (or None),
+            ``gold_raw``/``gold`` the rows with gold labels (or None).
+        needs_content_free: annotate scores the task's content-free inputs first.
+        needs_gold: fitted on gold rows (annotate passes them; online distillation cannot).
+        fits_on_rows: uses the raw log-probs of the rows themselves (online distillation scores a
+            sample of the rows before training for it).
+    """
+
+    summary: str
+    fit: Callable[..., Calibration]
+    needs_content_free: bool = False
+    needs_gold: bool = False
+    fits_on_rows: bool = True
+
+
+for _name, _summary in [
+    ("none", "no change"),
+    ("mean", "subtract each label's mean log-prob (assumes balanced labels)"),
+    ("content-free", "subtract the log-probs of content-free inputs (Zhao et al. 2021)"),
+    ("mean+em", "mean, then the label prior by EM"),
+    ("mean+gmm", "mean, then a Gaussian mixture over the log-odds"),
+    ("content-free+gmm", "content-free, then a Gaussian mixture over the log-odds"),
+    ("gold", "a bias and a temperature fitted on --calibrate-on gold rows"),
+]:
+    calibration_modes.register(_name, CalibrationMode(_summary, partial(_fit_builtin, _name), needs_content_free=_name.startswith("content-free"),
+                                                      needs_gold=_name == "gold", fits_on_rows=_name not in ("none", "content-free", "gold")))
+CALIBRATIONS = ("auto", *calibration_modes.names())  # auto picks one of the others (resolve_mode)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from distillery.annotate.calibration import fit_calibration
+from distillery.core.registry import calibration_modes
 from distillery.core.errors import UserError
 from distillery.core.rundir import append_csv, sha256_file, write_json, write_text
 
@@ -171,7 +172,7 @@ class ChunkStore:
         fit_rows = gold_rows.head(calibrate_on)
         calibration = fit_calibration(mode, ok[raw_cols].to_numpy(float), bias_content_free,
                                       fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())
-        if mode == "gold":
+        if calibration_modes.get(mode).needs_gold:
             calibration.extra["calibrate_on"] = calibrate_on
         for name, frame in frames.items():
             good = soft(frame)

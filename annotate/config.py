@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distillery.annotate.calibration import CALIBRATIONS
+from distillery.annotate import backends, calibration  # noqa: F401  (register the built-in backends and modes)
+from distillery.core.registry import calibration_modes, teacher_backends
 from distillery.core.errors import UserError
 
 from distillery.core.options import check_finite, option
@@ -40,7 +41,7 @@ class AnnotateConfig:
     seed: int = option(0, "seed for sampling, the train/test split and training")
     task: str = option("sentiment-binary", "task name in data/tasks/ or a task YAML path")
     labels: list[str] = option([], "override the task's labels, comma-separated (e.g. negative,positive)", nonempty=True)
-    backend: str = option("local", "teacher backend: local (a Hugging Face model in this process) or openai (an OpenAI-compatible server)", choices=("local", "openai"))
+    backend: str = option("local", "teacher backend", registry=teacher_backends)
     teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
     teacher_batch_size: int = option(0, "most rows per teacher call (0 = automatic: 16 on CPU, 512 on CUDA, 16 for the openai backend)")
     teacher_batch_tokens: int = option(0, "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
@@ -51,7 +52,7 @@ class AnnotateConfig:
     calibrate: str = option("auto", "teacher calibration: auto (gold when >= 50 training rows have gold labels, else content-free for two labels, "
                             "mean for more), none, mean or content-free (both assume balanced labels), mean+em (then the label prior by EM), "
                             "mean+gmm or content-free+gmm (a Gaussian mixture over the label log-odds: estimates the prior, no gold needed), "
-                            "gold (fit a bias and a temperature on --calibrate-on gold rows); see the README", choices=CALIBRATIONS)
+                            "gold (fit a bias and a temperature on --calibrate-on gold rows); see docs/usage.md", registry=calibration_modes, extra_choices=("auto",))
     calibrate_on: int = option(200, "--calibrate gold: how many non-test rows with gold labels to fit on")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = option("auto", "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
@@ -99,8 +100,9 @@ class AnnotateConfig:
             raise UserError(f"chunk_size: expected >= 1, found {self.chunk_size}")
         if self.hosted_scoring not in ("top-logprobs", "echo"):
             raise UserError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
-        if self.calibrate not in CALIBRATIONS:
-            raise UserError(f"calibrate: expected one of {CALIBRATIONS}, found '{self.calibrate}'")
+        if self.calibrate != "auto":
+            calibration_modes.get(self.calibrate)  # an unknown mode: one line naming the registered ones
+        teacher_backends.get(self.backend)
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
         if isinstance(self.extra_headers, str):

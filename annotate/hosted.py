@@ -22,11 +22,14 @@ import math
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distillery.annotate.config import AnnotateConfig
 
 from distillery.core.secrets import parse_headers, scrub
-from distillery.annotate.local import Annotation, normalise
+
+if TYPE_CHECKING:
+    from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.tasks import TaskSpec
 from distillery.core.errors import UserError
 
@@ -144,7 +147,6 @@ class HostedTeacher:
     message; a refused key (401) stops the run.
     """
 
-    returns_logprobs = True
 
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         try:

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.models import load_causal_lm, pick_device, pick_dtype
 from distillery.core.tasks import TaskSpec
 from distillery.core.errors import UserError
 
-__all__ = ["Annotation", "LocalTeacher", "VerbalizerScorer"]
+if TYPE_CHECKING:
+    from distillery.annotate.config import AnnotateConfig
 
-
-@dataclass
-class Annotation:
-    """The teacher's answer for one row.
-
-    ``logprobs`` are natural-log probabilities renormalised over the label set; ``mass`` is
-    the probability the label sequences held before renormalising. A failed row has
-    ``error_type``/``error_message`` and no logprobs; a hosted teacher that returns no
-    log-probs gives only ``hard_label`` (flagged ``no_logprobs``).
-    """
-
-    logprobs: list[float] | None = None
-    mass: float | None = None
-    error_type: str = ""
-    error_message: str = ""
-    hard_label: str = ""  # set when the teacher gave a label but no log-probs
-    flags: str = ""  # e.g. "bounded:positive" (log-prob is an upper bound) or "no_logprobs"
+__all__ = ["LocalTeacher", "VerbalizerScorer"]
 
 
 class VerbalizerScorer:
@@ -138,7 +122,6 @@ class VerbalizerScorer:
 class LocalTeacher:
     """A local Hugging Face causal LM as teacher (``--teacher smollm2``, a dir, a GGUF or a hub id)."""
 
-    returns_logprobs = True
 
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         device = pick_device(cfg.device)
@@ -213,11 +196,3 @@ class LocalTeacher:
         groups = torch.tensor(self.groups)
         per_label = torch.stack([torch.logsumexp(scores[:, groups == k], dim=1) for k in range(len(self.task.labels))], dim=1)
         return [normalise(row.tolist()) for row in per_label]
-
-
-def normalise(raw: list[float]) -> Annotation:
-    """Renormalise label log-probs over the label set and keep the mass they held."""
-    total = torch.logsumexp(torch.tensor(raw, dtype=torch.float64), dim=0).item()
-    if not math.isfinite(total):
-        return Annotation(error_type="no_label_mass", error_message="every label has zero probability")
-    return Annotation(logprobs=[x - total for x in raw], mass=math.exp(total))

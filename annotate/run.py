@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 
 from distillery.annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
 from distillery.annotate.calibration import resolve_mode
+from distillery.core.registry import calibration_modes
 from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.secrets import redacted
 from distillery.annotate.deferred import merge_answers
 from distillery.core.inputs import load_rows
-from distillery.annotate.local import Annotation
+from distillery.annotate.teacher import Annotation
 from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
 from distillery.core.tasks import load_task
 from distillery.core.errors import UserError
@@ -93,7 +94,7 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
     balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
     mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced)  # auto: by what the data offers
-    needs_content_free = mode.startswith("content-free") and "content_free_bias" not in store.manifest
+    needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
     if n_todo or needs_content_free:
         teacher = build_teacher(cfg, task)
         limits = batch_limits(cfg)

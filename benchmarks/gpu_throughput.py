@@ -127,7 +127,7 @@ def time_online_kd(teacher_dir: str, student_dir: str, texts: list[str], device:
     data = out / "kd_rows.csv"
     pd.DataFrame({"text": texts, "label": ["positive"] * len(texts)}).to_csv(data, index=False)
     source = AnnotateConfig(data=str(data), teacher=teacher_dir, device=device, load_in_4bit=four_bit, limit=0, test_fraction=0.0, calibrate="none")
-    cfg = DistillConfig(out=str(out / "kd"), teacher_mode="online", student="llama-lora", student_model=student_dir, device=device,
+    cfg = DistillConfig(out=str(out / "kd"), teacher_mode="online", student_kind="llama-lora", student_model=student_dir, device=device,
                         batch_size=16, max_length=128, epochs=1, min_steps=0, val_fraction=0.0, lora_r=4, lora_alpha=8)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -81,7 +81,7 @@ def main() -> None:
         variants = [(path.name, load_student(path, "cpu"))]
         if variants[0][1].kind == "encoder":  # the product's export: ONNX float32 and int8 (onnxruntime, per-channel)
             for quantize in ("none", "int8"):
-                onnx_dir = export(ExportConfig(student=str(path), output_dir=str(exports / f"{path.name}-{quantize}"), quantize=quantize))
+                onnx_dir = export(ExportConfig(student=str(path), onnx_dir=str(exports / f"{path.name}-{quantize}"), quantize=quantize))
                 variants.append((f"{path.name} ONNX {'int8' if quantize == 'int8' else 'fp32'}", load_student(onnx_dir)))
         reference = variants[0][1].probabilities(all_test, 32)
         for name, student in variants:

@@ -32,7 +32,7 @@ RUN = ROOT / "data" / "runs" / "bench-quality-sst2"
 def train_and_score(run: Path, alpha: float, temperature: float, seed: int, args, test: dict) -> dict:
     """Distil one student, score it on the test rows, delete it. Returns accuracy and agreement."""
     out = run / "sweep-tmp"
-    distill(DistillConfig(out=str(run), output_dir=str(out), alpha=alpha, temperature=temperature, seed=seed, epochs=args.epochs,
+    distill(DistillConfig(out=str(run), student=str(out), alpha=alpha, temperature=temperature, seed=seed, epochs=args.epochs,
                           max_length=64, max_train_rows=args.train_rows, evals_per_epoch=1, min_steps=0, lr=5e-5))
     tokenizer, model = load_trained_student(out, "cpu")
     pred = predict_student(model, tokenizer, test["texts"], 64, max_length=64).argmax(1)

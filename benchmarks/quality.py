@@ -47,7 +47,7 @@ def run_set(name: str, args) -> list[dict]:
         path = out / f"student-{student}"
         start = time.perf_counter()
         if not (path / "distillery_student.json").is_file():
-            distill(DistillConfig(out=str(out), output_dir=str(path), seed=args.seed, **settings))
+            distill(DistillConfig(out=str(out), student=str(path), seed=args.seed, **settings))
         timings[f"distill_{student}_s"] = time.perf_counter() - start
         students.append(str(path))
     start = time.perf_counter()

@@ -75,7 +75,7 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved, so a slow spell of the machine hits every method
         for name, pad_to_max, grouped in methods:
             if pad_to_max is None:
-                out = distill(DistillConfig(annotations=str(source), out=str(work), output_dir=str(work / f"ours{repeat}"), epochs=1, min_steps=0, lr=5e-5, max_length=128, val_fraction=0.0, evals_per_epoch=1))
+                out = distill(DistillConfig(annotations=str(source), out=str(work), student=str(work / f"ours{repeat}"), epochs=1, min_steps=0, lr=5e-5, max_length=128, val_fraction=0.0, evals_per_epoch=1))
                 runs[name].append(json.loads((out / "train_summary.json").read_text())["train_rows_per_s"])
             else:
                 runs[name].append(trainer_run(cfg, rows, pad_to_max, grouped, work / f"{name.replace(' ', '_')}{repeat}"))

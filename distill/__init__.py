@@ -7,3 +7,7 @@ from distillery.distill.students import load_student, load_trained_student
 from distillery.distill.train import distill
 
 __all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_trained_student", "load_training_rows"]
+
+from distillery.core.callable_module import callable_module  # noqa: E402
+
+callable_module(__name__, distill)  # distillery.distill(cfg) runs the stage

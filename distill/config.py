@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distillery.core.options import check_finite, option
+from distillery.core.options import check_finite, check_student_folder, option
+from distillery.core.registry import student_kinds
+from distillery.distill import students  # noqa: F401  (registers the built-in student kinds)
 from distillery.core.errors import UserError
 
-STUDENTS = ("encoder", "llama-lora")
-DEFAULT_LR = {"encoder": 5e-5, "llama-lora": 1e-3}  # measured: README, "Small data"
 
 
 @dataclass
@@ -26,14 +26,14 @@ class DistillConfig:
 
     out: str = option("data/runs/demo", "run directory; reads OUT/annotations, writes OUT/student")
     annotations: str = option("", "annotations dir (default OUT/annotations)")
-    output_dir: str = option("", "where the student is saved (default OUT/student)")
-    student: str = option("encoder", "student kind: encoder (AutoModelForSequenceClassification) or llama-lora (LLM-Neo)", choices=STUDENTS)
+    student: str = option("", "the student folder distill writes (default OUT/student)")
+    student_kind: str = option("encoder", "student kind", registry=student_kinds)
     student_model: str = option("", "student checkpoint: a hub id, a local dir or a .gguf (default: minilm for encoder, smollm2 for llama-lora)")
     hard_labels: str = option("teacher", "hard labels for the CE part: teacher or gold", choices=("teacher", "gold"))
     max_train_rows: int = option(0, "train on at most this many of the annotated training rows, in file order (0 = all)")
     alpha: float = option(0.5, "weight of the KD part (0 = hard labels only, 1 = pure KD)")
     temperature: float = option(2.0, "KD temperature T")
-    lr: float = option(0.0, "AdamW learning rate (0 = per student kind: encoder 5e-5, llama-lora 1e-3)")
+    lr: float = option(0.0, "AdamW learning rate (0 = the student kind's default: encoder 5e-5, llama-lora 1e-3)")
     weight_decay: float = option(0.01, "AdamW weight decay")
     batch_size: int = option(16, "training batch size per optimizer step (split across processes under accelerate launch)")
     grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")
@@ -80,8 +80,8 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
-        if self.student not in STUDENTS:
-            raise UserError(f"student: expected one of {STUDENTS}, found '{self.student}'")
+        student_kinds.get(self.student_kind)  # an unknown kind: one line naming the registered ones
+        check_student_folder(self.student, "--student")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
         if not self.lora_targets:

@@ -12,6 +12,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.inputs import load_rows
 from distillery.annotate.local import LocalTeacher
 from distillery.annotate.run import content_free_bias
+from distillery.core.registry import calibration_modes
 from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, split_train_val
@@ -39,13 +40,13 @@ class OnlineTeacher:
         task = load_task(source.task, labels)
         self.teacher = LocalTeacher(source, task)
         mode = resolve_mode(source.calibrate, 0, len(labels))
-        if mode == "gold":
-            raise UserError("--teacher-mode online: expected --calibrate auto, none, mean, mean+em, content-free or content-free+em; found gold "
-                             "(annotate offline for gold calibration)")
+        entry = calibration_modes.get(mode)
+        if entry.needs_gold:
+            raise UserError(f"--teacher-mode online: expected a calibration without gold rows; found {mode} (annotate offline for it)")
         raw = np.zeros((0, len(labels)))
-        if mode.startswith("mean") or mode.endswith(("+em", "+gmm")):
+        if entry.fits_on_rows:
             raw = np.asarray([a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None])
-        content_free = content_free_bias(self.teacher, task.content_free) if mode.startswith("content-free") else None
+        content_free = content_free_bias(self.teacher, task.content_free) if entry.needs_content_free else None
         self.calibration = fit_calibration(mode, raw, content_free)
 
     def targets(self, texts: list[str], hard: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,70 +1,168 @@
-"""Student models: an encoder classifier, or a Llama classifier with LoRA adapters (LLM-Neo).
+"""Student kinds: how a student is built for training, saved and loaded back. Each kind is a
+:class:`StudentKind` in the ``student_kinds`` registry (``distillery.core.registry``); the built-in
+ones are ``encoder`` (any AutoModelForSequenceClassification) and ``llama-lora`` (LLM-Neo: a Llama
+classifier with LoRA adapters). A new kind is a subclass registered under a name (docs/extending.md).
 
-Both load back through :func:`load_trained_student`, which the evaluation stage uses.
+Every saved student loads back through :func:`load_trained_student`, which evaluate and serve use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
-from distillery.core.rundir import write_json
-from distillery.distill.config import DistillConfig
+from distillery.core.registry import student_kinds
+from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 
-__all__ = ["load_student", "save_student", "load_trained_student", "trainable_parameters", "keep_trainable_fp32"]
+if TYPE_CHECKING:
+    from distillery.distill.config import DistillConfig
 
-STUDENT_FILE = "distillery_student.json"
+__all__ = ["StudentKind", "EncoderStudent", "LoraStudent", "load_student", "save_student", "load_trained_student",
+           "trainable_parameters", "keep_trainable_fp32", "STUDENT_FILE"]
 
 
 def _labels_kwargs(labels: list[str]) -> dict:
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
 
 
-def load_student(cfg: DistillConfig, labels: list[str]):
-    """``(tokenizer, model)`` with a fresh classification head for ``labels``.
-
-    ``encoder``: any ``AutoModelForSequenceClassification`` checkpoint (default the embedded
-    MiniLM). ``llama-lora``: a Llama-architecture causal LM (dir, hub id or GGUF; default the
-    embedded SmolLM2) as ``LlamaForSequenceClassification`` wrapped in LoRA adapters; only the
-    adapters and the head train.
-    """
-    spec = cfg.student_model or ("smollm2" if cfg.student == "llama-lora" else "minilm")
-    path = resolve_model(spec)
-    if path.endswith(".gguf"):
-        path = gguf_to_plain(path, AutoModelForCausalLM)
+def _tokenizer(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # Llama tokenizers often have none; the head skips pad tokens
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = _labels_kwargs(labels)
-    device = pick_device(cfg.device)
-    if cfg.student == "encoder":  # every weight trains: keep them all in float32 (compute may autocast)
-        model = AutoModelForSequenceClassification.from_pretrained(path, ignore_mismatched_sizes=True, dtype=torch.float32, **kwargs)
+    return tokenizer
+
+
+class StudentKind:
+    """One kind of student. Subclass it, override what differs, and register an instance::
+
+        @distillery.student_kinds.register("my-kind")
+        class MyKind(distillery.StudentKind): ...     # (the decorator registers the class; an instance is made on use)
+
+    The training loop needs from the model only ``model(input_ids=, attention_mask=).logits`` and
+    ``model.device``; :meth:`save` and :meth:`load` must round-trip it.
+    """
+
+    summary = "a sequence classifier"
+    default_model = "minilm"  # --student-model when empty: 'minilm' and 'smollm2' are the embedded models
+    default_lr = 5e-5  # --lr 0 means this (measured: docs/results.md, "Small data")
+    card_text = "fine-tuned encoder classifier"  # the model card's "what it is"
+    library = "transformers"  # the model card's library_name
+    exportable = True  # export reads the saved folder as a full model
+    warm_start = True  # active --warm-start may start a round from the previous round's student
+
+    def build(self, cfg: DistillConfig, labels: list[str]):
+        """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
+        path = self.model_path(cfg)
+        model = AutoModelForSequenceClassification.from_pretrained(path, ignore_mismatched_sizes=True, dtype=torch.float32,
+                                                                   **_labels_kwargs(labels))
+        return _tokenizer(path), model
+
+    def model_path(self, cfg: DistillConfig) -> str:
+        """The local folder of ``--student-model`` (a GGUF file is converted once)."""
+        path = resolve_model(cfg.student_model or self.default_model)
+        return gguf_to_plain(path, AutoModelForCausalLM) if path.endswith(".gguf") else path
+
+    def save(self, model, tokenizer, folder: Path, cfg: DistillConfig, meta: StudentMeta) -> None:
+        """Write the model and tokenizer files into ``folder`` (the caller writes ``meta`` last)."""
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    def load(self, folder: Path, meta: StudentMeta | None, device: torch.device):
+        """``(tokenizer, model)`` of a saved student on ``device`` in eval mode; ``model.evaluated_base``
+        says what the weights run as (the report and the model card show it)."""
+        dtype = torch.float32 if device.type == "cpu" else "auto"
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model.evaluated_base = "full model"
+        return AutoTokenizer.from_pretrained(folder), model
+
+
+@student_kinds.register("encoder")
+class EncoderStudent(StudentKind):
+    """Any AutoModelForSequenceClassification checkpoint (default: the embedded MiniLM-L6); every weight trains."""
+
+    summary = "an encoder classifier (MiniLM, RoBERTa, ...), every weight trained"
+
+
+@student_kinds.register("llama-lora")
+class LoraStudent(StudentKind):
+    """LLM-Neo: a Llama-architecture causal LM (dir, hub id or GGUF; default the embedded SmolLM2) as
+    ``LlamaForSequenceClassification`` wrapped in LoRA adapters; only the adapters and the head train."""
+
+    summary = "a Llama classifier with LoRA adapters (LLM-Neo)"
+    default_model = "smollm2"
+    default_lr = 1e-3
+    card_text = "LoRA adapter on a Llama classifier"
+    library = "peft"
+    exportable = False
+    warm_start = False
+
+    def build(self, cfg: DistillConfig, labels: list[str]):
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        path = self.model_path(cfg)
+        tokenizer, device, kwargs = _tokenizer(path), pick_device(cfg.device), _labels_kwargs(labels)
+        # The frozen base keeps its checkpoint's dtype on a GPU (bf16 for Llama-3.2-1B); on the CPU
+        # float32 (bf16 runs ~50x slower there). The trainable parameters are float32 either way.
+        kwargs["dtype"] = torch.float32 if device.type == "cpu" else "auto"
+        if cfg.qlora:
+            kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
+        base = AutoModelForSequenceClassification.from_pretrained(path, pad_token_id=tokenizer.pad_token_id, **kwargs)
+        if cfg.qlora:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base)
+        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), modules_to_save=["score"])
+        model = keep_trainable_fp32(get_peft_model(base, lora))
+        model.base_path = path  # recorded next to the adapter so the student reloads offline
         return tokenizer, model
 
-    from peft import LoraConfig, TaskType, get_peft_model
+    def save(self, model, tokenizer, folder: Path, cfg: DistillConfig, meta: StudentMeta) -> None:
+        """The adapter and head; ``--merge`` also writes ``folder/merged``, a standalone model with the adapters folded in."""
+        super().save(model, tokenizer, folder, cfg, meta)
+        if cfg.merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(folder / "merged")
+            tokenizer.save_pretrained(folder / "merged")
+            dataclasses.replace(meta, student="merged").write(folder / "merged")
 
-    # The frozen base keeps its checkpoint's dtype on a GPU (bf16 for Llama-3.2-1B); on the CPU
-    # float32 (bf16 runs ~50x slower there). The trainable parameters are float32 either way.
-    kwargs["dtype"] = torch.float32 if device.type == "cpu" else "auto"
-    if cfg.qlora:
-        kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
-    base = AutoModelForSequenceClassification.from_pretrained(path, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    if cfg.qlora:
-        from peft import prepare_model_for_kbit_training
+    def load(self, folder: Path, meta: StudentMeta | None, device: torch.device):
+        """The adapter on its base. A QLoRA adapter gets the 4-bit base it was trained on when a GPU
+        and bitsandbytes are there; elsewhere the unquantized base, which is not quite the model
+        that was trained (the report says so)."""
+        from peft import PeftModel
 
-        base = prepare_model_for_kbit_training(base)
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets), modules_to_save=["score"],
-    )
-    model = keep_trainable_fp32(get_peft_model(base, lora))
-    model.base_path = path  # recorded next to the adapter so the student reloads offline
-    return tokenizer, model
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        kwargs = {"dtype": torch.float32 if device.type == "cpu" else "auto", "pad_token_id": tokenizer.pad_token_id,
+                  **_labels_kwargs(meta.labels)}
+        four_bit = meta.qlora and device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
+        if four_bit:
+            kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
+        base = AutoModelForSequenceClassification.from_pretrained(meta.base, **kwargs)
+        model = PeftModel.from_pretrained(base, folder)
+        if not four_bit:
+            model.to(device)
+        base_dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
+        model.evaluated_base = ("4-bit NF4 base, as trained" if four_bit else
+                                f"unquantized {base_dtype} base; the adapter was trained on a 4-bit base (QLoRA)" if meta.qlora else f"{base_dtype} base")
+        return tokenizer, model.eval()
+
+
+def student_kind(name: str) -> StudentKind:
+    """The registered kind named ``name``, as an instance (a registered class is instantiated)."""
+    entry = student_kinds.get(name)
+    return entry() if isinstance(entry, type) else entry
+
+
+def load_student(cfg: DistillConfig, labels: list[str]):
+    """``(tokenizer, model)`` with a fresh classification head for ``labels``, built by ``--student-kind``."""
+    return student_kind(cfg.student_kind).build(cfg, labels)
 
 
 def keep_trainable_fp32(model):
@@ -86,48 +184,18 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str]) -> None:
-    """Save the student (full model, or LoRA adapter + head) with its tokenizer and labels.
-
-    ``--merge`` also writes ``OUT/student/merged``: a standalone model with the adapters folded in.
-    """
+    """Save the student with its tokenizer, then its ``distillery_student.json`` (written last: a
+    folder without it is a student whose training did not finish)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    meta = {"student": cfg.student, "labels": labels, "base": getattr(model, "base_path", None), "qlora": cfg.qlora}
-    write_json(out_dir / STUDENT_FILE, meta)
-    if cfg.student == "llama-lora" and cfg.merge:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out_dir / "merged")
-        tokenizer.save_pretrained(out_dir / "merged")
-        write_json(out_dir / "merged" / STUDENT_FILE, {**meta, "student": "merged"})
+    meta = StudentMeta(student=cfg.student_kind, labels=labels, base=getattr(model, "base_path", None), qlora=cfg.qlora)
+    student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)
+    meta.write(out_dir)
 
 
 def load_trained_student(path: str | Path, device="cpu"):
-    """``(tokenizer, model)`` of a saved student: a full model dir or a LoRA adapter dir.
-
-    The model's ``evaluated_base`` says what the adapter runs on: a QLoRA adapter gets the 4-bit
-    base it was trained on when a GPU and bitsandbytes are there; elsewhere the unquantized
-    base, which is not quite the model that was trained (the report says so).
-    """
+    """``(tokenizer, model)`` of a saved student, loaded by the kind its ``distillery_student.json``
+    names (a merged LoRA student, or a folder without the file, loads as a full model)."""
     path, device = Path(path), torch.device(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    dtype = torch.float32 if device.type == "cpu" else "auto"
-    if not (path / "adapter_config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype).to(device).eval()
-        model.evaluated_base = "full model"
-        return tokenizer, model
-    from peft import PeftModel
-
-    meta = json.loads((path / STUDENT_FILE).read_text())
-    kwargs = {"dtype": dtype, "pad_token_id": tokenizer.pad_token_id, **_labels_kwargs(meta["labels"])}
-    four_bit = meta.get("qlora") and device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
-    if four_bit:
-        kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
-    base = AutoModelForSequenceClassification.from_pretrained(meta["base"], **kwargs)
-    model = PeftModel.from_pretrained(base, path)
-    if not four_bit:
-        model.to(device)
-    base_dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-    model.evaluated_base = ("4-bit NF4 base, as trained" if four_bit else
-                            f"unquantized {base_dtype} base; the adapter was trained on a 4-bit base (QLoRA)" if meta.get("qlora") else f"{base_dtype} base")
-    return tokenizer, model.eval()
+    meta = StudentMeta.read(path)
+    kind = meta.student if meta is not None and meta.student in student_kinds else "encoder"
+    return student_kind(kind).load(path, meta, device)

@@ -25,11 +25,11 @@ from transformers import get_linear_schedule_with_warmup
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device
 from distillery.core.rundir import claim_folder, locked, write_json, write_text
-from distillery.distill.config import DEFAULT_LR, DistillConfig
+from distillery.distill.config import DistillConfig
 from distillery.distill.data import build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
-from distillery.distill.students import STUDENT_FILE, load_student, save_student, trainable_parameters
+from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 from distillery.core.errors import UserError
 
 __all__ = ["distill", "evaluate_student"]
@@ -81,7 +81,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
     One process at a time writes the student's folder.
     """
-    out_dir = Path(cfg.output_dir or f"{cfg.out}/student")
+    out_dir = Path(cfg.student or f"{cfg.out}/student")
     with locked(out_dir, "distill"):  # OUT is only read (chunks are checked against their checksums): sweeps share it
         return _distill(cfg, source, out_dir)
 
@@ -89,7 +89,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
 def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
     set_seed(cfg.seed)
     overwrite = cfg.overwrite
-    claim_folder(out_dir, overwrite, flag="--output-dir")
+    claim_folder(out_dir, overwrite, flag="--student")
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())
         print(f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
@@ -116,7 +116,7 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
     say(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out")
     tokenizer, model = load_student(cfg, rows.labels)
     trainable, total = trainable_parameters(model)
-    say(f"distill: {cfg.student} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    say(f"distill: {cfg.student_kind} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
     cfg = with_automatic_settings(cfg, tokenizer, model, rows.train["text"].tolist())
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
@@ -231,7 +231,7 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
         for share in (25, 50):
             say(f"distill: learning curve, {share}% of the training rows")
             distill(replace(cfg, learning_curve=False, max_train_rows=n_rows * share // 100,
-                            output_dir=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
+                            student=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
     return out_dir
 
 
@@ -262,7 +262,7 @@ def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[st
     limits = [n for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
     return replace(
         cfg,
-        lr=cfg.lr or DEFAULT_LR[cfg.student],
+        lr=cfg.lr or student_kind(cfg.student_kind).default_lr,
         max_length=cfg.max_length or covering_length(tokenizer, texts, min(limits) if limits else None),
     )
 

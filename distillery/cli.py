@@ -1,17 +1,17 @@
 """The ``distillery`` command: annotate, distill, evaluate, or run all three; then predict and export.
 
     distillery run                                   # the embedded demo (tweets, SmolLM2 -> MiniLM)
-    distillery run --data reviews.csv --label-column label --labels negative,positive --out data/runs/reviews
+    distillery run --data reviews.csv --labels negative,positive --out data/runs/reviews
     distillery annotate --config my.yaml --limit 500
     distillery distill --out data/runs/reviews --alpha 0.8
     distillery evaluate --out data/runs/reviews
-    distillery predict --student data/runs/reviews/student --data new.csv --out preds.csv --defer
-    distillery export --student data/runs/reviews/student          # ONNX, int8 weights
-    distillery active --data pool.csv --budget 2000 --strategy margin --out data/runs/active
+    distillery predict --out data/runs/reviews --data new.csv --predictions preds.csv --defer
+    distillery export --out data/runs/reviews                       # ONNX, int8 weights
+    distillery active --data pool.csv --budget 2000 --out data/runs/active
 
-Every subcommand takes ``--config FILE.yaml`` (flat keys, the same names as the flags with
-underscores); flags win over the file, unknown keys and values of the wrong type are errors.
-The resolved config is written next to each stage's output.
+Every subcommand takes --config FILE.yaml (flat keys, named like the flags with underscores);
+flags win over the file; one file serves every stage; unknown keys are errors.
+--out is the run folder and --student the student folder (default OUT/student) everywhere.
 
 Exit codes: 0 done; 2 a mistake in the input, a setting or a file (one line says what to fix);
 130 interrupted (rerun to resume); 1 a bug in Distillery (its traceback is printed).
@@ -23,87 +23,308 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
-
 from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
+from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config
 from distillery.distill.config import DistillConfig
 from distillery.evaluation.config import EvaluateConfig
 from distillery.serve.config import ExportConfig, PredictConfig
-from distillery.core.errors import UserError
 
+# The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher).
+ONLINE_TEACHER = ("data", "hf_config", "split", "text_column", "label_column", "split_column", "id_column", "limit", "balance",
+                  "drop_empty", "test_fraction", "task", "labels", "backend", "teacher", "teacher_batch_size", "prefix_cache",
+                  "max_prompt_tokens", "calibrate", "dtype", "load_in_4bit")
+
+# Each subcommand: its help line and the config classes it builds, in order (a class with a tuple
+# of names contributes only those fields).
 STAGES = {
-    "annotate": (AnnotateConfig,),
-    "distill": (DistillConfig, AnnotateConfig),  # annotate's data/teacher settings serve --teacher-mode online
-    "evaluate": (EvaluateConfig,),
-    "run": (AnnotateConfig, DistillConfig, EvaluateConfig),
-    "predict": (PredictConfig,),
-    "export": (ExportConfig,),
-    "active": (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig),
-}
-HELP = {
-    "annotate": "ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv",
-    "distill": "train a student on OUT/annotations with the hybrid KD loss; save OUT/student",
-    "evaluate": "compare students, teacher and gold; write OUT/report.md and OUT/metrics.json",
-    "run": "annotate, distill and evaluate in one go (no arguments: the embedded demo)",
-    "predict": "label new rows with a saved student (encoder, LoRA, merged or ONNX); write id, text, label, probabilities",
-    "export": "export a saved student to ONNX (int8 weights by default) for onnxruntime",
-    "active": "annotate only the rows the student is unsure of: seed, train, score the pool, ask the teacher, repeat within --budget",
+    "annotate": ("ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv", (AnnotateConfig,)),
+    "distill": ("train a student on OUT/annotations with the hybrid KD loss; save it to --student",
+                (DistillConfig, (AnnotateConfig, ONLINE_TEACHER))),
+    "evaluate": ("compare students, teacher and gold; write OUT/report.md and OUT/metrics.json", (EvaluateConfig,)),
+    "run": ("annotate, distill and evaluate in one go (no arguments: the embedded demo)", (AnnotateConfig, DistillConfig, EvaluateConfig)),
+    "predict": ("label new rows with a saved student (encoder, LoRA, merged or ONNX); write a predictions CSV", (PredictConfig,)),
+    "export": ("export a saved student to ONNX (int8 weights by default) for onnxruntime", (ExportConfig,)),
+    "active": ("annotate only the rows the student is unsure of: seed, train, score the pool, ask the teacher, repeat within --budget",
+               (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig)),
 }
 
+# The help groups. A setting's name has one meaning in every subcommand, so it has one group.
+GROUPS = {
+    "input": ("input rows", "out data hf_config split text_column label_column split_column id_column limit balance drop_empty "
+                            "test_fraction seed annotations hard_labels max_train_rows students eval_split"),
+    "task": ("task", "task labels"),
+    "teacher": ("teacher", "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens dtype load_in_4bit "
+                           "teacher_mode"),
+    "hosted": ("hosted teacher (--backend openai)", "base_url api_key_env extra_headers request_timeout hosted_scoring template_from "
+                                                    "top_logprobs concurrency requests_per_minute tokens_per_minute max_retries "
+                                                    "price_prompt_per_m price_completion_per_m max_cost dry_run"),
+    "calibration": ("teacher calibration", "calibrate calibrate_on"),
+    "student": ("student", "student student_kind student_model lora_r lora_alpha lora_dropout lora_targets qlora merge defer "
+                           "defer_threshold"),
+    "training": ("training", "alpha temperature lr weight_decay batch_size grad_accum max_length epochs min_steps head_warmup_epochs "
+                             "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length checkpoint_every resume"),
+    "active": ("active loop", "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start"),
+    "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
+    "output": ("output", "predictions predict_batch_size onnx_dir quantize chunk_size only_deferred overwrite"),
+    "device": ("device", "device"),
+}
+# One line of --help per setting (the dataclass field's help is the whole text: --help-all, docs/usage.md).
+SHORT_HELP = {
+    "out": "run folder (annotations, student, report)",
+    "data": "input: .csv/.jsonl/.parquet file, 'tweets' (built in) or hf:NAME",
+    "hf_config": "config name of an hf: dataset (e.g. sst2 for hf:glue)",
+    "split": "split of an hf: dataset",
+    "text_column": "column that holds the text",
+    "label_column": "column with gold labels (default 'label' if present)",
+    "split_column": "column with train/test per row (instead of --test-fraction)",
+    "id_column": "column with row ids (default: a hash of the text)",
+    "limit": "at most this many rows (0 = all; default all, demo 1,200)",
+    "balance": "sample the same number of rows per gold label",
+    "drop_empty": "skip rows with empty text instead of stopping",
+    "test_fraction": "share of rows held out as split=test",
+    "seed": "seed for sampling, splits and training",
+    "task": "task name in data/tasks/ or a task YAML file",
+    "labels": "the task's labels, comma-separated (overrides the task's)",
+    "backend": "teacher backend",
+    "teacher": "'smollm2' (embedded), hub id, model folder or .gguf",
+    "teacher_batch_size": "rows per teacher call (0 = automatic)",
+    "teacher_batch_tokens": "local: prompt tokens per forward pass (0 = automatic)",
+    "prefix_cache": "local: reuse the KV cache of the shared prompt prefix",
+    "max_prompt_tokens": "rows with a longer prompt become error rows",
+    "dtype": "local teacher dtype: auto, float32, bfloat16, float16",
+    "load_in_4bit": "load the local teacher in 4 bit (bitsandbytes, CUDA)",
+    "base_url": "server URL, e.g. https://api.openai.com/v1",
+    "api_key_env": "environment variable that holds the API key",
+    "extra_headers": "extra HTTP headers 'Name: value', comma-separated",
+    "request_timeout": "seconds before a request times out (then retried)",
+    "hosted_scoring": "chat top-logprobs, or echo (completions; vLLM, llama.cpp)",
+    "template_from": "echo: model whose chat template formats the prompt",
+    "top_logprobs": "how many top tokens' log-probs to ask for",
+    "concurrency": "requests in flight",
+    "requests_per_minute": "at most this many requests a minute (0 = no limit)",
+    "tokens_per_minute": "at most this many tokens a minute (0 = no limit)",
+    "max_retries": "retries on 429, 5xx, timeouts, dropped connections",
+    "price_prompt_per_m": "price per million prompt tokens (--dry-run, --max-cost)",
+    "price_completion_per_m": "price per million completion tokens",
+    "max_cost": "stop cleanly (resumable) once this much is spent (0 = no limit)",
+    "dry_run": "estimate requests, tokens and cost; send nothing",
+    "calibrate": "teacher calibration",
+    "calibrate_on": "--calibrate gold: gold rows to fit on",
+    "chunk_size": "rows per chunk, the unit of resume",
+    "overwrite": "start over / replace files distillery did not write",
+    "only_deferred": "annotate only the rows predict --defer deferred",
+    "device": "auto, cpu, cuda or cuda:N",
+    "annotations": "annotations folder (default OUT/annotations)",
+    "student": "the student folder (default OUT/student)",
+    "student_kind": "student kind",
+    "student_model": "checkpoint: hub id or folder (default per kind)",
+    "hard_labels": "hard labels for the CE part: teacher or gold",
+    "max_train_rows": "train on at most this many rows (0 = all)",
+    "alpha": "weight of the KD part (0 = hard labels only, 1 = pure KD)",
+    "temperature": "KD temperature T",
+    "lr": "AdamW learning rate (0 = the student kind's default)",
+    "weight_decay": "AdamW weight decay",
+    "batch_size": "training rows per optimizer step",
+    "grad_accum": "micro-batches per optimizer step",
+    "max_length": "tokens per text (0 = cover 95% of the training rows)",
+    "epochs": "passes over the training rows, at least",
+    "min_steps": "optimizer steps at least (small sets get more epochs)",
+    "head_warmup_epochs": "LP-FT: epochs that train only the head first (0 = off)",
+    "learning_curve": "also train on 25% and 50% of the rows, for the report",
+    "warmup_ratio": "share of steps with linear warm-up",
+    "max_grad_norm": "gradient clipping norm",
+    "val_fraction": "share of training rows held out to pick the best checkpoint",
+    "evals_per_epoch": "validation passes per epoch (the best is kept)",
+    "group_by_length": "batch texts of similar length together",
+    "lora_r": "LoRA rank (llama-lora)",
+    "lora_alpha": "LoRA alpha (llama-lora)",
+    "lora_dropout": "LoRA dropout (llama-lora)",
+    "lora_targets": "modules that get LoRA adapters (llama-lora)",
+    "qlora": "QLoRA: the llama-lora base in 4 bit (CUDA)",
+    "teacher_mode": "offline: OUT/annotations; online: the local teacher per batch",
+    "merge": "llama-lora: also save a merged model in STUDENT/merged",
+    "checkpoint_every": "save a resumable checkpoint every N steps (0 = never)",
+    "resume": "continue from STUDENT/checkpoint (same settings)",
+    "students": "student folders to compare, comma-separated (default OUT/student)",
+    "eval_split": "rows to evaluate on: test, train or all",
+    "speed_rows": "rows to time student and teacher on (0 = skip the teacher)",
+    "eval_batch_size": "student batch size when evaluating",
+    "target_agreement": "answer or defer: agreement the threshold must keep (0 = skip)",
+    "push_to_hub": "upload the student and its card to this hub repo",
+    "predictions": "output CSV (a folder gets FOLDER/predictions.csv)",
+    "predict_batch_size": "rows per forward pass",
+    "defer": "add a 'deferred' column from evaluate's threshold",
+    "defer_threshold": "confidence under which a row is deferred",
+    "onnx_dir": "where the ONNX student goes (default STUDENT-onnx)",
+    "quantize": "int8 weights or none (float32)",
+    "budget": "teacher calls in all (test + seed + every round)",
+    "budget_cost": "hosted: also stop once this much is spent (0 = no limit)",
+    "strategy": "which pool rows go to the teacher",
+    "test_rows": "random rows annotated first and held out for scoring",
+    "seed_rows": "random rows the first student trains on",
+    "round_rows": "rows sent to the teacher each round",
+    "patience": "stop after this many rounds without --min-gain (0 = never)",
+    "min_gain": "agreement gain that counts as an improvement",
+    "pool_chunk": "pool rows scored at a time",
+    "warm_start": "start each round's student from the previous round's",
+}
 
-def _fields(classes) -> dict[str, dataclasses.Field]:
-    """The union of the config fields; a name shared by two stages means the same thing."""
+GROUP_OF = {name: group for group, (_, names) in GROUPS.items() for name in names.split()}
+
+# Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
+COMMON = set("out data text_column label_column split_column limit labels task backend teacher base_url calibrate device overwrite seed "
+             "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
+             "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split())
+
+# Old spellings: an error naming the new one (a flag here is not also a setting of that subcommand).
+RENAMED = {
+    "distill": {"--output-dir": "--student (the student folder)"},
+    "run": {"--output-dir": "--student (the student folder)"},
+    "active": {"--output-dir": "--student (the student folder)"},
+    "predict": {"--batch-size": "--predict-batch-size", "--output": "--predictions"},
+    "export": {"--output-dir": "--onnx-dir"},
+}
+RENAMED_KEYS = {"output_dir": "student (distill's student folder) or onnx_dir (export's ONNX folder)"}
+
+
+def stage_fields(command: str) -> dict[str, dataclasses.Field]:
+    """The settings a subcommand reads, by name (a name two stages share means the same thing)."""
     out: dict[str, dataclasses.Field] = {}
-    for cls in classes:
+    for entry in STAGES[command][1]:
+        cls, names = entry if isinstance(entry, tuple) else (entry, None)
         for f in dataclasses.fields(cls):
-            out.setdefault(f.name, f)
+            if names is None or f.name in names:
+                out.setdefault(f.name, f)
     return out
 
 
-def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field) -> None:
-    flag = "--" + f.name.replace("_", "-")
+def stage_configs(command: str) -> list[type]:
+    """The config classes a subcommand builds, in the order ``run_stages`` takes them."""
+    return [entry[0] if isinstance(entry, tuple) else entry for entry in STAGES[command][1]]
+
+
+def _shown_default(f: dataclasses.Field) -> str:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    shown = "see above" if default is None or default == -1 else default if default != [] else "none"
-    help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
+    if isinstance(default, bool) or default is None or default in ("", []) or (isinstance(default, (int, float)) and default == -1):
+        return ""
+    return f" [{','.join(default) if isinstance(default, list) else default}]"
+
+
+def _short(text: str) -> str:
+    """A help text's first clause: one line in --help (--help-all and docs/usage.md show it whole)."""
+    return re.split(r"; | \((?!\d+ = )|: (?=[a-z])", text, maxsplit=1)[0]
+
+
+METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
+
+
+def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
+    """One setting as a flag. A bool is --name (or --no-name where it defaults to on); the other
+    spelling is accepted but not listed."""
+    flag = "--" + f.name.replace("_", "-")
+    registry = f.metadata.get("registry")
+    text = f.metadata.get("help", "")
+    if registry is not None and full:
+        text = f"{text} ({registry.describe()})"
+    if not full:
+        text = SHORT_HELP.get(f.name) or _short(text)
+        text += f": {', '.join(registry.names())}" if registry is not None and len(registry.names()) > 3 else ""
+    text += _shown_default(f)
+    help_text = text.replace("%", "%%") if shown else argparse.SUPPRESS
     kind = str(f.type)
     if kind in ("bool", "bool | None"):
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    elif kind.startswith("list"):
-        parser.add_argument(flag, type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None, metavar="A,B", help=help_text)
-    else:
-        convert = {"int": int, "float": float}.get(kind, str)
-        parser.add_argument(flag, type=convert, default=None, choices=f.metadata.get("choices"), help=help_text)
+        on = f.default is True
+        group.add_argument("--no-" + flag[2:] if on else flag, dest=f.name, action="store_false" if on else "store_true",
+                           default=None, help=help_text)
+        group.add_argument(flag if on else "--no-" + flag[2:], dest=f.name, action="store_true" if on else "store_false",
+                           default=None, help=argparse.SUPPRESS)
+        return
+    metavar = "|".join(registry.names()) if registry is not None and len(registry.names()) <= 3 else \
+        "|".join(f.metadata["choices"]) if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3 else METAVARS.get(kind, "VALUE")
+    group.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help_text)  # converted and checked by coerce()
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Renamed(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was renamed: use {self.const}")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """One line per flag where the terminal allows (the help column starts at 30)."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=max(shutil.get_terminal_size((100, 24)).columns, 80))
+
+
+ONLINE_SHOWN = ("teacher", "task", "labels", "data", "calibrate", "backend")  # distill --help; the rest with --help-all
+
+
+def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
+    """``(title, shown fields, hidden fields)`` per help group of a subcommand. distill puts the
+    online teacher's settings in a group of their own; run and active hide the rarely used flags."""
+    fields = stage_fields(command)
+    online = {n for n in ONLINE_TEACHER if command == "distill" and n not in {f.name for f in dataclasses.fields(DistillConfig)}}
+    out = []
+    for group, (title, _) in GROUPS.items():
+        members = [f for f in fields.values() if GROUP_OF.get(f.name) == group and f.name not in online]
+        out.append([title, members, []])
+    if online:
+        members = [fields[n] for n in ONLINE_TEACHER if n in online]
+        out.append(["online teacher (--teacher-mode online; annotate's settings)", members, []])
+    for entry in out:
+        title, members, hidden = entry
+        if full:
+            continue
+        if command in ("run", "active"):
+            entry[1], entry[2] = [f for f in members if f.name in COMMON], [f for f in members if f.name not in COMMON]
+        elif title.startswith("online teacher"):
+            entry[1], entry[2] = [f for f in members if f.name in ONLINE_SHOWN], [f for f in members if f.name not in ONLINE_SHOWN]
+    return [tuple(e) for e in out if e[1] or e[2]]
+
+
+def build_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The parser of every subcommand. ``full``: every flag with its whole help (``--help-all``)."""
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(STAGES) + "}")
-    for name, classes in STAGES.items():
-        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
-        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings; flags override it")
-        for f in _fields(classes).values():
-            _add_flag(p, f)
+    for name, (help_line, _) in STAGES.items():
+        p = sub.add_parser(name, help=help_line, description=help_line, usage=f"distillery {name} [options]",
+                           formatter_class=_Formatter, add_help=False)
+        p.add_argument("-h", "--help", action="help", help="show this help" + (" (the common flags; --help-all: every flag)" if name in ("run", "active") else ""))
+        p.add_argument("--help-all", action="store_true", help="every flag, with its whole help text")
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (keys as the flags, with _); flags override it")
+        for title, members, hidden in _help_groups(name, full):
+            g = p.add_argument_group(title) if members else p
+            for f in members:
+                _add_flag(g, f, full, shown=True)
+            for f in hidden:
+                _add_flag(p, f, full, shown=False)
+        for old, new in RENAMED.get(name, {}).items():
+            p.add_argument(old, action=_Renamed, const=new, nargs="?", help=argparse.SUPPRESS)
     return parser
 
 
 def resolve(args: argparse.Namespace) -> dict:
-    """Defaults <- YAML file <- flags, checked against the stages' fields and converted to their types."""
-    known = _fields(STAGES[args.command])
+    """Defaults <- YAML file <- flags, checked against the subcommand's settings and converted to their types."""
+    known = stage_fields(args.command)
     values: dict = {}
     if args.config:
         path = Path(args.config)
         values = read_config(path)
         # One file may serve every stage (data/configs/llm-neo-sst2.yaml): a key of another
         # stage is left to that stage; a key no stage knows is an error.
-        unknown = sorted(set(values) - set(_fields(cls for classes in STAGES.values() for cls in classes)))
-        if unknown:
-            raise UserError(f"{path}: unknown keys {unknown}; see 'distillery {args.command} --help' for the settings")
+        every = {k for command in STAGES for k in stage_fields(command)}
+        for key in sorted(set(values) - every):
+            hint = f" (renamed: {RENAMED_KEYS[key]})" if key in RENAMED_KEYS else ""
+            raise UserError(f"{path}: unknown key '{key}'{hint}; see 'distillery {args.command} --help-all' for the settings")
         values = {k: coerce(known[k], v, str(path)) for k, v in values.items() if k in known}
     for k, v in vars(args).items():
         if k in known and v is not None:
@@ -116,6 +337,15 @@ def build(cls, values: dict):
     checks ranges and refuses NaN and infinity in every float field)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def check_together(command: str, configs: list) -> None:
+    """Settings of two stages that cannot work together: an error, never silently ignored."""
+    by_type = {type(c): c for c in configs}
+    distill, annotate = by_type.get(DistillConfig), by_type.get(AnnotateConfig)
+    if distill is not None and annotate is not None and distill.teacher_mode == "online" and annotate.backend != "local":
+        raise UserError(f"teacher_mode online: expected --backend local (online distillation runs the teacher in this process); "
+                        f"found --backend {annotate.backend}; annotate with it first, then distill offline")
 
 
 def headline(metrics: dict) -> str:
@@ -180,18 +410,12 @@ def run_stages(command: str, configs: list) -> None:
         if metrics:
             print(f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one student per round)")
     else:
-        with contextlib.ExitStack() as held:
-            if command == "run":  # OUT stays locked across the three stages
-                from distillery.core.rundir import check_folder, locked
-                from distillery.evaluation.evaluate import check_report_writable
+        if command == "run":
+            from distillery.pipeline import run
 
-                held.enter_context(locked(configs[0].out, "run"))
-                # A folder or report file that is not distillery's stops the run before any teacher call.
-                check_folder(Path(configs[1].output_dir or f"{configs[1].out}/student"), configs[1].overwrite, "--output-dir")
-                check_report_writable(configs[-1])
-                annotate(configs[0])
-                distill(configs[1], configs[0])
-            metrics = evaluate(configs[-1])
+            metrics = run(*configs)
+        else:
+            metrics = evaluate(configs[0])
         print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
 
 
@@ -213,11 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     with its pip hint) or a file, permission or connection error (``OSError``) is one line and exit
     code 2; Ctrl-C is one line and 130; anything else is a bug in Distillery: its traceback and 1.
     ``DISTILLERY_DEBUG=1`` re-raises everything."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help-all" in argv:
+        build_parser(full=True).parse_args([a for a in argv if a != "--help-all"] + ["--help"])
     args = build_parser().parse_args(argv)
     debug = os.environ.get("DISTILLERY_DEBUG", "") not in ("", "0")
     try:
         values = resolve(args)
-        configs = [build(cls, values) for cls in STAGES[args.command]]
+        configs = [build(cls, values) for cls in stage_configs(args.command)]
+        check_together(args.command, configs)
         started = time.perf_counter()
         with gpus_hidden(values.get("device") == "cpu"):
             run_stages(args.command, configs)

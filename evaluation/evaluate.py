@@ -20,7 +20,7 @@ from distillery.annotate.chunks import label_columns, read_annotations
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import parameter_count, pick_device, resolve_model
 from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
-from distillery.distill.students import STUDENT_FILE
+from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
 from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
@@ -233,18 +233,17 @@ def answer_or_defer(probs: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarra
 def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) -> None:
     """Put the evaluation and the deferral threshold into the student's distillery_student.json
     (predict reads the threshold there) and rewrite its model card."""
-    meta_file = student_dir / STUDENT_FILE
-    if not meta_file.is_file():  # not a Distillery student: nothing to update
+    meta = StudentMeta.read(student_dir)
+    if meta is None:  # not a Distillery student: nothing to update
         return
-    meta = json.loads(meta_file.read_text())
     teacher = metrics["teacher"]
-    meta["evaluation"] = {
+    meta.evaluation = {
         "split": metrics["split"], "rows": metrics["rows"], "majority_accuracy": metrics["majority_accuracy"],
         "teacher_accuracy": teacher["accuracy"], "teacher_macro_f1": teacher["macro_f1"], "teacher_ci": teacher.get("ci", {}).get("accuracy"),
         **{k: m.get(k) for k in ("accuracy", "macro_f1", "agreement", "kappa", "retention", "ci", "rows_per_s", "speedup", "batch_size")},
         "device": device,
     }
     picked = m["defer"]["picked"]
-    meta["defer"] = {**picked, "target": m["defer"]["target"]} if picked else None
-    write_json(meta_file, meta)
+    meta.defer = {**picked, "target": m["defer"]["target"]} if picked else None
+    meta.write(student_dir)
     write_card(student_dir)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from distillery.distill.students import STUDENT_FILE
+from distillery.core.registry import student_kinds
+from distillery.core.studentmeta import STUDENT_FILE
+from distillery.distill.students import student_kind
 from distillery.core.rundir import write_text
 
 __all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card", "push_to_hub"]
@@ -20,8 +22,16 @@ __all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card
 TEMPLATE = Path(__file__).with_name("card_template.md")
 # The hub ids of the models the embedded packages ship.
 HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-KINDS = {"encoder": "fine-tuned encoder classifier", "llama-lora": "LoRA adapter on a Llama classifier",
-         "merged": "Llama classifier with LoRA adapters merged in", "onnx": "ONNX export"}
+# What a student is, for the kinds that are not student kinds (a registered kind says it in its card_text).
+KINDS = {"merged": "Llama classifier with LoRA adapters merged in", "onnx": "ONNX export"}
+
+
+def _kind_text(kind: str) -> str:
+    return student_kind(kind).card_text if kind in student_kinds else KINDS.get(kind, kind)
+
+
+def _library(kind: str) -> str:
+    return student_kind(kind).library if kind in student_kinds else "onnx" if kind == "onnx" else "transformers"
 
 
 @dataclass
@@ -83,7 +93,8 @@ def card_data(student_dir: str | Path) -> CardData:
     manifest = _read(annotations / "manifest.json")
     source = manifest.get("config", {})
     data = shareable_name(source.get("data", ""))  # the file's name, not where it lies on this machine
-    student_model = cfg.get("student_model") or ("smollm2" if cfg.get("student") == "llama-lora" else "minilm")
+    kind = cfg.get("student_kind", "encoder")
+    student_model = cfg.get("student_model") or (student_kind(kind).default_model if kind in student_kinds else "unknown")
     teacher = manifest.get("teacher", "unknown")
     return CardData(
         name=f"{student_dir.name} — distilled {', '.join(meta.get('labels', []))} classifier", kind=meta.get("student", "encoder"),
@@ -119,7 +130,7 @@ def render_card(data: CardData) -> str:
                                           metric_type=metric, metric_value=round(float(value), 4),
                                           metric_name="agreement with the teacher" if metric == "agreement" else None))
     meta = ModelCardData(
-        library_name="onnx" if data.kind == "onnx" else "peft" if data.kind == "llama-lora" else "transformers",
+        library_name=_library(data.kind),
         pipeline_tag="text-classification", base_model=data.base_model if "/" in data.base_model and not Path(data.base_model).is_absolute() else None,
         datasets=data.datasets or None, tags=["distillery", "knowledge-distillation", *(["onnx", data.weights] if data.kind == "onnx" else [])],
         model_name=data.name, eval_results=results or None, labels=data.labels,
@@ -147,14 +158,14 @@ def render_card(data: CardData) -> str:
     else:
         defer = "No threshold recorded (`distillery evaluate --target-agreement 0.95` picks one)."
     if data.kind == "onnx":
-        usage = ("```bash\ndistillery predict --student " + data.path + " --data FILE --out predictions.csv\n```\n\nWithout Distillery:\n\n"
+        usage = ("```bash\ndistillery predict --student " + data.path + " --data FILE --predictions predictions.csv\n```\n\nWithout Distillery:\n\n"
                  "```python\nimport numpy as np, onnxruntime as ort\nfrom transformers import AutoTokenizer\n"
                  f"tok = AutoTokenizer.from_pretrained(\"{data.path}\")\nsession = ort.InferenceSession(\"{data.path}/model.onnx\")\n"
                  "enc = tok([\"what a great day\"], padding=True, truncation=True, return_tensors=\"np\")\n"
                  "logits = session.run(None, {k: enc[k].astype(np.int64) for k in (\"input_ids\", \"attention_mask\")})[0]\n"
                  f"print({data.labels!r}[int(logits.argmax(-1)[0])])\n```")
-    elif data.kind == "llama-lora":
-        usage = ("```python\nfrom serve import load_student\n"
+    elif _library(data.kind) == "peft":
+        usage = ("```python\nfrom distillery import load_student\n"
                  f"student = load_student(\"{data.path}\")   # the adapter on its base model\n"
                  "print(student.probabilities([\"what a great day\"]))\n```")
     else:
@@ -162,7 +173,7 @@ def render_card(data: CardData) -> str:
                  f"classify = pipeline(\"text-classification\", model=\"{data.path}\")\nprint(classify(\"what a great day\"))\n```")
     card = ModelCard.from_template(
         meta, template_path=str(TEMPLATE), **{k: v for k, v in asdict(data).items() if k not in ("evaluation", "defer", "parameters")},
-        kind_text=KINDS.get(data.kind, data.kind), labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
+        kind_text=_kind_text(data.kind), labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
         evaluation=evaluation, defer=defer, speed=speed, usage=usage,
     )
     return str(card)

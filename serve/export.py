@@ -13,8 +13,8 @@ in ``distillery predict`` and in a plain onnxruntime session (README, "Serving w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
-import json
 import logging
 import os
 import shutil
@@ -25,32 +25,37 @@ from pathlib import Path
 
 import torch
 
-from distillery.distill.students import STUDENT_FILE
+from distillery.core.registry import student_kinds
+from distillery.core.studentmeta import StudentMeta
+from distillery.distill.students import student_kind
 from distillery.serve.config import ExportConfig
 from distillery.serve.student import ONNX_FILE, load_student
 from distillery.core.errors import UserError
-from distillery.core.rundir import claim_folder, locked, write_json
+from distillery.core.options import student_folder
+from distillery.core.rundir import claim_folder, locked
 
 __all__ = ["export"]
 
 
 def export(cfg: ExportConfig) -> Path:
     """Export ``cfg.student`` to ONNX; returns the directory written."""
-    student = load_student(cfg.student, "cpu")
-    if student.kind == "llama-lora":
-        raise UserError(f"{cfg.student}: a LoRA adapter exports as a merged model; train with --merge and pass {cfg.student}/merged")
+    folder = student_folder(cfg)
+    student = load_student(folder, "cpu")
+    if student.kind in student_kinds and not student_kind(student.kind).exportable:
+        raise UserError(f"{folder}: a LoRA adapter exports as a merged model; train with --merge and pass --student {folder}/merged")
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
-    out = Path(cfg.output_dir or f"{Path(cfg.student).resolve()}-onnx")
+    out = Path(cfg.onnx_dir or f"{folder.resolve()}-onnx")
     with locked(out, "export"):
-        claim_folder(out, cfg.overwrite, flag="--output-dir")
+        claim_folder(out, cfg.overwrite, flag="--onnx-dir")
         return _export(cfg, student, out, quantize_dynamic, QuantType)
 
 
 def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) -> Path:
+    folder = student.path
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / ONNX_FILE
@@ -68,13 +73,13 @@ def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) 
             for path in Path(tmp).iterdir():  # model.onnx and its external weights, if any
                 shutil.move(str(path), out / path.name)
     student.tokenizer.save_pretrained(out)
-    source = Path(cfg.student) / STUDENT_FILE
-    meta = json.loads(source.read_text()) if source.is_file() else {}
+    source = StudentMeta.read(folder) or StudentMeta(student=student.kind, labels=student.labels)
     # Relative to the export, so the folder can be shared without this machine's paths.
-    meta.update(student="onnx", labels=student.labels, exported_from=os.path.relpath(Path(cfg.student).resolve(), out.resolve()),
-                parameters=student.parameters, weights="int8" if cfg.quantize == "int8" else "float32")
-    write_json(out / STUDENT_FILE, meta)
-    print(f"export: {student.kind} student -> {out / ONNX_FILE} ({meta['weights']} weights, {time.perf_counter() - started:.0f} s)")
+    meta = dataclasses.replace(source, student="onnx", labels=student.labels, parameters=student.parameters,
+                               exported_from=os.path.relpath(folder.resolve(), out.resolve()),
+                               weights="int8" if cfg.quantize == "int8" else "float32")
+    meta.write(out)
+    print(f"export: {student.kind} student -> {out / ONNX_FILE} ({meta.weights} weights, {time.perf_counter() - started:.0f} s)")
     return out
 
 

@@ -2,8 +2,8 @@
 
 Run it with::
 
-    distillery predict --student data/runs/demo/student --data new_tweets.csv --out preds.csv
-    distillery predict --student data/runs/demo/student-onnx --data reviews.jsonl --out preds.csv --defer
+    distillery predict --student data/runs/demo/student --data new_tweets.csv --predictions preds.csv
+    distillery predict --student data/runs/demo/student-onnx --data reviews.jsonl --predictions preds.csv --defer
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
+from distillery.core.options import student_folder
 from distillery.core.rundir import file_fingerprint, locked, replacing, same_file, write_csv, write_json
 from distillery.serve.config import PredictConfig
 from distillery.serve.student import Student, load_student
@@ -59,11 +60,12 @@ def predict(cfg: PredictConfig) -> Path:
     ``OUT.parts/`` holds the finished chunks and ``run.json`` (what this run reads: student,
     input and its content fingerprint); one process at a time writes it.
     """
-    out = Path(cfg.out)
+    out = Path(cfg.predictions)
     if out.is_dir():
         out = out / "predictions.csv"
     parts = out.with_name(out.name + ".parts")
-    student = load_student(cfg.student, pick_device(cfg.device))
+    folder = student_folder(cfg)
+    student = load_student(folder, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
     chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
     first = next(chunks)  # bad input fails here, before any file is written
@@ -72,8 +74,9 @@ def predict(cfg: PredictConfig) -> Path:
 
 
 def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
+    folder = student.path
     data = str(Path(cfg.data).resolve()) if Path(cfg.data).is_file() else cfg.data  # the same file however it is spelt
-    fingerprint = {"student": str(Path(cfg.student).resolve()), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
+    fingerprint = {"student": str(folder.resolve()), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
                    "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
                    "defer_threshold": threshold}
     state = _open_state(parts, fingerprint, cfg, out)
@@ -82,14 +85,14 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
             path.unlink()
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
         return out
-    print(f"predict: {student.kind} student {cfg.student} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
+    print(f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
           + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
     rows = 0
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk in enumerate(chunks):
             path = parts / f"part-{index:05d}.csv"
             if not path.is_file():  # else written by a run that was stopped later
-                frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.batch_size), student.labels, threshold)
+                frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.predict_batch_size), student.labels, threshold)
                 write_csv(path, frame)  # whole, every field quoted: a killed run leaves whole chunks only
             rows += len(chunk)
             bar.update(len(chunk))
@@ -113,17 +116,17 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
         state = json.loads(state_file.read_text())
         changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
         if changed:
-            raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --out, "
+            raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
                             "or --overwrite to predict again")
         if source and state.get("input") and not same_file(state["input"], source):
             raise UserError(f"{cfg.data} changed since {out} was predicted from it ({state['input']['size']:,} bytes then, "
-                            f"{source.stat().st_size:,} now); pass --overwrite to predict it again, or another --out")
+                            f"{source.stat().st_size:,} now); pass --overwrite to predict it again, or another --predictions")
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
             _clear(parts)
         else:
             return state
     elif out.is_file() and not overwrite:
-        raise UserError(f"{out}: exists and was not written by this predict run; pass another --out, or --overwrite to replace it")
+        raise UserError(f"{out}: exists and was not written by this predict run; pass another --predictions, or --overwrite to replace it")
     state = {"fingerprint": fingerprint, "input": file_fingerprint(source) if source else None, "complete": False, "rows": 0}
     write_json(state_file, state)
     return state

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 
 from distillery.core.models import parameter_count
-from distillery.distill.students import STUDENT_FILE, load_trained_student
+from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
+from distillery.distill.students import load_trained_student
 from distillery.core.errors import UserError
 from distillery.core.rundir import claimed
 
@@ -93,6 +93,10 @@ class Student:
             raise UserError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
         return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True)
 
+    def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
+        """The most likely label of each text."""
+        return [self.labels[i] for i in self.probabilities(texts, batch_size).argmax(axis=1)]
+
     def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""
         if self.session is None:
@@ -118,7 +122,8 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     if claimed(path) and not meta_file.is_file():  # distill removes it when training starts and writes it last
         raise UserError(f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "
                         "(with --resume if it saved checkpoints)")
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    record = StudentMeta.read(path)
+    meta = record.as_dict() if record is not None else {}
     if (path / ONNX_FILE).is_file():  # onnxruntime on the CPU, whatever the device
         return _load_onnx(path, meta)
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():

@@ -55,7 +55,7 @@ def test_unambiguous_yaml_values_are_converted_to_the_fields_types(tmp_path):
     assert values == {"alpha": 0.5, "temperature": 3.0, "epochs": 2, "limit": 5, "balance": True, "labels": ["negative", "positive"],
                       "extra_headers": ["api-key: abc"], "hf_config": "2023"}
     assert type(values["temperature"]) is float and type(values["epochs"]) is int
-    annotate, distill, _ = (distillery_cli.build(cls, values) for cls in distillery_cli.STAGES["run"])
+    annotate, distill, _ = (distillery_cli.build(cls, values) for cls in distillery_cli.stage_configs("run"))
     assert (annotate.limit, annotate.balance, distill.alpha) == (5, True, 0.5)
 
 

@@ -15,7 +15,7 @@ def test_llm_neo_config_sets_the_papers_values():
     args = distillery_cli.build_parser().parse_args(["distill", "--config", str(path)])
     values = distillery_cli.resolve(args)  # unknown keys are errors
     assert set(values) == set(yaml.safe_load(path.read_text()))  # distill (online) uses every key
-    distill, annotate = (distillery_cli.build(cls, values) for cls in distillery_cli.STAGES["distill"])
+    distill, annotate = (distillery_cli.build(cls, values) for cls in distillery_cli.stage_configs("distill"))
     # LLM-Neo (Yang et al. 2024): LoRA r=4, alpha 8 on q/k/v, dropout 0.1; 1 epoch, batch 16, lr 5e-5,
     # weight decay 0.01, T=2, alpha 0.5, max length 128; Llama-3-8B in 4 bit teaching Llama-3.2-1B online.
     assert (distill.student, distill.lora_r, distill.lora_alpha, distill.lora_dropout) == ("llama-lora", 4, 8, 0.1)
@@ -32,7 +32,7 @@ def test_one_config_file_serves_every_stage_and_still_rejects_typos(tmp_path):
     path = ROOT / "data" / "configs" / "llm-neo-sst2.yaml"
     for command in ("annotate", "evaluate"):  # the README's second and third commands
         values = distillery_cli.resolve(distillery_cli.build_parser().parse_args([command, "--config", str(path)]))
-        fields = {f for cls in distillery_cli.STAGES[command] for f in cls.__dataclass_fields__}
+        fields = set(distillery_cli.stage_fields(command))
         assert values and set(values) <= fields
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher: smollm2\nlearning_rat: 0.1\n")

@@ -135,7 +135,7 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
 
 def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray:
     """Label log-probs (renormalised) of the local float32 SmolLM2 for ready-made prompt texts."""
-    from distillery.annotate.local import normalise
+    from distillery.annotate.teacher import normalise
 
     local = LocalTeacher(AnnotateConfig(device="cpu", prefix_cache=False), task)
     tok = local.tokenizer

@@ -11,7 +11,7 @@ LABELS = ["negative", "positive"]
 
 
 def _student(tiny_llama, device="cpu", **kw):
-    cfg = DistillConfig(student="llama-lora", student_model=str(tiny_llama), device=device, **kw)
+    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device=device, **kw)
     torch.manual_seed(0)
     return cfg, *load_student(cfg, LABELS)
 

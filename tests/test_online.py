@@ -16,7 +16,7 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
     source = AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
                             device=device, limit=0, out=str(tmp_path), test_fraction=0.0, calibrate="content-free")
     annotate(source)
-    cfg = DistillConfig(out=str(tmp_path), student="llama-lora", student_model=str(tiny_llama), device=device, batch_size=8, group_by_length=False,
+    cfg = DistillConfig(out=str(tmp_path), student_kind="llama-lora", student_model=str(tiny_llama), device=device, batch_size=8, group_by_length=False,
                         max_length=64)
     offline_rows = load_training_rows(cfg)
     online_rows = load_online_rows(cfg, source)

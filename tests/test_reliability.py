@@ -213,7 +213,7 @@ def annotated(tiny_llama, tmp_path_factory) -> Path:
 
 
 def _distill_args(annotated: Path, tiny_roberta, output: Path, *extra) -> list:
-    return ["distill", "--out", annotated, "--output-dir", output, "--student-model", tiny_roberta, "--device", "cpu",
+    return ["distill", "--out", annotated, "--student", output, "--student-model", tiny_roberta, "--device", "cpu",
             "--batch-size", "8", "--epochs", "8", "--min-steps", "0", "--lr", "1e-3", "--checkpoint-every", "1", *extra]
 
 
@@ -265,8 +265,8 @@ def predict_input(tmp_path_factory) -> Path:
 
 
 def _predict_args(student: Path, data: Path, out: Path, *extra) -> list:
-    return ["predict", "--student", student, "--data", data, "--text-column", "review", "--chunk-size", "10", "--batch-size", "4",
-            "--device", "cpu", "--out", out, *extra]
+    return ["predict", "--student", student, "--data", data, "--text-column", "review", "--chunk-size", "10", "--predict-batch-size", "4",
+            "--device", "cpu", "--predictions", out, *extra]
 
 
 def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, predict_input, tmp_path):
@@ -349,7 +349,7 @@ def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny
     monkeypatch.setattr(train_mod, "save_student", real)
     assert not (output / "train_summary.json").exists() and not (output / "distillery_student.json").exists()
     assert distillery_cli.main(["predict", "--student", str(output), "--data", str(annotated / "rows.csv"), "--text-column", "review",
-                                "--out", str(tmp_path / "p.csv")]) == 2, "a half-saved student is not served"
+                                "--predictions", str(tmp_path / "p.csv")]) == 2, "a half-saved student is not served"
     done = cli(*args, "--lr", "5e-2", "--resume")
     assert done.returncode == 0 and "nothing to resume" not in done.stdout, done.stdout + done.stderr
     assert json.loads((output / "train_summary.json").read_text())["lr"] == 5e-2
@@ -401,7 +401,7 @@ def test_any_text_survives_annotate_predict_and_only_deferred_byte_for_byte(text
         assert annotated.loc[ids, "text"].tolist() == texts
         preds = tmp / "preds.csv"
         assert distillery_cli.main(["predict", "--student", str(student), "--data", str(data), "--id-column", "rid", "--device", "cpu",
-                                    "--defer", "--defer-threshold", "1.0", "--out", str(preds)]) == 0
+                                    "--defer", "--defer-threshold", "1.0", "--predictions", str(preds)]) == 0
         got = pd.read_csv(preds, dtype=str, keep_default_na=False)
         assert got["id"].tolist() == ids and got["text"].tolist() == texts
         assert distillery_cli.main(["annotate", "--data", str(preds), "--only-deferred", "--out", str(tmp / "d"), *quiet]) == 0

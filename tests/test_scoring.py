@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distillery.annotate.config import AnnotateConfig
-from distillery.annotate.local import LocalTeacher, VerbalizerScorer, normalise
+from distillery.annotate.local import LocalTeacher, VerbalizerScorer
+from distillery.annotate.teacher import normalise
 from distillery.core.tasks import TaskSpec, load_task
 from conftest import DEVICES
 

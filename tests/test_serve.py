@@ -42,7 +42,7 @@ def _inputs(tmp_path, n=30) -> dict:
 
 def _predict(run_dir, data, out, *extra) -> int:
     return distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(data), "--text-column", "review",
-                                "--id-column", "rid", "--chunk-size", "7", "--batch-size", "4", "--device", "cpu", "--out", str(out), *extra])
+                                "--id-column", "rid", "--chunk-size", "7", "--predict-batch-size", "4", "--device", "cpu", "--predictions", str(out), *extra])
 
 
 def test_predict_reads_every_format_and_gives_the_students_probabilities(run_dir, tmp_path):
@@ -92,7 +92,7 @@ def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_di
 
 def test_predict_errors_are_one_line_and_lose_nothing(run_dir, tmp_path, capsys):
     inputs = _inputs(tmp_path)
-    code = distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(inputs["csv"]), "--out", str(tmp_path / "p.csv")])
+    code = distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(inputs["csv"]), "--predictions", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "expected a column 'text'" in err and "--text-column" in err
     mine = tmp_path / "mine.csv"
@@ -117,7 +117,7 @@ def test_iter_texts_streams_a_file_in_chunks_and_names_empty_lines(tmp_path):
 @pytest.mark.parametrize("quantize", ["none", "int8"])
 def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, quantize):
     out = tmp_path / f"onnx-{quantize}"
-    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--output-dir", str(out), "--quantize", quantize]) == 0
+    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--quantize", quantize]) == 0
     texts = make_rows(200)["review"].tolist() + ["terrible", "great", "the weather today", "I love it " * 30]
     want = load_student(run_dir / "student").probabilities(texts)
     onnx = load_student(out)
@@ -223,17 +223,17 @@ def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
     from distillery.distill import load_student as new_student
     from distillery.distill.students import save_student
 
-    cfg = DistillConfig(student="llama-lora", student_model=str(tiny_llama), device="cpu", merge=True)
+    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device="cpu", merge=True)
     tok, model = new_student(cfg, ["negative", "positive"])
     with torch.no_grad():  # move the adapters and head away from their initial values
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     save_student(model, tok, tmp_path / "student", cfg, ["negative", "positive"])
-    code = distillery_cli.main(["export", "--student", str(tmp_path / "student"), "--output-dir", str(tmp_path / "x")])
+    code = distillery_cli.main(["export", "--student", str(tmp_path / "student"), "--onnx-dir", str(tmp_path / "x")])
     assert code == 2, "an adapter is not exported: its merged/ folder is"
     assert distillery_cli.main(["export", "--student", str(tmp_path / "student" / "merged"), "--quantize", "none",
-                                "--output-dir", str(tmp_path / "onnx")]) == 0
+                                "--onnx-dir", str(tmp_path / "onnx")]) == 0
     texts = ["I love this movie", "terrible", "what a great and wonderful day it was", "meh"]  # padded: the last-token pick is traced
     want = load_student(tmp_path / "student" / "merged").probabilities(texts)
     assert load_student(tmp_path / "student" / "merged").kind == "merged"

@@ -45,7 +45,7 @@ def _log(student_dir: Path) -> list[dict]:
 
 def _cfg(annotated, model, out, **kw):
     kw = {"device": "cpu", **kw}
-    return DistillConfig(out=str(annotated), output_dir=str(out), student_model=str(model), batch_size=8,
+    return DistillConfig(out=str(annotated), student=str(out), student_model=str(model), batch_size=8,
                          epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, **kw)
 
 
@@ -101,11 +101,11 @@ def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
     args = ["distill", "--out", str(annotated), "--student-model", str(no_dropout_roberta), "--device", "cpu", "--batch-size", "8",
             "--epochs", "2", "--val-fraction", "0.125", "--lr", "1e-3"]
     one = tmp_path / "one"
-    assert distillery_cli.main(args + ["--output-dir", str(one)]) == 0
+    assert distillery_cli.main(args + ["--student", str(one)]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "distillery",
-           *args, "--output-dir", str(two)]
+           *args, "--student", str(two)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((two / "train_summary.json").read_text())["processes"] == 2
@@ -121,7 +121,7 @@ def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
 
 
 def test_max_train_rows_trains_on_the_first_rows_only(annotated, tiny_roberta, tmp_path):
-    out = distill(DistillConfig(out=str(annotated), output_dir=str(tmp_path / "s"), student_model=str(tiny_roberta),
+    out = distill(DistillConfig(out=str(annotated), student=str(tmp_path / "s"), student_model=str(tiny_roberta),
                                 epochs=1, max_train_rows=20, val_fraction=0.25, device="cpu"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["train_rows"], summary["val_rows"]) == (15, 5)
@@ -129,11 +129,11 @@ def test_max_train_rows_trains_on_the_first_rows_only(annotated, tiny_roberta, t
 
 def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annotated, tiny_roberta, tmp_path):
     base = dict(out=str(annotated), student_model=str(tiny_roberta), epochs=1, max_train_rows=20, val_fraction=0.25, batch_size=8, device="cpu")
-    floor = distill(DistillConfig(output_dir=str(tmp_path / "floor"), min_steps=12, **base))
+    floor = distill(DistillConfig(student=str(tmp_path / "floor"), min_steps=12, **base))
     summary = json.loads((floor / "train_summary.json").read_text())
     # 15 training rows, batch 8: 2 steps an epoch, so 12 steps take 6 epochs.
     assert (summary["epochs"], summary["steps"]) == (6, 12) and len(_log(floor)) == 12
-    plain = json.loads((distill(DistillConfig(output_dir=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json").read_text())
+    plain = json.loads((distill(DistillConfig(student=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json").read_text())
     assert (plain["epochs"], plain["steps"]) == (1, 2)
     # lr per student kind; max length covers >= 95% of the training rows' token lengths.
     assert summary["lr"] == 5e-5

@@ -11,9 +11,10 @@ from pathlib import Path
 import yaml
 
 from distillery.core.errors import UserError
+from distillery.core.registry import student_kinds
 from distillery.core.secrets import scrub
 
-__all__ = ["option", "check_finite", "coerce", "read_config"]
+__all__ = ["option", "check_finite", "coerce", "read_config", "student_folder", "check_student_folder"]
 
 
 def option(default, help: str, **kw):
@@ -108,6 +109,9 @@ def coerce(f: dataclasses.Field, value, where: str | None = None):
         if not isinstance(value, str):
             raise wrong()
         choices = f.metadata.get("choices")
+        registry = f.metadata.get("registry")
+        if registry is not None:
+            choices = [*f.metadata.get("extra_choices", ()), *registry.names()]
         if choices and value not in choices:
             raise UserError(f"{key}: expected one of {', '.join(choices)}, found {_shown(name, value)}")
         return value
@@ -137,3 +141,16 @@ def read_config(path: Path) -> dict:
     if bad:
         raise UserError(f"{path}: expected setting names as keys; found {bad[:3]}")
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def student_folder(cfg) -> Path:
+    """The student folder a config names: ``--student``, else ``OUT/student`` (``--out`` is the run folder)."""
+    return Path(cfg.student or f"{cfg.out}/student")
+
+
+def check_student_folder(value: str, flag: str) -> None:
+    """``--student`` is a folder in every command; a student kind's name there (the old meaning in
+    distill: ``--student llama-lora``) is an error naming the flag that took it over."""
+    if value in student_kinds and not Path(value).is_dir():
+        raise UserError(f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
+                        f"pass it as --student-kind {value} (student_kind: in a config file)")

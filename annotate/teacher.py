@@ -1,0 +1,69 @@
+"""What a teacher is: the answer for one row (:class:`Annotation`), the protocol every backend
+implements (:class:`Teacher`), and a backend's registry entry (:class:`TeacherBackend`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["Annotation", "Teacher", "TeacherBackend", "normalise"]
+
+
+@dataclass
+class Annotation:
+    """The teacher's answer for one row.
+
+    ``logprobs`` are natural-log probabilities renormalised over the label set; ``mass`` is
+    the probability the label sequences held before renormalising. A failed row has
+    ``error_type``/``error_message`` and no logprobs; a hosted teacher that returns no
+    log-probs gives only ``hard_label`` (flagged ``no_logprobs``).
+    """
+
+    logprobs: list[float] | None = None
+    mass: float | None = None
+    error_type: str = ""
+    error_message: str = ""
+    hard_label: str = ""  # set when the teacher gave a label but no log-probs
+    flags: str = ""  # e.g. "bounded:positive" (log-prob is an upper bound) or "no_logprobs"
+
+
+class Teacher(Protocol):
+    """Anything that turns texts into label log-probabilities."""
+
+    def score(self, texts: list[str]) -> list[Annotation]:
+        """One annotation per text; failures are error annotations, never exceptions."""
+        ...
+
+    def prompt_lengths(self, texts: list[str]) -> list[int]:
+        """The cost of each row in the unit of --teacher-batch-tokens (local: prompt tokens)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TeacherBackend:
+    """One teacher backend, registered in ``teacher_backends`` (``distillery.core.registry``).
+
+    Args:
+        summary: one line for --help.
+        build: ``(AnnotateConfig, TaskSpec) -> Teacher``.
+        local: runs a model in this process: --device, --dtype, --load-in-4bit, --prefix-cache and
+            --teacher-batch-tokens apply, and online distillation can use it.
+        batch_rows: rows per teacher call when --teacher-batch-size is 0 (None: by device, AUTO_BATCH).
+    """
+
+    summary: str
+    build: Callable
+    local: bool = False
+    batch_rows: int | None = None
+
+
+def normalise(raw: list[float]) -> Annotation:
+    """Renormalise label log-probs over the label set and keep the mass they held."""
+    total = float(np.logaddexp.reduce(np.asarray(raw, dtype=np.float64)))
+    if not math.isfinite(total):
+        return Annotation(error_type="no_label_mass", error_message="every label has zero probability")
+    return Annotation(logprobs=[x - total for x in raw], mass=math.exp(total))

@@ -1,0 +1,67 @@
+"""The schema of ``distillery_student.json``: what a saved student says about itself.
+
+distill writes it (kind, labels, base), export copies it for the ONNX model (weights, parameters,
+where it came from), evaluate adds the evaluation and the answer-or-defer threshold; predict, the
+model card and ``load_student`` read it. One dataclass, so the three writers agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distillery.core.rundir import write_json
+
+__all__ = ["STUDENT_FILE", "StudentMeta"]
+
+STUDENT_FILE = "distillery_student.json"
+
+
+@dataclass
+class StudentMeta:
+    """A saved student's own record.
+
+    Args:
+        student: its kind: a registered student kind (encoder, llama-lora, ...), ``merged`` (a
+            LoRA student folded into its base) or ``onnx``.
+        labels: the label set, in the model's output order.
+        base: a LoRA adapter's base model (a path or hub id); None for a full model.
+        qlora: the adapter was trained on a 4-bit base.
+        weights: an ONNX export's weights, ``int8`` or ``float32``.
+        parameters: parameter count (an ONNX export keeps its source's).
+        exported_from: an ONNX export's source folder, relative to the export.
+        evaluation: evaluate's metrics for this student.
+        defer: the answer-or-defer threshold evaluate picked (predict --defer reads it).
+        extra: keys this version does not know, kept as read.
+    """
+
+    student: str
+    labels: list[str]
+    base: str | None = None
+    qlora: bool = False
+    weights: str | None = None
+    parameters: int | None = None
+    exported_from: str | None = None
+    evaluation: dict | None = None
+    defer: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> StudentMeta | None:
+        """The record in ``folder``, or None where there is none."""
+        path = Path(folder) / STUDENT_FILE
+        if not path.is_file():
+            return None
+        values = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
+
+    def write(self, folder: str | Path) -> None:
+        """Write it (atomically) into ``folder``; fields left None are left out."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and (v is not None or k in ("defer",))}
+        write_json(Path(folder) / STUDENT_FILE, {**values, **self.extra})
+
+    def as_dict(self) -> dict:
+        return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}, **self.extra}
