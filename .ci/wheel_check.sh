@@ -36,11 +36,11 @@ import sys
 from pathlib import Path
 
 import distillery.annotate
-from distillery import cli as distillery_cli
+from distillery import cli
 from distillery.core.tasks import TASKS_DIR, load_task
 
 venv = Path(sys.argv[1]).resolve()
-for name, path in [("annotate", annotate.__file__), ("distillery_cli", distillery_cli.__file__), ("task files", TASKS_DIR)]:
+for name, path in [("distillery.annotate", distillery.annotate.__file__), ("distillery.cli", cli.__file__), ("task files", TASKS_DIR)]:
     if not Path(path).resolve().is_relative_to(venv):
         sys.exit(f"wheel check: {name} resolves to {path}, outside the venv {venv}")
 load_task("sentiment-binary")
@@ -50,4 +50,9 @@ EOF
 for f in report.md metrics.json student; do
   [ -e "run/$f" ] || { echo "wheel check: run/$f missing after distillery run" >&2; exit 1; }
 done
+# The README's Python API script, run as a user would copy it (it writes its own run folder).
+"$PY" -c 'import re, sys; b = re.search(r"## Python API.*?```python\n(.*?)```", open(sys.argv[1]).read(), re.S); print(b.group(1))' \
+  "$root/README.md" > api.py
+"$work/venv/bin/python" api.py
+[ -e data/runs/api/student/distillery_student.json ] || { echo "wheel check: the README's API script left no student" >&2; exit 1; }
 echo "wheel check passed in $(( $(date +%s) - start )) s"

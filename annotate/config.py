@@ -102,7 +102,12 @@ class AnnotateConfig:
             raise UserError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate != "auto":
             calibration_modes.get(self.calibrate)  # an unknown mode: one line naming the registered ones
-        teacher_backends.get(self.backend)
+        backend = teacher_backends.get(self.backend)  # an unknown one: one line naming the registered ones
+        if backend.local and self.base_url:
+            raise UserError(f"base_url: applies to a server backend (--backend openai); found --backend {self.backend}; "
+                            "pass --backend openai, or leave --base-url out")
+        if not backend.local and self.load_in_4bit:
+            raise UserError(f"load_in_4bit: applies to --backend local (the model runs in this process); found --backend {self.backend}")
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
         if isinstance(self.extra_headers, str):

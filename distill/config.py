@@ -80,7 +80,10 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "epochs", "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
-        student_kinds.get(self.student_kind)  # an unknown kind: one line naming the registered ones
+        kind = students.student_kind(self.student_kind)  # an unknown kind: one line naming the registered ones
+        if not kind.adapters and (self.qlora or self.merge):
+            raise UserError(f"{'qlora' if self.qlora else 'merge'}: applies to a student kind with LoRA adapters (--student-kind llama-lora); "
+                            f"found --student-kind {self.student_kind}; leave it out")
         check_student_folder(self.student, "--student")
         if isinstance(self.lora_targets, str):
             self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]

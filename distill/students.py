@@ -55,6 +55,7 @@ class StudentKind:
     library = "transformers"  # the model card's library_name
     exportable = True  # export reads the saved folder as a full model
     warm_start = True  # active --warm-start may start a round from the previous round's student
+    adapters = False  # trains LoRA adapters: --lora-*, --qlora and --merge apply
 
     def build(self, cfg: DistillConfig, labels: list[str]):
         """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
@@ -101,6 +102,7 @@ class LoraStudent(StudentKind):
     library = "peft"
     exportable = False
     warm_start = False
+    adapters = True
 
     def build(self, cfg: DistillConfig, labels: list[str]):
         from peft import LoraConfig, TaskType, get_peft_model

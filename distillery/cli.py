@@ -34,6 +34,7 @@ from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config
+from distillery.core.registry import teacher_backends
 from distillery.distill.config import DistillConfig
 from distillery.evaluation.config import EvaluateConfig
 from distillery.serve.config import ExportConfig, PredictConfig
@@ -343,9 +344,9 @@ def check_together(command: str, configs: list) -> None:
     """Settings of two stages that cannot work together: an error, never silently ignored."""
     by_type = {type(c): c for c in configs}
     distill, annotate = by_type.get(DistillConfig), by_type.get(AnnotateConfig)
-    if distill is not None and annotate is not None and distill.teacher_mode == "online" and annotate.backend != "local":
+    if distill is not None and annotate is not None and distill.teacher_mode == "online" and not teacher_backends.get(annotate.backend).local:
         raise UserError(f"teacher_mode online: expected --backend local (online distillation runs the teacher in this process); "
-                        f"found --backend {annotate.backend}; annotate with it first, then distill offline")
+                        f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)")
 
 
 def headline(metrics: dict) -> str:

@@ -74,7 +74,7 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("limit: 10\nlimt: 5\n")
     code, err = _cli(capsys, "annotate", "--config", str(cfg))
-    assert code == 2 and "unknown keys ['limt']" in err
+    assert code == 2 and "unknown key 'limt'" in err
 
 
 def test_flags_override_the_config_file(tmp_path):

@@ -104,8 +104,11 @@ def test_wheel_carries_the_task_files_and_no_run_output(tmp_path):
     tasks = sorted(p.name for p in (src / "data" / "tasks").glob("*.yaml"))
     configs = sorted(p.name for p in (src / "data" / "configs").glob("*.yaml"))
     assert tasks and configs
-    data = sorted(n for n in names if n.startswith("distillery_data/"))
-    assert data == sorted(["distillery_data/README.md", *(f"distillery_data/tasks/{t}" for t in tasks),
-                           *(f"distillery_data/configs/{c}" for c in configs)]), data
-    assert not [n for n in names if "runs/" in n or n.startswith("data/")]
-    assert "annotate/tasks.py" in names and "distillery_cli.py" in names
+    data = sorted(n for n in names if n.startswith("distillery/data/"))
+    assert data == sorted(["distillery/data/__init__.py", "distillery/data/README.md", *(f"distillery/data/tasks/{t}" for t in tasks),
+                           *(f"distillery/data/configs/{c}" for c in configs)]), data
+    assert not [n for n in names if "runs/" in n]
+    # One import package: nothing but distillery (and its .dist-info) at the top of the wheel.
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"distillery"}
+    for stage in ("annotate/run.py", "distill/train.py", "evaluation/evaluate.py", "serve/predict.py", "active/loop.py", "core/registry.py", "cli.py"):
+        assert f"distillery/{stage}" in names, stage

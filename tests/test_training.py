@@ -53,7 +53,7 @@ def _cfg(annotated, model, out, **kw):
 @pytest.mark.parametrize("kind", ["encoder", "llama-lora"])
 def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tiny_llama, tmp_path, kind, device):
     model = tiny_roberta if kind == "encoder" else tiny_llama
-    kw = {"student": kind, "device": device}
+    kw = {"student_kind": kind, "device": device}
     full = distill(_cfg(annotated, model, tmp_path / "full", **kw))
     curve = [r["loss"] for r in _log(full)]
     # The same run, stopped after 5 steps (a checkpoint every 5 steps), then resumed.

@@ -1,0 +1,112 @@
+"""The command line a person reads: each subcommand's --help within its limit, every flag it shows
+read by that subcommand's code, one meaning per setting name, renamed flags that say their new name,
+and combinations that cannot work refused."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distillery import cli as distillery_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 80  # lines of --help per subcommand, at 100 columns
+CORE = ["distillery/core"]
+# The code each subcommand runs: a flag it shows must be read (as cfg.NAME, or by name) somewhere here.
+CODE = {
+    "annotate": ["annotate", *CORE],
+    "distill": ["distill", "annotate/local.py", "annotate/teacher.py", "annotate/calibration.py", "annotate/backends.py", *CORE],
+    "evaluate": ["evaluation", "serve/card.py", "serve/defer.py", "serve/student.py", *CORE],
+    "predict": ["serve/predict.py", "serve/student.py", "serve/defer.py", "serve/config.py", *CORE],
+    "export": ["serve/export.py", "serve/student.py", "serve/card.py", "serve/config.py", *CORE],
+}
+CODE["run"] = CODE["annotate"] + CODE["distill"] + CODE["evaluate"] + ["distillery/pipeline.py"]
+CODE["active"] = CODE["run"] + ["active"]
+
+
+def _help(command: str, flag: str = "--help") -> str:
+    env = {**os.environ, "COLUMNS": "100"}
+    done = subprocess.run([sys.executable, "-m", "distillery", command, flag], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _names_read(paths: list[str]) -> set[str]:
+    """Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings)."""
+    names: set[str] = set()
+    files = [f for p in paths for f in ([ROOT / p] if p.endswith(".py") else sorted((ROOT / p).glob("*.py")))]
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+    return names
+
+
+@pytest.mark.parametrize("command", list(distillery_cli.STAGES))
+def test_help_fits_and_every_flag_shown_is_read_by_that_subcommand(command):
+    text = _help(command)
+    assert len(text.splitlines()) <= LIMIT, f"distillery {command} --help is {len(text.splitlines())} lines"
+    assert "(default: )" not in text and "usage: distillery " + command + " [options]" in text
+    full = _help(command, "--help-all")
+    flags = [line.split()[0].rstrip(",") for line in full.splitlines() if line.startswith("  --")]
+    shown = {flag[2:].replace("-", "_").removeprefix("no_") for flag in flags}
+    settings = shown - {"help", "help_all", "config"}
+    assert settings <= set(distillery_cli.stage_fields(command)), settings - set(distillery_cli.stage_fields(command))
+    unread = sorted(settings - _names_read(CODE[command]))
+    assert not unread, f"distillery {command} shows flags its code never reads: {unread}"
+    if command in ("annotate", "distill"):
+        assert "--dry-run" in text if command == "annotate" else "--dry-run" not in full
+
+
+def test_every_setting_has_one_group_and_one_short_help_whatever_the_stage():
+    classes = {cls for command in distillery_cli.STAGES for cls in distillery_cli.stage_configs(command)}
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    assert names <= set(distillery_cli.GROUP_OF), names - set(distillery_cli.GROUP_OF)
+    assert names <= set(distillery_cli.SHORT_HELP), names - set(distillery_cli.SHORT_HELP)
+    # A name shared by two stages has the same type there (one meaning, so a shared config file is safe).
+    types: dict[str, str] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert types.setdefault(f.name, str(f.type)) == str(f.type), f.name
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["distill", "--output-dir", "x"], "--output-dir was renamed: use --student"),
+    (["export", "--output-dir", "x"], "--output-dir was renamed: use --onnx-dir"),
+    (["predict", "--data", "x.csv", "--batch-size", "4"], "--batch-size was renamed: use --predict-batch-size"),
+])
+def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        distillery_cli.main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["distill", "--student", "llama-lora"], "pass it as --student-kind llama-lora"),
+    (["predict", "--data", "x.csv", "--out", "preds.csv"], "write the predictions with --predictions FILE.csv"),
+    (["distill", "--teacher-mode", "online", "--backend", "openai"], "teacher_mode online: expected --backend local"),
+    (["distill", "--qlora"], "qlora: applies to a student kind with LoRA adapters"),
+    (["annotate", "--base-url", "http://127.0.0.1:1/v1"], "base_url: applies to a server backend"),
+    (["annotate", "--backend", "openai", "--load-in-4bit"], "load_in_4bit: applies to --backend local"),
+    (["predict", "--data", "x.csv", "--defer-threshold", "0.9"], "pass --defer too"),
+    (["distill", "--student-kind", "bert-lora"], "--student-kind: expected one of encoder, llama-lora"),
+])
+def test_combinations_that_cannot_work_are_one_line_errors(argv, says, capsys, tmp_path):
+    assert distillery_cli.main([*argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_config_key_that_was_renamed_says_so(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("output_dir: somewhere\n")
+    assert distillery_cli.main(["distill", "--config", str(path)]) == 2
+    assert "renamed: student (distill's student folder) or onnx_dir" in capsys.readouterr().err
