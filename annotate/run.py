@@ -26,7 +26,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.secrets import redacted
 from distillery.annotate.deferred import merge_answers
 from distillery.core.inputs import load_rows
-from distillery.annotate.teacher import Annotation
+from distillery.annotate.teacher import Annotation, content_free_bias
 from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
 from distillery.core.tasks import load_task
 from distillery.core.errors import UserError
@@ -46,10 +46,46 @@ def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
 
 
 def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
+    """The stage in its steps: open the chunk store, plan the rows still to do, ask the teacher,
+    calibrate and report (and, with --only-deferred, merge the answers into the predictions)."""
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
-    if cfg.calibrate == "gold" and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
-        raise UserError("--calibrate gold: expected rows with gold labels outside the test split; found none; pass --label-column, or use --calibrate mean")
+    needs_gold = cfg.calibrate != "auto" and calibration_modes.get(cfg.calibrate).needs_gold
+    if needs_gold and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
+        raise UserError(f"--calibrate {cfg.calibrate}: expected rows with gold labels outside the test split; found none; pass --label-column, "
+                        "or use --calibrate mean")
+    store = open_store(cfg, task, rows, grows)
+    todo = plan(store, rows, cfg.chunk_size)
+    n_todo = sum(len(redo) for *_, redo in todo)
+    print(f"annotate: {len(rows)} rows, {len(rows) - n_todo} already done, {n_todo} to annotate -> {store.root}")
+    if cfg.dry_run:
+        dry_run(cfg, task, todo)
+        return store.root
+    n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
+    balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
+    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced)  # auto: by what the data offers
+    needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
+    teacher = build_teacher(cfg, task) if n_todo or needs_content_free else None  # loaded only when there is work to do
+    started = time.perf_counter()
+    if not ask_teacher(cfg, task, store, teacher, todo):
+        return store.root  # stopped at --max-cost
+    elapsed = time.perf_counter() - started
+    if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
+        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
+        store.save_manifest()
+    finish(cfg, task, store, mode, teacher, n_todo, elapsed)
+    failed, calibration = store.manifest["rows_failed"], store.manifest["calibration"]
+    chosen = calibration["mode"] + ((" (auto: label-balanced sample)" if balanced else " (auto)") if cfg.calibrate == "auto" else "")
+    prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
+    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
+          + (f", estimated label prior {prior}" if prior else ""))
+    if cfg.only_deferred:
+        write_merged(cfg, store.root)
+    return store.root
+
+
+def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> ChunkStore:
+    """The run's chunk store, claimed and checked against the rows this call selected."""
     root = Path(cfg.out) / "annotations"
     fingerprint = {
         "teacher": cfg.teacher,
@@ -62,46 +98,47 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         fingerprint["data"]["split_column"] = cfg.split_column
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
-    overwrite = cfg.overwrite
     ours = claimed(root)  # --overwrite deletes earlier chunks only in a folder distillery made
-    claim_folder(root, overwrite)
+    claim_folder(root, cfg.overwrite)
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
              "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
-    store = ChunkStore(root, fingerprint, extra, overwrite=overwrite and ours)
+    store = ChunkStore(root, fingerprint, extra, overwrite=cfg.overwrite and ours)
     check_same_rows(store, selected, -(-len(rows) // cfg.chunk_size), grows)
     store.manifest["selected_rows"] = selected
     write_text(root / "config.yaml", yaml.safe_dump(redacted(asdict(cfg)), sort_keys=False))
+    return store
 
-    teacher: Teacher | None = None  # loaded only when there is work to do
-    todo_chunks = []
-    for index, start in enumerate(range(0, len(rows), cfg.chunk_size)):
-        chunk = rows.iloc[start : start + cfg.chunk_size].reset_index(drop=True)
+
+def plan(store: ChunkStore, rows: pd.DataFrame, chunk_size: int) -> list[tuple]:
+    """``(chunk index, chunk rows, finished frame or None, row index to ask)`` for every chunk with work left."""
+    todo = []
+    for index, start in enumerate(range(0, len(rows), chunk_size)):
+        chunk = rows.iloc[start : start + chunk_size].reset_index(drop=True)
         done = store.existing(index, chunk)
         redo = chunk.index if done is None else done.index[done["error_type"] != ""]
         if len(redo):
-            todo_chunks.append((index, chunk, done, redo))
-    n_todo = sum(len(redo) for *_, redo in todo_chunks)
-    print(f"annotate: {len(rows)} rows, {len(rows) - n_todo} already done, {n_todo} to annotate -> {root}")
-    if cfg.dry_run:
-        todo_texts = [t for _, chunk, _, redo in todo_chunks for t in chunk.loc[redo, "text"]]
-        prompt_chars = sum(len(json.dumps(task.messages(t))) for t in todo_texts)
-        tokens = prompt_chars / 4  # ~4 characters a token for English text
-        cost = tokens / 1e6 * cfg.price_prompt_per_m + n_todo / 1e6 * cfg.price_completion_per_m
-        print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
-        return root
+            todo.append((index, chunk, done, redo))
+    return todo
 
-    n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
-    balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
-    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced)  # auto: by what the data offers
-    needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
-    if n_todo or needs_content_free:
-        teacher = build_teacher(cfg, task)
-        limits = batch_limits(cfg)
 
-    started = time.perf_counter()
+def dry_run(cfg: AnnotateConfig, task, todo: list[tuple]) -> None:
+    """Print the requests, tokens and cost the planned rows would take; ask nothing."""
+    n_todo = sum(len(redo) for *_, redo in todo)
+    texts = [t for _, chunk, _, redo in todo for t in chunk.loc[redo, "text"]]
+    tokens = sum(len(json.dumps(task.messages(t))) for t in texts) / 4  # ~4 characters a token for English text
+    cost = tokens / 1e6 * cfg.price_prompt_per_m + n_todo / 1e6 * cfg.price_completion_per_m
+    print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
+
+
+def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher | None, todo: list[tuple]) -> bool:
+    """Score the planned rows chunk by chunk, each chunk written whole; False when --max-cost stopped it."""
+    if not todo:
+        return True
+    limits = batch_limits(cfg)
+    n_todo = sum(len(redo) for *_, redo in todo)
     with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
-        for index, chunk, done, redo in todo_chunks:
+        for index, chunk, done, redo in todo:
             texts = chunk.loc[redo, "text"].tolist()
             results: list[Annotation] = [Annotation()] * len(texts)
             # Rows of similar length batched together: less padding, ~15-25% faster on CPU.
@@ -115,12 +152,12 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
             spent = spent_so_far(teacher, cfg)
             if cfg.max_cost and spent >= cfg.max_cost:
                 print(f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks are kept, rerun to go on")
-                return root
-    elapsed = time.perf_counter() - started
-    if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
-        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
-        store.save_manifest()
+                return False
+    return True
 
+
+def finish(cfg: AnnotateConfig, task, store: ChunkStore, mode: str, teacher, n_todo: int, elapsed: float) -> None:
+    """Calibrate every chunk (unless a rerun changed nothing) and record speed and spend."""
     previous = store.manifest.get("calibration", {})
     same = (previous.get("mode") == mode and previous.get("requested", mode) == cfg.calibrate
             and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on)
@@ -131,21 +168,17 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
             store.manifest["usage"] = {**teacher.usage, "cost": spent_so_far(teacher, cfg)}
         store.save_manifest()
-    failed = store.manifest["rows_failed"]
-    calibration = store.manifest["calibration"]
-    chosen = calibration["mode"] + ((" (auto: label-balanced sample)" if balanced else " (auto)") if cfg.calibrate == "auto" else "")
-    prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
-    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
-          + (f", estimated label prior {prior}" if prior else ""))
-    if cfg.only_deferred:
-        merged = Path(cfg.out) / "merged.csv"
-        guard_files(cfg.out, [merged.name], overwrite)
-        record_files(cfg.out, [merged.name])  # before it is written: a kill mid-way leaves a file known to be ours
-        counts = merge_answers(cfg.data, root, merged)
-        print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
-              f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
-              f"{counts['not_annotated']} not annotated)")
-    return root
+
+
+def write_merged(cfg: AnnotateConfig, root: Path) -> None:
+    """--only-deferred: OUT/merged.csv, the student's label where it answered and the teacher's where it deferred."""
+    merged = Path(cfg.out) / "merged.csv"
+    guard_files(cfg.out, [merged.name], cfg.overwrite)
+    record_files(cfg.out, [merged.name])  # before it is written: a kill mid-way leaves a file known to be ours
+    counts = merge_answers(cfg.data, root, merged)
+    print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
+          f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
+          f"{counts['not_annotated']} not annotated)")
 
 
 def check_same_rows(store: ChunkStore, selected: dict, n_chunks: int, grows: bool) -> None:
@@ -194,12 +227,3 @@ def spent_so_far(teacher, cfg: AnnotateConfig) -> float:
     if not usage:
         return 0.0
     return usage["prompt_tokens"] / 1e6 * cfg.price_prompt_per_m + usage["completion_tokens"] / 1e6 * cfg.price_completion_per_m
-
-
-def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
-    """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
-    scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
-    if not scored:
-        raise UserError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
-                         "use --calibrate mean, or gold with --label-column")
-    return np.mean(np.asarray(scored), axis=0).tolist()

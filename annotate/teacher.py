@@ -10,7 +10,9 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Annotation", "Teacher", "TeacherBackend", "normalise"]
+from distillery.core.errors import UserError
+
+__all__ = ["Annotation", "Teacher", "TeacherBackend", "content_free_bias", "normalise"]
 
 
 @dataclass
@@ -67,3 +69,12 @@ def normalise(raw: list[float]) -> Annotation:
     if not math.isfinite(total):
         return Annotation(error_type="no_label_mass", error_message="every label has zero probability")
     return Annotation(logprobs=[x - total for x in raw], mass=math.exp(total))
+
+
+def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
+    """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
+    scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
+    if not scored:
+        raise UserError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
+                         "use --calibrate mean, or gold with --label-column")
+    return np.mean(np.asarray(scored), axis=0).tolist()

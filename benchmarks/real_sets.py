@@ -174,7 +174,7 @@ def content_free_bias(set_name: str) -> list[float]:
     path = run_dir(set_name) / "content_free_bias.json"
     if not path.is_file():
         from distillery.annotate.backends import build_teacher
-        from distillery.annotate.run import content_free_bias as score_content_free
+        from distillery.annotate.teacher import content_free_bias as score_content_free
         from distillery.core.tasks import load_task
 
         task = load_task(TASKS[set_name])

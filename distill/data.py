@@ -25,7 +25,6 @@ class TrainingRows:
     train: pd.DataFrame
     val: pd.DataFrame
     n_failed: int
-    manifest: dict
 
 
 def load_training_rows(cfg: DistillConfig) -> TrainingRows:
@@ -44,7 +43,7 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         hard = frame["teacher_label"]
     frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))
     train, val = split_train_val(frame, cfg)
-    return TrainingRows(labels, train, val, int(failed.sum()), manifest)
+    return TrainingRows(labels, train, val, int(failed.sum()))
 
 
 def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,7 +11,7 @@ from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.inputs import load_rows
 from distillery.annotate.local import LocalTeacher
-from distillery.annotate.run import content_free_bias
+from distillery.annotate.teacher import content_free_bias
 from distillery.core.registry import calibration_modes
 from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
@@ -78,4 +78,4 @@ def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows
         hard = pd.Series(-100, index=frame.index)  # filled by the teacher batch by batch
     frame = frame.assign(hard=hard, teacher_label="", **{c: np.nan for c in label_columns(task.labels)})
     train, val = split_train_val(frame, cfg)
-    return TrainingRows(task.labels, train, val, 0, {"labels": task.labels, "teacher": source.teacher})
+    return TrainingRows(task.labels, train, val, 0)

@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device
 from distillery.core.rundir import claim_folder, locked, write_json, write_text
 from distillery.distill.config import DistillConfig
-from distillery.distill.data import build_dataloaders, covering_length, load_training_rows
+from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
@@ -86,15 +86,60 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
         return _distill(cfg, source, out_dir)
 
 
+@dataclass
+class Training:
+    """One training run between its steps: what :func:`prepare` built and the loop moves on."""
+
+    cfg: DistillConfig
+    out_dir: Path
+    accelerator: Accelerator
+    device: torch.device
+    rows: TrainingRows
+    online: OnlineTeacher | None
+    tokenizer: object
+    model: object
+    optimizer: object
+    scheduler: object
+    train_dl: object
+    val_dl: object
+    sampler: object
+    epochs: int
+    steps: int
+    eval_at: set
+    parameters: tuple[int, int]
+    settings: dict
+    progress: dict = field(default_factory=lambda: {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []})
+    best_state: dict | None = None
+    resume_rng: torch.Tensor | None = None
+    rows_seen: int = 0
+
+
 def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
+    """The stage in its steps: prepare, restore a checkpoint (--resume), train, save; then the learning curve."""
     set_seed(cfg.seed)
-    overwrite = cfg.overwrite
-    claim_folder(out_dir, overwrite, flag="--student")
+    claim_folder(out_dir, cfg.overwrite, flag="--student")
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())
         print(f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
               "(run without --resume to train again)")
         return out_dir
+    run = prepare(cfg, source, out_dir)
+    if cfg.resume:
+        restore(run)
+    started = time.perf_counter()
+    train(run)
+    save(run, time.perf_counter() - started)
+    if cfg.learning_curve and cfg.teacher_mode == "offline":
+        n_rows = len(run.rows.train) + len(run.rows.val)
+        for share in (25, 50):
+            run.accelerator.print(f"distill: learning curve, {share}% of the training rows")
+            distill(replace(run.cfg, learning_curve=False, max_train_rows=n_rows * share // 100,  # the settings resolved on all rows
+                            student=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
+    return out_dir
+
+
+def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Training:
+    """Rows, teacher (online), student, data loaders, optimizer and schedule, under accelerate."""
     device = pick_device(cfg.device)
     accelerator = Accelerator(
         cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True), gradient_accumulation_steps=cfg.grad_accum,
@@ -122,7 +167,6 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
     sampler = train_dl.batch_sampler
     if cfg.head_warmup_epochs and not cfg.resume:
         warm_start_head(model, train_dl, cfg, online, device)
-
     # fused: one kernel for the whole update (what Trainer uses too); ~10% of a CPU step otherwise.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type in ("cpu", "cuda"))
@@ -134,105 +178,120 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    return Training(cfg, out_dir, accelerator, device, rows, online, tokenizer, model, optimizer, scheduler, train_dl, val_dl, sampler,
+                    epochs, steps, eval_at, (trainable, total), training_settings(cfg))
 
-    progress = {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []}
-    best_state, resume_rng = None, None
-    settings = training_settings(cfg)
-    if cfg.resume:
-        ckpt_dir = find_checkpoint(out_dir)
-        if ckpt_dir is None:
-            raise UserError(f"--resume: expected a checkpoint in {out_dir / 'checkpoint'}; found none; run without --resume "
-                            "(and with --checkpoint-every N)")
-        check_same_settings(ckpt_dir, settings)
-        accelerator.load_state(str(ckpt_dir), strict=False)  # the frozen weights come from the base, not the checkpoint
-        progress = json.loads((ckpt_dir / "progress.json").read_text())
-        if (ckpt_dir / "best.pt").is_file():
-            best_state = torch.load(ckpt_dir / "best.pt")
-        if progress["batches"] >= len(train_dl):  # the checkpoint closed an epoch
-            progress.update(epoch=progress["epoch"] + 1, batches=0)
-        elif progress["batches"]:
-            # Opening the loader mid-epoch draws from torch's RNG; the first run did not.
-            resume_rng = torch.load(ckpt_dir / "torch_rng.pt")
-        say(f"distill: resuming at optimizer step {progress['step']} of {steps}")
 
-    started, rows_seen = time.perf_counter(), 0
-    model.train()
-    bar = tqdm(total=steps, initial=progress["step"], desc="distill", unit="step", disable=not accelerator.is_main_process,
+def restore(run: Training) -> None:
+    """--resume: load the newest whole checkpoint, refusing one trained with other settings."""
+    ckpt_dir = find_checkpoint(run.out_dir)
+    if ckpt_dir is None:
+        raise UserError(f"--resume: expected a checkpoint in {run.out_dir / 'checkpoint'}; found none; run without --resume "
+                        "(and with --checkpoint-every N)")
+    check_same_settings(ckpt_dir, run.settings)
+    run.accelerator.load_state(str(ckpt_dir), strict=False)  # the frozen weights come from the base, not the checkpoint
+    run.progress = json.loads((ckpt_dir / "progress.json").read_text())
+    if (ckpt_dir / "best.pt").is_file():
+        run.best_state = torch.load(ckpt_dir / "best.pt")
+    if run.progress["batches"] >= len(run.train_dl):  # the checkpoint closed an epoch
+        run.progress.update(epoch=run.progress["epoch"] + 1, batches=0)
+    elif run.progress["batches"]:
+        # Opening the loader mid-epoch draws from torch's RNG; the first run did not.
+        run.resume_rng = torch.load(ckpt_dir / "torch_rng.pt")
+    run.accelerator.print(f"distill: resuming at optimizer step {run.progress['step']} of {run.steps}")
+
+
+def train(run: Training) -> None:
+    """The epochs from where ``run.progress`` stands: one optimizer step per grad_accum micro-batches,
+    validation at ``eval_at``, a checkpoint every --checkpoint-every steps."""
+    cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
+    run.model.train()
+    bar = tqdm(total=run.steps, initial=progress["step"], desc="distill", unit="step", disable=not accelerator.is_main_process,
                mininterval=0.5 if sys.stderr.isatty() else 30)
-    for epoch in range(progress["epoch"], epochs):
+    for epoch in range(progress["epoch"], run.epochs):
         skip = progress["batches"] if epoch == progress["epoch"] else 0
-        batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        batches = accelerator.skip_first_batches(run.train_dl, skip) if skip else run.train_dl
         batches.set_epoch(epoch)  # accelerate re-seeds the sampler from the loader's own epoch count
-        sampler.set_epoch(epoch)
+        run.sampler.set_epoch(epoch)
         for batch_index, batch in enumerate(batches, start=skip + 1):
-            if resume_rng is not None:
-                torch.set_rng_state(resume_rng)  # dropout continues exactly where the checkpoint left it
-                resume_rng = None
-            batch = with_teacher(batch, online, cfg.hard_labels == "gold")
-            with accelerator.accumulate(model):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
-                accelerator.backward(loss.total)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            rows_seen += len(batch["labels"])
-            if not accelerator.sync_gradients and batch_index < len(train_dl):
+            if run.resume_rng is not None:
+                torch.set_rng_state(run.resume_rng)  # dropout continues exactly where the checkpoint left it
+                run.resume_rng = None
+            loss = train_step(run, batch)
+            if not accelerator.sync_gradients and batch_index < len(run.train_dl):
                 continue  # the optimizer steps once per grad_accum micro-batches
             progress["step"] += 1
-            step_in_epoch = -(-batch_index // cfg.grad_accum)
             parts = accelerator.reduce(torch.stack([loss.total, loss.kd, loss.ce]).detach(), reduction="mean")
-            record = {"epoch": epoch, "step": progress["step"], "loss": parts[0].item(), "kd": parts[1].item(), "ce": parts[2].item(), "lr": scheduler.get_last_lr()[0]}
+            record = {"epoch": epoch, "step": progress["step"], "loss": parts[0].item(), "kd": parts[1].item(), "ce": parts[2].item(),
+                      "lr": run.scheduler.get_last_lr()[0]}
             bar.update(1)
             bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}", refresh=False)
-            if val_dl is not None and step_in_epoch in eval_at:
-                record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(model, val_dl, cfg, online).items()})
-                # Keep the weights of the lowest validation loss: on a small set the validation accuracy
-                # moves in steps of 1/len(val) and picked lucky early checkpoints (README, "Small data").
-                if progress["best"] is None or record["val_loss"] < progress["best"]["val_loss"]:
-                    progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
-                    best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).named_parameters() if v.requires_grad}
-                if accelerator.is_main_process:
-                    tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
+            if run.val_dl is not None and -(-batch_index // cfg.grad_accum) in run.eval_at:
+                validate(run, record)
             progress["log"].append(record)
             progress.update(epoch=epoch, batches=batch_index)
             if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, out_dir, progress, best_state, settings)
+                save_checkpoint(accelerator, run.out_dir, progress, run.best_state, run.settings)
         progress.update(epoch=epoch + 1, batches=0)
     bar.close()
-    train_seconds = time.perf_counter() - started
 
+
+def train_step(run: Training, batch: dict):
+    """One micro-batch: forward, the hybrid KD loss, backward; the optimizer steps when accelerate syncs."""
+    cfg, accelerator = run.cfg, run.accelerator
+    batch = with_teacher(batch, run.online, cfg.hard_labels == "gold")
+    with accelerator.accumulate(run.model):
+        logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
+        accelerator.backward(loss.total)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    run.rows_seen += len(batch["labels"])
+    return loss
+
+
+def validate(run: Training, record: dict) -> None:
+    """Score the validation rows into ``record``; keep the weights of the lowest validation loss."""
+    record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(run.model, run.val_dl, run.cfg, run.online).items()})
+    # Keep the weights of the lowest validation loss: on a small set the validation accuracy
+    # moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small data").
+    best = run.progress["best"]
+    if best is None or record["val_loss"] < best["val_loss"]:
+        run.progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.accelerator.unwrap_model(run.model).named_parameters() if v.requires_grad}
+    if run.accelerator.is_main_process:
+        tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
+
+
+def save(run: Training, train_seconds: float) -> None:
+    """The best weights saved as the student, with its config, log and summary (the summary last:
+    its presence marks a finished run); the checkpoints go."""
+    accelerator, rows, progress, out_dir = run.accelerator, run.rows, run.progress, run.out_dir
     accelerator.wait_for_everyone()
-    student = accelerator.unwrap_model(model)
-    if best_state is not None:
-        student.load_state_dict(best_state, strict=False)
+    student = accelerator.unwrap_model(run.model)
+    if run.best_state is not None:
+        student.load_state_dict(run.best_state, strict=False)
     if accelerator.is_main_process:
+        best = progress["best"] or {}
         summary = {
             "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
-            "epochs": epochs, "steps": steps, "lr": cfg.lr, "max_length": cfg.max_length, "train_seconds": train_seconds, "processes": accelerator.num_processes,
-            "train_rows_per_s": rows_seen * accelerator.num_processes / train_seconds,
-            "best_val_accuracy": progress["best"]["val_accuracy"] if progress["best"] else None,
-            "best_step": progress["best"]["step"] if progress["best"] else None, "labels": rows.labels,
-            "trainable_parameters": trainable, "total_parameters": total, "peak_memory_bytes": peak_memory_bytes(device),
+            "epochs": run.epochs, "steps": run.steps, "lr": run.cfg.lr, "max_length": run.cfg.max_length, "train_seconds": train_seconds,
+            "processes": accelerator.num_processes, "train_rows_per_s": run.rows_seen * accelerator.num_processes / train_seconds,
+            "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,
+            "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
-        save_student(student, tokenizer, out_dir, cfg, rows.labels)
-        write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+        save_student(student, run.tokenizer, out_dir, run.cfg, rows.labels)
+        write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
         for name in CHECKPOINTS:  # a finished run is not resumed
             shutil.rmtree(out_dir / name, ignore_errors=True)
-        say(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
-            f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
+        accelerator.print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
+                          f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
     accelerator.wait_for_everyone()
-    if cfg.learning_curve and cfg.teacher_mode == "offline":
-        n_rows = len(rows.train) + len(rows.val)
-        for share in (25, 50):
-            say(f"distill: learning curve, {share}% of the training rows")
-            distill(replace(cfg, learning_curve=False, max_train_rows=n_rows * share // 100,
-                            student=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
-    return out_dir
 
 
 def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:

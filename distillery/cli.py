@@ -54,7 +54,7 @@ STAGES = {
     "run": ("annotate, distill and evaluate in one go (no arguments: the embedded demo)", (AnnotateConfig, DistillConfig, EvaluateConfig)),
     "predict": ("label new rows with a saved student (encoder, LoRA, merged or ONNX); write a predictions CSV", (PredictConfig,)),
     "export": ("export a saved student to ONNX (int8 weights by default) for onnxruntime", (ExportConfig,)),
-    "active": ("annotate only the rows the student is unsure of: seed, train, score the pool, ask the teacher, repeat within --budget",
+    "active": ("ask the teacher only about the rows the student is unsure of, round by round, within --budget",
                (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig)),
 }
 
@@ -80,103 +80,103 @@ GROUPS = {
 }
 # One line of --help per setting (the dataclass field's help is the whole text: --help-all, docs/usage.md).
 SHORT_HELP = {
-    "out": "run folder (annotations, student, report)",
-    "data": "input: .csv/.jsonl/.parquet file, 'tweets' (built in) or hf:NAME",
-    "hf_config": "config name of an hf: dataset (e.g. sst2 for hf:glue)",
+    "out": "run folder",
+    "data": "input file, 'tweets' or hf:NAME",
+    "hf_config": "config of an hf: dataset (e.g. sst2)",
     "split": "split of an hf: dataset",
-    "text_column": "column that holds the text",
-    "label_column": "column with gold labels (default 'label' if present)",
-    "split_column": "column with train/test per row (instead of --test-fraction)",
-    "id_column": "column with row ids (default: a hash of the text)",
-    "limit": "at most this many rows (0 = all; default all, demo 1,200)",
-    "balance": "sample the same number of rows per gold label",
-    "drop_empty": "skip rows with empty text instead of stopping",
-    "test_fraction": "share of rows held out as split=test",
-    "seed": "seed for sampling, splits and training",
-    "task": "task name in data/tasks/ or a task YAML file",
-    "labels": "the task's labels, comma-separated (overrides the task's)",
+    "text_column": "column with the text",
+    "label_column": "column with gold labels",
+    "split_column": "column with train/test per row",
+    "id_column": "column with row ids",
+    "limit": "at most N rows (0 = all)",
+    "balance": "same number of rows per gold label",
+    "drop_empty": "skip rows with empty text",
+    "test_fraction": "share of rows held out as test",
+    "seed": "seed for sampling, splits, training",
+    "task": "task name or task YAML file",
+    "labels": "labels, comma-separated",
     "backend": "teacher backend",
-    "teacher": "'smollm2' (embedded), hub id, model folder or .gguf",
-    "teacher_batch_size": "rows per teacher call (0 = automatic)",
-    "teacher_batch_tokens": "local: prompt tokens per forward pass (0 = automatic)",
-    "prefix_cache": "local: reuse the KV cache of the shared prompt prefix",
-    "max_prompt_tokens": "rows with a longer prompt become error rows",
-    "dtype": "local teacher dtype: auto, float32, bfloat16, float16",
-    "load_in_4bit": "load the local teacher in 4 bit (bitsandbytes, CUDA)",
-    "base_url": "server URL, e.g. https://api.openai.com/v1",
-    "api_key_env": "environment variable that holds the API key",
-    "extra_headers": "extra HTTP headers 'Name: value', comma-separated",
-    "request_timeout": "seconds before a request times out (then retried)",
-    "hosted_scoring": "chat top-logprobs, or echo (completions; vLLM, llama.cpp)",
-    "template_from": "echo: model whose chat template formats the prompt",
-    "top_logprobs": "how many top tokens' log-probs to ask for",
+    "teacher": "smollm2, hub id, folder or .gguf",
+    "teacher_batch_size": "rows per teacher call (0 = auto)",
+    "teacher_batch_tokens": "tokens per forward pass (0 = auto)",
+    "prefix_cache": "no KV cache of the shared prompt prefix",
+    "max_prompt_tokens": "longer prompts become error rows",
+    "dtype": "auto, float32, bfloat16, float16",
+    "load_in_4bit": "teacher in 4 bit (bitsandbytes, CUDA)",
+    "base_url": "server URL (…/v1)",
+    "api_key_env": "variable that holds the API key",
+    "extra_headers": "HTTP headers 'Name: value',…",
+    "request_timeout": "seconds per request (then retried)",
+    "hosted_scoring": "top-logprobs or echo (vLLM, llama.cpp)",
+    "template_from": "echo: model whose chat template to use",
+    "top_logprobs": "top tokens' log-probs to ask for",
     "concurrency": "requests in flight",
-    "requests_per_minute": "at most this many requests a minute (0 = no limit)",
-    "tokens_per_minute": "at most this many tokens a minute (0 = no limit)",
-    "max_retries": "retries on 429, 5xx, timeouts, dropped connections",
-    "price_prompt_per_m": "price per million prompt tokens (--dry-run, --max-cost)",
+    "requests_per_minute": "requests a minute (0 = no limit)",
+    "tokens_per_minute": "tokens a minute (0 = no limit)",
+    "max_retries": "retries on 429, 5xx, timeouts",
+    "price_prompt_per_m": "price per million prompt tokens",
     "price_completion_per_m": "price per million completion tokens",
-    "max_cost": "stop cleanly (resumable) once this much is spent (0 = no limit)",
-    "dry_run": "estimate requests, tokens and cost; send nothing",
+    "max_cost": "stop once this much is spent (0 = none)",
+    "dry_run": "estimate tokens and cost; send nothing",
     "calibrate": "teacher calibration",
-    "calibrate_on": "--calibrate gold: gold rows to fit on",
-    "chunk_size": "rows per chunk, the unit of resume",
-    "overwrite": "start over / replace files distillery did not write",
-    "only_deferred": "annotate only the rows predict --defer deferred",
+    "calibrate_on": "gold rows a gold mode fits on",
+    "chunk_size": "rows per chunk (the unit of resume)",
+    "overwrite": "replace what is not this run's",
+    "only_deferred": "only the rows predict --defer deferred",
     "device": "auto, cpu, cuda or cuda:N",
-    "annotations": "annotations folder (default OUT/annotations)",
-    "student": "the student folder (default OUT/student)",
+    "annotations": "annotations folder (OUT/annotations)",
+    "student": "student folder (OUT/student)",
     "student_kind": "student kind",
-    "student_model": "checkpoint: hub id or folder (default per kind)",
-    "hard_labels": "hard labels for the CE part: teacher or gold",
-    "max_train_rows": "train on at most this many rows (0 = all)",
-    "alpha": "weight of the KD part (0 = hard labels only, 1 = pure KD)",
+    "student_model": "checkpoint (default per kind)",
+    "hard_labels": "hard labels for the CE part",
+    "max_train_rows": "train on at most N rows (0 = all)",
+    "alpha": "KD weight (0 = hard labels, 1 = pure KD)",
     "temperature": "KD temperature T",
-    "lr": "AdamW learning rate (0 = the student kind's default)",
+    "lr": "learning rate (0 = the kind's default)",
     "weight_decay": "AdamW weight decay",
     "batch_size": "training rows per optimizer step",
     "grad_accum": "micro-batches per optimizer step",
-    "max_length": "tokens per text (0 = cover 95% of the training rows)",
-    "epochs": "passes over the training rows, at least",
-    "min_steps": "optimizer steps at least (small sets get more epochs)",
-    "head_warmup_epochs": "LP-FT: epochs that train only the head first (0 = off)",
-    "learning_curve": "also train on 25% and 50% of the rows, for the report",
-    "warmup_ratio": "share of steps with linear warm-up",
+    "max_length": "tokens per text (0 = 95% of rows)",
+    "epochs": "passes over the rows, at least",
+    "min_steps": "optimizer steps, at least",
+    "head_warmup_epochs": "LP-FT: head-only epochs first",
+    "learning_curve": "also train on 25% and 50% of rows",
+    "warmup_ratio": "share of steps warming up",
     "max_grad_norm": "gradient clipping norm",
-    "val_fraction": "share of training rows held out to pick the best checkpoint",
-    "evals_per_epoch": "validation passes per epoch (the best is kept)",
-    "group_by_length": "batch texts of similar length together",
-    "lora_r": "LoRA rank (llama-lora)",
-    "lora_alpha": "LoRA alpha (llama-lora)",
-    "lora_dropout": "LoRA dropout (llama-lora)",
-    "lora_targets": "modules that get LoRA adapters (llama-lora)",
-    "qlora": "QLoRA: the llama-lora base in 4 bit (CUDA)",
-    "teacher_mode": "offline: OUT/annotations; online: the local teacher per batch",
-    "merge": "llama-lora: also save a merged model in STUDENT/merged",
-    "checkpoint_every": "save a resumable checkpoint every N steps (0 = never)",
-    "resume": "continue from STUDENT/checkpoint (same settings)",
-    "students": "student folders to compare, comma-separated (default OUT/student)",
-    "eval_split": "rows to evaluate on: test, train or all",
-    "speed_rows": "rows to time student and teacher on (0 = skip the teacher)",
-    "eval_batch_size": "student batch size when evaluating",
-    "target_agreement": "answer or defer: agreement the threshold must keep (0 = skip)",
-    "push_to_hub": "upload the student and its card to this hub repo",
-    "predictions": "output CSV (a folder gets FOLDER/predictions.csv)",
+    "val_fraction": "rows held out to pick the best step",
+    "evals_per_epoch": "validation passes per epoch",
+    "group_by_length": "no batching by text length",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "lora_targets": "modules with LoRA adapters",
+    "qlora": "QLoRA: 4-bit base (CUDA)",
+    "teacher_mode": "soft labels from OUT or the teacher",
+    "merge": "also save STUDENT/merged",
+    "checkpoint_every": "checkpoint every N steps (0 = never)",
+    "resume": "continue from STUDENT/checkpoint",
+    "students": "student folders, comma-separated",
+    "eval_split": "rows to score: test, train or all",
+    "speed_rows": "rows to time the models on",
+    "eval_batch_size": "student batch size",
+    "target_agreement": "defer: agreement to keep (0 = skip)",
+    "push_to_hub": "upload the student to this hub repo",
+    "predictions": "output CSV",
     "predict_batch_size": "rows per forward pass",
-    "defer": "add a 'deferred' column from evaluate's threshold",
-    "defer_threshold": "confidence under which a row is deferred",
-    "onnx_dir": "where the ONNX student goes (default STUDENT-onnx)",
-    "quantize": "int8 weights or none (float32)",
-    "budget": "teacher calls in all (test + seed + every round)",
-    "budget_cost": "hosted: also stop once this much is spent (0 = no limit)",
+    "defer": "mark rows under evaluate's threshold",
+    "defer_threshold": "confidence under which rows defer",
+    "onnx_dir": "ONNX folder (STUDENT-onnx)",
+    "quantize": "int8 weights, or none",
+    "budget": "teacher calls in all",
+    "budget_cost": "stop once this much is spent (0 = none)",
     "strategy": "which pool rows go to the teacher",
-    "test_rows": "random rows annotated first and held out for scoring",
-    "seed_rows": "random rows the first student trains on",
-    "round_rows": "rows sent to the teacher each round",
-    "patience": "stop after this many rounds without --min-gain (0 = never)",
-    "min_gain": "agreement gain that counts as an improvement",
+    "test_rows": "random rows held out to score rounds",
+    "seed_rows": "rows the first student trains on",
+    "round_rows": "rows sent to the teacher per round",
+    "patience": "rounds without --min-gain (0 = none)",
+    "min_gain": "agreement gain that counts",
     "pool_chunk": "pool rows scored at a time",
-    "warm_start": "start each round's student from the previous round's",
+    "warm_start": "start from the previous round's student",
 }
 
 GROUP_OF = {name: group for group, (_, names) in GROUPS.items() for name in names.split()}
@@ -226,6 +226,9 @@ def _short(text: str) -> str:
 
 
 METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
+METAVAR_OF = {"out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": "DIR", "data": "FILE", "predictions": "FILE",
+              "teacher": "MODEL", "student_model": "MODEL", "template_from": "MODEL", "task": "NAME", "calibrate": "MODE",
+              "strategy": "NAME", "device": "DEVICE", "dtype": "DTYPE", "base_url": "URL", "api_key_env": "NAME", "push_to_hub": "REPO"}
 
 
 def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
@@ -244,13 +247,16 @@ def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
     kind = str(f.type)
     if kind in ("bool", "bool | None"):
         on = f.default is True
+        if on and full and shown:
+            help_text = f"on by default, this turns it off; {help_text}"
         group.add_argument("--no-" + flag[2:] if on else flag, dest=f.name, action="store_false" if on else "store_true",
                            default=None, help=help_text)
         group.add_argument(flag if on else "--no-" + flag[2:], dest=f.name, action="store_true" if on else "store_false",
                            default=None, help=argparse.SUPPRESS)
         return
     metavar = "|".join(registry.names()) if registry is not None and len(registry.names()) <= 3 else \
-        "|".join(f.metadata["choices"]) if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3 else METAVARS.get(kind, "VALUE")
+        "|".join(f.metadata["choices"]) if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3 else \
+        METAVAR_OF.get(f.name) or METAVARS.get(kind, "VALUE")
     group.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help_text)  # converted and checked by coerce()
 
 
@@ -260,10 +266,10 @@ class _Renamed(argparse.Action):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """One line per flag where the terminal allows (the help column starts at 30)."""
+    """One line per flag on an 80-column terminal (the help column starts at 26)."""
 
     def __init__(self, prog):
-        super().__init__(prog, max_help_position=30, width=max(shutil.get_terminal_size((100, 24)).columns, 80))
+        super().__init__(prog, max_help_position=26, width=max(shutil.get_terminal_size((100, 24)).columns, 80))
 
 
 ONLINE_SHOWN = ("teacher", "task", "labels", "data", "calibrate", "backend")  # distill --help; the rest with --help-all
@@ -299,9 +305,9 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
     for name, (help_line, _) in STAGES.items():
         p = sub.add_parser(name, help=help_line, description=help_line, usage=f"distillery {name} [options]",
                            formatter_class=_Formatter, add_help=False)
-        p.add_argument("-h", "--help", action="help", help="show this help" + (" (the common flags; --help-all: every flag)" if name in ("run", "active") else ""))
+        p.add_argument("-h", "--help", action="help", help="the common flags" if name in ("run", "active") else "show this help")
         p.add_argument("--help-all", action="store_true", help="every flag, with its whole help text")
-        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (keys as the flags, with _); flags override it")
+        p.add_argument("--config", metavar="FILE", help="YAML settings (keys as the flags); flags win")
         for title, members, hidden in _help_groups(name, full):
             g = p.add_argument_group(title) if members else p
             for f in members:
@@ -474,3 +480,28 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def reference_markdown() -> str:
+    """docs/usage.md's settings reference, generated from the config dataclasses and the registries
+    (tests/test_cli_help.py checks the file holds exactly this; docs/make_reference.py writes it)."""
+    where: dict[str, list[str]] = {}
+    fields: dict[str, dataclasses.Field] = {}
+    for command in STAGES:
+        for name, f in stage_fields(command).items():
+            where.setdefault(name, []).append(command)
+            fields.setdefault(name, f)
+    lines = ["<!-- settings reference: generated by docs/make_reference.py from the config dataclasses; do not edit by hand -->", ""]
+    for group, (title, names) in GROUPS.items():
+        lines += [f"### {title[0].upper()}{title[1:]}", "", "| flag (YAML key) | default | subcommands | what it does |", "|---|---|---|---|"]
+        for name in names.split():
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = ",".join(default) if isinstance(default, list) else default
+            text = f.metadata.get("help", "")
+            if f.metadata.get("registry") is not None:
+                text += " — " + f.metadata["registry"].describe()
+            text = text.replace("|", "\\|")
+            lines.append(f"| `--{name.replace('_', '-')}` (`{name}`) | `{shown}` | {', '.join(where[name])} | {text} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

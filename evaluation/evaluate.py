@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from distillery.annotate.chunks import label_columns, read_annotations
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import parameter_count, pick_device, resolve_model
+from distillery.core.registry import teacher_backends
 from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
@@ -114,94 +116,49 @@ def check_report_writable(cfg: EvaluateConfig) -> None:
     guard_files(out, [*REPORT_FILES, *(p.name for p in out.glob("confusion_*.png"))], cfg.overwrite)
 
 
+@dataclass
+class EvalRows:
+    """The rows evaluate scores: the annotations of one split, failed rows left out."""
+
+    frame: pd.DataFrame  # every annotated row (the training rows' gold picks the majority label)
+    rows: pd.DataFrame  # the evaluated ones
+    labels: list[str]
+    n_failed: int
+    gold: np.ndarray | None  # gold label ids, None without gold
+    teacher_probs: np.ndarray
+
+    def vs_gold(self, probs: np.ndarray) -> dict:
+        if self.gold is not None:
+            return classification_metrics(probs, self.gold, self.labels)
+        return {"accuracy": None, "macro_f1": None, "ece": None, "confusion": None, "per_class": {lab: {"f1": None} for lab in self.labels}}
+
+
 def _evaluate(cfg: EvaluateConfig) -> dict:
+    """The stage in its steps: read the rows, score the teacher and each student, plot, write the report."""
     out = Path(cfg.out)
     check_report_writable(cfg)
     record_files(out, REPORT_FILES)  # before they are written: a kill mid-way leaves files known to be ours
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
-    labels = manifest["labels"]
-    rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
-    n_failed = int((rows["error_type"] != "").sum())
-    rows = rows[rows["error_type"] == ""]
-    if len(rows) == 0:
-        raise UserError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
-    n_gold = int((rows["gold"] != "").sum())
-    if 0 < n_gold < len(rows):
-        raise UserError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
-    has_gold = n_gold > 0  # without gold: agreement, κ and speed only
-    label_id = {lab: i for i, lab in enumerate(labels)}
-    gold = rows["gold"].map(label_id).to_numpy() if has_gold else None
-
-    def vs_gold(probs: np.ndarray) -> dict:
-        if has_gold:
-            return classification_metrics(probs, gold, labels)
-        return {"accuracy": None, "macro_f1": None, "ece": None, "confusion": None, "per_class": {lab: {"f1": None} for lab in labels}}
-
-    texts = rows["text"].tolist()
-    speed_texts = texts[: cfg.speed_rows]
+    data = eval_rows(cfg, frame, manifest)
+    texts = data.rows["text"].tolist()
     device = pick_device(cfg.device)
-
-    teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
-    hard_only = np.isnan(teacher_probs).any(axis=1)  # a hosted teacher that gave no log-probs
-    if hard_only.any():
-        teacher_probs[hard_only] = np.eye(len(labels))[rows.loc[hard_only, "teacher_label"].map(label_id).to_numpy(int)]
-    models = {"teacher": vs_gold(teacher_probs)}
-    teacher_src = resolve_model(manifest["teacher"])
-    models["teacher"].update(size_bytes=size_on_disk(teacher_src))
-    if speed_texts and manifest["config"].get("backend", "local") == "local":
-        rps, bs, params = _teacher_speed(manifest, speed_texts)
-        models["teacher"].update(rows_per_s=rps, batch_size=bs, parameters=params)
-    elif manifest.get("teacher_rows_per_s"):  # a hosted teacher is not called again: its annotation speed
-        models["teacher"].update(rows_per_s=manifest["teacher_rows_per_s"])
-
+    models = {"teacher": teacher_metrics(data, manifest, texts[: cfg.speed_rows])}
     named = student_names(cfg.students or [str(out / "student")])  # a/student and b/student are two rows, not one
-    students = list(named.values())
     for name, path in named.items():
-        student = load_student(path, device)
-        if student.labels != labels:
-            raise UserError(f"{path}: expected a student for labels {labels}; found {student.labels}")
-        probs = student.probabilities(texts, cfg.eval_batch_size)
-        m = vs_gold(probs)
-        m.update(agreement_metrics(probs.argmax(1), teacher_probs.argmax(1), len(labels)))
-        m["retention"] = m["accuracy"] / models["teacher"]["accuracy"] if has_gold and models["teacher"]["accuracy"] else None
-        ci = bootstrap_intervals(teacher_probs.argmax(1), probs.argmax(1), gold, len(labels))
-        m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
-        models["teacher"].setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})
-        m["defer"] = answer_or_defer(probs, teacher_probs.argmax(1), gold, cfg.target_agreement)
-        if speed_texts:
-            student.probabilities(speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
-            seconds, _ = _time(student.probabilities, speed_texts, cfg.eval_batch_size)
-            m["rows_per_s"] = len(speed_texts) / seconds
-            if models["teacher"].get("rows_per_s"):
-                m["speedup"] = m["rows_per_s"] / models["teacher"]["rows_per_s"]
-        m.update(parameters=student.parameters, size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
-                 evaluated_base=student.evaluated_base)
-        models[name] = m
-
-    majority, majority_acc, plots = None, None, []
-    if has_gold:  # majority class of the training rows' gold labels: the prior a reader should beat
-        train_gold = frame.loc[(frame["split"] == "train") & (frame["gold"] != ""), "gold"]
-        majority = (train_gold if len(train_gold) else rows["gold"]).value_counts().idxmax()
-        majority_acc = float((rows["gold"] == majority).mean())
-        for name, m in models.items():
-            plots.append(f"confusion_{_file_name(name)}_vs_gold.png")
-            record_files(out, plots[-1:])
-            plot_confusion(m["confusion"], labels, f"{name} vs gold", "gold", name, out / plots[-1])
-    for name, m in list(models.items())[1:]:
-        plots.append(f"confusion_{_file_name(name)}_vs_teacher.png")
-        record_files(out, plots[-1:])
-        plot_confusion(m["confusion_vs_teacher"], labels, f"{name} vs teacher", "teacher", name, out / plots[-1])
+        models[name] = student_metrics(cfg, data, path, device, models["teacher"])
+    majority, majority_acc = majority_baseline(data)
+    plots = plot_confusions(out, data, models)
     first = next(k for k in models if k != "teacher")
     defer = models[first]["defer"]
     plot_coverage(defer["curve"], defer["picked"], defer["target"], out / "coverage.png")
-    models["teacher"]["label_shares"] = {lab: float((teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(labels)}
+    students = list(named.values())
     metrics = {
-        "labels": labels, "split": cfg.eval_split, "rows": len(rows), "rows_failed": n_failed,
+        "labels": data.labels, "split": cfg.eval_split, "rows": len(data.rows), "rows_failed": data.n_failed,
         "majority_label": majority, "majority_accuracy": majority_acc, "calibration": manifest.get("calibration", {}),
-        "gold_shares": {lab: float((gold == i).mean()) for i, lab in enumerate(labels)} if has_gold else None,
+        "gold_shares": {lab: float((data.gold == i).mean()) for i, lab in enumerate(data.labels)} if data.gold is not None else None,
         "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
         "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
-        "learning_curve": learning_curve(Path(students[0]), texts, gold, teacher_probs.argmax(1), cfg.eval_batch_size, device),
+        "learning_curve": learning_curve(Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
@@ -209,8 +166,8 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
     write_text(out / "evaluate_config.yaml", config_text)
     report = ReportData(
-        task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(rows), n_failed=n_failed,
-        labels=labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(speed_texts),
+        task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(data.rows), n_failed=data.n_failed,
+        labels=data.labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(texts[: cfg.speed_rows]),
         device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
         defer=defer,
     )
@@ -220,6 +177,87 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     if cfg.push_to_hub:
         print(f"evaluate: uploaded {students[0]} to {push_to_hub(students[0], cfg.push_to_hub)}")
     return metrics
+
+
+def eval_rows(cfg: EvaluateConfig, frame: pd.DataFrame, manifest: dict) -> EvalRows:
+    """The --eval-split rows with their gold labels (on every row or none) and the teacher's probabilities."""
+    labels = manifest["labels"]
+    rows = frame if cfg.eval_split == "all" else frame[frame["split"] == cfg.eval_split]
+    n_failed = int((rows["error_type"] != "").sum())
+    rows = rows[rows["error_type"] == ""]
+    if len(rows) == 0:
+        raise UserError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
+    n_gold = int((rows["gold"] != "").sum())
+    if 0 < n_gold < len(rows):
+        raise UserError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    gold = rows["gold"].map(label_id).to_numpy() if n_gold else None  # without gold: agreement, κ and speed only
+    teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
+    hard_only = np.isnan(teacher_probs).any(axis=1)  # a hosted teacher that gave no log-probs
+    if hard_only.any():
+        teacher_probs[hard_only] = np.eye(len(labels))[rows.loc[hard_only, "teacher_label"].map(label_id).to_numpy(int)]
+    return EvalRows(frame, rows, labels, n_failed, gold, teacher_probs)
+
+
+def teacher_metrics(data: EvalRows, manifest: dict, speed_texts: list[str]) -> dict:
+    """The teacher against gold, its size, and its speed (a local teacher timed again; a hosted one: its annotation speed)."""
+    m = data.vs_gold(data.teacher_probs)
+    m.update(size_bytes=size_on_disk(resolve_model(manifest["teacher"])))
+    backend = manifest["config"].get("backend", "local")
+    if speed_texts and backend in teacher_backends and teacher_backends.get(backend).local:
+        rps, bs, params = _teacher_speed(manifest, speed_texts)
+        m.update(rows_per_s=rps, batch_size=bs, parameters=params)
+    elif manifest.get("teacher_rows_per_s"):  # a hosted teacher is not called again
+        m.update(rows_per_s=manifest["teacher_rows_per_s"])
+    m["label_shares"] = {lab: float((data.teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(data.labels)}
+    return m
+
+
+def student_metrics(cfg: EvaluateConfig, data: EvalRows, path: str, device, teacher: dict) -> dict:
+    """One student against gold and the teacher, with intervals, its answer-or-defer curve, speed and size."""
+    student = load_student(path, device)
+    if student.labels != data.labels:
+        raise UserError(f"{path}: expected a student for labels {data.labels}; found {student.labels}")
+    texts, teacher_pred = data.rows["text"].tolist(), data.teacher_probs.argmax(1)
+    probs = student.probabilities(texts, cfg.eval_batch_size)
+    m = data.vs_gold(probs)
+    m.update(agreement_metrics(probs.argmax(1), teacher_pred, len(data.labels)))
+    m["retention"] = m["accuracy"] / teacher["accuracy"] if data.gold is not None and teacher["accuracy"] else None
+    ci = bootstrap_intervals(teacher_pred, probs.argmax(1), data.gold, len(data.labels))
+    m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
+    teacher.setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})
+    m["defer"] = answer_or_defer(probs, teacher_pred, data.gold, cfg.target_agreement)
+    speed_texts = texts[: cfg.speed_rows]
+    if speed_texts:
+        student.probabilities(speed_texts[: cfg.eval_batch_size], cfg.eval_batch_size)  # warm-up
+        seconds, _ = _time(student.probabilities, speed_texts, cfg.eval_batch_size)
+        m["rows_per_s"] = len(speed_texts) / seconds
+        if teacher.get("rows_per_s"):
+            m["speedup"] = m["rows_per_s"] / teacher["rows_per_s"]
+    m.update(parameters=student.parameters, size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
+             evaluated_base=student.evaluated_base)
+    return m
+
+
+def majority_baseline(data: EvalRows) -> tuple[str | None, float | None]:
+    """The majority gold label of the training rows (the prior a reader should beat) and its accuracy here."""
+    if data.gold is None:
+        return None, None
+    train_gold = data.frame.loc[(data.frame["split"] == "train") & (data.frame["gold"] != ""), "gold"]
+    majority = (train_gold if len(train_gold) else data.rows["gold"]).value_counts().idxmax()
+    return majority, float((data.rows["gold"] == majority).mean())
+
+
+def plot_confusions(out: Path, data: EvalRows, models: dict) -> list[str]:
+    """Confusion matrices of every model against gold and of every student against the teacher; their file names."""
+    plots = []
+    pairs = [(name, m["confusion"], "gold") for name, m in models.items()] if data.gold is not None else []
+    pairs += [(name, m["confusion_vs_teacher"], "teacher") for name, m in list(models.items())[1:]]
+    for name, confusion, against in pairs:
+        plots.append(f"confusion_{_file_name(name)}_vs_{against}.png")
+        record_files(out, plots[-1:])
+        plot_confusion(confusion, data.labels, f"{name} vs {against}", against, name, out / plots[-1])
+    return plots
 
 
 def answer_or_defer(probs: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarray | None, target: float) -> dict:

@@ -5,10 +5,11 @@ and combinations that cannot work refused."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
+import io
 import os
-import subprocess
-import sys
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from distillery import cli as distillery_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMIT = 80  # lines of --help per subcommand, at 100 columns
+LIMIT = 80  # lines of --help per subcommand, on an 80-column terminal
 CORE = ["distillery/core"]
 # The code each subcommand runs: a flag it shows must be read (as cfg.NAME, or by name) somewhere here.
 CODE = {
@@ -31,10 +32,12 @@ CODE["active"] = CODE["run"] + ["active"]
 
 
 def _help(command: str, flag: str = "--help") -> str:
-    env = {**os.environ, "COLUMNS": "100"}
-    done = subprocess.run([sys.executable, "-m", "distillery", command, flag], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    """What ``distillery COMMAND --help`` prints on an 80-column terminal."""
+    out = io.StringIO()
+    with mock.patch.dict(os.environ, {"COLUMNS": "80"}), contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        distillery_cli.main([command, flag])
+    assert exit_.value.code == 0
+    return out.getvalue()
 
 
 def _names_read(paths: list[str]) -> set[str]:
@@ -110,3 +113,10 @@ def test_a_config_key_that_was_renamed_says_so(tmp_path, capsys):
     path.write_text("output_dir: somewhere\n")
     assert distillery_cli.main(["distill", "--config", str(path)]) == 2
     assert "renamed: student (distill's student folder) or onnx_dir" in capsys.readouterr().err
+
+
+def test_the_usage_reference_in_the_docs_is_the_one_the_code_generates():
+    text = (ROOT / "docs" / "usage.md").read_text()
+    assert text.endswith(distillery_cli.reference_markdown()), "docs/usage.md is stale: run python docs/make_reference.py"
+    for name in distillery_cli.GROUP_OF:
+        assert f"`--{name.replace('_', '-')}` (`{name}`)" in text

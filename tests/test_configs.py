@@ -47,4 +47,4 @@ def test_every_command_explains_itself(command, capsys):
         distillery_cli.main([command, "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert f"usage: distillery {command}" in text and "--config FILE.yaml" in text
+    assert f"usage: distillery {command}" in text and "--config FILE" in text

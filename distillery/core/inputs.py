@@ -82,19 +82,7 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
     out = pd.DataFrame({"text": frame[text_col].astype(str)})
     if cfg.split_column:
         out["split"] = frame[cfg.split_column].astype(str)
-    out["gold"] = frame[label_col].astype(str).str.strip() if label_col else ""
-    if label_col:
-        blank = frame[label_col].isna() | (out["gold"] == "")
-        if blank.any():
-            lines = ", ".join(str(i + 2) for i in frame.index[blank][:5])
-            raise InputError(f"{cfg.data}: expected a gold label in every row of '{label_col}'; found {int(blank.sum())} empty "
-                             f"(file lines {lines}...); fill them in, or drop --label-column to annotate without gold labels")
-        bad = sorted(set(out["gold"]) - set(labels))
-        if bad:
-            raise InputError(
-                f"{cfg.data}: gold labels in '{label_col}' must be in the label set {labels}; found {bad[:5]}; "
-                "pass --labels with every label, or fix the file"
-            )
+    out["gold"] = _gold(frame, label_col, labels, cfg.data) if label_col else ""
     out["id"] = frame[cfg.id_column].astype(str) if cfg.id_column else _content_ids(out["text"])
     if out["id"].duplicated().any():
         dup = out["id"][out["id"].duplicated()].iloc[0]
@@ -104,6 +92,21 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
     if not cfg.split_column:
         out["split"] = ["test" if _unit(cfg.seed, i) < cfg.test_fraction else "train" for i in out["id"]]
     return out[["id", "text", "gold", "split"]].reset_index(drop=True)
+
+
+def _gold(frame: pd.DataFrame, label_col: str, labels: list[str], source: str) -> pd.Series:
+    """The gold labels of ``label_col``, stripped; an empty cell or a label outside the task's is an InputError."""
+    gold = frame[label_col].astype(str).str.strip()
+    blank = frame[label_col].isna() | (gold == "")
+    if blank.any():
+        lines = ", ".join(str(i + 2) for i in frame.index[blank][:5])
+        raise InputError(f"{source}: expected a gold label in every row of '{label_col}'; found {int(blank.sum())} empty "
+                         f"(file lines {lines}...); fill them in, or drop --label-column to annotate without gold labels")
+    bad = sorted(set(gold) - set(labels))
+    if bad:
+        raise InputError(f"{source}: gold labels in '{label_col}' must be in the label set {labels}; found {bad[:5]}; "
+                         "pass --labels with every label, or fix the file")
+    return gold
 
 
 def _read_table(data: str, hf_config: str = "", split: str = "train", label_column: str = "") -> pd.DataFrame:
