@@ -10,7 +10,9 @@ The public API (imported on first use, so ``import distillery`` stays light)::
     student = distillery.load_student("data/runs/api/student")
     student.predict(["what a lovely day"])                                         # ['positive']
 
-``run`` does the first three in one go; ``predict`` and ``export`` work on a saved student;
+Like the command line, the API keeps the terminal to Distillery's own lines and bars (it turns
+off transformers' per-load progress bars and info logs on first use;
+``transformers.logging.set_verbosity_warning()`` undoes it). ``run`` does the first three in one go; ``predict`` and ``export`` work on a saved student;
 ``active`` is the active-distillation loop. The four extension points are registries:
 ``student_kinds``, ``teacher_backends``, ``calibration_modes`` and ``active_strategies``, with the
 base types ``StudentKind``, ``TeacherBackend``, ``CalibrationMode`` and ``Strategy``
@@ -46,6 +48,9 @@ __all__ = sorted(_API)
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'distillery' has no attribute '{name}'")
+    from distillery.core.models import quiet_third_party
+
+    quiet_third_party()
     if name in ("annotate", "distill", "active"):  # the stage's package, callable as its function (core/callable_module.py)
         return importlib.import_module(f"distillery.{name}")
     value = getattr(importlib.import_module(_API[name]), name)
