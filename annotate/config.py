@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from distillery.annotate import backends, calibration  # noqa: F401  (register the built-in backends and modes)
@@ -12,6 +13,23 @@ from distillery.core.options import check_finite, option
 from distillery.core.secrets import ENV_NAME, parse_headers
 
 __all__ = ["AnnotateConfig"]
+
+
+# Settings that only a server backend reads, and settings only a backend running the model here reads.
+SERVER_ONLY = ("base_url", "extra_headers", "request_timeout", "hosted_scoring", "template_from", "top_logprobs", "concurrency",
+               "requests_per_minute", "tokens_per_minute", "max_retries", "price_prompt_per_m", "price_completion_per_m", "max_cost")
+LOCAL_ONLY = ("teacher_batch_tokens", "prefix_cache", "dtype", "load_in_4bit")
+
+
+def check_backend_settings(cfg, local: bool) -> None:
+    """A setting the chosen backend never reads, set to other than its default, is an error (not silently ignored)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in LOCAL_ONLY if not local else SERVER_ONLY:
+        value = getattr(cfg, name)
+        if value != defaults[name] and not (isinstance(value, list) and not value):
+            which = "a backend that runs the model in this process (--backend local)" if name in LOCAL_ONLY else "a server backend (--backend openai)"
+            raise UserError(f"{name}: applies to {which}; found --backend {cfg.backend}; leave --{name.replace('_', '-')} out"
+                            + ("" if name in LOCAL_ONLY else ", or pass --backend openai"))
 
 
 @dataclass
@@ -102,12 +120,6 @@ class AnnotateConfig:
             raise UserError(f"hosted_scoring: expected top-logprobs or echo, found '{self.hosted_scoring}'")
         if self.calibrate != "auto":
             calibration_modes.get(self.calibrate)  # an unknown mode: one line naming the registered ones
-        backend = teacher_backends.get(self.backend)  # an unknown one: one line naming the registered ones
-        if backend.local and self.base_url:
-            raise UserError(f"base_url: applies to a server backend (--backend openai); found --backend {self.backend}; "
-                            "pass --backend openai, or leave --base-url out")
-        if not backend.local and self.load_in_4bit:
-            raise UserError(f"load_in_4bit: applies to --backend local (the model runs in this process); found --backend {self.backend}")
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
         if isinstance(self.extra_headers, str):
@@ -116,3 +128,5 @@ class AnnotateConfig:
         if not ENV_NAME.fullmatch(self.api_key_env):
             raise UserError("api_key_env: expected the name of the environment variable that holds the key (e.g. OPENAI_API_KEY); "
                             "found something else (not shown: it may be the key itself); export the key and pass its variable's name")
+        backend = teacher_backends.get(self.backend)  # an unknown one: one line naming the registered ones
+        check_backend_settings(self, backend.local)

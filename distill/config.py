@@ -81,6 +81,9 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
         kind = students.student_kind(self.student_kind)  # an unknown kind: one line naming the registered ones
+        if self.learning_curve and self.teacher_mode == "online":
+            raise UserError("learning_curve: trains on shares of OUT/annotations (--teacher-mode offline); found --teacher-mode online; "
+                            "leave --learning-curve out, or annotate first")
         if not kind.adapters and (self.qlora or self.merge):
             raise UserError(f"{'qlora' if self.qlora else 'merge'}: applies to a student kind with LoRA adapters (--student-kind llama-lora); "
                             f"found --student-kind {self.student_kind}; leave it out")

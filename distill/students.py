@@ -56,6 +56,7 @@ class StudentKind:
     exportable = True  # export reads the saved folder as a full model
     warm_start = True  # active --warm-start may start a round from the previous round's student
     adapters = False  # trains LoRA adapters: --lora-*, --qlora and --merge apply
+    head_names = ("classifier", "score")  # parameter names of the classification head (LP-FT's --head-warmup-epochs trains them alone)
 
     def build(self, cfg: DistillConfig, labels: list[str]):
         """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
@@ -103,6 +104,7 @@ class LoraStudent(StudentKind):
     exportable = False
     warm_start = False
     adapters = True
+    head_names = ("score",)  # LlamaForSequenceClassification's head, trained in full beside the adapters
 
     def build(self, cfg: DistillConfig, labels: list[str]):
         from peft import LoraConfig, TaskType, get_peft_model
@@ -120,7 +122,7 @@ class LoraStudent(StudentKind):
 
             base = prepare_model_for_kbit_training(base)
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_targets), modules_to_save=["score"])
+                          target_modules=list(cfg.lora_targets), modules_to_save=list(self.head_names))
         model = keep_trainable_fp32(get_peft_model(base, lora))
         model.base_path = path  # recorded next to the adapter so the student reloads offline
         return tokenizer, model

@@ -297,7 +297,8 @@ def save(run: Training, train_seconds: float) -> None:
 def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:
     """LP-FT's first half (Kumar et al. 2022): fit only the classification head on the frozen
     model's features with the KD loss, so fine-tuning starts from a head that already fits."""
-    head = [p for n, p in model.named_parameters() if p.requires_grad and ("classifier" in n or "score" in n)]
+    names = student_kind(cfg.student_kind).head_names
+    head = [p for n, p in model.named_parameters() if p.requires_grad and any(h in n for h in names)]
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not h for h in head)]
     for p in frozen:
         p.requires_grad_(False)

@@ -36,6 +36,7 @@ from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config
 from distillery.core.registry import teacher_backends
 from distillery.distill.config import DistillConfig
+from distillery.distill.students import student_kind
 from distillery.evaluation.config import EvaluateConfig
 from distillery.serve.config import ExportConfig, PredictConfig
 
@@ -349,9 +350,12 @@ def build(cls, values: dict):
 def check_together(command: str, configs: list) -> None:
     """Settings of two stages that cannot work together: an error, never silently ignored."""
     by_type = {type(c): c for c in configs}
-    distill, annotate = by_type.get(DistillConfig), by_type.get(AnnotateConfig)
+    distill, annotate, active = by_type.get(DistillConfig), by_type.get(AnnotateConfig), by_type.get(ActiveConfig)
+    if active is not None and active.warm_start and not student_kind(distill.student_kind).warm_start:
+        raise UserError(f"warm_start: applies to a student kind that can start from the previous round's (e.g. encoder); "
+                        f"found --student-kind {distill.student_kind}; leave --warm-start out")
     if distill is not None and annotate is not None and distill.teacher_mode == "online" and not teacher_backends.get(annotate.backend).local:
-        raise UserError(f"teacher_mode online: expected --backend local (online distillation runs the teacher in this process); "
+        raise UserError(f"teacher_mode online: expected a backend that runs the model here (--backend local) (online distillation runs the teacher in this process); "
                         f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)")
 
 

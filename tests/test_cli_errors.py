@@ -50,10 +50,10 @@ def test_a_wrong_type_in_a_yaml_file_is_one_line_naming_file_key_and_value(text,
 def test_unambiguous_yaml_values_are_converted_to_the_fields_types(tmp_path):
     path = tmp_path / "my.yaml"
     path.write_text("alpha: '0.5'\ntemperature: 3\nepochs: 2.0\nlimit: '5'\nbalance: 'true'\nlabels: 'negative, positive'\n"
-                    "extra_headers: {api-key: abc}\nhf_config: 2023\n")
+                    "extra_headers: {api-key: abc}\nhf_config: 2023\nbackend: openai\n")
     values = distillery_cli.resolve(distillery_cli.build_parser().parse_args(["run", "--config", str(path)]))
     assert values == {"alpha": 0.5, "temperature": 3.0, "epochs": 2, "limit": 5, "balance": True, "labels": ["negative", "positive"],
-                      "extra_headers": ["api-key: abc"], "hf_config": "2023"}
+                      "extra_headers": ["api-key: abc"], "hf_config": "2023", "backend": "openai"}
     assert type(values["temperature"]) is float and type(values["epochs"]) is int
     annotate, distill, _ = (distillery_cli.build(cls, values) for cls in distillery_cli.stage_configs("run"))
     assert (annotate.limit, annotate.balance, distill.alpha) == (5, True, 0.5)

@@ -95,10 +95,14 @@ def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):
 @pytest.mark.parametrize("argv, says", [
     (["distill", "--student", "llama-lora"], "pass it as --student-kind llama-lora"),
     (["predict", "--data", "x.csv", "--out", "preds.csv"], "write the predictions with --predictions FILE.csv"),
-    (["distill", "--teacher-mode", "online", "--backend", "openai"], "teacher_mode online: expected --backend local"),
+    (["distill", "--teacher-mode", "online", "--backend", "openai"], "teacher_mode online: expected a backend that runs the model here"),
+    (["distill", "--teacher-mode", "online", "--learning-curve"], "learning_curve: trains on shares of OUT/annotations"),
+    (["annotate", "--max-cost", "5"], "max_cost: applies to a server backend (--backend openai); found --backend local"),
+    (["annotate", "--backend", "openai", "--dtype", "bfloat16"], "dtype: applies to a backend that runs the model in this process"),
+    (["active", "--warm-start", "--student-kind", "llama-lora"], "warm_start: applies to a student kind that can start"),
     (["distill", "--qlora"], "qlora: applies to a student kind with LoRA adapters"),
     (["annotate", "--base-url", "http://127.0.0.1:1/v1"], "base_url: applies to a server backend"),
-    (["annotate", "--backend", "openai", "--load-in-4bit"], "load_in_4bit: applies to --backend local"),
+    (["annotate", "--backend", "openai", "--load-in-4bit"], "load_in_4bit: applies to a backend that runs the model in this process"),
     (["predict", "--data", "x.csv", "--defer-threshold", "0.9"], "pass --defer too"),
     (["distill", "--student-kind", "bert-lora"], "--student-kind: expected one of encoder, llama-lora"),
 ])
