@@ -371,9 +371,12 @@ def headline(metrics: dict) -> str:
         ("agreement", with_ci(metrics["agreement"], s.get("ci", {}).get("agreement"))),
         ("Cohen's κ", with_ci(metrics["kappa"], s.get("ci", {}).get("kappa"))),
         ("retention", with_ci(metrics["retention"], s.get("ci", {}).get("retention"))),
+        ("macro-F1 retention", with_ci(metrics.get("macro_f1_retention"), None)),
+        ("worst class F1 ret.", with_ci(metrics.get("worst_class_retention"), None)
+         + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else "")),
         ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
-    lines = [f"  {k:<18} {v}" for k, v in rows]
+    lines = [f"  {k:<20} {v}" for k, v in rows]
     lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["LOW_AGREEMENT", "diagnose"]
+from distillery.annotate.calibration import AUTO_MIN_GOLD
+
+__all__ = ["CLASS_RETENTION", "LOW_AGREEMENT", "diagnose"]
 
 LOW_AGREEMENT = 0.75  # below this the student has not learnt its teacher's labels
+CLASS_RETENTION = 0.8  # a class whose student F1 is under this share of the teacher's is being dropped
 
 
 def _above(ci: list[float] | None, baseline: float | None) -> bool:
@@ -32,17 +35,36 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
     if shares_t and shares_g:
         gap = 0.5 * sum(abs(shares_t[k] - shares_g[k]) for k in shares_g)
         if gap > 0.15:
-            mode = metrics.get("calibration", {}).get("mode", "?")
-            out.append(f"teacher: its label shares ({_shares(shares_t)}) are far from gold's ({_shares(shares_g)}), calibration '{mode}'. "
-                       "mean and content-free assume balanced labels; use --calibrate auto (mean+em, or gold with >= 50 gold rows).")
+            out.append(_shares_advice(metrics.get("calibration", {}), shares_t, shares_g))
     if not _above(student.get("ci", {}).get("accuracy"), majority):
         cause = "the teacher is the likely cause (above)" if teacher_weak else f"likely too little training ({rows})"
         out.append(f"student: accuracy {student['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f}: {cause}. "
                    "Annotate more rows (--limit 0), or run with --learning-curve to see whether more rows would pay.")
+    for label, kept in sorted((student.get("class_f1_retention") or {}).items(), key=lambda kv: kv[1]):
+        if kept < CLASS_RETENTION:
+            f1_s, f1_t = student["per_class"][label]["f1"], teacher["per_class"][label]["f1"]
+            out.append(f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, under {CLASS_RETENTION}×): "
+                       "the student is dropping it. Train on more rows of that class (a larger --limit, or gold labels with "
+                       "--hard-labels gold where you have them) and compare macro-F1, not accuracy alone.")
     if student["agreement"] < LOW_AGREEMENT:
         out.append(f"student: it agrees with its teacher on only {student['agreement']:.1%} of the rows (κ {student['kappa']:.2f}), so it has "
                    f"not learnt the teacher ({rows}). Give it more rows or steps (--min-steps), or check --learning-curve.")
     return out
+
+
+def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:
+    """The warning for a teacher whose label shares are far from gold's, with advice that fits the mode auto chose."""
+    mode, requested = calibration.get("mode", "?"), calibration.get("requested", calibration.get("mode", "?"))
+    head = f"teacher: its label shares ({_shares(shares_t)}) are far from gold's ({_shares(shares_g)}), calibration '{mode}'"
+    head += " (chosen by --calibrate auto). " if requested == "auto" else ". "
+    if mode == "gold":
+        fitted = calibration.get("fitted_on", "?")
+        return head + (f"It was fitted on {fitted} gold rows outside the test split: if those rows are drawn like the test rows, fit on "
+                       "more of them (--calibrate-on N); if not (another source or period), label a random sample of this data and "
+                       "pass it with --label-column.")
+    return head + ("It assumes balanced labels. With gold labels: pass --label-column (auto fits on gold with at least "
+                   f"{AUTO_MIN_GOLD} gold training rows, or force --calibrate gold); without: --calibrate mean+gmm or "
+                   "content-free+gmm estimate the label prior.")
 
 
 def _shares(shares: dict) -> str:

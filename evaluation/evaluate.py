@@ -25,7 +25,7 @@ from distillery.core.rundir import guard_files, locked, record_files, write_json
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
-from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, classification_metrics
+from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, class_retention, classification_metrics
 from distillery.evaluation.report import ReportData, plot_confusion, render_report
 from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
 from distillery.serve.card import push_to_hub
@@ -158,6 +158,8 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         "gold_shares": {lab: float((data.gold == i).mean()) for i, lab in enumerate(data.labels)} if data.gold is not None else None,
         "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
         "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
+        "macro_f1_retention": models[first]["macro_f1_retention"], "worst_class": models[first]["worst_class"],
+        "worst_class_retention": models[first]["worst_class_retention"],
         "learning_curve": learning_curve(Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
     summary_path = Path(students[0]) / "train_summary.json"
@@ -223,6 +225,7 @@ def student_metrics(cfg: EvaluateConfig, data: EvalRows, path: str, device, teac
     m = data.vs_gold(probs)
     m.update(agreement_metrics(probs.argmax(1), teacher_pred, len(data.labels)))
     m["retention"] = m["accuracy"] / teacher["accuracy"] if data.gold is not None and teacher["accuracy"] else None
+    m.update(class_retention(m, teacher))  # macro-F1 and the worst class's F1, student ÷ teacher
     ci = bootstrap_intervals(teacher_pred, probs.argmax(1), data.gold, len(data.labels))
     m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
     teacher.setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})

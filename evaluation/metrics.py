@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-__all__ = ["agreement_metrics", "bootstrap_intervals", "classification_metrics", "expected_calibration_error"]
+__all__ = ["agreement_metrics", "bootstrap_intervals", "class_retention", "classification_metrics", "expected_calibration_error"]
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> float:
@@ -39,6 +39,19 @@ def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str
         "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])} for i, lab in enumerate(labels)},
         "confusion": confusion_matrix(gold, pred, labels=ids).tolist(),
     }
+
+
+def class_retention(student: dict, teacher: dict) -> dict:
+    """Macro-F1 retention and each class's F1 retention (student ÷ teacher), the worst class named.
+
+    A class the teacher never gets right (F1 0) has no retention; ``None`` everywhere without gold.
+    """
+    if student.get("macro_f1") is None or not teacher.get("macro_f1"):
+        return {"macro_f1_retention": None, "class_f1_retention": None, "worst_class": None, "worst_class_retention": None}
+    per_class = {lab: student["per_class"][lab]["f1"] / t["f1"] for lab, t in teacher["per_class"].items() if t["f1"] > 0}
+    worst = min(per_class, key=per_class.get) if per_class else None
+    return {"macro_f1_retention": student["macro_f1"] / teacher["macro_f1"], "class_f1_retention": per_class,
+            "worst_class": worst, "worst_class_retention": per_class.get(worst)}
 
 
 def agreement_metrics(student_pred: np.ndarray, teacher_pred: np.ndarray, n_labels: int) -> dict:

@@ -89,8 +89,10 @@ def render_report(data: ReportData) -> str:
     students = {k: v for k, v in data.models.items() if k != "teacher"}
     t_ci = teacher.get("ci", {}).get("accuracy")
     headline = markdown_table(
-        ["student", "teacher acc", "student acc", "agreement", "κ", "retention", "speed-up"],
+        ["student", "teacher acc", "student acc", "agreement", "κ", "retention", "macro-F1 ret.", "worst class F1 ret.", "speed-up"],
         [[name, with_ci(teacher["accuracy"], t_ci), *[with_ci(m[k], m.get("ci", {}).get(k)) for k in ("accuracy", "agreement", "kappa", "retention")],
+          with_ci(m.get("macro_f1_retention"), None),
+          with_ci(m.get("worst_class_retention"), None) + (f" ({m['worst_class']})" if m.get("worst_class") else ""),
           None if m.get("speedup") is None else f"{m['speedup']:.1f}×"] for name, m in students.items()],
     )
     warnings = "\n".join(f"- **Warning** – {w}" for w in data.warnings) or "No warnings: teacher and student are clearly above the majority baseline and agree."

@@ -5,7 +5,7 @@ import pytest
 
 from distillery.evaluation import ReportData, agreement_metrics, classification_metrics, expected_calibration_error, render_report
 from distillery.evaluation.diagnosis import diagnose
-from distillery.evaluation.metrics import bootstrap_intervals
+from distillery.evaluation.metrics import class_retention, bootstrap_intervals
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():
@@ -43,14 +43,15 @@ def test_report_renders_every_section():
         majority_label="neg", majority_accuracy=0.5,
         models={
             "teacher": _model(0.8, rows_per_s=4.0, batch_size=16, parameters=134_515_008, size_bytes=2_000_000),
-            "student": _model(0.7, agreement=0.9, kappa=0.8, retention=0.875, speedup=20.0, rows_per_s=80.0, batch_size=32, parameters=22_000_000, size_bytes=90_000_000),
+            "student": _model(0.7, agreement=0.9, kappa=0.8, retention=0.875, speedup=20.0, rows_per_s=80.0, batch_size=32, parameters=22_000_000, size_bytes=90_000_000,
+                              macro_f1_retention=0.8734, worst_class="neg", worst_class_retention=0.75),
         },
         speed_rows=8, device="cpu", plots=["confusion_student_vs_gold.png"], config="limit: 10\n",
     )
     text = render_report(data)
     assert text.startswith("# Distillery report: sentiment-binary\n")
     assert "Teacher `smollm2` (134.5M params), evaluated on 10 `test` rows" in text
-    assert "| student | 0.8000 | 0.7000 | 0.9000 | 0.8000 | 0.8750 | 20.0× |" in text
+    assert "| student | 0.8000 | 0.7000 | 0.9000 | 0.8000 | 0.8750 | 0.8734 | 0.7500 (neg) | 20.0× |" in text
     assert "| teacher | 0.8000 | 0.5000 | 0.7900 | 0.0500 |" in text
     assert "| student | 80.0000 | 32 | 22,000,000 | 90.0000 |" in text
     assert "![confusion_student_vs_gold](confusion_student_vs_gold.png)" in text
@@ -100,7 +101,31 @@ def test_warnings_name_the_problem_and_the_fix():
     assert "--learning-curve" in found[0] and "57.1%" in found[1] and "--min-steps" in found[1]
     # A teacher pushed to 50/50 on a 72/28 set, and one no better than the majority class.
     shares = diagnose(_metrics(0.743, 0.80, 0.9, {"neg": 0.5, "pos": 0.5}))
-    assert len(shares) == 2 and "not clearly above the majority" in shares[0] and "calibration 'mean'" in shares[1] and "--calibrate auto" in shares[1]
+    assert len(shares) == 2 and "not clearly above the majority" in shares[0] and "calibration 'mean'" in shares[1]
+    assert "It assumes balanced labels" in shares[1] and "--label-column" in shares[1] and "mean+gmm" in shares[1]
+    # auto already chose gold: the advice is about the gold rows, not "use auto".
+    gold = _metrics(0.743, 0.80, 0.9, {"neg": 0.5, "pos": 0.5})
+    gold["calibration"] = {"mode": "gold", "requested": "auto", "fitted_on": 120}
+    advice = [w for w in diagnose(gold) if "label shares" in w][0]
+    assert "calibration 'gold' (chosen by --calibrate auto)" in advice and "fitted on 120 gold rows" in advice
+    assert "--calibrate auto" not in advice.replace("(chosen by --calibrate auto)", "")
+
+
+def test_class_retention_and_the_warning_for_a_dropped_class():
+    teacher = {"macro_f1": 0.739, "per_class": {"negative": {"f1": 0.600}, "positive": {"f1": 0.878}}}
+    student = {"macro_f1": 0.666, "per_class": {"negative": {"f1": 0.463}, "positive": {"f1": 0.869}}}
+    kept = class_retention(student, teacher)  # the issue's binary reviews: negative 0.600 -> 0.463
+    assert kept["macro_f1_retention"] == pytest.approx(0.666 / 0.739) and kept["worst_class"] == "negative"
+    assert kept["worst_class_retention"] == pytest.approx(0.463 / 0.600)
+    assert class_retention({"macro_f1": None}, teacher)["worst_class"] is None
+    metrics = _metrics(0.813, 0.790, 0.9)
+    metrics["teacher"].update(teacher)
+    metrics["student"].update(student, **kept)
+    found = [w for w in diagnose(metrics) if "class '" in w]
+    assert len(found) == 1 and "class 'negative' F1 0.463 against the teacher's 0.600 (0.77×" in found[0]
+    metrics["student"]["per_class"]["negative"]["f1"] = 0.55  # 0.92×: kept
+    metrics["student"].update(class_retention(metrics["student"], teacher))
+    assert not [w for w in diagnose(metrics) if "class '" in w]
 
 
 def test_report_shows_intervals_warnings_and_the_learning_curve():
@@ -112,6 +137,6 @@ def test_report_shows_intervals_warnings_and_the_learning_curve():
         learning_curve=[{"train_rows": 100, "steps": 300, "accuracy": 0.55, "agreement": 0.5}, {"train_rows": 400, "steps": 300, "accuracy": 0.6, "agreement": 0.57}],
     )
     text = render_report(data)
-    assert "| student | 0.8000 [0.7000, 0.9000] | 0.6000 [0.5000, 0.7000] | 0.5700 [0.4700, 0.6700] | 0.1400 [0.0000, 0.3000] | 0.7500 [0.6000, 0.9000] | – |" in text
+    assert "| student | 0.8000 [0.7000, 0.9000] | 0.6000 [0.5000, 0.7000] | 0.5700 [0.4700, 0.6700] | 0.1400 [0.0000, 0.3000] | 0.7500 [0.6000, 0.9000] | – | – | – |" in text
     assert "- **Warning** – student: it agrees with its teacher on only 57.0% of the rows" in text
     assert "| 100 | 300 | 0.5500 | 0.5000 |" in text and "| 400 | 300 | 0.6000 | 0.5700 |" in text
