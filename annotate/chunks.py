@@ -184,7 +184,9 @@ class ChunkStore:
         n_rows = sum(len(f) for f in frames.values())
         n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
         record = {**calibration.record(labels), "requested": requested or mode}
-        self.manifest.update(status="complete", calibration=record, rows=n_rows, rows_failed=n_err)
+        mass = ok["label_mass"].dropna() if "label_mass" in ok else pd.Series(dtype=float)
+        self.manifest.update(status="complete", calibration=record, rows=n_rows, rows_failed=n_err,
+                             label_mass_median=float(mass.median()) if len(mass) else None)
         self.save_manifest()
         return record
 

@@ -9,7 +9,7 @@ import torch
 
 from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.models import load_causal_lm, pick_device, pick_dtype
-from distillery.core.tasks import TaskSpec
+from distillery.core.tasks import TaskSpec, shared_first_tokens
 from distillery.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -135,6 +135,9 @@ class LocalTeacher:
             for text in task.continuations(lab):
                 sequences.append(self.tokenizer(text, add_special_tokens=False).input_ids)
                 self.groups.append(k)
+        for group in shared_first_tokens(task, lambda s: self.tokenizer(s, add_special_tokens=False).input_ids):
+            print(f"annotate: warning: labels {', '.join(repr(g) for g in group)} start with the same token for this teacher; "
+                  "its first answer token cannot tell them apart: give them verbalizers that start differently (verbalizers: in the task file)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
         if cfg.prefix_cache:

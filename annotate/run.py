@@ -33,6 +33,8 @@ from distillery.core.errors import UserError
 
 __all__ = ["annotate"]
 
+LOW_LABEL_MASS = 0.05  # a median label mass under this: the label words are not what the teacher says
+
 
 def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
     """Annotate the configured rows into ``OUT/annotations``; resumes a killed run. Returns that dir.
@@ -79,6 +81,11 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
     print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
           + (f", estimated label prior {prior}" if prior else ""))
+    mass = store.manifest.get("label_mass_median")
+    if mass is not None and mass < LOW_LABEL_MASS:
+        print(f"annotate: warning: the teacher puts a median {mass:.1%} of its next-token probability on the label words: they are "
+              "not what it tends to say, so its log-probs carry little; try label words closer to its own (verbalizers: in the task "
+              "file), an answer prefix, or a stronger --teacher")
     if cfg.only_deferred:
         write_merged(cfg, store.root)
     return store.root

@@ -144,3 +144,25 @@ def test_kill_mid_run_then_resume_annotates_each_row_once(tiny_llama, tmp_path):
     expected = pd.read_csv(path)["review"]
     assert len(frame) == n and frame["id"].is_unique
     assert sorted(frame["text"]) == sorted(expected)
+
+
+def test_a_teacher_that_rarely_says_the_label_words_is_reported(tiny_llama, reviews_csv, tmp_path, capsys):
+    root = annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    frame, _ = read_annotations(root)
+    # A random 2-layer model spreads its next token over the whole vocabulary: little mass on the labels.
+    assert manifest["label_mass_median"] == pytest.approx(frame["label_mass"].median()) and manifest["label_mass_median"] < 0.05
+    assert "not what it tends to say" in capsys.readouterr().out
+
+
+def test_topic_task_takes_its_labels_from_the_command_line_and_labels_sharing_a_first_token_are_found():
+    from distillery.core.errors import UserError
+    from distillery.core.tasks import load_task, shared_first_tokens
+
+    task = load_task("topic", ["world", "sports", "business", "sci/tech"])
+    assert task.labels == ["world", "sports", "business", "sci/tech"] and "world, sports, business or sci/tech" in task.messages("x")[-1]["content"]
+    with pytest.raises(UserError, match="pass --labels with the label set"):
+        load_task("topic")
+    words = {" world": [1], " sports": [2], " business": [3], " sci/tech": [4, 5], " science": [4, 6]}  # ' sci' shared
+    assert shared_first_tokens(load_task("topic", ["world", "sports", "business", "sci/tech", "science"]), words.__getitem__) == [["sci/tech", "science"]]
+    assert shared_first_tokens(task, words.__getitem__) == []

@@ -56,7 +56,8 @@ class TaskSpec:
         if len(self.labels) < 2:
             raise UserError(
                 f"task '{self.name}': expected at least two labels, found {self.labels}; "
-                "pass --labels negative,positive or fix 'labels' in the task file"
+                "pass --labels with the label set, comma-separated (e.g. negative,positive, or world,sports,business,sci/tech "
+                "for --task topic), or fix 'labels' in the task file"
             )
         if len(set(self.labels)) != len(self.labels):
             raise UserError(f"task '{self.name}': labels repeat: {self.labels}")
@@ -115,6 +116,18 @@ class TaskSpec:
 
     def _user(self, text: str) -> str:
         return self.instruction.replace("{labels}", self.label_words()).replace("{text}", text)
+
+
+def shared_first_tokens(task: TaskSpec, tokenize) -> list[list[str]]:
+    """Groups of labels whose scored continuations start with the same token (``tokenize``: text ->
+    token ids). A teacher read at its first answer token cannot tell such labels apart, and a full
+    continuation score leans on the later tokens alone."""
+    by_first: dict[int, list[str]] = {}
+    for label in task.labels:
+        ids = tokenize(task.continuations(label)[0])
+        if ids:
+            by_first.setdefault(ids[0], []).append(label)
+    return [labels for labels in by_first.values() if len(labels) > 1]
 
 
 def load_task(name_or_path: str, labels: list[str] | None = None) -> TaskSpec:
