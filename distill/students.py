@@ -187,11 +187,13 @@ def trainable_parameters(model) -> tuple[int, int]:
     return parameter_count(model)
 
 
-def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str]) -> None:
+def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str], temperature: float = 1.0) -> None:
     """Save the student with its tokenizer, then its ``distillery_student.json`` (written last: a
-    folder without it is a student whose training did not finish)."""
+    folder without it is a student whose training did not finish). ``temperature``: its fitted
+    temperature scaling, applied wherever it is loaded."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = StudentMeta(student=cfg.student_kind, labels=labels, base=getattr(model, "base_path", None), qlora=cfg.qlora)
+    meta = StudentMeta(student=cfg.student_kind, labels=labels, base=getattr(model, "base_path", None), qlora=cfg.qlora,
+                       temperature=temperature)
     student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)
     meta.write(out_dir)
 

@@ -9,6 +9,7 @@ Run it with::
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 from distillery.core.errors import UserError
 
-__all__ = ["distill", "evaluate_student"]
+__all__ = ["distill", "evaluate_student", "fit_temperature", "temperature_for"]
 
 
 def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -> dict:
@@ -283,7 +284,8 @@ def save(run: Training, train_seconds: float) -> None:
             "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,
             "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
-        save_student(student, run.tokenizer, out_dir, run.cfg, rows.labels)
+        summary["temperature"] = fit_temperature(student, run.val_dl, run.cfg, run.online)
+        save_student(student, run.tokenizer, out_dir, run.cfg, rows.labels, summary["temperature"])
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
@@ -292,6 +294,53 @@ def save(run: Training, train_seconds: float) -> None:
         accelerator.print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
                           f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
     accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def _validation_logits(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The student's logits on the validation rows, the teacher's log-probs and the hard labels (gold with --hard-labels gold)."""
+    model.eval()
+    logits, teacher, hard = [], [], []
+    for batch in dataloader:
+        batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+        batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu())
+        teacher.append(batch["teacher_logprobs"].float().cpu())
+        hard.append(batch["labels"].cpu())
+    return torch.cat(logits), torch.cat(teacher), torch.cat(hard)
+
+
+def fit_temperature(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None) -> float:
+    """Temperature scaling of the student (Guo et al. 2017): the T > 0 that minimises the cross-entropy of
+    softmax(logits / T) on the validation rows, against gold labels with --hard-labels gold, else against
+    the teacher's calibrated distribution. 1.0 without validation rows. The labels do not move (argmax is
+    unchanged); the confidence does, and with it the answer-or-defer threshold."""
+    if dataloader is None:
+        return 1.0
+    logits, teacher, hard = _validation_logits(model, dataloader, cfg, online)
+    ok = torch.isfinite(teacher).all(dim=-1) & (hard >= 0)
+    if ok.sum() < 2:
+        return 1.0
+    return temperature_for(logits[ok], teacher[ok], hard[ok], cfg.hard_labels == "gold")
+
+
+def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> float:
+    """The T > 0 minimising the cross-entropy of softmax(logits / T): against ``hard`` label ids when
+    ``gold``, else against the soft targets ``exp(teacher_logprobs)``; kept within [0.05, 20]."""
+    logits, targets = logits.double(), teacher_logprobs.double().exp()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        logp = torch.log_softmax(logits / log_t.exp(), dim=-1)
+        value = torch.nn.functional.nll_loss(logp, hard) if gold else -(targets * logp).sum(-1).mean()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
+    return temperature if math.isfinite(temperature) else 1.0
 
 
 def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:

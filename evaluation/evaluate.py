@@ -26,7 +26,7 @@ from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
 from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, class_retention, classification_metrics
-from distillery.evaluation.report import ReportData, plot_confusion, render_report
+from distillery.evaluation.report import ReportData, plot_confusion, plot_reliability, render_report
 from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
 from distillery.serve.card import push_to_hub
 from distillery.serve.defer import plot_coverage
@@ -96,7 +96,7 @@ def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_si
     return sorted(points, key=lambda p: p["train_rows"])
 
 
-REPORT_FILES = ["metrics.json", "evaluate_config.yaml", "report.md", "coverage.png"]
+REPORT_FILES = ["metrics.json", "evaluate_config.yaml", "report.md", "coverage.png", "reliability.png"]
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
@@ -148,6 +148,9 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         models[name] = student_metrics(cfg, data, path, device, models["teacher"])
     majority, majority_acc = majority_baseline(data)
     plots = plot_confusions(out, data, models)
+    if data.gold is not None:  # teacher and students: confidence against accuracy
+        plot_reliability(models, out / "reliability.png")
+        plots.append("reliability.png")
     first = next(k for k in models if k != "teacher")
     defer = models[first]["defer"]
     plot_coverage(defer["curve"], defer["picked"], defer["target"], out / "coverage.png")

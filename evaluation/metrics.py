@@ -27,6 +27,14 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int 
     return float(ece)
 
 
+def reliability_bins(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> list[dict]:
+    """The reliability diagram's points: per non-empty confidence bin, mean confidence, accuracy and rows."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == gold
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    return [{"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()), "rows": int((bins == b).sum())}
+            for b in range(n_bins) if (bins == b).any()]
+
+
 def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1, ECE and the confusion matrix vs gold."""
     pred = probs.argmax(axis=1)
@@ -36,6 +44,7 @@ def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str
         "accuracy": float(accuracy_score(gold, pred)),
         "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
         "ece": expected_calibration_error(probs, gold),
+        "reliability": reliability_bins(probs, gold),
         "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])} for i, lab in enumerate(labels)},
         "confusion": confusion_matrix(gold, pred, labels=ids).tolist(),
     }

@@ -138,6 +138,29 @@ def render_report(data: ReportData) -> str:
     )
 
 
+def plot_reliability(models: dict, path: Path) -> None:
+    """Save the reliability diagram of every model (confidence against accuracy per bin; the diagonal is calibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for name, m in models.items():
+        points = m.get("reliability") or []
+        ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], marker="o", label=f"{name} (ECE {m['ece']:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("reliability")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, ylabel: str, xlabel: str, path: Path) -> None:
     """Save one confusion matrix as a PNG."""
     import matplotlib

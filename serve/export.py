@@ -59,7 +59,7 @@ def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / ONNX_FILE
-        _export_fp32(student.model.float().eval(), student.tokenizer, fp32)
+        _export_fp32(student.model.float().eval(), student.tokenizer, fp32, student.temperature)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.quantize == "int8":
             logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" notice
@@ -76,6 +76,7 @@ def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) 
     source = StudentMeta.read(folder) or StudentMeta(student=student.kind, labels=student.labels)
     # Relative to the export, so the folder can be shared without this machine's paths.
     meta = dataclasses.replace(source, student="onnx", labels=student.labels, parameters=student.parameters,
+                               temperature=1.0, scaled_by=student.temperature,  # in the graph: logits / T
                                exported_from=os.path.relpath(folder.resolve(), out.resolve()),
                                weights="int8" if cfg.quantize == "int8" else "float32")
     meta.write(out)
@@ -84,21 +85,22 @@ def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) 
 
 
 class _Logits(torch.nn.Module):
-    """The classifier with one output, its logits (a Llama would also return its KV cache)."""
+    """The classifier with one output, its logits divided by the student's fitted temperature (a Llama
+    would also return its KV cache), so a plain onnxruntime softmax gives the calibrated probabilities."""
 
-    def __init__(self, model):
+    def __init__(self, model, temperature: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, temperature
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits / self.temperature
 
 
-def _export_fp32(model, tokenizer, path: Path) -> None:
+def _export_fp32(model, tokenizer, path: Path, temperature: float = 1.0) -> None:
     """torch.onnx (the dynamo exporter) with batch and sequence length dynamic."""
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-    model = _Logits(model)
+    model = _Logits(model, temperature)
     example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     inputs = {k: example[k] for k in ("input_ids", "attention_mask")}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")

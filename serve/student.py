@@ -40,7 +40,7 @@ def _max_length(tokenizer) -> int:
 
 @torch.no_grad()
 def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
-                          embeddings: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                          embeddings: bool = False, temperature: float = 1.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
 
     Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
@@ -58,7 +58,7 @@ def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, m
         idx = order[b : b + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
         out = model(**enc, output_hidden_states=embeddings)
-        probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        probs[idx] = torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
         if embeddings:
             mask = enc["attention_mask"].unsqueeze(-1).float()
             mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
@@ -86,12 +86,13 @@ class Student:
     evaluated_base: str = ""  # what the weights run as, for the report and the model card
     parameters: int | None = None
     meta: dict = field(default_factory=dict)  # its distillery_student.json (labels, kind, evaluation, defer)
+    temperature: float = 1.0  # its fitted temperature scaling (an ONNX export has it in its graph)
 
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
         if self.session is not None:
             raise UserError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
-        return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True)
+        return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True, temperature=self.temperature)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
         """The most likely label of each text."""
@@ -100,7 +101,7 @@ class Student:
     def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""
         if self.session is None:
-            return predict_probabilities(self.model, self.tokenizer, texts, batch_size, max_length)
+            return predict_probabilities(self.model, self.tokenizer, texts, batch_size, max_length, temperature=self.temperature)
         max_length = max_length or _max_length(self.tokenizer)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -132,7 +133,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     kind = meta.get("student", "encoder")  # encoder, llama-lora or merged (save_student writes it)
     return Student(path=path, kind=kind, labels=labels, tokenizer=tokenizer, model=model, evaluated_base=model.evaluated_base,
-                   parameters=parameter_count(model)[1], meta=meta)
+                   parameters=parameter_count(model)[1], meta=meta, temperature=float(meta.get("temperature", 1.0)))
 
 
 def _load_onnx(path: Path, meta: dict) -> Student:

@@ -37,6 +37,11 @@ def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, rev
     report = (out / "report.md").read_text()
     assert "## Headline" in report and "confusion_student_vs_gold.png" in report
     assert (out / "confusion_student_vs_teacher.png").stat().st_size > 1000
+    # Reliability: teacher and student, confidence against accuracy, and the student's fitted temperature.
+    assert "reliability.png" in report and (out / "reliability.png").stat().st_size > 1000
+    points = metrics["student"]["reliability"]
+    assert sum(p["rows"] for p in points) == metrics["rows"] and all(0 <= p["confidence"] <= 1 for p in points)
+    assert json.loads((out / "student" / "distillery_student.json").read_text())["temperature"] > 0
 
     # The student is a plain Hugging Face classifier with our label names.
     clf = pipeline("text-classification", model=str(out / "student"), device="cpu")

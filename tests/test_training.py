@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, annotate
@@ -188,3 +190,30 @@ def test_device_cpu_hides_the_gpus_for_the_run_only(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     with distillery_cli.gpus_hidden(False):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_temperature_scaling_recovers_a_known_overconfidence():
+    from distillery.distill.train import temperature_for
+
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 3, generator=gen) * 1.5
+    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
+    # A student three times too confident: its logits are the true ones times 3.
+    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True) == pytest.approx(3.0, rel=0.08)
+    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(3.0, rel=0.01)
+    assert temperature_for(true_logits, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(1.0, rel=0.01)
+
+
+def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
+    from distillery.serve import load_student
+
+    out = distill(_cfg(annotated, tiny_roberta, tmp_path / "s"))
+    meta = json.loads((out / "distillery_student.json").read_text())
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert meta["temperature"] == summary["temperature"] and 0.05 <= meta["temperature"] <= 20 and meta["temperature"] != 1.0
+    student = load_student(out)
+    texts = ["I love this movie", "I hate this film", "the weather is fine"]
+    enc = student.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = student.model(**enc).logits
+    np.testing.assert_allclose(student.probabilities(texts), torch.softmax(logits / meta["temperature"], -1).numpy(), atol=1e-5)

@@ -31,6 +31,10 @@ class StudentMeta:
         qlora: the adapter was trained on a 4-bit base.
         weights: an ONNX export's weights, ``int8`` or ``float32``.
         parameters: parameter count (an ONNX export keeps its source's).
+        temperature: the student's logits are divided by it before the softmax (temperature
+            scaling fitted on its validation rows by distill; 1.0 = none; an ONNX export has it
+            built into its logits and records 1.0, with the fitted value in ``scaled_by``).
+        scaled_by: an ONNX export's built-in temperature.
         exported_from: an ONNX export's source folder, relative to the export.
         evaluation: evaluate's metrics for this student.
         defer: the answer-or-defer threshold evaluate picked (predict --defer reads it).
@@ -43,6 +47,8 @@ class StudentMeta:
     qlora: bool = False
     weights: str | None = None
     parameters: int | None = None
+    temperature: float = 1.0
+    scaled_by: float | None = None
     exported_from: str | None = None
     evaluation: dict | None = None
     defer: dict | None = None
