@@ -284,7 +284,7 @@ def save(run: Training, train_seconds: float) -> None:
             "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,
             "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
-        summary["temperature"] = fit_temperature(student, run.val_dl, run.cfg, run.online)
+        summary["temperature"] = fit_temperature(run, student)
         save_student(student, run.tokenizer, out_dir, run.cfg, rows.labels, summary["temperature"])
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
@@ -310,18 +310,33 @@ def _validation_logits(model, dataloader, cfg: DistillConfig, online: OnlineTeac
     return torch.cat(logits), torch.cat(teacher), torch.cat(hard)
 
 
-def fit_temperature(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None) -> float:
+def fit_temperature(run: Training, model) -> float:
     """Temperature scaling of the student (Guo et al. 2017): the T > 0 that minimises the cross-entropy of
-    softmax(logits / T) on the validation rows, against gold labels with --hard-labels gold, else against
-    the teacher's calibrated distribution. 1.0 without validation rows. The labels do not move (argmax is
-    unchanged); the confidence does, and with it the answer-or-defer threshold."""
-    if dataloader is None:
+    softmax(logits / T) on the validation rows, against their gold labels where every one has a gold
+    label, else against the teacher's calibrated distribution. 1.0 without validation rows. The labels
+    do not move (argmax is unchanged); the confidence does, and with it the answer-or-defer threshold."""
+    val, labels = run.rows.val, run.rows.labels
+    if run.val_dl is None or len(val) < 2:
         return 1.0
-    logits, teacher, hard = _validation_logits(model, dataloader, cfg, online)
+    if "gold" in val and val["gold"].isin(labels).all():
+        logits = _logits(model, run.tokenizer, val["text"].tolist(), run.cfg.max_length)
+        return temperature_for(logits, torch.zeros_like(logits), torch.tensor(val["gold"].map(labels.index).to_numpy()), gold=True)
+    logits, teacher, hard = _validation_logits(model, run.val_dl, run.cfg, run.online)
     ok = torch.isfinite(teacher).all(dim=-1) & (hard >= 0)
     if ok.sum() < 2:
         return 1.0
-    return temperature_for(logits[ok], teacher[ok], hard[ok], cfg.hard_labels == "gold")
+    return temperature_for(logits[ok], teacher[ok], hard[ok], gold=False)
+
+
+@torch.no_grad()
+def _logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> torch.Tensor:
+    """The student's logits on ``texts``, in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        out.append(model(**enc.to(model.device)).logits.float().cpu())
+    return torch.cat(out)
 
 
 def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> float:
