@@ -1,7 +1,7 @@
 """Keep every class (issue #17): macro-F1 and the worst class's F1 retention, and the student's
 calibration before and after temperature scaling, on user-like sets.
 
-    python benchmarks/class_balance.py [--scenarios "long 75/25,sst2 80/20"] [--seeds 0]
+    python benchmarks/class_balance.py [--scenarios "long 75/25,sst2 80/20"] [--seeds 0] [--class-weights none,balanced]
 
 Each scenario's rows come from benchmarks/real_sets.py (annotated once by the embedded teacher;
 run it first for the sets you name). Per scenario and seed: the annotations are calibrated with
@@ -29,13 +29,13 @@ from distillery.serve import load_student
 TARGET = 0.90
 
 
-def one(name: str, seed: int) -> dict:
+def one(name: str, seed: int, weights: str = "none") -> dict:
     """Distil and evaluate one scenario with every default; returns the row of the results table."""
     rows = scenario(name, seed)
-    out = ROOT / "data" / "runs" / f"bench-balance-{name.replace(' ', '-').replace('/', '-')}-s{seed}"
+    out = ROOT / "data" / "runs" / f"bench-balance-{name.replace(' ', '-').replace('/', '-')}-s{seed}-{weights}"
     materialize(rows, SCENARIOS[name][0], out, "auto")
     started = time.perf_counter()
-    distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+    distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True, class_weights=weights))
     metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, target_agreement=TARGET, device="cpu", overwrite=True))
     seconds = time.perf_counter() - started
     teacher, student = metrics["teacher"], metrics["student"]
@@ -48,7 +48,7 @@ def one(name: str, seed: int) -> dict:
     raw_defer = answer_or_defer(raw, data.teacher_probs.argmax(1), data.gold, TARGET)
     picked, raw_picked = student["defer"]["picked"], raw_defer["picked"]
     return {
-        "scenario": name, "seed": seed, "train rows": int((rows["split"] == "train").sum()), "test rows": len(data.rows),
+        "scenario": name, "seed": seed, "class weights": weights, "train rows": int((rows["split"] == "train").sum()), "test rows": len(data.rows),
         "calibration": metrics["calibration"].get("mode"),
         "teacher acc": teacher["accuracy"], "student acc": student["accuracy"], "majority": metrics["majority_accuracy"],
         "teacher macro-F1": teacher["macro_f1"], "student macro-F1": student["macro_f1"],
@@ -66,11 +66,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default="long 75/25,sst2 80/20")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--class-weights", default="none", help="comma-separated settings of distill --class-weights to compare")
+    parser.add_argument("--name", default="class_balance", help="results file name under benchmarks/results/")
     args = parser.parse_args()
-    results = [one(name.strip(), int(seed)) for name in args.scenarios.split(",") for seed in args.seeds.split(",")]
-    print_table(results, ["scenario", "seed", "teacher acc", "student acc", "macro-F1 retention", "worst class", "worst class retention",
+    results = [one(name.strip(), int(seed), weights) for name in args.scenarios.split(",") for seed in args.seeds.split(",")
+               for weights in args.class_weights.split(",")]
+    print_table(results, ["scenario", "seed", "class weights", "teacher acc", "student acc", "macro-F1 retention", "worst class", "worst class retention",
                           "teacher ECE", "student ECE unscaled", "student ECE scaled", f"coverage@{TARGET} unscaled", f"coverage@{TARGET} scaled"])
-    write_result("class_balance", {"machine": machine(), "target_agreement": TARGET, "results": results})
+    write_result(args.name, {"machine": machine(), "target_agreement": TARGET, "results": results})
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ class DistillConfig:
     temperature: float = option(2.0, "KD temperature T")
     lr: float = option(0.0, "AdamW learning rate (0 = the student kind's default: encoder 5e-5, llama-lora 1e-3)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    class_weights: str = option("none", "weight each training row by its class in both loss parts: none; balanced (n / (labels x rows of "
+                                        "the class), at most 10); auto (balanced when the largest class has over 1.5x the rows of the "
+                                        "smallest); the validation loss that picks the checkpoint is weighted the same way",
+                                choices=("none", "balanced", "auto"))
     batch_size: int = option(16, "training batch size per optimizer step (split across processes under accelerate launch)")
     grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")
     max_length: int = option(0, "truncate texts to this many tokens (0 = cover 95% of the training rows, up to the model's limit)")
@@ -81,6 +85,11 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: expected >= 1, found {getattr(self, name)}")
         kind = students.student_kind(self.student_kind)  # an unknown kind: one line naming the registered ones
+        if self.class_weights not in ("none", "balanced", "auto"):
+            raise UserError(f"class_weights: expected none, balanced or auto, found '{self.class_weights}'")
+        if self.class_weights == "balanced" and self.teacher_mode == "online":
+            raise UserError("class_weights: balanced weights come from the annotated labels (--teacher-mode offline); "
+                            "found --teacher-mode online")
         if self.learning_curve and self.teacher_mode == "online":
             raise UserError("learning_curve: trains on shares of OUT/annotations (--teacher-mode offline); found --teacher-mode online; "
                             "leave --learning-curve out, or annotate first")

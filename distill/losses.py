@@ -24,6 +24,7 @@ def hybrid_kd_loss(
     labels: torch.Tensor,
     alpha: float = 0.5,
     temperature: float = 2.0,
+    class_weights: torch.Tensor | None = None,
 ) -> KDLoss:
     """``L = α·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−α)·CE(y, softmax(z_S))``.
 
@@ -37,6 +38,8 @@ def hybrid_kd_loss(
         labels: ``(batch,)`` hard label ids; ``-100`` rows are left out of the CE mean.
         alpha: weight of the KD part, in [0, 1].
         temperature: softening temperature T > 0 applied to both distributions in KD.
+        class_weights: ``(n_labels,)`` weight of a row by its class (its hard label, else the
+            teacher's top label) in both parts, each part a weighted mean; None = every row 1.
 
     Returns:
         ``KDLoss(total, kd, ce)``; a part with no rows to average is 0 (never NaN).
@@ -50,9 +53,13 @@ def hybrid_kd_loss(
     t_logp = F.log_softmax(teacher.float() / temperature, dim=-1)
     s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
     kl_rows = (t_logp.exp() * (t_logp - s_logp)).sum(dim=-1)
-    kd = (kl_rows * has_soft).sum() / has_soft.sum().clamp(min=1) * temperature**2
-
     has_hard = labels != -100
+    weights = torch.ones_like(kl_rows)
+    if class_weights is not None:
+        row_class = torch.where(has_hard, labels, teacher.argmax(dim=-1))
+        weights = class_weights.to(kl_rows.device, kl_rows.dtype)[row_class]
+    soft_w, hard_w = weights * has_soft, weights * has_hard
+    kd = (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2 if has_soft.any() else kl_rows.sum() * 0
     ce_rows = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
-    ce = (ce_rows * has_hard).sum() / has_hard.sum().clamp(min=1)
+    ce = (ce_rows * hard_w).sum() / hard_w.sum().clamp(min=1e-12) if has_hard.any() else ce_rows.sum() * 0
     return KDLoss(alpha * kd + (1 - alpha) * ce, kd, ce)

@@ -46,7 +46,7 @@ def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -
 
 
 @torch.no_grad()
-def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None) -> dict:
+def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None, weights: torch.Tensor | None = None) -> dict:
     """Validation loss parts and agreement with the hard labels."""
     model.eval()
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
@@ -55,7 +55,7 @@ def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeache
         batch = with_teacher(batch, online, cfg.hard_labels == "gold")
         batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        parts = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
+        parts = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights)
         n = len(batch["labels"])
         for key, value in zip(("loss", "kd", "ce"), parts):
             sums[key] += value.item() * n
@@ -109,6 +109,7 @@ class Training:
     eval_at: set
     parameters: tuple[int, int]
     settings: dict
+    class_weights: torch.Tensor | None = None  # --class-weights: each row's weight by its class
     progress: dict = field(default_factory=lambda: {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []})
     best_state: dict | None = None
     resume_rng: torch.Tensor | None = None
@@ -179,8 +180,11 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    weights = class_weights(cfg.class_weights, rows)
+    if weights is not None:
+        say(f"distill: class weights {', '.join(f'{lab} {w:.2f}' for lab, w in zip(rows.labels, weights.tolist()))} (--class-weights {cfg.class_weights})")
     return Training(cfg, out_dir, accelerator, device, rows, online, tokenizer, model, optimizer, scheduler, train_dl, val_dl, sampler,
-                    epochs, steps, eval_at, (trainable, total), training_settings(cfg))
+                    epochs, steps, eval_at, (trainable, total), training_settings(cfg), weights)
 
 
 def restore(run: Training) -> None:
@@ -243,7 +247,7 @@ def train_step(run: Training, batch: dict):
     batch = with_teacher(batch, run.online, cfg.hard_labels == "gold")
     with accelerator.accumulate(run.model):
         logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature)
+        loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, run.class_weights)
         accelerator.backward(loss.total)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
@@ -256,7 +260,8 @@ def train_step(run: Training, batch: dict):
 
 def validate(run: Training, record: dict) -> None:
     """Score the validation rows into ``record``; keep the weights of the lowest validation loss."""
-    record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in evaluate_student(run.model, run.val_dl, run.cfg, run.online).items()})
+    scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights)
+    record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in scores.items()})
     # Keep the weights of the lowest validation loss: on a small set the validation accuracy
     # moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small data").
     best = run.progress["best"]
@@ -356,6 +361,20 @@ def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: 
     optimizer.step(loss)
     temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
     return temperature if math.isfinite(temperature) else 1.0
+
+
+def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Tensor | None:
+    """--class-weights: ``n / (labels x rows of the class)`` per class from the training rows' hard labels
+    (at most ``cap``); ``auto`` uses them when the largest class has over 1.5x the rows of the smallest,
+    else none (None also for online rows, whose labels come batch by batch)."""
+    hard = rows.train["hard"] if "hard" in rows.train else None
+    if mode == "none" or hard is None or (hard < 0).all():
+        return None
+    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
+    if mode == "auto" and counts.max() <= 1.5 * counts.min().clamp(min=1):
+        return None
+    weights = counts.sum() / (len(rows.labels) * counts.clamp(min=1))
+    return weights.clamp(max=cap).float()
 
 
 def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:

@@ -72,7 +72,7 @@ GROUPS = {
     "calibration": ("teacher calibration", "calibrate calibrate_on"),
     "student": ("student", "student student_kind student_model lora_r lora_alpha lora_dropout lora_targets qlora merge defer "
                            "defer_threshold"),
-    "training": ("training", "alpha temperature lr weight_decay batch_size grad_accum max_length epochs min_steps head_warmup_epochs "
+    "training": ("training", "alpha temperature lr weight_decay class_weights batch_size grad_accum max_length epochs min_steps head_warmup_epochs "
                              "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length checkpoint_every resume"),
     "active": ("active loop", "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start"),
     "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
@@ -135,6 +135,7 @@ SHORT_HELP = {
     "temperature": "KD temperature T",
     "lr": "learning rate (0 = the kind's default)",
     "weight_decay": "AdamW weight decay",
+    "class_weights": "row weights by class: none, balanced, auto",
     "batch_size": "training rows per optimizer step",
     "grad_accum": "micro-batches per optimizer step",
     "max_length": "tokens per text (0 = 95% of rows)",

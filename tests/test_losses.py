@@ -73,3 +73,34 @@ def test_bad_hyperparameters_are_rejected(alpha, temperature):
     student, teacher, labels = _batch()
     with pytest.raises(ValueError, match="alpha|temperature"):
         hybrid_kd_loss(student, teacher, labels, alpha=alpha, temperature=temperature)
+
+
+def test_class_weights_make_each_part_a_weighted_mean():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(6, 2), torch.log_softmax(torch.randn(6, 2), -1)
+    labels = torch.tensor([0, 0, 0, 0, 1, -100])  # the last row: no hard label, weighted by the teacher's top label
+    weights = torch.tensor([0.5, 2.0])
+    got = hybrid_kd_loss(logits, teacher, labels, 0.5, 2.0, weights)
+    ce_rows = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")[:5]
+    w_hard = weights[labels[:5]]
+    assert torch.allclose(got.ce, (ce_rows * w_hard).sum() / w_hard.sum())
+    t, s = torch.log_softmax(teacher / 2, -1), torch.log_softmax(logits / 2, -1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    w_soft = weights[torch.cat([labels[:5], teacher[5:].argmax(-1)])]
+    assert torch.allclose(got.kd, (kl * w_soft).sum() / w_soft.sum() * 4)
+    assert torch.allclose(hybrid_kd_loss(logits, teacher, labels, 0.5, 2.0, torch.ones(2)).total, hybrid_kd_loss(logits, teacher, labels).total)
+
+
+def test_class_weights_come_from_the_training_rows_label_shares():
+    import pandas as pd
+
+    from distillery.distill.data import TrainingRows
+    from distillery.distill.train import class_weights
+
+    def rows(n_neg, n_pos):
+        return TrainingRows(["negative", "positive"], pd.DataFrame({"hard": [0] * n_neg + [1] * n_pos}), pd.DataFrame(), 0)
+
+    assert torch.allclose(class_weights("balanced", rows(25, 75)), torch.tensor([2.0, 2 / 3]))
+    assert torch.allclose(class_weights("auto", rows(25, 75)), torch.tensor([2.0, 2 / 3]))
+    assert class_weights("auto", rows(40, 60)) is None and class_weights("none", rows(25, 75)) is None
+    assert class_weights("balanced", rows(1, 999))[0] == 10.0  # capped

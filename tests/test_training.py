@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, annotate
@@ -217,3 +218,11 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
     with torch.no_grad():
         logits = student.model(**enc).logits
     np.testing.assert_allclose(student.probabilities(texts), torch.softmax(logits / meta["temperature"], -1).numpy(), atol=1e-5)
+
+
+def test_class_weights_train_and_say_what_they_are(annotated, tiny_roberta, tmp_path, capsys):
+    out = distill(_cfg(annotated, tiny_roberta, tmp_path / "w", class_weights="balanced"))
+    said = capsys.readouterr().out
+    assert "distill: class weights negative " in said and "(--class-weights balanced)" in said
+    assert json.loads((out / "train_summary.json").read_text())["steps"] > 0
+    assert yaml.safe_load((out / "distillery_config.yaml").read_text())["class_weights"] == "balanced"
