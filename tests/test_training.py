@@ -208,10 +208,13 @@ def test_temperature_scaling_recovers_a_known_overconfidence():
 def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
     from distillery.serve import load_student
 
-    out = distill(_cfg(annotated, tiny_roberta, tmp_path / "s"))
+    few = distill(_cfg(annotated, tiny_roberta, tmp_path / "few"))  # 8 validation rows: too few to fit a temperature on
+    assert json.loads((few / "distillery_student.json").read_text())["temperature"] == 1.0
+    out = distill(DistillConfig(out=str(annotated), student=str(tmp_path / "s"), student_model=str(tiny_roberta), batch_size=8,
+                                epochs=2, min_steps=0, val_fraction=0.8, lr=1e-3, device="cpu"))  # 51 validation rows
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
-    assert meta["temperature"] == summary["temperature"] and 0.05 <= meta["temperature"] <= 20 and meta["temperature"] != 1.0
+    assert meta["temperature"] == summary["temperature"] and 0.2 <= meta["temperature"] <= 5 and meta["temperature"] != 1.0
     student = load_student(out)
     texts = ["I love this movie", "I hate this film", "the weather is fine"]
     enc = student.tokenizer(texts, padding=True, return_tensors="pt")
