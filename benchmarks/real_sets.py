@@ -36,7 +36,9 @@ from distillery.annotate.calibration import resolve_mode
 from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
-TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary"}
+TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary",
+         "agnews": "topic"}
+LABELS = {"agnews": ["world", "sports", "business", "sci/tech"]}  # the topic task takes its labels from here (--labels)
 
 
 def run_dir(name: str) -> Path:
@@ -81,6 +83,9 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
         rng = np.random.default_rng(seed)
         both = _joined(sentences, 1000, 0.75, 5, rng)
         train, test = both.iloc[:600], both.iloc[600:]
+    elif name == "agnews":  # AG's News topics: 300 train + 100 test rows per label, resampled to skewed shares later
+        train = _stratified(_read(data_dir, "agnews_train.csv"), 1200, seed)
+        test = _stratified(_read(data_dir, "agnews_test.csv"), 400, seed)
     else:
         raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
     return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[["text", "label", "split"]]
@@ -94,7 +99,7 @@ def annotate_set(name: str, data_dir: Path = SHARED_DATA, seed: int = 0) -> Path
     if not path.is_file():
         build(name, data_dir, seed).to_csv(path, index=False)
     return annotate(AnnotateConfig(data=str(path), split_column="split", limit=0, balance=False, task=TASKS[name],
-                                   calibrate="none", out=str(out), seed=seed, device="cpu"))
+                                   labels=LABELS.get(name, []), calibrate="none", out=str(out), seed=seed, device="cpu"))
 
 
 def load(name: str) -> pd.DataFrame:
@@ -147,6 +152,8 @@ SCENARIOS = {
     "tweets2 75/25": ("tweets2", 0.75, 500, 700),
     "tweets3 as shipped": ("tweets3", None, 600, 1000),
     "long 75/25": ("long", None, 600, 400),
+    "agnews balanced": ("agnews", None, 500, 400),
+    "agnews 55/25/15/5": ("agnews", (0.55, 0.25, 0.15, 0.05), 500, 180),
 }
 
 
@@ -161,7 +168,8 @@ def scenario(name: str, seed: int = 0) -> pd.DataFrame:
     if share is None:
         train = train.sample(n=min(n_train, len(train)), random_state=seed)
     else:
-        shares = {"positive": share, "negative": 1 - share}
+        labels = frame.attrs["labels"]
+        shares = dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}
         train = resample(train, shares, n_train, seed)
         test = resample(test, shares, n_test, seed) if n_test else test
     out = pd.concat([train, test], ignore_index=True)
@@ -177,8 +185,8 @@ def content_free_bias(set_name: str) -> list[float]:
         from distillery.annotate.teacher import content_free_bias as score_content_free
         from distillery.core.tasks import load_task
 
-        task = load_task(TASKS[set_name])
-        teacher = build_teacher(AnnotateConfig(task=TASKS[set_name], device="cpu"), task)
+        task = load_task(TASKS[set_name], LABELS.get(set_name))
+        teacher = build_teacher(AnnotateConfig(task=TASKS[set_name], labels=LABELS.get(set_name, []), device="cpu"), task)
         path.write_text(json.dumps(score_content_free(teacher, task.content_free)))
     return json.loads(path.read_text())
 
