@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distillery.annotate.config import AnnotateConfig
-from distillery.core.models import pick_device
+from distillery.core.models import pick_device, predict_probabilities
 from distillery.core.rundir import claim_folder, locked, write_json, write_text
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
@@ -326,24 +327,16 @@ def fit_temperature(run: Training, model) -> float:
         run.accelerator.print(f"distill: no temperature scaling ({len(val)} validation rows; it needs {MIN_TEMPERATURE_ROWS})")
         return 1.0
     if "gold" in val and val["gold"].isin(labels).all():
-        logits = _logits(model, run.tokenizer, val["text"].tolist(), run.cfg.max_length)
-        return temperature_for(logits, torch.zeros_like(logits), torch.tensor(val["gold"].map(labels.index).to_numpy()), gold=True)
+        model.eval()
+        probs = predict_probabilities(model, run.tokenizer, val["text"].tolist(), 32, run.cfg.max_length)
+        # Log-probabilities are the logits shifted per row: softmax(log p / T) = softmax(logits / T).
+        logp = torch.from_numpy(np.log(np.maximum(probs, np.finfo(np.float32).tiny)))
+        return temperature_for(logp, torch.zeros_like(logp), torch.tensor(val["gold"].map(labels.index).to_numpy()), gold=True)
     logits, teacher, hard = _validation_logits(model, run.val_dl, run.cfg, run.online)
     ok = torch.isfinite(teacher).all(dim=-1) & (hard >= 0)
     if ok.sum() < MIN_TEMPERATURE_ROWS:
         return 1.0
     return temperature_for(logits[ok], teacher[ok], hard[ok], gold=False)
-
-
-@torch.no_grad()
-def _logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> torch.Tensor:
-    """The student's logits on ``texts``, in order."""
-    model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        out.append(model(**enc.to(model.device)).logits.float().cpu())
-    return torch.cat(out)
 
 
 def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> float:

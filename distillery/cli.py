@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import re
 import shutil
 import sys
 import time
@@ -193,7 +192,7 @@ RENAMED = {
     "distill": {"--output-dir": "--student (the student folder)"},
     "run": {"--output-dir": "--student (the student folder)"},
     "active": {"--output-dir": "--student (the student folder)"},
-    "predict": {"--batch-size": "--predict-batch-size", "--output": "--predictions"},
+    "predict": {"--batch-size": "--predict-batch-size"},
     "export": {"--output-dir": "--onnx-dir"},
 }
 RENAMED_KEYS = {"output_dir": "student (distill's student folder) or onnx_dir (export's ONNX folder)"}
@@ -222,11 +221,6 @@ def _shown_default(f: dataclasses.Field) -> str:
     return f" [{','.join(default) if isinstance(default, list) else default}]"
 
 
-def _short(text: str) -> str:
-    """A help text's first clause: one line in --help (--help-all and docs/usage.md show it whole)."""
-    return re.split(r"; | \((?!\d+ = )|: (?=[a-z])", text, maxsplit=1)[0]
-
-
 METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
 METAVAR_OF = {"out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": "DIR", "data": "FILE", "predictions": "FILE",
               "teacher": "MODEL", "student_model": "MODEL", "template_from": "MODEL", "task": "NAME", "calibrate": "MODE",
@@ -242,7 +236,7 @@ def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
     if registry is not None and full:
         text = f"{text} ({registry.describe()})"
     if not full:
-        text = SHORT_HELP.get(f.name) or _short(text)
+        text = SHORT_HELP[f.name]  # every setting has one (tests/test_cli_help.py)
         text += f": {', '.join(registry.names())}" if registry is not None and len(registry.names()) > 3 else ""
     text += _shown_default(f)
     help_text = text.replace("%", "%%") if shown else argparse.SUPPRESS

