@@ -14,6 +14,9 @@ asking the teacher again) into ``data/runs/bench-real-NAME``:
 - ``long``: long imbalanced "reviews": 5 SST-2 training sentences of one label joined into one
   text (~450 characters), 75% positive, 600 train + 400 test rows, none of their sentences in
   the ``sst2`` pool.
+- ``tweets2-2k``, ``tweets3-2k``, ``long-2k``, ``agnews-2k``: the same kinds of rows in pools big
+  enough for 2,000 training rows at skewed shares (class_balance.py): 4,000 / 2,400 / 2,400 /
+  4,800 train rows; agnews-2k keeps all 1,600 test rows.
 
 Imbalanced variants (SST-2 80/20 and 20/80, tweets 75/25) are resampled from these rows by
 the scripts that use them (:func:`resample`).
@@ -37,8 +40,9 @@ from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
 TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary",
-         "agnews": "topic"}
-LABELS = {"agnews": ["world", "sports", "business", "sci/tech"]}  # the topic task takes its labels from here (--labels)
+         "agnews": "topic", "tweets2-2k": "sentiment-binary", "tweets3-2k": "sentiment-3way", "long-2k": "sentiment-binary",
+         "agnews-2k": "topic"}
+LABELS = {"agnews": ["world", "sports", "business", "sci/tech"], "agnews-2k": ["world", "sports", "business", "sci/tech"]}  # the topic task takes its labels from here (--labels)
 
 
 def run_dir(name: str) -> Path:
@@ -86,6 +90,21 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
     elif name == "agnews":  # AG's News topics: 300 train + 100 test rows per label, resampled to skewed shares later
         train = _stratified(_read(data_dir, "agnews_train.csv"), 1200, seed)
         test = _stratified(_read(data_dir, "agnews_test.csv"), 400, seed)
+    elif name == "tweets2-2k":  # pools big enough for 2,000 training rows at 75/25 (issue #17)
+        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=4000, random_state=seed)
+        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=1000, random_state=seed)
+    elif name == "tweets3-2k":
+        train = _stratified(_read(data_dir, "tweet_sentiment_train.csv"), 2400, seed)
+        test = _stratified(_read(data_dir, "tweet_sentiment_test.csv"), 1000, seed)
+    elif name == "long-2k":
+        sst = _read(data_dir, "sst2_train.csv")
+        pool_ids = set(sst.sample(n=5000, random_state=seed).index)
+        sentences = sst[~sst.index.isin(pool_ids) & (sst["text"].str.len() >= 60)]
+        both = _joined(sentences, 2800, 0.75, 5, np.random.default_rng(seed))
+        train, test = both.iloc[:2400], both.iloc[2400:]
+    elif name == "agnews-2k":  # 1,200 train rows per label (2,000 at 55/25/15/5 need 1,100) and every test row
+        train = _stratified(_read(data_dir, "agnews_train.csv"), 4800, seed)
+        test = _read(data_dir, "agnews_test.csv")
     else:
         raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
     return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[["text", "label", "split"]]
@@ -157,16 +176,19 @@ SCENARIOS = {
 }
 
 
-def scenario(name: str, seed: int = 0) -> pd.DataFrame:
-    """The annotated rows of a scenario: train rows then test rows, resampled to its label shares.
+def scenario(name: str, seed: int = 0, n_train: int | None = None, table: dict | None = None) -> pd.DataFrame:
+    """The annotated rows of a scenario of ``table`` (default :data:`SCENARIOS`): train rows then
+    test rows, resampled to its label shares; ``n_train`` overrides its number of training rows.
 
     ``sst2 50/50`` keeps all 872 validation rows (444/428) as test rows.
     """
-    set_name, share, n_train, n_test = SCENARIOS[name]
+    set_name, share, default_train, n_test = (table or SCENARIOS)[name]
+    n_train = n_train or default_train
     frame = load(set_name)
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     if share is None:
         train = train.sample(n=min(n_train, len(train)), random_state=seed)
+        test = test.sample(n=n_test, random_state=seed) if n_test and n_test < len(test) else test
     else:
         labels = frame.attrs["labels"]
         shares = dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}

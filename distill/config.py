@@ -35,7 +35,7 @@ class DistillConfig:
     temperature: float = option(2.0, "KD temperature T")
     lr: float = option(0.0, "AdamW learning rate (0 = the student kind's default: encoder 5e-5, llama-lora 1e-3)")
     weight_decay: float = option(0.01, "AdamW weight decay")
-    class_weights: str = option("none", "weight each training row by its class in both loss parts: none; balanced (n / (labels x rows of "
+    class_weights: str = option("auto", "weight each training row by its class in both loss parts: none; balanced (n / (labels x rows of "
                                         "the class), at most 10); auto (balanced when the largest class has over 1.5x the rows of the "
                                         "smallest); the validation loss that picks the checkpoint is weighted the same way",
                                 choices=("none", "balanced", "auto"))

@@ -21,6 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -48,22 +49,24 @@ def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -
 
 @torch.no_grad()
 def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None, weights: torch.Tensor | None = None) -> dict:
-    """Validation loss parts and agreement with the hard labels."""
+    """Validation loss parts (weighted by class like the training loss), and agreement and macro-F1 against the hard labels."""
     model.eval()
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
-    agree = total = 0
+    predicted, hard = [], []
     for batch in dataloader:
         batch = with_teacher(batch, online, cfg.hard_labels == "gold")
         batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         parts = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights)
-        n = len(batch["labels"])
         for key, value in zip(("loss", "kd", "ce"), parts):
-            sums[key] += value.item() * n
-        agree += (logits.argmax(-1) == batch["labels"]).sum().item()
-        total += n
+            sums[key] += value.item() * len(batch["labels"])
+        predicted.append(logits.argmax(-1).cpu())
+        hard.append(batch["labels"].cpu())
     model.train()
-    return {**{k: v / total for k, v in sums.items()}, "val_accuracy": agree / total}
+    predicted, hard = torch.cat(predicted).numpy(), torch.cat(hard).numpy()
+    known = hard >= 0
+    macro_f1 = f1_score(hard[known], predicted[known], average="macro", zero_division=0) if known.any() else 0.0
+    return {**{k: v / len(hard) for k, v in sums.items()}, "val_accuracy": float((predicted == hard).mean()), "val_macro_f1": float(macro_f1)}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -262,7 +265,7 @@ def train_step(run: Training, batch: dict):
 def validate(run: Training, record: dict) -> None:
     """Score the validation rows into ``record``; keep the weights of the lowest validation loss."""
     scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights)
-    record.update({f"val_{k}" if k != "val_accuracy" else k: v for k, v in scores.items()})
+    record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
     # Keep the weights of the lowest validation loss: on a small set the validation accuracy
     # moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small data").
     best = run.progress["best"]
@@ -270,7 +273,8 @@ def validate(run: Training, record: dict) -> None:
         run.progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
         run.best_state = {k: v.detach().cpu().clone() for k, v in run.accelerator.unwrap_model(run.model).named_parameters() if v.requires_grad}
     if run.accelerator.is_main_process:
-        tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}")
+        tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
+                   f"val macro-F1 {record['val_macro_f1']:.4f}")
 
 
 def save(run: Training, train_seconds: float) -> None:
@@ -288,6 +292,7 @@ def save(run: Training, train_seconds: float) -> None:
             "epochs": run.epochs, "steps": run.steps, "lr": run.cfg.lr, "max_length": run.cfg.max_length, "train_seconds": train_seconds,
             "processes": accelerator.num_processes, "train_rows_per_s": run.rows_seen * accelerator.num_processes / train_seconds,
             "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,
+            "class_weights": None if run.class_weights is None else dict(zip(rows.labels, run.class_weights.tolist())),
             "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"] = fit_temperature(run, student)

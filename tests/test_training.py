@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -229,3 +230,44 @@ def test_class_weights_train_and_say_what_they_are(annotated, tiny_roberta, tmp_
     assert "distill: class weights negative " in said and "(--class-weights balanced)" in said
     assert json.loads((out / "train_summary.json").read_text())["steps"] > 0
     assert yaml.safe_load((out / "distillery_config.yaml").read_text())["class_weights"] == "balanced"
+
+
+def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1) -> Path:
+    """A finished annotation run written by the real chunk store: 90% negative, 10% positive rows,
+    the teacher sure of each (no teacher is asked). A word hints at the label: 70% of the positive
+    rows say "bright", 70% of the negative ones "dull". Under the 90/10 prior a "bright" row is
+    still most likely negative (0.1 x 0.7 < 0.9 x 0.3); with the classes weighted equally it is positive."""
+    from distillery.annotate.chunks import ChunkStore
+
+    n_small = int(n * small_share)
+    labels = ["negative", "positive"]
+    rows = []
+    for i in range(n):
+        label = "positive" if i < n_small else "negative"
+        confident = np.log([0.05, 0.95]) if label == "positive" else np.log([0.95, 0.05])
+        rows.append({"id": f"r{i}", "text": f"{'bright' if (i % 10 < 7) == (label == 'positive') else 'dull'} story", "gold": label,
+                     "split": "train", "teacher_label": label, "logprob_negative": confident[0], "logprob_positive": confident[1],
+                     "raw_logprob_negative": confident[0], "raw_logprob_positive": confident[1], "label_mass": 0.9, "flags": "",
+                     "teacher": "synthetic", "prompt_hash": "0", "error_type": "", "error_message": ""})
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    store = ChunkStore(root / "annotations", {"teacher": "synthetic"}, {"config": {}, "task": {"name": "sentiment-binary"},
+                                                                         "labels": labels, "teacher": "synthetic", "prompt_hash": "0"})
+    store.write(0, frame)
+    store.finalize(labels, "none", None)
+    return root
+
+
+def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(tiny_roberta, tmp_path):
+    """On a 90/10 set the unweighted student never says the small class (its best guess for a
+    "bright" row is still the large one); with auto (balanced at 90/10) the same training says it."""
+    from distillery.serve import load_student
+
+    run = _imbalanced_run(tmp_path)
+    said = {}
+    for weights in ("none", "auto"):
+        out = distill(DistillConfig(out=str(run), student=str(tmp_path / weights), student_model=str(tiny_roberta), device="cpu",
+                                    batch_size=16, epochs=4, min_steps=0, val_fraction=0.1, lr=3e-3, class_weights=weights))
+        said[weights] = load_student(out).probabilities(["bright story", "dull story"])[:, 1]
+    assert (said["none"] < 0.5).all(), f"the unweighted student should never say positive here; P(positive) {said['none']}"
+    assert said["auto"][0] > 0.5 > said["auto"][1], f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
+    assert json.loads((tmp_path / "auto" / "train_summary.json").read_text())["class_weights"]["positive"] > 1
