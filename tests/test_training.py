@@ -204,6 +204,12 @@ def test_temperature_scaling_recovers_a_known_overconfidence():
     assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True) == pytest.approx(3.0, rel=0.08)
     assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(3.0, rel=0.01)
     assert temperature_for(true_logits, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(1.0, rel=0.01)
+    from distillery.evaluation.metrics import expected_calibration_error
+
+    fitted = temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True)
+    before = expected_calibration_error(torch.softmax(true_logits * 3, -1).numpy(), labels.numpy())
+    after = expected_calibration_error(torch.softmax(true_logits * 3 / fitted, -1).numpy(), labels.numpy())
+    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after"
 
 
 def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
