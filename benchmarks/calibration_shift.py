@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--students", action="store_true", help="also distil MiniLM students from the imbalanced scenarios")
     parser.add_argument("--student-scenarios", default=",".join(STUDENT_SCENARIOS))
     parser.add_argument("--seeds", default="0", help="student seeds")
+    parser.add_argument("--name", default="calibration_shift", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     started = time.perf_counter()
     teacher = [r for name in args.scenarios.split(",") for r in teacher_rows(name, args.draws)]
@@ -113,7 +114,7 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         students = [r for name in args.student_scenarios.split(",") for r in student_rows(name, seeds)]
         print_table(students, ["scenario", "mode", "student_accuracy", "student_accuracy_std"])
-    write_result("calibration_shift", {"command": " ".join(["python benchmarks/calibration_shift.py", *sys.argv[1:]]),
+    write_result(args.name, {"command": " ".join(["python benchmarks/calibration_shift.py", *sys.argv[1:]]),
                                        "teacher": "SmolLM2-135M-Instruct (embedded)", "wall_s": time.perf_counter() - started,
                                        "results": teacher, "students": students})
 

@@ -117,7 +117,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--class-weights", default="none,auto", help="comma-separated settings of distill --class-weights to compare")
     parser.add_argument("--name", default="class_balance", help="results file name under benchmarks/results/")
+    parser.add_argument("--merge", default="", help="comma-separated results names to merge into NAME (their runs summarised "
+                                                     "together, e.g. seeds run apart); trains nothing")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in args.merge.split(",")]
+        results = [r for part in parts for r in part["results"]]
+        summary = summarise(results)
+        print_table(summary, list(summary[0]))
+        write_result(args.name, {"command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]),
+                                 "merged": [part["command"] for part in parts], "machine": parts[0]["machine"],
+                                 "target_agreement": TARGET, "summary": summary, "results": results})
+        return
     started = time.perf_counter()
     results = []
     for name in args.scenarios.split(","):

@@ -44,12 +44,23 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
         if kept < CLASS_RETENTION:
             f1_s, f1_t = student["per_class"][label]["f1"], teacher["per_class"][label]["f1"]
             out.append(f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, under {CLASS_RETENTION}×): "
-                       "the student is dropping it. Train on more rows of that class (a larger --limit, or gold labels with "
-                       "--hard-labels gold where you have them) and compare macro-F1, not accuracy alone.")
+                       f"the student is dropping it. {_dropped_advice(train_summary)}")
     if student["agreement"] < LOW_AGREEMENT:
         out.append(f"student: it agrees with its teacher on only {student['agreement']:.1%} of the rows (κ {student['kappa']:.2f}), so it has "
                    f"not learnt the teacher ({rows}). Give it more rows or steps (--min-steps), or check --learning-curve.")
     return out
+
+
+def _dropped_advice(train_summary: dict | None) -> str:
+    """What to run next for a dropped class: weights first if the rows were not weighted, else more rows of it."""
+    more_rows = ("give it more rows of that class (a larger --limit, or gold labels with --hard-labels gold where you have them) "
+                 "and compare macro-F1, not accuracy alone.")
+    if train_summary is not None and "class_weights" in train_summary and train_summary["class_weights"] is None:
+        return ("Its training rows were not weighted by class (--class-weights auto weights them only when the largest class has "
+                "over 1.5x the rows of the smallest): distil again with --class-weights balanced, or " + more_rows)
+    if train_summary is not None and train_summary.get("class_weights"):
+        return "It was trained with each class weighted the same; " + more_rows
+    return "Distil with --class-weights balanced, or " + more_rows
 
 
 def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:

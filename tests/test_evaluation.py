@@ -123,6 +123,12 @@ def test_class_retention_and_the_warning_for_a_dropped_class():
     metrics["student"].update(student, **kept)
     found = [w for w in diagnose(metrics) if "class '" in w]
     assert len(found) == 1 and "class 'negative' F1 0.463 against the teacher's 0.600 (0.77×" in found[0]
+    # The advice follows what distill did: weights when it used none, more rows of the class when it did.
+    unweighted = [w for w in diagnose(metrics, {"train_rows": 500, "steps": 300, "class_weights": None}) if "class '" in w][0]
+    assert "were not weighted by class" in unweighted and "--class-weights balanced" in unweighted
+    weighted = [w for w in diagnose(metrics, {"train_rows": 500, "steps": 300, "class_weights": {"negative": 2.0, "positive": 0.67}})
+                if "class '" in w][0]
+    assert "--class-weights" not in weighted and "more rows of that class" in weighted
     metrics["student"]["per_class"]["negative"]["f1"] = 0.55  # 0.92×: kept
     metrics["student"].update(class_retention(metrics["student"], teacher))
     assert not [w for w in diagnose(metrics) if "class '" in w]
