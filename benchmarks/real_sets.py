@@ -187,6 +187,8 @@ def scenario(name: str, seed: int = 0, n_train: int | None = None, table: dict |
     frame = load(set_name)
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     if share is None:
+        if n_train > len(train) and n_train != default_train:
+            raise ValueError(f"scenario '{name}': {n_train} training rows asked for, {len(train)} in the '{set_name}' pool")
         train = train.sample(n=min(n_train, len(train)), random_state=seed)
         test = test.sample(n=n_test, random_state=seed) if n_test and n_test < len(test) else test
     else:

@@ -212,13 +212,29 @@ def test_temperature_scaling_recovers_a_known_overconfidence():
     assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after"
 
 
+def test_a_temperature_is_used_only_when_it_fits_clearly_better_than_one():
+    from distillery.distill.train import LIKELIHOOD_RATIO_5PCT, temperature_for, temperature_gain
+
+    gen = torch.Generator().manual_seed(1)
+    true_logits = torch.randn(50, 4, generator=gen) * 1.5
+    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
+    none = torch.zeros_like(true_logits)
+    # A calibrated student on 50 rows: whatever T the rows suggest, it is noise.
+    calibrated_t = temperature_for(true_logits, none, labels, gold=True)
+    assert calibrated_t != 1.0 and temperature_gain(true_logits, none, labels, True, calibrated_t) < LIKELIHOOD_RATIO_5PCT
+    # Three times too confident: clear on the same 50 rows.
+    over_t = temperature_for(true_logits * 3, none, labels, gold=True)
+    assert temperature_gain(true_logits * 3, none, labels, True, over_t) > LIKELIHOOD_RATIO_5PCT
+    assert temperature_gain(true_logits * 3, none, labels, True, 1.0) == 0.0
+
+
 def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
     from distillery.serve import load_student
 
     few = distill(_cfg(annotated, tiny_roberta, tmp_path / "few"))  # 8 validation rows: too few to fit a temperature on
     assert json.loads((few / "distillery_student.json").read_text())["temperature"] == 1.0
     out = distill(DistillConfig(out=str(annotated), student=str(tmp_path / "s"), student_model=str(tiny_roberta), batch_size=8,
-                                epochs=2, min_steps=0, val_fraction=0.8, lr=1e-3, device="cpu"))  # 51 validation rows
+                                epochs=30, min_steps=0, val_fraction=0.8, lr=5e-3, device="cpu"))  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
     assert meta["temperature"] == summary["temperature"] and 0.2 <= meta["temperature"] <= 5 and meta["temperature"] != 1.0
