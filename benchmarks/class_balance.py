@@ -82,6 +82,76 @@ def one(name: str, n_train: int, seed: int, weights: str) -> dict:
     }
 
 
+_REFITTED: dict = {}  # run dir -> refitted fields (a run shared by auto and none is scored once)
+
+
+def refit_temperature(record: dict) -> dict:
+    """``record`` with its temperature refitted by distill's current rule (fit on the validation rows'
+    gold labels, used only when the likelihood-ratio test passes) on the same saved weights, and the
+    scaled ECE and coverage scored again: runs trained before a change of the rule stay comparable."""
+    import torch
+    import yaml
+
+    from distillery.distill.data import load_training_rows
+    from distillery.distill.train import LIKELIHOOD_RATIO_5PCT, MIN_TEMPERATURE_ROWS, temperature_for, temperature_gain
+
+    out = _run_dir(record)
+    if out in _REFITTED:
+        return {**record, **_REFITTED[out]}
+    cfg = DistillConfig(**yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()))
+    rows = load_training_rows(cfg)
+    student = load_student(out / "student")
+    student.temperature = 1.0
+    temperature = 1.0
+    if len(rows.val) >= MIN_TEMPERATURE_ROWS:
+        logits = torch.from_numpy(np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny)))
+        fit = (logits, torch.zeros_like(logits), torch.tensor(rows.val["gold"].map(rows.labels.index).to_numpy()), True)
+        fitted = temperature_for(*fit)
+        temperature = fitted if temperature_gain(*fit, fitted) >= LIKELIHOOD_RATIO_5PCT else 1.0
+    frame, manifest = read_annotations(out / "annotations")
+    data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
+    raw = student.probabilities(data.rows["text"].tolist())
+    scaled = torch.softmax(torch.from_numpy(np.log(np.maximum(raw, np.finfo(np.float32).tiny))) / temperature, -1).numpy()
+    picked = answer_or_defer(scaled, data.teacher_probs.argmax(1), data.gold, TARGET)["picked"]
+    _REFITTED[out] = {"temperature": temperature, "student ECE scaled": expected_calibration_error(scaled, data.gold),
+                      f"coverage@{TARGET} scaled": picked["coverage"] if picked else 0.0, "temperature refitted": True}
+    return {**record, **_REFITTED[out]}
+
+
+def _run_dir(record: dict):
+    source = record.get("same as", record["class weights"])
+    slug = record["scenario"].replace(" ", "-").replace("/", "-")
+    return ROOT / "data" / "runs" / f"bench-balance-{slug}-n{record['train rows']}-s{record['seed']}-{source}"
+
+
+def reapply_auto(results: list[dict]) -> list[dict]:
+    """Each ``auto`` run as distill's current auto rule would train it: a weighted run stays; one the rule
+    no longer weights is the unweighted (``none``) run of the same rows and seed, which is the very same
+    training. Runs trained before a change of the rule stay comparable without training again."""
+    import yaml
+
+    from distillery.distill.data import load_training_rows
+    from distillery.distill.train import class_weights
+
+    out = []
+    for record in results:
+        if record["class weights"] != "auto":
+            out.append(record)
+            continue
+        cfg = DistillConfig(**yaml.safe_load((_run_dir(record) / "student" / "distillery_config.yaml").read_text()))
+        weighted_now = class_weights("auto", load_training_rows(cfg)) is not None
+        if weighted_now == (record["weights used"] is not None):
+            out.append(record)
+            continue
+        twin = next((r for r in results if r["class weights"] == "none" and
+                     (r["scenario"], r["train rows"], r["seed"]) == (record["scenario"], record["train rows"], record["seed"])), None)
+        if weighted_now or twin is None:
+            raise SystemExit(f"{record['scenario']}, {record['train rows']} rows, seed {record['seed']}: auto now "
+                             f"{'weights' if weighted_now else 'does not weight'} the classes and no such run exists; train it")
+        out.append({**twin, "class weights": "auto", "same as": "none", "weights used": None})
+    return out
+
+
 def _mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -119,10 +189,18 @@ def main() -> None:
     parser.add_argument("--name", default="class_balance", help="results file name under benchmarks/results/")
     parser.add_argument("--merge", default="", help="comma-separated results names to merge into NAME (their runs summarised "
                                                      "together, e.g. seeds run apart); trains nothing")
+    parser.add_argument("--reapply-auto", action="store_true", help="with --merge: each auto run as distill's current auto rule "
+                        "trains it (the weighted run, or the unweighted run of the same rows and seed)")
+    parser.add_argument("--refit-temperature", action="store_true", help="with --merge: refit each saved student's temperature "
+                        "by distill's current rule and score its ECE and coverage again (the weights are not retrained)")
     args = parser.parse_args()
     if args.merge:
         parts = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in args.merge.split(",")]
         results = [r for part in parts for r in part["results"]]
+        if args.reapply_auto:
+            results = reapply_auto(results)
+        if args.refit_temperature:
+            results = [refit_temperature(r) for r in results]
         summary = summarise(results)
         print_table(summary, list(summary[0]))
         write_result(args.name, {"command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]),

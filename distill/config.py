@@ -36,8 +36,8 @@ class DistillConfig:
     lr: float = option(0.0, "AdamW learning rate (0 = the student kind's default: encoder 5e-5, llama-lora 1e-3)")
     weight_decay: float = option(0.01, "AdamW weight decay")
     class_weights: str = option("auto", "weight each training row by its class in both loss parts: none; balanced (n / (labels x rows of "
-                                        "the class), at most 10); auto (balanced when the largest class has over 1.5x the rows of the "
-                                        "smallest); the validation loss that picks the checkpoint is weighted the same way",
+                                        "the class), at most 10); auto (balanced when the smallest class has under 100 rows and the "
+                                        "largest over 1.5x as many); the validation loss that picks the checkpoint is weighted the same way",
                                 choices=("none", "balanced", "auto"))
     batch_size: int = option(16, "training batch size per optimizer step (split across processes under accelerate launch)")
     grad_accum: int = option(1, "gradient accumulation: micro-batches of batch_size/grad_accum rows per optimizer step")

@@ -56,8 +56,8 @@ def _dropped_advice(train_summary: dict | None) -> str:
     more_rows = ("give it more rows of that class (a larger --limit, or gold labels with --hard-labels gold where you have them) "
                  "and compare macro-F1, not accuracy alone.")
     if train_summary is not None and "class_weights" in train_summary and train_summary["class_weights"] is None:
-        return ("Its training rows were not weighted by class (--class-weights auto weights them only when the largest class has "
-                "over 1.5x the rows of the smallest): distil again with --class-weights balanced, or " + more_rows)
+        return ("Its training rows were not weighted by class (--class-weights auto weights them only while the smallest class has "
+                "under 100 training rows and the largest over 1.5x as many): distil again with --class-weights balanced, or " + more_rows)
     if train_summary is not None and train_summary.get("class_weights"):
         return "It was trained with each class weighted the same; " + more_rows
     return "Distil with --class-weights balanced, or " + more_rows

@@ -103,4 +103,6 @@ def test_class_weights_come_from_the_training_rows_label_shares():
     assert torch.allclose(class_weights("balanced", rows(25, 75)), torch.tensor([2.0, 2 / 3]))
     assert torch.allclose(class_weights("auto", rows(25, 75)), torch.tensor([2.0, 2 / 3]))
     assert class_weights("auto", rows(40, 60)) is None and class_weights("none", rows(25, 75)) is None
+    assert class_weights("auto", rows(150, 850)) is None  # 150 rows of the small class: enough to learn it unweighted
+    assert class_weights("balanced", rows(150, 850)) is not None
     assert class_weights("balanced", rows(1, 999))[0] == 10.0  # capped
