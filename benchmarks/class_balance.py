@@ -4,7 +4,7 @@ student's calibration before and after temperature scaling, on user-like sets.
     python benchmarks/class_balance.py [--scenarios "long 75/25,sst2 80/20"] [--rows 500,2000] [--seeds 0,1,2] [--class-weights none,auto]
 
 The scenarios (GRID) are resampled from the big pools of benchmarks/real_sets.py, annotated once
-by the embedded teacher (``python benchmarks/real_sets.py --sets sst2,tweets2-2k,tweets3-2k,long-2k,agnews-2k``,
+by the embedded teacher (``python benchmarks/real_sets.py --sets long,sst2,tweets2-2k,tweets3-2k,agnews-2k``,
 ~12 min here). Per scenario, training-row count, seed and ``--class-weights`` setting: the
 annotations are calibrated with ``--calibrate auto`` (gold, no teacher call), a MiniLM student is
 distilled with every other default, and evaluate scores it against gold on the test rows. The
@@ -36,7 +36,7 @@ from distillery.serve import load_student
 TARGET = 0.90
 # name -> (pool of real_sets.py, label shares of train and test rows or None = the pool's own, default train rows, test rows)
 GRID = {
-    "long 75/25": ("long", None, 500, 400),  # 600 train rows: no 2,000-row run (long-2k would take ~15 min to annotate)
+    "long 75/25": ("long", None, 500, 400),  # 600 train rows: no 2,000-row run (a 2,000-row long pool would take ~15 min to annotate)
     "sst2 80/20": ("sst2", 0.8, 500, 555),
     "tweets2 75/25": ("tweets2-2k", 0.75, 500, 700),
     "tweets3 as shipped": ("tweets3-2k", None, 500, 1000),
@@ -93,7 +93,7 @@ def refit_temperature(record: dict) -> dict:
     import yaml
 
     from distillery.distill.data import load_training_rows
-    from distillery.distill.train import LIKELIHOOD_RATIO_5PCT, MIN_TEMPERATURE_ROWS, temperature_for, temperature_gain
+    from distillery.distill.train import MIN_TEMPERATURE_ROWS, pick_temperature
 
     out = _run_dir(record)
     if out in _REFITTED:
@@ -106,8 +106,7 @@ def refit_temperature(record: dict) -> dict:
     if len(rows.val) >= MIN_TEMPERATURE_ROWS:
         logits = torch.from_numpy(np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny)))
         fit = (logits, torch.zeros_like(logits), torch.tensor(rows.val["gold"].map(rows.labels.index).to_numpy()), True)
-        fitted = temperature_for(*fit)
-        temperature = fitted if temperature_gain(*fit, fitted) >= LIKELIHOOD_RATIO_5PCT else 1.0
+        temperature = pick_temperature(*fit)[0]
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
     raw = student.probabilities(data.rows["text"].tolist())

@@ -14,9 +14,9 @@ asking the teacher again) into ``data/runs/bench-real-NAME``:
 - ``long``: long imbalanced "reviews": 5 SST-2 training sentences of one label joined into one
   text (~450 characters), 75% positive, 600 train + 400 test rows, none of their sentences in
   the ``sst2`` pool.
-- ``tweets2-2k``, ``tweets3-2k``, ``long-2k``, ``agnews-2k``: the same kinds of rows in pools big
-  enough for 2,000 training rows at skewed shares (class_balance.py): 4,000 / 2,400 / 2,400 /
-  4,800 train rows; agnews-2k keeps all 1,600 test rows.
+- ``tweets2-2k``, ``tweets3-2k``, ``agnews-2k``: the same kinds of rows in pools big enough for
+  2,000 training rows at skewed shares (class_balance.py): 4,000 / 2,400 / 4,800 train rows;
+  agnews-2k keeps all 1,600 test rows.
 
 Imbalanced variants (SST-2 80/20 and 20/80, tweets 75/25) are resampled from these rows by
 the scripts that use them (:func:`resample`).
@@ -40,7 +40,7 @@ from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
 TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary",
-         "agnews": "topic", "tweets2-2k": "sentiment-binary", "tweets3-2k": "sentiment-3way", "long-2k": "sentiment-binary",
+         "agnews": "topic", "tweets2-2k": "sentiment-binary", "tweets3-2k": "sentiment-3way",
          "agnews-2k": "topic"}
 LABELS = {"agnews": ["world", "sports", "business", "sci/tech"], "agnews-2k": ["world", "sports", "business", "sci/tech"]}  # the topic task takes its labels from here (--labels)
 
@@ -69,17 +69,28 @@ def _joined(sentences: pd.DataFrame, n: int, positive_share: float, per_text: in
     return pd.DataFrame(rows).sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
 
 
+# set -> (train rows, test rows; None = every row of the test file); the -2k pools are big enough
+# for 2,000 training rows at skewed shares (issue #17)
+SIZES = {"tweets2": (1500, 1000), "tweets2-2k": (4000, 1000), "tweets3": (600, 1000), "tweets3-2k": (2400, 1000),
+         "agnews": (1200, 400), "agnews-2k": (4800, None)}
+
+
 def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
     """The rows of one set: columns text, label, split."""
+    kind = name.removesuffix("-2k")
     if name == "sst2":
         train = _read(data_dir, "sst2_train.csv").sample(n=5000, random_state=seed)
         test = _read(data_dir, "sst2_validation.csv")
-    elif name == "tweets2":
-        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=1500, random_state=seed)
-        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=1000, random_state=seed)
-    elif name == "tweets3":
-        train = _stratified(_read(data_dir, "tweet_sentiment_train.csv"), 600, seed)
-        test = _stratified(_read(data_dir, "tweet_sentiment_test.csv"), 1000, seed)
+    elif kind == "tweets2":
+        n_train, n_test = SIZES[name]
+        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=n_train, random_state=seed)
+        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=n_test, random_state=seed)
+    elif kind in ("tweets3", "agnews"):  # label-stratified; AG's News: 300 (1,200 in agnews-2k) train rows per label
+        n_train, n_test = SIZES[name]
+        file = "tweet_sentiment" if kind == "tweets3" else "agnews"
+        train = _stratified(_read(data_dir, f"{file}_train.csv"), n_train, seed)
+        test = _read(data_dir, f"{file}_test.csv")
+        test = _stratified(test, n_test, seed) if n_test else test
     elif name == "long":
         sst = _read(data_dir, "sst2_train.csv")
         pool_ids = set(sst.sample(n=5000, random_state=seed).index)  # the sst2 set's rows stay out
@@ -87,24 +98,6 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
         rng = np.random.default_rng(seed)
         both = _joined(sentences, 1000, 0.75, 5, rng)
         train, test = both.iloc[:600], both.iloc[600:]
-    elif name == "agnews":  # AG's News topics: 300 train + 100 test rows per label, resampled to skewed shares later
-        train = _stratified(_read(data_dir, "agnews_train.csv"), 1200, seed)
-        test = _stratified(_read(data_dir, "agnews_test.csv"), 400, seed)
-    elif name == "tweets2-2k":  # pools big enough for 2,000 training rows at 75/25 (issue #17)
-        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=4000, random_state=seed)
-        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=1000, random_state=seed)
-    elif name == "tweets3-2k":
-        train = _stratified(_read(data_dir, "tweet_sentiment_train.csv"), 2400, seed)
-        test = _stratified(_read(data_dir, "tweet_sentiment_test.csv"), 1000, seed)
-    elif name == "long-2k":
-        sst = _read(data_dir, "sst2_train.csv")
-        pool_ids = set(sst.sample(n=5000, random_state=seed).index)
-        sentences = sst[~sst.index.isin(pool_ids) & (sst["text"].str.len() >= 60)]
-        both = _joined(sentences, 2800, 0.75, 5, np.random.default_rng(seed))
-        train, test = both.iloc[:2400], both.iloc[2400:]
-    elif name == "agnews-2k":  # 1,200 train rows per label (2,000 at 55/25/15/5 need 1,100) and every test row
-        train = _stratified(_read(data_dir, "agnews_train.csv"), 4800, seed)
-        test = _read(data_dir, "agnews_test.csv")
     else:
         raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
     return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[["text", "label", "split"]]

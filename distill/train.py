@@ -35,7 +35,7 @@ from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 from distillery.core.errors import UserError
 
-__all__ = ["distill", "evaluate_student", "fit_temperature", "temperature_for", "temperature_gain"]
+__all__ = ["distill", "evaluate_student", "fit_temperature", "pick_temperature", "temperature_for", "temperature_gain"]
 
 
 def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -> dict:
@@ -345,15 +345,22 @@ def fit_temperature(run: Training, model) -> float:
         if ok.sum() < MIN_TEMPERATURE_ROWS:
             return 1.0
         fit = (logits[ok], teacher[ok], hard[ok], False)
-    temperature = temperature_for(*fit)
-    gain = temperature_gain(*fit, temperature)
+    used, temperature, gain = pick_temperature(*fit)
     if gain < LIKELIHOOD_RATIO_5PCT:
         run.accelerator.print(f"distill: no temperature scaling: T {temperature:.3f} fits the {len(fit[0])} validation rows no better than "
                               f"T 1 (likelihood ratio {gain:.2f} < {LIKELIHOOD_RATIO_5PCT})")
         return 1.0
     run.accelerator.print(f"distill: temperature {temperature:.3f}, fitted on {len(fit[0])} validation rows "
                           f"({'gold labels' if fit[3] else 'the teacher'}; likelihood ratio {gain:.1f})")
-    return temperature
+    return used
+
+
+def pick_temperature(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> tuple[float, float, float]:
+    """The rule: ``(T used, T fitted, likelihood ratio)``; the fitted T is used only when the ratio
+    reaches :data:`LIKELIHOOD_RATIO_5PCT`, else 1.0."""
+    fitted = temperature_for(logits, teacher_logprobs, hard, gold)
+    gain = temperature_gain(logits, teacher_logprobs, hard, gold, fitted)
+    return (fitted if gain >= LIKELIHOOD_RATIO_5PCT else 1.0), fitted, gain
 
 
 def _scaled_loss(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature) -> torch.Tensor:
