@@ -52,15 +52,14 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
 
 
 def _dropped_advice(train_summary: dict | None) -> str:
-    """What to run next for a dropped class: weights first if the rows were not weighted, else more rows of it."""
+    """What to run next for a dropped class: weights first unless the rows were weighted, else more rows of it."""
     more_rows = ("give it more rows of that class (a larger --limit, or gold labels with --hard-labels gold where you have them) "
                  "and compare macro-F1, not accuracy alone.")
-    if train_summary is not None and "class_weights" in train_summary and train_summary["class_weights"] is None:
-        return ("Its training rows were not weighted by class (--class-weights auto weights them only while the smallest class has "
-                "under 100 training rows and the largest over 1.5x as many): distil again with --class-weights balanced, or " + more_rows)
-    if train_summary is not None and train_summary.get("class_weights"):
+    if (train_summary or {}).get("class_weights"):
         return "It was trained with each class weighted the same; " + more_rows
-    return "Distil with --class-weights balanced, or " + more_rows
+    unweighted = "Its training rows were not weighted by class (auto weights them only while the smallest class has few rows). " \
+        if train_summary is not None and "class_weights" in train_summary else ""
+    return unweighted + "Distil again with --class-weights balanced, or " + more_rows
 
 
 def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:
