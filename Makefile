@@ -5,7 +5,7 @@
 # `distillery run` on a small slice from outside the checkout (~2-3 min).
 PY ?= python3
 
-.PHONY: install install-server demo test test-fast wheel-check bench
+.PHONY: install install-server install-label-studio demo test test-fast wheel-check bench
 
 install:
 	$(PY) -m pip install -q torch==2.13.0           # pinned: the CPU wheel here; unpinned pulls GBs of CUDA
@@ -29,10 +29,17 @@ install-server: install
 	  echo "llama-cpp-python did not build: the tests against a real llama.cpp server will be skipped"; fi; \
 	echo "llama-cpp-python install step: $$(( $$(date +%s) - start )) s"
 
+install-label-studio:
+	# The Label Studio server, for the review round-trip test (tests/test_review.py). It pins its own
+	# Django stack, so it gets a venv of its own (~5 min the first time; git-ignored).
+	@if [ -x .venv-label-studio/bin/label-studio ]; then echo "label-studio already installed"; \
+	else $(PY) -m venv .venv-label-studio && .venv-label-studio/bin/pip install -q "label-studio==1.23.2" || \
+	  echo "label-studio did not install: the round trip against a real server will be skipped"; fi
+
 demo: install
 	distillery run
 
-test: install-server
+test: install-server install-label-studio
 	$(PY) -m pytest
 
 test-fast: install

@@ -22,7 +22,10 @@ Every mode is a per-label bias and a temperature applied to the raw log-probs
   par with ``content-free``, not better (README, "Calibration under label shift").
 - ``gold``: a per-label bias and one temperature fitted by maximum likelihood on gold rows
   (the bias then carries the prior of those rows).
-- ``auto``: ``mean`` when the rows were sampled label-balanced (``--balance``: the prior is
+- ``reviewed``: the same fit as ``gold`` on the human labels ``distillery review`` imported
+  (``OUT/review/gold.csv``): every reviewed row, random and doubtful parts alike. Picking rows
+  by the teacher's own scores (its margin) does not bias a fit of p(label | scores).
+- ``auto``: ``reviewed`` when at least :data:`AUTO_MIN_GOLD` rows were reviewed, else ``mean`` when the rows were sampled label-balanced (``--balance``: the prior is
   uniform by construction; the demo), else ``gold`` when there are at least
   :data:`AUTO_MIN_GOLD` gold-labelled training rows; otherwise ``content-free`` for two labels and ``mean`` for more (content-free inputs
   read as "neutral", which skews a 3-way set). Chosen from benchmarks/calibration_shift.py:
@@ -67,7 +70,7 @@ class Calibration:
     def record(self, labels: list[str]) -> dict:
         """What the manifest keeps: mode, bias per label, and temperature/prior where fitted."""
         out = {"mode": self.mode, "bias": dict(zip(labels, map(float, self.bias))), **self.extra}
-        if self.temperature != 1.0 or self.mode == "gold":
+        if self.temperature != 1.0 or self.mode in ("gold", "reviewed"):
             out["temperature"] = float(self.temperature)
         if self.prior is not None:
             out["prior"] = dict(zip(labels, map(float, self.prior)))
@@ -147,11 +150,14 @@ def fit_gmm(raw: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return weights, bias, gmm.weights_
 
 
-def resolve_mode(mode: str, n_gold: int, n_labels: int = 2, balanced: bool = False) -> str:
-    """``auto`` -> ``mean`` for a label-balanced sample, else ``gold`` with at least
-    AUTO_MIN_GOLD gold training rows, else ``content-free`` (two labels) or ``mean`` (more)."""
+def resolve_mode(mode: str, n_gold: int, n_labels: int = 2, balanced: bool = False, n_reviewed: int = 0) -> str:
+    """``auto`` -> ``reviewed`` with at least AUTO_MIN_GOLD human labels from ``distillery review``,
+    else ``mean`` for a label-balanced sample, else ``gold`` with at least AUTO_MIN_GOLD gold
+    training rows, else ``content-free`` (two labels) or ``mean`` (more)."""
     if mode != "auto":
         return mode
+    if n_reviewed >= AUTO_MIN_GOLD:  # a person labelled rows of this run: the best evidence there is
+        return "reviewed"
     if balanced:  # sampled with --balance: the label prior is uniform by construction, mean's assumption
         return "mean"
     if n_gold >= AUTO_MIN_GOLD:
@@ -185,9 +191,13 @@ def _fit_builtin(mode: str, raw: np.ndarray, content_free, gold_raw, gold) -> Ca
         bias = raw.mean(axis=0) if len(raw) else np.zeros(n_labels)
     elif base == "content-free":
         bias = np.asarray(content_free, dtype=np.float64)
-    else:  # gold
+    else:  # gold, reviewed
         if gold is None or len(gold) < n_labels:
-            raise UserError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {0 if gold is None else len(gold)}; "
+            found = 0 if gold is None else len(gold)
+            if base == "reviewed":
+                raise UserError(f"--calibrate reviewed: expected human labels on at least {n_labels} annotated rows; found {found}; "
+                                "run 'distillery review' and import the answers (--import), or use --calibrate auto")
+            raise UserError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {found}; "
                              "pass --label-column, or use --calibrate mean+em")
         bias, temperature = fit_gold_calibration(gold_raw, gold)
         return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
@@ -210,7 +220,8 @@ class CalibrationMode:
             of every row, ``content_free`` the mean raw log-probs on content-free inputs (or None),
             ``gold_raw``/``gold`` the rows with gold labels (or None).
         needs_content_free: annotate scores the task's content-free inputs first.
-        needs_gold: fitted on gold rows (annotate passes them; online distillation cannot).
+        needs_gold: fitted on labelled rows (annotate passes them; online distillation cannot).
+        needs_review: fitted on the human labels of ``distillery review`` rather than a gold column.
         fits_on_rows: uses the raw log-probs of the rows themselves (online distillation scores a
             sample of the rows before training for it).
     """
@@ -219,6 +230,7 @@ class CalibrationMode:
     fit: Callable[..., Calibration]
     needs_content_free: bool = False
     needs_gold: bool = False
+    needs_review: bool = False
     fits_on_rows: bool = True
 
 
@@ -230,9 +242,11 @@ for _name, _summary in [
     ("mean+gmm", "mean, then a Gaussian mixture over the log-odds"),
     ("content-free+gmm", "content-free, then a Gaussian mixture over the log-odds"),
     ("gold", "a bias and a temperature fitted on --calibrate-on gold rows"),
+    ("reviewed", "as gold, on the human labels imported by 'distillery review'"),
 ]:
     calibration_modes.register(_name, CalibrationMode(_summary, partial(_fit_builtin, _name), needs_content_free=_name.startswith("content-free"),
-                                                      needs_gold=_name == "gold", fits_on_rows=_name not in ("none", "content-free", "gold")))
+                                                      needs_gold=_name in ("gold", "reviewed"), needs_review=_name == "reviewed",
+                                                      fits_on_rows=_name not in ("none", "content-free", "gold", "reviewed")))
 # Measured in benchmarks/calibration_shift.py but not offered (on top of content-free, EM collapses onto one label).
 MEASURED_ONLY = {"content-free+em": CalibrationMode("", partial(_fit_builtin, "content-free+em"), needs_content_free=True)}
 CALIBRATIONS = ("auto", *calibration_modes.names())  # auto picks one of the others (resolve_mode)

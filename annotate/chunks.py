@@ -20,6 +20,7 @@ import pandas as pd
 from distillery.annotate.calibration import fit_calibration
 from distillery.core.registry import calibration_modes
 from distillery.core.errors import UserError
+from distillery.core.reviewed import reviewed_fingerprint
 from distillery.core.rundir import append_csv, sha256_file, write_json, write_text
 
 __all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id"]
@@ -149,14 +150,15 @@ class ChunkStore:
         write_json(self.manifest_path, self.manifest)
 
     def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200,
-                 requested: str | None = None) -> dict:
+                 requested: str | None = None, reviewed: dict[str, str] | None = None) -> dict:
         """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
 
         ``mode`` is a resolved mode (not ``auto``: the caller resolves it with
         :func:`annotate.calibration.resolve_mode`, which knows how the rows were sampled); the
         modes are described in :mod:`annotate.calibration`. ``gold`` fits on the first
-        ``calibrate_on`` non-test rows with a gold label. ``requested`` is what the user asked
-        for (e.g. ``auto``), kept in the record.
+        ``calibrate_on`` non-test rows with a gold label; ``reviewed`` on every row with a human
+        label in ``reviewed`` (``{id: label}``, from ``OUT/review/gold.csv``). ``requested`` is what
+        the user asked for (e.g. ``auto``), kept in the record.
         """
         self.manifest["status"] = "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
         self.save_manifest()
@@ -168,11 +170,17 @@ class ChunkStore:
             return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
 
         ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
-        gold_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")]
-        fit_rows = gold_rows.head(calibrate_on)
+        entry = calibration_modes.get(mode)
+        if entry.needs_review:
+            human = ok["id"].map(reviewed or {})
+            fit_rows = ok[human.isin(labels)].assign(gold=human[human.isin(labels)].to_numpy())
+        else:
+            fit_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")].head(calibrate_on)
         calibration = fit_calibration(mode, ok[raw_cols].to_numpy(float), bias_content_free,
                                       fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())
-        if calibration_modes.get(mode).needs_gold:
+        if entry.needs_review:
+            calibration.extra["reviewed"] = reviewed_fingerprint(reviewed or {})  # annotate refits when the labels change
+        elif entry.needs_gold:
             calibration.extra["calibrate_on"] = calibrate_on
         for name, frame in frames.items():
             good = soft(frame)

@@ -67,10 +67,12 @@ class AnnotateConfig:
     prefix_cache: bool = option(True, "local teacher: run the prompt part shared by every row once and reuse its KV cache (same scores, faster)")
     max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows")
     chunk_size: int = option(200, "rows per CSV chunk (the unit of resume)")
-    calibrate: str = option("auto", "teacher calibration: auto (gold when >= 50 training rows have gold labels, else content-free for two labels, "
+    calibrate: str = option("auto", "teacher calibration: auto (reviewed when 'distillery review' imported >= 50 human labels, else gold when >= 50 training "
+                            "rows have gold labels, else content-free for two labels, "
                             "mean for more), none, mean or content-free (both assume balanced labels), mean+em (then the label prior by EM), "
                             "mean+gmm or content-free+gmm (a Gaussian mixture over the label log-odds: estimates the prior, no gold needed), "
-                            "gold (fit a bias and a temperature on --calibrate-on gold rows); see docs/usage.md", registry=calibration_modes, extra_choices=("auto",))
+                            "gold (fit a bias and a temperature on --calibrate-on gold rows), reviewed (the same fit on the human labels of "
+                            "'distillery review'); see docs/usage.md", registry=calibration_modes, extra_choices=("auto",))
     calibrate_on: int = option(200, "--calibrate gold: how many non-test rows with gold labels to fit on")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = option("auto", "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")

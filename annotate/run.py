@@ -27,6 +27,7 @@ from distillery.core.secrets import redacted
 from distillery.annotate.deferred import merge_answers
 from distillery.core.inputs import load_rows
 from distillery.annotate.teacher import Annotation, content_free_bias
+from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
 from distillery.core.tasks import load_task
 from distillery.core.errors import UserError
@@ -52,7 +53,13 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     calibrate and report (and, with --only-deferred, merge the answers into the predictions)."""
     task = load_task(cfg.task, cfg.labels or None)
     rows = load_rows(cfg, task.labels)
-    needs_gold = cfg.calibrate != "auto" and calibration_modes.get(cfg.calibrate).needs_gold
+    entry = None if cfg.calibrate == "auto" else calibration_modes.get(cfg.calibrate)
+    reviewed = reviewed_labels(cfg.out, rows["id"])  # human labels from 'distillery review' (OUT/review/gold.csv)
+    if entry is not None and entry.needs_review and len(reviewed) < len(task.labels):
+        raise UserError(f"--calibrate {cfg.calibrate}: expected human labels from 'distillery review' on at least {len(task.labels)} of "
+                        f"these rows; found {len(reviewed)}; run 'distillery review --out {cfg.out}', label the queue and import it "
+                        "(--import FILE), or use --calibrate auto")
+    needs_gold = entry is not None and entry.needs_gold and not entry.needs_review
     if needs_gold and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
         raise UserError(f"--calibrate {cfg.calibrate}: expected rows with gold labels outside the test split; found none; pass --label-column, "
                         "or use --calibrate mean")
@@ -65,7 +72,7 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         return store.root
     n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
     balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
-    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced)  # auto: by what the data offers
+    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced, len(reviewed))  # auto: by what the data offers
     needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
     teacher = build_teacher(cfg, task) if n_todo or needs_content_free else None  # loaded only when there is work to do
     started = time.perf_counter()
@@ -75,9 +82,10 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
         store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
         store.save_manifest()
-    finish(cfg, task, store, mode, teacher, n_todo, elapsed)
+    finish(cfg, task, store, mode, teacher, n_todo, elapsed, reviewed)
     failed, calibration = store.manifest["rows_failed"], store.manifest["calibration"]
-    chosen = calibration["mode"] + ((" (auto: label-balanced sample)" if balanced else " (auto)") if cfg.calibrate == "auto" else "")
+    why = f"auto: {len(reviewed)} reviewed rows" if mode == "reviewed" else "auto: label-balanced sample" if balanced else "auto"
+    chosen = calibration["mode"] + (f" ({why})" if cfg.calibrate == "auto" else "")
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
     print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
           + (f", estimated label prior {prior}" if prior else ""))
@@ -163,13 +171,16 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
     return True
 
 
-def finish(cfg: AnnotateConfig, task, store: ChunkStore, mode: str, teacher, n_todo: int, elapsed: float) -> None:
-    """Calibrate every chunk (unless a rerun changed nothing) and record speed and spend."""
+def finish(cfg: AnnotateConfig, task, store: ChunkStore, mode: str, teacher, n_todo: int, elapsed: float,
+           reviewed: dict[str, str] | None = None) -> None:
+    """Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend."""
     previous = store.manifest.get("calibration", {})
     same = (previous.get("mode") == mode and previous.get("requested", mode) == cfg.calibrate
-            and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on)
+            and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
+            and previous.get("reviewed") == (reviewed_fingerprint(reviewed) if mode == "reviewed" else None))
     if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
-        store.finalize(task.labels, mode, store.manifest.get("content_free_bias"), cfg.calibrate_on, requested=cfg.calibrate)
+        store.finalize(task.labels, mode, store.manifest.get("content_free_bias"), cfg.calibrate_on, requested=cfg.calibrate,
+                       reviewed=reviewed)
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run

@@ -29,7 +29,9 @@ class DistillConfig:
     student: str = option("", "the student folder distill writes (default OUT/student)")
     student_kind: str = option("encoder", "student kind", registry=student_kinds)
     student_model: str = option("", "student checkpoint: a hub id, a local dir or a .gguf (default: minilm for encoder, smollm2 for llama-lora)")
-    hard_labels: str = option("teacher", "hard labels for the CE part: teacher or gold", choices=("teacher", "gold"))
+    hard_labels: str = option("auto", "hard labels for the CE part: auto (the human label where 'distillery review' imported one, "
+                                      "the teacher's elsewhere), teacher, or gold (the gold column on every training row)",
+                              choices=("auto", "teacher", "gold"))
     max_train_rows: int = option(0, "train on at most this many of the annotated training rows, in file order (0 = all)")
     alpha: float = option(0.5, "weight of the KD part (0 = hard labels only, 1 = pure KD)")
     temperature: float = option(2.0, "KD temperature T")
@@ -105,5 +107,5 @@ class DistillConfig:
             raise UserError(f"teacher_mode: expected offline or online, found '{self.teacher_mode}'")
         if self.lora_r < 1:
             raise UserError(f"lora_r: expected >= 1, found {self.lora_r}")
-        if self.hard_labels not in ("teacher", "gold"):
-            raise UserError(f"hard_labels: expected teacher or gold, found '{self.hard_labels}'")
+        if self.hard_labels not in ("auto", "teacher", "gold"):
+            raise UserError(f"hard_labels: expected auto, teacher or gold, found '{self.hard_labels}'")

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from distillery.annotate.chunks import label_columns, read_annotations
 from distillery.distill.config import DistillConfig
 from distillery.core.errors import UserError
+from distillery.core.reviewed import reviewed_labels
 
 __all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "load_training_rows"]
 
@@ -25,6 +26,7 @@ class TrainingRows:
     train: pd.DataFrame
     val: pd.DataFrame
     n_failed: int
+    n_reviewed: int = 0  # training rows whose hard label is a human one (--hard-labels auto)
 
 
 def load_training_rows(cfg: DistillConfig) -> TrainingRows:
@@ -41,9 +43,14 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         hard = frame["gold"]
     else:
         hard = frame["teacher_label"]
+    n_reviewed = 0
+    if cfg.hard_labels == "auto" and cfg.teacher_mode == "offline":  # a person's answer beats the teacher's where there is one
+        human = frame["id"].map(reviewed_labels(cfg.out, frame["id"])).fillna("")
+        hard = human.where(human.isin(labels), hard)
+        n_reviewed = int(human.isin(labels).sum())
     frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))
     train, val = split_train_val(frame, cfg)
-    return TrainingRows(labels, train, val, int(failed.sum()))
+    return TrainingRows(labels, train, val, int(failed.sum()), n_reviewed)
 
 
 def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

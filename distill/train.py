@@ -164,7 +164,8 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
     else:
         rows = load_training_rows(cfg)
-    say(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out")
+    say(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out"
+        + (f"; {rows.n_reviewed} rows take their hard label from the review" if rows.n_reviewed else ""))
     tokenizer, model = load_student(cfg, rows.labels)
     trainable, total = trainable_parameters(model)
     say(f"distill: {cfg.student_kind} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
@@ -288,7 +289,7 @@ def save(run: Training, train_seconds: float) -> None:
     if accelerator.is_main_process:
         best = progress["best"] or {}
         summary = {
-            "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed,
+            "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed, "reviewed_hard_labels": rows.n_reviewed,
             "epochs": run.epochs, "steps": run.steps, "lr": run.cfg.lr, "max_length": run.cfg.max_length, "train_seconds": train_seconds,
             "processes": accelerator.num_processes, "train_rows_per_s": run.rows_seen * accelerator.num_processes / train_seconds,
             "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,

@@ -8,6 +8,8 @@
     distillery predict --out data/runs/reviews --data new.csv --predictions preds.csv --defer
     distillery export --out data/runs/reviews                       # ONNX, int8 weights
     distillery active --data pool.csv --budget 2000 --out data/runs/active
+    distillery review --out data/runs/reviews                       # 200 rows for a person to label
+    distillery review --out data/runs/reviews --import export.json  # their answers: the run's gold labels
 
 Every subcommand takes --config FILE.yaml (flat keys, named like the flags with underscores);
 flags win over the file; one file serves every stage; unknown keys are errors.
@@ -37,6 +39,7 @@ from distillery.core.registry import teacher_backends
 from distillery.distill.config import DistillConfig
 from distillery.distill.students import student_kind
 from distillery.evaluation.config import EvaluateConfig
+from distillery.review.config import ReviewConfig
 from distillery.serve.config import ExportConfig, PredictConfig
 
 # The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher).
@@ -56,6 +59,8 @@ STAGES = {
     "export": ("export a saved student to ONNX (int8 weights by default) for onnxruntime", (ExportConfig,)),
     "active": ("ask the teacher only about the rows the student is unsure of, round by round, within --budget",
                (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig)),
+    "review": ("write a queue of rows for a person to label (Label Studio, Argilla, CSV); --import their answers as gold labels",
+               (ReviewConfig,)),
 }
 
 # The help groups. A setting's name has one meaning in every subcommand, so it has one group.
@@ -74,6 +79,7 @@ GROUPS = {
     "training": ("training", "alpha temperature lr weight_decay class_weights batch_size grad_accum max_length epochs min_steps head_warmup_epochs "
                              "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length checkpoint_every resume"),
     "active": ("active loop", "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start"),
+    "review": ("review queue", "review_rows random_share import_file"),
     "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
     "output": ("output", "predictions predict_batch_size onnx_dir quantize chunk_size only_deferred overwrite"),
     "device": ("device", "device"),
@@ -178,6 +184,9 @@ SHORT_HELP = {
     "min_gain": "agreement gain that counts",
     "pool_chunk": "pool rows scored at a time",
     "warm_start": "start from the previous round's student",
+    "review_rows": "rows in a new review queue",
+    "random_share": "share drawn at random from test rows",
+    "import_file": "import a labelled queue (LS, Argilla, CSV)",
 }
 
 GROUP_OF = {name: group for group, (_, names) in GROUPS.items() for name in names.split()}
@@ -222,7 +231,7 @@ def _shown_default(f: dataclasses.Field) -> str:
 
 
 METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
-METAVAR_OF = {"out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": "DIR", "data": "FILE", "predictions": "FILE",
+METAVAR_OF = {"import_file": "FILE", "out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": "DIR", "data": "FILE", "predictions": "FILE",
               "teacher": "MODEL", "student_model": "MODEL", "template_from": "MODEL", "task": "NAME", "calibrate": "MODE",
               "strategy": "NAME", "device": "DEVICE", "dtype": "DTYPE", "base_url": "URL", "api_key_env": "NAME", "push_to_hub": "REPO"}
 
@@ -230,7 +239,7 @@ METAVAR_OF = {"out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": 
 def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
     """One setting as a flag. A bool is --name (or --no-name where it defaults to on); the other
     spelling is accepted but not listed."""
-    flag = "--" + f.name.replace("_", "-")
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
     registry = f.metadata.get("registry")
     text = f.metadata.get("help", "")
     if registry is not None and full:
@@ -371,6 +380,12 @@ def headline(metrics: dict) -> str:
          + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else "")),
         ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
+    review = (metrics.get("review") or {}).get("random") or {}
+    first = next(iter(metrics.get("students") or {}), None)
+    for name, key in (("teacher", "teacher"), ("student", first)):  # the person's labels on the random part of the review queue
+        m = review.get(key)
+        if isinstance(m, dict) and m.get("estimate") is not None:
+            rows.append((f"{name} acc (review)", f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows"))
     lines = [f"  {k:<20} {v}" for k, v in rows]
     lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)
@@ -412,6 +427,10 @@ def run_stages(command: str, configs: list) -> None:
         predict(configs[0])
     elif command == "export":
         write_card(export(configs[0]))
+    elif command == "review":
+        from distillery.review import review
+
+        review(configs[0])
     elif command == "active":
         from distillery.active import active
 
@@ -504,6 +523,7 @@ def reference_markdown() -> str:
             if f.metadata.get("registry") is not None:
                 text += " — " + f.metadata["registry"].describe()
             text = text.replace("|", "\\|")
-            lines.append(f"| `--{name.replace('_', '-')}` (`{name}`) | `{shown}` | {', '.join(where[name])} | {text} |")
+            flag = f.metadata.get("flag") or f"--{name.replace('_', '-')}"
+            lines.append(f"| `{flag}` (`{name}`) | `{shown}` | {', '.join(where[name])} | {text} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

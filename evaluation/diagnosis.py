@@ -29,8 +29,9 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
     teacher_weak = not _above(teacher.get("ci", {}).get("accuracy"), majority)
     if teacher_weak:
         out.append(f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f} (always '{label}'): "
-                   "its labels teach little. Fit the calibration on gold rows (--calibrate gold, a few hundred rows with --label-column), "
-                   "try another prompt (--task) or a stronger --teacher.")
+                   "its labels teach little. Fit the calibration on gold rows: have a person label 200 of them ('distillery review', "
+                   "then --import their answers and rerun), or pass a few hundred with --label-column; or try another prompt (--task) "
+                   "or a stronger --teacher.")
     shares_t, shares_g = teacher.get("label_shares"), metrics.get("gold_shares")
     if shares_t and shares_g:
         gap = 0.5 * sum(abs(shares_t[k] - shares_g[k]) for k in shares_g)
@@ -67,14 +68,17 @@ def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:
     mode, requested = calibration.get("mode", "?"), calibration.get("requested", calibration.get("mode", "?"))
     head = f"teacher: its label shares ({_shares(shares_t)}) are far from gold's ({_shares(shares_g)}), calibration '{mode}'"
     head += " (chosen by --calibrate auto). " if requested == "auto" else ". "
+    if mode == "reviewed":
+        return head + ("It was fitted on the rows a person reviewed: review another round ('distillery review' adds rows it has not "
+                       "shown before) and import the answers.")
     if mode == "gold":
         fitted = calibration.get("fitted_on", "?")
         return head + (f"It was fitted on {fitted} gold rows outside the test split: if those rows are drawn like the test rows, fit on "
                        "more of them (--calibrate-on N); if not (another source or period), label a random sample of this data and "
                        "pass it with --label-column.")
-    return head + ("It assumes balanced labels. With gold labels: pass --label-column (auto fits on gold with at least "
-                   f"{AUTO_MIN_GOLD} gold training rows, or force --calibrate gold); without: --calibrate mean+gmm or "
-                   "content-free+gmm estimate the label prior.")
+    return head + ("It assumes balanced labels. Have a person label 200 rows ('distillery review', then --import their answers: "
+                   f"auto fits on them from {AUTO_MIN_GOLD}), or pass gold labels with --label-column; without either: --calibrate "
+                   "mean+gmm or content-free+gmm estimate the label prior.")
 
 
 def _shares(shares: dict) -> str:

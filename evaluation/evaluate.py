@@ -26,6 +26,7 @@ from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
 from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, class_retention, classification_metrics
+from distillery.evaluation.review import review_metrics
 from distillery.evaluation.report import ReportData, plot_confusion, plot_reliability, render_report
 from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
 from distillery.serve.card import push_to_hub
@@ -165,6 +166,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         "worst_class_retention": models[first]["worst_class_retention"],
         "learning_curve": learning_curve(Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
+    metrics["review"] = review_metrics(out, data, {name: load_student(path, device) for name, path in named.items()}, cfg.eval_batch_size)
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
     write_json(out / "metrics.json", metrics)
@@ -174,7 +176,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(data.rows), n_failed=data.n_failed,
         labels=data.labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(texts[: cfg.speed_rows]),
         device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
-        defer=defer,
+        defer=defer, review=metrics["review"],
     )
     write_text(out / "report.md", render_report(report))
     for name, path in named.items():  # each student's card and distillery_student.json get its own row

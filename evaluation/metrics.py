@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-__all__ = ["agreement_metrics", "bootstrap_intervals", "class_retention", "classification_metrics", "expected_calibration_error"]
+__all__ = ["agreement_metrics", "bootstrap_intervals", "class_retention", "classification_metrics", "expected_calibration_error", "stratified_accuracy"]
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> float:
@@ -115,3 +115,34 @@ def bootstrap_intervals(teacher_pred: np.ndarray, student_pred: np.ndarray, gold
             draws["retention"].append(s_acc / t_acc if t_acc else np.nan)
     tail = 100 * (1 - level) / 2
     return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))] for k, v in draws.items()}
+
+
+def stratified_accuracy(correct: np.ndarray, sample_strata: np.ndarray, population_strata: np.ndarray, z: float = 1.96) -> dict:
+    """Accuracy over a population estimated from a sample, post-stratified, with a 95% interval.
+
+    Args:
+        correct: ``(n,)`` whether each sampled row was right.
+        sample_strata: ``(n,)`` each sampled row's stratum (the teacher's label).
+        population_strata: ``(N,)`` the stratum of every row of the population (the evaluation rows).
+
+    The estimate weights each stratum's sample accuracy by the stratum's share of the population
+    (strata nobody reviewed share the others' weight); its variance is the stratified one with the
+    finite-population correction, each stratum's accuracy taken as ``(right + 1) / (rows + 2)``
+    (Agresti-Coull) so a stratum reviewed all right still has a width. Returns ``{"estimate",
+    "low", "high", "rows"}`` (Nones without a sampled row).
+    """
+    correct, sample_strata = np.asarray(correct, dtype=float), np.asarray(sample_strata)
+    if len(correct) == 0:
+        return {"estimate": None, "low": None, "high": None, "rows": 0}
+    names, sizes = np.unique(population_strata, return_counts=True)
+    seen = [(s, N) for s, N in zip(names, sizes) if (sample_strata == s).any()]
+    total = sum(N for _, N in seen)
+    estimate, variance = 0.0, 0.0
+    for s, N in seen:
+        x = correct[sample_strata == s]
+        n, w = len(x), N / total
+        p_adj = (x.sum() + 1) / (n + 2)
+        estimate += w * x.mean()
+        variance += w**2 * p_adj * (1 - p_adj) / n * max(0.0, 1 - n / N)
+    half = z * np.sqrt(variance)
+    return {"estimate": float(estimate), "low": float(max(0.0, estimate - half)), "high": float(min(1.0, estimate + half)), "rows": int(len(correct))}

@@ -35,6 +35,7 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)
     learning_curve: list[dict] = field(default_factory=list)  # {train_rows, steps, accuracy, agreement}
     defer: dict | None = None  # the first student's {target, picked, curve} (serve/defer.py)
+    review: dict | None = None  # the human labels of 'distillery review' (evaluation/review.py)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -131,11 +132,33 @@ def render_report(data: ReportData) -> str:
     else:
         baseline = f"Majority-class baseline (always `{data.majority_label}`): accuracy **{_fmt(data.majority_accuracy)}**."
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
+    review = review_section(data.review)
     return TEMPLATE.read_text().format(
         task=data.task, teacher=shareable_name(data.teacher), teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
-        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, warnings=warnings, curve=curve, defer=defer, quality=quality, per_class=per_class,
+        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, review=review, warnings=warnings, curve=curve, defer=defer, quality=quality, per_class=per_class,
         speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=shareable_config(data.config).rstrip(),
     )
+
+
+def review_section(review: dict | None) -> str:
+    """The report's "Human review" section: estimates from the random part, errors found by the doubtful part."""
+    if not review:
+        return "No human labels yet: `distillery review --out OUT` writes a queue of 200 rows to label (docs/usage.md, \"Get gold labels\")."
+    lines = [f"{review['reviewed_rows']} rows reviewed by a person; the review found **{review['teacher_errors_found']}** teacher errors."]
+    random, doubtful = review["random"], review["doubtful"]
+    if random:
+        lines += ["", f"**Random part** ({review['random_rows']} evaluation rows drawn at random, stratified by the teacher's label): "
+                  "accuracy against the person, post-stratified, with 95% intervals.", "",
+                  markdown_table(["model", "accuracy (95% interval)", "rows"],
+                                 [[name, f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}]", m["rows"]]
+                                  for name, m in random.items() if isinstance(m, dict)])]
+    if doubtful:
+        lines += ["", f"**Doubtful part** ({review['doubtful_rows']} training rows picked as likely teacher errors): "
+                  f"{doubtful['teacher_errors_found']} were errors ({doubtful['errors_per_row']:.1%} of the rows"
+                  + (f"; random rows: {random['errors_per_row']:.1%}" if random else "") + "). Accuracy against the person there "
+                  "(the student trained on these rows with the person's labels: in-sample):", "",
+                  markdown_table(["model", "accuracy", "rows"], [[name, m["accuracy"], m["rows"]] for name, m in doubtful.items() if isinstance(m, dict)])]
+    return "\n".join(lines)
 
 
 def plot_reliability(models: dict, path: Path) -> None:

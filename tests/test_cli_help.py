@@ -29,6 +29,7 @@ CODE = {
 }
 CODE["run"] = CODE["annotate"] + CODE["distill"] + CODE["evaluate"] + ["distillery/pipeline.py"]
 CODE["active"] = CODE["run"] + ["active"]
+CODE["review"] = ["review", "evaluation/review.py", *CORE]
 
 
 def _help(command: str, flag: str = "--help") -> str:
@@ -60,7 +61,8 @@ def test_help_fits_and_every_flag_shown_is_read_by_that_subcommand(command):
     assert "(default: )" not in text and "usage: distillery " + command + " [options]" in text
     full = _help(command, "--help-all")
     flags = [line.split()[0].rstrip(",") for line in full.splitlines() if line.startswith("  --")]
-    shown = {flag[2:].replace("-", "_").removeprefix("no_") for flag in flags}
+    renamed = {f.metadata["flag"]: name for name, f in distillery_cli.stage_fields(command).items() if f.metadata.get("flag")}  # --import
+    shown = {renamed.get(flag) or flag[2:].replace("-", "_").removeprefix("no_") for flag in flags}
     settings = shown - {"help", "help_all", "config"}
     assert settings <= set(distillery_cli.stage_fields(command)), settings - set(distillery_cli.stage_fields(command))
     unread = sorted(settings - _names_read(CODE[command]))
@@ -122,5 +124,6 @@ def test_a_config_key_that_was_renamed_says_so(tmp_path, capsys):
 def test_the_usage_reference_in_the_docs_is_the_one_the_code_generates():
     text = (ROOT / "docs" / "usage.md").read_text()
     assert text.endswith(distillery_cli.reference_markdown()), "docs/usage.md is stale: run python docs/make_reference.py"
+    flags = {name: f.metadata.get("flag") for command in distillery_cli.STAGES for name, f in distillery_cli.stage_fields(command).items()}
     for name in distillery_cli.GROUP_OF:
-        assert f"`--{name.replace('_', '-')}` (`{name}`)" in text
+        assert f"`{flags.get(name) or '--' + name.replace('_', '-')}` (`{name}`)" in text

@@ -65,3 +65,44 @@ def test_run_without_gold_labels_reports_agreement_only(tiny_llama, tiny_roberta
     assert metrics["teacher"]["accuracy"] is None and metrics["retention"] is None
     assert 0 <= metrics["agreement"] <= 1
     assert "No gold labels" in (out / "report.md").read_text()
+
+
+def test_review_import_and_rerun_recalibrates_retrains_and_reports_the_review(tiny_llama, tiny_roberta, tmp_path, capsys):
+    """A user without gold: run, review 100 rows, import the person's answers, run again. The rerun
+    asks the teacher nothing, calibrates on the reviewed rows, trains on the person's labels where
+    they exist, and the report estimates accuracy from the random part with intervals."""
+    import pandas as pd
+    from conftest import make_rows
+
+    rows = make_rows(200).rename(columns={"review": "text"}).assign(id=[f"t{i}" for i in range(200)])
+    person = dict(zip(rows["id"], rows["sentiment"]))
+    path = tmp_path / "unlabelled.csv"
+    rows.drop(columns="sentiment").to_csv(path, index=False)
+    out = tmp_path / "run"
+    args = ["run", "--data", str(path), "--id-column", "id", "--labels", "negative,positive", "--teacher", str(tiny_llama),
+            "--student-model", str(tiny_roberta), "--device", "cpu", "--speed-rows", "0", "--epochs", "1", "--min-steps", "5", "--out", str(out)]
+    assert distillery_cli.main(args) == 0
+    assert distillery_cli.main(["review", "--out", str(out), "--review-rows", "100", "--random-share", "0.4", "--device", "cpu"]) == 0
+    sheet = pd.read_csv(out / "review" / "round-01" / "queue.csv", dtype=str, keep_default_na=False)
+    sheet["label"], sheet["annotator"] = sheet["id"].map(person), "me"
+    sheet.to_csv(tmp_path / "answers.csv", index=False)
+    assert distillery_cli.main(["review", "--out", str(out), "--import", str(tmp_path / "answers.csv")]) == 0
+    chunks_before = {p.name: pd.read_csv(p)[["raw_logprob_negative", "raw_logprob_positive"]] for p in (out / "annotations").glob("part-*.csv")}
+    capsys.readouterr()
+    assert distillery_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "0 to annotate" in printed and "calibration reviewed (auto: 100 reviewed rows)" in printed
+    assert "60 rows take their hard label from the review" in printed
+    assert "teacher acc (review)" in printed and "on 40 rows" in printed
+    manifest = json.loads((out / "annotations" / "manifest.json").read_text())
+    assert manifest["calibration"]["mode"] == "reviewed" and manifest["calibration"]["fitted_on"] == 100
+    for name, raw in chunks_before.items():  # recalibrated from the stored raw log-probs, which stay as they were
+        assert pd.read_csv(out / "annotations" / name)[raw.columns].equals(raw)
+    metrics = json.loads((out / "metrics.json").read_text())
+    review = metrics["review"]
+    assert review["random_rows"] == 40 and review["doubtful_rows"] == 60
+    teacher = review["random"]["teacher"]
+    assert teacher["low"] <= teacher["estimate"] <= teacher["high"] and teacher["rows"] == 40
+    assert review["teacher_errors_found"] == sum(sheet["label"] != sheet["teacher_label"])
+    assert "## Human review" in (out / "report.md").read_text() and "found **" in (out / "report.md").read_text()
+    assert json.loads((out / "student" / "train_summary.json").read_text())["reviewed_hard_labels"] == 60

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where each subpackage's files live (pyproject's package-dir).
 FOLDERS = {"distillery": "distillery", "distillery.core": "distillery/core", "distillery.annotate": "annotate",
            "distillery.distill": "distill", "distillery.evaluation": "evaluation", "distillery.serve": "serve",
-           "distillery.active": "active"}
+           "distillery.active": "active", "distillery.review": "review"}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,23 @@
+"""review: a queue of the run's rows for a person to label (Label Studio, Argilla, a spreadsheet),
+and the import of their answers as the run's gold labels (``OUT/review/gold.csv``)."""
+
+from distillery.review.config import ReviewConfig
+from distillery.review.importer import import_labels, read_answers
+from distillery.review.queue import build_queue, label_config
+
+__all__ = ["ReviewConfig", "build_queue", "import_labels", "label_config", "read_answers", "review"]
+
+
+def review(cfg: ReviewConfig):
+    """Build the next review queue, or with ``cfg.import_file`` import the answers; returns the folder or file written."""
+    from pathlib import Path
+
+    from distillery.core.rundir import locked
+
+    with locked(Path(cfg.out), "review"):
+        return import_labels(cfg) if cfg.import_file else build_queue(cfg)
+
+
+from distillery.core.callable_module import callable_module  # noqa: E402
+
+callable_module(__name__, review)  # distillery.review(...) builds or imports a queue

@@ -1,0 +1,39 @@
+"""Typed config of the review stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distillery.core.errors import UserError
+from distillery.core.options import check_finite, check_student_folder, option
+
+
+@dataclass
+class ReviewConfig:
+    """A review queue of the run's rows for a person to label, or the import of their answers.
+
+    Default: 200 rows, half drawn at random from the evaluation rows (stratified by the teacher's
+    label: unbiased estimates of teacher and student accuracy), half the training rows most
+    likely to be the teacher's errors (smallest margin between its top two labels, disagreement
+    with the student, label issues cleanlab finds on out-of-fold probabilities).
+    """
+
+    out: str = option("data/runs/demo", "run directory: reads OUT/annotations and OUT/student, writes OUT/review/")
+    annotations: str = option("", "annotations dir (default OUT/annotations)")
+    student: str = option("", "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
+                              "without one, the teacher's margin alone)")
+    review_rows: int = option(200, "rows in a new review queue (a second call adds this many rows, never the same ones)")
+    random_share: float = option(0.5, "share of the queue drawn at random from the evaluation (test) rows, stratified by the teacher's "
+                                      "label; the rest are doubtful training rows")
+    import_file: str = option("", "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
+                                  "(JSON, nested or flat) or the queue CSV with its label column filled", flag="--import")
+    seed: int = option(0, "seed for sampling, the train/test split and training")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        if self.review_rows < 1:
+            raise UserError(f"review_rows: expected >= 1, found {self.review_rows}")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise UserError(f"random_share: expected 0 <= x <= 1, found {self.random_share}")
+        check_student_folder(self.student, "--student")

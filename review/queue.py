@@ -1,0 +1,184 @@
+"""Build a review queue: which rows a person should label, written in the formats people import.
+
+Two parts (``--random-share`` splits ``--review-rows``):
+
+- **random**: evaluation (test) rows drawn at random, stratified by the teacher's label with
+  proportional allocation, so the part is a self-weighting sample: evaluate estimates teacher and
+  student accuracy from it, with intervals (:func:`distillery.evaluation.metrics.stratified_accuracy`).
+- **doubtful**: training rows most likely to be the teacher's errors. Each row's doubt is
+  ``1 - margin`` (the gap between the teacher's top two calibrated probabilities) plus 1 when
+  the student disagrees with the teacher, plus 1 when cleanlab's ``find_label_issues`` flags the
+  teacher's label on out-of-fold probabilities (a logistic regression on the student's
+  embeddings, 5-fold). These rows find errors; they also become the student's hard labels.
+
+Picking rows by the teacher's and student's own outputs, never by the answer, leaves a
+calibration fitted on them consistent (``--calibrate reviewed``). Every row picked is recorded
+in ``OUT/review/queue.csv``: a second call draws new rows only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pandas as pd
+
+from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, review_dir
+from distillery.core.rundir import claim_folder, write_csv, write_json, write_text
+from distillery.review.config import ReviewConfig
+
+__all__ = ["build_queue", "label_config", "stratified_sample", "doubt_scores"]
+
+CV_FOLDS = 5
+
+
+def teacher_probabilities(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """The teacher's calibrated probabilities; a row with a hard label only is one-hot."""
+    probs = np.exp(frame[label_columns(labels)].to_numpy(float))
+    hard_only = np.isnan(probs).any(axis=1)
+    probs[hard_only] = np.eye(len(labels))[frame.loc[hard_only, "teacher_label"].map(labels.index).to_numpy(int)]
+    return probs
+
+
+def stratified_sample(strata: pd.Series, n: int, rng: np.random.Generator) -> list:
+    """``n`` index values of ``strata`` drawn at random, each stratum in proportion to its size
+    (largest remainders); returns them in draw order."""
+    sizes = strata.value_counts()
+    n = min(n, len(strata))
+    quota = sizes / sizes.sum() * n
+    take = np.floor(quota).astype(int)
+    for name in (quota - take).sort_values(ascending=False).index[: n - take.sum()]:
+        take[name] += 1
+    picked = []
+    for name, k in take.items():
+        members = strata.index[strata == name].to_numpy()
+        picked += list(rng.choice(members, size=int(k), replace=False))
+    return picked
+
+
+def doubt_scores(probs: np.ndarray, student_pred: np.ndarray | None, issues: np.ndarray | None) -> np.ndarray:
+    """How likely each row's teacher label is wrong, for ranking: ``1 - margin`` + disagreement + label issue."""
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    score = 1.0 - (top2[:, 1] - top2[:, 0])
+    if student_pred is not None:
+        score += student_pred != probs.argmax(1)
+    if issues is not None:
+        score += issues
+    return score
+
+
+def label_issues(embeddings: np.ndarray, teacher_ids: np.ndarray, seed: int) -> np.ndarray | None:
+    """cleanlab's label issues of the teacher's labels, from out-of-fold probabilities of a logistic
+    regression on the student's embeddings; None when a label has too few rows for the folds."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    counts = np.bincount(teacher_ids)
+    folds = min(CV_FOLDS, counts[counts > 0].min())
+    if folds < 2 or (counts > 0).sum() < 2:
+        return None
+    model = LogisticRegression(max_iter=1000)
+    oof = cross_val_predict(model, embeddings, teacher_ids, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
+    present = np.flatnonzero(counts > 0)
+    full = np.zeros((len(teacher_ids), len(counts)))
+    full[:, present] = oof
+    remap = {old: new for new, old in enumerate(present)}  # cleanlab wants labels 0..K-1 that all occur
+    return find_label_issues(np.array([remap[t] for t in teacher_ids]), full[:, present])
+
+
+def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], probs: np.ndarray) -> tuple:
+    """``(student's predictions, cleanlab label issues, what was used)`` on ``rows``; Nones without a student."""
+    from distillery.core.models import pick_device
+    from distillery.serve import load_student
+
+    path = Path(cfg.student or Path(cfg.out) / "student")
+    if not (path / "train_summary.json").is_file() and not (path / "distillery_student.json").is_file():
+        return None, None, "the teacher's margin (no student yet: distill first to add its disagreements and cleanlab's label issues)"
+    student = load_student(path, pick_device(cfg.device))
+    if student.labels != labels:
+        return None, None, f"the teacher's margin ({path} is a student for other labels)"
+    print(f"review: reading {len(rows)} training rows with the student ({path.name})")
+    if student.session is not None:  # ONNX: predictions only
+        return student.probabilities(rows["text"].tolist()).argmax(1), None, "the teacher's margin and the student's disagreements"
+    student_probs, embeddings = student.embeddings(rows["text"].tolist())
+    issues = label_issues(embeddings, probs.argmax(1), cfg.seed)
+    used = "the teacher's margin, the student's disagreements" + (" and cleanlab's label issues" if issues is not None else "")
+    return student_probs.argmax(1), issues, used
+
+
+def label_config(labels: list[str]) -> str:
+    """The Label Studio labeling interface for the queue: the text and one choice per label."""
+    choices = "\n".join(f"    <Choice value={quoteattr(lab)}/>" for lab in labels)
+    return (f'<View>\n  <Text name="text" value="$text"/>\n  <Choices name="label" toName="text" choice="single" showInline="true">\n'
+            f"{choices}\n  </Choices>\n</View>\n")
+
+
+def _label_studio(picked: pd.DataFrame) -> list[dict]:
+    """Label Studio tasks, the teacher's label as a prediction with its probability as the score."""
+    return [{"data": {"text": r.text, "distillery_id": r.id, "part": r.part, "reasons": r.reasons},
+             "predictions": [{"model_version": "distillery-teacher", "score": float(r.teacher_score),
+                              "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                          "value": {"choices": [r.teacher_label]}}]}]}
+            for r in picked.itertuples()]
+
+
+def _argilla(picked: pd.DataFrame, round_no: int) -> list[dict]:
+    """Argilla records (as ``dataset.records.to_json`` writes them): the teacher's label as a suggestion with its score."""
+    return [{"id": r.id, "fields": {"text": r.text}, "metadata": {"part": r.part, "round": round_no, "reasons": r.reasons},
+             "suggestions": {"label": {"value": r.teacher_label, "score": float(r.teacher_score), "agent": "distillery-teacher"}},
+             "responses": {}, "vectors": {}, "status": "pending"}
+            for r in picked.itertuples()]
+
+
+def build_queue(cfg: ReviewConfig) -> Path:
+    """Pick the next ``review_rows`` rows and write them to ``OUT/review/round-NN/``; returns that folder."""
+    frame, manifest = read_annotations(cfg.annotations or Path(cfg.out) / "annotations")
+    labels = manifest["labels"]
+    folder = claim_folder(review_dir(cfg.out), False)
+    queue = read_queue(cfg.out)
+    round_no = int(queue["round"].max()) + 1 if len(queue) else 1
+    rows = frame[(frame["error_type"] == "") & ~frame["id"].isin(set(queue["id"]))].reset_index(drop=True)
+    probs = teacher_probabilities(rows, labels)
+    rows = rows.assign(stratum=[labels[i] for i in probs.argmax(1)], teacher_score=probs.max(1),
+                       margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0])
+    has_test = (frame["split"] == "test").any()
+    rng = np.random.default_rng([cfg.seed, round_no])
+    n_random = int(round(cfg.review_rows * cfg.random_share))
+    pool = rows[rows["split"] == "test"] if has_test else rows
+    random_ids = stratified_sample(pool["stratum"], n_random, rng)
+    picked_random = rows.loc[random_ids].assign(part="random", reasons="random (stratified by the teacher's label)")
+    doubt_pool = rows[(rows["split"] != "test") if has_test else ~rows.index.isin(random_ids)]
+    n_doubt = min(cfg.review_rows - len(picked_random), len(doubt_pool))
+    student_pred, issues, used = (None, None, "") if n_doubt == 0 else student_signals(cfg, doubt_pool, labels, probs[doubt_pool.index])
+    scores = doubt_scores(probs[doubt_pool.index], student_pred, issues)
+    order = np.argsort(-scores, kind="stable")[:n_doubt]
+    picked_doubt = doubt_pool.iloc[order].assign(part="doubtful", reasons=[
+        "; ".join([f"margin {doubt_pool['margin'].iloc[i]:.3f}"]
+                  + ([f"student says {labels[student_pred[i]]}"] if student_pred is not None and student_pred[i] != probs[doubt_pool.index[i]].argmax() else [])
+                  + (["cleanlab: likely label issue"] if issues is not None and issues[i] else []))
+        for i in order])
+    picked = pd.concat([picked_random, picked_doubt], ignore_index=True)
+    if picked.empty:
+        print(f"review: every annotated row of {cfg.out} is already in a review queue; nothing to add")
+        return folder
+    picked = picked.assign(round=round_no, teacher_label=picked["stratum"])
+    here = folder / f"round-{round_no:02d}"
+    sheet = picked[["id", "text", "part", "teacher_label", "teacher_score", "reasons"]].assign(label="", annotator="")
+    write_csv(here / "queue.csv", sheet)
+    write_json(here / "labelstudio.json", _label_studio(picked))
+    write_json(here / "argilla.json", _argilla(picked, round_no))
+    write_text(folder / "label_config.xml", label_config(labels))
+    # Last: the record of what was picked (a kill before it leaves a round that is drawn again the same way).
+    write_csv(folder / "queue.csv", pd.concat([queue, picked[QUEUE_COLUMNS]], ignore_index=True)[QUEUE_COLUMNS])
+    n_rand, n_doubt = int((picked["part"] == "random").sum()), int((picked["part"] == "doubtful").sum())
+    print(f"review: round {round_no}: {len(picked)} rows ({n_rand} random {'test ' if has_test else ''}rows, stratified by the teacher's "
+          f"label; {n_doubt} doubtful {'training ' if has_test else ''}rows, by {used or 'no signal'}) -> {here}")
+    print(f"review: Label Studio: new project, labeling interface = {folder / 'label_config.xml'}, import {here / 'labelstudio.json'}; "
+          f"Argilla: records in {here / 'argilla.json'} (docs/usage.md, 'Get gold labels'); a spreadsheet: fill the label column of "
+          f"{here / 'queue.csv'}")
+    print(f"review: then 'distillery review --import EXPORT --out {cfg.out}', and rerun to recalibrate, retrain and evaluate")
+    return here
