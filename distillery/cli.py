@@ -385,7 +385,8 @@ def headline(metrics: dict) -> str:
     for name, key in (("teacher", "teacher"), ("student", first)):  # the person's labels on the random part of the review queue
         m = review.get(key)
         if isinstance(m, dict) and m.get("estimate") is not None:
-            rows.append((f"{name} acc (review)", f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows"))
+            covered = f", {m['covered']:.0%} of test rows' strata" if m.get("covered", 1) < 1 else ""
+            rows.append((f"{name} acc (review)", f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows{covered}"))
     lines = [f"  {k:<20} {v}" for k, v in rows]
     lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)

@@ -27,7 +27,10 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
     majority, label = metrics.get("majority_accuracy"), metrics.get("majority_label")
     rows = f"{train_summary['train_rows']} training rows, {train_summary['steps']} optimizer steps" if train_summary else "its training rows"
     teacher_weak = not _above(teacher.get("ci", {}).get("accuracy"), majority)
-    if teacher_weak:
+    if teacher_weak and metrics.get("calibration", {}).get("mode") == "reviewed":
+        out.append(f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f} (always '{label}') "
+                   "even calibrated on the rows a person reviewed: its labels teach little. Try another prompt (--task) or a stronger --teacher.")
+    elif teacher_weak:
         out.append(f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f} (always '{label}'): "
                    "its labels teach little. Fit the calibration on gold rows: have a person label 200 of them ('distillery review', "
                    "then --import their answers and rerun), or pass a few hundred with --label-column; or try another prompt (--task) "

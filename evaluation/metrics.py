@@ -129,11 +129,12 @@ def stratified_accuracy(correct: np.ndarray, sample_strata: np.ndarray, populati
     (strata nobody reviewed share the others' weight); its variance is the stratified one with the
     finite-population correction, each stratum's accuracy taken as ``(right + 1) / (rows + 2)``
     (Agresti-Coull) so a stratum reviewed all right still has a width. Returns ``{"estimate",
-    "low", "high", "rows"}`` (Nones without a sampled row).
+    "low", "high", "rows", "covered"}`` (Nones without a sampled row); ``covered`` is the share of
+    the population in strata with a sampled row (below 1 the estimate leaves some strata out).
     """
     correct, sample_strata = np.asarray(correct, dtype=float), np.asarray(sample_strata)
     if len(correct) == 0:
-        return {"estimate": None, "low": None, "high": None, "rows": 0}
+        return {"estimate": None, "low": None, "high": None, "rows": 0, "covered": 0.0}
     names, sizes = np.unique(population_strata, return_counts=True)
     seen = [(s, N) for s, N in zip(names, sizes) if (sample_strata == s).any()]
     total = sum(N for _, N in seen)
@@ -145,4 +146,5 @@ def stratified_accuracy(correct: np.ndarray, sample_strata: np.ndarray, populati
         estimate += w * x.mean()
         variance += w**2 * p_adj * (1 - p_adj) / n * max(0.0, 1 - n / N)
     half = z * np.sqrt(variance)
-    return {"estimate": float(estimate), "low": float(max(0.0, estimate - half)), "high": float(min(1.0, estimate + half)), "rows": int(len(correct))}
+    return {"estimate": float(estimate), "low": float(max(0.0, estimate - half)), "high": float(min(1.0, estimate + half)),
+            "rows": int(len(correct)), "covered": float(total / len(population_strata))}

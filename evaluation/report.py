@@ -144,19 +144,23 @@ def review_section(review: dict | None) -> str:
     """The report's "Human review" section: estimates from the random part, errors found by the doubtful part."""
     if not review:
         return "No human labels yet: `distillery review --out OUT` writes a queue of 200 rows to label (docs/usage.md, \"Get gold labels\")."
-    lines = [f"{review['reviewed_rows']} rows reviewed by a person; the review found **{review['teacher_errors_found']}** teacher errors."]
+    lines = [f"{review['reviewed_rows']} rows reviewed by a person; the review found **{review['teacher_errors_found']}** teacher errors."
+             + (f" {review['other_rows']} of them were labelled outside a review queue: they count for calibration and training, "
+                "not for the estimates below." if review.get("other_rows") else "")]
     random, doubtful = review["random"], review["doubtful"]
     if random:
         lines += ["", f"**Random part** ({review['random_rows']} evaluation rows drawn at random, stratified by the teacher's label): "
                   "accuracy against the person, post-stratified, with 95% intervals.", "",
-                  markdown_table(["model", "accuracy (95% interval)", "rows"],
-                                 [[name, f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}]", m["rows"]]
+                  markdown_table(["model", "accuracy (95% interval)", "rows", "test rows covered"],
+                                 [[name, f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}]", m["rows"], f"{m['covered']:.0%}"]
                                   for name, m in random.items() if isinstance(m, dict)])]
+        if next(m for m in random.values() if isinstance(m, dict))["covered"] < 1:
+            lines += ["", "Some of the teacher's labels have no reviewed random row: the estimate speaks for the test rows it covers only."]
     if doubtful:
         lines += ["", f"**Doubtful part** ({review['doubtful_rows']} training rows picked as likely teacher errors): "
                   f"{doubtful['teacher_errors_found']} were errors ({doubtful['errors_per_row']:.1%} of the rows"
                   + (f"; random rows: {random['errors_per_row']:.1%}" if random else "") + "). Accuracy against the person there "
-                  "(the student trained on these rows with the person's labels: in-sample):", "",
+                  "(a student distilled after the import trained on these rows with the person's labels: in-sample for it):", "",
                   markdown_table(["model", "accuracy", "rows"], [[name, m["accuracy"], m["rows"]] for name, m in doubtful.items() if isinstance(m, dict)])]
     return "\n".join(lines)
 

@@ -4,10 +4,10 @@
   accuracy of the teacher and of each student, post-stratified over the evaluation rows, with
   95% intervals (:func:`~distillery.evaluation.metrics.stratified_accuracy`);
 - the **doubtful part** (training rows picked as likely teacher errors): how many were errors,
-  and how often teacher and student now agree with the person there (the student trained on
-  these rows, with the person's labels: in-sample);
+  and how often teacher and student now agree with the person there (a student distilled after
+  the import trained on these rows with the person's labels: in-sample);
 - the teacher errors the review found: reviewed rows whose label differs from the teacher's
-  label when the row was picked.
+  label when the row was picked (its current label for rows labelled outside a queue).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def review_metrics(out, data, students: dict, batch_size: int) -> dict | None:
     ``data``: evaluate's :class:`EvalRows`; ``students``: ``{name: loaded Student}``.
     """
     human = reviewed_labels(out)
-    queue = read_queue(out)
-    if not human or queue.empty:
+    if not human:
         return None
     labels = data.labels
+    queue = read_queue(out)
+    other = sorted(set(human) - set(queue["id"]) & set(data.frame["id"]))  # labelled without being queued: no part of an estimate
     queue = queue[queue["id"].isin(human.keys())]
     frame = data.frame.set_index("id")
     current = dict(zip(data.frame["id"], data.frame["teacher_label"]))
@@ -37,7 +38,8 @@ def review_metrics(out, data, students: dict, batch_size: int) -> dict | None:
     random = queue[(queue["part"] == "random") & queue["id"].isin(eval_ids)]
     doubtful = queue[queue["part"] == "doubtful"]
     strata = np.array([labels[i] for i in data.teacher_probs.argmax(1)])
-    result = {"reviewed_rows": len(queue), "random_rows": len(random), "doubtful_rows": len(doubtful), "random": {}, "doubtful": {}}
+    result = {"reviewed_rows": len(queue) + len(other), "random_rows": len(random), "doubtful_rows": len(doubtful), "other_rows": len(other),
+              "random": {}, "doubtful": {}}
     for part, rows in (("random", random), ("doubtful", doubtful)):
         if rows.empty:
             continue
@@ -55,5 +57,6 @@ def review_metrics(out, data, students: dict, batch_size: int) -> dict | None:
                 result[part][name] = stratified_accuracy(pred == gold, np.array([current[i] for i in rows["id"]]), strata)
             else:
                 result[part][name] = {"accuracy": float((pred == gold).mean()), "rows": len(rows)}
-    result["teacher_errors_found"] = sum(result[p].get("teacher_errors_found", 0) for p in ("random", "doubtful"))
+    result["teacher_errors_found"] = sum(result[p].get("teacher_errors_found", 0) for p in ("random", "doubtful")) + \
+        sum(1 for i in other if current[i] != human[i])
     return result

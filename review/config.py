@@ -32,8 +32,10 @@ class ReviewConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
+        if not self.out.strip():
+            raise UserError("--out: expected the run folder (e.g. data/runs/reviews); found an empty value")
         if self.review_rows < 1:
-            raise UserError(f"review_rows: expected >= 1, found {self.review_rows}")
+            raise UserError(f"--review-rows: expected a number of rows >= 1 (default 200), found {self.review_rows}")
         if not 0.0 <= self.random_share <= 1.0:
-            raise UserError(f"random_share: expected 0 <= x <= 1, found {self.random_share}")
+            raise UserError(f"--random-share: expected a share between 0 and 1 (default 0.5: half random, half doubtful), found {self.random_share}")
         check_student_folder(self.student, "--student")

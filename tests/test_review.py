@@ -351,3 +351,68 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_spreadsheet_separators_and_broken_files_are_one_line_errors_or_read(tmp_path):
+    run = _run(tmp_path)
+    gold = _gold(run)
+    here = review(ReviewConfig(out=str(run), review_rows=6, device="cpu"))
+    sheet = pd.read_csv(here / "queue.csv", dtype=str, keep_default_na=False)
+    sheet["label"] = sheet["id"].map(gold)
+    sheet.to_csv(tmp_path / "semicolon.csv", index=False, sep=";")  # what a European spreadsheet saves
+    review(ReviewConfig(out=str(run), import_file=str(tmp_path / "semicolon.csv")))
+    assert len(read_reviewed(run)) == 6
+    (tmp_path / "empty.csv").write_text("")
+    broken = {"empty.csv": "could not read it", "folder": "is a folder"}
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "min.json").write_text(json.dumps([{"distillery_id": sheet["id"][0], "label": "negative"}, {"label": "positive"}]))
+    broken["min.json"] = r"JSON-MIN\) export, but an item lacks or garbles .distillery_id"
+    (tmp_path / "mixed.json").write_text(json.dumps([{"data": {"distillery_id": sheet["id"][0]}}, "text"]))
+    broken["mixed.json"] = "item 2 is a str"
+    for name, message in broken.items():
+        with pytest.raises(UserError, match=message):
+            review(ReviewConfig(out=str(run), import_file=str(tmp_path / name)))
+    assert len(read_reviewed(run)) == 6
+
+
+def test_an_older_export_never_replaces_a_newer_answer_and_an_unchanged_one_keeps_its_annotator(tmp_path):
+    run = _run(tmp_path)
+    here = review(ReviewConfig(out=str(run), review_rows=2, device="cpu"))
+    row, other = pd.read_csv(here / "queue.csv", dtype=str)["id"][:2]
+    new = pd.DataFrame({"id": [row, other], "label": ["negative", "positive"], "annotator": ["ann", "bob"],
+                        "labelled_at": ["2026-11-30T09:00:00", "2026-11-30T09:00:00"]})
+    new.to_csv(tmp_path / "new.csv", index=False)
+    review(ReviewConfig(out=str(run), import_file=str(tmp_path / "new.csv")))
+    older = new.assign(label=["positive", "positive"], annotator=["", ""], labelled_at=["2026-11-29T10:00:00", ""])
+    older.to_csv(tmp_path / "old.csv", index=False)
+    review(ReviewConfig(out=str(run), import_file=str(tmp_path / "old.csv")))
+    reviewed = read_reviewed(run).set_index("id")
+    assert reviewed.at[row, "label"] == "negative" and reviewed.at[row, "annotator"] == "ann"  # the newer answer stays
+    assert reviewed.at[other, "label"] == "positive" and reviewed.at[other, "annotator"] == "bob"  # same answer: the line as it was
+
+
+def test_review_of_a_missing_run_writes_nothing_and_a_wrong_student_is_refused(tmp_path):
+    with pytest.raises(UserError, match="expected a run folder with annotations"):
+        review(ReviewConfig(out=str(tmp_path / "nowhere" / "deep")))
+    assert not (tmp_path / "nowhere").exists()
+    run = _run(tmp_path / "run")
+    with pytest.raises(UserError, match="--student: expected a student folder"):
+        review(ReviewConfig(out=str(run), student=str(tmp_path / "typo")))
+    assert not (run / "review" / "queue.csv").exists()
+
+
+def test_rows_labelled_outside_a_queue_count_and_are_never_queued_again(tmp_path):
+    from distillery.evaluation import EvaluateConfig
+    from distillery.evaluation.evaluate import eval_rows
+    from distillery.evaluation.review import review_metrics
+
+    run = _run(tmp_path)
+    frame, manifest = read_annotations(run / "annotations")
+    labelled = frame["id"][:150].tolist()
+    _import_gold(run, labelled)  # a person labelled rows before any queue
+    review(ReviewConfig(out=str(run), review_rows=40, device="cpu"))
+    assert not set(read_queue(run)["id"]) & set(labelled)
+    metrics = review_metrics(run, eval_rows(EvaluateConfig(out=str(run)), frame, manifest), {}, 32)
+    gold = _gold(run)
+    assert metrics["other_rows"] == 150 and metrics["reviewed_rows"] == 150 and metrics["random_rows"] == 0
+    assert metrics["teacher_errors_found"] == sum(frame.set_index("id").loc[labelled, "teacher_label"] != pd.Series(gold)[labelled])
