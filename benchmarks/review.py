@@ -18,6 +18,8 @@ Per scenario and seed (rows resampled from the annotated pools of benchmarks/rea
    least twice as many teacher errors per row as the random part.
 3. ``coverage``: 50 draws of a 100-row random part on each first run; how often the interval
    evaluate reports for the teacher's accuracy holds its accuracy on all test rows (target >= 90%).
+4. ``signals``: teacher errors per row among the 100 most doubtful training rows of each first run,
+   by rule (margin; margin + cleanlab, the default; + the student's disagreement).
 
 Results: benchmarks/results/NAME.json (``--name``, default review).
 """
@@ -43,7 +45,7 @@ from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.metrics import stratified_accuracy
 from distillery.review import ReviewConfig, review
-from distillery.review.queue import stratified_sample
+from distillery.review.queue import doubt_scores, label_issues, stratified_sample, teacher_probabilities
 from distillery.serve import load_student
 
 RUNS = ROOT / "data" / "runs"
@@ -164,6 +166,28 @@ def coverage(name: str, seed: int, draws: int = 50, n: int = 100) -> dict:
     return out
 
 
+def signals(name: str, seed: int, k: int = 100) -> dict:
+    """Teacher errors per row among the ``k`` most doubtful training rows of the first run, by rule:
+    the margin alone, margin + cleanlab (the default), margin + cleanlab + the student's disagreement."""
+    first_dir = base_dir(name, seed) / "first"
+    gold = dict(zip(*scenario(name, seed, None, GRID)[["id", "gold"]].to_numpy().T))
+    frame, manifest = read_annotations(first_dir / "annotations")
+    labels = manifest["labels"]
+    rows = frame[(frame["split"] == "train") & (frame["error_type"] == "")].reset_index(drop=True)
+    probs = teacher_probabilities(rows, labels)
+    wrong = probs.argmax(1) != rows["id"].map(gold).map(labels.index).to_numpy()
+    student_probs, embeddings = load_student(first_dir / "student").embeddings(rows["text"].tolist())
+    issues = label_issues(embeddings, probs.argmax(1), seed)
+    disagree = student_probs.argmax(1) != probs.argmax(1)
+
+    def errors(score):
+        return float(wrong[np.argsort(-score, kind="stable")[:k]].mean())
+
+    return {"scenario": name, "seed": seed, "teacher errors (all training rows)": float(wrong.mean()),
+            "student disagrees": float(disagree.mean()), "margin": errors(doubt_scores(probs, None)),
+            "margin + cleanlab": errors(doubt_scores(probs, issues)), "margin + cleanlab + disagreement": errors(doubt_scores(probs, issues) + disagree)}
+
+
 def summarise(results: list[dict]) -> list[dict]:
     """Per scenario: mean ± std over seeds of each arm, and the targets checked."""
     table = []
@@ -193,7 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(GRID))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--stage", default="all", choices=("first", "arms", "coverage", "all"))
+    parser.add_argument("--stage", default="all", choices=("first", "arms", "coverage", "signals", "all"))
     parser.add_argument("--name", default="review", help="results file name under benchmarks/results/")
     parser.add_argument("--merge", default="", help="comma-separated results names to merge into NAME (runs made apart, e.g. one "
                                                      "scenario per process); trains nothing")
@@ -202,12 +226,14 @@ def main() -> None:
         parts = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in args.merge.split(",")]
         results = [r for part in parts for r in part["results"]]
         covered = [c for part in parts for c in part["coverage"]]
+        by_signal = [c for part in parts for c in part.get("signals", [])]
         summary = summarise(results)
         print_table(summary, list(summary[0]))
         if covered:
             print_table(covered, list(covered[0]))
         write_result(args.name, {"command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]), "merged": [p["command"] for p in parts],
-                                 "machine": parts[0]["machine"], "summary": summary, "results": results, "coverage": covered})
+                                 "machine": parts[0]["machine"], "summary": summary, "results": results, "coverage": covered,
+                                 "signals": by_signal})
         return
     pairs = [(name.strip(), int(seed)) for name in args.scenarios.split(",") for seed in args.seeds.split(",")]
     started = time.perf_counter()
@@ -227,10 +253,14 @@ def main() -> None:
     if args.stage in ("coverage", "all"):
         covered = [coverage(name, seed) for name, seed in pairs]
         print_table(covered, list(covered[0]))
+    by_signal = []
+    if args.stage in ("signals", "all"):
+        by_signal = [signals(name, seed) for name, seed in pairs]
+        print_table(by_signal, list(by_signal[0]))
     if args.stage != "first":
         write_result(args.name, {"command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]), "machine": machine(),
                                  "wall_s": time.perf_counter() - started, "summary": summarise(results) if results else [],
-                                 "results": results, "coverage": covered})
+                                 "results": results, "coverage": covered, "signals": by_signal})
 
 
 if __name__ == "__main__":

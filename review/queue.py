@@ -35,7 +35,7 @@ from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, read_reviewed, r
 from distillery.core.rundir import ForeignFiles, guard_files, record_files, write_csv, write_json, write_text
 from distillery.review.config import ReviewConfig
 
-__all__ = ["build_queue", "label_config", "owned", "stratified_sample", "doubt_scores"]
+__all__ = ["build_queue", "doubt_scores", "label_config", "owned", "pick_doubtful", "stratified_sample", "write_round"]
 
 CV_FOLDS = 5
 
@@ -151,6 +151,39 @@ def owned(folder: Path, names: list[str]) -> None:
     record_files(folder, names)
 
 
+def pick_doubtful(cfg: ReviewConfig, pool: pd.DataFrame, probs: np.ndarray, labels: list[str], k: int) -> tuple[pd.DataFrame, str]:
+    """The ``k`` rows of ``pool`` most in doubt (``probs``: the teacher's, row for row), with their
+    reasons; and what the doubt was measured by."""
+    if k == 0:
+        return pool.iloc[:0].assign(part="doubtful", reasons=""), ""
+    student_pred, issues, used = student_signals(cfg, pool, labels, probs)
+    order = np.argsort(-doubt_scores(probs, issues), kind="stable")[:k]
+
+    def reasons(i: int) -> str:
+        out = [f"margin {pool['margin'].iloc[i]:.3f}"]
+        if student_pred is not None and student_pred[i] != probs[i].argmax():
+            out.append(f"student says {labels[student_pred[i]]}")
+        if issues is not None and issues[i]:
+            out.append("cleanlab: likely label issue")
+        return "; ".join(out)
+
+    return pool.iloc[order].assign(part="doubtful", reasons=[reasons(i) for i in order]), used
+
+
+def write_round(cfg: ReviewConfig, picked: pd.DataFrame, queue: pd.DataFrame, labels: list[str], round_no: int) -> Path:
+    """The round's files (Label Studio, Argilla, CSV), then the record of what was picked."""
+    folder = review_dir(cfg.out)
+    here = folder / f"round-{round_no:02d}"
+    sheet = picked[["id", "text", "part", "teacher_label", "teacher_score", "reasons"]].assign(label="", annotator="")
+    write_csv(here / "queue.csv", sheet)
+    write_json(here / "labelstudio.json", _label_studio(picked))
+    write_json(here / "argilla.json", _argilla(picked, round_no))
+    write_text(folder / "label_config.xml", label_config(labels))
+    # Last: a kill before it leaves a round that the next call draws again the same way.
+    write_csv(folder / "queue.csv", pd.concat([queue, picked[QUEUE_COLUMNS]], ignore_index=True)[QUEUE_COLUMNS])
+    return here
+
+
 def build_queue(cfg: ReviewConfig) -> Path:
     """Pick the next ``review_rows`` rows and write them to ``OUT/review/round-NN/``; returns that folder."""
     frame, manifest = read_annotations(cfg.annotations or Path(cfg.out) / "annotations")
@@ -162,43 +195,26 @@ def build_queue(cfg: ReviewConfig) -> Path:
     seen = set(queue["id"]) | set(read_reviewed(cfg.out)["id"])  # never the same row twice, nor one a person already labelled
     rows = frame[(frame["error_type"] == "") & ~frame["id"].isin(seen)].reset_index(drop=True)
     probs = teacher_probabilities(rows, labels)
-    rows = rows.assign(stratum=[labels[i] for i in probs.argmax(1)], teacher_score=probs.max(1),
-                       margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0])
+    rows = rows.assign(stratum=[labels[i] for i in probs.argmax(1)], teacher_label=[labels[i] for i in probs.argmax(1)],
+                       teacher_score=probs.max(1), margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0], round=round_no)
     has_test = (frame["split"] == "test").any()
-    rng = np.random.default_rng([cfg.seed, round_no])
     n_random = int(round(cfg.review_rows * cfg.random_share))
     pool = rows[rows["split"] == "test"] if has_test else rows
-    random_ids = stratified_sample(pool["stratum"], n_random, rng)
+    random_ids = stratified_sample(pool["stratum"], n_random, np.random.default_rng([cfg.seed, round_no]))
     picked_random = rows.loc[random_ids].assign(part="random", reasons="random (stratified by the teacher's label)")
-    doubt_pool = rows[(rows["split"] != "test") if has_test else ~rows.index.isin(random_ids)]
-    n_doubt = min(cfg.review_rows - len(picked_random), len(doubt_pool))
-    student_pred, issues, used = (None, None, "") if n_doubt == 0 else student_signals(cfg, doubt_pool, labels, probs[doubt_pool.index])
-    scores = doubt_scores(probs[doubt_pool.index], issues)
-    order = np.argsort(-scores, kind="stable")[:n_doubt]
-    picked_doubt = doubt_pool.iloc[order].assign(part="doubtful", reasons=[
-        "; ".join([f"margin {doubt_pool['margin'].iloc[i]:.3f}"]
-                  + ([f"student says {labels[student_pred[i]]}"] if student_pred is not None and student_pred[i] != probs[doubt_pool.index[i]].argmax() else [])
-                  + (["cleanlab: likely label issue"] if issues is not None and issues[i] else []))
-        for i in order])
+    others = rows[(rows["split"] != "test") if has_test else ~rows.index.isin(random_ids)]
+    picked_doubt, used = pick_doubtful(cfg, others, probs[others.index], labels, min(cfg.review_rows - len(picked_random), len(others)))
     picked = pd.concat([picked_random, picked_doubt], ignore_index=True)
     if picked.empty:
-        print(f"review: every annotated row of {cfg.out} is already in a review queue; nothing to add")
+        print(f"review: every annotated row of {cfg.out} is already in a review queue or reviewed; nothing to add")
         return folder
-    picked = picked.assign(round=round_no, teacher_label=picked["stratum"])
-    here = folder / f"round-{round_no:02d}"
-    sheet = picked[["id", "text", "part", "teacher_label", "teacher_score", "reasons"]].assign(label="", annotator="")
-    write_csv(here / "queue.csv", sheet)
-    write_json(here / "labelstudio.json", _label_studio(picked))
-    write_json(here / "argilla.json", _argilla(picked, round_no))
-    write_text(folder / "label_config.xml", label_config(labels))
-    # Last: the record of what was picked (a kill before it leaves a round that is drawn again the same way).
-    write_csv(folder / "queue.csv", pd.concat([queue, picked[QUEUE_COLUMNS]], ignore_index=True)[QUEUE_COLUMNS])
-    n_rand, n_doubt = int((picked["part"] == "random").sum()), int((picked["part"] == "doubtful").sum())
-    if len(picked) < cfg.review_rows or n_rand != n_random:
-        print(f"review: note: {cfg.review_rows} rows asked for ({n_random} random), {len(picked)} picked ({n_rand} random): "
-              f"only {len(pool)} unreviewed {'test' if has_test else ''} rows and {len(doubt_pool)} others were left")
-    print(f"review: round {round_no}: {len(picked)} rows ({n_rand} random {'test ' if has_test else ''}rows, stratified by the teacher's "
-          f"label; {n_doubt} doubtful {'training ' if has_test else ''}rows, by {used or 'no signal'}) -> {here}")
+    here = write_round(cfg, picked, queue, labels, round_no)
+    test = "test " if has_test else ""
+    if len(picked) < cfg.review_rows or len(picked_random) != n_random:
+        print(f"review: note: {cfg.review_rows} rows asked for ({n_random} random), {len(picked)} picked ({len(picked_random)} random): "
+              f"{len(pool)} unreviewed {test}rows and {len(others)} others were left")
+    print(f"review: round {round_no}: {len(picked)} rows ({len(picked_random)} random {test}rows, stratified by the teacher's label; "
+          f"{len(picked_doubt)} doubtful {'training ' if has_test else ''}rows, by {used or 'no signal'}) -> {here}")
     print(f"review: Label Studio: new project, labeling interface = {folder / 'label_config.xml'}, import {here / 'labelstudio.json'}; "
           f"Argilla: records in {here / 'argilla.json'} (docs/usage.md, 'Get gold labels'); a spreadsheet: fill the label column of "
           f"{here / 'queue.csv'}")
