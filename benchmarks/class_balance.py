@@ -23,7 +23,7 @@ import sys
 import time
 
 import numpy as np
-from common import ROOT, machine, print_table, write_result
+from common import ROOT, machine, print_table, read_results, write_result
 from real_sets import materialize, scenario
 
 from distillery.annotate import read_annotations
@@ -194,7 +194,7 @@ def main() -> None:
                         "by distill's current rule and score its ECE and coverage again (the weights are not retrained)")
     args = parser.parse_args()
     if args.merge:
-        parts = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in args.merge.split(",")]
+        parts = read_results(args.merge)
         results = [r for part in parts for r in part["results"]]
         if args.reapply_auto:
             results = reapply_auto(results)

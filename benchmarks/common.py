@@ -67,6 +67,11 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def read_results(names: str) -> list[dict]:
+    """The saved results files ``benchmarks/results/NAME.json`` of comma-separated ``names`` (for a --merge)."""
+    return [json.loads((RESULTS / f"{name}.json").read_text()) for name in names.split(",")]
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Print dicts as an aligned text table (floats with 4 significant decimals)."""
     def cell(v):

@@ -43,7 +43,7 @@ from common import ROOT, machine, print_table, write_result
 
 from distillery.annotate import read_annotations
 from distillery.serve import load_student
-from distillery.serve.export import _attention_outputs, _export_fp32
+from distillery.serve.export import _attention_outputs, _export_fp32, _Logits
 
 POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "data" / "runs" / "bench-real-long"}
 
@@ -93,6 +93,18 @@ def ort_runner(path: Path, threads: int, profile: bool = False):
     return run
 
 
+def export_torchscript(model, tokenizer, path: Path) -> None:
+    """The student through the TorchScript exporter (``dynamo=False``), logits out, batch and length dynamic.
+
+    The wrapper is put in eval mode: that exporter puts every module back in its wrapper's mode
+    afterwards, and a new module starts in training mode (dropout on: 39% of the time in bernoulli).
+    """
+    example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
+    torch.onnx.export(_Logits(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                      dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")}, opset_version=17, dynamo=False)
+
+
 def build_variants(student, folder: Path, threads: int) -> dict:
     """Every variant's runner (ONNX files under ``folder``)."""
     import logging
@@ -113,21 +125,7 @@ def build_variants(student, folder: Path, threads: int) -> dict:
     _export_fp32(model, student.tokenizer, fp32, 1.0)
     variants["ort fp32"] = ort_runner(fp32, threads)
     legacy = folder / "legacy.onnx"
-    example = student.tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
-
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    # .eval() on the wrapper: the TorchScript exporter puts every module back in its wrapper's mode
-    # afterwards, and a new module starts in training mode (dropout on: 39% of the time in bernoulli).
-    torch.onnx.export(Logits(model).eval(), (example["input_ids"], example["attention_mask"]), str(legacy), input_names=["input_ids", "attention_mask"],
-                      output_names=["logits"], dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")},
-                      opset_version=17, dynamo=False)
+    export_torchscript(model, student.tokenizer, legacy)
     assert not any(m.training for m in model.modules()), "the PyTorch student must run in eval mode"
     variants["ort fp32 legacy"] = ort_runner(legacy, threads)
     config = model.config
@@ -148,14 +146,11 @@ def build_variants(student, folder: Path, threads: int) -> dict:
     # Attention op, with the mask computed once (EmbedLayerNormalization); SDPA's graph is not fused.
     eager_model = type(model)(model.config.__class__.from_dict({**model.config.to_dict(), "_attn_implementation": "eager"}))
     eager_model.load_state_dict(model.state_dict())
-    eager_model.config._attn_implementation = "eager"
     for module in eager_model.modules():
         if hasattr(module, "config"):
             module.config._attn_implementation = "eager"
     eager = folder / "eager.onnx"
-    torch.onnx.export(Logits(eager_model.eval()).eval(), (example["input_ids"], example["attention_mask"]), str(eager),
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")}, opset_version=17, dynamo=False)
+    export_torchscript(eager_model.eval(), student.tokenizer, eager)
     eager_fused = optimize_model(str(eager), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
     fused_stats = {"sdpa graph": {k: v for k, v in fused_stats.items() if v},
                    "eager graph": {k: v for k, v in eager_fused.get_fused_operator_statistics().items() if v}}
@@ -180,7 +175,9 @@ def ort_profile(path: Path, prepared: list[dict], threads: int) -> dict:
     run = ort_runner(path, threads, profile=True)
     for batch in prepared:
         run(batch)
-    trace = json.loads(Path(run.session.end_profiling()).read_text())
+    trace_file = Path(run.session.end_profiling())  # written in the working folder: read, then removed
+    trace = json.loads(trace_file.read_text())
+    trace_file.unlink()
     by_op = defaultdict(float)
     for event in trace:
         if event.get("cat") == "Node" and "op_name" in event.get("args", {}):

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from common import ROOT, machine, print_table, write_result
+from common import ROOT, machine, print_table, read_results, write_result
 from real_sets import materialize, scenario
 
 from distillery.annotate import read_annotations
@@ -223,7 +223,7 @@ def main() -> None:
                                                      "scenario per process); trains nothing")
     args = parser.parse_args()
     if args.merge:
-        parts = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in args.merge.split(",")]
+        parts = read_results(args.merge)
         results = [r for part in parts for r in part["results"]]
         covered = [c for part in parts for c in part["coverage"]]
         by_signal = [c for part in parts for c in part.get("signals", [])]

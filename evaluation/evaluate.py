@@ -166,7 +166,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         "worst_class_retention": models[first]["worst_class_retention"],
         "learning_curve": learning_curve(Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device),
     }
-    metrics["review"] = review_metrics(out, data, {name: load_student(path, device) for name, path in named.items()}, cfg.eval_batch_size)
+    metrics["review"] = review_metrics(out, data, named, device, cfg.eval_batch_size)
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
     write_json(out / "metrics.json", metrics)

@@ -16,18 +16,21 @@ import numpy as np
 
 from distillery.core.reviewed import read_queue, reviewed_labels
 from distillery.evaluation.metrics import stratified_accuracy
+from distillery.serve import load_student
 
 __all__ = ["review_metrics"]
 
 
-def review_metrics(out, data, students: dict, batch_size: int) -> dict | None:
+def review_metrics(out, data, students: dict, device, batch_size: int) -> dict | None:
     """The review section of metrics.json; None when the run has no imported human labels.
 
-    ``data``: evaluate's :class:`EvalRows`; ``students``: ``{name: loaded Student}``.
+    ``data``: evaluate's :class:`EvalRows`; ``students``: ``{name: student folder}`` (loaded
+    only when there are human labels, to predict the reviewed rows).
     """
     human = reviewed_labels(out)
     if not human:
         return None
+    students = {name: load_student(path, device) for name, path in students.items()}
     labels = data.labels
     queue = read_queue(out)
     other = sorted(set(human) - set(queue["id"]) & set(data.frame["id"]))  # labelled without being queued: no part of an estimate

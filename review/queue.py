@@ -195,12 +195,12 @@ def build_queue(cfg: ReviewConfig) -> Path:
     seen = set(queue["id"]) | set(read_reviewed(cfg.out)["id"])  # never the same row twice, nor one a person already labelled
     rows = frame[(frame["error_type"] == "") & ~frame["id"].isin(seen)].reset_index(drop=True)
     probs = teacher_probabilities(rows, labels)
-    rows = rows.assign(stratum=[labels[i] for i in probs.argmax(1)], teacher_label=[labels[i] for i in probs.argmax(1)],
+    rows = rows.assign(teacher_label=[labels[i] for i in probs.argmax(1)],  # the stratum of the random part
                        teacher_score=probs.max(1), margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0], round=round_no)
     has_test = (frame["split"] == "test").any()
     n_random = int(round(cfg.review_rows * cfg.random_share))
     pool = rows[rows["split"] == "test"] if has_test else rows
-    random_ids = stratified_sample(pool["stratum"], n_random, np.random.default_rng([cfg.seed, round_no]))
+    random_ids = stratified_sample(pool["teacher_label"], n_random, np.random.default_rng([cfg.seed, round_no]))
     picked_random = rows.loc[random_ids].assign(part="random", reasons="random (stratified by the teacher's label)")
     others = rows[(rows["split"] != "test") if has_test else ~rows.index.isin(random_ids)]
     picked_doubt, used = pick_doubtful(cfg, others, probs[others.index], labels, min(cfg.review_rows - len(picked_random), len(others)))

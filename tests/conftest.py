@@ -14,6 +14,7 @@ Tests that take a ``device`` run on the CPU always and on CUDA too when a GPU is
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory) -> Path:
     return build_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server the test started: SIGTERM, then SIGKILL after 30 s; never waits unbounded."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def make_rows(n: int) -> pd.DataFrame:

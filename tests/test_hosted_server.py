@@ -17,6 +17,7 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
+from conftest import stop_server
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, read_annotations
 from distillery.annotate.chunks import label_columns
@@ -83,12 +84,7 @@ def llama_server(tmp_path_factory):
             pytest.fail(f"llama.cpp server did not complete one token ({err}); it {state}: {_log_tail(log)}")
         yield proc, url, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
         log.close()
 
 

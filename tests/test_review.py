@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import stop_server
 
 from distillery.annotate.calibration import resolve_mode
 from distillery.annotate.chunks import ChunkStore, read_annotations
@@ -345,11 +346,7 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
             assert all(gold[i] == lab for i, lab in zip(reviewed["id"], reviewed["label"]))
             assert (reviewed["labelled_at"] != "").all() and (reviewed["annotator"] != "").all()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         log.close()
 
 
@@ -412,7 +409,7 @@ def test_rows_labelled_outside_a_queue_count_and_are_never_queued_again(tmp_path
     _import_gold(run, labelled)  # a person labelled rows before any queue
     review(ReviewConfig(out=str(run), review_rows=40, device="cpu"))
     assert not set(read_queue(run)["id"]) & set(labelled)
-    metrics = review_metrics(run, eval_rows(EvaluateConfig(out=str(run)), frame, manifest), {}, 32)
+    metrics = review_metrics(run, eval_rows(EvaluateConfig(out=str(run)), frame, manifest), {}, "cpu", 32)
     gold = _gold(run)
     assert metrics["other_rows"] == 150 and metrics["reviewed_rows"] == 150 and metrics["random_rows"] == 0
     assert metrics["teacher_errors_found"] == sum(frame.set_index("id").loc[labelled, "teacher_label"] != pd.Series(gold)[labelled])
