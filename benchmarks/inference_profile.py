@@ -43,7 +43,7 @@ from common import ROOT, machine, print_table, write_result
 
 from distillery.annotate import read_annotations
 from distillery.serve import load_student
-from distillery.serve.export import _attention_outputs, _export_fp32, _Logits
+from distillery.serve.variants import export_plain, export_torchscript
 
 POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "data" / "runs" / "bench-real-long"}
 
@@ -93,16 +93,21 @@ def ort_runner(path: Path, threads: int, profile: bool = False):
     return run
 
 
-def export_torchscript(model, tokenizer, path: Path) -> None:
-    """The student through the TorchScript exporter (``dynamo=False``), logits out, batch and length dynamic.
+def _attention_outputs(path: Path) -> list[str]:
+    """Names of the weight MatMuls right after each attention (its output projection): what the
+    export of issue #11 kept in float32."""
+    import onnx
 
-    The wrapper is put in eval mode: that exporter puts every module back in its wrapper's mode
-    afterwards, and a new module starts in training mode (dropout on: 39% of the time in bernoulli).
-    """
-    example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
-    torch.onnx.export(_Logits(model).eval(), (example["input_ids"], example["attention_mask"]), str(path),
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")}, opset_version=17, dynamo=False)
+    graph = onnx.load(str(path)).graph
+    weights = {init.name for init in graph.initializer}
+    names, after_attention = [], False
+    for node in graph.node:
+        if "scaled_dot_product_attention" in node.name:
+            after_attention = True
+        elif after_attention and node.op_type == "MatMul" and any(i in weights for i in node.input):
+            names.append(node.name)
+            after_attention = False
+    return names
 
 
 def build_variants(student, folder: Path, threads: int) -> dict:
@@ -122,7 +127,7 @@ def build_variants(student, folder: Path, threads: int) -> dict:
     quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     variants["torch int8 (dynamic)"] = torch_runner(quantized)
     fp32 = folder / "fp32.onnx"
-    _export_fp32(model, student.tokenizer, fp32, 1.0)
+    export_plain(model, student.tokenizer, fp32, 1.0)
     variants["ort fp32"] = ort_runner(fp32, threads)
     legacy = folder / "legacy.onnx"
     export_torchscript(model, student.tokenizer, legacy)

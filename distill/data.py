@@ -45,7 +45,8 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         hard = frame["teacher_label"]
     n_reviewed = 0
     if cfg.hard_labels == "auto" and cfg.teacher_mode == "offline":  # a person's answer beats the teacher's where there is one
-        human = frame["id"].map(reviewed_labels(cfg.out, frame["id"])).fillna("")
+        reviewed = reviewed_labels(cfg.out, frame["id"])
+        human = pd.Series([reviewed.get(str(i), "") for i in frame["id"]], index=frame.index)
         hard = human.where(human.isin(labels), hard)
         n_reviewed = int(human.isin(labels).sum())
     frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))

@@ -6,7 +6,7 @@
     distillery distill --out data/runs/reviews --alpha 0.8
     distillery evaluate --out data/runs/reviews
     distillery predict --out data/runs/reviews --data new.csv --predictions preds.csv --defer
-    distillery export --out data/runs/reviews                       # ONNX, int8 weights
+    distillery export --out data/runs/reviews                       # ONNX, the fastest variant that keeps the labels
     distillery active --data pool.csv --budget 2000 --out data/runs/active
     distillery review --out data/runs/reviews                       # 200 rows for a person to label
     distillery review --out data/runs/reviews --import export.json  # their answers: the run's gold labels
@@ -56,7 +56,7 @@ STAGES = {
     "evaluate": ("compare students, teacher and gold; write OUT/report.md and OUT/metrics.json", (EvaluateConfig,)),
     "run": ("annotate, distill and evaluate in one go (no arguments: the embedded demo)", (AnnotateConfig, DistillConfig, EvaluateConfig)),
     "predict": ("label new rows with a saved student (encoder, LoRA, merged or ONNX); write a predictions CSV", (PredictConfig,)),
-    "export": ("export a saved student to ONNX (int8 weights by default) for onnxruntime", (ExportConfig,)),
+    "export": ("export a saved student to ONNX for onnxruntime: the fastest variant (int8, ...) that keeps its labels", (ExportConfig,)),
     "active": ("ask the teacher only about the rows the student is unsure of, round by round, within --budget",
                (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig)),
     "review": ("write a queue of rows for a person to label (Label Studio, Argilla, CSV); --import their answers as gold labels",
@@ -81,7 +81,7 @@ GROUPS = {
     "active": ("active loop", "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start"),
     "review": ("review queue", "review_rows random_share import_file"),
     "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
-    "output": ("output", "predictions predict_batch_size onnx_dir quantize chunk_size only_deferred overwrite"),
+    "output": ("output", "predictions predict_batch_size onnx_dir variant min_parity check_rows chunk_size only_deferred overwrite"),
     "device": ("device", "device"),
 }
 # One line of --help per setting (the dataclass field's help is the whole text: --help-all, docs/usage.md).
@@ -173,7 +173,9 @@ SHORT_HELP = {
     "defer": "mark rows under evaluate's threshold",
     "defer_threshold": "confidence under which rows defer",
     "onnx_dir": "ONNX folder (STUDENT-onnx)",
-    "quantize": "int8 weights, or none",
+    "variant": "auto, int8, int8-ffn-fp32, fp32",
+    "min_parity": "share of rows that must keep the label",
+    "check_rows": "rows the variants are checked on",
     "budget": "teacher calls in all",
     "budget_cost": "stop once this much is spent (0 = none)",
     "strategy": "which pool rows go to the teacher",

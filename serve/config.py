@@ -49,17 +49,28 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    """Export a saved student to ONNX, optionally with int8 weights (onnxruntime dynamic quantization)."""
+    """Export a saved student to ONNX for onnxruntime: the fastest variant (int8, int8-ffn-fp32, fp32)
+    that keeps the student's labels on its run's held-out rows."""
 
     out: str = option("data/runs/demo", "run folder; the student is read from OUT/student unless --student names one")
     student: str = option("", "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)")
     onnx_dir: str = option("", "where the ONNX student goes (default: STUDENT-onnx beside the student)")
-    quantize: str = option("int8", "int8 (weights of the linear layers in int8, onnxruntime dynamic quantization) or none (float32)",
-                           choices=("int8", "none"))
-    overwrite: bool = option(False, "write into an --output-dir that holds files distillery did not write")
+    variant: str = option("auto", "auto: the fastest variant whose labels match the PyTorch student on at least --min-parity of the "
+                                  "check rows; or force one: int8 (every linear layer and the attention in int8), int8-ffn-fp32 "
+                                  "(the feed-forward output projections in float32), fp32", choices=("auto", "int8", "int8-ffn-fp32", "fp32"))
+    min_parity: float = option(0.99, "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)")
+    annotations: str = option("", "annotations whose rows the variants are checked on (default: those the student was trained from; "
+                                  "their test rows, else all)")
+    check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)")
+    predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)")
+    overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write")
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.quantize not in ("int8", "none"):
-            raise UserError(f"quantize: expected int8 or none, found '{self.quantize}'")
+        if self.variant not in ("auto", "int8", "int8-ffn-fp32", "fp32"):
+            raise UserError(f"variant: expected auto, int8, int8-ffn-fp32 or fp32, found '{self.variant}'")
+        if not 0.0 < self.min_parity <= 1.0:
+            raise UserError(f"min_parity: expected a share in (0, 1], found {self.min_parity}")
+        if self.check_rows < 1 or self.predict_batch_size < 1:
+            raise UserError(f"check_rows, predict_batch_size: expected >= 1, found {self.check_rows}, {self.predict_batch_size}")
         check_student_folder(self.student, "--student")

@@ -1,40 +1,42 @@
-"""The export command: a saved student -> ONNX (float32 or int8 weights) that onnxruntime serves.
+"""The export command: a saved student -> ONNX that onnxruntime serves, in the fastest variant that keeps its labels.
 
 Run it with::
 
-    distillery export --student data/runs/demo/student                  # -> data/runs/demo/student-onnx (int8)
-    distillery export --student data/runs/demo/student_lora/merged --quantize none
+    distillery export --out data/runs/demo                    # -> data/runs/demo/student-onnx (variant picked)
+    distillery export --student data/runs/demo/student --variant int8
+    distillery export --student data/runs/demo/student_lora/merged --variant fp32
 
 The directory holds ``model.onnx`` (inputs ``input_ids``, ``attention_mask``; output ``logits``),
-the tokenizer files, ``distillery_student.json`` (labels, weights) and the model card. It loads
-in ``distillery predict`` and in a plain onnxruntime session (README, "Serving without Distillery").
+the tokenizer files, ``distillery_student.json`` (labels, weights, the variants measured and
+the one picked) and the model card. It loads in ``distillery predict`` and in a plain
+onnxruntime session (README, "Serving without Distillery"). The variants and the rule are in
+:mod:`distillery.serve.variants`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
+import yaml
 
+from distillery.core.errors import UserError
+from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
+from distillery.core.rundir import claim_folder, locked
 from distillery.core.studentmeta import StudentMeta
 from distillery.distill.students import student_kind
 from distillery.serve.config import ExportConfig
+from distillery.serve.defer import pick_threshold
 from distillery.serve.student import ONNX_FILE, load_student
-from distillery.core.errors import UserError
-from distillery.core.options import student_folder
-from distillery.core.rundir import claim_folder, locked
+from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_student, pick, quantize
 
-__all__ = ["export"]
+__all__ = ["export", "check_rows"]
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -45,83 +47,123 @@ def export(cfg: ExportConfig) -> Path:
         raise UserError(f"{folder}: a LoRA adapter exports as a merged model; train with --merge and pass --student {folder}/merged")
     try:
         import onnxruntime  # noqa: F401
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import quantize_dynamic  # noqa: F401
     except ImportError:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
+    rows = check_rows(cfg, folder, student.labels)
     out = Path(cfg.onnx_dir or f"{folder.resolve()}-onnx")
     with locked(out, "export"):
         claim_folder(out, cfg.overwrite, flag="--onnx-dir")
-        return _export(cfg, student, out, quantize_dynamic, QuantType)
+        return _export(cfg, student, out, rows)
 
 
-def _export(cfg: ExportConfig, student, out: Path, quantize_dynamic, QuantType) -> Path:
-    folder = student.path
+def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | None:
+    """The rows the variants are checked on: the run's test rows (else all its rows), at most
+    ``cfg.check_rows``, with the teacher's labels (for the answer-or-defer threshold). None when
+    the student's run has no annotations here."""
+    from distillery.annotate.chunks import label_columns, read_annotations
+
+    annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
+    if annotations is None or not (annotations / "manifest.json").is_file():
+        if cfg.annotations:
+            raise UserError(f"annotations: expected the run's annotations folder (with manifest.json); found none in '{cfg.annotations}'")
+        return None
+    frame, manifest = read_annotations(annotations)
+    if manifest["labels"] != labels:
+        raise UserError(f"{annotations}: expected annotations for the student's labels {labels}; found {manifest['labels']}; "
+                        "pass the run's own --annotations")
+    frame = frame[frame["error_type"] == ""]
+    held_out = frame[frame["split"] == "test"]
+    rows = (held_out if len(held_out) else frame).head(cfg.check_rows)
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    scores = rows[label_columns(labels)].to_numpy(float)
+    teacher = np.where(np.isnan(scores).any(1), rows["teacher_label"].map(label_id).to_numpy(), np.nan_to_num(scores, nan=-np.inf).argmax(1))
+    return {"texts": rows["text"].tolist(), "teacher": teacher.astype(int), "split": "test" if len(held_out) else "all",
+            "annotations": annotations}
+
+
+def _trained_on(folder: Path) -> Path | None:
+    """The annotations folder the student's distill read (its distillery_config.yaml; a merged
+    LoRA student's is one folder up; an ONNX export's: the student it came from)."""
+    for path in (folder, folder.parent):
+        config = path / "distillery_config.yaml"
+        if config.is_file():
+            cfg = yaml.safe_load(config.read_text()) or {}
+            return Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
+    return None
+
+
+def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
     started = time.perf_counter()
+    model = student.model.float().eval()
+    texts = rows["texts"] if rows else []
+    reference = student.probabilities(texts, cfg.predict_batch_size) if texts else None
+    names = [cfg.variant] if cfg.variant != "auto" else list(VARIANTS) if texts else ["fp32"]
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / ONNX_FILE
-        _export_fp32(student.model.float().eval(), student.tokenizer, fp32, student.temperature)
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.quantize == "int8":
-            logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" notice
-            # Dynamic quantization: int8 weights with one scale per output channel, activations
-            # quantized per batch at run time (no calibration data). The embeddings and each
-            # attention block's output projection stay float32: on the SST-2 student, quantizing
-            # everything kept the fp32 label on 98.4% of the rows, this on 99.3% (README, "Export").
-            quantize_dynamic(fp32, out / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=_attention_outputs(fp32))
+        fp32 = Path(tmp) / "fp32" / ONNX_FILE
+        fp32.parent.mkdir()
+        graph = build_graph(model, student.tokenizer, fp32, student.temperature)
+        if graph == "fused" and texts and not _same_model(student, fp32, texts[:64], cfg.predict_batch_size):
+            graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
+        files, candidates = {}, []
+        for name in names:
+            files[name] = fp32 if name == "fp32" else Path(tmp) / name / ONNX_FILE
+            if name != "fp32":
+                files[name].parent.mkdir()
+                quantize(fp32, files[name], name, getattr(model.config, "intermediate_size", None), getattr(model.config, "hidden_size", None))
+            candidate, probs = measure(student, name, files[name], texts, reference, cfg.predict_batch_size)
+            candidates.append((candidate, probs))
+        if cfg.variant == "auto" and texts:
+            chosen, why = pick([c for c, _ in candidates], cfg.min_parity)
         else:
-            for path in Path(tmp).iterdir():  # model.onnx and its external weights, if any
-                shutil.move(str(path), out / path.name)
+            chosen = candidates[0][0]
+            why = (f"forced with --variant {cfg.variant}" if cfg.variant != "auto"
+                   else "no rows of the student's run to check an int8 variant on (pass --annotations); fp32 is the student itself")
+        probs = dict((c.name, p) for c, p in candidates)[chosen.name]
+        out.mkdir(parents=True, exist_ok=True)
+        for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
+            shutil.move(str(path), out / path.name)
     student.tokenizer.save_pretrained(out)
-    source = StudentMeta.read(folder) or StudentMeta(student=student.kind, labels=student.labels)
+    record = {"variant": chosen.name, "graph": graph, "why": why, "min_parity": cfg.min_parity, "batch_size": cfg.predict_batch_size,
+              "rows": len(texts), "rows_from": rows["split"] if rows else None, "candidates": [c.as_dict() for c, _ in candidates]}
+    source = StudentMeta.read(student.path) or StudentMeta(student=student.kind, labels=student.labels)
     # Relative to the export, so the folder can be shared without this machine's paths.
     meta = dataclasses.replace(source, student="onnx", labels=student.labels, parameters=student.parameters,
                                temperature=1.0, scaled_by=student.temperature,  # in the graph: logits / T
-                               exported_from=os.path.relpath(folder.resolve(), out.resolve()),
-                               weights="int8" if cfg.quantize == "int8" else "float32")
+                               exported_from=os.path.relpath(student.path.resolve(), out.resolve()),
+                               weights="float32" if chosen.name == "fp32" else "int8", export=record,
+                               defer=_defer(source.defer, probs, rows))
     meta.write(out)
-    print(f"export: {student.kind} student -> {out / ONNX_FILE} ({meta.weights} weights, {time.perf_counter() - started:.0f} s)")
+    _report(candidates, chosen, why, rows, cfg)
+    print(f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; {time.perf_counter() - started:.0f} s)")
     return out
 
 
-class _Logits(torch.nn.Module):
-    """The classifier with one output, its logits divided by the student's fitted temperature (a Llama
-    would also return its KV cache), so a plain onnxruntime softmax gives the calibrated probabilities."""
-
-    def __init__(self, model, temperature: float = 1.0):
-        super().__init__()
-        self.model, self.temperature = model, temperature
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits / self.temperature
+def _same_model(student, fp32: Path, texts: list[str], batch_size: int) -> bool:
+    """Whether the fused float32 graph gives the PyTorch student's probabilities (to 1e-3) on ``texts``."""
+    got = onnx_student(student, fp32).probabilities(texts, batch_size)
+    return bool(np.abs(got - student.probabilities(texts, batch_size)).max() <= 1e-3)
 
 
-def _export_fp32(model, tokenizer, path: Path, temperature: float = 1.0) -> None:
-    """torch.onnx (the dynamo exporter) with batch and sequence length dynamic."""
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-    model = _Logits(model, temperature)
-    example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
-    inputs = {k: example[k] for k in ("input_ids", "attention_mask")}
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step lines
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=list(inputs), output_names=["logits"],
-                          dynamic_shapes={k: {0: batch, 1: sequence} for k in inputs}, dynamo=True, external_data=False, verbose=False)
+def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> dict | None:
+    """The answer-or-defer threshold for the variant served: evaluate's target, the variant's own
+    confidences and agreement with the teacher on the check rows. Kept as evaluate recorded it
+    when there are no rows (an fp32 export: the same model)."""
+    if not source or probs is None or rows is None:
+        return source
+    agree = probs.argmax(1) == rows["teacher"]
+    picked = pick_threshold(probs.max(1), agree, source["target"])
+    return {**picked, "target": source["target"], "recomputed_on": len(agree)} if picked else None
 
 
-def _attention_outputs(path: Path) -> list[str]:
-    """Names of the weight MatMuls right after each attention (its output projection)."""
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    weights = {init.name for init in graph.initializer}
-    names, after_attention = [], False
-    for node in graph.node:
-        if "scaled_dot_product_attention" in node.name:
-            after_attention = True
-        elif after_attention and node.op_type == "MatMul" and any(i in weights for i in node.input):
-            names.append(node.name)
-            after_attention = False
-    return names
+def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig) -> None:
+    """One line per variant measured, then the choice."""
+    if rows:
+        print(f"export: {len(rows['texts'])} {'test rows' if rows['split'] == 'test' else 'rows (no test split)'} of {rows['annotations']}, "
+              f"labels against the PyTorch student, speed at batch {cfg.predict_batch_size}:")
+    for c, _ in candidates:
+        if c.parity is not None:
+            print(f"  {c.name:<14} same label {c.parity:.4f}  largest probability change {c.max_prob_change:.3f}  "
+                  f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
+                  + ("" if c.parity >= cfg.min_parity else f"  < {cfg.min_parity}"))
+    print(f"export: {chosen.name}: {why}")

@@ -2,6 +2,7 @@
 card, and answer-or-defer (the bound on synthetic data, --defer, annotate --only-deferred)."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import yaml
 from distillery import cli as distillery_cli
 from distillery.core.inputs import InputError, iter_texts
 from conftest import make_rows
+from distillery.annotate import read_annotations
 from distillery.serve import load_student
 from distillery.serve.defer import clopper_pearson_lower, pick_threshold
 
@@ -114,18 +116,21 @@ def test_iter_texts_streams_a_file_in_chunks_and_names_empty_lines(tmp_path):
     assert [c["text"].tolist() for c in iter_texts(str(path), chunk_rows=2, drop_empty=True)] == [["a", "b"], ["d"]]
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, quantize):
-    out = tmp_path / f"onnx-{quantize}"
-    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--quantize", quantize]) == 0
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
+    out = tmp_path / f"onnx-{variant}"
+    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--variant", variant]) == 0
     texts = make_rows(200)["review"].tolist() + ["terrible", "great", "the weather today", "I love it " * 30]
     want = load_student(run_dir / "student").probabilities(texts)
     onnx = load_student(out)
     assert onnx.kind == "onnx" and onnx.labels == ["negative", "positive"]
     got = onnx.probabilities(texts)
     # float32: the same model up to summation order. int8 weights: probabilities move, labels hold.
-    assert np.abs(got - want).max() < (1e-5 if quantize == "none" else 0.05)
+    assert np.abs(got - want).max() < (1e-5 if variant == "fp32" else 0.05)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    record = onnx.meta["export"]
+    assert record["variant"] == variant and "forced" in record["why"] and [c["name"] for c in record["candidates"]] == [variant]
+    assert record["graph"] == "fused", "an encoder is served as onnxruntime's fused graph"
     # The few lines the README gives to serve it without Distillery.
     import onnxruntime as ort
     from transformers import AutoTokenizer
@@ -137,7 +142,78 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, quantize):
     # int8 quantizes activations per batch, so compare on the same batch of rows.
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), onnx.probabilities(texts[:3]), atol=1e-5)
     card = (out / "README.md").read_text()
-    assert "ONNX export" in card and f"- {'int8' if quantize == 'int8' else 'float32'}" in card
+    assert "ONNX export" in card and f"- {'int8' if variant == 'int8' else 'float32'}" in card
+
+
+def _check_rows(run_dir) -> tuple[list[str], np.ndarray]:
+    """The run's test rows and the teacher's labels on them, as export reads them."""
+    frame, manifest = read_annotations(run_dir / "annotations")
+    test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
+    return test["text"].tolist(), test["teacher_label"].map({lab: i for i, lab in enumerate(manifest["labels"])}).to_numpy()
+
+
+def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(run_dir, tmp_path, capsys):
+    student = tmp_path / "student"
+    shutil.copytree(run_dir / "student", student)
+    meta = json.loads((student / "distillery_student.json").read_text())
+    meta["defer"] = {"threshold": 0.5, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": 0.6}
+    (student / "distillery_student.json").write_text(json.dumps(meta))
+    out = tmp_path / "onnx"
+    assert distillery_cli.main(["export", "--student", str(student), "--annotations", str(run_dir / "annotations"), "--onnx-dir", str(out)]) == 0
+    shown = capsys.readouterr().out
+    record = json.loads((out / "distillery_student.json").read_text())
+    export = record["export"]
+    texts, teacher = _check_rows(run_dir)
+    assert export["rows"] == len(texts) > 0 and export["rows_from"] == "test"
+    candidates = {c["name"]: c for c in export["candidates"]}
+    assert set(candidates) == {"int8", "int8-ffn-fp32", "fp32"} and candidates["fp32"]["parity"] == 1.0
+    passing = [c for c in export["candidates"] if c["parity"] >= 0.99]
+    assert export["variant"] == max(passing, key=lambda c: c["rows_per_s"])["name"], "the fastest of the variants that keep the labels"
+    assert f"export: {export['variant']}: the fastest" in shown
+    # What is served is what was measured: its labels on the check rows, against the PyTorch student.
+    served = load_student(out).probabilities(texts)
+    want = load_student(student).probabilities(texts)
+    assert (served.argmax(1) == want.argmax(1)).mean() == pytest.approx(candidates[export["variant"]]["parity"])
+    assert record["weights"] == ("float32" if export["variant"] == "fp32" else "int8")
+    # The answer-or-defer threshold is the served variant's own, on the same rows and target.
+    expected = pick_threshold(served.max(1), served.argmax(1) == teacher, 0.6)
+    assert record["defer"]["threshold"] == pytest.approx(expected["threshold"]) and record["defer"]["target"] == 0.6
+    assert record["defer"]["recomputed_on"] == len(texts)
+
+
+def test_export_with_min_parity_one_serves_a_variant_that_changes_no_label(run_dir, tmp_path):
+    out = tmp_path / "onnx"
+    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--min-parity", "1"]) == 0
+    export = json.loads((out / "distillery_student.json").read_text())["export"]
+    chosen = next(c for c in export["candidates"] if c["name"] == export["variant"])
+    assert chosen["parity"] == 1.0
+    texts, _ = _check_rows(run_dir)
+    assert (load_student(out).probabilities(texts).argmax(1) == load_student(run_dir / "student").probabilities(texts).argmax(1)).all()
+
+
+def test_pick_takes_the_fastest_passing_variant_and_falls_back_to_fp32():
+    from distillery.serve.variants import Candidate, pick
+
+    def c(name, parity, speed):
+        return Candidate(name, parity, 0.1, speed, speed, 1.0)
+
+    chosen, why = pick([c("int8", 0.985, 300), c("int8-ffn-fp32", 0.993, 200), c("fp32", 1.0, 100)], 0.99)
+    assert chosen.name == "int8-ffn-fp32" and "int8 did not" in why
+    chosen, _ = pick([c("int8", 0.995, 300), c("int8-ffn-fp32", 0.993, 200), c("fp32", 1.0, 100)], 0.99)
+    assert chosen.name == "int8"
+    chosen, why = pick([c("int8", 0.9, 300), c("fp32", 0.95, 100)], 0.99)
+    assert chosen.name == "fp32" and "no variant" in why
+
+
+def test_export_refuses_bad_settings_with_one_line(run_dir, tmp_path, capsys):
+    base = ["export", "--student", str(run_dir / "student"), "--onnx-dir", str(tmp_path / "x")]
+    assert distillery_cli.main([*base, "--variant", "int4"]) == 2
+    assert "int4" in capsys.readouterr().err
+    assert distillery_cli.main([*base, "--min-parity", "1.5"]) == 2
+    assert "min_parity: expected a share in (0, 1], found 1.5" in capsys.readouterr().err
+    assert distillery_cli.main([*base, "--annotations", str(tmp_path / "nowhere")]) == 2
+    assert "expected the run's annotations folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "a refused export writes nothing"
 
 
 def test_model_card_carries_the_run_and_its_evaluation(run_dir):
@@ -267,7 +343,7 @@ def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
     save_student(model, tok, tmp_path / "student", cfg, ["negative", "positive"])
     code = distillery_cli.main(["export", "--student", str(tmp_path / "student"), "--onnx-dir", str(tmp_path / "x")])
     assert code == 2, "an adapter is not exported: its merged/ folder is"
-    assert distillery_cli.main(["export", "--student", str(tmp_path / "student" / "merged"), "--quantize", "none",
+    assert distillery_cli.main(["export", "--student", str(tmp_path / "student" / "merged"), "--variant", "fp32",
                                 "--onnx-dir", str(tmp_path / "onnx")]) == 0
     texts = ["I love this movie", "terrible", "what a great and wonderful day it was", "meh"]  # padded: the last-token pick is traced
     want = load_student(tmp_path / "student" / "merged").probabilities(texts)

@@ -37,7 +37,9 @@ class StudentMeta:
         scaled_by: an ONNX export's built-in temperature.
         exported_from: an ONNX export's source folder, relative to the export.
         evaluation: evaluate's metrics for this student.
-        defer: the answer-or-defer threshold evaluate picked (predict --defer reads it).
+        defer: the answer-or-defer threshold evaluate picked (predict --defer reads it); an ONNX
+            export's is recomputed for the variant it serves.
+        export: an ONNX export's variant, the variants measured (parity, speed) and why it was picked.
         extra: keys this version does not know, kept as read.
     """
 
@@ -52,6 +54,7 @@ class StudentMeta:
     exported_from: str | None = None
     evaluation: dict | None = None
     defer: dict | None = None
+    export: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
