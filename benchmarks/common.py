@@ -56,7 +56,19 @@ def build_input(name: str, data_dir: Path, train_rows: int, test_rows: int, seed
 
 def machine() -> dict:
     return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **cpu()}
+
+
+def cpu() -> dict:
+    """The CPU's model name and the vector/matrix extensions that decide int8 and bf16 speed (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor() or None}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+    return {"cpu": model, "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -61,6 +61,7 @@ class CardData:
     evaluation: dict | None  # what evaluate recorded in distillery_student.json
     defer: dict | None
     path: str
+    export: dict | None = None  # an ONNX export's variant and what export measured
 
 
 def shareable_name(value: str) -> str:
@@ -107,6 +108,7 @@ def card_data(student_dir: str | Path) -> CardData:
         epochs=summary.get("epochs"), steps=summary.get("steps"), lr=summary.get("lr"), max_length=summary.get("max_length"),
         parameters=meta.get("parameters") or summary.get("total_parameters"), weights=meta.get("weights", "float32"),
         evaluation=meta.get("evaluation"), defer=meta.get("defer"), path=student_dir.name,  # the card sits in that folder
+        export=meta.get("export"),
     )
 
 
@@ -148,6 +150,10 @@ def render_card(data: CardData) -> str:
                  f" ({ev['speedup']:.1f}× the teacher's rows/s)" if ev.get("speedup") else "not measured")
     else:
         evaluation = speed = "Not evaluated yet: run `distillery evaluate --out RUN`."
+    served = next((c for c in (data.export or {}).get("candidates", []) if c["name"] == data.export["variant"]), None)
+    if served and served.get("rows_per_s"):  # an ONNX export: its own speed, not the PyTorch student's
+        speed = (f"{served['rows_per_s']:,.1f} rows/s at batch {data.export['batch_size']} ({served['rows_per_s_batch1']:,.1f} at batch 1), "
+                 f"onnxruntime on the CPU that ran `distillery export`")
     params = "–" if data.parameters is None else f"{data.parameters / 1e6:.1f}M parameters"
     if data.defer:
         d = data.defer
@@ -158,7 +164,7 @@ def render_card(data: CardData) -> str:
     else:
         defer = "No threshold recorded (`distillery evaluate --target-agreement 0.95` picks one)."
     if data.kind == "onnx":
-        usage = ("```bash\ndistillery predict --student " + data.path + " --data FILE --predictions predictions.csv\n```\n\nWithout Distillery:\n\n"
+        usage = _served_as(data.export) + ("```bash\ndistillery predict --student " + data.path + " --data FILE --predictions predictions.csv\n```\n\nWithout Distillery:\n\n"
                  "```python\nimport numpy as np, onnxruntime as ort\nfrom transformers import AutoTokenizer\n"
                  f"tok = AutoTokenizer.from_pretrained(\"{data.path}\")\nsession = ort.InferenceSession(\"{data.path}/model.onnx\")\n"
                  "enc = tok([\"what a great day\"], padding=True, truncation=True, return_tensors=\"np\")\n"
@@ -172,11 +178,21 @@ def render_card(data: CardData) -> str:
         usage = ("```python\nfrom transformers import pipeline\n"
                  f"classify = pipeline(\"text-classification\", model=\"{data.path}\")\nprint(classify(\"what a great day\"))\n```")
     card = ModelCard.from_template(
-        meta, template_path=str(TEMPLATE), **{k: v for k, v in asdict(data).items() if k not in ("evaluation", "defer", "parameters")},
+        meta, template_path=str(TEMPLATE), **{k: v for k, v in asdict(data).items() if k not in ("evaluation", "defer", "parameters", "export")},
         kind_text=_kind_text(data.kind), labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
         evaluation=evaluation, defer=defer, speed=speed, usage=usage,
     )
     return str(card)
+
+
+def _served_as(export: dict | None) -> str:
+    """What ``distillery export`` picked and measured, in a sentence (empty for an older export)."""
+    if not export:
+        return ""
+    chosen = next((c for c in export["candidates"] if c["name"] == export["variant"]), {})
+    measured = (f" Measured there: the PyTorch student's label on {chosen['parity']:.2%} of {export['rows']} held-out rows, largest "
+                f"probability change {chosen['max_prob_change']:.3f}." if chosen.get("parity") is not None else "")
+    return f"ONNX variant `{export['variant']}`, picked by `distillery export`: {export['why']}.{measured}\n\n"
 
 
 def write_card(student_dir: str | Path) -> Path:

@@ -38,6 +38,9 @@ from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_stude
 
 __all__ = ["export", "check_rows"]
 
+# Rows of many lengths (so batches are padded) to check the fused graph when the run's rows are not here.
+SAMPLE_TEXTS = [" ".join(["a fine and thoughtful film"] * k) + ("!" if k % 2 else "") for k in range(1, 13)]
+
 
 def export(cfg: ExportConfig) -> Path:
     """Export ``cfg.student`` to ONNX; returns the directory written."""
@@ -97,13 +100,13 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
     started = time.perf_counter()
     model = student.model.float().eval()
     texts = rows["texts"] if rows else []
-    reference = student.probabilities(texts, cfg.predict_batch_size) if texts else None
+    reference, pytorch_speed = _reference(student, texts, cfg.predict_batch_size)
     names = [cfg.variant] if cfg.variant != "auto" else list(VARIANTS) if texts else ["fp32"]
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32" / ONNX_FILE
         fp32.parent.mkdir()
         graph = build_graph(model, student.tokenizer, fp32, student.temperature)
-        if graph == "fused" and texts and not _same_model(student, fp32, texts[:64], cfg.predict_batch_size):
+        if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, cfg.predict_batch_size):
             graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
         files, candidates = {}, []
         for name in names:
@@ -125,7 +128,8 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
             shutil.move(str(path), out / path.name)
     student.tokenizer.save_pretrained(out)
     record = {"variant": chosen.name, "graph": graph, "why": why, "min_parity": cfg.min_parity, "batch_size": cfg.predict_batch_size,
-              "rows": len(texts), "rows_from": rows["split"] if rows else None, "candidates": [c.as_dict() for c, _ in candidates]}
+              "rows": len(texts), "rows_from": rows["split"] if rows else None, "pytorch_rows_per_s": pytorch_speed,
+              "candidates": [c.as_dict() for c, _ in candidates]}
     source = StudentMeta.read(student.path) or StudentMeta(student=student.kind, labels=student.labels)
     # Relative to the export, so the folder can be shared without this machine's paths.
     meta = dataclasses.replace(source, student="onnx", labels=student.labels, parameters=student.parameters,
@@ -134,9 +138,19 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
                                weights="float32" if chosen.name == "fp32" else "int8", export=record,
                                defer=_defer(source.defer, probs, rows))
     meta.write(out)
-    _report(candidates, chosen, why, rows, cfg)
+    _report(candidates, chosen, why, rows, cfg, pytorch_speed)
     print(f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; {time.perf_counter() - started:.0f} s)")
     return out
+
+
+def _reference(student, texts: list[str], batch_size: int) -> tuple[np.ndarray | None, float | None]:
+    """The PyTorch student's probabilities on ``texts`` and its rows/s (after a warm-up batch)."""
+    if not texts:
+        return None, None
+    student.probabilities(texts[:batch_size], batch_size)
+    start = time.perf_counter()
+    probs = student.probabilities(texts, batch_size)
+    return probs, len(texts) / (time.perf_counter() - start)
 
 
 def _same_model(student, fp32: Path, texts: list[str], batch_size: int) -> bool:
@@ -156,14 +170,14 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
     return {**picked, "target": source["target"], "recomputed_on": len(agree)} if picked else None
 
 
-def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig) -> None:
+def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig, pytorch_speed: float | None) -> None:
     """One line per variant measured, then the choice."""
     if rows:
         print(f"export: {len(rows['texts'])} {'test rows' if rows['split'] == 'test' else 'rows (no test split)'} of {rows['annotations']}, "
-              f"labels against the PyTorch student, speed at batch {cfg.predict_batch_size}:")
+              f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}:")
     for c, _ in candidates:
         if c.parity is not None:
             print(f"  {c.name:<14} same label {c.parity:.4f}  largest probability change {c.max_prob_change:.3f}  "
-                  f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
+                  f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s / pytorch_speed:.1f}x PyTorch; {c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
                   + ("" if c.parity >= cfg.min_parity else f"  < {cfg.min_parity}"))
     print(f"export: {chosen.name}: {why}")

@@ -191,6 +191,20 @@ def test_export_with_min_parity_one_serves_a_variant_that_changes_no_label(run_d
     assert (load_student(out).probabilities(texts).argmax(1) == load_student(run_dir / "student").probabilities(texts).argmax(1)).all()
 
 
+def test_export_without_the_runs_rows_serves_fp32_and_says_why(run_dir, tmp_path, capsys):
+    student = tmp_path / "student"
+    shutil.copytree(run_dir / "student", student)
+    config = yaml.safe_load((student / "distillery_config.yaml").read_text())
+    config.update(out=str(tmp_path / "elsewhere"), annotations="")  # a student copied away from its run
+    (student / "distillery_config.yaml").write_text(yaml.safe_dump(config))
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx")]) == 0
+    assert "no rows of the student's run" in capsys.readouterr().out
+    export = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["export"]
+    assert export["variant"] == "fp32" and export["rows"] == 0 and export["graph"] == "fused"
+    texts = make_rows(50)["review"].tolist()
+    np.testing.assert_allclose(load_student(tmp_path / "onnx").probabilities(texts), load_student(student).probabilities(texts), atol=1e-5)
+
+
 def test_pick_takes_the_fastest_passing_variant_and_falls_back_to_fp32():
     from distillery.serve.variants import Candidate, pick
 

@@ -165,7 +165,7 @@ def max_length_of(tokenizer) -> int:
     return tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
                           embeddings: bool = False, temperature: float = 1.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
