@@ -5,7 +5,7 @@
 # `distillery run` on a small slice from outside the checkout (~2-3 min).
 PY ?= python3
 
-.PHONY: install install-server install-label-studio demo test test-fast wheel-check bench
+.PHONY: install install-server install-label-studio demo test test-fast wheel-check bench bench-serving
 
 install:
 	$(PY) -m pip install -q torch==2.13.0           # pinned: the CPU wheel here; unpinned pulls GBs of CUDA
@@ -54,7 +54,7 @@ bench: install
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/annotation_speed.py
 	$(PY) benchmarks/training_speed.py
-	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/student_vs_teacher.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/kd_sweep.py
 	$(PY) benchmarks/teacher_calibration.py
@@ -66,3 +66,10 @@ bench: install
 	$(PY) benchmarks/active.py
 	$(PY) benchmarks/gpu_throughput.py --teacher smollm2 --device cpu --rows 128 --skip-kd   # on a GPU: without these flags
 	$(PY) benchmarks/report.py
+
+# Serving (issue #19): needs the annotated pools of benchmarks/real_sets.py and the students of
+# benchmarks/review.py and benchmarks/class_balance.py (their commands: docs/results.md); ~13 min.
+bench-serving: install
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/export_choice.py
+	$(PY) benchmarks/int8_recipes.py

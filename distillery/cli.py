@@ -429,7 +429,7 @@ def run_stages(command: str, configs: list) -> None:
     elif command == "predict":
         predict(configs[0])
     elif command == "export":
-        write_card(export(configs[0]))
+        export(configs[0])
     elif command == "review":
         from distillery.review import review
 

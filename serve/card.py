@@ -179,7 +179,7 @@ def render_card(data: CardData) -> str:
                  f"classify = pipeline(\"text-classification\", model=\"{data.path}\")\nprint(classify(\"what a great day\"))\n```")
     card = ModelCard.from_template(
         meta, template_path=str(TEMPLATE), **{k: v for k, v in asdict(data).items() if k not in ("evaluation", "defer", "parameters", "export")},
-        kind_text=_kind_text(data.kind), labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
+        kind_text=_kind_text(data.kind), kind_article="An" if _kind_text(data.kind)[0] in "AEIOU" else "A", labels_text=", ".join(f"`{lab}`" for lab in data.labels), parameters=params,
         evaluation=evaluation, defer=defer, speed=speed, usage=usage,
     )
     return str(card)

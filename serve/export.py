@@ -16,6 +16,7 @@ onnxruntime session (README, "Serving without Distillery"). The variants and the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -28,9 +29,10 @@ import yaml
 from distillery.core.errors import UserError
 from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
-from distillery.core.rundir import claim_folder, locked
-from distillery.core.studentmeta import StudentMeta
+from distillery.core.rundir import check_folder, claim_folder, locked
+from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.distill.students import student_kind
+from distillery.serve.card import write_card
 from distillery.serve.config import ExportConfig
 from distillery.serve.defer import pick_threshold
 from distillery.serve.student import ONNX_FILE, load_student
@@ -38,6 +40,7 @@ from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_stude
 
 __all__ = ["export", "check_rows"]
 
+STAGING = ".export-"  # work folders inside --onnx-dir (a killed export's are removed by the next)
 # Rows of many lengths (so batches are padded) to check the fused graph when the run's rows are not here.
 SAMPLE_TEXTS = [" ".join(["a fine and thoughtful film"] * k) + ("!" if k % 2 else "") for k in range(1, 13)]
 
@@ -46,6 +49,10 @@ def export(cfg: ExportConfig) -> Path:
     """Export ``cfg.student`` to ONNX; returns the directory written."""
     folder = student_folder(cfg)
     student = load_student(folder, "cpu")
+    if student.kind == "onnx":
+        source = student.meta.get("exported_from")
+        raise UserError(f"{folder}: expected a PyTorch student; found an ONNX export" + (f" of {(folder / source).resolve()}" if source else "")
+                        + "; pass --student with the folder distill wrote")
     if student.kind in student_kinds and not student_kind(student.kind).exportable:
         raise UserError(f"{folder}: a LoRA adapter exports as a merged model; train with --merge and pass --student {folder}/merged")
     try:
@@ -53,11 +60,39 @@ def export(cfg: ExportConfig) -> Path:
         from onnxruntime.quantization import quantize_dynamic  # noqa: F401
     except ImportError:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
-    rows = check_rows(cfg, folder, student.labels)
     out = Path(cfg.onnx_dir or f"{folder.resolve()}-onnx")
-    with locked(out, "export"):
+    _check_target(out, folder)
+    check_folder(out, cfg.overwrite, flag="--onnx-dir")  # before the lock: a refused folder gets nothing written
+    rows = check_rows(cfg, folder, student.labels)
+    with locked(out, "export", flag="--onnx-dir"):
         claim_folder(out, cfg.overwrite, flag="--onnx-dir")
-        return _export(cfg, student, out, rows)
+        # The record goes last and the card after it: a killed export leaves no record, and
+        # load_student refuses a claimed folder without one (the model may be half-written).
+        for name in (STUDENT_FILE, "README.md"):
+            (out / name).unlink(missing_ok=True)
+        for leftover in out.glob(f"{STAGING}*"):  # a killed export's work files
+            shutil.rmtree(leftover, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=STAGING) as tmp:
+            tempfile.tempdir, default = tmp, tempfile.tempdir  # onnxruntime's optimizer writes its own work files there too
+            try:
+                _export(cfg, student, out, rows, Path(tmp))
+            finally:
+                tempfile.tempdir = default
+        write_card(out)
+        return out
+
+
+def _check_target(out: Path, folder: Path) -> None:
+    """Refuse an --onnx-dir that is a file, the student's folder (or inside or around it), or another stage's folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"onnx_dir: expected a folder for the ONNX student; found the file '{out}'; pass a folder with --onnx-dir")
+    target, source = out.resolve(), folder.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise UserError(f"onnx_dir: '{out}' is the student's folder, inside it or around it; the export would mix with the PyTorch student; "
+                        "pass another --onnx-dir (default: STUDENT-onnx beside it)")
+    record = StudentMeta.read(out)
+    if (record is not None and record.student != "onnx") or (out / "manifest.json").is_file() or (out / "annotations").is_dir():
+        raise UserError(f"onnx_dir: '{out}' holds a student or a run of distillery's own; pass another --onnx-dir")
 
 
 def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | None:
@@ -92,40 +127,48 @@ def _trained_on(folder: Path) -> Path | None:
         config = path / "distillery_config.yaml"
         if config.is_file():
             cfg = yaml.safe_load(config.read_text()) or {}
-            return Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
+            named = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
+            if named.is_absolute() or (named / "manifest.json").is_file():
+                return named
+            return path.parent / "annotations"  # a relative path from where distill ran: the run folder holds the student
     return None
 
 
-def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
+def _looked_for(folder: Path) -> str:
+    """Where export looked for the student's run, in words."""
+    found = _trained_on(folder)
+    return f"found none in {found}" if found else f"{folder} has no distillery_config.yaml"
+
+
+def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path) -> None:
     started = time.perf_counter()
     model = student.model.float().eval()
     texts = rows["texts"] if rows else []
     reference, pytorch_speed = _reference(student, texts, cfg.predict_batch_size)
     names = [cfg.variant] if cfg.variant != "auto" else list(VARIANTS) if texts else ["fp32"]
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32" / ONNX_FILE
-        fp32.parent.mkdir()
-        graph = build_graph(model, student.tokenizer, fp32, student.temperature)
-        if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, cfg.predict_batch_size):
-            graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
-        files, candidates = {}, []
-        for name in names:
-            files[name] = fp32 if name == "fp32" else Path(tmp) / name / ONNX_FILE
-            if name != "fp32":
-                files[name].parent.mkdir()
-                quantize(fp32, files[name], name, getattr(model.config, "intermediate_size", None), getattr(model.config, "hidden_size", None))
-            candidate, probs = measure(student, name, files[name], texts, reference, cfg.predict_batch_size)
-            candidates.append((candidate, probs))
-        if cfg.variant == "auto" and texts:
-            chosen, why = pick([c for c, _ in candidates], cfg.min_parity)
-        else:
-            chosen = candidates[0][0]
-            why = (f"forced with --variant {cfg.variant}" if cfg.variant != "auto"
-                   else "no rows of the student's run to check an int8 variant on (pass --annotations); fp32 is the student itself")
-        probs = dict((c.name, p) for c, p in candidates)[chosen.name]
-        out.mkdir(parents=True, exist_ok=True)
-        for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
-            shutil.move(str(path), out / path.name)
+    fp32 = tmp / "fp32" / ONNX_FILE
+    fp32.parent.mkdir()
+    graph = build_graph(model, student.tokenizer, fp32, student.temperature)
+    if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, cfg.predict_batch_size):
+        graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
+    files, candidates = {}, []
+    for name in names:
+        files[name] = fp32 if name == "fp32" else tmp / name / ONNX_FILE
+        if name != "fp32":
+            files[name].parent.mkdir()
+            quantize(fp32, files[name], name, getattr(model.config, "intermediate_size", None), getattr(model.config, "hidden_size", None))
+        candidate, probs = measure(student, name, files[name], texts, reference, cfg.predict_batch_size)
+        candidates.append((candidate, probs))
+    if cfg.variant == "auto" and texts:
+        chosen, why = pick([c for c, _ in candidates], cfg.min_parity)
+    else:
+        chosen = candidates[0][0]
+        why = (f"forced with --variant {cfg.variant}" if cfg.variant != "auto"
+               else f"no rows of the student's run to check an int8 variant on ({_looked_for(student.path)}; pass --annotations); "
+                    "fp32 is the student itself")
+    probs = dict((c.name, p) for c, p in candidates)[chosen.name]
+    for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
+        os.replace(path, out / path.name)
     student.tokenizer.save_pretrained(out)
     record = {"variant": chosen.name, "graph": graph, "why": why, "min_parity": cfg.min_parity, "batch_size": cfg.predict_batch_size,
               "rows": len(texts), "rows_from": rows["split"] if rows else None, "pytorch_rows_per_s": pytorch_speed,
@@ -137,10 +180,12 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None) -> Path:
                                exported_from=os.path.relpath(student.path.resolve(), out.resolve()),
                                weights="float32" if chosen.name == "fp32" else "int8", export=record,
                                defer=_defer(source.defer, probs, rows))
-    meta.write(out)
     _report(candidates, chosen, why, rows, cfg, pytorch_speed)
+    if meta.defer is not None and meta.defer.get("kept_from") == "evaluate":
+        print(f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): {len(texts)} rows cannot pass "
+              f"target {meta.defer['target']:g} (raise --check-rows)")
+    meta.write(out)  # last: the export is complete
     print(f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; {time.perf_counter() - started:.0f} s)")
-    return out
 
 
 def _reference(student, texts: list[str], batch_size: int) -> tuple[np.ndarray | None, float | None]:
@@ -165,6 +210,8 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
     when there are no rows (an fp32 export: the same model)."""
     if not source or probs is None or rows is None:
         return source
+    if len(probs) < math.ceil(math.log(0.05) / math.log(source["target"])):  # too few rows for any threshold to pass
+        return {**source, "kept_from": "evaluate"}
     agree = probs.argmax(1) == rows["teacher"]
     picked = pick_threshold(probs.max(1), agree, source["target"])
     return {**picked, "target": source["target"], "recomputed_on": len(agree)} if picked else None
@@ -174,10 +221,13 @@ def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportCo
     """One line per variant measured, then the choice."""
     if rows:
         print(f"export: {len(rows['texts'])} {'test rows' if rows['split'] == 'test' else 'rows (no test split)'} of {rows['annotations']}, "
-              f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}:")
+              f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}"
+              + (f" (one changed label is {1 / len(rows['texts']):.1%} of so few rows)" if len(rows["texts"]) < 200 else "") + ":")
     for c, _ in candidates:
         if c.parity is not None:
             print(f"  {c.name:<14} same label {c.parity:.4f}  largest probability change {c.max_prob_change:.3f}  "
                   f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s / pytorch_speed:.1f}x PyTorch; {c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
                   + ("" if c.parity >= cfg.min_parity else f"  < {cfg.min_parity}"))
     print(f"export: {chosen.name}: {why}")
+    if chosen.parity is not None and chosen.parity < cfg.min_parity:
+        print(f"export: warning: {chosen.name} keeps the PyTorch student's label on {chosen.parity:.2%} of the rows, under --min-parity {cfg.min_parity}")

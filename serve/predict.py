@@ -76,7 +76,7 @@ def predict(cfg: PredictConfig) -> Path:
 def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
     folder = student.path
     data = str(Path(cfg.data).resolve()) if Path(cfg.data).is_file() else cfg.data  # the same file however it is spelt
-    fingerprint = {"student": str(folder.resolve()), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
+    fingerprint = {"student": str(folder.resolve()), "weights": _weights(folder), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
                    "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
                    "defer_threshold": threshold}
     state = _open_state(parts, fingerprint, cfg, out)
@@ -103,6 +103,12 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
         path.unlink()
     print(f"predict: {rows} rows -> {out}")
     return out
+
+
+def _weights(folder: Path) -> list[dict]:
+    """Fingerprints of the student's weight files: a student retrained or exported again into the same folder is another student."""
+    names = ("model.onnx", "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+    return [file_fingerprint(folder / name) for name in names if (folder / name).is_file()]
 
 
 def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:

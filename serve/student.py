@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from distillery.core.models import max_length_of, parameter_count, predict_proba
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.distill.students import load_trained_student
 from distillery.core.errors import UserError
-from distillery.core.rundir import claimed
+from distillery.core.rundir import LOCK_FILE, claimed
 
 __all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]  # predict_probabilities: from distillery.core.models
 
@@ -86,7 +87,9 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     if not path.is_dir():
         raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
     meta_file = path / STUDENT_FILE
-    if claimed(path) and not meta_file.is_file():  # distill removes it when training starts and writes it last
+    if claimed(path) and not meta_file.is_file():  # distill and export remove it when they start and write it last
+        if _last_writer(path) == "export":
+            raise UserError(f"{path}: the export did not finish (no {STUDENT_FILE}); rerun 'distillery export'")
         raise UserError(f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "
                         "(with --resume if it saved checkpoints)")
     record = StudentMeta.read(path)
@@ -100,6 +103,14 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     kind = meta.get("student", "encoder")  # encoder, llama-lora or merged (save_student writes it)
     return Student(path=path, kind=kind, labels=labels, tokenizer=tokenizer, model=model, evaluated_base=model.evaluated_base,
                    parameters=parameter_count(model)[1], meta=meta, temperature=float(meta.get("temperature", 1.0)))
+
+
+def _last_writer(path: Path) -> str | None:
+    """The command that last held the folder's lock (the lock file names it), if any."""
+    try:
+        return json.loads((path / LOCK_FILE).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _load_onnx(path: Path, meta: dict) -> Student:

@@ -363,3 +363,78 @@ def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
     want = load_student(tmp_path / "student" / "merged").probabilities(texts)
     assert load_student(tmp_path / "student" / "merged").kind == "merged"
     np.testing.assert_allclose(load_student(tmp_path / "onnx").probabilities(texts), want, atol=1e-5)
+
+
+def test_export_never_writes_into_the_student_or_a_file(run_dir, tmp_path, capsys):
+    student = tmp_path / "student"
+    shutil.copytree(run_dir / "student", student)
+    before = {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()}
+    for target, message in [(student, "the student's folder"), (tmp_path, "the student's folder, inside it or around it"),
+                            (run_dir, "holds a student or a run")]:
+        assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(target)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "notes.csv").write_text("mine\n")
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "notes.csv")]) == 2
+    assert "expected a folder for the ONNX student; found the file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()} == before and load_student(student).kind == "encoder"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "a refused folder gets nothing, not even a lock file"
+
+
+def test_export_finds_its_run_through_a_relative_out(run_dir, tmp_path):
+    run = tmp_path / "run-elsewhere"
+    shutil.copytree(run_dir / "student", run / "student")
+    shutil.copytree(run_dir / "annotations", run / "annotations")
+    config = yaml.safe_load((run / "student" / "distillery_config.yaml").read_text())
+    config.update(out="data/runs/run-elsewhere", annotations="")  # relative to where distill ran, not to here
+    (run / "student" / "distillery_config.yaml").write_text(yaml.safe_dump(config))
+    assert distillery_cli.main(["export", "--student", str(run / "student"), "--variant", "fp32"]) == 0
+    assert json.loads((run / "student-onnx" / "distillery_student.json").read_text())["export"]["rows"] == len(_check_rows(run_dir)[0])
+
+
+def test_export_keeps_evaluates_threshold_when_too_few_rows_check_it(run_dir, tmp_path, capsys):
+    student = tmp_path / "student"
+    shutil.copytree(run_dir / "student", student)
+    meta = json.loads((student / "distillery_student.json").read_text())
+    meta["defer"] = {"threshold": 0.61, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": 0.6}
+    (student / "distillery_student.json").write_text(json.dumps(meta))
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--check-rows", "5"]) == 0
+    assert "kept evaluate's answer-or-defer threshold (0.6100): 5 rows cannot pass target 0.6" in capsys.readouterr().out
+    defer = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["defer"]
+    assert defer["threshold"] == 0.61 and defer["kept_from"] == "evaluate"
+
+
+def test_a_killed_export_is_refused_until_rerun_and_predict_never_mixes_two_exports(run_dir, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, rows = tmp_path / "onnx", tmp_path / "rows.csv"
+    make_rows(12).to_csv(rows, index=False)
+    export = [sys.executable, "-m", "distillery", "export", "--student", str(run_dir / "student"), "--onnx-dir", str(out)]
+    assert subprocess.run([*export, "--variant", "int8"], capture_output=True, timeout=300).returncode == 0
+    predict = ["predict", "--student", str(out), "--data", str(rows), "--text-column", "review", "--predictions", str(tmp_path / "p.csv")]
+    assert distillery_cli.main(predict) == 0
+    proc = subprocess.Popen([*export, "--variant", "fp32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".export-*")) and time.monotonic() < deadline:  # the new export has started its work
+            time.sleep(0.05)
+        assert list(out.glob(".export-*")), "the second export never started"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    with pytest.raises(Exception, match="the export did not finish"):
+        load_student(out)
+    assert distillery_cli.main(predict) == 2
+    assert "the export did not finish" in capsys.readouterr().err
+    assert subprocess.run([*export, "--variant", "fp32"], capture_output=True, timeout=300).returncode == 0
+    assert not list(out.glob(".export-*")), "the rerun removes the killed export's work files"
+    assert json.loads((out / "distillery_student.json").read_text())["export"]["variant"] == "fp32"
+    assert distillery_cli.main(predict) == 2, "the predictions of the int8 export are not resumed with the fp32 one"
+    assert "different weights" in capsys.readouterr().err

@@ -55,11 +55,12 @@ def _main_process() -> bool:
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path, command: str, shown: str | Path | None = None) -> Iterator[Path]:
+def locked(folder: str | Path, command: str, shown: str | Path | None = None, flag: str = "--out") -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
 
     Under ``accelerate launch`` only rank 0 takes it (the other ranks are the same run).
-    ``shown`` is what the refusal names (predict's output file rather than its parts folder).
+    ``shown`` is what the refusal names (predict's output file rather than its parts folder),
+    ``flag`` the option that chooses the folder.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None) ->
             except (ValueError, KeyError, TypeError):
                 time.sleep(0.05)
         fh.close()
-        raise RunLocked(f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or pass another --out") from None
+        raise RunLocked(f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or pass another {flag}") from None
     fh.seek(0)
     fh.truncate()
     fh.write(json.dumps({"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
