@@ -60,7 +60,7 @@ class ExportConfig:
                                   "(the feed-forward output projections in float32), fp32", choices=("auto", "int8", "int8-ffn-fp32", "fp32"))
     min_parity: float = option(0.99, "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)")
     annotations: str = option("", "annotations whose rows the variants are checked on (default: those the student was trained from; "
-                                  "their test rows, else all)")
+                                  "their test rows, topped up with training rows to 200)")
     check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)")
     predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)")
     overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write")

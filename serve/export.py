@@ -40,6 +40,7 @@ from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_stude
 
 __all__ = ["export", "check_rows"]
 
+MIN_ROWS = 200  # check rows at least, where the run has them (see check_rows)
 STAGING = ".export-"  # work folders inside --onnx-dir (a killed export's are removed by the next)
 # Rows of many lengths (so batches are padded) to check the fused graph when the run's rows are not here.
 SAMPLE_TEXTS = [" ".join(["a fine and thoughtful film"] * k) + ("!" if k % 2 else "") for k in range(1, 13)]
@@ -96,9 +97,9 @@ def _check_target(out: Path, folder: Path) -> None:
 
 
 def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | None:
-    """The rows the variants are checked on: the run's test rows (else all its rows), at most
-    ``cfg.check_rows``, with the teacher's labels (for the answer-or-defer threshold). None when
-    the student's run has no annotations here."""
+    """The rows the variants are checked on: the run's test rows, at most ``cfg.check_rows``, topped
+    up with training rows to MIN_ROWS; the teacher's labels of the test rows (for the answer-or-defer
+    threshold). None when the student's run has no annotations here."""
     from distillery.annotate.chunks import label_columns, read_annotations
 
     annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
@@ -111,13 +112,15 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
         raise UserError(f"{annotations}: expected annotations for the student's labels {labels}; found {manifest['labels']}; "
                         "pass the run's own --annotations")
     frame = frame[frame["error_type"] == ""]
-    held_out = frame[frame["split"] == "test"]
-    rows = (held_out if len(held_out) else frame).head(cfg.check_rows)
+    held_out = frame[frame["split"] == "test"].head(cfg.check_rows)
+    # Parity needs no labels, and 0.99 cannot be told on a few dozen rows (one changed label is
+    # more than 1%): a small test split is topped up with training rows, up to MIN_ROWS.
+    others = frame[frame["split"] != "test"].head(max(0, min(MIN_ROWS, cfg.check_rows) - len(held_out)))
     label_id = {lab: i for i, lab in enumerate(labels)}
-    scores = rows[label_columns(labels)].to_numpy(float)
-    teacher = np.where(np.isnan(scores).any(1), rows["teacher_label"].map(label_id).to_numpy(), np.nan_to_num(scores, nan=-np.inf).argmax(1))
-    return {"texts": rows["text"].tolist(), "teacher": teacher.astype(int), "split": "test" if len(held_out) else "all",
-            "annotations": annotations}
+    scores = held_out[label_columns(labels)].to_numpy(float)
+    teacher = np.where(np.isnan(scores).any(1), held_out["teacher_label"].map(label_id).to_numpy(), np.nan_to_num(scores, nan=-np.inf).argmax(1))
+    split = "test" if len(others) == 0 else "test and training" if len(held_out) else "training"
+    return {"texts": held_out["text"].tolist() + others["text"].tolist(), "teacher": teacher.astype(int), "split": split, "annotations": annotations}
 
 
 def _trained_on(folder: Path) -> Path | None:
@@ -182,7 +185,7 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
                                defer=_defer(source.defer, probs, rows))
     _report(candidates, chosen, why, rows, cfg, pytorch_speed)
     if meta.defer is not None and meta.defer.get("kept_from") == "evaluate":
-        print(f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): {len(texts)} rows cannot pass "
+        print(f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): {len(rows['teacher'])} test rows cannot pass "
               f"target {meta.defer['target']:g} (raise --check-rows)")
     meta.write(out)  # last: the export is complete
     print(f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; {time.perf_counter() - started:.0f} s)")
@@ -210,6 +213,7 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
     when there are no rows (an fp32 export: the same model)."""
     if not source or probs is None or rows is None:
         return source
+    probs = probs[: len(rows["teacher"])]  # the test rows: the threshold is about rows the student did not train on
     if len(probs) < math.ceil(math.log(0.05) / math.log(source["target"])):  # too few rows for any threshold to pass
         return {**source, "kept_from": "evaluate"}
     agree = probs.argmax(1) == rows["teacher"]
@@ -220,7 +224,7 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
 def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig, pytorch_speed: float | None) -> None:
     """One line per variant measured, then the choice."""
     if rows:
-        print(f"export: {len(rows['texts'])} {'test rows' if rows['split'] == 'test' else 'rows (no test split)'} of {rows['annotations']}, "
+        print(f"export: {len(rows['texts'])} {rows['split']} rows of {rows['annotations']}, "
               f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}"
               + (f" (one changed label is {1 / len(rows['texts']):.1%} of so few rows)" if len(rows["texts"]) < 200 else "") + ":")
     for c, _ in candidates:

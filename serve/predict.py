@@ -108,7 +108,8 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
 def _weights(folder: Path) -> list[dict]:
     """Fingerprints of the student's weight files: a student retrained or exported again into the same folder is another student."""
     names = ("model.onnx", "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
-    return [file_fingerprint(folder / name) for name in names if (folder / name).is_file()]
+    return [{"name": name, "size": (folder / name).stat().st_size, "mtime_ns": (folder / name).stat().st_mtime_ns}  # no hash: GBs for a Llama
+            for name in names if (folder / name).is_file()]
 
 
 def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:

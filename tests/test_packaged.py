@@ -66,13 +66,18 @@ def test_demo_run_on_embedded_defaults_small(tmp_path, capsys):
     from distillery.serve import load_student
 
     assert distillery_cli.main(["export", "--student", str(out / "student")]) == 0
+    export = json.loads((out / "student-onnx" / "distillery_student.json").read_text())["export"]
+    chosen = next(c for c in export["candidates"] if c["name"] == export["variant"])
+    assert export["rows"] > 40 and chosen["parity"] >= 0.99, export  # the few test rows topped up with training rows
     texts = load_rows(AnnotateConfig(limit=400, seed=1), ["negative", "positive"])["text"].tolist()
     want = load_student(out / "student").probabilities(texts)
     got = load_student(out / "student-onnx").probabilities(texts)
     same = got.argmax(1) == want.argmax(1)
     decided = want.max(1) >= 0.6
     assert decided.sum() >= 50 and same[decided].mean() >= 0.99, (decided.sum(), same[decided].mean(), same.mean())
-    assert abs(got - want).max() < 0.15  # measured 0.117 here; 0.065 and 0.076 on the SST-2 and demo students
+    # int8 with the attention quantized too moves probabilities more than issue #11's recipe did:
+    # 0.189 here; 0.10-0.21 on six user-like runs (docs/results.md, issue #19).
+    assert abs(got - want).max() < 0.25
 
 
 def _source_copy(dest):

@@ -146,10 +146,13 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
 
 
 def _check_rows(run_dir) -> tuple[list[str], np.ndarray]:
-    """The run's test rows and the teacher's labels on them, as export reads them."""
+    """The rows export checks the variants on (the test rows, topped up with training rows to 200)
+    and the teacher's labels of the test rows, as export reads them."""
     frame, manifest = read_annotations(run_dir / "annotations")
-    test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
-    return test["text"].tolist(), test["teacher_label"].map({lab: i for i, lab in enumerate(manifest["labels"])}).to_numpy()
+    frame = frame[frame["error_type"] == ""]
+    test, others = frame[frame["split"] == "test"], frame[frame["split"] != "test"]
+    texts = test["text"].tolist() + others["text"].tolist()[: max(0, 200 - len(test))]
+    return texts, test["teacher_label"].map({lab: i for i, lab in enumerate(manifest["labels"])}).to_numpy()
 
 
 def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(run_dir, tmp_path, capsys):
@@ -164,7 +167,7 @@ def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(
     record = json.loads((out / "distillery_student.json").read_text())
     export = record["export"]
     texts, teacher = _check_rows(run_dir)
-    assert export["rows"] == len(texts) > 0 and export["rows_from"] == "test"
+    assert export["rows"] == len(texts) > len(teacher) > 0 and export["rows_from"] == "test and training"
     candidates = {c["name"]: c for c in export["candidates"]}
     assert set(candidates) == {"int8", "int8-ffn-fp32", "fp32"} and candidates["fp32"]["parity"] == 1.0
     passing = [c for c in export["candidates"] if c["parity"] >= 0.99]
@@ -176,9 +179,10 @@ def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(
     assert (served.argmax(1) == want.argmax(1)).mean() == pytest.approx(candidates[export["variant"]]["parity"])
     assert record["weights"] == ("float32" if export["variant"] == "fp32" else "int8")
     # The answer-or-defer threshold is the served variant's own, on the same rows and target.
-    expected = pick_threshold(served.max(1), served.argmax(1) == teacher, 0.6)
+    on_test = served[: len(teacher)]  # the threshold is about rows the student did not train on
+    expected = pick_threshold(on_test.max(1), on_test.argmax(1) == teacher, 0.6)
     assert record["defer"]["threshold"] == pytest.approx(expected["threshold"]) and record["defer"]["target"] == 0.6
-    assert record["defer"]["recomputed_on"] == len(texts)
+    assert record["defer"]["recomputed_on"] == len(teacher)
 
 
 def test_export_with_min_parity_one_serves_a_variant_that_changes_no_label(run_dir, tmp_path):
@@ -402,7 +406,7 @@ def test_export_keeps_evaluates_threshold_when_too_few_rows_check_it(run_dir, tm
     meta["defer"] = {"threshold": 0.61, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": 0.6}
     (student / "distillery_student.json").write_text(json.dumps(meta))
     assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--check-rows", "5"]) == 0
-    assert "kept evaluate's answer-or-defer threshold (0.6100): 5 rows cannot pass target 0.6" in capsys.readouterr().out
+    assert "kept evaluate's answer-or-defer threshold (0.6100): 5 test rows cannot pass target 0.6" in capsys.readouterr().out
     defer = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["defer"]
     assert defer["threshold"] == 0.61 and defer["kept_from"] == "evaluate"
 
