@@ -23,7 +23,7 @@ from distillery.core.errors import UserError
 from distillery.core.reviewed import reviewed_fingerprint
 from distillery.core.rundir import append_csv, sha256_file, write_json, write_text
 
-__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id"]
+__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id", "teacher_probabilities"]
 
 FORMAT = "distillery.annotations/1"
 
@@ -35,6 +35,15 @@ class ManifestError(UserError):
 def label_columns(labels: list[str], raw: bool = False) -> list[str]:
     """Column names of the per-label natural-log probabilities (``logprob_<label>``)."""
     return [f"{'raw_' if raw else ''}logprob_{lab}" for lab in labels]
+
+
+def teacher_probabilities(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """The teacher's calibrated probabilities of ``frame``'s rows; a row with a hard label only
+    (a hosted teacher that gave no log-probs) is one-hot."""
+    probs = np.exp(frame[label_columns(labels)].to_numpy(float))
+    hard_only = np.isnan(probs).any(axis=1)
+    probs[hard_only] = np.eye(len(labels))[frame.loc[hard_only, "teacher_label"].map(labels.index).to_numpy(int)]
+    return probs
 
 
 def run_id(fingerprint: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +70,16 @@ def cpu() -> dict:
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
     return {"cpu": model, "cpu_flags": [f for f in wanted if f in flags]}
+
+
+def batch_seconds(fn, texts: list[str], batch: int) -> list[float]:
+    """Seconds of each call ``fn(chunk)`` over ``texts`` in chunks of ``batch`` (a short last one left out)."""
+    seconds = []
+    for b in range(0, len(texts) - batch + 1, batch):
+        start = time.perf_counter()
+        fn(texts[b : b + batch])
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def write_result(name: str, payload: dict) -> Path:

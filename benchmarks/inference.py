@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, print_table, write_result
+from common import ROOT, batch_seconds, print_table, write_result
 
 from distillery.annotate import read_annotations
 from distillery.core.models import quiet_third_party
@@ -67,16 +67,6 @@ def paths(student, folder: Path) -> dict:
     return out
 
 
-def time_once(fn, texts: list[str], batch: int) -> list[float]:
-    """Seconds per call of ``fn`` over ``texts`` in batches of ``batch``."""
-    seconds = []
-    for b in range(0, len(texts) - batch + 1, batch):
-        start = time.perf_counter()
-        fn(texts[b : b + batch], batch)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", type=Path, default=STUDENT, help="an encoder student folder (default: the SST-2 80/20 review-arm MiniLM)")
@@ -102,13 +92,13 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, fn in runs.items():
                     time.sleep(0.5)  # the last path's idle threads (torch's OpenMP, onnxruntime's pool) stop spinning first
-                    rounds[name]["b1"].append(time_once(fn, texts[:64], 1))
+                    rounds[name]["b1"].append(batch_seconds(lambda t, f=fn: f(t, 1), texts[:64], 1))
                     time.sleep(0.5)
                     start = time.perf_counter()
                     fn(texts, 32)
                     rounds[name]["b32"].append(time.perf_counter() - start)
                     time.sleep(0.5)
-                    rounds[name]["b32 requests"].append(time_once(fn, texts, 32))
+                    rounds[name]["b32 requests"].append(batch_seconds(lambda t, f=fn: f(t, 32), texts, 32))
             for name, fn in runs.items():
                 b1 = sorted(rounds[name]["b1"], key=sum)[len(rounds[name]["b1"]) // 2]  # the median round
                 b32 = float(np.median(rounds[name]["b32"]))

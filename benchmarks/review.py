@@ -45,7 +45,8 @@ from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.metrics import stratified_accuracy
 from distillery.review import ReviewConfig, review
-from distillery.review.queue import doubt_scores, label_issues, stratified_sample, teacher_probabilities
+from distillery.annotate.chunks import teacher_probabilities
+from distillery.review.queue import doubt_scores, label_issues, stratified_sample
 from distillery.serve import load_student
 
 RUNS = ROOT / "data" / "runs"

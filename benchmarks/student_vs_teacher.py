@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, print_table, write_result
+from common import ROOT, batch_seconds, print_table, write_result
 
 from distillery.annotate import AnnotateConfig, read_annotations
 from distillery.annotate.local import LocalTeacher
@@ -39,13 +39,7 @@ RUNS = [ROOT / "data" / "runs" / "bench-quality-sst2", ROOT / "data" / "runs" / 
 def time_batches(fn, texts: list[str], batch: int, rounds: int) -> dict:
     """rows/s over ``rounds`` passes and per-batch latency percentiles, after one warm-up batch."""
     fn(texts[:batch])
-    latencies = []
-    for _ in range(rounds):
-        for b in range(0, len(texts) - batch + 1, batch):
-            start = time.perf_counter()
-            fn(texts[b : b + batch])
-            latencies.append(time.perf_counter() - start)
-    lat = np.array(latencies)
+    lat = np.array([seconds for _ in range(rounds) for seconds in batch_seconds(fn, texts, batch)])
     return {"batch": batch, "rows_per_s": batch * len(lat) / lat.sum(), "p50_ms": 1000 * np.percentile(lat, 50), "p95_ms": 1000 * np.percentile(lat, 95)}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import parameter_count, pick_device, resolve_model
 from distillery.core.registry import teacher_backends
@@ -199,11 +199,7 @@ def eval_rows(cfg: EvaluateConfig, frame: pd.DataFrame, manifest: dict) -> EvalR
         raise UserError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
     label_id = {lab: i for i, lab in enumerate(labels)}
     gold = rows["gold"].map(label_id).to_numpy() if n_gold else None  # without gold: agreement, κ and speed only
-    teacher_probs = np.exp(rows[label_columns(labels)].to_numpy(float))
-    hard_only = np.isnan(teacher_probs).any(axis=1)  # a hosted teacher that gave no log-probs
-    if hard_only.any():
-        teacher_probs[hard_only] = np.eye(len(labels))[rows.loc[hard_only, "teacher_label"].map(label_id).to_numpy(int)]
-    return EvalRows(frame, rows, labels, n_failed, gold, teacher_probs)
+    return EvalRows(frame, rows, labels, n_failed, gold, teacher_probabilities(rows, labels))
 
 
 def teacher_metrics(data: EvalRows, manifest: dict, speed_texts: list[str]) -> dict:

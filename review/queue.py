@@ -22,14 +22,13 @@ in ``OUT/review/queue.csv``: a second call draws new rows only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import pandas as pd
 
-from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
 from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, read_reviewed, review_dir
 from distillery.core.rundir import ForeignFiles, guard_files, record_files, write_csv, write_json, write_text
@@ -38,14 +37,6 @@ from distillery.review.config import ReviewConfig
 __all__ = ["build_queue", "doubt_scores", "label_config", "owned", "pick_doubtful", "stratified_sample", "write_round"]
 
 CV_FOLDS = 5
-
-
-def teacher_probabilities(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    """The teacher's calibrated probabilities; a row with a hard label only is one-hot."""
-    probs = np.exp(frame[label_columns(labels)].to_numpy(float))
-    hard_only = np.isnan(probs).any(axis=1)
-    probs[hard_only] = np.eye(len(labels))[frame.loc[hard_only, "teacher_label"].map(labels.index).to_numpy(int)]
-    return probs
 
 
 def stratified_sample(strata: pd.Series, n: int, rng: np.random.Generator) -> list:

@@ -100,7 +100,7 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     """The rows the variants are checked on: the run's test rows, at most ``cfg.check_rows``, topped
     up with training rows to MIN_ROWS; the teacher's labels of the test rows (for the answer-or-defer
     threshold). None when the student's run has no annotations here."""
-    from distillery.annotate.chunks import label_columns, read_annotations
+    from distillery.annotate.chunks import read_annotations, teacher_probabilities
 
     annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
     if annotations is None or not (annotations / "manifest.json").is_file():
@@ -116,11 +116,9 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     # Parity needs no labels, and 0.99 cannot be told on a few dozen rows (one changed label is
     # more than 1%): a small test split is topped up with training rows, up to MIN_ROWS.
     others = frame[frame["split"] != "test"].head(max(0, min(MIN_ROWS, cfg.check_rows) - len(held_out)))
-    label_id = {lab: i for i, lab in enumerate(labels)}
-    scores = held_out[label_columns(labels)].to_numpy(float)
-    teacher = np.where(np.isnan(scores).any(1), held_out["teacher_label"].map(label_id).to_numpy(), np.nan_to_num(scores, nan=-np.inf).argmax(1))
+    teacher = teacher_probabilities(held_out, labels).argmax(1)
     split = "test" if len(others) == 0 else "test and training" if len(held_out) else "training"
-    return {"texts": held_out["text"].tolist() + others["text"].tolist(), "teacher": teacher.astype(int), "split": split, "annotations": annotations}
+    return {"texts": held_out["text"].tolist() + others["text"].tolist(), "teacher": teacher, "split": split, "annotations": annotations}
 
 
 def _trained_on(folder: Path) -> Path | None:
@@ -152,7 +150,7 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
     fp32 = tmp / "fp32" / ONNX_FILE
     fp32.parent.mkdir()
     graph = build_graph(model, student.tokenizer, fp32, student.temperature)
-    if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, cfg.predict_batch_size):
+    if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, reference, cfg.predict_batch_size):
         graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
     files, candidates = {}, []
     for name in names:
@@ -201,10 +199,12 @@ def _reference(student, texts: list[str], batch_size: int) -> tuple[np.ndarray |
     return probs, len(texts) / (time.perf_counter() - start)
 
 
-def _same_model(student, fp32: Path, texts: list[str], batch_size: int) -> bool:
-    """Whether the fused float32 graph gives the PyTorch student's probabilities (to 1e-3) on ``texts``."""
+def _same_model(student, fp32: Path, texts: list[str], reference: np.ndarray | None, batch_size: int) -> bool:
+    """Whether the fused float32 graph gives the PyTorch student's probabilities (to 1e-3) on ``texts``
+    (the first rows of ``reference``, the PyTorch student's probabilities, where there is one)."""
     got = onnx_student(student, fp32).probabilities(texts, batch_size)
-    return bool(np.abs(got - student.probabilities(texts, batch_size)).max() <= 1e-3)
+    want = reference[: len(texts)] if reference is not None else student.probabilities(texts, batch_size)
+    return bool(np.abs(got - want).max() <= 1e-3)
 
 
 def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> dict | None:

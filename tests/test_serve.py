@@ -155,12 +155,18 @@ def _check_rows(run_dir) -> tuple[list[str], np.ndarray]:
     return texts, test["teacher_label"].map({lab: i for i, lab in enumerate(manifest["labels"])}).to_numpy()
 
 
-def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(run_dir, tmp_path, capsys):
+def _student_with_threshold(run_dir, tmp_path, threshold: float, target: float):
+    """A copy of the run's student whose record holds an answer-or-defer threshold for ``target``."""
     student = tmp_path / "student"
     shutil.copytree(run_dir / "student", student)
     meta = json.loads((student / "distillery_student.json").read_text())
-    meta["defer"] = {"threshold": 0.5, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": 0.6}
+    meta["defer"] = {"threshold": threshold, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": target}
     (student / "distillery_student.json").write_text(json.dumps(meta))
+    return student
+
+
+def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(run_dir, tmp_path, capsys):
+    student = _student_with_threshold(run_dir, tmp_path, 0.5, target=0.6)
     out = tmp_path / "onnx"
     assert distillery_cli.main(["export", "--student", str(student), "--annotations", str(run_dir / "annotations"), "--onnx-dir", str(out)]) == 0
     shown = capsys.readouterr().out
@@ -400,11 +406,7 @@ def test_export_finds_its_run_through_a_relative_out(run_dir, tmp_path):
 
 
 def test_export_keeps_evaluates_threshold_when_too_few_rows_check_it(run_dir, tmp_path, capsys):
-    student = tmp_path / "student"
-    shutil.copytree(run_dir / "student", student)
-    meta = json.loads((student / "distillery_student.json").read_text())
-    meta["defer"] = {"threshold": 0.61, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": 0.6}
-    (student / "distillery_student.json").write_text(json.dumps(meta))
+    student = _student_with_threshold(run_dir, tmp_path, 0.61, target=0.6)
     assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--check-rows", "5"]) == 0
     assert "kept evaluate's answer-or-defer threshold (0.6100): 5 test rows cannot pass target 0.6" in capsys.readouterr().out
     defer = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["defer"]
