@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
-from distillery.core.secrets import parse_headers, scrub
+from distillery.core.secrets import NO_KEY, parse_headers, scrub
 
 if TYPE_CHECKING:
     from distillery.annotate.config import AnnotateConfig
@@ -36,6 +36,7 @@ from distillery.core.errors import UserError
 __all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PLACEHOLDER_KEY = "no-key"  # --api-key-env none: the client needs some string; a server without keys ignores it
 
 
 class AuthError(PermissionError):
@@ -144,7 +145,9 @@ class HostedTeacher:
     One retry policy (tenacity: exponential backoff with jitter on 429, 5xx, timeouts and
     dropped connections, honouring ``Retry-After``); the client's own retries are off. Requests
     that cannot succeed (400, 403, 404, context too long) become error rows with the server's
-    message; a refused key (401) stops the run.
+    message, failed for good (:func:`~distillery.annotate.teacher.failed_for_good`); a refused key
+    (401) stops the run. ``answered`` counts the rows labelled so far; the caller adds those of
+    earlier runs, so that a rerun whose rows the server all refuses is not taken for a wrong URL.
     """
 
 
@@ -158,7 +161,10 @@ class HostedTeacher:
         if not cfg.base_url:
             raise UserError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
         self.cfg, self.task = cfg, task
-        self.api_key = os.environ.get(cfg.api_key_env, "") or "no-key"
+        self.api_key = PLACEHOLDER_KEY if cfg.api_key_env == NO_KEY else os.environ.get(cfg.api_key_env, "")
+        if not self.api_key:  # the variable's name only: its value, if any, is never shown
+            raise UserError(f"--api-key-env {cfg.api_key_env}: expected the API key in the environment variable {cfg.api_key_env}; found it "
+                            f"unset or empty; export {cfg.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server that needs no key")
         self.headers = parse_headers(cfg.extra_headers)  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
         self.cache = RequestCache(Path(cfg.out) / "annotations" / "request_cache.sqlite")
@@ -197,7 +203,7 @@ class HostedTeacher:
     def _safe(self, message: str) -> str:
         """``message`` with the API key, every extra header's value and credential-like pieces (a URL's
         ``user:pass@``) masked: a server may echo them, and these messages reach the chunks and the terminal."""
-        secrets = [self.api_key] if self.api_key != "no-key" else []
+        secrets = [self.api_key] if self.cfg.api_key_env != NO_KEY else []
         for secret in sorted([*secrets, *self.headers.values()], key=len, reverse=True):
             message = message.replace(secret, "***")
         return scrub(message)
@@ -308,6 +314,9 @@ class HostedTeacher:
                         self.usage["requests_sent"] += 1
                         response = await create(**request)
         except openai.AuthenticationError:
+            if self.cfg.api_key_env == NO_KEY:
+                raise AuthError(f"the server at {self._safe(self.cfg.base_url)} needs an API key (401); found --api-key-env none; "
+                                "export the key and pass its variable's name with --api-key-env") from None
             raise AuthError(f"the server at {self._safe(self.cfg.base_url)} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
         except openai.APIStatusError as err:
             return Annotation(error_type=f"http_{err.status_code}", error_message=self._safe(str(err))[:300])

@@ -26,7 +26,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.secrets import redacted
 from distillery.annotate.deferred import merge_answers
 from distillery.core.inputs import load_rows
-from distillery.annotate.teacher import Annotation, content_free_bias
+from distillery.annotate.teacher import Annotation, content_free_bias, failed_for_good
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
 from distillery.core.tasks import load_task
@@ -64,7 +64,7 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         raise UserError(f"--calibrate {cfg.calibrate}: expected rows with gold labels outside the test split; found none; pass --label-column, "
                         "or use --calibrate mean")
     store = open_store(cfg, task, rows, grows)
-    todo = plan(store, rows, cfg.chunk_size)
+    todo = plan(store, rows, cfg.chunk_size, cfg.retry_failed)
     n_todo = sum(len(redo) for *_, redo in todo)
     print(f"annotate: {len(rows)} rows, {len(rows) - n_todo} already done, {n_todo} to annotate -> {store.root}")
     if cfg.dry_run:
@@ -87,7 +87,8 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     why = f"auto: {len(reviewed)} reviewed rows" if mode == "reviewed" else "auto: label-balanced sample" if balanced else "auto"
     chosen = calibration["mode"] + (f" ({why})" if cfg.calibrate == "auto" else "")
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
-    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (rerun to retry them); calibration {chosen}"
+    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (error_type in the chunks: a rerun retries those that may "
+          f"pass, --retry-failed also those that failed for good); calibration {chosen}"
           + (f", estimated label prior {prior}" if prior else ""))
     mass = store.manifest.get("label_mass_median")
     if mass is not None and mass < LOW_LABEL_MASS:
@@ -125,13 +126,23 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
     return store
 
 
-def plan(store: ChunkStore, rows: pd.DataFrame, chunk_size: int) -> list[tuple]:
-    """``(chunk index, chunk rows, finished frame or None, row index to ask)`` for every chunk with work left."""
+def plan(store: ChunkStore, rows: pd.DataFrame, chunk_size: int, retry_failed: bool = False) -> list[tuple]:
+    """``(chunk index, chunk rows, finished frame or None, row index to ask)`` for every chunk with work left.
+
+    Failed rows are asked again, except those that failed for good (too long, refused by the
+    server: :func:`failed_for_good`) unless ``retry_failed``.
+    """
     todo = []
     for index, start in enumerate(range(0, len(rows), chunk_size)):
         chunk = rows.iloc[start : start + chunk_size].reset_index(drop=True)
         done = store.existing(index, chunk)
-        redo = chunk.index if done is None else done.index[done["error_type"] != ""]
+        if done is None:
+            redo = chunk.index
+        else:
+            failed = done["error_type"] != ""
+            if not retry_failed:
+                failed &= ~done["error_type"].map(failed_for_good)
+            redo = done.index[failed]
         if len(redo):
             todo.append((index, chunk, done, redo))
     return todo
@@ -152,14 +163,26 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
         return True
     limits = batch_limits(cfg)
     n_todo = sum(len(redo) for *_, redo in todo)
+    max_chars = cfg.max_row_chars or 8 * cfg.max_prompt_tokens
+    bound = f"--max-row-chars {max_chars:,}" + ("" if cfg.max_row_chars else " (automatic: 8 x --max-prompt-tokens)")
+    if hasattr(teacher, "answered"):  # hosted: rows labelled by earlier runs show that the server answers
+        teacher.answered += sum(c["rows"] - c["errors"] for c in store.manifest["chunks"].values())
     with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk, done, redo in todo:
             texts = chunk.loc[redo, "text"].tolist()
             results: list[Annotation] = [Annotation()] * len(texts)
+            fits = []  # a row over --max-row-chars fails before the teacher tokenizes or sends it
+            for i, text in enumerate(texts):
+                if len(text) > max_chars:
+                    results[i] = Annotation(error_type="too_long", error_message=f"{len(text):,} characters > {bound}; to annotate it, raise "
+                                            "--max-row-chars (and --max-prompt-tokens) and rerun with --retry-failed")
+                else:
+                    fits.append(i)
+            bar.update(len(texts) - len(fits))
             # Rows of similar length batched together: less padding, ~15-25% faster on CPU.
-            for batch in teacher_batches(teacher.prompt_lengths(texts), *limits):
-                for i, ann in zip(batch, teacher.score([texts[i] for i in batch])):
-                    results[i] = ann
+            for batch in teacher_batches(teacher.prompt_lengths([texts[i] for i in fits]) if fits else [], *limits):
+                for i, ann in zip(batch, teacher.score([texts[fits[i]] for i in batch])):
+                    results[fits[i]] = ann
                 bar.update(len(batch))
             frame = chunk_frame(chunk, task.labels, cfg.teacher, task.prompt_hash()) if done is None else done
             fill(frame, redo, results, task.labels)

@@ -12,7 +12,10 @@ import numpy as np
 
 from distillery.core.errors import UserError
 
-__all__ = ["Annotation", "Teacher", "TeacherBackend", "content_free_bias", "normalise"]
+__all__ = ["Annotation", "Teacher", "TeacherBackend", "content_free_bias", "failed_for_good", "normalise"]
+
+# A server's 4xx answers that a later try may pass: timeout, conflict, rate limit (the rest refuse the row itself).
+TEMPORARY_4XX = (408, 409, 429)
 
 
 @dataclass
@@ -61,6 +64,14 @@ class TeacherBackend:
     build: Callable
     local: bool = False
     batch_rows: int | None = None
+
+
+def failed_for_good(error_type: str) -> bool:
+    """True for a failure that a rerun would only repeat, so a rerun skips the row unless --retry-failed:
+    ``too_long`` (over --max-row-chars) and ``http_4xx``, a row the server refused (4xx other than 408,
+    409 and 429). Every other error type (timeouts, 5xx, dropped connections, ...) is retried on every rerun."""
+    code = error_type.removeprefix("http_")
+    return error_type == "too_long" or (code != error_type and code.isdigit() and 400 <= int(code) < 500 and int(code) not in TEMPORARY_4XX)
 
 
 def normalise(raw: list[float]) -> Annotation:

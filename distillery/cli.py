@@ -68,7 +68,7 @@ GROUPS = {
     "input": ("input rows", "out data hf_config split text_column label_column split_column id_column limit balance drop_empty "
                             "test_fraction seed annotations hard_labels max_train_rows students eval_split"),
     "task": ("task", "task labels"),
-    "teacher": ("teacher", "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens dtype load_in_4bit "
+    "teacher": ("teacher", "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens max_row_chars retry_failed dtype load_in_4bit "
                            "teacher_mode"),
     "hosted": ("hosted teacher (--backend openai)", "base_url api_key_env extra_headers request_timeout hosted_scoring template_from "
                                                     "top_logprobs concurrency requests_per_minute tokens_per_minute max_retries "
@@ -107,6 +107,8 @@ SHORT_HELP = {
     "teacher_batch_tokens": "tokens per forward pass (0 = auto)",
     "prefix_cache": "no KV cache of the shared prompt prefix",
     "max_prompt_tokens": "longer prompts become error rows",
+    "max_row_chars": "longer rows fail at once (0 = auto)",
+    "retry_failed": "retry rows that failed for good",
     "dtype": "auto, float32, bfloat16, float16",
     "load_in_4bit": "teacher in 4 bit (bitsandbytes, CUDA)",
     "base_url": "server URL (…/v1)",

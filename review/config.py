@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distillery.core.errors import UserError
-from distillery.core.options import check_finite, check_student_folder, option
+from distillery.core.options import SEED_MAX, check_settings, check_student_folder, option
 
 
 @dataclass
@@ -22,20 +22,16 @@ class ReviewConfig:
     annotations: str = option("", "annotations dir (default OUT/annotations)")
     student: str = option("", "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
                               "without one, the teacher's margin alone)")
-    review_rows: int = option(200, "rows in a new review queue (a second call adds this many rows, never the same ones)")
+    review_rows: int = option(200, "rows in a new review queue (a second call adds this many rows, never the same ones)", ge=1)
     random_share: float = option(0.5, "share of the queue drawn at random from the evaluation (test) rows, stratified by the teacher's "
-                                      "label; the rest are doubtful training rows")
+                                      "label; the rest are doubtful training rows", ge=0.0, le=1.0)
     import_file: str = option("", "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
                                   "(JSON, nested or flat) or the queue CSV with its label column filled", flag="--import")
-    seed: int = option(0, "seed for sampling, the train/test split and training")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = option(0, "seed for sampling, the train/test split and training", ge=0, le=SEED_MAX)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_settings(self)  # every field against its declared range, form and choices
         if not self.out.strip():
             raise UserError("--out: expected the run folder (e.g. data/runs/reviews); found an empty value")
-        if self.review_rows < 1:
-            raise UserError(f"--review-rows: expected a number of rows >= 1 (default 200), found {self.review_rows}")
-        if not 0.0 <= self.random_share <= 1.0:
-            raise UserError(f"--random-share: expected a share between 0 and 1 (default 0.5: half random, half doubtful), found {self.random_share}")
         check_student_folder(self.student, "--student")

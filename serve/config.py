@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distillery.core.options import check_finite, check_student_folder, option
+from distillery.core.options import check_settings, check_student_folder, option
 from distillery.core.errors import UserError
 
 
@@ -23,20 +23,18 @@ class PredictConfig:
     drop_empty: bool = option(False, "skip rows with empty text instead of stopping with an error")
     predictions: str = option("predictions.csv", "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "
                                                 "a directory gets DIR/predictions.csv")
-    predict_batch_size: int = option(32, "rows per forward pass (rows of similar length are batched together)")
-    chunk_size: int = option(1000, "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)")
+    predict_batch_size: int = option(32, "rows per forward pass (rows of similar length are batched together)", ge=1)
+    chunk_size: int = option(1000, "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)", ge=1)
     defer: bool = option(False, "add a 'deferred' column: True where the confidence is under the threshold that evaluate "
                                 "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)")
-    defer_threshold: float = option(-1.0, "confidence under which a row is deferred (default: the one evaluate recorded for the student)")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)")
+    defer_threshold: float = option(-1.0, "confidence under which a row is deferred (default: the one evaluate recorded for the student)", ge=-1.0, le=1.0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)", form="device")
     overwrite: bool = option(False, "predict again from the start: replace a --predictions file that another run, or a changed input, wrote")
 
     def __post_init__(self) -> None:
-        check_finite(self)
+        check_settings(self)  # every field against its declared range, form and choices
         if not self.data:
             raise UserError("data: expected an input (--data FILE, 'tweets' or hf:NAME); found none")
-        if self.predict_batch_size < 1 or self.chunk_size < 1:
-            raise UserError(f"predict_batch_size, chunk_size: expected >= 1, found {self.predict_batch_size}, {self.chunk_size}")
         if Path(self.out).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
             raise UserError(f"out: expected the run folder (--out is a run folder in every command); found the file name '{self.out}'; "
                             "write the predictions with --predictions FILE.csv")
@@ -58,19 +56,13 @@ class ExportConfig:
     variant: str = option("auto", "auto: the fastest variant whose labels match the PyTorch student on at least --min-parity of the "
                                   "check rows; or force one: int8 (every linear layer and the attention in int8), int8-ffn-fp32 "
                                   "(the feed-forward output projections in float32), fp32", choices=("auto", "int8", "int8-ffn-fp32", "fp32"))
-    min_parity: float = option(0.99, "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)")
+    min_parity: float = option(0.99, "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)", gt=0.0, le=1.0)
     annotations: str = option("", "annotations whose rows the variants are checked on (default: those the student was trained from; "
                                   "their test rows, topped up with training rows to 200)")
-    check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)")
-    predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)")
+    check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)", ge=1)
+    predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)", ge=1)
     overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write")
 
     def __post_init__(self) -> None:
-        check_finite(self)
-        if self.variant not in ("auto", "int8", "int8-ffn-fp32", "fp32"):
-            raise UserError(f"variant: expected auto, int8, int8-ffn-fp32 or fp32, found '{self.variant}'")
-        if not 0.0 < self.min_parity <= 1.0:
-            raise UserError(f"min_parity: expected a share in (0, 1], found {self.min_parity}")
-        if self.check_rows < 1 or self.predict_batch_size < 1:
-            raise UserError(f"check_rows, predict_batch_size: expected >= 1, found {self.check_rows}, {self.predict_batch_size}")
+        check_settings(self)  # every field against its declared range, form and choices
         check_student_folder(self.student, "--student")

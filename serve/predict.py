@@ -8,8 +8,12 @@ Run it with::
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import itertools
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +25,7 @@ from tqdm.auto import tqdm
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
 from distillery.core.options import student_folder
-from distillery.core.rundir import file_fingerprint, locked, replacing, same_file, write_csv, write_json
+from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, locked, replacing, sha256_file, write_json, write_text
 from distillery.serve.config import PredictConfig
 from distillery.serve.student import Student, load_student
 from distillery.core.errors import UserError
@@ -58,19 +62,29 @@ def predict(cfg: PredictConfig) -> Path:
     """Label every row of ``cfg.data``; returns the CSV written. A killed run resumes at its last chunk.
 
     ``OUT.parts/`` holds the finished chunks and ``run.json`` (what this run reads: student,
-    input and its content fingerprint); one process at a time writes it.
+    input and its content hash, and each finished chunk's checksum); one process at a time
+    writes it. A refused run leaves nothing new on disk.
     """
     out = Path(cfg.predictions)
     if out.is_dir():
         out = out / "predictions.csv"
+    if Path(cfg.data).is_file() and out.exists() and os.path.samefile(out, cfg.data):  # however either is spelt
+        raise UserError(f"--predictions {out}: expected a file other than the input; found the --data file itself ({cfg.data}); "
+                        "pass another --predictions")
     parts = out.with_name(out.name + ".parts")
     folder = student_folder(cfg)
     student = load_student(folder, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
     chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
     first = next(chunks)  # bad input fails here, before any file is written
-    with locked(parts, "predict", shown=out):
-        return _predict(cfg, out, parts, student, threshold, itertools.chain([first], chunks))
+    created = not parts.exists()
+    with locked(parts, "predict", shown=out, flag="--predictions"):
+        try:
+            return _predict(cfg, out, parts, student, threshold, itertools.chain([first], chunks))
+        except BaseException:
+            if created:
+                _remove_if_empty(parts)
+            raise
 
 
 def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
@@ -87,22 +101,47 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
         return out
     print(f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
           + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
-    rows = 0
+    rows, paths = 0, []
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk in enumerate(chunks):
             path = parts / f"part-{index:05d}.csv"
-            if not path.is_file():  # else written by a run that was stopped later
+            if not _finished(path, state):  # else written whole by a run that was stopped later
                 frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.predict_batch_size), student.labels, threshold)
-                write_csv(path, frame)  # whole, every field quoted: a killed run leaves whole chunks only
+                _write_part(parts, path, frame, state)
+            paths.append(path)
             rows += len(chunk)
             bar.update(len(chunk))
-    _join(sorted(parts.glob("part-*.csv")), out)
-    state.update(complete=True, rows=rows)
+    _join(paths, out)
+    state.update(complete=True, rows=rows, parts={})
     write_json(parts / "run.json", state)
     for path in parts.glob("part-*.csv"):
         path.unlink()
     print(f"predict: {rows} rows -> {out}")
     return out
+
+
+def _finished(path: Path, state: dict) -> bool:
+    """Whether ``path`` is a chunk this run wrote whole: its checksum is the one ``run.json`` records."""
+    if not path.is_file():
+        return False
+    if sha256_file(path) == state["parts"].get(path.name):
+        return True
+    print(f"predict: {path} does not match its checksum in run.json (cut or edited after it was written); predicting its rows again")
+    return False
+
+
+def _write_part(parts: Path, path: Path, frame: pd.DataFrame, state: dict) -> None:
+    """Write one chunk whole (every field quoted), its checksum recorded in ``run.json`` first.
+
+    A part is only written where none matches its record, so no good part is replaced: a kill
+    between the two writes leaves a part that does not match, which the next run predicts again.
+    """
+    text = io.StringIO()
+    append_csv(text, frame, header=True)
+    text = text.getvalue()
+    state["parts"][path.name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    write_json(parts / "run.json", state)
+    write_text(path, text)
 
 
 def _weights(folder: Path) -> list[dict]:
@@ -125,16 +164,18 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
         if changed:
             raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
                             "or --overwrite to predict again")
-        if source and state.get("input") and not same_file(state["input"], source):
-            raise UserError(f"{cfg.data} changed since {out} was predicted from it ({state['input']['size']:,} bytes then, "
-                            f"{source.stat().st_size:,} now); pass --overwrite to predict it again, or another --predictions")
+        digest = sha256_file(source) if source and state.get("input") else None  # its content: an edit can keep size and mtime
+        if digest and digest != state["input"].get("sha256"):
+            raise UserError(f"{cfg.data} changed since {out} was predicted from it (SHA-256 {str(state['input'].get('sha256'))[:12]} then, "
+                            f"{digest[:12]} now); pass --overwrite to predict it again, or another --predictions")
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
             _clear(parts)
         else:
+            state.setdefault("parts", {})  # a run.json from before parts had checksums: its parts are predicted again
             return state
     elif out.is_file() and not overwrite:
         raise UserError(f"{out}: exists and was not written by this predict run; pass another --predictions, or --overwrite to replace it")
-    state = {"fingerprint": fingerprint, "input": file_fingerprint(source) if source else None, "complete": False, "rows": 0}
+    state = {"fingerprint": fingerprint, "input": file_fingerprint(source) if source else None, "complete": False, "rows": 0, "parts": {}}
     write_json(state_file, state)
     return state
 
@@ -143,6 +184,14 @@ def _clear(parts: Path) -> None:
     """Forget an earlier run in ``parts`` (its lock file stays: this process holds it)."""
     for path in [parts / "run.json", *parts.glob("part-*.csv")]:
         path.unlink(missing_ok=True)
+
+
+def _remove_if_empty(parts: Path) -> None:
+    """Remove ``parts`` (made by this refused or stopped run) if it holds nothing but its lock file."""
+    if parts.is_dir() and all(p.name == LOCK_FILE for p in parts.iterdir()):
+        (parts / LOCK_FILE).unlink(missing_ok=True)  # while the lock is held: no other run is inside it
+        with contextlib.suppress(OSError):  # another run made it again meanwhile: it is theirs
+            parts.rmdir()
 
 
 def _join(paths: list[Path], out: Path) -> None:

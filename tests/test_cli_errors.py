@@ -81,7 +81,7 @@ def test_every_float_field_refuses_nan_when_a_config_is_built_directly(cls, requ
     assert floats
     for name in floats:
         for bad in (math.nan, math.inf):
-            with pytest.raises(UserError, match=f"{name}: expected a finite number"):
+            with pytest.raises(UserError, match=f"--{name.replace('_', '-')}: expected a finite number"):
                 cls(**required, **{name: bad})
 
 

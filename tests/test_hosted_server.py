@@ -101,7 +101,7 @@ def server(llama_server):
 
 
 def _cfg(tmp_path, url, **kw):
-    base = dict(backend="openai", base_url=url, teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0, concurrency=2)
+    base = dict(backend="openai", base_url=url, api_key_env="none", teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0, concurrency=2)
     return AnnotateConfig(**{**base, **kw})
 
 
@@ -183,7 +183,7 @@ def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
 def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
     from distillery import cli as distillery_cli
 
-    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--limit", "4",
+    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "none", "--limit", "4",
                                 "--max-retries", "0", "--out", str(tmp_path / "dead")])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("distillery")]
@@ -244,7 +244,7 @@ def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
 
     proxy = FaultProxy(_port(server), faults=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distillery", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
+    cmd = [sys.executable, "-m", "distillery", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1", "--api-key-env", "none",
            "--limit", "40", "--chunk-size", "10", "--teacher-batch-size", "5", "--concurrency", "1", "--out", str(out)]
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root}

@@ -118,11 +118,12 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     url, arrivals, _ = answering_server
     task = load_task("sentiment-binary")
     texts = [f"row {i}" for i in range(6)]
-    free = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, out=str(tmp_path / "a"), concurrency=4), task)
+    free = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "a"), concurrency=4), task)
     assert all(a.error_type == "" for a in free.score(texts))
     assert arrivals[-1] - arrivals[0] < 1.0  # unlimited: as fast as the server answers
     arrivals.clear()
-    limited = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, out=str(tmp_path / "b"), concurrency=4, requests_per_minute=200), task)
+    limited = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "b"), concurrency=4,
+                                           requests_per_minute=200), task)
     assert all(a.error_type == "" for a in limited.score(texts[:3]) + limited.score(texts[3:]))  # the limit holds across batches
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert len(arrivals) == 6 and min(gaps) > 0.25  # 200/minute: one every 0.3 s
@@ -135,7 +136,7 @@ def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server,
 
     url, _, _ = answering_server
     make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)  # no packaged data needed
-    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--teacher", "gpt-nope", "--data", str(tmp_path / "rows.csv"),
+    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--api-key-env", "none", "--teacher", "gpt-nope", "--data", str(tmp_path / "rows.csv"),
                                 "--out", str(tmp_path)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("distillery")]

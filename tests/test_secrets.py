@@ -36,7 +36,7 @@ def test_the_client_sends_the_header_value_without_the_space(tmp_path):
     from distillery.annotate import load_task
     from distillery.annotate.hosted import HostedTeacher
 
-    cfg = AnnotateConfig(backend="openai", base_url="http://127.0.0.1:9/v1", out=str(tmp_path), extra_headers=[f"api-key: {HEADER_SECRET}"])
+    cfg = AnnotateConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="none", out=str(tmp_path), extra_headers=[f"api-key: {HEADER_SECRET}"])
     client = HostedTeacher(cfg, load_task("sentiment-binary"))._client()
     assert client.default_headers["api-key"] == HEADER_SECRET  # was " hdr-..." (the space after the colon)
 
@@ -56,7 +56,7 @@ def test_redacted_keeps_header_names_and_drops_every_secret_value():
 
 
 def test_a_key_passed_as_the_variable_name_is_refused_without_showing_it():
-    with pytest.raises(UserError, match="api_key_env: expected the name of the environment variable") as err:
+    with pytest.raises(UserError, match="--api-key-env: expected the name of the environment variable") as err:
         AnnotateConfig(api_key_env=f"sk-{KEY_SECRET}")
     assert KEY_SECRET not in str(err.value)
 

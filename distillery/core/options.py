@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import field
 from pathlib import Path
 
@@ -14,23 +15,93 @@ from distillery.core.errors import UserError
 from distillery.core.registry import student_kinds
 from distillery.core.secrets import scrub
 
-__all__ = ["option", "check_finite", "coerce", "read_config", "student_folder", "check_student_folder"]
+__all__ = ["option", "check_settings", "coerce", "read_config", "student_folder", "check_student_folder", "FORMS"]
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are 0 ..< 2**32
+INT_MAX = 2**31 - 1  # a count or a size beyond this is a typo, and torch's int32 indices overflow
 
 
-def option(default, help: str, **kw):
-    """A dataclass field with a help text (shown by ``--help``)."""
+def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, form: str | None = None, choices: tuple | None = None,
+           registry=None, extra_choices: tuple = (), nonempty: bool = False, flag: str | None = None):
+    """A dataclass field with a help text (shown by ``--help``) and the values it accepts.
+
+    Args:
+        ge, gt, le, lt: the range of a number (>=, >, <=, <). Every int field has one: an int
+            without ``le``/``lt`` is bounded by ``INT_MAX``, and one without ``ge``/``gt`` must
+            declare it (tests/test_settings.py enumerates every field).
+        form: the shape of a string, a key of :data:`FORMS` (``device``, ``env_name``).
+        choices, registry, extra_choices, nonempty: the values a string or list accepts, as :func:`coerce` reads them.
+        flag: the flag's spelling where it is not ``--name`` (``--import``).
+    """
+    given = {"ge": ge, "gt": gt, "le": le, "lt": lt, "form": form, "choices": choices, "registry": registry,
+             "extra_choices": extra_choices, "nonempty": nonempty, "flag": flag}
+    metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def check_finite(config) -> None:
-    """Refuse NaN and infinity in every float field of a config dataclass (``nan <= 0`` is False,
-    so a range check alone lets them through: ``--temperature nan`` trained a NaN student)."""
+def _device(value: str) -> str | None:
+    """None when ``value`` is auto or a device torch parses as cpu/cuda[:N]; else what is expected."""
+    if value == "auto":
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is not None and device.type in ("cpu", "cuda") and (device.type == "cuda" or device.index is None):
+        return None
+    return "auto, cpu, cuda or cuda:N"
+
+
+def _env_name(value: str) -> str | None:
+    from distillery.core.secrets import env_name_problem
+
+    return env_name_problem(value)
+
+
+# A string setting's form: a check returning None when the value fits, else what was expected.
+FORMS = {"device": _device, "env_name": _env_name}
+RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _out_of_range(f: dataclasses.Field, value) -> str | None:
+    """What ``f`` expects when ``value`` is outside its declared range, else None."""
+    bounds = {k: f.metadata[k] for k in RANGE_WORDS if k in f.metadata}
+    if str(f.type) == "int" and "le" not in bounds and "lt" not in bounds:
+        bounds["le"] = INT_MAX
+    inside = all({"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[k] for k, b in bounds.items())
+    if inside:
+        return None
+    return " and ".join(f"{RANGE_WORDS[k]} {b:g}" if isinstance(b, float) else f"{RANGE_WORDS[k]} {b}" for k, b in bounds.items())
+
+
+def check_settings(config) -> None:
+    """Check every field of a config dataclass against its declaration: a finite number inside its
+    range (``nan <= 0`` is False, so a range check alone lets NaN through), a string of its form,
+    a choice among its choices. The first field that does not fit is a one-line :class:`UserError`
+    that names it, what it expects and what it found (a value that may be a secret is not shown)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{f.name}: expected a finite number, found {value}")
+            raise UserError(f"{flag}: expected a finite number, found {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            expected = _out_of_range(f, value)
+            if expected:
+                what = re.split(r";| \(", f.metadata.get("help", ""))[0][:80]
+                raise UserError(f"{flag}: expected a number {expected}, found {value:g} ({what})")
+        form = f.metadata.get("form")
+        if form and isinstance(value, str):
+            expected = FORMS[form](value)
+            if expected:
+                shown = "a value not shown (it may be the key itself)" if form == "env_name" else repr(value)
+                raise UserError(f"{flag}: expected {expected}; found {shown}")
+        choices = f.metadata.get("choices")
+        if choices and isinstance(value, str) and value not in choices:
+            raise UserError(f"{flag}: expected one of {', '.join(choices)}, found {_shown(f.name, value)}")
 
 
 KINDS = {"int": "a whole number", "float": "a finite number", "str": "a string", "bool": "true or false",
@@ -154,3 +225,5 @@ def check_student_folder(value: str, flag: str) -> None:
     if value in student_kinds and not Path(value).is_dir():
         raise UserError(f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
                         f"pass it as --student-kind {value} (student_kind: in a config file)")
+
+

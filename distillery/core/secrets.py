@@ -6,7 +6,7 @@ import re
 
 from distillery.core.errors import UserError
 
-__all__ = ["parse_headers", "redacted", "scrub", "ENV_NAME"]
+__all__ = ["parse_headers", "redacted", "scrub", "ENV_NAME", "NO_KEY", "env_name_problem"]
 
 REDACTED = "<redacted>"
 # An HTTP header name (RFC 9110 token) and an environment variable name.
@@ -22,6 +22,25 @@ SECRET_PATTERNS = [  # (pattern, replacement): group 1, where there is one, is k
     (re.compile(r"(://)[^/@\s]+@"), r"\g<1>" + REDACTED + "@"),
     (re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|secret|password|sig)=)[^&#\s]+"), r"\g<1>" + REDACTED),
 ]
+NO_KEY = "none"  # --api-key-env none: the server needs no key
+
+
+def env_name_problem(value: str) -> str | None:
+    """None when ``value`` can be the name of the variable that holds a key; else what is expected.
+
+    A POSIX name (letters, digits, underscores; not starting with a digit) that does not look
+    like a key itself: no provider key prefix (``sk-...``), and not a long run of letters and
+    digits without an underscore (``abcdef0123456789...``: a hex or base62 key pasted into the
+    wrong flag). ``none`` says that the server needs no key.
+    """
+    looks_like_key = scrub(value) != value or (len(value) >= 16 and "_" not in value and any(c.isdigit() for c in value)) \
+        or len(value) >= 32 and "_" not in value
+    if value == NO_KEY or (ENV_NAME.fullmatch(value) and not looks_like_key):
+        return None
+    return ("the name of the environment variable that holds the key (e.g. OPENAI_API_KEY), or 'none' for a server that needs "
+            "no key; export the key in a variable and pass the variable's name")
+
+
 SECRET_KEYS = re.compile(r"(?i)(api[_-]?key|token|secret|password|passwd|credential)$")
 
 
@@ -71,7 +90,7 @@ def redacted(config: dict) -> dict:
         if not isinstance(value, str) or not value:
             return value
         if key == "api_key_env":
-            return value if ENV_NAME.fullmatch(value) else REDACTED
+            return REDACTED if env_name_problem(value) else value
         if top and SECRET_KEYS.search(key):  # a setting's name, not a label or verbalizer named 'token' in a nested task
             return REDACTED
         return scrub(value)
