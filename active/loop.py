@@ -16,6 +16,7 @@ each round's rows, the strategy's scores and the student's test metrics.
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import time
@@ -32,7 +33,8 @@ from distillery.distill import DistillConfig, distill
 from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
-from distillery.core.rundir import check_folder, claim_folder, locked, rows_fingerprint, write_csv, write_json, write_text
+from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_owned, rows_fingerprint, write_csv, write_json, write_text
+from distillery.core.studentmeta import STUDENT_FILE
 from distillery.serve import load_student
 from distillery.core.errors import UserError
 
@@ -59,6 +61,7 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
                    "pool": rows_fingerprint(pool, ["id", "text", "gold"])}
     pool = pool.set_index("id")
     has_gold = bool((pool["gold"] != "").all())
+    check_start(cfg, train, len(pool), has_gold)  # what the inputs already tell, before the first teacher call
     if source.overwrite:
         _start_over(out)
     check_folder(out / "student", source.overwrite)  # before any teacher call: the last round's student goes there
@@ -107,6 +110,21 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     _replace_folder(Path(finished[-1]["student"]), final)
     write_json(work / "config.json", asdict(cfg))
     return evaluate(replace(report, out=str(out), annotations="", students=[str(final)], eval_split="test"))
+
+
+def check_start(cfg: ActiveConfig, train: DistillConfig, pool_rows: int, has_gold: bool) -> None:
+    """Refuse settings that would fail only after the teacher and the first student: no test rows
+    (each round is scored on them, and evaluate reads them), a pool with fewer than 2 rows beside
+    them to train on, ``--hard-labels gold`` on a pool without gold labels."""
+    if cfg.test_rows < 1:
+        raise UserError("expected --test-rows of at least 1 (every round's student is scored on the test rows, and the "
+                        "report evaluates them); found 0; pass --test-rows N")
+    if pool_rows < cfg.test_rows + 2:
+        raise UserError(f"expected a pool of at least --test-rows + 2 = {cfg.test_rows + 2} rows (the test rows and 2 or more "
+                        f"to train on); found {pool_rows}; lower --test-rows, or pass more rows")
+    if train.hard_labels == "gold" and not has_gold:
+        raise UserError("--hard-labels gold: expected a gold label on every pool row; found rows without one; "
+                        "pass --label-column, or use --hard-labels auto")
 
 
 def _load_state(work: Path, fingerprint: dict) -> dict:
@@ -176,24 +194,20 @@ def _save(work: Path, state: dict, pool) -> None:
 
 
 def _start_over(out: Path) -> None:
-    """--overwrite: forget an earlier active run in ``out`` (state, annotations, round students)."""
+    """--overwrite: forget an earlier active run in ``out`` (state, annotations, round students): only
+    what distillery wrote there is deleted."""
     for folder in (out / "active", out / "annotations", out / "learning_curve"):
-        if folder.is_dir():
-            claim_folder(folder, overwrite=False)  # only what distillery wrote is deleted
-            shutil.rmtree(folder)
+        remove_owned(folder)
 
 
 def _replace_folder(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` (a folder distillery made); the old one stays until the copy is whole."""
-    fresh, old = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
-    shutil.rmtree(fresh, ignore_errors=True)
-    shutil.copytree(source, fresh)
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    fresh.rename(target)
-    claim_folder(target, overwrite=True)
-    shutil.rmtree(old, ignore_errors=True)
+    """Copy the student in ``source`` into ``target``: not a whole student (no record) until every file
+    is in place; a file of someone else's in ``target`` is never replaced."""
+    fresh = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)  # a temporary folder of ours, by its name
+    shutil.copytree(source, fresh, ignore=shutil.ignore_patterns(".distillery*"))
+    remove_owned(target / STUDENT_FILE)
+    install(fresh, target, last=(STUDENT_FILE,))
 
 
 def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:

@@ -21,7 +21,7 @@ from distillery.annotate.calibration import fit_calibration
 from distillery.core.registry import calibration_modes
 from distillery.core.errors import UserError
 from distillery.core.reviewed import reviewed_fingerprint
-from distillery.core.rundir import append_csv, sha256_file, write_json, write_text
+from distillery.core.rundir import append_csv, remove_owned, sha256_file, write_json, write_text
 
 __all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id", "teacher_probabilities"]
 
@@ -64,6 +64,18 @@ def _read_chunk(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _read_manifest(path: Path) -> dict:
+    """A manifest as a dict; one that does not parse is a one-line error naming it (it is never deleted)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not a manifest distillery can read ({str(err).splitlines()[0]}); it is kept as it is: "
+                            "move it away to annotate again, or pass another --out") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: expected a JSON object; found {type(manifest).__name__}; move it away, or pass another --out")
+    return manifest
+
+
 class ChunkStore:
     """The chunk files and manifest of one annotation run.
 
@@ -72,18 +84,21 @@ class ChunkStore:
         fingerprint: what must not change between a run and its resume (teacher, prompt hash,
             labels, data selection, chunk size).
         manifest_extra: written into the manifest as is (resolved config, task, ...).
-        overwrite: start over: the chunks and manifest of an earlier run in ``root`` are deleted.
+        overwrite: start over: the chunks and manifest of an earlier run in ``root`` are deleted
+            (only files Distillery wrote there; a manifest that does not parse is never deleted).
     """
 
     def __init__(self, root: Path, fingerprint: dict, manifest_extra: dict, overwrite: bool = False):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.run_id = run_id(fingerprint)
+        old_manifest = _read_manifest(self.manifest_path) if self.manifest_path.is_file() else None
         if overwrite:
             for path in [self.manifest_path, *self.root.glob("part-*.csv")]:
-                path.unlink(missing_ok=True)
-        if self.manifest_path.is_file():
-            self.manifest = json.loads(self.manifest_path.read_text())
+                remove_owned(path)
+            old_manifest = None
+        if old_manifest is not None:
+            self.manifest = old_manifest
             old = self.manifest.get("fingerprint", {})
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             if changed:
@@ -217,7 +232,7 @@ def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise ManifestError(f"expected an annotations directory with manifest.json; found none in '{root}'; run 'distillery annotate' first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(manifest_path)
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"{manifest_path}: expected format {FORMAT}; found {manifest.get('format')!r}")
     if manifest.get("status") != "complete":

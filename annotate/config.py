@@ -99,7 +99,7 @@ class AnnotateConfig:
     max_cost: float = option(0.0, "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)", ge=0.0)
     dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
     overwrite: bool = option(False, "start over: annotations of an earlier run in OUT (another input, teacher or selection) are deleted, "
-                                    "and files distillery did not write there are replaced")
+                                    "and files distillery did not write stay untouched beside them")
     only_deferred: bool = option(False, "with --data PREDICTIONS.csv from 'distillery predict --defer': annotate only the deferred rows "
                                         "(ids from its id column, no test split), then write OUT/merged.csv: the student's label where it "
                                         "answered, the teacher's where it deferred")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
+from distillery.core.rundir import guard_files, record_files
 from distillery.core.secrets import NO_KEY, parse_headers, scrub
 
 if TYPE_CHECKING:
@@ -122,9 +123,11 @@ class RequestCache:
     """answers already received, keyed by everything that shapes the answer (SQLite)."""
 
     def __init__(self, path: Path):
+        guard_files(path.parent, [path.name])  # a file of someone else's by that name is never opened as the cache
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT)")
+        record_files(path.parent, [path.name])
 
     @staticmethod
     def key(request: dict) -> str:

@@ -28,7 +28,7 @@ from distillery.annotate.deferred import merge_answers
 from distillery.core.inputs import load_rows
 from distillery.annotate.teacher import Annotation, content_free_bias, failed_for_good
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
-from distillery.core.rundir import claim_folder, claimed, file_fingerprint, guard_files, locked, record_files, rows_fingerprint, write_text
+from distillery.core.rundir import claim_folder, file_fingerprint, guard_files, locked, rows_fingerprint, write_text
 from distillery.core.tasks import load_task
 from distillery.core.errors import UserError
 
@@ -114,12 +114,12 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
         fingerprint["data"]["split_column"] = cfg.split_column
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
-    ours = claimed(root)  # --overwrite deletes earlier chunks only in a folder distillery made
-    claim_folder(root, cfg.overwrite)
+    claim_folder(root, cfg.overwrite)  # --overwrite writes beside files of someone else's, never over them
+    guard_files(root, ["manifest.json", "config.yaml", "request_cache.sqlite", *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
              "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
-    store = ChunkStore(root, fingerprint, extra, overwrite=cfg.overwrite and ours)
+    store = ChunkStore(root, fingerprint, extra, overwrite=cfg.overwrite)
     check_same_rows(store, selected, -(-len(rows) // cfg.chunk_size), grows)
     store.manifest["selected_rows"] = selected
     write_text(root / "config.yaml", yaml.safe_dump(redacted(asdict(cfg)), sort_keys=False))
@@ -214,8 +214,7 @@ def finish(cfg: AnnotateConfig, task, store: ChunkStore, mode: str, teacher, n_t
 def write_merged(cfg: AnnotateConfig, root: Path) -> None:
     """--only-deferred: OUT/merged.csv, the student's label where it answered and the teacher's where it deferred."""
     merged = Path(cfg.out) / "merged.csv"
-    guard_files(cfg.out, [merged.name], cfg.overwrite)
-    record_files(cfg.out, [merged.name])  # before it is written: a kill mid-way leaves a file known to be ours
+    guard_files(cfg.out, [merged.name])
     counts = merge_answers(cfg.data, root, merged)
     print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
           f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "

@@ -64,7 +64,8 @@ class DistillConfig:
     checkpoint_every: int = option(0, "save a resumable checkpoint to OUTPUT_DIR/checkpoint every N optimizer steps (0 = never)", ge=0)
     resume: bool = option(False, "continue from OUTPUT_DIR/checkpoint (same config), with the same loss curve")
     seed: int = option(0, "seed for the split, shuffling and initialisation", ge=0, le=SEED_MAX)
-    overwrite: bool = option(False, "write into an --output-dir that holds files distillery did not write")
+    overwrite: bool = option(False, "write the student into a --student folder that holds files distillery did not write (beside them: they are never "
+                                    "replaced or deleted)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
 
     def __post_init__(self) -> None:

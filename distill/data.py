@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 
@@ -13,9 +15,9 @@ from torch.utils.data import DataLoader
 from distillery.annotate.chunks import label_columns, read_annotations
 from distillery.distill.config import DistillConfig
 from distillery.core.errors import UserError
-from distillery.core.reviewed import reviewed_labels
+from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 
-__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "load_training_rows"]
+__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "data_fingerprint", "load_training_rows"]
 
 
 @dataclass
@@ -27,6 +29,7 @@ class TrainingRows:
     val: pd.DataFrame
     n_failed: int
     n_reviewed: int = 0  # training rows whose hard label is a human one (--hard-labels auto)
+    fingerprint: dict | None = None  # what the rows and labels come from (data_fingerprint): --resume refuses another
 
 
 def load_training_rows(cfg: DistillConfig) -> TrainingRows:
@@ -43,7 +46,7 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         hard = frame["gold"]
     else:
         hard = frame["teacher_label"]
-    n_reviewed = 0
+    n_reviewed, reviewed = 0, None
     if cfg.hard_labels == "auto" and cfg.teacher_mode == "offline":  # a person's answer beats the teacher's where there is one
         reviewed = reviewed_labels(cfg.out, frame["id"])
         human = pd.Series([reviewed.get(str(i), "") for i in frame["id"]], index=frame.index)
@@ -51,7 +54,21 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         n_reviewed = int(human.isin(labels).sum())
     frame = frame.assign(hard=hard.map({lab: i for i, lab in enumerate(labels)}))
     train, val = split_train_val(frame, cfg)
-    return TrainingRows(labels, train, val, int(failed.sum()), n_reviewed)
+    return TrainingRows(labels, train, val, int(failed.sum()), n_reviewed, data_fingerprint(manifest, reviewed))
+
+
+def data_fingerprint(manifest: dict, reviewed: dict[str, str] | None) -> dict:
+    """What the training rows and their labels come from, for ``--resume`` to compare: every
+    chunk's checksum, the calibration (its mode and a hash of the whole record) and, with
+    ``--hard-labels auto``, the human labels of the training rows (``reviewed``; None otherwise)."""
+    calibration = manifest.get("calibration", {})
+    return {
+        "source": "annotations",
+        "chunks": {name: meta["sha256"] for name, meta in sorted(manifest["chunks"].items())},
+        "calibration": {"mode": calibration.get("mode"),
+                        "sha256": hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]},
+        "reviewed": None if reviewed is None else reviewed_fingerprint(reviewed),
+    }
 
 
 def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -8,11 +8,13 @@ Run it with::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,15 +23,19 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors import SafetensorError
 from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device, predict_probabilities
-from distillery.core.rundir import claim_folder, locked, write_json, write_text
+from distillery.core.studentmeta import STUDENT_NAMES
+from distillery.core.rundir import claim_folder, guard_files, install, locked, make_folder, remove_owned, write_json, write_text
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
+from distillery.core.rundir import rows_fingerprint
+from distillery.core.tasks import load_task
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
@@ -123,7 +129,10 @@ class Training:
 def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
     """The stage in its steps: prepare, restore a checkpoint (--resume), train, save; then the learning curve."""
     set_seed(cfg.seed)
-    claim_folder(out_dir, cfg.overwrite, flag="--student")
+    claim_folder(out_dir, cfg.overwrite, flag="--student")  # --overwrite: beside files of someone else's, never over them
+    for leftover in out_dir.glob(".student.tmp*"):  # a killed save's
+        remove_owned(leftover)
+    guard_files(out_dir, [*STUDENT_NAMES, *(CHECKPOINTS if cfg.checkpoint_every or cfg.resume else ())], flag="--student")
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())
         print(f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
@@ -154,7 +163,7 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     say = accelerator.print
     if accelerator.is_main_process:  # not a finished student until the new one is saved whole
         for name in ("train_summary.json", STUDENT_FILE):
-            (out_dir / name).unlink(missing_ok=True)
+            remove_owned(out_dir / name)
     online = None
     if cfg.teacher_mode == "online":
         if source is None:
@@ -189,7 +198,8 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     if weights is not None:
         say(f"distill: class weights {', '.join(f'{lab} {w:.2f}' for lab, w in zip(rows.labels, weights.tolist()))} (--class-weights {cfg.class_weights})")
     return Training(cfg, out_dir, accelerator, device, rows, online, tokenizer, model, optimizer, scheduler, train_dl, val_dl, sampler,
-                    epochs, steps, eval_at, (trainable, total), training_settings(cfg), weights)
+                    epochs, steps, eval_at, (trainable, total), training_settings(cfg, rows.fingerprint or online_fingerprint(rows, source)),
+                    weights)
 
 
 def restore(run: Training) -> None:
@@ -241,7 +251,8 @@ def train(run: Training) -> None:
             progress["log"].append(record)
             progress.update(epoch=epoch, batches=batch_index)
             if cfg.checkpoint_every and progress["step"] % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, run.out_dir, progress, run.best_state, run.settings)
+                with checkpoint_writes(run.out_dir, progress["step"]):  # a full disk stops the run in one line
+                    save_checkpoint(accelerator, run.out_dir, progress, run.best_state, run.settings)
         progress.update(epoch=epoch + 1, batches=0)
     bar.close()
 
@@ -297,12 +308,14 @@ def save(run: Training, train_seconds: float) -> None:
             "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"] = fit_temperature(run, student)
-        save_student(student, run.tokenizer, out_dir, run.cfg, rows.labels, summary["temperature"])
+        staged = make_folder(out_dir / f".student.tmp{os.getpid()}")  # saved whole, then moved beside the user's files
+        save_student(student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"])
+        install(staged, out_dir, last=(STUDENT_FILE,))
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
-        for name in CHECKPOINTS:  # a finished run is not resumed
-            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for name in CHECKPOINTS:  # a finished run is not resumed (a folder of someone else's by that name stays)
+            remove_owned(out_dir / name)
         accelerator.print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
                           f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
     accelerator.wait_for_everyone()
@@ -461,22 +474,67 @@ MIN_TEMPERATURE_ROWS = 50  # validation rows a temperature is fitted on, at leas
 AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows
 LIKELIHOOD_RATIO_5PCT = 3.84  # chi-squared with one degree of freedom at 5%: a fitted T is used only above it
 IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learning_curve"}
+TRAINING_DATA = "training_data"  # the key of the data's fingerprint in a checkpoint's settings.json
+# --teacher-mode online: the annotate settings that change what the teacher answers (a resume must not change them).
+ONLINE_TEACHER_SETTINGS = ("backend", "teacher", "task", "labels", "max_prompt_tokens", "calibrate", "dtype", "load_in_4bit")
 
 
-def training_settings(cfg: DistillConfig) -> dict:
-    """The resolved settings a checkpoint was trained with (those a resume must not change)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in IGNORED_ON_RESUME}
+def training_settings(cfg: DistillConfig, data: dict) -> dict:
+    """The resolved settings a checkpoint was trained with (those a resume must not change), and under
+    ``training_data`` the fingerprint of the rows and labels it trains on (:func:`data_fingerprint`,
+    :func:`online_fingerprint`)."""
+    return {**{k: v for k, v in asdict(cfg).items() if k not in IGNORED_ON_RESUME}, TRAINING_DATA: data}
+
+
+def online_fingerprint(rows: TrainingRows, source: AnnotateConfig) -> dict:
+    """--teacher-mode online: the rows it reads and the settings of the teacher that labels them (its
+    weights are not hashed: a model folder retrained in place goes unnoticed)."""
+    columns = ["id", "text", "gold", "split"]
+    teacher = {k: getattr(source, k) for k in ONLINE_TEACHER_SETTINGS}
+    return {"source": "online", "rows": [rows_fingerprint(rows.train, columns), rows_fingerprint(rows.val, columns)],
+            "teacher": {**teacher, "prompt_hash": load_task(source.task, rows.labels).prompt_hash()}}
+
+
+def data_change(then: dict, now: dict) -> tuple[str, str] | None:
+    """What differs between two fingerprints of the training data, as ``(what, how)`` in words; None when nothing."""
+    if then.get("source") != now.get("source"):
+        return "the training data", f"{then.get('source')} then, {now.get('source')} now"
+    if now["source"] == "online":
+        if then["rows"] != now["rows"]:
+            return "the input rows", "edited, added or removed"
+        keys = sorted(k for k in then["teacher"].keys() | now["teacher"].keys() if then["teacher"].get(k) != now["teacher"].get(k))
+        if keys:
+            return "the teacher settings", ", ".join(f"{k} {then['teacher'].get(k)!r} then, {now['teacher'].get(k)!r} now" for k in keys)
+        return None
+    if then["calibration"]["mode"] != now["calibration"]["mode"]:
+        return "the annotations", f"calibration {then['calibration']['mode']} then, {now['calibration']['mode']} now"
+    chunks = [f"{name} {'added' if name not in then['chunks'] else 'removed' if name not in now['chunks'] else 'changed'}"
+              for name in sorted(then["chunks"].keys() | now["chunks"].keys()) if then["chunks"].get(name) != now["chunks"].get(name)]
+    if chunks:
+        return "the annotations", "chunk " + ", ".join(chunks[:3]) + (f" and {len(chunks) - 3} more" if len(chunks) > 3 else "")
+    if then["calibration"] != now["calibration"]:
+        return "the annotations", f"calibration {now['calibration']['mode']} fitted again"
+    if then["reviewed"] != now["reviewed"]:
+        return "the reviewed labels", "'distillery review --import'; --hard-labels auto trains on them"
+    return None
 
 
 def check_same_settings(ckpt_dir: Path, settings: dict) -> None:
-    """Refuse to resume a checkpoint with other training settings, naming them."""
+    """Refuse to resume a checkpoint with other training settings or other training data, naming what changed."""
     path = ckpt_dir / "settings.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    changed = sorted(k for k in set(saved) | set(settings) if k != TRAINING_DATA and saved.get(k) != settings.get(k))
     if changed:
         what = ", ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
         raise UserError(f"--resume: the checkpoint in {ckpt_dir} was trained with other settings ({what}); rerun with the "
                         "checkpoint's settings, or without --resume to train anew")
+    if TRAINING_DATA not in saved:
+        raise UserError(f"--resume: the checkpoint in {ckpt_dir} records no fingerprint of the rows and labels it trained on (an "
+                        "older distillery wrote it), so it cannot be checked against the annotations now; rerun without --resume to train anew")
+    change = data_change(saved[TRAINING_DATA], settings[TRAINING_DATA])
+    if change:
+        raise UserError(f"--resume: {change[0]} changed since the checkpoint in {ckpt_dir} was written ({change[1]}); a resumed student "
+                        "would have trained on two data sets: rerun without --resume to train anew")
 
 
 def find_checkpoint(out_dir: Path) -> Path | None:
@@ -488,6 +546,35 @@ def find_checkpoint(out_dir: Path) -> Path | None:
     return max(whole, key=lambda d: json.loads((d / "progress.json").read_text())["step"], default=None)
 
 
+def write_refused(err: BaseException) -> bool:
+    """Whether ``err`` says the disk refused a write: an OSError (full, read-only, over quota, no
+    permission), torch.save's "PytorchStreamWriter failed writing" RuntimeError or safetensors' I/O error."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err)
+    return isinstance(err, (RuntimeError, SafetensorError)) and any(s in text for s in ("PytorchStreamWriter", "inline_container", "IoError"))
+
+
+@contextlib.contextmanager
+def checkpoint_writes(out_dir: Path, step: int) -> Iterator[None]:
+    """Around :func:`save_checkpoint`: a write the disk refuses stops the run with one line (a
+    :class:`UserError`) saying that the last whole checkpoint is kept and how to go on. The half-written
+    ``checkpoint.new`` never counts as whole: its ``progress.json`` (written last) is not there."""
+    try:
+        yield
+    except Exception as err:
+        if not write_refused(err):
+            raise
+        fresh = out_dir / CHECKPOINTS[1]
+        with contextlib.suppress(OSError):
+            (fresh / "progress.json").unlink(missing_ok=True)  # one there would call the torn folder whole
+        reason = (err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__).splitlines()[0]
+        previous = find_checkpoint(out_dir)
+        kept = (f"the last whole checkpoint ({previous}, step {json.loads((previous / 'progress.json').read_text())['step']}) is kept: free "
+                "space, then rerun with --resume to go on from it" if previous else "there is no earlier checkpoint: free space, then rerun")
+        raise UserError(f"could not write the checkpoint of step {step} to {fresh} ({reason}); {kept}") from err
+
+
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, progress: dict, best_state: dict | None, settings: dict) -> None:
     """Model, optimizer, scheduler and RNG states (accelerate) plus our progress, best weights and settings.
 
@@ -496,7 +583,8 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, progress: dict, bes
     """
     current, fresh, old = (out_dir / name for name in CHECKPOINTS)
     if accelerator.is_main_process:
-        shutil.rmtree(fresh, ignore_errors=True)
+        remove_owned(fresh)
+        make_folder(fresh)  # everything accelerate and torch write into it is Distillery's
     accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh))
     accelerator.wait_for_everyone()
@@ -507,8 +595,8 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, progress: dict, bes
         write_json(fresh / "settings.json", settings)
         write_text(fresh / "progress.json", json.dumps(progress))  # last: the checkpoint is whole
         if current.exists():
-            shutil.rmtree(old, ignore_errors=True)
+            remove_owned(old)
             current.rename(old)
         fresh.rename(current)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_owned(old)
     accelerator.wait_for_everyone()

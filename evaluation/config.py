@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distillery.core.options import check_settings, option
-from distillery.core.errors import UserError
 
 
 @dataclass
@@ -19,7 +18,6 @@ class EvaluateConfig:
     speed_rows: int = option(128, "rows used to time student and teacher (0 = skip the teacher timing)", ge=0)
     eval_batch_size: int = option(32, "student batch size for inference", ge=1)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
-    overwrite: bool = option(False, "replace report.md, metrics.json and plots in OUT that distillery did not write")
     target_agreement: float = option(0.95, "answer or defer: the lowest confidence threshold at which the student's agreement with the "
                                            "teacher has a one-sided 95% lower bound >= this is recorded for predict --defer (0 = skip)", ge=0.0, lt=1.0)
     push_to_hub: str = option("", "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)")

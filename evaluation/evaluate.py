@@ -104,7 +104,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     """Compare students, teacher and gold on the evaluation rows; write the report. Returns metrics.
 
     One process at a time writes ``OUT``; a report file there that Distillery did not write is
-    not replaced without ``--overwrite``.
+    never replaced.
     """
     with locked(cfg.out, "evaluate"):
         return _evaluate(cfg)
@@ -114,7 +114,7 @@ def check_report_writable(cfg: EvaluateConfig) -> None:
     """Stop if OUT holds a report file Distillery did not write (``run`` and ``active`` check
     before their first teacher call, not after the training)."""
     out = Path(cfg.out)
-    guard_files(out, [*REPORT_FILES, *(p.name for p in out.glob("confusion_*.png"))], cfg.overwrite)
+    guard_files(out, [*REPORT_FILES, *(p.name for p in out.glob("confusion_*.png"))])
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     """The stage in its steps: read the rows, score the teacher and each student, plot, write the report."""
     out = Path(cfg.out)
     check_report_writable(cfg)
-    record_files(out, REPORT_FILES)  # before they are written: a kill mid-way leaves files known to be ours
+    record_files(out, REPORT_FILES)  # absent or ours (checked above): a kill mid-way leaves files known to be ours
     frame, manifest = read_annotations(cfg.annotations or out / "annotations")
     data = eval_rows(cfg, frame, manifest)
     texts = data.rows["text"].tolist()

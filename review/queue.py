@@ -135,7 +135,7 @@ def owned(folder: Path, names: list[str]) -> None:
     """Stop before writing over a file of the user's in OUT/review (an export saved there is fine); note ours."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        guard_files(folder, names, overwrite=False)
+        guard_files(folder, names)
     except ForeignFiles:
         foreign = ", ".join(n for n in names if (folder / n).exists())
         raise UserError(f"{folder} holds {foreign}, which distillery did not write; move it elsewhere and run 'distillery review' again") from None

@@ -29,7 +29,8 @@ class PredictConfig:
                                 "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)")
     defer_threshold: float = option(-1.0, "confidence under which a row is deferred (default: the one evaluate recorded for the student)", ge=-1.0, le=1.0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)", form="device")
-    overwrite: bool = option(False, "predict again from the start: replace a --predictions file that another run, or a changed input, wrote")
+    overwrite: bool = option(False, "predict again from the start: replace a --predictions file that another predict run, or a changed input, wrote "
+                                    "(a file distillery did not write is never replaced)")
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices
@@ -61,7 +62,7 @@ class ExportConfig:
                                   "their test rows, topped up with training rows to 200)")
     check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)", ge=1)
     predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)", ge=1)
-    overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write")
+    overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write (beside them: they are never replaced or deleted)")
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

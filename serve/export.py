@@ -29,8 +29,8 @@ import yaml
 from distillery.core.errors import UserError
 from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
-from distillery.core.rundir import check_folder, claim_folder, locked
-from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
+from distillery.core.rundir import check_folder, claim_folder, guard_files, install, locked, make_folder, remove_owned
+from distillery.core.studentmeta import STUDENT_FILE, STUDENT_NAMES, StudentMeta
 from distillery.distill.students import student_kind
 from distillery.serve.card import write_card
 from distillery.serve.config import ExportConfig
@@ -67,10 +67,11 @@ def export(cfg: ExportConfig) -> Path:
     rows = check_rows(cfg, folder, student.labels)
     with locked(out, "export", flag="--onnx-dir"):
         claim_folder(out, cfg.overwrite, flag="--onnx-dir")
+        guard_files(out, list(STUDENT_NAMES), flag="--onnx-dir")  # a file of someone else's is never replaced
         # The record goes last and the card after it: a killed export leaves no record, and
         # load_student refuses a claimed folder without one (the model may be half-written).
         for name in (STUDENT_FILE, "README.md"):
-            (out / name).unlink(missing_ok=True)
+            remove_owned(out / name)
         for leftover in out.glob(f"{STAGING}*"):  # a killed export's work files
             shutil.rmtree(leftover, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=STAGING) as tmp:
@@ -168,9 +169,11 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
                else f"no rows of the student's run to check an int8 variant on ({_looked_for(student.path)}; pass --annotations); "
                     "fp32 is the student itself")
     probs = dict((c.name, p) for c, p in candidates)[chosen.name]
+    final = make_folder(tmp / "final")  # the files served, moved beside the user's files at once
     for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
-        os.replace(path, out / path.name)
-    student.tokenizer.save_pretrained(out)
+        os.replace(path, final / path.name)
+    student.tokenizer.save_pretrained(final)
+    install(final, out)
     record = {"variant": chosen.name, "graph": graph, "why": why, "min_parity": cfg.min_parity, "batch_size": cfg.predict_batch_size,
               "rows": len(texts), "rows_from": rows["split"] if rows else None, "pytorch_rows_per_s": pytorch_speed,
               "candidates": [c.as_dict() for c, _ in candidates]}

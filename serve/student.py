@@ -19,7 +19,7 @@ from distillery.core.models import max_length_of, parameter_count, predict_proba
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.distill.students import load_trained_student
 from distillery.core.errors import UserError
-from distillery.core.rundir import LOCK_FILE, claimed
+from distillery.core.rundir import LOCK_FILE, owned
 
 __all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]  # predict_probabilities: from distillery.core.models
 
@@ -87,7 +87,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     if not path.is_dir():
         raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
     meta_file = path / STUDENT_FILE
-    if claimed(path) and not meta_file.is_file():  # distill and export remove it when they start and write it last
+    if owned(path) and not meta_file.is_file():  # distill and export remove it when they start and write it last
         if _last_writer(path) == "export":
             raise UserError(f"{path}: the export did not finish (no {STUDENT_FILE}); rerun 'distillery export'")
         raise UserError(f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "

@@ -11,6 +11,7 @@ import yaml
 
 from distillery import cli as distillery_cli
 from distillery.annotate.config import AnnotateConfig
+from distillery.core.rundir import write_text
 from distillery.core.secrets import parse_headers, redacted
 from distillery.core.errors import UserError
 from conftest import make_rows
@@ -75,7 +76,7 @@ def _constant_student(path, tiny_roberta, label: int):
         model.classifier.out_proj.bias.copy_(torch.tensor([5.0, -5.0] if label == 0 else [-5.0, 5.0]))
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
-    (path / "distillery_student.json").write_text(json.dumps({"student": "encoder", "labels": ["negative", "positive"]}))
+    write_text(path / "distillery_student.json", json.dumps({"student": "encoder", "labels": ["negative", "positive"]}))  # as distill does: its own
     run = path.parents[1] / "run"  # what distill records, with the machine's absolute paths
     (path / "distillery_config.yaml").write_text(yaml.safe_dump({"out": str(run), "student": "encoder", "student_model": str(tiny_roberta)}))
 

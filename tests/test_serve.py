@@ -234,7 +234,7 @@ def test_export_refuses_bad_settings_with_one_line(run_dir, tmp_path, capsys):
     assert distillery_cli.main([*base, "--variant", "int4"]) == 2
     assert "int4" in capsys.readouterr().err
     assert distillery_cli.main([*base, "--min-parity", "1.5"]) == 2
-    assert "min_parity: expected a share in (0, 1], found 1.5" in capsys.readouterr().err
+    assert "--min-parity: expected a number > 0 and <= 1, found 1.5" in capsys.readouterr().err
     assert distillery_cli.main([*base, "--annotations", str(tmp_path / "nowhere")]) == 2
     assert "expected the run's annotations folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists(), "a refused export writes nothing"

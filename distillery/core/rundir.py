@@ -7,9 +7,13 @@
   writes (a temporary file in the same folder, fsync, ``os.replace``): a kill at any instant
   leaves the old file or the new one, never a torn one. Every CSV quotes every field, so a
   text with a bare carriage return, a newline, a quote or a comma reads back as one field.
-- :func:`claim_folder`, :func:`guard_files`, :func:`record_files`: a stage never writes over a
-  file it did not write. A folder's ``.distillery-files.json`` lists what Distillery wrote
-  there (or claims the whole folder); anything else makes the stage stop unless ``--overwrite``.
+- Ownership: a folder's ``.distillery-files.json`` lists, by name, the files Distillery wrote
+  there, recorded once the file is whole and only while no other file has its name (so a failure
+  never claims a file of someone else's). Every whole-file write
+  records its file; :func:`install` and :func:`record_tree` record what a library wrote (a saved
+  model, a checkpoint). :func:`check_folder` stops a stage on a folder of someone else's files
+  unless ``--overwrite`` (then it writes beside them); :func:`guard_files`, the writers and
+  :func:`remove_owned` never replace or delete a file that is not listed, whatever the flags.
 - :func:`file_fingerprint`, :func:`same_file`, :func:`rows_fingerprint`: fingerprints of an
   input's content, so a rerun on an edited input stops instead of mixing old and new rows.
 """
@@ -23,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +38,8 @@ from distillery.core.errors import UserError
 
 __all__ = [
     "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",
-    "claimed", "check_folder", "claim_folder", "guard_files", "record_files", "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
+    "owned", "foreign", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "record_tree", "remove_owned", "install",
+    "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
 ]
 
 LOCK_FILE = ".distillery.lock"
@@ -111,15 +117,24 @@ def _fsync_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def replacing(path: str | Path) -> Iterator:
-    """A text file handle whose content replaces ``path`` whole when the block ends without error."""
+    """A text file handle whose content replaces ``path`` whole when the block ends without error.
+
+    The file is then recorded as Distillery's in its folder's marker. A file already at ``path``
+    that Distillery did not write is never replaced: :class:`ForeignFiles` names it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    new = not _ours(path.name) and path.name not in owned(path.parent)
+    if new and (path.exists() or path.is_symlink()):
+        raise ForeignFiles(f"{path} exists and distillery did not write it; it is never replaced: move it away, or write elsewhere")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if new:  # recorded while no file has the name: a kill after this claims nothing of anyone else's
+            record_files(path.parent, [path.name])
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     finally:
@@ -148,14 +163,65 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
         append_csv(fh, frame, header=True)
 
 
-def _owned(folder: Path) -> dict:
-    marker = folder / OWNED_FILE
+def owned(folder: str | Path) -> set[str]:
+    """The names of the files in ``folder`` that Distillery wrote (its ``.distillery-files.json``).
+
+    A marker that does not parse claims nothing, and so does an older marker's ``"folder": true``:
+    only files listed by name are Distillery's, and every file of a folder :func:`make_folder` made.
+    """
+    marker = Path(folder) / OWNED_FILE
     if not marker.is_file():
-        return {"folder": False, "files": []}
+        return set()
     try:
-        return json.loads(marker.read_text())
-    except ValueError:  # unreadable marker: claim nothing rather than everything
-        return {"folder": False, "files": []}
+        record = json.loads(marker.read_text())
+        files = record.get("files", [])
+    except (ValueError, AttributeError):
+        return set()
+    if _made(record):  # made empty by make_folder: all of it is Distillery's
+        return {p.name for p in Path(folder).iterdir() if not _ours(p.name)}
+    return {str(name) for name in files if isinstance(name, str)} if isinstance(files, list) else set()
+
+
+def _made(record) -> bool:
+    return isinstance(record, dict) and record.get("made") is True
+
+
+def made(folder: str | Path) -> bool:
+    """Whether :func:`make_folder` made ``folder`` (then everything under it is Distillery's)."""
+    try:
+        return _made(json.loads((Path(folder) / OWNED_FILE).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def make_folder(path: str | Path) -> Path:
+    """Create ``path`` empty (it must not exist), marked as made by Distillery: every file a library
+    writes into it (a checkpoint, a saved model) is Distillery's without being listed."""
+    path = Path(path)
+    path.mkdir(parents=True)
+    with replacing(path / OWNED_FILE) as fh:
+        fh.write(json.dumps({"files": [], "made": True}) + "\n")
+    return path
+
+
+def record_files(folder: str | Path, names: list[str]) -> None:
+    """Note ``names`` (files now in ``folder``) as written by Distillery in ``folder``'s marker.
+
+    Call it after the files are written (or, for one file, while nothing has its name): a stage
+    that fails before then claims nothing of anyone else's.
+    """
+    folder = Path(folder)
+    mine = owned(folder)
+    if not _main_process() or set(names) <= mine or made(folder):  # every file of a made folder is its own
+        return
+    with replacing(folder / OWNED_FILE) as fh:
+        fh.write(json.dumps({"files": sorted(mine | set(names))}, indent=2) + "\n")
+
+
+def record_tree(folder: str | Path) -> None:
+    """Record every file under ``folder`` (a folder this run made and filled: a checkpoint, a saved model)."""
+    for here, _, files in os.walk(folder):
+        record_files(here, [f for f in files if not _ours(f)])
 
 
 def _ours(name: str) -> bool:
@@ -163,58 +229,113 @@ def _ours(name: str) -> bool:
     return name.startswith(".distillery") or re.fullmatch(r"\..+\.tmp\d+", name) is not None
 
 
-def _others(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if not _ours(p.name))
+def foreign(path: str | Path) -> list[str]:
+    """What Distillery did not write at ``path``: the file itself, or the files under a folder (relative paths)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        return [] if path.name in owned(path.parent) else [path.name]
+    if not path.is_dir() or made(path):
+        return []
+    found = []
+    for entry in sorted(path.iterdir(), key=lambda p: p.name):
+        if _ours(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            found += [f"{entry.name}/{name}" for name in foreign(entry)]
+        elif entry.name not in owned(path):
+            found.append(entry.name)
+    return found
 
 
-def claimed(folder: str | Path) -> bool:
-    """Whether Distillery made ``folder`` (its marker claims the whole folder)."""
-    return Path(folder).is_dir() and _owned(Path(folder))["folder"]
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def check_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> None:
-    """Stop if ``folder`` holds files of someone else's (and ``overwrite`` is not given), naming them."""
+    """Stop if ``folder`` holds files of someone else's (and ``overwrite`` is not given), naming them.
+
+    ``overwrite`` lets a stage write beside them; it never lets one replace or delete them.
+    """
     folder = Path(folder)
-    if folder.is_dir() and not overwrite and _main_process() and not _owned(folder)["folder"]:
-        others = _others(folder)
+    if folder.is_dir() and not overwrite and _main_process():
+        others = foreign(folder)
         if others:
-            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-            raise ForeignFiles(f"{folder} holds files distillery did not write ({shown}); pass another {flag}, "
-                               "or --overwrite to write there anyway")
+            raise ForeignFiles(f"{folder} holds files distillery did not write ({_listed(others)}); pass another {flag}, "
+                               "or --overwrite to write beside them (they are never replaced or deleted)")
 
 
 def claim_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> Path:
-    """Make ``folder`` Distillery's: new or empty, already claimed, or ``overwrite`` given.
-
-    A folder holding files of someone else's stops the stage with their names.
-    """
+    """The folder a stage writes: new, holding only Distillery's files, or ``overwrite`` given (see :func:`check_folder`)."""
     folder = Path(folder)
     check_folder(folder, overwrite, flag)
     folder.mkdir(parents=True, exist_ok=True)
-    if _main_process() and not _owned(folder)["folder"]:
-        write_json(folder / OWNED_FILE, {**_owned(folder), "folder": True})
     return folder
 
 
-def guard_files(folder: str | Path, names: list[str], overwrite: bool, flag: str = "--out") -> None:
-    """Stop if one of ``names`` exists in ``folder`` and Distillery did not write it."""
+def guard_files(folder: str | Path, names: list[str], flag: str = "--out") -> None:
+    """Stop if one of ``names`` (files or folders in ``folder``) holds something Distillery did not write.
+
+    ``--overwrite`` does not change this: a user's file is never replaced or deleted.
+    """
     folder = Path(folder)
-    owned = _owned(folder)
-    if owned["folder"] or overwrite:
-        return
-    foreign = [n for n in names if (folder / n).exists() and n not in owned["files"]]
-    if foreign:
-        raise ForeignFiles(f"{folder} holds {', '.join(foreign)}, which distillery did not write; pass another {flag}, "
-                           "or --overwrite to replace them")
+    found = [f"{name}/{sub}" if sub != name else name for name in names for sub in foreign(folder / name)]
+    if found and _main_process():
+        raise ForeignFiles(f"{folder} holds {_listed(found)}, which distillery did not write and will not replace; "
+                           f"move it away, or pass another {flag}")
 
 
-def record_files(folder: str | Path, names: list[str]) -> None:
-    """Note ``names`` as written by Distillery in ``folder``'s marker."""
-    folder = Path(folder)
-    owned = _owned(folder)
-    if not _main_process() or owned["folder"] or set(names) <= set(owned["files"]):
+def remove_owned(path: str | Path) -> None:
+    """Delete what Distillery wrote at ``path`` (a file, or every recorded file under a folder, and the
+    folders left empty); a file it did not write, and the folders that hold one, stay."""
+    path = Path(path)
+    if not _main_process() or not (path.exists() or path.is_symlink()):
         return
-    write_json(folder / OWNED_FILE, {**owned, "files": sorted(set(owned["files"]) | set(names))})
+    if path.is_symlink() or not path.is_dir():
+        if path.name in owned(path.parent):
+            path.unlink()
+        return
+    if made(path):
+        shutil.rmtree(path)
+        return
+    mine = owned(path)
+    for entry in list(path.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            remove_owned(entry)
+        elif entry.name in mine or re.fullmatch(r"\..+\.tmp\d+", entry.name):
+            entry.unlink()
+    left = [p for p in path.iterdir() if p.name not in (OWNED_FILE, LOCK_FILE)]
+    if not left:
+        for name in (OWNED_FILE, LOCK_FILE):
+            (path / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    else:
+        with replacing(path / OWNED_FILE) as fh:
+            fh.write(json.dumps({"files": sorted(mine & {p.name for p in left})}, indent=2) + "\n")
+
+
+def install(source: str | Path, target: str | Path, last: tuple[str, ...] = ()) -> None:
+    """Move the files of ``source`` (a folder this run filled) into ``target``, recorded as Distillery's;
+    a file of someone else's in ``target`` with the same name stops it first (nothing is moved).
+    The top-level files named in ``last`` go last (the record whose presence marks a whole student)."""
+    source, target = Path(source), Path(target)
+    clash = [str(p.relative_to(source)) for p in source.rglob("*")
+             if p.is_file() and not _ours(p.name) and foreign(target / p.relative_to(source))]
+    if clash:
+        raise ForeignFiles(f"{target} holds {_listed(clash)}, which distillery did not write and will not replace; "
+                           "move it away, or pass another folder")
+    for here, _, files in os.walk(source):
+        dest = target / Path(here).relative_to(source)
+        dest.mkdir(parents=True, exist_ok=True)
+        names = [f for f in files if not _ours(f) and not (dest == target and f in last)]
+        record_files(dest, [n for n in names if not (dest / n).exists()])  # while nothing has their names
+        for name in names:
+            os.replace(Path(here) / name, dest / name)
+    for name in last:
+        if (source / name).is_file():
+            record_files(target, [name])
+            os.replace(source / name, target / name)
+    shutil.rmtree(source, ignore_errors=True)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -14,9 +14,16 @@ from pathlib import Path
 
 from distillery.core.rundir import write_json
 
-__all__ = ["STUDENT_FILE", "StudentMeta"]
+__all__ = ["STUDENT_FILE", "STUDENT_NAMES", "StudentMeta"]
 
 STUDENT_FILE = "distillery_student.json"
+# What distill and export write at the top of a student folder (the student kinds' save_pretrained files,
+# the ONNX model and ours): a file of someone else's by one of these names stops them before they start.
+STUDENT_NAMES = ("config.json", "model.safetensors", "pytorch_model.bin", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
+                 "tokenizer.model", "sentencepiece.bpe.model", "chat_template.jinja", "adapter_config.json",
+                 "adapter_model.safetensors", "model.onnx", "model.onnx.data", "README.md", "merged", STUDENT_FILE,
+                 "distillery_config.yaml", "train_log.jsonl", "train_summary.json")
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""Issue #26: `--overwrite` never deletes or replaces a user's file. Every stage is walked with
+--overwrite over folders that hold user files (plain files, files named like Distillery's, a
+subfolder, a symlink), twice (a retry after a failure must not claim what the failure touched);
+every user file's bytes must be unchanged, and a name clash is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from distillery import cli as distillery_cli
+from distillery.core.rundir import OWNED_FILE, foreign, install, make_folder, owned, remove_owned, write_text
+
+TINY = ["--device", "cpu", "--epochs", "1", "--min-steps", "4", "--batch-size", "8", "--speed-rows", "0"]
+
+
+def plant(folder: Path, names: tuple[str, ...] = ()) -> dict[Path, bytes]:
+    """User files in ``folder``: a plain file, ``names`` (Distillery's own names), a subfolder and a symlink."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {folder / "notes.txt": b"my notes\n", folder / "mine" / "deep.txt": b"deep\n", **{folder / n: f"user {n}\n".encode() for n in names}}
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    os.symlink(folder / "notes.txt", folder / "link.txt")
+    files[folder / "link.txt"] = files[folder / "notes.txt"]
+    return files
+
+
+def unchanged(files: dict[Path, bytes]) -> None:
+    for path, data in files.items():
+        assert path.is_file() and path.read_bytes() == data, f"{path} was changed or deleted"
+    for path in files:
+        if path.name == "link.txt":
+            assert path.is_symlink()
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("distillery")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_case1_a_failed_overwrite_claims_nothing_and_the_retry_deletes_nothing(reviews_csv, tiny_llama, tmp_path, capsys):
+    """Case 1: a user's part-00000.csv and an unparseable manifest.json in R/annotations; annotate --overwrite twice."""
+    run = tmp_path / "R"
+    files = plant(run / "annotations", ("part-00000.csv", "manifest.json"))
+    argv = ["annotate", "--data", str(reviews_csv), "--text-column", "review", "--labels", "negative,positive",
+            "--teacher", str(tiny_llama), "--device", "cpu", "--out", str(run), "--overwrite"]
+    for _ in range(2):
+        assert distillery_cli.main(argv) == 2
+        line = one_line(capsys)
+        assert "manifest.json" in line and "part-00000.csv" in line and "did not write" in line
+        unchanged(files)
+        assert not owned(run / "annotations")
+
+
+def test_case1_our_own_manifest_that_does_not_parse_is_one_line_and_kept(reviews_csv, tiny_llama, tmp_path, capsys):
+    root = tmp_path / "R" / "annotations"
+    write_text(root / "manifest.json", "{not json")  # written by distillery, then torn by something else
+    argv = ["annotate", "--data", str(reviews_csv), "--text-column", "review", "--labels", "negative,positive",
+            "--teacher", str(tiny_llama), "--device", "cpu", "--out", str(tmp_path / "R"), "--overwrite"]
+    assert distillery_cli.main(argv) == 2
+    assert "manifest.json: not a manifest distillery can read" in one_line(capsys)
+    assert (root / "manifest.json").read_text() == "{not json"
+
+
+def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(reviews_csv, tiny_llama, tiny_roberta, tmp_path, capsys):
+    """annotate, distill (case 2: a user's checkpoint/ subfolder), export and predict with --overwrite, evaluate
+    and review (which have no --overwrite: they write beside a user's files), into folders of user files, each twice."""
+    run, student = tmp_path / "run", tmp_path / "student"
+    files = {**plant(run), **plant(run / "annotations"), **plant(student), **plant(tmp_path / "onnx"), **plant(run / "review")}
+    (student / "checkpoint").mkdir()
+    (student / "checkpoint" / "w.txt").write_text("w\n")
+    files[student / "checkpoint" / "w.txt"] = b"w\n"
+    data = ["--data", str(reviews_csv), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive"]
+    stages = [
+        ["annotate", *data, "--teacher", str(tiny_llama), "--device", "cpu", "--out", str(run)],
+        ["distill", "--out", str(run), "--student", str(student), "--student-model", str(tiny_roberta), *TINY[:-2]],
+        ["evaluate", "--out", str(run), "--students", str(student), "--device", "cpu", "--speed-rows", "0"],
+        ["export", "--out", str(run), "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--variant", "fp32"],
+        ["predict", "--student", str(student), "--data", str(reviews_csv), "--text-column", "review",
+         "--predictions", str(run / "predictions.csv"), "--device", "cpu"],
+        ["review", "--out", str(run), "--student", str(student), "--review-rows", "10", "--device", "cpu"],
+    ]
+    for argv in stages:
+        for _ in range(2):
+            code = distillery_cli.main([*argv, "--overwrite"] if argv[0] not in ("evaluate", "review") else argv)  # they have none
+            assert code == 0, capsys.readouterr().err
+            unchanged(files)
+    capsys.readouterr()
+    assert (student / "distillery_student.json").is_file() and (tmp_path / "onnx" / "model.onnx").is_file()
+    # A user's file by one of Distillery's names is never replaced, --overwrite or not: one line, exit 2.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my report\n")
+    assert distillery_cli.main([*stages[2], "--out", str(mine), "--annotations", str(run / "annotations")]) == 2
+    assert "report.md" in one_line(capsys) and (mine / "report.md").read_text() == "my report\n"
+    (tmp_path / "onnx2").mkdir()
+    (tmp_path / "onnx2" / "model.onnx").write_text("my model\n")
+    assert distillery_cli.main([*stages[3], "--onnx-dir", str(tmp_path / "onnx2"), "--overwrite"]) == 2
+    assert "model.onnx" in one_line(capsys) and (tmp_path / "onnx2" / "model.onnx").read_text() == "my model\n"
+
+
+def test_remove_owned_deletes_exactly_the_listed_files(tmp_path):
+    folder = tmp_path / "f"
+    write_text(folder / "ours.txt", "x")
+    write_text(folder / "sub" / "ours.txt", "x")
+    files = plant(folder)
+    (folder / "sub" / "theirs.txt").write_text("t")
+    files[folder / "sub" / "theirs.txt"] = b"t"
+    made = make_folder(folder / "made")
+    (made / "lib_wrote.bin").write_bytes(b"b")
+    assert foreign(folder) == ["link.txt", "mine/deep.txt", "notes.txt", "sub/theirs.txt"]
+    remove_owned(folder)
+    unchanged(files)
+    assert not (folder / "ours.txt").exists() and not (folder / "sub" / "ours.txt").exists() and not made.exists()
+    assert json.loads((folder / OWNED_FILE).read_text())["files"] == []
+
+
+def test_install_stops_before_moving_anything_over_a_users_file(tmp_path):
+    source, target = make_folder(tmp_path / "new"), tmp_path / "target"
+    (source / "config.json").write_text("new")
+    (source / "model.bin").write_text("new")
+    files = plant(target, ("model.bin",))
+    with pytest.raises(Exception, match="model.bin"):
+        install(source, target)
+    unchanged(files)
+    assert not (target / "config.json").exists()
