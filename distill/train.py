@@ -31,10 +31,10 @@ from transformers import get_linear_schedule_with_warmup
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device, predict_probabilities
 from distillery.core.studentmeta import STUDENT_NAMES
-from distillery.core.rundir import claim_folder, guard_files, install, locked, make_folder, remove_owned, write_json, write_text
+from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_owned, rows_fingerprint, write_json,
+                                     write_text)
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
-from distillery.core.rundir import rows_fingerprint
 from distillery.core.tasks import load_task
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
