@@ -33,7 +33,7 @@ from distillery.distill import DistillConfig, distill
 from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
-from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_owned, rows_fingerprint, write_csv, write_json, write_text
+from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_leftovers, remove_owned, rows_fingerprint, write_csv, write_json, write_text
 from distillery.core.studentmeta import STUDENT_FILE
 from distillery.serve import load_student
 from distillery.core.errors import UserError
@@ -64,6 +64,7 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     check_start(cfg, train, len(pool), has_gold)  # what the inputs already tell, before the first teacher call
     if source.overwrite:
         _start_over(out)
+    remove_leftovers(out)  # a killed round's staged student
     check_folder(out / "student", source.overwrite)  # before any teacher call: the last round's student goes there
     check_report_writable(replace(report, out=str(out)))
     claim_folder(work, overwrite=False)

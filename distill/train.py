@@ -31,7 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device, predict_probabilities
 from distillery.core.studentmeta import STUDENT_NAMES
-from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_owned, rows_fingerprint, write_json,
+from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned, rows_fingerprint, write_json,
                                      write_text)
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
@@ -130,8 +130,7 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
     """The stage in its steps: prepare, restore a checkpoint (--resume), train, save; then the learning curve."""
     set_seed(cfg.seed)
     claim_folder(out_dir, cfg.overwrite, flag="--student")  # --overwrite: beside files of someone else's, never over them
-    for leftover in out_dir.glob(".student.tmp*"):  # a killed save's
-        remove_owned(leftover)
+    remove_leftovers(out_dir)  # a killed save's staged student, a killed clean-up's checkpoint
     guard_files(out_dir, [*STUDENT_NAMES, *(CHECKPOINTS if cfg.checkpoint_every or cfg.resume else ())], flag="--student")
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())

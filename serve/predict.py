@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
 from distillery.core.options import student_folder
-from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, locked, replacing, sha256_file, write_json, write_text
+from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, foreign, locked, replacing, sha256_file, write_json, write_text
 from distillery.serve.config import PredictConfig
 from distillery.serve.student import Student, load_student
 from distillery.core.errors import UserError
@@ -71,6 +71,9 @@ def predict(cfg: PredictConfig) -> Path:
     if Path(cfg.data).is_file() and out.exists() and os.path.samefile(out, cfg.data):  # however either is spelt
         raise UserError(f"--predictions {out}: expected a file other than the input; found the --data file itself ({cfg.data}); "
                         "pass another --predictions")
+    if foreign(out):  # whatever --overwrite says: a file distillery did not write is never replaced
+        raise UserError(f"--predictions {out}: exists and was not written by this predict run (nor any distillery run: it is never "
+                        "replaced, --overwrite or not); pass another --predictions, or move it away")
     parts = out.with_name(out.name + ".parts")
     folder = student_folder(cfg)
     student = load_student(folder, pick_device(cfg.device))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distillery import cli as distillery_cli
-from distillery.core.rundir import OWNED_FILE, foreign, install, make_folder, owned, remove_owned, write_text
+from distillery.core.rundir import OWNED_FILE, write_text
 
 TINY = ["--device", "cpu", "--epochs", "1", "--min-steps", "4", "--batch-size", "8", "--speed-rows", "0"]
 
@@ -55,7 +55,7 @@ def test_case1_a_failed_overwrite_claims_nothing_and_the_retry_deletes_nothing(r
         line = one_line(capsys)
         assert "manifest.json" in line and "part-00000.csv" in line and "did not write" in line
         unchanged(files)
-        assert not owned(run / "annotations")
+        assert not (run / "annotations" / OWNED_FILE).is_file() or "part-00000.csv" not in (run / "annotations" / OWNED_FILE).read_text()
 
 
 def test_case1_our_own_manifest_that_does_not_parse_is_one_line_and_kept(reviews_csv, tiny_llama, tmp_path, capsys):
@@ -106,6 +106,8 @@ def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(reviews_csv
 
 
 def test_remove_owned_deletes_exactly_the_listed_files(tmp_path):
+    from distillery.core.rundir import foreign, make_folder, remove_owned
+
     folder = tmp_path / "f"
     write_text(folder / "ours.txt", "x")
     write_text(folder / "sub" / "ours.txt", "x")
@@ -122,6 +124,8 @@ def test_remove_owned_deletes_exactly_the_listed_files(tmp_path):
 
 
 def test_install_stops_before_moving_anything_over_a_users_file(tmp_path):
+    from distillery.core.rundir import install, make_folder
+
     source, target = make_folder(tmp_path / "new"), tmp_path / "target"
     (source / "config.json").write_text("new")
     (source / "model.bin").write_text("new")
@@ -130,3 +134,27 @@ def test_install_stops_before_moving_anything_over_a_users_file(tmp_path):
         install(source, target)
     unchanged(files)
     assert not (target / "config.json").exists()
+
+
+@pytest.mark.parametrize("argv, yaml_text, flag", [
+    (["distill", "--seed", "-1"], None, "--seed"),  # case 10
+    (["distill"], "seed: 1.0e+23\n", "seed"),  # case 10: a YAML seed of 1e23
+    (["distill", "--weight-decay", "-1"], None, "--weight-decay"),  # case 10
+    (["distill", "--device", "foo"], None, "--device"),  # case 10
+    (["distill", "--max-grad-norm", "0"], None, "--max-grad-norm"),  # case 6: trained nothing, exit 0
+    (["distill", "--warmup-ratio", "2"], None, "--warmup-ratio"),  # case 6
+    (["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env",
+      "abcdef0123456789abcdef0123456789"], None, "--api-key-env"),  # case 3: a key in the wrong flag
+])
+def test_the_reported_settings_are_one_line_and_write_nothing(argv, yaml_text, flag, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(distillery_cli, "run_stages", lambda command, configs: pytest.fail(f"{command} ran with {argv}"))
+    monkeypatch.chdir(tmp_path)
+    extra = []
+    if yaml_text:
+        (tmp_path / "my.yaml").write_text(yaml_text)
+        extra = ["--config", "my.yaml"]
+    assert distillery_cli.main([*argv, *extra, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in err, err
+    assert "abcdef0123456789" not in err and not (tmp_path / "run").exists()

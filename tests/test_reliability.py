@@ -47,10 +47,15 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def _snapshot(folder: Path, pattern: str) -> dict:
     """Name -> (size, mtime) of the files matching ``pattern`` under ``folder``: a change means the process wrote."""
-    stats = {}
-    for path in folder.glob(pattern) if folder.exists() else []:
-        with contextlib.suppress(FileNotFoundError):  # renamed away while we look
-            stats[str(path)] = (path.stat().st_size, path.stat().st_mtime_ns)
+    for _ in range(20):  # a folder removed while glob walks it (a temporary one): look again
+        stats = {}
+        try:
+            for path in folder.glob(pattern) if folder.exists() else []:
+                with contextlib.suppress(FileNotFoundError):  # renamed away while we look
+                    stats[str(path)] = (path.stat().st_size, path.stat().st_mtime_ns)
+            return stats
+        except FileNotFoundError:
+            continue
     return stats
 
 

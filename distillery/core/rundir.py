@@ -10,8 +10,8 @@
 - Ownership: a folder's ``.distillery-files.json`` lists, by name, the files Distillery wrote
   there, recorded once the file is whole and only while no other file has its name (so a failure
   never claims a file of someone else's). Every whole-file write
-  records its file; :func:`install` and :func:`record_tree` record what a library wrote (a saved
-  model, a checkpoint). :func:`check_folder` stops a stage on a folder of someone else's files
+  records its file; a folder :func:`make_folder` creates empty for a library to fill (a checkpoint,
+  a saved model) is Distillery's whole, and :func:`install` moves such a folder's files into place. :func:`check_folder` stops a stage on a folder of someone else's files
   unless ``--overwrite`` (then it writes beside them); :func:`guard_files`, the writers and
   :func:`remove_owned` never replace or delete a file that is not listed, whatever the flags.
 - :func:`file_fingerprint`, :func:`same_file`, :func:`rows_fingerprint`: fingerprints of an
@@ -38,7 +38,7 @@ from distillery.core.errors import UserError
 
 __all__ = [
     "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",
-    "owned", "foreign", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "record_tree", "remove_owned", "install",
+    "owned", "foreign", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "remove_owned", "remove_leftovers", "install",
     "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
 ]
 
@@ -218,15 +218,14 @@ def record_files(folder: str | Path, names: list[str]) -> None:
         fh.write(json.dumps({"files": sorted(mine | set(names))}, indent=2) + "\n")
 
 
-def record_tree(folder: str | Path) -> None:
-    """Record every file under ``folder`` (a folder this run made and filled: a checkpoint, a saved model)."""
-    for here, _, files in os.walk(folder):
-        record_files(here, [f for f in files if not _ours(f)])
+def _temporary(name: str) -> bool:
+    """A temporary file or folder of a write in progress (``.NAME.tmpPID``)."""
+    return re.fullmatch(r"\..+\.tmp\d+", name) is not None
 
 
 def _ours(name: str) -> bool:
-    """The lock, the marker, and the temporary files of whole-file writes (``.NAME.tmpPID``)."""
-    return name.startswith(".distillery") or re.fullmatch(r"\..+\.tmp\d+", name) is not None
+    """The lock, the marker, and the temporary files of whole-file writes."""
+    return name.startswith(".distillery") or _temporary(name)
 
 
 def foreign(path: str | Path) -> list[str]:
@@ -294,14 +293,16 @@ def remove_owned(path: str | Path) -> None:
         if path.name in owned(path.parent):
             path.unlink()
         return
-    if made(path):
-        shutil.rmtree(path)
+    if made(path):  # renamed to a temporary name first: a kill mid-way leaves a leftover, never foreign files
+        trash = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        path.rename(trash)
+        shutil.rmtree(trash)
         return
     mine = owned(path)
     for entry in list(path.iterdir()):
         if entry.is_dir() and not entry.is_symlink():
             remove_owned(entry)
-        elif entry.name in mine or re.fullmatch(r"\..+\.tmp\d+", entry.name):
+        elif entry.name in mine or _temporary(entry.name):
             entry.unlink()
     left = [p for p in path.iterdir() if p.name not in (OWNED_FILE, LOCK_FILE)]
     if not left:
@@ -312,6 +313,20 @@ def remove_owned(path: str | Path) -> None:
     else:
         with replacing(path / OWNED_FILE) as fh:
             fh.write(json.dumps({"files": sorted(mine & {p.name for p in left})}, indent=2) + "\n")
+
+
+def remove_leftovers(folder: str | Path) -> None:
+    """Remove the temporary files and folders (``.NAME.tmpPID``) that killed runs left in ``folder``
+    (call it holding the folder's lock: no other run is writing there)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not _main_process():
+        return
+    for entry in folder.iterdir():
+        if _temporary(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def install(source: str | Path, target: str | Path, last: tuple[str, ...] = ()) -> None:
