@@ -14,6 +14,7 @@ Tests that take a ``device`` run on the CPU always and on CUDA too when a GPU is
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,16 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def reply_json(handler, status: int, answer: dict) -> None:
+    """Answer an HTTP request of a test server (a ``BaseHTTPRequestHandler``) with ``answer`` as JSON."""
+    body = json.dumps(answer).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def make_rows(n: int) -> pd.DataFrame:

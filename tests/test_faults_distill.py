@@ -48,11 +48,8 @@ def _distill_cfg(out: Path, model: Path, student: Path, **kw) -> DistillConfig:
                          val_fraction=0.125, lr=1e-3, checkpoint_every=2, **kw)  # 7 steps, a checkpoint at 2, 4 and 6
 
 
-def _stopped_after_first_checkpoint(annotated: Path, tiny_roberta: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
-    """A copy of the annotations and a student folder whose training stopped right after its first checkpoint."""
-    out = tmp_path / "run"
-    shutil.copytree(annotated, out)
-    student = tmp_path / "student"
+def _stop_after_first_checkpoint(monkeypatch, training) -> None:
+    """Run ``training`` until its first checkpoint is saved whole, then stop it (as a kill would)."""
     real = train_mod.save_checkpoint
 
     def save_then_stop(*args):
@@ -62,7 +59,15 @@ def _stopped_after_first_checkpoint(annotated: Path, tiny_roberta: Path, tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(train_mod, "save_checkpoint", save_then_stop)
         with pytest.raises(Stop):
-            distill(_distill_cfg(out, tiny_roberta, student))
+            training()
+
+
+def _stopped_after_first_checkpoint(annotated: Path, tiny_roberta: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the annotations and a student folder whose training stopped right after its first checkpoint."""
+    out = tmp_path / "run"
+    shutil.copytree(annotated, out)
+    student = tmp_path / "student"
+    _stop_after_first_checkpoint(monkeypatch, lambda: distill(_distill_cfg(out, tiny_roberta, student)))
     assert find_checkpoint(student) == student / "checkpoint"
     return out, student
 
@@ -108,16 +113,7 @@ def test_online_resume_refuses_other_teacher_settings_and_goes_on_with_the_same(
                                                                                 monkeypatch):
     source = _annotate_cfg(rows_csv, tiny_llama, tmp_path / "run", calibrate="content-free")
     cfg = _distill_cfg(tmp_path / "run", tiny_roberta, tmp_path / "student", teacher_mode="online", hard_labels="teacher")
-    real = train_mod.save_checkpoint
-
-    def save_then_stop(*args):
-        real(*args)
-        raise Stop
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_mod, "save_checkpoint", save_then_stop)
-        with pytest.raises(Stop):
-            distill(cfg, source)
+    _stop_after_first_checkpoint(monkeypatch, lambda: distill(cfg, source))
     resume = _distill_cfg(tmp_path / "run", tiny_roberta, tmp_path / "student", teacher_mode="online", hard_labels="teacher", resume=True)
     with pytest.raises(UserError, match=r"the teacher settings changed since the checkpoint .*\(calibrate 'content-free' then, 'mean' now\)"):
         distill(resume, _annotate_cfg(rows_csv, tiny_llama, tmp_path / "run", calibrate="mean"))

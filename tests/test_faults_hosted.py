@@ -12,17 +12,11 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import make_rows
+from conftest import make_rows, reply_json
+from test_hosted_unit import ANSWER
 from distillery.annotate import AnnotateConfig, annotate, read_annotations
 
 pytestmark = pytest.mark.timeout(120)
-
-ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-          "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "positive"},
-                       "logprobs": {"content": [{"token": "positive", "logprob": -0.1, "bytes": None,
-                                                 "top_logprobs": [{"token": "positive", "logprob": -0.1, "bytes": None},
-                                                                  {"token": "negative", "logprob": -2.5, "bytes": None}]}]}}]}
-
 
 @pytest.fixture
 def chat_server():
@@ -45,12 +39,7 @@ def chat_server():
             elif "FLAKY" in text and row not in flaked:
                 flaked.add(row)
                 status, answer = 503, {"error": {"message": "overloaded, try again", "type": "server_error"}}
-            body = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, status, answer)
 
         def log_message(self, *args):
             pass

@@ -80,6 +80,8 @@ def answering_server():
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    from conftest import reply_json
+
     arrivals, headers = [], []
 
     class Handler(BaseHTTPRequestHandler):
@@ -95,12 +97,7 @@ def answering_server():
             elif request["model"] != "smollm2":  # as OpenAI answers an unknown model
                 status = 404
                 answer = {"error": {"message": f"The model `{request['model']}` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}
-            body = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, status, answer)
 
         def log_message(self, *args):
             pass
