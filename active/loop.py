@@ -16,7 +16,6 @@ each round's rows, the strategy's scores and the student's test metrics.
 from __future__ import annotations
 
 import json
-import os
 import math
 import shutil
 import time
@@ -33,7 +32,7 @@ from distillery.distill import DistillConfig, distill
 from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
-from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_leftovers, remove_owned, rows_fingerprint, write_csv, write_json, write_text
+from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_leftovers, remove_owned, temporary_name, rows_fingerprint, write_csv, write_json, write_text
 from distillery.core.studentmeta import STUDENT_FILE
 from distillery.serve import load_student
 from distillery.core.errors import UserError
@@ -204,7 +203,7 @@ def _start_over(out: Path) -> None:
 def _replace_folder(source: Path, target: Path) -> None:
     """Copy the student in ``source`` into ``target``: not a whole student (no record) until every file
     is in place; a file of someone else's in ``target`` is never replaced."""
-    fresh = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    fresh = target.with_name(temporary_name(target.name))
     shutil.rmtree(fresh, ignore_errors=True)  # a temporary folder of ours, by its name
     shutil.copytree(source, fresh, ignore=shutil.ignore_patterns(".distillery*"))
     remove_owned(target / STUDENT_FILE)

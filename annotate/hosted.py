@@ -119,15 +119,19 @@ def echo_is_shifted(logprobs: dict) -> bool:
     return sum(late) > sum(aligned)
 
 
+CACHE_FILES = ("request_cache.sqlite", "request_cache.sqlite-journal")  # the cache in OUT/annotations and SQLite's journal
+
+
 class RequestCache:
     """answers already received, keyed by everything that shapes the answer (SQLite)."""
 
     def __init__(self, path: Path):
-        guard_files(path.parent, [path.name])  # a file of someone else's by that name is never opened as the cache
+        names = [path.name, f"{path.name}-journal"]
+        guard_files(path.parent, names)  # a file of someone else's by those names is never opened as the cache
         path.parent.mkdir(parents=True, exist_ok=True)
+        record_files(path.parent, names)  # before SQLite makes them (nothing else has their names): a kill leaves them ours
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT)")
-        record_files(path.parent, [path.name])
 
     @staticmethod
     def key(request: dict) -> str:
@@ -170,7 +174,7 @@ class HostedTeacher:
                             f"unset or empty; export {cfg.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server that needs no key")
         self.headers = parse_headers(cfg.extra_headers)  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
-        self.cache = RequestCache(Path(cfg.out) / "annotations" / "request_cache.sqlite")
+        self.cache = RequestCache(Path(cfg.out) / "annotations" / CACHE_FILES[0])
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
         self.template = None

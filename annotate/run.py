@@ -8,6 +8,7 @@ Run it with::
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -19,6 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from distillery.annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
+from distillery.annotate.hosted import CACHE_FILES
 from distillery.annotate.calibration import resolve_mode
 from distillery.core.registry import calibration_modes
 from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
@@ -115,7 +117,7 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
     claim_folder(root, cfg.overwrite)  # --overwrite writes beside files of someone else's, never over them
-    guard_files(root, ["manifest.json", "config.yaml", "request_cache.sqlite", *(p.name for p in root.glob("part-*.csv"))])
+    guard_files(root, ["manifest.json", "config.yaml", *CACHE_FILES, *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
              "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
@@ -224,7 +226,7 @@ def write_merged(cfg: AnnotateConfig, root: Path) -> None:
 def check_same_rows(store: ChunkStore, selected: dict, n_chunks: int, grows: bool) -> None:
     """Stop when the rows to annotate are not those the run began with (edited, added or removed)."""
     hint = "pass --overwrite to annotate the input again from the start, or another --out"
-    beyond = sorted(p.name for p in store.root.glob("part-*.csv") if int(p.name[5:10]) >= n_chunks)
+    beyond = sorted(p.name for p in store.root.glob("part-*.csv") if p.is_file() and re.fullmatch(r"part-\d{5}\.csv", p.name) and int(p.name[5:10]) >= n_chunks)
     if beyond:
         raise ManifestError(f"the input shrank since this run began: {beyond[0]} holds rows that are no longer in it; {hint}")
     before = store.manifest.get("selected_rows")

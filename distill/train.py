@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.models import pick_device, predict_probabilities
 from distillery.core.studentmeta import STUDENT_NAMES
-from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned, rows_fingerprint, write_json,
+from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned, rows_fingerprint, temporary_name, write_json,
                                      write_text)
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
@@ -307,7 +306,7 @@ def save(run: Training, train_seconds: float) -> None:
             "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"] = fit_temperature(run, student)
-        staged = make_folder(out_dir / f".student.tmp{os.getpid()}")  # saved whole, then moved beside the user's files
+        staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
         save_student(student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"])
         install(staged, out_dir, last=(STUDENT_FILE,))
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import yaml
 from distillery.core.errors import UserError
 from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
-from distillery.core.rundir import check_folder, claim_folder, guard_files, install, locked, make_folder, remove_owned
+from distillery.core.rundir import (check_folder, claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned,
+                                     temporary_name)
 from distillery.core.studentmeta import STUDENT_FILE, STUDENT_NAMES, StudentMeta
 from distillery.distill.students import student_kind
 from distillery.serve.card import write_card
@@ -41,7 +41,6 @@ from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_stude
 __all__ = ["export", "check_rows"]
 
 MIN_ROWS = 200  # check rows at least, where the run has them (see check_rows)
-STAGING = ".export-"  # work folders inside --onnx-dir (a killed export's are removed by the next)
 # Rows of many lengths (so batches are padded) to check the fused graph when the run's rows are not here.
 SAMPLE_TEXTS = [" ".join(["a fine and thoughtful film"] * k) + ("!" if k % 2 else "") for k in range(1, 13)]
 
@@ -72,9 +71,8 @@ def export(cfg: ExportConfig) -> Path:
         # load_student refuses a claimed folder without one (the model may be half-written).
         for name in (STUDENT_FILE, "README.md"):
             remove_owned(out / name)
-        for leftover in out.glob(f"{STAGING}*"):  # a killed export's work files
-            shutil.rmtree(leftover, ignore_errors=True)
-        with tempfile.TemporaryDirectory(dir=out, prefix=STAGING) as tmp:
+        remove_leftovers(out)  # a killed export's work folders
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-", suffix=temporary_name("")) as tmp:
             tempfile.tempdir, default = tmp, tempfile.tempdir  # onnxruntime's optimizer writes its own work files there too
             try:
                 _export(cfg, student, out, rows, Path(tmp))

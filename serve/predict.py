@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
 from distillery.core.options import student_folder
-from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, foreign, locked, replacing, sha256_file, write_json, write_text
+from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, foreign, remove_leftovers, remove_owned, locked, replacing, sha256_file, write_json, write_text
 from distillery.serve.config import PredictConfig
 from distillery.serve.student import Student, load_student
 from distillery.core.errors import UserError
@@ -68,13 +68,15 @@ def predict(cfg: PredictConfig) -> Path:
     out = Path(cfg.predictions)
     if out.is_dir():
         out = out / "predictions.csv"
-    if Path(cfg.data).is_file() and out.exists() and os.path.samefile(out, cfg.data):  # however either is spelt
+    seen = Path(os.path.abspath(out))  # 'new/../in.csv' is in.csv even where new/ does not exist
+    if Path(cfg.data).is_file() and seen.exists() and os.path.samefile(seen, cfg.data):  # however either is spelt
         raise UserError(f"--predictions {out}: expected a file other than the input; found the --data file itself ({cfg.data}); "
                         "pass another --predictions")
-    if foreign(out):  # whatever --overwrite says: a file distillery did not write is never replaced
-        raise UserError(f"--predictions {out}: exists and was not written by this predict run (nor any distillery run: it is never "
-                        "replaced, --overwrite or not); pass another --predictions, or move it away")
     parts = out.with_name(out.name + ".parts")
+    mine = foreign(seen) + [f"{parts.name}/{name}" for name in foreign(seen.with_name(parts.name))]
+    if mine:  # whatever --overwrite says: a file distillery did not write is never replaced or deleted
+        raise UserError(f"--predictions {out}: {', '.join(mine[:3])} exists and was not written by this predict run (nor any "
+                        "distillery run: it is never replaced, --overwrite or not); pass another --predictions, or move it away")
     folder = student_folder(cfg)
     student = load_student(folder, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
@@ -82,6 +84,7 @@ def predict(cfg: PredictConfig) -> Path:
     first = next(chunks)  # bad input fails here, before any file is written
     created = not parts.exists()
     with locked(parts, "predict", shown=out, flag="--predictions"):
+        remove_leftovers(parts)  # a killed run's half-written part
         try:
             return _predict(cfg, out, parts, student, threshold, itertools.chain([first], chunks))
         except BaseException:
@@ -99,7 +102,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
     state = _open_state(parts, fingerprint, cfg, out)
     if state["complete"]:
         for path in parts.glob("part-*.csv"):  # left by a kill between the join and their removal
-            path.unlink()
+            remove_owned(path)
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
         return out
     print(f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
@@ -118,7 +121,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
     state.update(complete=True, rows=rows, parts={})
     write_json(parts / "run.json", state)
     for path in parts.glob("part-*.csv"):
-        path.unlink()
+        remove_owned(path)
     print(f"predict: {rows} rows -> {out}")
     return out
 
@@ -162,8 +165,12 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
     if state_file.is_file() and overwrite:
         _clear(parts)
     if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        try:
+            state = json.loads(state_file.read_text())
+            changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{state_file}: not a predict state distillery can read (cut or edited); it is kept as it is: pass "
+                            "another --predictions, or --overwrite to predict again") from None
         if changed:
             raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
                             "or --overwrite to predict again")
@@ -184,9 +191,9 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
 
 
 def _clear(parts: Path) -> None:
-    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it)."""
+    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go."""
     for path in [parts / "run.json", *parts.glob("part-*.csv")]:
-        path.unlink(missing_ok=True)
+        remove_owned(path)
 
 
 def _remove_if_empty(parts: Path) -> None:

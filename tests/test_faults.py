@@ -76,6 +76,12 @@ def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(reviews_csv
     (student / "checkpoint").mkdir()
     (student / "checkpoint" / "w.txt").write_text("w\n")
     files[student / "checkpoint" / "w.txt"] = b"w\n"
+    files[student / ".notes.tmp1"] = b"looks temporary\n"  # a name like a temporary file's is still the user's
+    (student / ".notes.tmp1").write_bytes(files[student / ".notes.tmp1"])
+    folders = [student / "checkpoint" / "sub", student / "checkpoint.old", run / "annotations" / "part-00099.csv",
+               run / "annotations" / "part-zz.csv"]  # empty folders of the user's, named like distillery's
+    for folder in folders:
+        folder.mkdir()
     data = ["--data", str(reviews_csv), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive"]
     stages = [
         ["annotate", *data, "--teacher", str(tiny_llama), "--device", "cpu", "--out", str(run)],
@@ -91,6 +97,7 @@ def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(reviews_csv
             code = distillery_cli.main([*argv, "--overwrite"] if argv[0] not in ("evaluate", "review") else argv)  # they have none
             assert code == 0, capsys.readouterr().err
             unchanged(files)
+            assert all(folder.is_dir() and not any(folder.iterdir()) for folder in folders), "a user's empty folder was removed or written"
     capsys.readouterr()
     assert (student / "distillery_student.json").is_file() and (tmp_path / "onnx" / "model.onnx").is_file()
     # A user's file by one of Distillery's names is never replaced, --overwrite or not: one line, exit 2.
@@ -158,3 +165,4 @@ def test_the_reported_settings_are_one_line_and_write_nothing(argv, yaml_text, f
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in err, err
     assert "abcdef0123456789" not in err and not (tmp_path / "run").exists()
+

@@ -136,3 +136,32 @@ def test_case11c_the_second_process_refusal_names_predictions(student, rows, tmp
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+
+
+def test_predict_and_export_never_touch_a_users_parts_or_staging_files(student, rows, tmp_path, capsys):
+    """QA follow-ups: a user's PREDICTIONS.parts/ folder, a cut run.json of ours, --predictions through a
+    folder that does not exist, and a killed export's work folder left behind."""
+    from distillery.core.rundir import write_text
+    from test_faults import one_line, plant, unchanged
+
+    predict = ["predict", "--student", str(student), "--data", str(rows), "--text-column", "review", "--device", "cpu"]
+    parts = plant(tmp_path / "P.csv.parts", ("run.json", "part-00000.csv"))
+    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "P.csv"), "--overwrite"]) == 2
+    assert "P.csv.parts/" in one_line(capsys)
+    unchanged(parts)
+    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "new" / ".." / rows.name)]) == 2
+    assert "the --data file itself" in one_line(capsys) and not (tmp_path / "new").exists()
+    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "Q.csv")]) == 0
+    write_text(tmp_path / "Q.csv.parts" / "run.json", "not json")  # ours, then cut
+    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "Q.csv")]) == 2
+    assert "run.json: not a predict state distillery can read" in one_line(capsys)
+    assert (tmp_path / "Q.csv.parts" / "run.json").read_text() == "not json"
+    export = ["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--variant", "fp32", "--out", str(tmp_path)]
+    assert distillery_cli.main(export) == 0
+    from distillery.core.rundir import temporary_name
+
+    leftover = tmp_path / "onnx" / f".export-abc{temporary_name('')}" / "fp32"
+    leftover.mkdir(parents=True)
+    (leftover / "model.onnx").write_text("half")  # what a kill -9 mid-export leaves
+    assert distillery_cli.main(export) == 0, capsys.readouterr().err
+    assert not leftover.parent.exists()

@@ -38,7 +38,7 @@ from distillery.core.errors import UserError
 
 __all__ = [
     "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",
-    "owned", "foreign", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "remove_owned", "remove_leftovers", "install",
+    "owned", "foreign", "temporary_name", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "remove_owned", "remove_leftovers", "install",
     "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
 ]
 
@@ -127,7 +127,7 @@ def replacing(path: str | Path) -> Iterator:
     new = not _ours(path.name) and path.name not in owned(path.parent)
     if new and (path.exists() or path.is_symlink()):
         raise ForeignFiles(f"{path} exists and distillery did not write it; it is never replaced: move it away, or write elsewhere")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(temporary_name(path.name))
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             yield fh
@@ -218,9 +218,14 @@ def record_files(folder: str | Path, names: list[str]) -> None:
         fh.write(json.dumps({"files": sorted(mine | set(names))}, indent=2) + "\n")
 
 
+def temporary_name(name: str) -> str:
+    """The name of a temporary file or folder for ``name`` (``.NAME.distillery-tmpPID``): a write in
+    progress, a folder being staged or removed. Only names of this form are removed unlisted."""
+    return f".{name}.distillery-tmp{os.getpid()}"
+
+
 def _temporary(name: str) -> bool:
-    """A temporary file or folder of a write in progress (``.NAME.tmpPID``)."""
-    return re.fullmatch(r"\..+\.tmp\d+", name) is not None
+    return re.fullmatch(r"\..+\.distillery-tmp\d+", name) is not None
 
 
 def _ours(name: str) -> bool:
@@ -290,20 +295,26 @@ def remove_owned(path: str | Path) -> None:
     if not _main_process() or not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink() or not path.is_dir():
-        if path.name in owned(path.parent):
+        mine = owned(path.parent)
+        if path.name in mine:
             path.unlink()
+            if not made(path.parent):  # the record lists what is there
+                with replacing(path.parent / OWNED_FILE) as fh:
+                    fh.write(json.dumps({"files": sorted(mine - {path.name})}, indent=2) + "\n")
         return
     if made(path):  # renamed to a temporary name first: a kill mid-way leaves a leftover, never foreign files
-        trash = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        trash = path.with_name(temporary_name(path.name))
         path.rename(trash)
         shutil.rmtree(trash)
         return
-    mine = owned(path)
+    mine, recorded = owned(path), (path / OWNED_FILE).is_file()
     for entry in list(path.iterdir()):
         if entry.is_dir() and not entry.is_symlink():
             remove_owned(entry)
         elif entry.name in mine or _temporary(entry.name):
             entry.unlink()
+    if not recorded:  # a folder distillery never wrote in stays, empty or not, with no record put in it
+        return
     left = [p for p in path.iterdir() if p.name not in (OWNED_FILE, LOCK_FILE)]
     if not left:
         for name in (OWNED_FILE, LOCK_FILE):
@@ -316,7 +327,7 @@ def remove_owned(path: str | Path) -> None:
 
 
 def remove_leftovers(folder: str | Path) -> None:
-    """Remove the temporary files and folders (``.NAME.tmpPID``) that killed runs left in ``folder``
+    """Remove the temporary files and folders (:func:`temporary_name`) that killed runs left in ``folder``
     (call it holding the folder's lock: no other run is writing there)."""
     folder = Path(folder)
     if not folder.is_dir() or not _main_process():
