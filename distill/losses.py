@@ -33,8 +33,9 @@ def hybrid_kd_loss(
 
     Args:
         student_logits: ``(batch, n_labels)`` raw student scores z_S.
-        teacher_logprobs: ``(batch, n_labels)`` teacher label log-probs z_T (natural log). Rows
-            with any non-finite value (no soft label) are left out of the KD mean.
+        teacher_logprobs: ``(batch, n_labels)`` teacher label log-probs z_T (natural log): a target,
+            so no gradient reaches it. Rows with any non-finite value (no soft label) are left out of
+            the KD mean.
         labels: ``(batch,)`` hard label ids; ``-100`` rows are left out of the CE mean.
         alpha: weight of the KD part, in [0, 1].
         temperature: softening temperature T > 0 applied to both distributions in KD.
@@ -49,7 +50,7 @@ def hybrid_kd_loss(
     if temperature <= 0:
         raise ValueError(f"temperature: expected > 0, found {temperature}")
     has_soft = torch.isfinite(teacher_logprobs).all(dim=-1)
-    teacher = torch.where(has_soft.unsqueeze(-1), teacher_logprobs, torch.zeros_like(teacher_logprobs))
+    teacher = torch.where(has_soft.unsqueeze(-1), teacher_logprobs.detach(), torch.zeros_like(teacher_logprobs))
     t_logp = F.log_softmax(teacher.float() / temperature, dim=-1)
     s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
     kl_rows = (t_logp.exp() * (t_logp - s_logp)).sum(dim=-1)
