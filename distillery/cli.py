@@ -427,7 +427,9 @@ def run_stages(command: str, configs: list) -> None:
     if command == "annotate":
         annotate(configs[0])
     elif command == "distill":
-        write_card(distill(configs[0], configs[1]))
+        student = distill(configs[0], configs[1])
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, rank 0 writes the card (another rank's copy would not be its own)
+            write_card(student)
     elif command == "predict":
         predict(configs[0])
     elif command == "export":
