@@ -240,13 +240,13 @@ def foreign(path: str | Path) -> list[str]:
         return [] if path.name in owned(path.parent) else [path.name]
     if not path.is_dir() or made(path):
         return []
-    found = []
+    found, mine = [], owned(path)
     for entry in sorted(path.iterdir(), key=lambda p: p.name):
         if _ours(entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             found += [f"{entry.name}/{name}" for name in foreign(entry)]
-        elif entry.name not in owned(path):
+        elif entry.name not in mine:
             found.append(entry.name)
     return found
 
