@@ -5,7 +5,7 @@
 # `distillery run` on a small slice from outside the checkout (~2-3 min).
 PY ?= python3
 
-.PHONY: install install-server install-label-studio demo test test-fast wheel-check bench bench-serving
+.PHONY: install install-server install-label-studio demo lint test test-fast wheel-check bench bench-serving
 
 install:
 	$(PY) -m pip install -q torch==2.13.0           # pinned: the CPU wheel here; unpinned pulls GBs of CUDA
@@ -38,6 +38,11 @@ install-label-studio:
 
 demo: install
 	distillery run
+
+# ruff (pinned in the test extra): the lint rules and the formatter, as configured in pyproject.toml.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: install-server install-label-studio
 	$(PY) -m pytest

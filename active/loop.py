@@ -26,16 +26,28 @@ import numpy as np
 
 from distillery.active.config import ActiveConfig
 from distillery.active.strategies import Candidates, pick, scores
-from distillery.core.registry import active_strategies
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
+from distillery.core.errors import UserError
+from distillery.core.registry import active_strategies
+from distillery.core.rundir import (
+    check_folder,
+    claim_folder,
+    install,
+    locked,
+    remove_leftovers,
+    remove_owned,
+    rows_fingerprint,
+    temporary_name,
+    write_csv,
+    write_json,
+    write_text,
+)
+from distillery.core.studentmeta import STUDENT_FILE
 from distillery.distill import DistillConfig, distill
 from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
-from distillery.core.rundir import check_folder, claim_folder, install, locked, remove_leftovers, remove_owned, temporary_name, rows_fingerprint, write_csv, write_json, write_text
-from distillery.core.studentmeta import STUDENT_FILE
 from distillery.serve import load_student
-from distillery.core.errors import UserError
 
 __all__ = ["active"]
 
@@ -55,9 +67,17 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     work = out / "active"
     labels = load_task(source.task, source.labels or None).labels
     pool = load_rows(replace(source, test_fraction=0.0), labels)
-    fingerprint = {"data": source.data, "limit": source.limit, "labels": labels, "strategy": cfg.strategy, "test_rows": cfg.test_rows,
-                   "seed_rows": cfg.seed_rows, "round_rows": cfg.round_rows, "seed": source.seed,
-                   "pool": rows_fingerprint(pool, ["id", "text", "gold"])}
+    fingerprint = {
+        "data": source.data,
+        "limit": source.limit,
+        "labels": labels,
+        "strategy": cfg.strategy,
+        "test_rows": cfg.test_rows,
+        "seed_rows": cfg.seed_rows,
+        "round_rows": cfg.round_rows,
+        "seed": source.seed,
+        "pool": rows_fingerprint(pool, ["id", "text", "gold"]),
+    }
     pool = pool.set_index("id")
     has_gold = bool((pool["gold"] != "").all())
     check_start(cfg, train, len(pool), has_gold)  # what the inputs already tell, before the first teacher call
@@ -71,11 +91,26 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     if state["selected"]:
         _save(work, state, pool)  # the selection file is rebuilt from the state on every start
     chunk = math.gcd(cfg.test_rows, cfg.seed_rows, cfg.round_rows)  # every full round ends on a chunk boundary
-    teacher_cfg = replace(source, data=str(work / "selected.csv"), text_column="text", label_column="gold" if has_gold else "",
-                          id_column="id", split_column="split", limit=0, balance=False, test_fraction=0.0, chunk_size=chunk,
-                          max_cost=cfg.budget_cost or source.max_cost, only_deferred=False, overwrite=False)
-    print(f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "
-          f"{len(state['selected'])} rows already chosen, {sum(r.get('done', False) for r in state['rounds'])} rounds done")
+    teacher_cfg = replace(
+        source,
+        data=str(work / "selected.csv"),
+        text_column="text",
+        label_column="gold" if has_gold else "",
+        id_column="id",
+        split_column="split",
+        limit=0,
+        balance=False,
+        test_fraction=0.0,
+        chunk_size=chunk,
+        max_cost=cfg.budget_cost or source.max_cost,
+        only_deferred=False,
+        overwrite=False,
+    )
+    print(
+        f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "
+        f"{len(state['selected'])} rows already chosen, {sum(r.get('done', False) for r in state['rounds'])} "
+        "rounds done"
+    )
     rng = np.random.default_rng(source.seed)
     while True:
         if not state["rounds"] or state["rounds"][-1].get("done"):
@@ -89,18 +124,37 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
         started = time.perf_counter()
         manifest = annotate(teacher_cfg, grows=True) / "manifest.json"
         if json.loads(manifest.read_text()).get("status") != "complete":  # --budget-cost reached mid-round
-            print("active: stopping: the teacher's cost budget is spent; the chosen rows stay recorded (rerun with a larger budget to go on)")
+            print(
+                "active: stopping: the teacher's cost budget is spent; the chosen rows stay recorded (rerun "
+                "with a larger budget to go on)"
+            )
             break
         student = out / "learning_curve" / f"student-round-{r['round']:03d}"
         previous = [x for x in state["rounds"] if x.get("done")]
         warm = cfg.warm_start and previous and student_kind(train.student_kind).warm_start
         if not (student / "train_summary.json").is_file():
-            distill(replace(train, out=str(out), annotations="", student=str(student), learning_curve=False,
-                            student_model=previous[-1]["student"] if warm else train.student_model), source)
-        r.update(_score_round(student, out, has_gold), student=str(student), calls=len(state["selected"]),
-                 seconds=r.get("seconds", 0.0) + time.perf_counter() - started, done=True)
-        print(f"active: round {r['round']}: {r['calls']} teacher calls, test agreement {r['test_agreement']:.4f}"
-              + (f", test accuracy {r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else ""))
+            distill(
+                replace(
+                    train,
+                    out=str(out),
+                    annotations="",
+                    student=str(student),
+                    learning_curve=False,
+                    student_model=previous[-1]["student"] if warm else train.student_model,
+                ),
+                source,
+            )
+        r.update(
+            _score_round(student, out, has_gold),
+            student=str(student),
+            calls=len(state["selected"]),
+            seconds=r.get("seconds", 0.0) + time.perf_counter() - started,
+            done=True,
+        )
+        print(
+            f"active: round {r['round']}: {r['calls']} teacher calls, test agreement {r['test_agreement']:.4f}"
+            + (f", test accuracy {r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "")
+        )
         _save(work, state, pool)
 
     finished = [r for r in state["rounds"] if r.get("done")]
@@ -117,14 +171,20 @@ def check_start(cfg: ActiveConfig, train: DistillConfig, pool_rows: int, has_gol
     (each round is scored on them, and evaluate reads them), a pool with fewer than 2 rows beside
     them to train on, ``--hard-labels gold`` on a pool without gold labels."""
     if cfg.test_rows < 1:
-        raise UserError("expected --test-rows of at least 1 (every round's student is scored on the test rows, and the "
-                        "report evaluates them); found 0; pass --test-rows N")
+        raise UserError(
+            "expected --test-rows of at least 1 (every round's student is scored on the test rows, and the "
+            "report evaluates them); found 0; pass --test-rows N"
+        )
     if pool_rows < cfg.test_rows + 2:
-        raise UserError(f"expected a pool of at least --test-rows + 2 = {cfg.test_rows + 2} rows (the test rows and 2 or more "
-                        f"to train on); found {pool_rows}; lower --test-rows, or pass more rows")
+        raise UserError(
+            f"expected a pool of at least --test-rows + 2 = {cfg.test_rows + 2} rows (the test rows and 2 or more "
+            f"to train on); found {pool_rows}; lower --test-rows, or pass more rows"
+        )
     if train.hard_labels == "gold" and not has_gold:
-        raise UserError("--hard-labels gold: expected a gold label on every pool row; found rows without one; "
-                        "pass --label-column, or use --hard-labels auto")
+        raise UserError(
+            "--hard-labels gold: expected a gold label on every pool row; found rows without one; "
+            "pass --label-column, or use --hard-labels auto"
+        )
 
 
 def _load_state(work: Path, fingerprint: dict) -> dict:
@@ -134,8 +194,12 @@ def _load_state(work: Path, fingerprint: dict) -> dict:
     state = json.loads(path.read_text())
     if state["fingerprint"] != fingerprint:
         changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        what = "the pool's rows changed since the run began" if changed == ["pool"] else f"different {', '.join(changed)}"
-        raise UserError(f"{path}: written by another active run ({what}); pass another --out, or --overwrite to start over")
+        what = (
+            "the pool's rows changed since the run began" if changed == ["pool"] else f"different {', '.join(changed)}"
+        )
+        raise UserError(
+            f"{path}: written by another active run ({what}); pass another --out, or --overwrite to start over"
+        )
     return state
 
 
@@ -178,8 +242,14 @@ def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random
             candidates.add(ids, scores(cfg.strategy, probs, round_rng), emb)
         picks = [(row_id, score, "train") for row_id, score in pick(cfg.strategy, candidates, k, seed + index)]
     state["selected"] += [{"id": i, "round": index, "split": split, "score": s} for i, s, split in picks]
-    state["rounds"].append({"round": index, "rows": len(picks), "strategy": "random" if index == 0 else cfg.strategy,
-                            "score_mean": float(np.mean([s for _, s, _ in picks])) if index else None})
+    state["rounds"].append(
+        {
+            "round": index,
+            "rows": len(picks),
+            "strategy": "random" if index == 0 else cfg.strategy,
+            "score_mean": float(np.mean([s for _, s, _ in picks])) if index else None,
+        }
+    )
 
 
 def _save(work: Path, state: dict, pool) -> None:
@@ -189,8 +259,12 @@ def _save(work: Path, state: dict, pool) -> None:
     rows["split"] = [s["split"] for s in state["selected"]]
     write_csv(work / "selected.csv", rows)
     write_json(work / "state.json", state)
-    write_text(work / "rounds.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "done"}) + "\n"
-                                             for r in state["rounds"] if r.get("done")))
+    write_text(
+        work / "rounds.jsonl",
+        "".join(
+            json.dumps({k: v for k, v in r.items() if k != "done"}) + "\n" for r in state["rounds"] if r.get("done")
+        ),
+    )
 
 
 def _start_over(out: Path) -> None:
@@ -217,5 +291,8 @@ def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:
     probs = load_student(student_dir).probabilities(test["text"].tolist())
     pred = np.array(manifest["labels"])[probs.argmax(1)]
     summary = json.loads((student_dir / "train_summary.json").read_text())
-    return {"train_rows": summary["train_rows"] + summary["val_rows"], "test_agreement": float((pred == test["teacher_label"].to_numpy()).mean()),
-            "test_accuracy": float((pred == test["gold"].to_numpy()).mean()) if has_gold else None}
+    return {
+        "train_rows": summary["train_rows"] + summary["val_rows"],
+        "test_agreement": float((pred == test["teacher_label"].to_numpy()).mean()),
+        "test_accuracy": float((pred == test["gold"].to_numpy()).mean()) if has_gold else None,
+    }

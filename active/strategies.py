@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from distillery.core.registry import active_strategies
 
 __all__ = ["Strategy", "STRATEGIES", "scores", "Candidates", "pick"]
@@ -58,7 +59,9 @@ def _diverse(best: list, k: int, seed: int) -> list[tuple[str, float]]:
     emb = np.stack([item[3] for item in best])
     clusters = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(emb)
     chosen = {}
-    for (score, _, row_id, _), c in zip(best, clusters):  # best is sorted: the first row of a cluster is its most uncertain
+    for (score, _, row_id, _), c in zip(
+        best, clusters
+    ):  # best is sorted: the first row of a cluster is its most uncertain
         chosen.setdefault(int(c), (row_id, score))
     return list(chosen.values())
 
@@ -66,8 +69,16 @@ def _diverse(best: list, k: int, seed: int) -> list[tuple[str, float]]:
 active_strategies.register("random", Strategy("a uniform draw", lambda probs, rng: rng.random(len(probs))))
 active_strategies.register("margin", Strategy("smallest gap between the two most likely labels", _margin))
 active_strategies.register("entropy", Strategy("highest entropy of the student's distribution", _entropy))
-active_strategies.register("diverse", Strategy("margin within k-means clusters of the student's embeddings", _margin,
-                                               needs_embeddings=True, pool_factor=DIVERSE_POOL, choose=_diverse))
+active_strategies.register(
+    "diverse",
+    Strategy(
+        "margin within k-means clusters of the student's embeddings",
+        _margin,
+        needs_embeddings=True,
+        pool_factor=DIVERSE_POOL,
+        choose=_diverse,
+    ),
+)
 STRATEGIES = tuple(active_strategies.names())  # the built-in ones
 
 

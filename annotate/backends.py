@@ -23,8 +23,12 @@ AUTO_BATCH = {"cpu": (16, 0), "cuda": (512, 8192)}
 HOSTED_BATCH = 16  # rows handed to the hosted backend at a time; --concurrency sets requests in flight
 
 teacher_backends.register("local", TeacherBackend("a Hugging Face model in this process", LocalTeacher, local=True))
-teacher_backends.register("openai", TeacherBackend("an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)", HostedTeacher,
-                                                   batch_rows=HOSTED_BATCH))
+teacher_backends.register(
+    "openai",
+    TeacherBackend(
+        "an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)", HostedTeacher, batch_rows=HOSTED_BATCH
+    ),
+)
 
 
 def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:
@@ -53,7 +57,11 @@ def teacher_batches(lengths: list[int], max_rows: int, max_tokens: int = 0) -> l
     batches: list[list[int]] = []
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         batch = batches[-1] if batches else None
-        fits = batch is not None and len(batch) < max_rows and (not max_tokens or (len(batch) + 1) * lengths[i] <= max_tokens)
+        fits = (
+            batch is not None
+            and len(batch) < max_rows
+            and (not max_tokens or (len(batch) + 1) * lengths[i] <= max_tokens)
+        )
         if fits:
             batch.append(i)
         else:

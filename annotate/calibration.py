@@ -25,9 +25,11 @@ Every mode is a per-label bias and a temperature applied to the raw log-probs
 - ``reviewed``: the same fit as ``gold`` on the human labels ``distillery review`` imported
   (``OUT/review/gold.csv``): every reviewed row, random and doubtful parts alike. Picking rows
   by the teacher's own scores (its margin) does not bias a fit of p(label | scores).
-- ``auto``: ``reviewed`` when at least :data:`AUTO_MIN_GOLD` rows were reviewed, else ``mean`` when the rows were sampled label-balanced (``--balance``: the prior is
+- ``auto``: ``reviewed`` when at least :data:`AUTO_MIN_GOLD` rows were reviewed, else ``mean`` when the rows were
+sampled label-balanced (``--balance``: the prior is
   uniform by construction; the demo), else ``gold`` when there are at least
-  :data:`AUTO_MIN_GOLD` gold-labelled training rows; otherwise ``content-free`` for two labels and ``mean`` for more (content-free inputs
+  :data:`AUTO_MIN_GOLD` gold-labelled training rows; otherwise ``content-free`` for two labels and ``mean`` for more
+  (content-free inputs
   read as "neutral", which skews a 3-way set). Chosen from benchmarks/calibration_shift.py:
   gold stays within ~1 point of the best mode on every set there, content-free is the most
   robust mode without gold on binary sets.
@@ -41,10 +43,21 @@ from functools import partial
 
 import numpy as np
 import torch
+
 from distillery.core.errors import UserError
 from distillery.core.registry import calibration_modes
 
-__all__ = ["AUTO_MIN_GOLD", "CALIBRATIONS", "Calibration", "CalibrationMode", "calibrated", "em_prior", "fit_calibration", "fit_gold_calibration", "resolve_mode"]
+__all__ = [
+    "AUTO_MIN_GOLD",
+    "CALIBRATIONS",
+    "Calibration",
+    "CalibrationMode",
+    "calibrated",
+    "em_prior",
+    "fit_calibration",
+    "fit_gold_calibration",
+    "resolve_mode",
+]
 
 AUTO_MIN_GOLD = 50
 
@@ -142,8 +155,16 @@ def fit_gmm(raw: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     empty = resp.sum(axis=0) == 0
     resp[:, empty] = np.exp(start[:, empty])  # a label the start never predicts keeps its soft share
     means = (resp.T @ x) / resp.sum(axis=0)[:, None]
-    gmm = GaussianMixture(raw.shape[1], covariance_type="tied", means_init=means, weights_init=resp.mean(axis=0),
-                          reg_covar=1e-3, tol=1e-6, max_iter=1000, random_state=0).fit(x)
+    gmm = GaussianMixture(
+        raw.shape[1],
+        covariance_type="tied",
+        means_init=means,
+        weights_init=resp.mean(axis=0),
+        reg_covar=1e-3,
+        tol=1e-6,
+        max_iter=1000,
+        random_state=0,
+    ).fit(x)
     precision = np.linalg.inv(gmm.covariances_)
     weights = gmm.means_ @ precision
     bias = 0.5 * np.einsum("kd,kd->k", weights, gmm.means_) - np.log(gmm.weights_)
@@ -165,8 +186,13 @@ def resolve_mode(mode: str, n_gold: int, n_labels: int = 2, balanced: bool = Fal
     return "content-free" if n_labels == 2 else "mean"
 
 
-def fit_calibration(mode: str, raw: np.ndarray, content_free: np.ndarray | None = None,
-                    gold_raw: np.ndarray | None = None, gold: np.ndarray | None = None) -> Calibration:
+def fit_calibration(
+    mode: str,
+    raw: np.ndarray,
+    content_free: np.ndarray | None = None,
+    gold_raw: np.ndarray | None = None,
+    gold: np.ndarray | None = None,
+) -> Calibration:
     """Fit a registered calibration mode (not ``auto``: see :func:`resolve_mode`).
 
     Args:
@@ -195,10 +221,15 @@ def _fit_builtin(mode: str, raw: np.ndarray, content_free, gold_raw, gold) -> Ca
         if gold is None or len(gold) < n_labels:
             found = 0 if gold is None else len(gold)
             if base == "reviewed":
-                raise UserError(f"--calibrate reviewed: expected human labels on at least {n_labels} annotated rows; found {found}; "
-                                "run 'distillery review' and import the answers (--import), or use --calibrate auto")
-            raise UserError(f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {found}; "
-                             "pass --label-column, or use --calibrate mean+em")
+                raise UserError(
+                    f"--calibrate reviewed: expected human labels on at least {n_labels} annotated rows; "
+                    f"found {found}; "
+                    "run 'distillery review' and import the answers (--import), or use --calibrate auto"
+                )
+            raise UserError(
+                f"--calibrate gold: expected gold labels on at least {n_labels} non-test rows; found {found}; "
+                "pass --label-column, or use --calibrate mean+em"
+            )
         bias, temperature = fit_gold_calibration(gold_raw, gold)
         return Calibration(mode, bias, temperature, extra={"fitted_on": int(len(gold))})
     if mode.endswith("+gmm") and len(raw) > n_labels:
@@ -244,9 +275,19 @@ for _name, _summary in [
     ("gold", "a bias and a temperature fitted on --calibrate-on gold rows"),
     ("reviewed", "as gold, on the human labels imported by 'distillery review'"),
 ]:
-    calibration_modes.register(_name, CalibrationMode(_summary, partial(_fit_builtin, _name), needs_content_free=_name.startswith("content-free"),
-                                                      needs_gold=_name in ("gold", "reviewed"), needs_review=_name == "reviewed",
-                                                      fits_on_rows=_name not in ("none", "content-free", "gold", "reviewed")))
+    calibration_modes.register(
+        _name,
+        CalibrationMode(
+            _summary,
+            partial(_fit_builtin, _name),
+            needs_content_free=_name.startswith("content-free"),
+            needs_gold=_name in ("gold", "reviewed"),
+            needs_review=_name == "reviewed",
+            fits_on_rows=_name not in ("none", "content-free", "gold", "reviewed"),
+        ),
+    )
 # Measured in benchmarks/calibration_shift.py but not offered (on top of content-free, EM collapses onto one label).
-MEASURED_ONLY = {"content-free+em": CalibrationMode("", partial(_fit_builtin, "content-free+em"), needs_content_free=True)}
+MEASURED_ONLY = {
+    "content-free+em": CalibrationMode("", partial(_fit_builtin, "content-free+em"), needs_content_free=True)
+}
 CALIBRATIONS = ("auto", *calibration_modes.names())  # auto picks one of the others (resolve_mode)

@@ -18,12 +18,20 @@ import numpy as np
 import pandas as pd
 
 from distillery.annotate.calibration import fit_calibration
-from distillery.core.registry import calibration_modes
 from distillery.core.errors import UserError
+from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint
 from distillery.core.rundir import append_csv, remove_owned, sha256_file, write_json, write_text
 
-__all__ = ["FORMAT", "ChunkStore", "ManifestError", "read_annotations", "label_columns", "run_id", "teacher_probabilities"]
+__all__ = [
+    "FORMAT",
+    "ChunkStore",
+    "ManifestError",
+    "read_annotations",
+    "label_columns",
+    "run_id",
+    "teacher_probabilities",
+]
 
 FORMAT = "distillery.annotations/1"
 
@@ -56,8 +64,10 @@ def _read_chunk(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: not a whole chunk ({str(err).splitlines()[0]}); it was cut or edited after it was written; "
-                            "delete it and rerun 'distillery annotate' to annotate its rows again") from None
+        raise ManifestError(
+            f"{path}: not a whole chunk ({str(err).splitlines()[0]}); it was cut or edited after it was written; "
+            "delete it and rerun 'distillery annotate' to annotate its rows again"
+        ) from None
     for col in frame.columns:
         if col.startswith(("logprob_", "raw_logprob_")) or col == "label_mass":
             frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
@@ -69,10 +79,14 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: not a manifest distillery can read ({str(err).splitlines()[0]}); it is kept as it is: "
-                            "move it away to annotate again, or pass another --out") from None
+        raise ManifestError(
+            f"{path}: not a manifest distillery can read ({str(err).splitlines()[0]}); it is kept as it is: "
+            "move it away to annotate again, or pass another --out"
+        ) from None
     if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: expected a JSON object; found {type(manifest).__name__}; move it away, or pass another --out")
+        raise ManifestError(
+            f"{path}: expected a JSON object; found {type(manifest).__name__}; move it away, or pass another --out"
+        )
     return manifest
 
 
@@ -110,7 +124,13 @@ class ChunkStore:
             self.manifest.update(manifest_extra)
         else:  # a new run, or one whose manifest was lost: existing() adopts the chunks it wrote
             self.root.mkdir(parents=True, exist_ok=True)
-            self.manifest = {"format": FORMAT, "fingerprint": fingerprint, **manifest_extra, "chunks": {}, "status": "annotating"}
+            self.manifest = {
+                "format": FORMAT,
+                "fingerprint": fingerprint,
+                **manifest_extra,
+                "chunks": {},
+                "status": "annotating",
+            }
 
     def chunk_path(self, index: int) -> Path:
         return self.root / f"part-{index:05d}.csv"
@@ -129,17 +149,31 @@ class ChunkStore:
             return None
         digest = sha256_file(path)
         if meta is not None and digest not in (meta["sha256"], meta.get("was")):
-            raise ManifestError(f"{path} does not match its checksum in the manifest (cut or edited after it was written); "
-                                "delete it and rerun 'distillery annotate' to annotate its rows again")
+            raise ManifestError(
+                f"{path} does not match its checksum in the manifest (cut or edited after it was written); "
+                "delete it and rerun 'distillery annotate' to annotate its rows again"
+            )
         frame = _read_chunk(path)
         if "run_id" not in frame.columns or set(frame["run_id"]) != {self.run_id}:
-            raise ManifestError(f"{path} was not written by this run (another teacher, prompt, label set, data selection or chunk size); "
-                                "pass another --out, or --overwrite to start over")
+            raise ManifestError(
+                f"{path} was not written by this run (another teacher, prompt, label set, data selection or "
+                "chunk size); "
+                "pass another --out, or --overwrite to start over"
+            )
         keys = ["id", "text", "gold", "split"]
-        if len(frame) != len(rows) or not frame[keys].reset_index(drop=True).equals(rows[keys].astype(str).reset_index(drop=True)):
-            differ = len(rows) if len(frame) != len(rows) else int((frame[keys].to_numpy() != rows[keys].astype(str).to_numpy()).any(axis=1).sum())
-            raise ManifestError(f"the input changed since {path} was annotated ({differ} of its rows differ in id, text, gold label "
-                                f"or split, or rows were added or removed); pass --overwrite to annotate everything again, or another --out")
+        if len(frame) != len(rows) or not frame[keys].reset_index(drop=True).equals(
+            rows[keys].astype(str).reset_index(drop=True)
+        ):
+            differ = (
+                len(rows)
+                if len(frame) != len(rows)
+                else int((frame[keys].to_numpy() != rows[keys].astype(str).to_numpy()).any(axis=1).sum())
+            )
+            raise ManifestError(
+                f"the input changed since {path} was annotated ({differ} of its rows differ in id, text, gold label "
+                "or split, or rows were added or removed); pass --overwrite to annotate everything again, "
+                "or another --out"
+            )
         if meta is None or digest != meta["sha256"]:
             self._record(path, frame, digest)
             self.save_manifest()
@@ -173,8 +207,15 @@ class ChunkStore:
     def save_manifest(self) -> None:
         write_json(self.manifest_path, self.manifest)
 
-    def finalize(self, labels: list[str], mode: str, bias_content_free: list[float] | None, calibrate_on: int = 200,
-                 requested: str | None = None, reviewed: dict[str, str] | None = None) -> dict:
+    def finalize(
+        self,
+        labels: list[str],
+        mode: str,
+        bias_content_free: list[float] | None,
+        calibrate_on: int = 200,
+        requested: str | None = None,
+        reviewed: dict[str, str] | None = None,
+    ) -> dict:
         """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
 
         ``mode`` is a resolved mode (not ``auto``: the caller resolves it with
@@ -184,7 +225,9 @@ class ChunkStore:
         label in ``reviewed`` (``{id: label}``, from ``OUT/review/gold.csv``). ``requested`` is what
         the user asked for (e.g. ``auto``), kept in the record.
         """
-        self.manifest["status"] = "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
+        self.manifest["status"] = (
+            "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
+        )
         self.save_manifest()
         names = sorted(self.manifest["chunks"])
         frames = {name: _read_chunk(self.root / name) for name in names}
@@ -193,17 +236,28 @@ class ChunkStore:
         def soft(f: pd.DataFrame) -> pd.Series:  # rows with soft labels; hard-label-only rows keep theirs
             return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
 
-        ok = pd.concat([f[soft(f)] for f in frames.values()]) if frames else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
+        ok = (
+            pd.concat([f[soft(f)] for f in frames.values()])
+            if frames
+            else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
+        )
         entry = calibration_modes.get(mode)
         if entry.needs_review:
             human = ok["id"].map(reviewed or {})
             fit_rows = ok[human.isin(labels)].assign(gold=human[human.isin(labels)].to_numpy())
         else:
             fit_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")].head(calibrate_on)
-        calibration = fit_calibration(mode, ok[raw_cols].to_numpy(float), bias_content_free,
-                                      fit_rows[raw_cols].to_numpy(float), fit_rows["gold"].map(labels.index).to_numpy())
+        calibration = fit_calibration(
+            mode,
+            ok[raw_cols].to_numpy(float),
+            bias_content_free,
+            fit_rows[raw_cols].to_numpy(float),
+            fit_rows["gold"].map(labels.index).to_numpy(),
+        )
         if entry.needs_review:
-            calibration.extra["reviewed"] = reviewed_fingerprint(reviewed or {})  # annotate refits when the labels change
+            calibration.extra["reviewed"] = reviewed_fingerprint(
+                reviewed or {}
+            )  # annotate refits when the labels change
         elif entry.needs_gold:
             calibration.extra["calibrate_on"] = calibrate_on
         for name, frame in frames.items():
@@ -217,8 +271,13 @@ class ChunkStore:
         n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
         record = {**calibration.record(labels), "requested": requested or mode}
         mass = ok["label_mass"].dropna() if "label_mass" in ok else pd.Series(dtype=float)
-        self.manifest.update(status="complete", calibration=record, rows=n_rows, rows_failed=n_err,
-                             label_mass_median=float(mass.median()) if len(mass) else None)
+        self.manifest.update(
+            status="complete",
+            calibration=record,
+            rows=n_rows,
+            rows_failed=n_err,
+            label_mass_median=float(mass.median()) if len(mass) else None,
+        )
         self.save_manifest()
         return record
 
@@ -231,29 +290,44 @@ def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
-        raise ManifestError(f"expected an annotations directory with manifest.json; found none in '{root}'; run 'distillery annotate' first")
+        raise ManifestError(
+            f"expected an annotations directory with manifest.json; found none in '{root}'; run 'distillery "
+            "annotate' first"
+        )
     manifest = _read_manifest(manifest_path)
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"{manifest_path}: expected format {FORMAT}; found {manifest.get('format')!r}")
     if manifest.get("status") != "complete":
-        raise ManifestError(f"{root}: annotation is not finished (status {manifest.get('status')!r}); rerun the same 'distillery annotate' command to finish it")
+        raise ManifestError(
+            f"{root}: annotation is not finished (status {manifest.get('status')!r}); rerun the same "
+            "'distillery annotate' command to finish it"
+        )
     frames = []
     for name, meta in sorted(manifest["chunks"].items()):
         path = root / name
         if not path.is_file():
-            raise ManifestError(f"{path} is listed in the manifest but missing; rerun 'distillery annotate' to rebuild it")
+            raise ManifestError(
+                f"{path} is listed in the manifest but missing; rerun 'distillery annotate' to rebuild it"
+            )
         if sha256_file(path) != meta["sha256"]:
-            raise ManifestError(f"{path} does not match its checksum in the manifest (edited or truncated?); delete it and rerun 'distillery annotate'")
+            raise ManifestError(
+                f"{path} does not match its checksum in the manifest (edited or truncated?); delete it and "
+                "rerun 'distillery annotate'"
+            )
         frames.append(_read_chunk(path))
     if not frames:
         raise ManifestError(f"{root}: the manifest lists no chunks; rerun 'distillery annotate' to annotate the rows")
     frame = pd.concat(frames, ignore_index=True)
     twice = frame["id"][frame["id"].duplicated()]
     if len(twice):
-        raise ManifestError(f"{root}: {twice.nunique()} ids appear in more than one row (e.g. '{twice.iloc[0]}'); the chunks were "
-                            "mixed from two runs; pass --overwrite to 'distillery annotate' to annotate them again")
+        raise ManifestError(
+            f"{root}: {twice.nunique()} ids appear in more than one row (e.g. '{twice.iloc[0]}'); the chunks were "
+            "mixed from two runs; pass --overwrite to 'distillery annotate' to annotate them again"
+        )
     needed = ["id", "text", "gold", "split", "teacher_label", *label_columns(manifest["labels"]), "error_type"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ManifestError(f"{root}: chunks lack columns {missing}; they were not written by this version of distillery")
+        raise ManifestError(
+            f"{root}: chunks lack columns {missing}; they were not written by this version of distillery"
+        )
     return frame, manifest

@@ -1,7 +1,7 @@
 """Teacher-grade labels at the student's cost: annotate only the rows the student deferred.
 
-    distillery predict  --student RUN/student --data new.csv --out preds.csv --defer
-    distillery annotate --data preds.csv --only-deferred --out RUN-deferred     # -> RUN-deferred/merged.csv
+distillery predict  --student RUN/student --data new.csv --out preds.csv --defer
+distillery annotate --data preds.csv --only-deferred --out RUN-deferred     # -> RUN-deferred/merged.csv
 """
 
 from __future__ import annotations
@@ -40,8 +40,15 @@ def _merge_chunk(chunk: pd.DataFrame, teacher: dict, errors: dict, counts: dict,
     answered = chunk["id"].map(teacher).fillna("")
     failed = chunk["id"].map(errors).fillna("")
     use_teacher = deferred & (answered != "") & (failed == "")
-    merged = pd.DataFrame({"id": chunk["id"], "text": chunk["text"], "label": chunk["label"].where(~use_teacher, answered),
-                           "source": use_teacher.map({True: "teacher", False: "student"}), "teacher_error": failed.where(deferred, "")})
+    merged = pd.DataFrame(
+        {
+            "id": chunk["id"],
+            "text": chunk["text"],
+            "label": chunk["label"].where(~use_teacher, answered),
+            "source": use_teacher.map({True: "teacher", False: "student"}),
+            "teacher_error": failed.where(deferred, ""),
+        }
+    )
     append_csv(fh, merged, header=header)
     counts["rows"] += len(chunk)
     counts["teacher"] += int(use_teacher.sum())

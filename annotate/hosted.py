@@ -24,15 +24,14 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from distillery.core.rundir import guard_files, record_files
 from distillery.core.secrets import NO_KEY, parse_headers, scrub
 
 if TYPE_CHECKING:
     from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.teacher import Annotation, normalise
-from distillery.core.tasks import TaskSpec
 from distillery.core.errors import UserError
+from distillery.core.tasks import TaskSpec
 
 __all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
@@ -48,7 +47,9 @@ class ServerConfigError(ConnectionError):
     """The very first requests all failed the same way (no server there, unknown model, ...)."""
 
 
-def labels_from_top_logprobs(top: list[tuple[str, float]], verbalizers: list[str]) -> tuple[list[float], float, list[str]]:
+def labels_from_top_logprobs(
+    top: list[tuple[str, float]], verbalizers: list[str]
+) -> tuple[list[float], float, list[str]]:
     """Per-label log-probs from ``(token, logprob)`` pairs of one position.
 
     Returns ``(logprobs renormalised over the labels, covered mass, labels bounded)``.
@@ -80,7 +81,9 @@ def echo_label_logprob(logprobs: dict, verbalizer: str, generated: str, shifted:
     Returns ``(log-prob, bounded)``.
     """
     tokens = logprobs["tokens"]
-    ends = [len(tokens) - k for k in range(1, 4) if generated and "".join(tokens[len(tokens) - k:]) == generated] + [len(tokens)]
+    ends = [len(tokens) - k for k in range(1, 4) if generated and "".join(tokens[len(tokens) - k :]) == generated] + [
+        len(tokens)
+    ]
     for end in ends:
         start, text = end, ""
         while start > 1 and len(text) < len(verbalizer):
@@ -89,7 +92,9 @@ def echo_label_logprob(logprobs: dict, verbalizer: str, generated: str, shifted:
         if text == verbalizer:
             break
     else:
-        raise UserError(f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)")
+        raise UserError(
+            f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)"
+        )
     total, bounded = 0.0, False
     for i in range(start, end):
         if not shifted:
@@ -119,7 +124,10 @@ def echo_is_shifted(logprobs: dict) -> bool:
     return sum(late) > sum(aligned)
 
 
-CACHE_FILES = ("request_cache.sqlite", "request_cache.sqlite-journal")  # the cache in OUT/annotations and SQLite's journal
+CACHE_FILES = (
+    "request_cache.sqlite",
+    "request_cache.sqlite-journal",
+)  # the cache in OUT/annotations and SQLite's journal
 
 
 class RequestCache:
@@ -129,7 +137,9 @@ class RequestCache:
         names = [path.name, f"{path.name}-journal"]
         guard_files(path.parent, names)  # a file of someone else's by those names is never opened as the cache
         path.parent.mkdir(parents=True, exist_ok=True)
-        record_files(path.parent, names)  # before SQLite makes them (nothing else has their names): a kill leaves them ours
+        record_files(
+            path.parent, names
+        )  # before SQLite makes them (nothing else has their names): a kill leaves them ours
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT)")
 
@@ -157,22 +167,31 @@ class HostedTeacher:
     earlier runs, so that a rerun whose rows the server all refuses is not taken for a wrong URL.
     """
 
-
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         try:
             import aiolimiter  # noqa: F401
             import openai  # noqa: F401
             import tenacity  # noqa: F401
         except ImportError:
-            raise ImportError("the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'") from None
+            raise ImportError(
+                "the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'"
+            ) from None
         if not cfg.base_url:
-            raise UserError("--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)")
+            raise UserError(
+                "--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
+            )
         self.cfg, self.task = cfg, task
         self.api_key = PLACEHOLDER_KEY if cfg.api_key_env == NO_KEY else os.environ.get(cfg.api_key_env, "")
         if not self.api_key:  # the variable's name only: its value, if any, is never shown
-            raise UserError(f"--api-key-env {cfg.api_key_env}: expected the API key in the environment variable {cfg.api_key_env}; found it "
-                            f"unset or empty; export {cfg.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server that needs no key")
-        self.headers = parse_headers(cfg.extra_headers)  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
+            raise UserError(
+                f"--api-key-env {cfg.api_key_env}: expected the API key in the environment variable "
+                f"{cfg.api_key_env}; found it "
+                f"unset or empty; export {cfg.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server "
+                "that needs no key"
+            )
+        self.headers = parse_headers(
+            cfg.extra_headers
+        )  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
         self.cache = RequestCache(Path(cfg.out) / "annotations" / CACHE_FILES[0])
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
@@ -196,12 +215,23 @@ class HostedTeacher:
 
     def _request(self, text: str) -> dict:
         return {
-            "model": self.cfg.teacher, "messages": self.task.messages(text), "temperature": 0.0, "max_tokens": 1,
-            "logprobs": True, "top_logprobs": self.cfg.top_logprobs,
+            "model": self.cfg.teacher,
+            "messages": self.task.messages(text),
+            "temperature": 0.0,
+            "max_tokens": 1,
+            "logprobs": True,
+            "top_logprobs": self.cfg.top_logprobs,
         }
 
     def _echo_request(self, prompt: str) -> dict:
-        return {"model": self.cfg.teacher, "prompt": prompt, "temperature": 0.0, "max_tokens": 1, "echo": True, "logprobs": self.cfg.top_logprobs}
+        return {
+            "model": self.cfg.teacher,
+            "prompt": prompt,
+            "temperature": 0.0,
+            "max_tokens": 1,
+            "echo": True,
+            "logprobs": self.cfg.top_logprobs,
+        }
 
     def prompt_text(self, text: str) -> str:
         """Echo mode: the prompt as plain text, formatted by --template-from's chat template if given."""
@@ -226,8 +256,11 @@ class HostedTeacher:
         self.answered += sum(a.error_type == "" for a in out)
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
-            raise ServerConfigError(f"every request to {self._safe(self.cfg.base_url)} failed ({out[0].error_type}: {out[0].error_message[:200]}); "
-                                    "check --base-url and --teacher (the model name)")
+            raise ServerConfigError(
+                f"every request to {self._safe(self.cfg.base_url)} failed ({out[0].error_type}: "
+                f"{out[0].error_message[:200]}); "
+                "check --base-url and --teacher (the model name)"
+            )
         return out
 
     async def _score_all(self, texts: list[str]) -> list[Annotation]:
@@ -238,7 +271,9 @@ class HostedTeacher:
             if self.cfg.hosted_scoring == "echo":
                 one = self._echo_one
                 if self.shifted is None:
-                    probe = await self._send(client, gate, self._echo_request(self.task.prompt_head(self.template) + PROBE), chat=False)
+                    probe = await self._send(
+                        client, gate, self._echo_request(self.task.prompt_head(self.template) + PROBE), chat=False
+                    )
                     if isinstance(probe, Annotation):
                         return [probe] * len(texts)  # the server failed: reported like any failed request
                     self.shifted = echo_is_shifted(probe["choices"][0]["logprobs"])
@@ -250,7 +285,10 @@ class HostedTeacher:
         import openai
 
         return openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=self.api_key, max_retries=0, timeout=self.cfg.request_timeout,
+            base_url=self.cfg.base_url,
+            api_key=self.api_key,
+            max_retries=0,
+            timeout=self.cfg.request_timeout,
             default_headers=self.headers or None,
         )
 
@@ -262,7 +300,9 @@ class HostedTeacher:
         """One completions request per label continuation: prompt + continuation, echoed with log-probs."""
         prompt = self.prompt_text(text)
         pieces = [(k, c) for k, lab in enumerate(self.task.labels) for c in self.task.continuations(lab)]
-        answers = await asyncio.gather(*(self._send(client, gate, self._echo_request(prompt + c), chat=False) for _, c in pieces))
+        answers = await asyncio.gather(
+            *(self._send(client, gate, self._echo_request(prompt + c), chat=False) for _, c in pieces)
+        )
         failed = next((a for a in answers if isinstance(a, Annotation)), None)
         if failed is not None:
             return failed
@@ -271,15 +311,22 @@ class HostedTeacher:
         for (k, cont), body in zip(pieces, answers):
             self._count_usage(body)
             echoed = body["choices"][0].get("text") or ""
-            generated = echoed[len(prompt + cont):] if echoed.startswith(prompt + cont) else ""
+            generated = echoed[len(prompt + cont) :] if echoed.startswith(prompt + cont) else ""
             try:
-                value, was_bounded = echo_label_logprob(body["choices"][0]["logprobs"], cont, generated, bool(self.shifted))
+                value, was_bounded = echo_label_logprob(
+                    body["choices"][0]["logprobs"], cont, generated, bool(self.shifted)
+                )
             except (ValueError, KeyError, TypeError) as err:
                 return Annotation(error_type="bad_echo", error_message=str(err)[:300])
             per_label[k].append(value)
             if was_bounded:
                 bounded.add(self.task.labels[k])
-        ann = normalise([math.log(sum(math.exp(v) for v in values)) if any(math.isfinite(v) for v in values) else -math.inf for values in per_label])
+        ann = normalise(
+            [
+                math.log(sum(math.exp(v) for v in values)) if any(math.isfinite(v) for v in values) else -math.inf
+                for values in per_label
+            ]
+        )
         ann.flags = ";".join(f"bounded:{b}" for b in self.task.labels if b in bounded)
         return ann
 
@@ -315,16 +362,26 @@ class HostedTeacher:
 
         try:
             async with gate:
-                async for attempt in AsyncRetrying(retry=retry_if_exception(retryable), wait=wait, stop=stop_after_attempt(self.cfg.max_retries + 1), reraise=True):
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(retryable),
+                    wait=wait,
+                    stop=stop_after_attempt(self.cfg.max_retries + 1),
+                    reraise=True,
+                ):
                     with attempt:
                         await self._within_rate_limits(request)
                         self.usage["requests_sent"] += 1
                         response = await create(**request)
         except openai.AuthenticationError:
             if self.cfg.api_key_env == NO_KEY:
-                raise AuthError(f"the server at {self._safe(self.cfg.base_url)} needs an API key (401); found --api-key-env none; "
-                                "export the key and pass its variable's name with --api-key-env") from None
-            raise AuthError(f"the server at {self._safe(self.cfg.base_url)} refused the API key from ${self.cfg.api_key_env} (401); set a valid key") from None
+                raise AuthError(
+                    f"the server at {self._safe(self.cfg.base_url)} needs an API key (401); found --api-key-env none; "
+                    "export the key and pass its variable's name with --api-key-env"
+                ) from None
+            raise AuthError(
+                f"the server at {self._safe(self.cfg.base_url)} refused the API key from "
+                f"${self.cfg.api_key_env} (401); set a valid key"
+            ) from None
         except openai.APIStatusError as err:
             return Annotation(error_type=f"http_{err.status_code}", error_message=self._safe(str(err))[:300])
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
@@ -354,7 +411,9 @@ class HostedTeacher:
             top = [(t["token"], t["logprob"]) for t in content[0]["top_logprobs"]]
             logprobs, covered, bounded = labels_from_top_logprobs(top, self.verbalizers)
             if not any(math.isfinite(x) for x in logprobs):
-                return Annotation(error_type="no_label_in_top_logprobs", error_message=f"top tokens: {[t for t, _ in top[:5]]}")
+                return Annotation(
+                    error_type="no_label_in_top_logprobs", error_message=f"top tokens: {[t for t, _ in top[:5]]}"
+                )
             return Annotation(logprobs=logprobs, mass=covered, flags=";".join(f"bounded:{b}" for b in bounded))
         text = (choice.get("message") or {}).get("content") or ""
         for i, word in enumerate(self.verbalizers):  # no logprobs: hard label from the text

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from distillery.annotate.teacher import Annotation, normalise
+from distillery.core.errors import UserError
 from distillery.core.models import load_causal_lm, pick_device, pick_dtype
 from distillery.core.tasks import TaskSpec, shared_first_tokens
-from distillery.core.errors import UserError
 
 if TYPE_CHECKING:
     from distillery.annotate.config import AnnotateConfig
@@ -75,8 +75,8 @@ class VerbalizerScorer:
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         for i, ids in enumerate(rows):  # left padding: every row ends at the last column
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            mask[i, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         start = len(self.prefix_ids) if with_prefix else 0
         positions = start + (mask.cumsum(-1) - 1).clamp(min=0)
@@ -88,7 +88,14 @@ class VerbalizerScorer:
         multi = max(len(ids) for ids in self.label_ids) > 1
         # logits_to_keep=1: only the last position's logits are needed (the LM head over every
         # position would cost ~20% more for a 49k-token vocabulary).
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=multi, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=multi,
+            logits_to_keep=1,
+        )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         scores = first[:, [ids[0] for ids in self.label_ids]]
         if multi:
@@ -122,7 +129,6 @@ class VerbalizerScorer:
 class LocalTeacher:
     """A local Hugging Face causal LM as teacher (``--teacher smollm2``, a dir, a GGUF or a hub id)."""
 
-
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.dtype, device)
@@ -136,8 +142,12 @@ class LocalTeacher:
                 sequences.append(self.tokenizer(text, add_special_tokens=False).input_ids)
                 self.groups.append(k)
         for group in shared_first_tokens(task, lambda s: self.tokenizer(s, add_special_tokens=False).input_ids):
-            print(f"annotate: warning: labels {', '.join(repr(g) for g in group)} start with the same token for this teacher; "
-                  "its first answer token cannot tell them apart: give them verbalizers that start differently (verbalizers: in the task file)")
+            print(
+                f"annotate: warning: labels {', '.join(repr(g) for g in group)} start with the same token "
+                "for this teacher; "
+                "its first answer token cannot tell them apart: give them verbalizers that start differently "
+                "(verbalizers: in the task file)"
+            )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
         if cfg.prefix_cache:
@@ -179,7 +189,10 @@ class LocalTeacher:
         ok = []
         for i, ids in enumerate(prompts):
             if len(ids) > self.max_prompt_tokens:
-                results[i] = Annotation(error_type="prompt_too_long", error_message=f"{len(ids)} prompt tokens > --max-prompt-tokens {self.max_prompt_tokens}")
+                results[i] = Annotation(
+                    error_type="prompt_too_long",
+                    error_message=f"{len(ids)} prompt tokens > --max-prompt-tokens {self.max_prompt_tokens}",
+                )
             else:
                 ok.append(i)
         if ok:
@@ -188,7 +201,9 @@ class LocalTeacher:
                     results[i] = ann
             except (RuntimeError, ValueError) as err:  # e.g. out of memory: retry rows one by one
                 if len(ok) == 1:
-                    results[ok[0]] = Annotation(error_type=type(err).__name__, error_message=str(err).splitlines()[0][:300])
+                    results[ok[0]] = Annotation(
+                        error_type=type(err).__name__, error_message=str(err).splitlines()[0][:300]
+                    )
                 else:
                     for i in ok:
                         results[i] = self.score([texts[i]])[0]
@@ -197,5 +212,7 @@ class LocalTeacher:
     def _score_ids(self, prompts: list[list[int]]) -> list[Annotation]:
         scores = self.scorer.label_logprobs(prompts)  # (batch, n_sequences)
         groups = torch.tensor(self.groups)
-        per_label = torch.stack([torch.logsumexp(scores[:, groups == k], dim=1) for k in range(len(self.task.labels))], dim=1)
+        per_label = torch.stack(
+            [torch.logsumexp(scores[:, groups == k], dim=1) for k in range(len(self.task.labels))], dim=1
+        )
         return [normalise(row.tolist()) for row in per_label]

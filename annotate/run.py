@@ -20,19 +20,19 @@ import yaml
 from tqdm.auto import tqdm
 
 from distillery.annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
-from distillery.annotate.hosted import CACHE_FILES
 from distillery.annotate.calibration import resolve_mode
-from distillery.core.registry import calibration_modes
 from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
 from distillery.annotate.config import AnnotateConfig
-from distillery.core.secrets import redacted
 from distillery.annotate.deferred import merge_answers
-from distillery.core.inputs import load_rows
+from distillery.annotate.hosted import CACHE_FILES
 from distillery.annotate.teacher import Annotation, content_free_bias, failed_for_good
+from distillery.core.errors import UserError
+from distillery.core.inputs import load_rows
+from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.rundir import claim_folder, file_fingerprint, guard_files, locked, rows_fingerprint, write_text
+from distillery.core.secrets import redacted
 from distillery.core.tasks import load_task
-from distillery.core.errors import UserError
 
 __all__ = ["annotate"]
 
@@ -58,13 +58,20 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     entry = None if cfg.calibrate == "auto" else calibration_modes.get(cfg.calibrate)
     reviewed = reviewed_labels(cfg.out, rows["id"])  # human labels from 'distillery review' (OUT/review/gold.csv)
     if entry is not None and entry.needs_review and len(reviewed) < len(task.labels):
-        raise UserError(f"--calibrate {cfg.calibrate}: expected human labels from 'distillery review' on at least {len(task.labels)} of "
-                        f"these rows; found {len(reviewed)}; run 'distillery review --out {cfg.out}', label the queue and import it "
-                        "(--import FILE), or use --calibrate auto")
+        raise UserError(
+            f"--calibrate {cfg.calibrate}: expected human labels from 'distillery review' on at least "
+            f"{len(task.labels)} of "
+            f"these rows; found {len(reviewed)}; run 'distillery review --out {cfg.out}', label the queue "
+            "and import it "
+            "(--import FILE), or use --calibrate auto"
+        )
     needs_gold = entry is not None and entry.needs_gold and not entry.needs_review
     if needs_gold and not ((rows["gold"].isin(task.labels)) & (rows["split"] != "test")).any():
-        raise UserError(f"--calibrate {cfg.calibrate}: expected rows with gold labels outside the test split; found none; pass --label-column, "
-                        "or use --calibrate mean")
+        raise UserError(
+            f"--calibrate {cfg.calibrate}: expected rows with gold labels outside the test split; found "
+            "none; pass --label-column, "
+            "or use --calibrate mean"
+        )
     store = open_store(cfg, task, rows, grows)
     todo = plan(store, rows, cfg.chunk_size, cfg.retry_failed)
     n_todo = sum(len(redo) for *_, redo in todo)
@@ -74,7 +81,9 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         return store.root
     n_gold = int((rows["gold"].isin(task.labels) & (rows["split"] != "test")).sum())
     balanced = bool(cfg.balance and n_gold)  # load_rows balanced the sample by gold label
-    mode = resolve_mode(cfg.calibrate, n_gold, len(task.labels), balanced, len(reviewed))  # auto: by what the data offers
+    mode = resolve_mode(
+        cfg.calibrate, n_gold, len(task.labels), balanced, len(reviewed)
+    )  # auto: by what the data offers
     needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
     teacher = build_teacher(cfg, task) if n_todo or needs_content_free else None  # loaded only when there is work to do
     started = time.perf_counter()
@@ -86,17 +95,30 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         store.save_manifest()
     finish(cfg, task, store, mode, teacher, n_todo, elapsed, reviewed)
     failed, calibration = store.manifest["rows_failed"], store.manifest["calibration"]
-    why = f"auto: {len(reviewed)} reviewed rows" if mode == "reviewed" else "auto: label-balanced sample" if balanced else "auto"
+    why = (
+        f"auto: {len(reviewed)} reviewed rows"
+        if mode == "reviewed"
+        else "auto: label-balanced sample"
+        if balanced
+        else "auto"
+    )
     chosen = calibration["mode"] + (f" ({why})" if cfg.calibrate == "auto" else "")
     prior = ", ".join(f"{k} {v:.2f}" for k, v in calibration.get("prior", {}).items())
-    print(f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (error_type in the chunks: a rerun retries those that may "
-          f"pass, --retry-failed also those that failed for good); calibration {chosen}"
-          + (f", estimated label prior {prior}" if prior else ""))
+    print(
+        f"annotate: done, {len(rows) - failed} rows labelled, {failed} failed (error_type in the chunks: a "
+        "rerun retries those that may "
+        f"pass, --retry-failed also those that failed for good); calibration {chosen}"
+        + (f", estimated label prior {prior}" if prior else "")
+    )
     mass = store.manifest.get("label_mass_median")
     if mass is not None and mass < LOW_LABEL_MASS:
-        print(f"annotate: warning: the teacher puts a median {mass:.1%} of its next-token probability on the label words: they are "
-              "not what it tends to say, so its log-probs carry little; try label words closer to its own (verbalizers: in the task "
-              "file), an answer prefix, or a stronger --teacher")
+        print(
+            f"annotate: warning: the teacher puts a median {mass:.1%} of its next-token probability on the "
+            "label words: they are "
+            "not what it tends to say, so its log-probs carry little; try label words closer to its own "
+            "(verbalizers: in the task "
+            "file), an answer prefix, or a stronger --teacher"
+        )
     if cfg.only_deferred:
         write_merged(cfg, store.root)
     return store.root
@@ -109,7 +131,22 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
         "teacher": cfg.teacher,
         "prompt_hash": task.prompt_hash(),
         "labels": task.labels,
-        "data": {k: getattr(cfg, k) for k in ("data", "hf_config", "split", "text_column", "label_column", "id_column", "limit", "balance", "drop_empty", "test_fraction", "seed")},
+        "data": {
+            k: getattr(cfg, k)
+            for k in (
+                "data",
+                "hf_config",
+                "split",
+                "text_column",
+                "label_column",
+                "id_column",
+                "limit",
+                "balance",
+                "drop_empty",
+                "test_fraction",
+                "seed",
+            )
+        },
         "chunk_size": cfg.chunk_size,
     }
     if cfg.split_column:  # only when set, so runs from before this option still resume
@@ -119,8 +156,14 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
     claim_folder(root, cfg.overwrite)  # --overwrite writes beside files of someone else's, never over them
     guard_files(root, ["manifest.json", "config.yaml", *CACHE_FILES, *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
-    extra = {"config": redacted(asdict(cfg)), "task": asdict(task), "labels": task.labels, "teacher": cfg.teacher, "prompt_hash": task.prompt_hash(),
-             "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data}}
+    extra = {
+        "config": redacted(asdict(cfg)),
+        "task": asdict(task),
+        "labels": task.labels,
+        "teacher": cfg.teacher,
+        "prompt_hash": task.prompt_hash(),
+        "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data},
+    }
     store = ChunkStore(root, fingerprint, extra, overwrite=cfg.overwrite)
     check_same_rows(store, selected, -(-len(rows) // cfg.chunk_size), grows)
     store.manifest["selected_rows"] = selected
@@ -156,7 +199,10 @@ def dry_run(cfg: AnnotateConfig, task, todo: list[tuple]) -> None:
     texts = [t for _, chunk, _, redo in todo for t in chunk.loc[redo, "text"]]
     tokens = sum(len(json.dumps(task.messages(t))) for t in texts) / 4  # ~4 characters a token for English text
     cost = tokens / 1e6 * cfg.price_prompt_per_m + n_todo / 1e6 * cfg.price_completion_per_m
-    print(f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion tokens, ~{cost:.4f} at the configured prices")
+    print(
+        f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion "
+        f"tokens, ~{cost:.4f} at the configured prices"
+    )
 
 
 def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher | None, todo: list[tuple]) -> bool:
@@ -169,15 +215,20 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
     bound = f"--max-row-chars {max_chars:,}" + ("" if cfg.max_row_chars else " (automatic: 8 x --max-prompt-tokens)")
     if hasattr(teacher, "answered"):  # hosted: rows labelled by earlier runs show that the server answers
         teacher.answered += sum(c["rows"] - c["errors"] for c in store.manifest["chunks"].values())
-    with tqdm(total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
+    with tqdm(
+        total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30
+    ) as bar:
         for index, chunk, done, redo in todo:
             texts = chunk.loc[redo, "text"].tolist()
             results: list[Annotation] = [Annotation()] * len(texts)
             fits = []  # a row over --max-row-chars fails before the teacher tokenizes or sends it
             for i, text in enumerate(texts):
                 if len(text) > max_chars:
-                    results[i] = Annotation(error_type="too_long", error_message=f"{len(text):,} characters > {bound}; to annotate it, raise "
-                                            "--max-row-chars (and --max-prompt-tokens) and rerun with --retry-failed")
+                    results[i] = Annotation(
+                        error_type="too_long",
+                        error_message=f"{len(text):,} characters > {bound}; to annotate it, raise "
+                        "--max-row-chars (and --max-prompt-tokens) and rerun with --retry-failed",
+                    )
                 else:
                     fits.append(i)
             bar.update(len(texts) - len(fits))
@@ -191,21 +242,44 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
             store.write(index, frame)
             spent = spent_so_far(teacher, cfg)
             if cfg.max_cost and spent >= cfg.max_cost:
-                print(f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks are kept, rerun to go on")
+                print(
+                    f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks "
+                    "are kept, rerun to go on"
+                )
                 return False
     return True
 
 
-def finish(cfg: AnnotateConfig, task, store: ChunkStore, mode: str, teacher, n_todo: int, elapsed: float,
-           reviewed: dict[str, str] | None = None) -> None:
-    """Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend."""
+def finish(
+    cfg: AnnotateConfig,
+    task,
+    store: ChunkStore,
+    mode: str,
+    teacher,
+    n_todo: int,
+    elapsed: float,
+    reviewed: dict[str, str] | None = None,
+) -> None:
+    """Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend.
+    Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend."""
     previous = store.manifest.get("calibration", {})
-    same = (previous.get("mode") == mode and previous.get("requested", mode) == cfg.calibrate
-            and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
-            and previous.get("reviewed") == (reviewed_fingerprint(reviewed) if mode == "reviewed" else None))
-    if n_todo or store.manifest.get("status") != "complete" or not same:  # a rerun with nothing to do leaves the chunks untouched
-        store.finalize(task.labels, mode, store.manifest.get("content_free_bias"), cfg.calibrate_on, requested=cfg.calibrate,
-                       reviewed=reviewed)
+    same = (
+        previous.get("mode") == mode
+        and previous.get("requested", mode) == cfg.calibrate
+        and previous.get("calibrate_on", cfg.calibrate_on) == cfg.calibrate_on
+        and previous.get("reviewed") == (reviewed_fingerprint(reviewed) if mode == "reviewed" else None)
+    )
+    if (
+        n_todo or store.manifest.get("status") != "complete" or not same
+    ):  # a rerun with nothing to do leaves the chunks untouched
+        store.finalize(
+            task.labels,
+            mode,
+            store.manifest.get("content_free_bias"),
+            cfg.calibrate_on,
+            requested=cfg.calibrate,
+            reviewed=reviewed,
+        )
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
@@ -218,20 +292,33 @@ def write_merged(cfg: AnnotateConfig, root: Path) -> None:
     merged = Path(cfg.out) / "merged.csv"
     guard_files(cfg.out, [merged.name])
     counts = merge_answers(cfg.data, root, merged)
-    print(f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
-          f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the teacher failed on, "
-          f"{counts['not_annotated']} not annotated)")
+    print(
+        f"annotate: {merged}: {counts['rows']} rows, {counts['teacher']} labelled by the teacher, "
+        f"{counts['rows'] - counts['teacher']} by the student (of them deferred: {counts['failed']} the "
+        "teacher failed on, "
+        f"{counts['not_annotated']} not annotated)"
+    )
 
 
 def check_same_rows(store: ChunkStore, selected: dict, n_chunks: int, grows: bool) -> None:
     """Stop when the rows to annotate are not those the run began with (edited, added or removed)."""
     hint = "pass --overwrite to annotate the input again from the start, or another --out"
-    beyond = sorted(p.name for p in store.root.glob("part-*.csv") if p.is_file() and re.fullmatch(r"part-\d{5}\.csv", p.name) and int(p.name[5:10]) >= n_chunks)
+    beyond = sorted(
+        p.name
+        for p in store.root.glob("part-*.csv")
+        if p.is_file() and re.fullmatch(r"part-\d{5}\.csv", p.name) and int(p.name[5:10]) >= n_chunks
+    )
     if beyond:
-        raise ManifestError(f"the input shrank since this run began: {beyond[0]} holds rows that are no longer in it; {hint}")
+        raise ManifestError(
+            f"the input shrank since this run began: {beyond[0]} holds rows that are no longer in it; {hint}"
+        )
     before = store.manifest.get("selected_rows")
     if before and before != selected and not (grows and selected["rows"] > before["rows"]):
-        what = "rows were edited" if before["rows"] == selected["rows"] else f"{before['rows']} rows then, {selected['rows']} now"
+        what = (
+            "rows were edited"
+            if before["rows"] == selected["rows"]
+            else f"{before['rows']} rows then, {selected['rows']} now"
+        )
         raise ManifestError(f"the input changed since this run began ({what}); {hint}")
 
 
@@ -268,4 +355,7 @@ def spent_so_far(teacher, cfg: AnnotateConfig) -> float:
     usage = getattr(teacher, "usage", None)
     if not usage:
         return 0.0
-    return usage["prompt_tokens"] / 1e6 * cfg.price_prompt_per_m + usage["completion_tokens"] / 1e6 * cfg.price_completion_per_m
+    return (
+        usage["prompt_tokens"] / 1e6 * cfg.price_prompt_per_m
+        + usage["completion_tokens"] / 1e6 * cfg.price_completion_per_m
+    )

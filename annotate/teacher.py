@@ -71,7 +71,9 @@ def failed_for_good(error_type: str) -> bool:
     ``too_long`` (over --max-row-chars) and ``http_4xx``, a row the server refused (4xx other than 408,
     409 and 429). Every other error type (timeouts, 5xx, dropped connections, ...) is retried on every rerun."""
     code = error_type.removeprefix("http_")
-    return error_type == "too_long" or (code != error_type and code.isdigit() and 400 <= int(code) < 500 and int(code) not in TEMPORARY_4XX)
+    return error_type == "too_long" or (
+        code != error_type and code.isdigit() and 400 <= int(code) < 500 and int(code) not in TEMPORARY_4XX
+    )
 
 
 def normalise(raw: list[float]) -> Annotation:
@@ -86,6 +88,9 @@ def content_free_bias(teacher: Teacher, inputs: list[str]) -> list[float]:
     """Mean label log-probs on content-free inputs ("N/A", "", ...): Zhao et al. 2021."""
     scored = [a.logprobs for a in teacher.score(inputs) if a.logprobs is not None]
     if not scored:
-        raise UserError("content-free calibration: expected log-probs for the content-free inputs; the teacher failed on every one; "
-                         "use --calibrate mean, or gold with --label-column")
+        raise UserError(
+            "content-free calibration: expected log-probs for the content-free inputs; the teacher failed on "
+            "every one; "
+            "use --calibrate mean, or gold with --label-column"
+        )
     return np.mean(np.asarray(scored), axis=0).tolist()

@@ -53,34 +53,96 @@ def main() -> None:
         for strategy in args.strategies.split(","):
             out = args.out / f"{strategy}-seed{seed}"
             t0 = time.perf_counter()
-            code = distillery_cli.main([
-                "active", "--data", str(pool), "--labels", "negative,positive", "--budget", str(args.budget), "--strategy", strategy,
-                "--test-rows", "100", "--seed-rows", "100", "--round-rows", "100", "--patience", "0", "--min-steps", str(args.min_steps),
-                "--seed", str(seed), "--speed-rows", "0", "--device", "cpu", "--out", str(out),
-            ])
+            code = distillery_cli.main(
+                [
+                    "active",
+                    "--data",
+                    str(pool),
+                    "--labels",
+                    "negative,positive",
+                    "--budget",
+                    str(args.budget),
+                    "--strategy",
+                    strategy,
+                    "--test-rows",
+                    "100",
+                    "--seed-rows",
+                    "100",
+                    "--round-rows",
+                    "100",
+                    "--patience",
+                    "0",
+                    "--min-steps",
+                    str(args.min_steps),
+                    "--seed",
+                    str(seed),
+                    "--speed-rows",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(out),
+                ]
+            )
             if code != 0:
                 sys.exit(f"active run {out} failed")
             for r in (json.loads(line) for line in (out / "active" / "rounds.jsonl").read_text().splitlines()):
                 probs = load_student(r["student"]).probabilities(texts)
                 labels = np.array(["negative", "positive"])[probs.argmax(1)]
-                rows.append({"strategy": strategy, "seed": seed, "calls": r["calls"], "accuracy": float((labels == gold).mean()),
-                             "test_agreement": r["test_agreement"], "round_s": r["seconds"]})
-            print(f"  {strategy} seed {seed}: {time.perf_counter() - t0:.0f} s; " +
-                  ", ".join(f"{x['calls']}: {x['accuracy']:.4f}" for x in rows if x["strategy"] == strategy and x["seed"] == seed), flush=True)
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "seed": seed,
+                        "calls": r["calls"],
+                        "accuracy": float((labels == gold).mean()),
+                        "test_agreement": r["test_agreement"],
+                        "round_s": r["seconds"],
+                    }
+                )
+            print(
+                f"  {strategy} seed {seed}: {time.perf_counter() - t0:.0f} s; "
+                + ", ".join(
+                    f"{x['calls']}: {x['accuracy']:.4f}"
+                    for x in rows
+                    if x["strategy"] == strategy and x["seed"] == seed
+                ),
+                flush=True,
+            )
 
     frame = pd.DataFrame(rows)
-    table = frame.groupby(["strategy", "calls"]).agg(accuracy=("accuracy", "mean"), std=("accuracy", "std"), runs=("accuracy", "size"),
-                                                      round_s=("round_s", "mean")).reset_index()
+    table = (
+        frame.groupby(["strategy", "calls"])
+        .agg(
+            accuracy=("accuracy", "mean"),
+            std=("accuracy", "std"),
+            runs=("accuracy", "size"),
+            round_s=("round_s", "mean"),
+        )
+        .reset_index()
+    )
     print_table(table.to_dict("records"), ["strategy", "calls", "accuracy", "std", "runs", "round_s"])
     curves = {s: dict(zip(g["calls"], g["accuracy"])) for s, g in table.groupby("strategy")}
     summary = {}
     for strategy, curve in curves.items():  # the calls each strategy needs to reach random's accuracy at B calls
         if strategy == "random":
             continue
-        summary[strategy] = {int(b): next((int(c) for c in sorted(curve) if curve[c] >= acc), None) for b, acc in curves.get("random", {}).items()}
+        summary[strategy] = {
+            int(b): next((int(c) for c in sorted(curve) if curve[c] >= acc), None)
+            for b, acc in curves.get("random", {}).items()
+        }
     print("calls needed to reach random's accuracy at B calls:", json.dumps(summary))
-    write_result("active", {"command": " ".join(["python benchmarks/active.py", *sys.argv[1:]]), "pool": args.pool, "budget": args.budget,
-                            "wall_s": time.perf_counter() - started, "results": table.to_dict("records"), "runs": rows, "calls_to_match_random": summary})
+    write_result(
+        "active",
+        {
+            "command": " ".join(["python benchmarks/active.py", *sys.argv[1:]]),
+            "pool": args.pool,
+            "budget": args.budget,
+            "wall_s": time.perf_counter() - started,
+            "results": table.to_dict("records"),
+            "runs": rows,
+            "calls_to_match_random": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def generate_and_parse(teacher: LocalTeacher, texts: list[str], batch_size: int,
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+            )
         for row in tok.batch_decode(out[:, width:], skip_special_tokens=True):
             words = [w.strip(".,!:;\"'").lower() for w in row.split()]
             answers.append(next((w for w in words if w in labels), ""))
@@ -59,7 +61,10 @@ def score(teacher: LocalTeacher, texts: list[str], batch_size: int) -> list[str]
     labels = teacher.task.labels
     out = []
     for b in range(0, len(texts), batch_size):
-        out += [labels[max(range(len(labels)), key=lambda k: a.logprobs[k])] for a in teacher.score(texts[b : b + batch_size])]
+        out += [
+            labels[max(range(len(labels)), key=lambda k: a.logprobs[k])]
+            for a in teacher.score(texts[b : b + batch_size])
+        ]
     return out
 
 
@@ -92,8 +97,17 @@ def main() -> None:
         nonlocal reference
         reference = reference or labels
         same = sum(a == b for a, b in zip(labels, reference)) / len(labels)
-        rows.append({"method": method, "prompt": prompt, "batch": batch, "rows_per_s": len(labels) / seconds,
-                     "s_per_row": seconds / len(labels), "unparsed": labels.count(""), "same_label_as_baseline": same})
+        rows.append(
+            {
+                "method": method,
+                "prompt": prompt,
+                "batch": batch,
+                "rows_per_s": len(labels) / seconds,
+                "s_per_row": seconds / len(labels),
+                "unparsed": labels.count(""),
+                "same_label_as_baseline": same,
+            }
+        )
         print(f"  {method} ({prompt}, batch {batch}): {len(labels) / seconds:.2f} rows/s", flush=True)
 
     add("generate+parse", "zero-shot", 1, *timed(generate_and_parse, teacher, texts, 1, args.max_new_tokens))
@@ -112,27 +126,73 @@ def main() -> None:
     prefix_tokens = len(teacher.scorer.prefix_ids)
     text_tokens = sum(len(teacher.tokenizer(t, add_special_tokens=False).input_ids) for t in texts) / len(texts)
     reference = few_off[1]  # compare the 6-shot runs with each other
-    rows.append({"method": "score, no prefix cache", "prompt": "6-shot", "batch": 16, "rows_per_s": len(texts) / few_off[0], "s_per_row": few_off[0] / len(texts), "unparsed": 0, "same_label_as_baseline": None})
-    rows.append({"method": "score + prefix cache", "prompt": "6-shot", "batch": 16, "rows_per_s": len(texts) / few_on[0], "s_per_row": few_on[0] / len(texts), "unparsed": 0,
-                 "same_label_as_baseline": None, "same_label_as_no_cache": sum(a == b for a, b in zip(few_on[1], few_off[1])) / len(texts)})
+    rows.append(
+        {
+            "method": "score, no prefix cache",
+            "prompt": "6-shot",
+            "batch": 16,
+            "rows_per_s": len(texts) / few_off[0],
+            "s_per_row": few_off[0] / len(texts),
+            "unparsed": 0,
+            "same_label_as_baseline": None,
+        }
+    )
+    rows.append(
+        {
+            "method": "score + prefix cache",
+            "prompt": "6-shot",
+            "batch": 16,
+            "rows_per_s": len(texts) / few_on[0],
+            "s_per_row": few_on[0] / len(texts),
+            "unparsed": 0,
+            "same_label_as_baseline": None,
+            "same_label_as_no_cache": sum(a == b for a, b in zip(few_on[1], few_off[1])) / len(texts),
+        }
+    )
 
     baseline = rows[0]["rows_per_s"]
     for row in rows:
         row["speedup_vs_baseline"] = row["rows_per_s"] / baseline
-    print_table(rows, ["method", "prompt", "batch", "rows_per_s", "s_per_row", "speedup_vs_baseline", "unparsed", "same_label_as_baseline"])
+    print_table(
+        rows,
+        [
+            "method",
+            "prompt",
+            "batch",
+            "rows_per_s",
+            "s_per_row",
+            "speedup_vs_baseline",
+            "unparsed",
+            "same_label_as_baseline",
+        ],
+    )
     best = max(r["rows_per_s"] for r in rows if r["prompt"] == "zero-shot" and r["method"].startswith("score"))
     summary = {
         "best_score_vs_generate_batch1": best / baseline,
         "best_score_vs_generate_batch16": best / rows[1]["rows_per_s"],
-        "prefix_cache_speedup_zero_shot_batch16": next(r["rows_per_s"] for r in rows if r["method"] == "score + prefix cache" and r["batch"] == 16 and r["prompt"] == "zero-shot")
+        "prefix_cache_speedup_zero_shot_batch16": next(
+            r["rows_per_s"]
+            for r in rows
+            if r["method"] == "score + prefix cache" and r["batch"] == 16 and r["prompt"] == "zero-shot"
+        )
         / next(r["rows_per_s"] for r in rows if r["method"] == "score, no prefix cache" and r["batch"] == 16),
         "prefix_cache_speedup_6shot_batch16": few_off[0] / few_on[0],
-        "six_shot_prefix_tokens": prefix_tokens, "mean_text_tokens": text_tokens,
+        "six_shot_prefix_tokens": prefix_tokens,
+        "mean_text_tokens": text_tokens,
     }
     for k, v in summary.items():
         print(f"{k}: {v:.2f}")
-    write_result("annotation_speed", {"command": " ".join(["python benchmarks/annotation_speed.py", *sys.argv[1:]]), "rows": len(texts),
-                                      "max_new_tokens": args.max_new_tokens, "wall_s": time.perf_counter() - started, "summary": summary, "results": rows})
+    write_result(
+        "annotation_speed",
+        {
+            "command": " ".join(["python benchmarks/annotation_speed.py", *sys.argv[1:]]),
+            "rows": len(texts),
+            "max_new_tokens": args.max_new_tokens,
+            "wall_s": time.perf_counter() - started,
+            "summary": summary,
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,20 @@ from distillery.annotate.chunks import label_columns
 from distillery.distill import DistillConfig, distill, load_trained_student
 from distillery.evaluation import classification_metrics, predict_student
 
-MODES = ["none", "mean", "content-free", "mean+em", "content-free+em", "mean+gmm", "content-free+gmm", "auto (no gold)",
-         "gold-25", "gold-50", "gold-100", "gold-200"]
+MODES = [
+    "none",
+    "mean",
+    "content-free",
+    "mean+em",
+    "content-free+em",
+    "mean+gmm",
+    "content-free+gmm",
+    "auto (no gold)",
+    "gold-25",
+    "gold-50",
+    "gold-100",
+    "gold-200",
+]
 STUDENT_MODES = ["none", "mean", "content-free", "gold"]  # auto is gold with gold rows, content-free without (binary)
 STUDENT_SCENARIOS = ["sst2 80/20", "tweets2 75/25"]  # long 75/25 takes ~4 min a student: --student-scenarios adds it
 
@@ -59,17 +71,28 @@ def teacher_rows(name: str, draws: int) -> list[dict]:
                 pick = np.random.default_rng(draw).choice(train_idx, size=k, replace=False)
                 fits.append(fit_calibration("gold", raw, gold_raw=raw[pick], gold=gold[pick]))
         else:
-            fits.append(fit_calibration(resolve_mode("auto", 0, len(labels)) if mode == "auto (no gold)" else mode, raw, content_free=cf))
+            fits.append(
+                fit_calibration(
+                    resolve_mode("auto", 0, len(labels)) if mode == "auto (no gold)" else mode, raw, content_free=cf
+                )
+            )
         scores = []
         for cal in fits:
             probs = np.exp(cal.apply(raw[is_test]))
             m = classification_metrics(probs, gold[is_test], labels)
             scores.append({**m, "majority_share": float((probs.argmax(1) == majority).mean())})
         acc = mean_std([s["accuracy"] for s in scores])
-        row = {"scenario": name, "mode": mode, "accuracy": acc[0], "accuracy_std": acc[1] if len(fits) > 1 else None,
-               "macro_f1": float(np.mean([s["macro_f1"] for s in scores])), "ece": float(np.mean([s["ece"] for s in scores])),
-               "majority_share": float(np.mean([s["majority_share"] for s in scores])),
-               "majority_baseline": float((gold[is_test] == majority).mean()), "test_rows": int(is_test.sum())}
+        row = {
+            "scenario": name,
+            "mode": mode,
+            "accuracy": acc[0],
+            "accuracy_std": acc[1] if len(fits) > 1 else None,
+            "macro_f1": float(np.mean([s["macro_f1"] for s in scores])),
+            "ece": float(np.mean([s["ece"] for s in scores])),
+            "majority_share": float(np.mean([s["majority_share"] for s in scores])),
+            "majority_baseline": float((gold[is_test] == majority).mean()),
+            "test_rows": int(is_test.sum()),
+        }
         if fits[0].prior is not None:
             row["em_prior_majority"] = float(fits[0].prior[majority])
             row["true_share_majority"] = float((gold == majority).mean())
@@ -92,7 +115,15 @@ def student_rows(name: str, seeds: list[int]) -> list[dict]:
             accs.append(float((predict_student(model, tokenizer, test["text"].tolist(), 32).argmax(1) == gold).mean()))
             shutil.rmtree(student)
         acc = mean_std(accs)
-        out.append({"scenario": name, "mode": mode, "student_accuracy": acc[0], "student_accuracy_std": acc[1], "per_seed": accs})
+        out.append(
+            {
+                "scenario": name,
+                "mode": mode,
+                "student_accuracy": acc[0],
+                "student_accuracy_std": acc[1],
+                "per_seed": accs,
+            }
+        )
         print(f"  {name} / {mode}: student {acc[0]:.4f} ± {acc[1]:.4f}", flush=True)
     return out
 
@@ -101,22 +132,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--draws", type=int, default=5, help="random draws of the K gold rows for gold-K")
-    parser.add_argument("--students", action="store_true", help="also distil MiniLM students from the imbalanced scenarios")
+    parser.add_argument(
+        "--students", action="store_true", help="also distil MiniLM students from the imbalanced scenarios"
+    )
     parser.add_argument("--student-scenarios", default=",".join(STUDENT_SCENARIOS))
     parser.add_argument("--seeds", default="0", help="student seeds")
     parser.add_argument("--name", default="calibration_shift", help="results file name under benchmarks/results/")
     args = parser.parse_args()
     started = time.perf_counter()
     teacher = [r for name in args.scenarios.split(",") for r in teacher_rows(name, args.draws)]
-    print_table(teacher, ["scenario", "mode", "accuracy", "accuracy_std", "macro_f1", "ece", "majority_share", "majority_baseline"])
+    print_table(
+        teacher,
+        ["scenario", "mode", "accuracy", "accuracy_std", "macro_f1", "ece", "majority_share", "majority_baseline"],
+    )
     students = []
     if args.students:
         seeds = [int(s) for s in args.seeds.split(",")]
         students = [r for name in args.student_scenarios.split(",") for r in student_rows(name, seeds)]
         print_table(students, ["scenario", "mode", "student_accuracy", "student_accuracy_std"])
-    write_result(args.name, {"command": " ".join(["python benchmarks/calibration_shift.py", *sys.argv[1:]]),
-                                       "teacher": "SmolLM2-135M-Instruct (embedded)", "wall_s": time.perf_counter() - started,
-                                       "results": teacher, "students": students})
+    write_result(
+        args.name,
+        {
+            "command": " ".join(["python benchmarks/calibration_shift.py", *sys.argv[1:]]),
+            "teacher": "SmolLM2-135M-Instruct (embedded)",
+            "wall_s": time.perf_counter() - started,
+            "results": teacher,
+            "students": students,
+        },
+    )
 
 
 if __name__ == "__main__":

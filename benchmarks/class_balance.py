@@ -1,7 +1,8 @@
 """Keep every class (issue #17): accuracy, macro-F1 and the worst class's F1 retention, and the
 student's calibration before and after temperature scaling, on user-like sets.
 
-    python benchmarks/class_balance.py [--scenarios "long 75/25,sst2 80/20"] [--rows 500,2000] [--seeds 0,1,2] [--class-weights none,auto]
+    python benchmarks/class_balance.py [--scenarios "long 75/25,sst2 80/20"] [--rows 500,2000] [--seeds 0,1,2] [--class-
+    weights none,auto]
 
 The scenarios (GRID) are resampled from the big pools of benchmarks/real_sets.py, annotated once
 by the embedded teacher (``python benchmarks/real_sets.py --sets long,sst2,tweets2-2k,tweets3-2k,agnews-2k``,
@@ -34,9 +35,15 @@ from distillery.evaluation.metrics import expected_calibration_error
 from distillery.serve import load_student
 
 TARGET = 0.90
-# name -> (pool of real_sets.py, label shares of train and test rows or None = the pool's own, default train rows, test rows)
+# name -> (pool of real_sets.py, label shares of train and test rows or None = the pool's own, default train rows, test
+# rows)
 GRID = {
-    "long 75/25": ("long", None, 500, 400),  # 600 train rows: no 2,000-row run (a 2,000-row long pool would take ~15 min to annotate)
+    "long 75/25": (
+        "long",
+        None,
+        500,
+        400,
+    ),  # 600 train rows: no 2,000-row run (a 2,000-row long pool would take ~15 min to annotate)
     "sst2 80/20": ("sst2", 0.8, 500, 555),
     "tweets2 75/25": ("tweets2-2k", 0.75, 500, 700),
     "tweets3 as shipped": ("tweets3-2k", None, 500, 1000),
@@ -53,7 +60,9 @@ def one(name: str, n_train: int, seed: int, weights: str) -> dict:
     materialize(rows, GRID[name][0], out, "auto")
     started = time.perf_counter()
     distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True, class_weights=weights))
-    metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, target_agreement=TARGET, device="cpu", overwrite=True))
+    metrics = evaluate(
+        EvaluateConfig(out=str(out), speed_rows=0, target_agreement=TARGET, device="cpu", overwrite=True)
+    )
     seconds = time.perf_counter() - started
     teacher, student = metrics["teacher"], metrics["student"]
     summary = json.loads((out / "student" / "train_summary.json").read_text())
@@ -66,15 +75,27 @@ def one(name: str, n_train: int, seed: int, weights: str) -> dict:
     raw_defer = answer_or_defer(raw, data.teacher_probs.argmax(1), data.gold, TARGET)
     picked, raw_picked = student["defer"]["picked"], raw_defer["picked"]
     return {
-        "scenario": name, "train rows": n_train, "seed": seed, "class weights": weights, "weights used": summary.get("class_weights"),
-        "test rows": len(data.rows), "calibration": metrics["calibration"].get("mode"),
-        "teacher acc": teacher["accuracy"], "student acc": student["accuracy"], "majority": metrics["majority_accuracy"],
-        "teacher macro-F1": teacher["macro_f1"], "student macro-F1": student["macro_f1"],
+        "scenario": name,
+        "train rows": n_train,
+        "seed": seed,
+        "class weights": weights,
+        "weights used": summary.get("class_weights"),
+        "test rows": len(data.rows),
+        "calibration": metrics["calibration"].get("mode"),
+        "teacher acc": teacher["accuracy"],
+        "student acc": student["accuracy"],
+        "majority": metrics["majority_accuracy"],
+        "teacher macro-F1": teacher["macro_f1"],
+        "student macro-F1": student["macro_f1"],
         "teacher class F1": {k: v["f1"] for k, v in teacher["per_class"].items()},
         "student class F1": {k: v["f1"] for k, v in student["per_class"].items()},
-        "retention": metrics["retention"], "macro-F1 retention": metrics["macro_f1_retention"],
-        "worst class": metrics["worst_class"], "worst class retention": metrics["worst_class_retention"],
-        "teacher ECE": teacher["ece"], "student ECE unscaled": expected_calibration_error(raw, data.gold), "student ECE scaled": student["ece"],
+        "retention": metrics["retention"],
+        "macro-F1 retention": metrics["macro_f1_retention"],
+        "worst class": metrics["worst_class"],
+        "worst class retention": metrics["worst_class_retention"],
+        "teacher ECE": teacher["ece"],
+        "student ECE unscaled": expected_calibration_error(raw, data.gold),
+        "student ECE scaled": student["ece"],
         "temperature": scaled_t,
         f"coverage@{TARGET} unscaled": raw_picked["coverage"] if raw_picked else 0.0,
         f"coverage@{TARGET} scaled": picked["coverage"] if picked else 0.0,
@@ -104,16 +125,24 @@ def refit_temperature(record: dict) -> dict:
     student.temperature = 1.0
     temperature = 1.0
     if len(rows.val) >= MIN_TEMPERATURE_ROWS:
-        logits = torch.from_numpy(np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny)))
+        logits = torch.from_numpy(
+            np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny))
+        )
         fit = (logits, torch.zeros_like(logits), torch.tensor(rows.val["gold"].map(rows.labels.index).to_numpy()), True)
         temperature = pick_temperature(*fit)[0]
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
     raw = student.probabilities(data.rows["text"].tolist())
-    scaled = torch.softmax(torch.from_numpy(np.log(np.maximum(raw, np.finfo(np.float32).tiny))) / temperature, -1).numpy()
+    scaled = torch.softmax(
+        torch.from_numpy(np.log(np.maximum(raw, np.finfo(np.float32).tiny))) / temperature, -1
+    ).numpy()
     picked = answer_or_defer(scaled, data.teacher_probs.argmax(1), data.gold, TARGET)["picked"]
-    _REFITTED[out] = {"temperature": temperature, "student ECE scaled": expected_calibration_error(scaled, data.gold),
-                      f"coverage@{TARGET} scaled": picked["coverage"] if picked else 0.0, "temperature refitted": True}
+    _REFITTED[out] = {
+        "temperature": temperature,
+        "student ECE scaled": expected_calibration_error(scaled, data.gold),
+        f"coverage@{TARGET} scaled": picked["coverage"] if picked else 0.0,
+        "temperature refitted": True,
+    }
     return {**record, **_REFITTED[out]}
 
 
@@ -142,11 +171,21 @@ def reapply_auto(results: list[dict]) -> list[dict]:
         if weighted_now == (record["weights used"] is not None):
             out.append(record)
             continue
-        twin = next((r for r in results if r["class weights"] == "none" and
-                     (r["scenario"], r["train rows"], r["seed"]) == (record["scenario"], record["train rows"], record["seed"])), None)
+        twin = next(
+            (
+                r
+                for r in results
+                if r["class weights"] == "none"
+                and (r["scenario"], r["train rows"], r["seed"])
+                == (record["scenario"], record["train rows"], record["seed"])
+            ),
+            None,
+        )
         if weighted_now or twin is None:
-            raise SystemExit(f"{record['scenario']}, {record['train rows']} rows, seed {record['seed']}: auto now "
-                             f"{'weights' if weighted_now else 'does not weight'} the classes and no such run exists; train it")
+            raise SystemExit(
+                f"{record['scenario']}, {record['train rows']} rows, seed {record['seed']}: auto now "
+                f"{'weights' if weighted_now else 'does not weight'} the classes and no such run exists; train it"
+            )
         out.append({**twin, "class weights": "auto", "same as": "none", "weights used": None})
     return out
 
@@ -165,17 +204,26 @@ def summarise(results: list[dict]) -> list[dict]:
         runs = [r for r in results if (r["scenario"], r["train rows"], r["class weights"]) == key]
         worst = [r["worst class retention"] for r in runs if r["worst class retention"] is not None]
         ece_ok = all(r["student ECE scaled"] <= r["teacher ECE"] + 0.02 for r in runs)
-        table.append({
-            "scenario": key[0], "train rows": key[1], "class weights": key[2], "seeds": len(runs),
-            "teacher acc": _mean_std([r["teacher acc"] for r in runs]), "student acc": _mean_std([r["student acc"] for r in runs]),
-            "majority": _mean_std([r["majority"] for r in runs]),
-            "retention": _mean_std([r["retention"] for r in runs]), "macro-F1 retention": _mean_std([r["macro-F1 retention"] for r in runs]),
-            "worst class retention (min)": f"{min(worst):.3f}" if worst else "-",
-            "teacher ECE": _mean_std([r["teacher ECE"] for r in runs]), "student ECE unscaled": _mean_std([r["student ECE unscaled"] for r in runs]),
-            "student ECE scaled": _mean_std([r["student ECE scaled"] for r in runs]),
-            "macro-F1 ret >= 0.97": all(r["macro-F1 retention"] >= 0.97 for r in runs),
-            "every class >= 0.85x": bool(worst) and min(worst) >= 0.85, "ECE <= teacher + 0.02": ece_ok,
-        })
+        table.append(
+            {
+                "scenario": key[0],
+                "train rows": key[1],
+                "class weights": key[2],
+                "seeds": len(runs),
+                "teacher acc": _mean_std([r["teacher acc"] for r in runs]),
+                "student acc": _mean_std([r["student acc"] for r in runs]),
+                "majority": _mean_std([r["majority"] for r in runs]),
+                "retention": _mean_std([r["retention"] for r in runs]),
+                "macro-F1 retention": _mean_std([r["macro-F1 retention"] for r in runs]),
+                "worst class retention (min)": f"{min(worst):.3f}" if worst else "-",
+                "teacher ECE": _mean_std([r["teacher ECE"] for r in runs]),
+                "student ECE unscaled": _mean_std([r["student ECE unscaled"] for r in runs]),
+                "student ECE scaled": _mean_std([r["student ECE scaled"] for r in runs]),
+                "macro-F1 ret >= 0.97": all(r["macro-F1 retention"] >= 0.97 for r in runs),
+                "every class >= 0.85x": bool(worst) and min(worst) >= 0.85,
+                "ECE <= teacher + 0.02": ece_ok,
+            }
+        )
     return table
 
 
@@ -184,14 +232,28 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(GRID))
     parser.add_argument("--rows", default="500", help="comma-separated numbers of training rows")
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--class-weights", default="none,auto", help="comma-separated settings of distill --class-weights to compare")
+    parser.add_argument(
+        "--class-weights", default="none,auto", help="comma-separated settings of distill --class-weights to compare"
+    )
     parser.add_argument("--name", default="class_balance", help="results file name under benchmarks/results/")
-    parser.add_argument("--merge", default="", help="comma-separated results names to merge into NAME (their runs summarised "
-                                                     "together, e.g. seeds run apart); trains nothing")
-    parser.add_argument("--reapply-auto", action="store_true", help="with --merge: each auto run as distill's current auto rule "
-                        "trains it (the weighted run, or the unweighted run of the same rows and seed)")
-    parser.add_argument("--refit-temperature", action="store_true", help="with --merge: refit each saved student's temperature "
-                        "by distill's current rule and score its ECE and coverage again (the weights are not retrained)")
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated results names to merge into NAME (their runs summarised "
+        "together, e.g. seeds run apart); trains nothing",
+    )
+    parser.add_argument(
+        "--reapply-auto",
+        action="store_true",
+        help="with --merge: each auto run as distill's current auto rule "
+        "trains it (the weighted run, or the unweighted run of the same rows and seed)",
+    )
+    parser.add_argument(
+        "--refit-temperature",
+        action="store_true",
+        help="with --merge: refit each saved student's temperature "
+        "by distill's current rule and score its ECE and coverage again (the weights are not retrained)",
+    )
     args = parser.parse_args()
     if args.merge:
         parts = read_results(args.merge)
@@ -202,9 +264,17 @@ def main() -> None:
             results = [refit_temperature(r) for r in results]
         summary = summarise(results)
         print_table(summary, list(summary[0]))
-        write_result(args.name, {"command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]),
-                                 "merged": [part["command"] for part in parts], "machine": parts[0]["machine"],
-                                 "target_agreement": TARGET, "summary": summary, "results": results})
+        write_result(
+            args.name,
+            {
+                "command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]),
+                "merged": [part["command"] for part in parts],
+                "machine": parts[0]["machine"],
+                "target_agreement": TARGET,
+                "summary": summary,
+                "results": results,
+            },
+        )
         return
     started = time.perf_counter()
     results = []
@@ -220,13 +290,40 @@ def main() -> None:
                         done[weights] = one(name.strip(), n_train, seed, weights)
                         print(json.dumps({k: v for k, v in done[weights].items() if "class F1" not in k}), flush=True)
                 results += [done[w] for w in args.class_weights.split(",")]
-    print_table(results, ["scenario", "train rows", "seed", "class weights", "teacher acc", "student acc", "majority", "retention",
-                          "macro-F1 retention", "worst class", "worst class retention", "teacher ECE", "student ECE unscaled",
-                          "student ECE scaled", f"coverage@{TARGET} unscaled", f"coverage@{TARGET} scaled"])
+    print_table(
+        results,
+        [
+            "scenario",
+            "train rows",
+            "seed",
+            "class weights",
+            "teacher acc",
+            "student acc",
+            "majority",
+            "retention",
+            "macro-F1 retention",
+            "worst class",
+            "worst class retention",
+            "teacher ECE",
+            "student ECE unscaled",
+            "student ECE scaled",
+            f"coverage@{TARGET} unscaled",
+            f"coverage@{TARGET} scaled",
+        ],
+    )
     summary = summarise(results)
     print_table(summary, list(summary[0]))
-    write_result(args.name, {"command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]), "machine": machine(),
-                             "target_agreement": TARGET, "wall_s": time.perf_counter() - started, "summary": summary, "results": results})
+    write_result(
+        args.name,
+        {
+            "command": " ".join(["python benchmarks/class_balance.py", *sys.argv[1:]]),
+            "machine": machine(),
+            "target_agreement": TARGET,
+            "wall_s": time.perf_counter() - started,
+            "summary": summary,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,13 @@ def build_input(name: str, data_dir: Path, train_rows: int, test_rows: int, seed
 
 
 def machine() -> dict:
-    return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **cpu()}
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **cpu(),
+    }
 
 
 def cpu() -> dict:
@@ -97,10 +102,12 @@ def read_results(names: str) -> list[dict]:
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Print dicts as an aligned text table (floats with 4 significant decimals)."""
+
     def cell(v):
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
         return "" if v is None else str(v)
+
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))

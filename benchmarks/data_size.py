@@ -30,9 +30,18 @@ def main() -> None:
     for size in map(int, args.sizes.split(",")):
         runs = [run_one("sst2", int(seed), "encoder", {}, size) for seed in args.seeds.split(",")]
         table += [{"train_rows": size, **row} for row in summarise(runs)]
-    print_table(table, ["train_rows", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "distill_s"])
-    write_result("data_size", {"command": " ".join(["python benchmarks/data_size.py", *sys.argv[1:]]), "wall_s": time.perf_counter() - started,
-                               "results": table})
+    print_table(
+        table,
+        ["train_rows", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "distill_s"],
+    )
+    write_result(
+        "data_size",
+        {
+            "command": " ".join(["python benchmarks/data_size.py", *sys.argv[1:]]),
+            "wall_s": time.perf_counter() - started,
+            "results": table,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,14 @@ from common import ROOT, print_table, write_result
 from distillery.core.models import quiet_third_party
 from distillery.serve import ExportConfig, export
 
-RUNS = ["bench-review-sst2-80-20-s0/reviewed", "bench-review-sst2-80-20-s1/reviewed", "bench-balance-long-75-25-n500-s0-auto",
-        "bench-balance-tweets2-75-25-n500-s0-auto", "bench-balance-tweets3-as-shipped-n500-s0-auto",
-        "bench-balance-agnews-55-25-15-5-n500-s0-auto"]
+RUNS = [
+    "bench-review-sst2-80-20-s0/reviewed",
+    "bench-review-sst2-80-20-s1/reviewed",
+    "bench-balance-long-75-25-n500-s0-auto",
+    "bench-balance-tweets2-75-25-n500-s0-auto",
+    "bench-balance-tweets3-as-shipped-n500-s0-auto",
+    "bench-balance-agnews-55-25-15-5-n500-s0-auto",
+]
 
 
 def main() -> None:
@@ -39,10 +44,18 @@ def main() -> None:
     started, results = time.perf_counter(), []
     for run in args.runs.split(","):
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            out = export(ExportConfig(student=str(ROOT / "data" / "runs" / run / "student"), onnx_dir=str(Path(tmp) / "onnx")))
+            out = export(
+                ExportConfig(student=str(ROOT / "data" / "runs" / run / "student"), onnx_dir=str(Path(tmp) / "onnx"))
+            )
             meta = json.loads((out / "distillery_student.json").read_text())
         record, torch_speed = meta["export"], meta["export"]["pytorch_rows_per_s"]
-        row = {"run": run, "labels": len(meta["labels"]), "rows": record["rows"], "picked": record["variant"], "PyTorch rows/s": torch_speed}
+        row = {
+            "run": run,
+            "labels": len(meta["labels"]),
+            "rows": record["rows"],
+            "picked": record["variant"],
+            "PyTorch rows/s": torch_speed,
+        }
         for c in record["candidates"]:
             row[f"{c['name']} parity"] = c["parity"]
             row[f"{c['name']} max change"] = c["max_prob_change"]
@@ -50,8 +63,28 @@ def main() -> None:
             row[f"{c['name']} b1 rows/s"] = c["rows_per_s_batch1"]
         results.append(row)
         print(json.dumps(row), flush=True)
-    print_table(results, ["run", "labels", "rows", "int8 parity", "int8-ffn-fp32 parity", "picked", "int8 ÷ PyTorch", "int8-ffn-fp32 ÷ PyTorch", "fp32 ÷ PyTorch"])
-    write_result(args.name, {"command": f"python benchmarks/export_choice.py --name {args.name}", "wall_s": time.perf_counter() - started, "results": results})
+    print_table(
+        results,
+        [
+            "run",
+            "labels",
+            "rows",
+            "int8 parity",
+            "int8-ffn-fp32 parity",
+            "picked",
+            "int8 ÷ PyTorch",
+            "int8-ffn-fp32 ÷ PyTorch",
+            "fp32 ÷ PyTorch",
+        ],
+    )
+    write_result(
+        args.name,
+        {
+            "command": f"python benchmarks/export_choice.py --name {args.name}",
+            "wall_s": time.perf_counter() - started,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

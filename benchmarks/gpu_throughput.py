@@ -39,11 +39,35 @@ from distillery.annotate.local import LocalTeacher
 from distillery.core.models import gguf_to_plain, parameter_count, resolve_model
 
 SHAPES = {  # the published configs' shapes (hidden, MLP, layers, heads, KV heads, vocab)
-    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                       vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=49152),
+    "llama-3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+    ),
 }
 SWEEP = [(16, 0), (64, 0), (128, 0), (512, 4096), (512, 8192), (512, 16384)]
 CPU_SWEEP = [(1, 0), (4, 0), (8, 0), (16, 0), (32, 0), (64, 512), (64, 1024)]
@@ -54,7 +78,9 @@ def build_shape(name: str, tokenizer_dir: str, device: str, out: Path) -> str:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(**SHAPES[name], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        **SHAPES[name], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -115,20 +141,56 @@ def time_annotation(teacher: LocalTeacher, texts: list[str], rows: int, tokens: 
     seconds = time.perf_counter() - start
     params = parameter_count(teacher.scorer.model)[1]
     flops = 2 * params * sum(lengths)
-    return {"rows_cap": rows, "tokens_cap": tokens, "batches": len(batches), "rows_per_s": len(texts) / seconds,
-            "tflops": flops / seconds / 1e12, "share_of_peak": flops / seconds / peak if peak else None,
-            "parameters": params, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    return {
+        "rows_cap": rows,
+        "tokens_cap": tokens,
+        "batches": len(batches),
+        "rows_per_s": len(texts) / seconds,
+        "tflops": flops / seconds / 1e12,
+        "share_of_peak": flops / seconds / peak if peak else None,
+        "parameters": params,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
 
 
-def time_online_kd(teacher_dir: str, student_dir: str, texts: list[str], device: str, four_bit: bool, out: Path, peak: float, teacher_params: int) -> dict:
+def time_online_kd(
+    teacher_dir: str,
+    student_dir: str,
+    texts: list[str],
+    device: str,
+    four_bit: bool,
+    out: Path,
+    peak: float,
+    teacher_params: int,
+) -> dict:
     """``distill --teacher-mode online`` on ``texts`` for one epoch, LLM-Neo's LoRA settings."""
     from distillery.distill import DistillConfig, distill
 
     data = out / "kd_rows.csv"
     pd.DataFrame({"text": texts, "label": ["positive"] * len(texts)}).to_csv(data, index=False)
-    source = AnnotateConfig(data=str(data), teacher=teacher_dir, device=device, load_in_4bit=four_bit, limit=0, test_fraction=0.0, calibrate="none")
-    cfg = DistillConfig(out=str(out / "kd"), teacher_mode="online", student_kind="llama-lora", student_model=student_dir, device=device,
-                        batch_size=16, max_length=128, epochs=1, min_steps=0, val_fraction=0.0, lora_r=4, lora_alpha=8)
+    source = AnnotateConfig(
+        data=str(data),
+        teacher=teacher_dir,
+        device=device,
+        load_in_4bit=four_bit,
+        limit=0,
+        test_fraction=0.0,
+        calibrate="none",
+    )
+    cfg = DistillConfig(
+        out=str(out / "kd"),
+        teacher_mode="online",
+        student_kind="llama-lora",
+        student_model=student_dir,
+        device=device,
+        batch_size=16,
+        max_length=128,
+        epochs=1,
+        min_steps=0,
+        val_fraction=0.0,
+        lora_r=4,
+        lora_alpha=8,
+    )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with Utilization() as util:
@@ -140,24 +202,47 @@ def time_online_kd(teacher_dir: str, student_dir: str, texts: list[str], device:
     from transformers import AutoTokenizer
 
     summary = json.loads((student / "train_summary.json").read_text())
-    tokens = sum(len(ids) for ids in AutoTokenizer.from_pretrained(student_dir)(texts, truncation=True, max_length=128).input_ids)
-    flops = (2 * teacher_params + 6 * summary["total_parameters"]) * tokens  # the teacher's prompt is longer: a lower bound
-    return {"rows": len(texts), "wall_s": seconds, "rows_per_s_overall": len(texts) / seconds, "rows_per_s_training": summary["train_rows_per_s"],
-            "gpu_utilization_mean": util.mean, "share_of_peak": flops / seconds / peak if peak else None,
-            "peak_gib": summary["peak_memory_bytes"] / 2**30}
+    tokens = sum(
+        len(ids) for ids in AutoTokenizer.from_pretrained(student_dir)(texts, truncation=True, max_length=128).input_ids
+    )
+    flops = (
+        2 * teacher_params + 6 * summary["total_parameters"]
+    ) * tokens  # the teacher's prompt is longer: a lower bound
+    return {
+        "rows": len(texts),
+        "wall_s": seconds,
+        "rows_per_s_overall": len(texts) / seconds,
+        "rows_per_s_training": summary["train_rows_per_s"],
+        "gpu_utilization_mean": util.mean,
+        "share_of_peak": flops / seconds / peak if peak else None,
+        "peak_gib": summary["peak_memory_bytes"] / 2**30,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="llama-3-8b", help="a shape (llama-3-8b, llama-3.2-1b, tiny) or a model spec (smollm2, a dir)")
+    parser.add_argument(
+        "--teacher",
+        default="llama-3-8b",
+        help="a shape (llama-3-8b, llama-3.2-1b, tiny) or a model spec (smollm2, a dir)",
+    )
     parser.add_argument("--student-shape", default="llama-3.2-1b", help="online KD: the student's shape or model spec")
-    parser.add_argument("--tokenizer", default="smollm2", help="tokenizer for the random-weight shapes (a model spec or dir)")
+    parser.add_argument(
+        "--tokenizer", default="smollm2", help="tokenizer for the random-weight shapes (a model spec or dir)"
+    )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--load-in-4bit", action="store_true", help="also time the teacher in 4-bit NF4 (bitsandbytes, CUDA)")
+    parser.add_argument(
+        "--load-in-4bit", action="store_true", help="also time the teacher in 4-bit NF4 (bitsandbytes, CUDA)"
+    )
     parser.add_argument("--rows", type=int, default=872, help="texts to annotate (SST-2 validation has 872)")
     parser.add_argument("--kd-rows", type=int, default=512)
     parser.add_argument("--skip-kd", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="the device's dense bf16 peak (default: 800 for an H100, as issue #10 used)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="the device's dense bf16 peak (default: 800 for an H100, as issue #10 used)",
+    )
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "sst2_validation.csv")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -183,28 +268,80 @@ def main() -> None:
     for four_bit in [False, True] if args.load_in_4bit else [False]:
         teacher = LocalTeacher(AnnotateConfig(teacher=teacher_dir, device=args.device, load_in_4bit=four_bit), task)
         for cap in [AUTO_BATCH["cuda" if cuda else "cpu"], *(SWEEP if cuda else CPU_SWEEP)]:
-            row = {"teacher": args.teacher, "weights": "nf4" if four_bit else str(teacher.scorer.model.dtype).removeprefix("torch."),
-                   **time_annotation(teacher, texts, *cap, peak)}
+            row = {
+                "teacher": args.teacher,
+                "weights": "nf4" if four_bit else str(teacher.scorer.model.dtype).removeprefix("torch."),
+                **time_annotation(teacher, texts, *cap, peak),
+            }
             row["default"] = cap == AUTO_BATCH["cuda" if cuda else "cpu"]
             rows.append(row)
-            print(f"  {row['weights']} rows<={cap[0]} tokens<={cap[1] or '-'}: {row['rows_per_s']:.1f} rows/s", flush=True)
+            print(
+                f"  {row['weights']} rows<={cap[0]} tokens<={cap[1] or '-'}: {row['rows_per_s']:.1f} rows/s", flush=True
+            )
         del teacher
         if cuda:
             torch.cuda.empty_cache()
-    print_table(rows, ["teacher", "weights", "rows_cap", "tokens_cap", "default", "batches", "rows_per_s", "tflops", "share_of_peak", "peak_gib"])
+    print_table(
+        rows,
+        [
+            "teacher",
+            "weights",
+            "rows_cap",
+            "tokens_cap",
+            "default",
+            "batches",
+            "rows_per_s",
+            "tflops",
+            "share_of_peak",
+            "peak_gib",
+        ],
+    )
 
     kd = []
     if not args.skip_kd:
         student_dir = model_dir(args.student_shape)
         for four_bit in [True] if args.load_in_4bit else [False]:
-            kd.append({"teacher_4bit": four_bit, **time_online_kd(teacher_dir, student_dir, texts[: args.kd_rows], args.device, four_bit, work, peak,
-                                                                          rows[0]["parameters"])})
-        print_table(kd, ["teacher_4bit", "rows", "wall_s", "rows_per_s_overall", "rows_per_s_training", "gpu_utilization_mean", "share_of_peak", "peak_gib"])
-    write_result(f"gpu_throughput-{'cuda' if cuda else 'cpu'}", {
-        "command": " ".join(["python benchmarks/gpu_throughput.py", *sys.argv[1:]]), "device": device_name, "peak_tflops": peak / 1e12 or None,
-        "texts": len(texts), "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_file() else "tweets",
-        "wall_s": time.perf_counter() - started, "results": rows, "online_kd": kd,
-    })
+            kd.append(
+                {
+                    "teacher_4bit": four_bit,
+                    **time_online_kd(
+                        teacher_dir,
+                        student_dir,
+                        texts[: args.kd_rows],
+                        args.device,
+                        four_bit,
+                        work,
+                        peak,
+                        rows[0]["parameters"],
+                    ),
+                }
+            )
+        print_table(
+            kd,
+            [
+                "teacher_4bit",
+                "rows",
+                "wall_s",
+                "rows_per_s_overall",
+                "rows_per_s_training",
+                "gpu_utilization_mean",
+                "share_of_peak",
+                "peak_gib",
+            ],
+        )
+    write_result(
+        f"gpu_throughput-{'cuda' if cuda else 'cpu'}",
+        {
+            "command": " ".join(["python benchmarks/gpu_throughput.py", *sys.argv[1:]]),
+            "device": device_name,
+            "peak_tflops": peak / 1e12 or None,
+            "texts": len(texts),
+            "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_file() else "tweets",
+            "wall_s": time.perf_counter() - started,
+            "results": rows,
+            "online_kd": kd,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -24,17 +24,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distillery.annotate import AnnotateConfig, load_rows, load_task
-from distillery.annotate.hosted import HostedTeacher
-from distillery.core.models import resolve_model
+from distillery.annotate import AnnotateConfig, load_rows, load_task  # noqa: E402  (after the sys.path line above)
+from distillery.annotate.hosted import HostedTeacher  # noqa: E402
+from distillery.core.models import resolve_model  # noqa: E402
 
 
 def start_server(log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("smollm2"), "--host", "127.0.0.1",
-           "--port", str(port), "--n_threads_batch", "1", "--n_ctx", "2048"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        resolve_model("smollm2"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads_batch",
+        "1",
+        "--n_ctx",
+        "2048",
+    ]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
@@ -57,33 +70,56 @@ def main() -> None:
         task = load_task("sentiment-binary")
         task.answer_prefix = ""
         texts = load_rows(AnnotateConfig(limit=args.rows, seed=1), task.labels)["text"].tolist()
-        teacher = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, teacher="smollm2", out=str(work / "warm")), task)
+        teacher = HostedTeacher(
+            AnnotateConfig(backend="openai", base_url=url, teacher="smollm2", out=str(work / "warm")), task
+        )
         teacher.score(texts[:2])  # warm-up
 
         start = time.perf_counter()
         for text in texts:
             data = json.dumps(teacher._request(text)).encode()
-            req = urllib.request.Request(f"{url}/chat/completions", data=data, headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{url}/chat/completions", data=data, headers={"Content-Type": "application/json"}
+            )
             urllib.request.urlopen(req, timeout=60).read()
         baseline = (time.perf_counter() - start) / len(texts)
 
         rows = [{"client": "urllib, 1 in flight (baseline)", "rows_per_s": 1 / baseline, "s_per_row": baseline}]
         for concurrency in (1, 4, 8):
-            cfg = AnnotateConfig(backend="openai", base_url=url, teacher="smollm2", concurrency=concurrency, out=str(work / f"c{concurrency}"))
+            cfg = AnnotateConfig(
+                backend="openai",
+                base_url=url,
+                teacher="smollm2",
+                concurrency=concurrency,
+                out=str(work / f"c{concurrency}"),
+            )
             hosted = HostedTeacher(cfg, task)  # a fresh request cache: every row is sent
             start = time.perf_counter()
             out = hosted.score(texts)
             seconds = time.perf_counter() - start
             assert all(a.error_type == "" for a in out), [a.error_message for a in out if a.error_type][:3]
-            rows.append({"client": f"distillery, {concurrency} in flight", "rows_per_s": len(texts) / seconds, "s_per_row": seconds / len(texts)})
+            rows.append(
+                {
+                    "client": f"distillery, {concurrency} in flight",
+                    "rows_per_s": len(texts) / seconds,
+                    "s_per_row": seconds / len(texts),
+                }
+            )
     finally:
         proc.terminate()
     for row in rows:
         row["overhead_vs_baseline_s"] = row["s_per_row"] - baseline
     print(f"{'client':<34} {'rows/s':>8} {'s/row':>8} {'overhead s/row':>15}")
     for row in rows:
-        print(f"{row['client']:<34} {row['rows_per_s']:>8.2f} {row['s_per_row']:>8.3f} {row['overhead_vs_baseline_s']:>15.3f}")
-    result = {"rows": len(texts), "server": "llama-cpp-python 0.3.36, SmolLM2-135M-Instruct Q4_1, --n_threads_batch 1", "results": rows}
+        print(
+            f"{row['client']:<34} {row['rows_per_s']:>8.2f} {row['s_per_row']:>8.3f} "
+            f"{row['overhead_vs_baseline_s']:>15.3f}"
+        )
+    result = {
+        "rows": len(texts),
+        "server": "llama-cpp-python 0.3.36, SmolLM2-135M-Instruct Q4_1, --n_threads_batch 1",
+        "results": rows,
+    }
     (ROOT / "benchmarks" / "results" / "hosted_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -17,7 +17,8 @@ path labels raw text (tokenization included):
 Batch 1: p50/p95 latency per row and rows/s over the first 64 rows. Batch 32, two ways: a file
 (all ``--rows`` rows in one call, as ``distillery predict`` passes a chunk: our paths sort them by
 length into batches of 32, the pipeline keeps their order) and requests (calls of 32 rows in
-file order, as a server batches what arrives: each batch padded to its longest row). Rounds are interleaved (every path once per round, ``--rounds`` rounds) and the
+file order, as a server batches what arrives: each batch padded to its longest row). Rounds are interleaved (every path
+once per round, ``--rounds`` rounds) and the
 median round is kept, so a slow spell of this shared machine hits every path alike. Label parity
 (same label as PyTorch, largest probability change) on every test row of the set, up to 1,000.
 Results: benchmarks/results/NAME.json, with the CPU's model and its vector/matrix extensions.
@@ -49,8 +50,10 @@ def paths(student, folder: Path) -> dict:
 
     model = student.model.float().eval()
     classify = pipeline("text-classification", model=model, tokenizer=student.tokenizer, device="cpu", top_k=None)
-    out = {"HF pipeline": lambda texts, b: classify(texts, batch_size=b, truncation=True),
-           "PyTorch": student.probabilities}
+    out = {
+        "HF pipeline": lambda texts, b: classify(texts, batch_size=b, truncation=True),
+        "PyTorch": student.probabilities,
+    }
     graphs = {}
     graphs["fp32, unfused"] = folder / "plain" / "model.onnx"
     graphs["fp32, unfused"].parent.mkdir()
@@ -69,7 +72,12 @@ def paths(student, folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", type=Path, default=STUDENT, help="an encoder student folder (default: the SST-2 80/20 review-arm MiniLM)")
+    parser.add_argument(
+        "--student",
+        type=Path,
+        default=STUDENT,
+        help="an encoder student folder (default: the SST-2 80/20 review-arm MiniLM)",
+    )
     parser.add_argument("--rows", type=int, default=256, help="rows timed at batch 32 (batch 1: the first 64)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="inference")
@@ -87,11 +95,13 @@ def main() -> None:
             tokens = [len(ids) for ids in student.tokenizer(texts).input_ids]
             reference = student.probabilities(parity_texts)
             rounds = {name: {"b1": [], "b32": [], "b32 requests": []} for name in runs}
-            for name, fn in runs.items():  # warm-up
+            for fn in runs.values():  # warm-up
                 fn(texts[:32], 32)
             for _ in range(args.rounds):
                 for name, fn in runs.items():
-                    time.sleep(0.5)  # the last path's idle threads (torch's OpenMP, onnxruntime's pool) stop spinning first
+                    time.sleep(
+                        0.5
+                    )  # the last path's idle threads (torch's OpenMP, onnxruntime's pool) stop spinning first
                     rounds[name]["b1"].append(batch_seconds(lambda t, f=fn: f(t, 1), texts[:64], 1))
                     time.sleep(0.5)
                     start = time.perf_counter()
@@ -103,32 +113,66 @@ def main() -> None:
                 b1 = sorted(rounds[name]["b1"], key=sum)[len(rounds[name]["b1"]) // 2]  # the median round
                 b32 = float(np.median(rounds[name]["b32"]))
                 requests = sorted(rounds[name]["b32 requests"], key=sum)[len(rounds[name]["b32 requests"]) // 2]
-                row = {"rows": length, "mean tokens": float(np.mean(tokens)), "path": name,
-                       "b1 p50 ms": 1000 * float(np.percentile(b1, 50)), "b1 p95 ms": 1000 * float(np.percentile(b1, 95)),
-                       "b1 rows/s": len(b1) / sum(b1), "b32 rows/s": len(texts) / b32, "b32 requests rows/s": 32 * len(requests) / sum(requests),
-                       "b32 requests p50 ms": 1000 * float(np.percentile(requests, 50)),
-                       "b1 rounds rows/s": [len(r) / sum(r) for r in rounds[name]["b1"]],
-                       "b32 rounds rows/s": [len(texts) / t for t in rounds[name]["b32"]],
-                       "b32 requests rounds rows/s": [32 * len(r) / sum(r) for r in rounds[name]["b32 requests"]]}
+                row = {
+                    "rows": length,
+                    "mean tokens": float(np.mean(tokens)),
+                    "path": name,
+                    "b1 p50 ms": 1000 * float(np.percentile(b1, 50)),
+                    "b1 p95 ms": 1000 * float(np.percentile(b1, 95)),
+                    "b1 rows/s": len(b1) / sum(b1),
+                    "b32 rows/s": len(texts) / b32,
+                    "b32 requests rows/s": 32 * len(requests) / sum(requests),
+                    "b32 requests p50 ms": 1000 * float(np.percentile(requests, 50)),
+                    "b1 rounds rows/s": [len(r) / sum(r) for r in rounds[name]["b1"]],
+                    "b32 rounds rows/s": [len(texts) / t for t in rounds[name]["b32"]],
+                    "b32 requests rounds rows/s": [32 * len(r) / sum(r) for r in rounds[name]["b32 requests"]],
+                }
                 if name != "HF pipeline":
                     probs = fn(parity_texts, 32)
                     row["same label"] = float((probs.argmax(1) == reference.argmax(1)).mean())
                     row["max prob change"] = float(np.abs(probs - reference).max())
                     row["parity rows"] = len(parity_texts)
                 results.append(row)
-                print(f"  {length} {name}: b1 {row['b1 rows/s']:.1f} rows/s (p50 {row['b1 p50 ms']:.1f} ms), b32 {row['b32 rows/s']:.1f} rows/s "
-                      f"(requests {row['b32 requests rows/s']:.1f})", flush=True)
+                print(
+                    f"  {length} {name}: b1 {row['b1 rows/s']:.1f} rows/s (p50 {row['b1 p50 ms']:.1f} ms), "
+                    f"b32 {row['b32 rows/s']:.1f} rows/s "
+                    f"(requests {row['b32 requests rows/s']:.1f})",
+                    flush=True,
+                )
     for row in results:
         base = next(r for r in results if r["rows"] == row["rows"] and r["path"] == "PyTorch")
         row["b1 ÷ PyTorch"] = row["b1 rows/s"] / base["b1 rows/s"]
         row["b32 ÷ PyTorch"] = row["b32 rows/s"] / base["b32 rows/s"]
         row["b32 requests ÷ PyTorch"] = row["b32 requests rows/s"] / base["b32 requests rows/s"]
-    print_table(results, ["rows", "path", "b1 p50 ms", "b1 p95 ms", "b1 rows/s", "b32 rows/s", "b32 requests rows/s", "b1 ÷ PyTorch", "b32 ÷ PyTorch",
-                          "b32 requests ÷ PyTorch",
-                          "same label", "max prob change"])
-    write_result(args.name, {"command": f"python benchmarks/inference.py --rows {args.rows} --rounds {args.rounds} --name {args.name}",
-                             "student": str(args.student.resolve().relative_to(ROOT)) if args.student.resolve().is_relative_to(ROOT) else args.student.name,
-                             "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - started, "results": results})
+    print_table(
+        results,
+        [
+            "rows",
+            "path",
+            "b1 p50 ms",
+            "b1 p95 ms",
+            "b1 rows/s",
+            "b32 rows/s",
+            "b32 requests rows/s",
+            "b1 ÷ PyTorch",
+            "b32 ÷ PyTorch",
+            "b32 requests ÷ PyTorch",
+            "same label",
+            "max prob change",
+        ],
+    )
+    write_result(
+        args.name,
+        {
+            "command": f"python benchmarks/inference.py --rows {args.rows} --rounds {args.rounds} --name {args.name}",
+            "student": str(args.student.resolve().relative_to(ROOT))
+            if args.student.resolve().is_relative_to(ROOT)
+            else args.student.name,
+            "threads": torch.get_num_threads(),
+            "wall_s": time.perf_counter() - started,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

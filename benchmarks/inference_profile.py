@@ -53,8 +53,12 @@ def batches(tokenizer, texts: list[str], size: int, sort: bool) -> list[dict]:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if sort else list(range(len(texts)))
     out = []
     for b in range(0, len(order) - size + 1, size):
-        enc = tokenizer([texts[i] for i in order[b : b + size]], padding=True, truncation=True, max_length=512, return_tensors="np")
-        out.append({"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})
+        enc = tokenizer(
+            [texts[i] for i in order[b : b + size]], padding=True, truncation=True, max_length=512, return_tensors="np"
+        )
+        out.append(
+            {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+        )
     return out
 
 
@@ -68,13 +72,20 @@ def timed(run, prepared: list[dict], rounds: int) -> dict:
             lat.append(time.perf_counter() - start)
     lat = np.array(lat)
     rows = sum(len(b["input_ids"]) for b in prepared) * rounds
-    return {"rows_per_s": rows / lat.sum(), "p50_ms": 1000 * np.percentile(lat, 50), "p95_ms": 1000 * np.percentile(lat, 95)}
+    return {
+        "rows_per_s": rows / lat.sum(),
+        "p50_ms": 1000 * np.percentile(lat, 50),
+        "p95_ms": 1000 * np.percentile(lat, 95),
+    }
 
 
 def torch_runner(model):
     def run(batch):
         with torch.no_grad():
-            return model(input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"])).logits.numpy()
+            return model(
+                input_ids=torch.from_numpy(batch["input_ids"]), attention_mask=torch.from_numpy(batch["attention_mask"])
+            ).logits.numpy()
+
     return run
 
 
@@ -89,6 +100,7 @@ def ort_runner(path: Path, threads: int, profile: bool = False):
 
     def run(batch):
         return session.run(["logits"], batch)[0]
+
     run.session = session
     return run
 
@@ -134,43 +146,81 @@ def build_variants(student, folder: Path, threads: int) -> dict:
     assert not any(m.training for m in model.modules()), "the PyTorch student must run in eval mode"
     variants["ort fp32 legacy"] = ort_runner(legacy, threads)
     config = model.config
-    fused = optimize_model(str(legacy), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+    fused = optimize_model(
+        str(legacy), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
     fused_stats = fused.get_fused_operator_statistics()
     fused_path = folder / "fused.onnx"
     fused.save_model_to_file(str(fused_path))
     variants["ort fp32 fused"] = ort_runner(fused_path, threads)
     int8 = folder / "int8.onnx"
-    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
-                     nodes_to_exclude=_attention_outputs(fp32))
+    quantize_dynamic(
+        fp32,
+        int8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_exclude=_attention_outputs(fp32),
+    )
     variants["ort int8 (export)"] = ort_runner(int8, threads)
     int8_fused = folder / "int8_fused.onnx"
-    quantize_dynamic(fused_path, int8_fused, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops (com.microsoft) have no inferred types
+    quantize_dynamic(
+        fused_path,
+        int8_fused,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # fused ops (com.microsoft) have no inferred types
     variants["ort int8 fused"] = ort_runner(int8_fused, threads)
     # Eager attention (the classic softmax(QK^T + mask) pattern) is what the optimizer fuses into one
     # Attention op, with the mask computed once (EmbedLayerNormalization); SDPA's graph is not fused.
-    eager_model = type(model)(model.config.__class__.from_dict({**model.config.to_dict(), "_attn_implementation": "eager"}))
+    eager_model = type(model)(
+        model.config.__class__.from_dict({**model.config.to_dict(), "_attn_implementation": "eager"})
+    )
     eager_model.load_state_dict(model.state_dict())
     for module in eager_model.modules():
         if hasattr(module, "config"):
             module.config._attn_implementation = "eager"
     eager = folder / "eager.onnx"
     export_torchscript(eager_model.eval(), student.tokenizer, eager)
-    eager_fused = optimize_model(str(eager), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
-    fused_stats = {"sdpa graph": {k: v for k, v in fused_stats.items() if v},
-                   "eager graph": {k: v for k, v in eager_fused.get_fused_operator_statistics().items() if v}}
+    eager_fused = optimize_model(
+        str(eager), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
+    fused_stats = {
+        "sdpa graph": {k: v for k, v in fused_stats.items() if v},
+        "eager graph": {k: v for k, v in eager_fused.get_fused_operator_statistics().items() if v},
+    }
     eager_path = folder / "eager_fused.onnx"
     eager_fused.save_model_to_file(str(eager_path))
     variants["ort fp32 eager fused"] = ort_runner(eager_path, threads)
     int8_attention = folder / "int8_eager_qattention.onnx"
-    quantize_dynamic(eager_path, int8_attention, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        eager_path,
+        int8_attention,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     variants["ort int8 eager fused (QAttention)"] = ort_runner(int8_attention, threads)
     int8_eager = folder / "int8_eager.onnx"
-    quantize_dynamic(eager_path, int8_eager, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        eager_path,
+        int8_eager,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     variants["ort int8 eager fused (attention fp32)"] = ort_runner(int8_eager, threads)
-    variants["_files"] = {"fp32": fp32, "int8": int8, "fused": fused_path, "int8_fused": int8_fused, "int8_eager_qattention": int8_attention}
+    variants["_files"] = {
+        "fp32": fp32,
+        "int8": int8,
+        "fused": fused_path,
+        "int8_fused": int8_fused,
+        "int8_eager_qattention": int8_attention,
+    }
     variants["_fused_stats"] = fused_stats
     return variants
 
@@ -206,14 +256,16 @@ def torch_profile(model, prepared: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", type=Path, default=ROOT / "data" / "runs" / "bench-review-sst2-80-20-s0" / "reviewed" / "student")
+    parser.add_argument(
+        "--student", type=Path, default=ROOT / "data" / "runs" / "bench-review-sst2-80-20-s0" / "reviewed" / "student"
+    )
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--name", default="inference_profile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     student = load_student(args.student)
-    results, profiles, parity = [], {}, []
+    results, profiles = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         variants = build_variants(student, Path(tmp), args.threads)
         files, fused_stats = variants.pop("_files"), variants.pop("_fused_stats")
@@ -221,8 +273,11 @@ def main() -> None:
             frame, _ = read_annotations(pool / "annotations")
             texts = frame.loc[frame["split"] == "test", "text"].tolist()[: args.rows]
             tokens = [len(ids) for ids in student.tokenizer(texts).input_ids]
-            sets = {(1, True): batches(student.tokenizer, texts[:64], 1, True), (32, True): batches(student.tokenizer, texts, 32, True),
-                    (32, False): batches(student.tokenizer, texts, 32, False)}
+            sets = {
+                (1, True): batches(student.tokenizer, texts[:64], 1, True),
+                (32, True): batches(student.tokenizer, texts, 32, True),
+                (32, False): batches(student.tokenizer, texts, 32, False),
+            }
             reference = np.concatenate([variants["torch fp32"](b) for b in sets[(32, True)]])
             for name, run in variants.items():
                 row = {"rows": length, "mean tokens": float(np.mean(tokens)), "variant": name}
@@ -244,20 +299,45 @@ def main() -> None:
             if length == "long":
                 profiles["ort int8 (export), long, b32"] = ort_profile(files["int8"], sets[(32, True)], args.threads)
                 profiles["ort int8 fused, long, b32"] = ort_profile(files["int8_fused"], sets[(32, True)], args.threads)
-                profiles["ort int8 eager fused (QAttention), long, b32"] = ort_profile(files["int8_eager_qattention"], sets[(32, True)], args.threads)
+                profiles["ort int8 eager fused (QAttention), long, b32"] = ort_profile(
+                    files["int8_eager_qattention"], sets[(32, True)], args.threads
+                )
                 profiles["torch fp32, long, b32"] = torch_profile(student.model, sets[(32, True)])
     for row in results:
         base = next(r for r in results if r["rows"] == row["rows"] and r["variant"] == "torch fp32")
         row["b1 ÷ torch fp32"] = row["b1 rows/s"] / base["b1 rows/s"]
         row["b32 ÷ torch fp32"] = row["b32 rows/s"] / base["b32 rows/s"]
-    print_table(results, ["rows", "variant", "b1 p50 ms", "b1 rows/s", "b32 rows/s", "b32 unsorted rows/s", "b1 ÷ torch fp32", "b32 ÷ torch fp32",
-                          "same label", "max prob change"])
+    print_table(
+        results,
+        [
+            "rows",
+            "variant",
+            "b1 p50 ms",
+            "b1 rows/s",
+            "b32 rows/s",
+            "b32 unsorted rows/s",
+            "b1 ÷ torch fp32",
+            "b32 ÷ torch fp32",
+            "same label",
+            "max prob change",
+        ],
+    )
     for name, shares in profiles.items():
         print(name, json.dumps(shares))
     print("fused operators:", json.dumps(fused_stats))
-    write_result(args.name, {"command": "python benchmarks/inference_profile.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "student"),
-                             "student": args.student.name, "threads": args.threads, "machine": machine(), "fused_operators": fused_stats,
-                             "results": results, "profiles": profiles})
+    write_result(
+        args.name,
+        {
+            "command": "python benchmarks/inference_profile.py "
+            + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "student"),
+            "student": args.student.name,
+            "threads": args.threads,
+            "machine": machine(),
+            "fused_operators": fused_stats,
+            "results": results,
+            "profiles": profiles,
+        },
+    )
 
 
 if __name__ == "__main__":

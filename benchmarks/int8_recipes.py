@@ -47,15 +47,28 @@ POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "da
 def dynamic(inp: Path, out: Path, **extra) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(inp, out, weight_type=extra.pop("weight_type", QuantType.QInt8), per_channel=True,
-                     op_types_to_quantize=extra.pop("ops", ["MatMul", "Gemm", "Attention"]), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        inp,
+        out,
+        weight_type=extra.pop("weight_type", QuantType.QInt8),
+        per_channel=True,
+        op_types_to_quantize=extra.pop("ops", ["MatMul", "Gemm", "Attention"]),
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     return out
 
 
 def nbits(inp: Path, out: Path, block: int) -> Path:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(onnx.load(str(inp)), bits=8, block_size=block, is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul",))
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(inp)),
+        bits=8,
+        block_size=block,
+        is_symmetric=True,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul",),
+    )
     q.process()
     q.model.save_model_to_file(str(out), False)
     return out
@@ -71,8 +84,13 @@ def multi_head(student, folder: Path) -> Path:
     options = FusionOptions("bert")
     options.use_multi_head_attention = True
     config = student.model.config
-    fused = optimize_model(str(folder / "raw.onnx"), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size,
-                           optimization_options=options)
+    fused = optimize_model(
+        str(folder / "raw.onnx"),
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        optimization_options=options,
+    )
     fused.save_model_to_file(str(folder / "mha.onnx"))
     return dynamic(folder / "mha.onnx", folder / "mha_int8.onnx")
 
@@ -97,10 +115,18 @@ def smoothed(fp32: Path, out: Path, texts: list[str], tokenizer, alpha: float = 
             largest[name] = np.maximum(largest.get(name, seen), seen)
     for node in targets:
         weight = numpy_helper.to_array(inits[node.input[1]])
-        scale = (np.maximum(largest[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(weight).max(1), 1e-5) ** (1 - alpha)).astype(np.float32)
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), node.input[1]))
+        scale = (
+            np.maximum(largest[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(weight).max(1), 1e-5) ** (1 - alpha)
+        ).astype(np.float32)
+        inits[node.input[1]].CopyFrom(
+            numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), node.input[1])
+        )
         model.graph.initializer.append(numpy_helper.from_array(1 / scale, node.name + "_smooth"))
-        model.graph.node.append(helper.make_node("Mul", [node.input[0], node.name + "_smooth"], [node.name + "_smoothed"], name=node.name + "_mul"))
+        model.graph.node.append(
+            helper.make_node(
+                "Mul", [node.input[0], node.name + "_smooth"], [node.name + "_smoothed"], name=node.name + "_mul"
+            )
+        )
         node.input[0] = node.name + "_smoothed"
     graph = OnnxModel(model)
     graph.topological_sort()
@@ -110,7 +136,9 @@ def smoothed(fp32: Path, out: Path, texts: list[str], tokenizer, alpha: float = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", type=Path, default=ROOT / "data" / "runs" / "bench-review-sst2-80-20-s0" / "reviewed" / "student")
+    parser.add_argument(
+        "--student", type=Path, default=ROOT / "data" / "runs" / "bench-review-sst2-80-20-s0" / "reviewed" / "student"
+    )
     parser.add_argument("--name", default="int8_recipes")
     args = parser.parse_args()
     quiet_third_party()
@@ -140,27 +168,65 @@ def main() -> None:
         files["int8 smoothed"] = smoothed(fp32, folder / "smoothed_int8.onnx", train, student.tokenizer)
         for block in (32, 128):
             files[f"8-bit blocks ({block})"] = nbits(fp32, folder / f"nb{block}.onnx", block)
-            files[f"8-bit blocks ({block}) + QAttention"] = dynamic(files[f"8-bit blocks ({block})"], folder / f"nb{block}_qa.onnx", ops=["Attention"])
-        runs = {"PyTorch": torch_runner(model), **{name: ort_runner(path, torch.get_num_threads()) for name, path in files.items()}}
+            files[f"8-bit blocks ({block}) + QAttention"] = dynamic(
+                files[f"8-bit blocks ({block})"], folder / f"nb{block}_qa.onnx", ops=["Attention"]
+            )
+        runs = {
+            "PyTorch": torch_runner(model),
+            **{name: ort_runner(path, torch.get_num_threads()) for name, path in files.items()},
+        }
         results = {name: {"recipe": name} for name in runs}
         for set_name, texts in sets.items():
-            prepared = batches(student.tokenizer, texts, 32, True) + batches(student.tokenizer, texts[len(texts) // 32 * 32 :], len(texts) % 32 or 32, True)
+            prepared = batches(student.tokenizer, texts, 32, True) + batches(
+                student.tokenizer, texts[len(texts) // 32 * 32 :], len(texts) % 32 or 32, True
+            )
             reference = np.concatenate([runs["PyTorch"](b) for b in prepared]).argmax(1)
             for name, run in runs.items():
-                results[name][f"{set_name} same label"] = float((np.concatenate([run(b) for b in prepared]).argmax(1) == reference).mean())
+                results[name][f"{set_name} same label"] = float(
+                    (np.concatenate([run(b) for b in prepared]).argmax(1) == reference).mean()
+                )
             if set_name in POOLS:
-                b1, b32 = batches(student.tokenizer, texts[:64], 1, True), batches(student.tokenizer, texts[:256], 32, True)
+                b1, b32 = (
+                    batches(student.tokenizer, texts[:64], 1, True),
+                    batches(student.tokenizer, texts[:256], 32, True),
+                )
                 for name, run in runs.items():
-                    results[name][f"{set_name} b1 rows/s"] = float(np.median([timed(run, b1, 1)["rows_per_s"] for _ in range(3)]))
-                    results[name][f"{set_name} b32 rows/s"] = float(np.median([timed(run, b32, 1)["rows_per_s"] for _ in range(3)]))
+                    results[name][f"{set_name} b1 rows/s"] = float(
+                        np.median([timed(run, b1, 1)["rows_per_s"] for _ in range(3)])
+                    )
+                    results[name][f"{set_name} b32 rows/s"] = float(
+                        np.median([timed(run, b32, 1)["rows_per_s"] for _ in range(3)])
+                    )
                 for name in runs:
-                    results[name][f"{set_name} b1 ÷ PyTorch"] = results[name][f"{set_name} b1 rows/s"] / results["PyTorch"][f"{set_name} b1 rows/s"]
-                    results[name][f"{set_name} b32 ÷ PyTorch"] = results[name][f"{set_name} b32 rows/s"] / results["PyTorch"][f"{set_name} b32 rows/s"]
+                    results[name][f"{set_name} b1 ÷ PyTorch"] = (
+                        results[name][f"{set_name} b1 rows/s"] / results["PyTorch"][f"{set_name} b1 rows/s"]
+                    )
+                    results[name][f"{set_name} b32 ÷ PyTorch"] = (
+                        results[name][f"{set_name} b32 rows/s"] / results["PyTorch"][f"{set_name} b32 rows/s"]
+                    )
     rows = list(results.values())
-    print_table(rows, ["recipe", "own same label", "short same label", "long same label", "short b1 ÷ PyTorch", "short b32 ÷ PyTorch",
-                       "long b1 ÷ PyTorch", "long b32 ÷ PyTorch"])
-    write_result(args.name, {"command": f"python benchmarks/int8_recipes.py --name {args.name}", "student": args.student.parent.parent.name,
-                             "rows": {k: len(v) for k, v in sets.items()}, "results": rows})
+    print_table(
+        rows,
+        [
+            "recipe",
+            "own same label",
+            "short same label",
+            "long same label",
+            "short b1 ÷ PyTorch",
+            "short b32 ÷ PyTorch",
+            "long b1 ÷ PyTorch",
+            "long b32 ÷ PyTorch",
+        ],
+    )
+    write_result(
+        args.name,
+        {
+            "command": f"python benchmarks/int8_recipes.py --name {args.name}",
+            "student": args.student.parent.parent.name,
+            "rows": {k: len(v) for k, v in sets.items()},
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,21 @@ RUN = ROOT / "data" / "runs" / "bench-quality-sst2"
 def train_and_score(run: Path, alpha: float, temperature: float, seed: int, args, test: dict) -> dict:
     """Distil one student, score it on the test rows, delete it. Returns accuracy and agreement."""
     out = run / "sweep-tmp"
-    distill(DistillConfig(out=str(run), student=str(out), alpha=alpha, temperature=temperature, seed=seed, epochs=args.epochs,
-                          max_length=64, max_train_rows=args.train_rows, evals_per_epoch=1, min_steps=0, lr=5e-5))
+    distill(
+        DistillConfig(
+            out=str(run),
+            student=str(out),
+            alpha=alpha,
+            temperature=temperature,
+            seed=seed,
+            epochs=args.epochs,
+            max_length=64,
+            max_train_rows=args.train_rows,
+            evals_per_epoch=1,
+            min_steps=0,
+            lr=5e-5,
+        )
+    )
     tokenizer, model = load_trained_student(out, "cpu")
     pred = predict_student(model, tokenizer, test["texts"], 64, max_length=64).argmax(1)
     shutil.rmtree(out)
@@ -44,9 +57,14 @@ def test_rows(annotations: Path) -> dict:
     frame, manifest = read_annotations(annotations)
     labels = manifest["labels"]
     test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
-    return {"texts": test["text"].tolist(), "gold": test["gold"].map(labels.index).to_numpy(),
-            "teacher_probs": np.exp(test[label_columns(labels)].to_numpy()), "teacher": test[label_columns(labels)].to_numpy().argmax(1),
-            "labels": labels, "calibration": manifest["calibration"]}
+    return {
+        "texts": test["text"].tolist(),
+        "gold": test["gold"].map(labels.index).to_numpy(),
+        "teacher_probs": np.exp(test[label_columns(labels)].to_numpy()),
+        "teacher": test[label_columns(labels)].to_numpy().argmax(1),
+        "labels": labels,
+        "calibration": manifest["calibration"],
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -56,7 +74,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=RUN)
-    parser.add_argument("--train-rows", type=int, default=1000, help="first N annotated training rows (10%% of them pick the checkpoint)")
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=1000,
+        help="first N annotated training rows (10%% of them pick the checkpoint)",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--alphas", default="0,0.5,0.8,1.0")
     parser.add_argument("--temperatures", default="1,2,4")
@@ -70,17 +93,37 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
     for alpha in map(float, args.alphas.split(",")):
-        for temperature in (map(float, args.temperatures.split(",")) if alpha > 0 else [None]):
+        for temperature in map(float, args.temperatures.split(",")) if alpha > 0 else [None]:
             runs = [train_and_score(args.run, alpha, temperature or 1.0, seed, args, test) for seed in seeds]
             acc, agree = mean_std([r["accuracy"] for r in runs]), mean_std([r["agreement"] for r in runs])
-            results.append({"alpha": alpha, "T": "any" if temperature is None else temperature, "accuracy_mean": acc[0], "accuracy_std": acc[1],
-                            "agreement_mean": agree[0], "agreement_std": agree[1], "per_seed": runs})
+            results.append(
+                {
+                    "alpha": alpha,
+                    "T": "any" if temperature is None else temperature,
+                    "accuracy_mean": acc[0],
+                    "accuracy_std": acc[1],
+                    "agreement_mean": agree[0],
+                    "agreement_std": agree[1],
+                    "per_seed": runs,
+                }
+            )
             print(f"  alpha {alpha} T {temperature}: accuracy {acc[0]:.4f} ± {acc[1]:.4f}", flush=True)
     print(f"teacher accuracy on the same {len(test['texts'])} test rows: {teacher_acc:.4f}")
     print_table(results, ["alpha", "T", "accuracy_mean", "accuracy_std", "agreement_mean", "agreement_std"])
-    write_result("kd_sweep", {"command": " ".join(["python benchmarks/kd_sweep.py", *sys.argv[1:]]), "run": str(args.run), "train_rows": args.train_rows,
-                              "epochs": args.epochs, "seeds": seeds, "test_rows": len(test["texts"]), "teacher_accuracy": teacher_acc,
-                              "wall_s": time.perf_counter() - started, "results": results})
+    write_result(
+        "kd_sweep",
+        {
+            "command": " ".join(["python benchmarks/kd_sweep.py", *sys.argv[1:]]),
+            "run": str(args.run),
+            "train_rows": args.train_rows,
+            "epochs": args.epochs,
+            "seeds": seeds,
+            "test_rows": len(test["texts"]),
+            "teacher_accuracy": teacher_acc,
+            "wall_s": time.perf_counter() - started,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

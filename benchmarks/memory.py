@@ -26,7 +26,24 @@ from common import ROOT, print_table, write_result
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny import build_llama, build_roberta
 
-WORDS = ["good", "bad", "great", "awful", "fine", "boring", "fun", "slow", "smart", "dull", "lovely", "weak", "strong", "cheap", "warm", "cold"]
+WORDS = [
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "fine",
+    "boring",
+    "fun",
+    "slow",
+    "smart",
+    "dull",
+    "lovely",
+    "weak",
+    "strong",
+    "cheap",
+    "warm",
+    "cold",
+]
 
 
 def write_rows(path: Path, n: int) -> None:
@@ -40,7 +57,13 @@ def write_rows(path: Path, n: int) -> None:
 def peak_rss(args: list[str]) -> tuple[float, float]:
     """Run ``distillery ARGS`` in a child process; return (peak RSS in MiB, wall seconds)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "distillery", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillery", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise RuntimeError(f"distillery {' '.join(args)} failed: {proc.stderr.read()[-2000:]}")
@@ -54,14 +77,33 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp())
-    teacher, student = ("smollm2", "minilm") if args.model == "embedded" else (str(build_llama(work / "llama")), str(build_roberta(work / "roberta")))
+    teacher, student = (
+        ("smollm2", "minilm")
+        if args.model == "embedded"
+        else (str(build_llama(work / "llama")), str(build_roberta(work / "roberta")))
+    )
     results = []
     for n in map(int, args.rows.split(",")):
         data, out = work / f"rows{n}.csv", work / f"run{n}"
         write_rows(data, n)
         common = ["--out", str(out), "--device", "cpu"]
-        rss, wall = peak_rss(["annotate", "--data", str(data), "--text-column", "review", "--label-column", "sentiment", "--teacher", teacher,
-                              "--limit", "0", "--no-balance", *common])
+        rss, wall = peak_rss(
+            [
+                "annotate",
+                "--data",
+                str(data),
+                "--text-column",
+                "review",
+                "--label-column",
+                "sentiment",
+                "--teacher",
+                teacher,
+                "--limit",
+                "0",
+                "--no-balance",
+                *common,
+            ]
+        )
         results.append({"stage": "annotate", "rows": n, "peak_rss_mib": rss, "wall_s": wall})
         print(f"  annotate {n} rows: {rss:.0f} MiB, {wall:.0f} s", flush=True)
         rss, wall = peak_rss(["distill", "--student-model", student, "--epochs", "1", "--max-length", "64", *common])
@@ -71,8 +113,15 @@ def main() -> None:
         first = next(r for r in results if r["stage"] == row["stage"])
         row["vs_smallest"] = row["peak_rss_mib"] / first["peak_rss_mib"]
     print_table(results, ["stage", "rows", "peak_rss_mib", "vs_smallest", "wall_s"])
-    write_result("memory", {"command": " ".join(["python benchmarks/memory.py", *sys.argv[1:]]), "model": args.model,
-                            "wall_s": time.perf_counter() - started, "results": results})
+    write_result(
+        "memory",
+        {
+            "command": " ".join(["python benchmarks/memory.py", *sys.argv[1:]]),
+            "model": args.model,
+            "wall_s": time.perf_counter() - started,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

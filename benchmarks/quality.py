@@ -38,7 +38,17 @@ def run_set(name: str, args) -> list[dict]:
         return []
     timings = {}
     start = time.perf_counter()
-    annotate(AnnotateConfig(data=str(data), task=SETS[name][2], split_column="split", limit=0, balance=False, out=str(out), seed=args.seed))
+    annotate(
+        AnnotateConfig(
+            data=str(data),
+            task=SETS[name][2],
+            split_column="split",
+            limit=0,
+            balance=False,
+            out=str(out),
+            seed=args.seed,
+        )
+    )
     timings["annotate_s"] = time.perf_counter() - start
     students = []
     for student, settings in STUDENTS.items():
@@ -71,8 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="sst2,tweets", help="comma-separated: sst2, tweets")
     parser.add_argument("--students", default="minilm,smollm2-lora", help="comma-separated: minilm, smollm2-lora")
-    parser.add_argument("--train-rows", type=int, default=1000, help="rows sampled from the train file for annotation and distillation")
-    parser.add_argument("--test-rows", type=int, default=1000, help="tweets: stratified sample of the test file (0 = all 3,534)")
+    parser.add_argument(
+        "--train-rows", type=int, default=1000, help="rows sampled from the train file for annotation and distillation"
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=1000, help="tweets: stratified sample of the test file (0 = all 3,534)"
+    )
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -81,9 +95,31 @@ def main() -> None:
     rows = [row for name in args.sets.split(",") for row in run_set(name, args)]
     if not rows:
         return
-    print_table(rows, ["set", "model", "accuracy", "macro_f1", "ece", "agreement", "kappa", "retention", "rows_per_s", "train_rows", "test_rows"])
-    write_result("quality", {"command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
-                             "teacher": "SmolLM2-135M-Instruct (embedded), mean calibration", "wall_s": time.perf_counter() - started, "results": rows})
+    print_table(
+        rows,
+        [
+            "set",
+            "model",
+            "accuracy",
+            "macro_f1",
+            "ece",
+            "agreement",
+            "kappa",
+            "retention",
+            "rows_per_s",
+            "train_rows",
+            "test_rows",
+        ],
+    )
+    write_result(
+        "quality",
+        {
+            "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
+            "teacher": "SmolLM2-135M-Instruct (embedded), mean calibration",
+            "wall_s": time.perf_counter() - started,
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,20 @@ from distillery.annotate.calibration import resolve_mode
 from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
-TASKS = {"sst2": "sentiment-binary", "tweets2": "sentiment-binary", "tweets3": "sentiment-3way", "long": "sentiment-binary",
-         "agnews": "topic", "tweets2-2k": "sentiment-binary", "tweets3-2k": "sentiment-3way",
-         "agnews-2k": "topic"}
-LABELS = {"agnews": ["world", "sports", "business", "sci/tech"], "agnews-2k": ["world", "sports", "business", "sci/tech"]}  # the topic task takes its labels from here (--labels)
+TASKS = {
+    "sst2": "sentiment-binary",
+    "tweets2": "sentiment-binary",
+    "tweets3": "sentiment-3way",
+    "long": "sentiment-binary",
+    "agnews": "topic",
+    "tweets2-2k": "sentiment-binary",
+    "tweets3-2k": "sentiment-3way",
+    "agnews-2k": "topic",
+}
+LABELS = {
+    "agnews": ["world", "sports", "business", "sci/tech"],
+    "agnews-2k": ["world", "sports", "business", "sci/tech"],
+}  # the topic task takes its labels from here (--labels)
 
 
 def run_dir(name: str) -> Path:
@@ -58,7 +68,9 @@ def _stratified(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return pd.concat(g.sample(frac=n / len(frame), random_state=seed) for _, g in frame.groupby("label"))
 
 
-def _joined(sentences: pd.DataFrame, n: int, positive_share: float, per_text: int, rng: np.random.Generator) -> pd.DataFrame:
+def _joined(
+    sentences: pd.DataFrame, n: int, positive_share: float, per_text: int, rng: np.random.Generator
+) -> pd.DataFrame:
     """``n`` long texts, each ``per_text`` sentences of one label; ``positive_share`` of them positive."""
     rows = []
     n_pos = int(round(n * positive_share))
@@ -71,8 +83,14 @@ def _joined(sentences: pd.DataFrame, n: int, positive_share: float, per_text: in
 
 # set -> (train rows, test rows; None = every row of the test file); the -2k pools are big enough
 # for 2,000 training rows at skewed shares (issue #17)
-SIZES = {"tweets2": (1500, 1000), "tweets2-2k": (4000, 1000), "tweets3": (600, 1000), "tweets3-2k": (2400, 1000),
-         "agnews": (1200, 400), "agnews-2k": (4800, None)}
+SIZES = {
+    "tweets2": (1500, 1000),
+    "tweets2-2k": (4000, 1000),
+    "tweets3": (600, 1000),
+    "tweets3-2k": (2400, 1000),
+    "agnews": (1200, 400),
+    "agnews-2k": (4800, None),
+}
 
 
 def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
@@ -83,8 +101,14 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
         test = _read(data_dir, "sst2_validation.csv")
     elif kind == "tweets2":
         n_train, n_test = SIZES[name]
-        train = _read(data_dir, "tweet_sentiment_train.csv").query("label != 'neutral'").sample(n=n_train, random_state=seed)
-        test = _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=n_test, random_state=seed)
+        train = (
+            _read(data_dir, "tweet_sentiment_train.csv")
+            .query("label != 'neutral'")
+            .sample(n=n_train, random_state=seed)
+        )
+        test = (
+            _read(data_dir, "tweet_sentiment_test.csv").query("label != 'neutral'").sample(n=n_test, random_state=seed)
+        )
     elif kind in ("tweets3", "agnews"):  # label-stratified; AG's News: 300 (1,200 in agnews-2k) train rows per label
         n_train, n_test = SIZES[name]
         file = "tweet_sentiment" if kind == "tweets3" else "agnews"
@@ -100,7 +124,9 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
         train, test = both.iloc[:600], both.iloc[600:]
     else:
         raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
-    return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[["text", "label", "split"]]
+    return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[
+        ["text", "label", "split"]
+    ]
 
 
 def annotate_set(name: str, data_dir: Path = SHARED_DATA, seed: int = 0) -> Path:
@@ -110,8 +136,20 @@ def annotate_set(name: str, data_dir: Path = SHARED_DATA, seed: int = 0) -> Path
     path = out / "input.csv"
     if not path.is_file():
         build(name, data_dir, seed).to_csv(path, index=False)
-    return annotate(AnnotateConfig(data=str(path), split_column="split", limit=0, balance=False, task=TASKS[name],
-                                   labels=LABELS.get(name, []), calibrate="none", out=str(out), seed=seed, device="cpu"))
+    return annotate(
+        AnnotateConfig(
+            data=str(path),
+            split_column="split",
+            limit=0,
+            balance=False,
+            task=TASKS[name],
+            labels=LABELS.get(name, []),
+            calibrate="none",
+            out=str(out),
+            seed=seed,
+            device="cpu",
+        )
+    )
 
 
 def load(name: str) -> pd.DataFrame:
@@ -147,8 +185,11 @@ def main() -> None:
         started = time.perf_counter()
         annotate_set(name, args.data_dir)
         frame = load(name)
-        print(f"{name}: {len(frame)} rows, mean {frame['text'].str.len().mean():.0f} characters, "
-              f"gold {frame['gold'].value_counts().to_dict()}, {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"{name}: {len(frame)} rows, mean {frame['text'].str.len().mean():.0f} characters, "
+            f"gold {frame['gold'].value_counts().to_dict()}, {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
@@ -181,7 +222,9 @@ def scenario(name: str, seed: int = 0, n_train: int | None = None, table: dict |
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     if share is None:
         if n_train > len(train) and n_train != default_train:
-            raise ValueError(f"scenario '{name}': {n_train} training rows asked for, {len(train)} in the '{set_name}' pool")
+            raise ValueError(
+                f"scenario '{name}': {n_train} training rows asked for, {len(train)} in the '{set_name}' pool"
+            )
         train = train.sample(n=min(n_train, len(train)), random_state=seed)
         test = test.sample(n=n_test, random_state=seed) if n_test and n_test < len(test) else test
     else:
@@ -203,7 +246,9 @@ def content_free_bias(set_name: str) -> list[float]:
         from distillery.core.tasks import load_task
 
         task = load_task(TASKS[set_name], LABELS.get(set_name))
-        teacher = build_teacher(AnnotateConfig(task=TASKS[set_name], labels=LABELS.get(set_name, []), device="cpu"), task)
+        teacher = build_teacher(
+            AnnotateConfig(task=TASKS[set_name], labels=LABELS.get(set_name, []), device="cpu"), task
+        )
         path.write_text(json.dumps(score_content_free(teacher, task.content_free)))
     return json.loads(path.read_text())
 

@@ -1,7 +1,8 @@
 """Gold labels in minutes (issue #18): a 200-row review queue, answered by the shared sets' gold
 labels standing in for a person, against 200 gold rows drawn at random.
 
-    python benchmarks/review.py [--scenarios "sst2 80/20,tweets2 75/25"] [--seeds 0,1,2] [--stage first|arms|coverage|all]
+    python benchmarks/review.py [--scenarios "sst2 80/20,tweets2 75/25"] [--seeds 0,1,2] [--stage
+    first|arms|coverage|all]
 
 Per scenario and seed (rows resampled from the annotated pools of benchmarks/real_sets.py):
 
@@ -39,13 +40,12 @@ from real_sets import materialize, scenario
 
 from distillery.annotate import read_annotations
 from distillery.annotate.calibration import resolve_mode
-from distillery.annotate.chunks import ChunkStore
+from distillery.annotate.chunks import ChunkStore, teacher_probabilities
 from distillery.core.reviewed import read_queue, reviewed_labels
 from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.metrics import stratified_accuracy
 from distillery.review import ReviewConfig, review
-from distillery.annotate.chunks import teacher_probabilities
 from distillery.review.queue import doubt_scores, label_issues, stratified_sample
 from distillery.serve import load_student
 
@@ -78,7 +78,12 @@ def first(name: str, seed: int) -> dict:
     materialize(rows, GRID[name][0], out, "auto")
     distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
     _, manifest = read_annotations(out / "annotations")
-    return {"scenario": name, "seed": seed, "calibration": manifest["calibration"]["mode"], "seconds": time.perf_counter() - started}
+    return {
+        "scenario": name,
+        "seed": seed,
+        "calibration": manifest["calibration"]["mode"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _copy_run(first_dir, out) -> None:
@@ -89,7 +94,8 @@ def _copy_run(first_dir, out) -> None:
 
 
 def _recalibrate(out) -> dict:
-    """``--calibrate auto`` on a rerun, as annotate does it: refit on the imported human labels from the stored raw log-probs."""
+    """``--calibrate auto`` on a rerun, as annotate does it: refit on the imported human labels from the stored raw
+    log-probs."""
     frame, manifest = read_annotations(out / "annotations")
     reviewed = reviewed_labels(out, frame["id"])
     mode = resolve_mode("auto", 0, len(manifest["labels"]), False, len(reviewed))
@@ -108,9 +114,14 @@ def _answer(out, ids, gold: dict, name: str) -> None:
 def _train_and_score(out, seed: int) -> dict:
     distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
     metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, target_agreement=0, device="cpu", overwrite=True))
-    return {"teacher acc": metrics["teacher"]["accuracy"], "student acc": metrics["student"]["accuracy"],
-            "teacher macro-F1": metrics["teacher"]["macro_f1"], "student macro-F1": metrics["student"]["macro_f1"],
-            "calibration": metrics["calibration"].get("mode"), "review": metrics.get("review")}
+    return {
+        "teacher acc": metrics["teacher"]["accuracy"],
+        "student acc": metrics["student"]["accuracy"],
+        "teacher macro-F1": metrics["teacher"]["macro_f1"],
+        "student macro-F1": metrics["student"]["macro_f1"],
+        "calibration": metrics["calibration"].get("mode"),
+        "review": metrics.get("review"),
+    }
 
 
 def arms(name: str, seed: int) -> list[dict]:
@@ -128,19 +139,38 @@ def arms(name: str, seed: int) -> list[dict]:
     queue = queue.assign(gold=queue["id"].map(gold))
     errors = {part: float((g["teacher_label"] != g["gold"]).mean()) for part, g in queue.groupby("part")}
     calibration = _recalibrate(out)
-    results.append({"scenario": name, "seed": seed, "arm": "review", "fitted on": calibration.get("fitted_on"),
-                    "errors/row doubtful": errors.get("doubtful"), "errors/row random": errors.get("random"),
-                    **_train_and_score(out, seed), "seconds": time.perf_counter() - started})
+    results.append(
+        {
+            "scenario": name,
+            "seed": seed,
+            "arm": "review",
+            "fitted on": calibration.get("fitted_on"),
+            "errors/row doubtful": errors.get("doubtful"),
+            "errors/row random": errors.get("random"),
+            **_train_and_score(out, seed),
+            "seconds": time.perf_counter() - started,
+        }
+    )
     started = time.perf_counter()
     out = base / "gold-200"
-    if (out / "bench_result.json").is_file():  # the gold-200 arm does not depend on the queue's rules: kept from an earlier run
+    if (
+        out / "bench_result.json"
+    ).is_file():  # the gold-200 arm does not depend on the queue's rules: kept from an earlier run
         return results + [json.loads((out / "bench_result.json").read_text())]
     _copy_run(base / "first", out)
     train_ids = rows.loc[rows["split"] == "train", "id"]
     _answer(out, train_ids.sample(n=200, random_state=seed).tolist(), gold, "gold-200")
     calibration = _recalibrate(out)
-    results.append({"scenario": name, "seed": seed, "arm": "gold-200", "fitted on": calibration.get("fitted_on"),
-                    **_train_and_score(out, seed), "seconds": time.perf_counter() - started})
+    results.append(
+        {
+            "scenario": name,
+            "seed": seed,
+            "arm": "gold-200",
+            "fitted on": calibration.get("fitted_on"),
+            **_train_and_score(out, seed),
+            "seconds": time.perf_counter() - started,
+        }
+    )
     (out / "bench_result.json").write_text(json.dumps(results[-1], default=str))
     return results
 
@@ -163,7 +193,13 @@ def coverage(name: str, seed: int, draws: int = 50, n: int = 100) -> dict:
             est = stratified_accuracy(pred[picked] == gold[picked], teacher[picked], teacher)
             held += est["low"] <= truth <= est["high"]
             widths.append(est["high"] - est["low"])
-        out.update({f"{who} acc (all test rows)": truth, f"{who} coverage": held / draws, f"{who} mean width": float(np.mean(widths))})
+        out.update(
+            {
+                f"{who} acc (all test rows)": truth,
+                f"{who} coverage": held / draws,
+                f"{who} mean width": float(np.mean(widths)),
+            }
+        )
     return out
 
 
@@ -184,33 +220,55 @@ def signals(name: str, seed: int, k: int = 100) -> dict:
     def errors(score):
         return float(wrong[np.argsort(-score, kind="stable")[:k]].mean())
 
-    return {"scenario": name, "seed": seed, "teacher errors (all training rows)": float(wrong.mean()),
-            "student disagrees": float(disagree.mean()), "margin": errors(doubt_scores(probs, None)),
-            "margin + cleanlab": errors(doubt_scores(probs, issues)), "margin + cleanlab + disagreement": errors(doubt_scores(probs, issues) + disagree)}
+    return {
+        "scenario": name,
+        "seed": seed,
+        "teacher errors (all training rows)": float(wrong.mean()),
+        "student disagrees": float(disagree.mean()),
+        "margin": errors(doubt_scores(probs, None)),
+        "margin + cleanlab": errors(doubt_scores(probs, issues)),
+        "margin + cleanlab + disagreement": errors(doubt_scores(probs, issues) + disagree),
+    }
 
 
 def summarise(results: list[dict]) -> list[dict]:
     """Per scenario: mean ± std over seeds of each arm, and the targets checked."""
     table = []
     for name in dict.fromkeys(r["scenario"] for r in results):
-        by_arm = {arm: [r for r in results if r["scenario"] == name and r.get("arm") == arm] for arm in ("review", "gold-200")}
+        by_arm = {
+            arm: [r for r in results if r["scenario"] == name and r.get("arm") == arm] for arm in ("review", "gold-200")
+        }
         if not by_arm["review"] or not by_arm["gold-200"]:
             continue
-        mean = {(arm, k): float(np.mean([r[k] for r in rs])) for arm, rs in by_arm.items() for k in ("teacher acc", "student acc")}
-        std_gold = float(np.std([r["student acc"] for r in by_arm["gold-200"]], ddof=1)) if len(by_arm["gold-200"]) > 1 else None
+        mean = {
+            (arm, k): float(np.mean([r[k] for r in rs]))
+            for arm, rs in by_arm.items()
+            for k in ("teacher acc", "student acc")
+        }
+        std_gold = (
+            float(np.std([r["student acc"] for r in by_arm["gold-200"]], ddof=1))
+            if len(by_arm["gold-200"]) > 1
+            else None
+        )
         doubt = float(np.mean([r["errors/row doubtful"] for r in by_arm["review"]]))
         rand = float(np.mean([r["errors/row random"] for r in by_arm["review"]]))
         gap_t = mean[("review", "teacher acc")] - mean[("gold-200", "teacher acc")]
         gap_s = mean[("review", "student acc")] - mean[("gold-200", "student acc")]
-        table.append({
-            "scenario": name, "seeds": len(by_arm["review"]),
-            "teacher review / gold-200": f"{mean[('review', 'teacher acc')]:.4f} / {mean[('gold-200', 'teacher acc')]:.4f}",
-            "teacher within 1 pt": abs(gap_t) <= 0.01 or gap_t > 0,
-            "student review / gold-200": f"{mean[('review', 'student acc')]:.4f} / {mean[('gold-200', 'student acc')]:.4f}",
-            "gold-200 student std": std_gold,
-            "student within 1 std": None if std_gold is None else abs(gap_s) <= std_gold or gap_s > 0,
-            "errors/row doubtful / random": f"{doubt:.3f} / {rand:.3f}", "doubtful >= 2x": doubt >= 2 * rand,
-        })
+        table.append(
+            {
+                "scenario": name,
+                "seeds": len(by_arm["review"]),
+                "teacher review / gold-200": f"{mean[('review', 'teacher acc')]:.4f} / "
+                f"{mean[('gold-200', 'teacher acc')]:.4f}",
+                "teacher within 1 pt": abs(gap_t) <= 0.01 or gap_t > 0,
+                "student review / gold-200": f"{mean[('review', 'student acc')]:.4f} / "
+                f"{mean[('gold-200', 'student acc')]:.4f}",
+                "gold-200 student std": std_gold,
+                "student within 1 std": None if std_gold is None else abs(gap_s) <= std_gold or gap_s > 0,
+                "errors/row doubtful / random": f"{doubt:.3f} / {rand:.3f}",
+                "doubtful >= 2x": doubt >= 2 * rand,
+            }
+        )
     return table
 
 
@@ -220,8 +278,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stage", default="all", choices=("first", "arms", "coverage", "signals", "all"))
     parser.add_argument("--name", default="review", help="results file name under benchmarks/results/")
-    parser.add_argument("--merge", default="", help="comma-separated results names to merge into NAME (runs made apart, e.g. one "
-                                                     "scenario per process); trains nothing")
+    parser.add_argument(
+        "--merge",
+        default="",
+        help="comma-separated results names to merge into NAME (runs made apart, e.g. one "
+        "scenario per process); trains nothing",
+    )
     args = parser.parse_args()
     if args.merge:
         parts = read_results(args.merge)
@@ -232,9 +294,18 @@ def main() -> None:
         print_table(summary, list(summary[0]))
         if covered:
             print_table(covered, list(covered[0]))
-        write_result(args.name, {"command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]), "merged": [p["command"] for p in parts],
-                                 "machine": parts[0]["machine"], "summary": summary, "results": results, "coverage": covered,
-                                 "signals": by_signal})
+        write_result(
+            args.name,
+            {
+                "command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]),
+                "merged": [p["command"] for p in parts],
+                "machine": parts[0]["machine"],
+                "summary": summary,
+                "results": results,
+                "coverage": covered,
+                "signals": by_signal,
+            },
+        )
         return
     pairs = [(name.strip(), int(seed)) for name in args.scenarios.split(",") for seed in args.seeds.split(",")]
     started = time.perf_counter()
@@ -246,8 +317,22 @@ def main() -> None:
         for name, seed in pairs:
             results += arms(name, seed)
             print(json.dumps([{k: v for k, v in r.items() if k != "review"} for r in results[-2:]]), flush=True)
-        print_table(results, ["scenario", "seed", "arm", "fitted on", "teacher acc", "student acc", "teacher macro-F1", "student macro-F1",
-                              "errors/row doubtful", "errors/row random", "seconds"])
+        print_table(
+            results,
+            [
+                "scenario",
+                "seed",
+                "arm",
+                "fitted on",
+                "teacher acc",
+                "student acc",
+                "teacher macro-F1",
+                "student macro-F1",
+                "errors/row doubtful",
+                "errors/row random",
+                "seconds",
+            ],
+        )
         summary = summarise(results)
         if summary:
             print_table(summary, list(summary[0]))
@@ -259,9 +344,18 @@ def main() -> None:
         by_signal = [signals(name, seed) for name, seed in pairs]
         print_table(by_signal, list(by_signal[0]))
     if args.stage != "first":
-        write_result(args.name, {"command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]), "machine": machine(),
-                                 "wall_s": time.perf_counter() - started, "summary": summarise(results) if results else [],
-                                 "results": results, "coverage": covered, "signals": by_signal})
+        write_result(
+            args.name,
+            {
+                "command": " ".join(["python benchmarks/review.py", *sys.argv[1:]]),
+                "machine": machine(),
+                "wall_s": time.perf_counter() - started,
+                "summary": summarise(results) if results else [],
+                "results": results,
+                "coverage": covered,
+                "signals": by_signal,
+            },
+        )
 
 
 if __name__ == "__main__":

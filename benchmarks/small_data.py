@@ -63,12 +63,22 @@ def run_one(name: str, seed: int, student: str, overrides: dict, n_train: int) -
     started = time.perf_counter()
     out = distill(DistillConfig(out=str(run), student=student, seed=seed, **overrides))
     seconds = time.perf_counter() - started
-    result = {"set": name, "student": student, "seed": seed, **score(out, test, labels, teacher_pred), "distill_s": seconds,
-              "teacher_accuracy": float((teacher_pred == gold).mean()), "calibration": manifest["calibration"]["mode"],
-              "majority_accuracy": float((test["gold"] == train_gold.value_counts().idxmax()).mean())}
+    result = {
+        "set": name,
+        "student": student,
+        "seed": seed,
+        **score(out, test, labels, teacher_pred),
+        "distill_s": seconds,
+        "teacher_accuracy": float((teacher_pred == gold).mean()),
+        "calibration": manifest["calibration"]["mode"],
+        "majority_accuracy": float((test["gold"] == train_gold.value_counts().idxmax()).mean()),
+    }
     shutil.rmtree(out)
-    print(f"  {name} {student} seed {seed}: student {result['accuracy']:.4f}, teacher {result['teacher_accuracy']:.4f}, "
-          f"majority {result['majority_accuracy']:.4f}, {seconds:.0f} s", flush=True)
+    print(
+        f"  {name} {student} seed {seed}: student {result['accuracy']:.4f}, teacher {result['teacher_accuracy']:.4f}, "
+        f"majority {result['majority_accuracy']:.4f}, {seconds:.0f} s",
+        flush=True,
+    )
     return result
 
 
@@ -78,9 +88,20 @@ def summarise(runs: list[dict]) -> list[dict]:
         group = [r for r in runs if (r["set"], r["student"]) == key]
         acc, agree = mean_std([r["accuracy"] for r in group]), mean_std([r["agreement"] for r in group])
         teacher = float(np.mean([r["teacher_accuracy"] for r in group]))
-        table.append({"set": key[0], "student": key[1], "seeds": len(group), "accuracy": acc[0], "accuracy_std": acc[1],
-                      "agreement": agree[0], "teacher_accuracy": teacher, "retention": acc[0] / teacher,
-                      "majority_accuracy": group[0]["majority_accuracy"], "distill_s": float(np.mean([r["distill_s"] for r in group]))})
+        table.append(
+            {
+                "set": key[0],
+                "student": key[1],
+                "seeds": len(group),
+                "accuracy": acc[0],
+                "accuracy_std": acc[1],
+                "agreement": agree[0],
+                "teacher_accuracy": teacher,
+                "retention": acc[0] / teacher,
+                "majority_accuracy": group[0]["majority_accuracy"],
+                "distill_s": float(np.mean([r["distill_s"] for r in group])),
+            }
+        )
     return table
 
 
@@ -88,9 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default=",".join(POOLS))
     parser.add_argument("--seeds", default="0,1,2", help="encoder student seeds")
-    parser.add_argument("--lora-seeds", default="0", help="LoRA student seeds ('' = none; ~10 min a run on 2 CPU cores)")
+    parser.add_argument(
+        "--lora-seeds", default="0", help="LoRA student seeds ('' = none; ~10 min a run on 2 CPU cores)"
+    )
     parser.add_argument("--train-rows", type=int, default=500)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DistillConfig default (repeatable)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a DistillConfig default (repeatable)"
+    )
     parser.add_argument("--name", default="small_data")
     args = parser.parse_args()
     overrides = {}
@@ -102,16 +127,45 @@ def main() -> None:
     runs = []
     for name in args.sets.split(","):
         runs += [run_one(name, int(s), "encoder", overrides, args.train_rows) for s in args.seeds.split(",") if s]
-        runs += [run_one(name, int(s), "llama-lora", overrides, args.train_rows) for s in args.lora_seeds.split(",") if s]
+        runs += [
+            run_one(name, int(s), "llama-lora", overrides, args.train_rows) for s in args.lora_seeds.split(",") if s
+        ]
     table = summarise(runs)
-    print_table(table, ["set", "student", "seeds", "accuracy", "accuracy_std", "agreement", "teacher_accuracy", "retention", "majority_accuracy", "distill_s"])
+    print_table(
+        table,
+        [
+            "set",
+            "student",
+            "seeds",
+            "accuracy",
+            "accuracy_std",
+            "agreement",
+            "teacher_accuracy",
+            "retention",
+            "majority_accuracy",
+            "distill_s",
+        ],
+    )
     for row in table:
         target = 0.97 if row["student"] == "encoder" else 0.95
-        verdict = "met" if row["retention"] >= target and row["accuracy"] > row["majority_accuracy"] + 0.02 else "MISSED"
-        print(f"  {row['set']} {row['student']}: retention {row['retention']:.3f} (target >= {target}), "
-              f"{row['accuracy'] - row['majority_accuracy']:+.3f} over majority: {verdict}")
-    write_result(args.name, {"command": " ".join(["python benchmarks/small_data.py", *sys.argv[1:]]), "overrides": overrides,
-                             "train_rows": args.train_rows, "wall_s": time.perf_counter() - started, "results": table, "runs": runs})
+        verdict = (
+            "met" if row["retention"] >= target and row["accuracy"] > row["majority_accuracy"] + 0.02 else "MISSED"
+        )
+        print(
+            f"  {row['set']} {row['student']}: retention {row['retention']:.3f} (target >= {target}), "
+            f"{row['accuracy'] - row['majority_accuracy']:+.3f} over majority: {verdict}"
+        )
+    write_result(
+        args.name,
+        {
+            "command": " ".join(["python benchmarks/small_data.py", *sys.argv[1:]]),
+            "overrides": overrides,
+            "train_rows": args.train_rows,
+            "wall_s": time.perf_counter() - started,
+            "results": table,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

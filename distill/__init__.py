@@ -6,7 +6,16 @@ from distillery.distill.losses import KDLoss, hybrid_kd_loss
 from distillery.distill.students import load_student, load_trained_student
 from distillery.distill.train import distill
 
-__all__ = ["DistillConfig", "KDLoss", "build_dataloaders", "distill", "hybrid_kd_loss", "load_student", "load_trained_student", "load_training_rows"]
+__all__ = [
+    "DistillConfig",
+    "KDLoss",
+    "build_dataloaders",
+    "distill",
+    "hybrid_kd_loss",
+    "load_student",
+    "load_trained_student",
+    "load_training_rows",
+]
 
 from distillery.core.callable_module import callable_module  # noqa: E402
 

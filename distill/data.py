@@ -13,11 +13,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from distillery.annotate.chunks import label_columns, read_annotations
-from distillery.distill.config import DistillConfig
 from distillery.core.errors import UserError
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
+from distillery.distill.config import DistillConfig
 
-__all__ = ["EpochBatchSampler", "TrainingRows", "build_dataloaders", "covering_length", "data_fingerprint", "load_training_rows"]
+__all__ = [
+    "EpochBatchSampler",
+    "TrainingRows",
+    "build_dataloaders",
+    "covering_length",
+    "data_fingerprint",
+    "load_training_rows",
+]
 
 
 @dataclass
@@ -42,12 +49,17 @@ def load_training_rows(cfg: DistillConfig) -> TrainingRows:
         frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
-            raise UserError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+            raise UserError(
+                "--hard-labels gold: expected a gold label in every training row; found rows without one; "
+                "use --hard-labels teacher"
+            )
         hard = frame["gold"]
     else:
         hard = frame["teacher_label"]
     n_reviewed, reviewed = 0, None
-    if cfg.hard_labels == "auto" and cfg.teacher_mode == "offline":  # a person's answer beats the teacher's where there is one
+    if (
+        cfg.hard_labels == "auto" and cfg.teacher_mode == "offline"
+    ):  # a person's answer beats the teacher's where there is one
         reviewed = reviewed_labels(cfg.out, frame["id"])
         human = pd.Series([reviewed.get(str(i), "") for i in frame["id"]], index=frame.index)
         hard = human.where(human.isin(labels), hard)
@@ -65,8 +77,10 @@ def data_fingerprint(manifest: dict, reviewed: dict[str, str] | None) -> dict:
     return {
         "source": "annotations",
         "chunks": {name: meta["sha256"] for name, meta in sorted(manifest["chunks"].items())},
-        "calibration": {"mode": calibration.get("mode"),
-                        "sha256": hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16]},
+        "calibration": {
+            "mode": calibration.get("mode"),
+            "sha256": hashlib.sha256(json.dumps(calibration, sort_keys=True).encode()).hexdigest()[:16],
+        },
         "reviewed": None if reviewed is None else reviewed_fingerprint(reviewed),
     }
 
@@ -82,7 +96,8 @@ def split_train_val(frame: pd.DataFrame, cfg: DistillConfig) -> tuple[pd.DataFra
 
 
 def covering_length(tokenizer, texts: list[str], model_limit: int | None, share: float = 0.95) -> int:
-    """The smallest max length (a multiple of 8) that leaves ``share`` of ``texts`` untruncated, capped at ``model_limit``."""
+    """The smallest max length (a multiple of 8) that leaves ``share`` of ``texts`` untruncated, capped at
+    ``model_limit``."""
     lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=True).input_ids)
     if not lengths:
         return min(128, model_limit or 128)
@@ -140,7 +155,9 @@ def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tupl
     ``cfg.max_length`` must be set (distill resolves 0, automatic, before calling this).
     """
     if cfg.max_length < 1:
-        raise UserError("build_dataloaders: expected max_length >= 1; found 0 (automatic): resolve it first, as distill() does")
+        raise UserError(
+            "build_dataloaders: expected max_length >= 1; found 0 (automatic): resolve it first, as distill() does"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def collate(items: list[dict]) -> dict:
@@ -159,7 +176,9 @@ def build_dataloaders(cfg: DistillConfig, tokenizer, rows: TrainingRows) -> tupl
         }
 
     train = _encode(rows.train, rows.labels, tokenizer, cfg.max_length)
-    sampler = EpochBatchSampler([len(it["input_ids"]) for it in train], cfg.batch_size // cfg.grad_accum, cfg.seed, cfg.group_by_length)
+    sampler = EpochBatchSampler(
+        [len(it["input_ids"]) for it in train], cfg.batch_size // cfg.grad_accum, cfg.seed, cfg.group_by_length
+    )
     train_dl = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     val_dl = None
     if len(rows.val):

@@ -60,7 +60,9 @@ def hybrid_kd_loss(
         row_class = torch.where(has_hard, labels, teacher.argmax(dim=-1))
         weights = class_weights.to(kl_rows.device, kl_rows.dtype)[row_class]
     soft_w, hard_w = weights * has_soft, weights * has_hard
-    kd = (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2  # no soft rows: 0 / 1e-12 = 0, no host sync
+    kd = (
+        (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2
+    )  # no soft rows: 0 / 1e-12 = 0, no host sync
     ce_rows = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
     ce = (ce_rows * hard_w).sum() / hard_w.sum().clamp(min=1e-12)
     return KDLoss(alpha * kd + (1 - alpha) * ce, kd, ce)

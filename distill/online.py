@@ -9,14 +9,14 @@ import torch
 from distillery.annotate.calibration import fit_calibration, resolve_mode
 from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
-from distillery.core.inputs import load_rows
 from distillery.annotate.local import LocalTeacher
 from distillery.annotate.teacher import content_free_bias
+from distillery.core.errors import UserError
+from distillery.core.inputs import load_rows
 from distillery.core.registry import calibration_modes
 from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, split_train_val
-from distillery.core.errors import UserError
 
 __all__ = ["OnlineTeacher", "load_online_rows"]
 
@@ -42,7 +42,10 @@ class OnlineTeacher:
         mode = resolve_mode(source.calibrate, 0, len(labels))
         entry = calibration_modes.get(mode)
         if entry.needs_gold:
-            raise UserError(f"--teacher-mode online: expected a calibration without gold rows; found {mode} (annotate offline for it)")
+            raise UserError(
+                f"--teacher-mode online: expected a calibration without gold rows; found {mode} (annotate "
+                "offline for it)"
+            )
         raw = np.zeros((0, len(labels)))
         if entry.fits_on_rows:
             raw = np.asarray([a.logprobs for a in self.teacher.score(calibration_texts) if a.logprobs is not None])
@@ -72,7 +75,10 @@ def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows
         frame = frame.head(cfg.max_train_rows)
     if cfg.hard_labels == "gold":
         if (frame["gold"] == "").any():
-            raise UserError("--hard-labels gold: expected a gold label in every training row; found rows without one; use --hard-labels teacher")
+            raise UserError(
+                "--hard-labels gold: expected a gold label in every training row; found rows without one; "
+                "use --hard-labels teacher"
+            )
         hard = frame["gold"].map({lab: i for i, lab in enumerate(task.labels)})
     else:
         hard = pd.Series(-100, index=frame.index)  # filled by the teacher batch by batch

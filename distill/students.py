@@ -23,12 +23,25 @@ from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 if TYPE_CHECKING:
     from distillery.distill.config import DistillConfig
 
-__all__ = ["StudentKind", "EncoderStudent", "LoraStudent", "load_student", "save_student", "load_trained_student",
-           "trainable_parameters", "keep_trainable_fp32", "STUDENT_FILE"]
+__all__ = [
+    "StudentKind",
+    "EncoderStudent",
+    "LoraStudent",
+    "load_student",
+    "save_student",
+    "load_trained_student",
+    "trainable_parameters",
+    "keep_trainable_fp32",
+    "STUDENT_FILE",
+]
 
 
 def _labels_kwargs(labels: list[str]) -> dict:
-    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {lab: i for i, lab in enumerate(labels)}}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {lab: i for i, lab in enumerate(labels)},
+    }
 
 
 def _tokenizer(path: str):
@@ -56,13 +69,17 @@ class StudentKind:
     exportable = True  # export reads the saved folder as a full model
     warm_start = True  # active --warm-start may start a round from the previous round's student
     adapters = False  # trains LoRA adapters: --lora-*, --qlora and --merge apply
-    head_names = ("classifier", "score")  # parameter names of the classification head (LP-FT's --head-warmup-epochs trains them alone)
+    head_names = (
+        "classifier",
+        "score",
+    )  # parameter names of the classification head (LP-FT's --head-warmup-epochs trains them alone)
 
     def build(self, cfg: DistillConfig, labels: list[str]):
         """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
         path = self.model_path(cfg)
-        model = AutoModelForSequenceClassification.from_pretrained(path, ignore_mismatched_sizes=True, dtype=torch.float32,
-                                                                   **_labels_kwargs(labels))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, ignore_mismatched_sizes=True, dtype=torch.float32, **_labels_kwargs(labels)
+        )
         return _tokenizer(path), model
 
     def model_path(self, cfg: DistillConfig) -> str:
@@ -121,14 +138,21 @@ class LoraStudent(StudentKind):
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base)
-        lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_targets), modules_to_save=list(self.head_names))
+        lora = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            modules_to_save=list(self.head_names),
+        )
         model = keep_trainable_fp32(get_peft_model(base, lora))
         model.base_path = path  # recorded next to the adapter so the student reloads offline
         return tokenizer, model
 
     def save(self, model, tokenizer, folder: Path, cfg: DistillConfig, meta: StudentMeta) -> None:
-        """The adapter and head; ``--merge`` also writes ``folder/merged``, a standalone model with the adapters folded in."""
+        """The adapter and head; ``--merge`` also writes ``folder/merged``, a standalone model with the adapters folded
+        in."""
         super().save(model, tokenizer, folder, cfg, meta)
         if cfg.merge:
             merged = model.merge_and_unload()
@@ -143,8 +167,11 @@ class LoraStudent(StudentKind):
         from peft import PeftModel
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        kwargs = {"dtype": torch.float32 if device.type == "cpu" else "auto", "pad_token_id": tokenizer.pad_token_id,
-                  **_labels_kwargs(meta.labels)}
+        kwargs = {
+            "dtype": torch.float32 if device.type == "cpu" else "auto",
+            "pad_token_id": tokenizer.pad_token_id,
+            **_labels_kwargs(meta.labels),
+        }
         four_bit = meta.qlora and device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
         if four_bit:
             kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
@@ -153,8 +180,13 @@ class LoraStudent(StudentKind):
         if not four_bit:
             model.to(device)
         base_dtype = str(next(base.parameters()).dtype).removeprefix("torch.")
-        model.evaluated_base = ("4-bit NF4 base, as trained" if four_bit else
-                                f"unquantized {base_dtype} base; the adapter was trained on a 4-bit base (QLoRA)" if meta.qlora else f"{base_dtype} base")
+        model.evaluated_base = (
+            "4-bit NF4 base, as trained"
+            if four_bit
+            else f"unquantized {base_dtype} base; the adapter was trained on a 4-bit base (QLoRA)"
+            if meta.qlora
+            else f"{base_dtype} base"
+        )
         return tokenizer, model.eval()
 
 
@@ -187,13 +219,20 @@ def trainable_parameters(model) -> tuple[int, int]:
     return parameter_count(model)
 
 
-def save_student(model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str], temperature: float = 1.0) -> None:
+def save_student(
+    model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str], temperature: float = 1.0
+) -> None:
     """Save the student with its tokenizer, then its ``distillery_student.json`` (written last: a
     folder without it is a student whose training did not finish). ``temperature``: its fitted
     temperature scaling, applied wherever it is loaded."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = StudentMeta(student=cfg.student_kind, labels=labels, base=getattr(model, "base_path", None), qlora=cfg.qlora,
-                       temperature=temperature)
+    meta = StudentMeta(
+        student=cfg.student_kind,
+        labels=labels,
+        base=getattr(model, "base_path", None),
+        qlora=cfg.qlora,
+        temperature=temperature,
+    )
     student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)
     meta.write(out_dir)
 

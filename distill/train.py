@@ -28,17 +28,28 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distillery.annotate.config import AnnotateConfig
+from distillery.core.errors import UserError
 from distillery.core.models import pick_device, predict_probabilities
+from distillery.core.rundir import (
+    claim_folder,
+    guard_files,
+    install,
+    locked,
+    make_folder,
+    remove_leftovers,
+    remove_owned,
+    rows_fingerprint,
+    temporary_name,
+    write_json,
+    write_text,
+)
 from distillery.core.studentmeta import STUDENT_NAMES
-from distillery.core.rundir import (claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned, rows_fingerprint, temporary_name, write_json,
-                                     write_text)
+from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
-from distillery.core.tasks import load_task
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
-from distillery.core.errors import UserError
 
 __all__ = ["distill", "evaluate_student", "fit_temperature", "pick_temperature", "temperature_for", "temperature_gain"]
 
@@ -53,8 +64,11 @@ def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -
 
 
 @torch.no_grad()
-def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None, weights: torch.Tensor | None = None) -> dict:
-    """Validation loss parts (weighted by class like the training loss), and agreement and macro-F1 against the hard labels."""
+def evaluate_student(
+    model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None, weights: torch.Tensor | None = None
+) -> dict:
+    """Validation loss parts (weighted by class like the training loss), and agreement and macro-F1 against the hard
+    labels."""
     model.eval()
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
     predicted, hard = [], []
@@ -71,7 +85,11 @@ def evaluate_student(model, dataloader, cfg: DistillConfig, online: OnlineTeache
     predicted, hard = torch.cat(predicted).numpy(), torch.cat(hard).numpy()
     known = hard >= 0
     macro_f1 = f1_score(hard[known], predicted[known], average="macro", zero_division=0) if known.any() else 0.0
-    return {**{k: v / len(hard) for k, v in sums.items()}, "val_accuracy": float((predicted == hard).mean()), "val_macro_f1": float(macro_f1)}
+    return {
+        **{k: v / len(hard) for k, v in sums.items()},
+        "val_accuracy": float((predicted == hard).mean()),
+        "val_macro_f1": float(macro_f1),
+    }
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -128,13 +146,19 @@ class Training:
 def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -> Path:
     """The stage in its steps: prepare, restore a checkpoint (--resume), train, save; then the learning curve."""
     set_seed(cfg.seed)
-    claim_folder(out_dir, cfg.overwrite, flag="--student")  # --overwrite: beside files of someone else's, never over them
+    claim_folder(
+        out_dir, cfg.overwrite, flag="--student"
+    )  # --overwrite: beside files of someone else's, never over them
     remove_leftovers(out_dir)  # a killed save's staged student, a killed clean-up's checkpoint
-    guard_files(out_dir, [*STUDENT_NAMES, *(CHECKPOINTS if cfg.checkpoint_every or cfg.resume else ())], flag="--student")
+    guard_files(
+        out_dir, [*STUDENT_NAMES, *(CHECKPOINTS if cfg.checkpoint_every or cfg.resume else ())], flag="--student"
+    )
     if cfg.resume and (out_dir / "train_summary.json").is_file() and find_checkpoint(out_dir) is None:
         summary = json.loads((out_dir / "train_summary.json").read_text())
-        print(f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
-              "(run without --resume to train again)")
+        print(
+            f"distill: {out_dir} finished training ({summary['steps']} steps); nothing to resume "
+            "(run without --resume to train again)"
+        )
         return out_dir
     run = prepare(cfg, source, out_dir)
     if cfg.resume:
@@ -146,8 +170,15 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
         n_rows = len(run.rows.train) + len(run.rows.val)
         for share in (25, 50):
             run.accelerator.print(f"distill: learning curve, {share}% of the training rows")
-            distill(replace(run.cfg, learning_curve=False, max_train_rows=n_rows * share // 100,  # the settings resolved on all rows
-                            student=str(out_dir.parent / "learning_curve" / f"student-{share}pct")), source)
+            distill(
+                replace(
+                    run.cfg,
+                    learning_curve=False,
+                    max_train_rows=n_rows * share // 100,  # the settings resolved on all rows
+                    student=str(out_dir.parent / "learning_curve" / f"student-{share}pct"),
+                ),
+                source,
+            )
     return out_dir
 
 
@@ -155,7 +186,9 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     """Rows, teacher (online), student, data loaders, optimizer and schedule, under accelerate."""
     device = pick_device(cfg.device)
     accelerator = Accelerator(
-        cpu=device.type == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True), gradient_accumulation_steps=cfg.grad_accum,
+        cpu=device.type == "cpu",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision="bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no",
     )
     say = accelerator.print
@@ -171,41 +204,78 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
     else:
         rows = load_training_rows(cfg)
-    say(f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed annotations left out"
-        + (f"; {rows.n_reviewed} rows take their hard label from the review" if rows.n_reviewed else ""))
+    say(
+        f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed "
+        "annotations left out"
+        + (f"; {rows.n_reviewed} rows take their hard label from the review" if rows.n_reviewed else "")
+    )
     tokenizer, model = load_student(cfg, rows.labels)
     trainable, total = trainable_parameters(model)
-    say(f"distill: {cfg.student_kind} student, {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%)")
+    say(
+        f"distill: {cfg.student_kind} student, {trainable:,} of {total:,} parameters trainable "
+        f"({100 * trainable / total:.2f}%)"
+    )
     cfg = with_automatic_settings(cfg, tokenizer, model, rows.train["text"].tolist())
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
     if cfg.head_warmup_epochs and not cfg.resume:
         warm_start_head(model, train_dl, cfg, online, device)
     # fused: one kernel for the whole update (what Trainer uses too); ~10% of a CPU step otherwise.
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
     steps_per_epoch = -(-len(train_dl) // cfg.grad_accum)
     epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))  # a small set gets more epochs
     steps = epochs * steps_per_epoch
-    say(f"distill: {epochs} epochs of {steps_per_epoch} steps (--epochs {cfg.epochs}, --min-steps {cfg.min_steps}), lr {cfg.lr:g}, max length {cfg.max_length}")
+    say(
+        f"distill: {epochs} epochs of {steps_per_epoch} steps (--epochs {cfg.epochs}, --min-steps "
+        f"{cfg.min_steps}), lr {cfg.lr:g}, max length {cfg.max_length}"
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
     weights = class_weights(cfg.class_weights, rows)
     if weights is not None:
-        say(f"distill: class weights {', '.join(f'{lab} {w:.2f}' for lab, w in zip(rows.labels, weights.tolist()))} (--class-weights {cfg.class_weights})")
-    return Training(cfg, out_dir, accelerator, device, rows, online, tokenizer, model, optimizer, scheduler, train_dl, val_dl, sampler,
-                    epochs, steps, eval_at, (trainable, total), training_settings(cfg, rows.fingerprint or online_fingerprint(rows, source)),
-                    weights)
+        say(
+            "distill: class weights "
+            f"{', '.join(f'{lab} {w:.2f}' for lab, w in zip(rows.labels, weights.tolist()))} "
+            f"(--class-weights {cfg.class_weights})"
+        )
+    return Training(
+        cfg,
+        out_dir,
+        accelerator,
+        device,
+        rows,
+        online,
+        tokenizer,
+        model,
+        optimizer,
+        scheduler,
+        train_dl,
+        val_dl,
+        sampler,
+        epochs,
+        steps,
+        eval_at,
+        (trainable, total),
+        training_settings(cfg, rows.fingerprint or online_fingerprint(rows, source)),
+        weights,
+    )
 
 
 def restore(run: Training) -> None:
     """--resume: load the newest whole checkpoint, refusing one trained with other settings."""
     ckpt_dir = find_checkpoint(run.out_dir)
     if ckpt_dir is None:
-        raise UserError(f"--resume: expected a checkpoint in {run.out_dir / 'checkpoint'}; found none; run without --resume "
-                        "(and with --checkpoint-every N)")
+        raise UserError(
+            f"--resume: expected a checkpoint in {run.out_dir / 'checkpoint'}; found none; run without --resume "
+            "(and with --checkpoint-every N)"
+        )
     check_same_settings(ckpt_dir, run.settings)
     run.accelerator.load_state(str(ckpt_dir), strict=False)  # the frozen weights come from the base, not the checkpoint
     run.progress = json.loads((ckpt_dir / "progress.json").read_text())
@@ -224,8 +294,14 @@ def train(run: Training) -> None:
     validation at ``eval_at``, a checkpoint every --checkpoint-every steps."""
     cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
     run.model.train()
-    bar = tqdm(total=run.steps, initial=progress["step"], desc="distill", unit="step", disable=not accelerator.is_main_process,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        total=run.steps,
+        initial=progress["step"],
+        desc="distill",
+        unit="step",
+        disable=not accelerator.is_main_process,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
     for epoch in range(progress["epoch"], run.epochs):
         skip = progress["batches"] if epoch == progress["epoch"] else 0
         batches = accelerator.skip_first_batches(run.train_dl, skip) if skip else run.train_dl
@@ -240,8 +316,14 @@ def train(run: Training) -> None:
                 continue  # the optimizer steps once per grad_accum micro-batches
             progress["step"] += 1
             parts = accelerator.reduce(torch.stack([loss.total, loss.kd, loss.ce]).detach(), reduction="mean")
-            record = {"epoch": epoch, "step": progress["step"], "loss": parts[0].item(), "kd": parts[1].item(), "ce": parts[2].item(),
-                      "lr": run.scheduler.get_last_lr()[0]}
+            record = {
+                "epoch": epoch,
+                "step": progress["step"],
+                "loss": parts[0].item(),
+                "kd": parts[1].item(),
+                "ce": parts[2].item(),
+                "lr": run.scheduler.get_last_lr()[0],
+            }
             bar.update(1)
             bar.set_postfix(kd=f"{record['kd']:.3f}", ce=f"{record['ce']:.3f}", refresh=False)
             if run.val_dl is not None and -(-batch_index // cfg.grad_accum) in run.eval_at:
@@ -261,7 +343,9 @@ def train_step(run: Training, batch: dict):
     batch = with_teacher(batch, run.online, cfg.hard_labels == "gold")
     with accelerator.accumulate(run.model):
         logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, run.class_weights)
+        loss = hybrid_kd_loss(
+            logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, run.class_weights
+        )
         accelerator.backward(loss.total)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
@@ -281,10 +365,16 @@ def validate(run: Training, record: dict) -> None:
     best = run.progress["best"]
     if best is None or record["val_loss"] < best["val_loss"]:
         run.progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
-        run.best_state = {k: v.detach().cpu().clone() for k, v in run.accelerator.unwrap_model(run.model).named_parameters() if v.requires_grad}
+        run.best_state = {
+            k: v.detach().cpu().clone()
+            for k, v in run.accelerator.unwrap_model(run.model).named_parameters()
+            if v.requires_grad
+        }
     if run.accelerator.is_main_process:
-        tqdm.write(f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
-                   f"val macro-F1 {record['val_macro_f1']:.4f}")
+        tqdm.write(
+            f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
+            f"val macro-F1 {record['val_macro_f1']:.4f}"
+        )
 
 
 def save(run: Training, train_seconds: float) -> None:
@@ -298,12 +388,24 @@ def save(run: Training, train_seconds: float) -> None:
     if accelerator.is_main_process:
         best = progress["best"] or {}
         summary = {
-            "train_rows": len(rows.train), "val_rows": len(rows.val), "failed_rows_left_out": rows.n_failed, "reviewed_hard_labels": rows.n_reviewed,
-            "epochs": run.epochs, "steps": run.steps, "lr": run.cfg.lr, "max_length": run.cfg.max_length, "train_seconds": train_seconds,
-            "processes": accelerator.num_processes, "train_rows_per_s": run.rows_seen * accelerator.num_processes / train_seconds,
-            "best_val_accuracy": best.get("val_accuracy"), "best_step": best.get("step"), "labels": rows.labels,
+            "train_rows": len(rows.train),
+            "val_rows": len(rows.val),
+            "failed_rows_left_out": rows.n_failed,
+            "reviewed_hard_labels": rows.n_reviewed,
+            "epochs": run.epochs,
+            "steps": run.steps,
+            "lr": run.cfg.lr,
+            "max_length": run.cfg.max_length,
+            "train_seconds": train_seconds,
+            "processes": accelerator.num_processes,
+            "train_rows_per_s": run.rows_seen * accelerator.num_processes / train_seconds,
+            "best_val_accuracy": best.get("val_accuracy"),
+            "best_step": best.get("step"),
+            "labels": rows.labels,
             "class_weights": None if run.class_weights is None else dict(zip(rows.labels, run.class_weights.tolist())),
-            "trainable_parameters": run.parameters[0], "total_parameters": run.parameters[1], "peak_memory_bytes": peak_memory_bytes(run.device),
+            "trainable_parameters": run.parameters[0],
+            "total_parameters": run.parameters[1],
+            "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"] = fit_temperature(run, student)
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
@@ -314,14 +416,20 @@ def save(run: Training, train_seconds: float) -> None:
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
         for name in CHECKPOINTS:  # a finished run is not resumed (a folder of someone else's by that name stays)
             remove_owned(out_dir / name)
-        accelerator.print(f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy {summary['best_val_accuracy']}, "
-                          f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)")
+        accelerator.print(
+            f"distill: saved student to {out_dir} ({train_seconds:.0f} s, best val accuracy "
+            f"{summary['best_val_accuracy']}, "
+            f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)"
+        )
     accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
-def _validation_logits(model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The student's logits on the validation rows, the teacher's log-probs and the hard labels (gold with --hard-labels gold)."""
+def _validation_logits(
+    model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The student's logits on the validation rows, the teacher's log-probs and the hard labels (gold with --hard-
+    labels gold)."""
     model.eval()
     logits, teacher, hard = [], [], []
     for batch in dataloader:
@@ -343,7 +451,9 @@ def fit_temperature(run: Training, model) -> float:
     docs/results.md). The labels do not move (argmax is unchanged); the confidence does."""
     val, labels = run.rows.val, run.rows.labels
     if run.val_dl is None or len(val) < MIN_TEMPERATURE_ROWS:
-        run.accelerator.print(f"distill: no temperature scaling ({len(val)} validation rows; it needs {MIN_TEMPERATURE_ROWS})")
+        run.accelerator.print(
+            f"distill: no temperature scaling ({len(val)} validation rows; it needs {MIN_TEMPERATURE_ROWS})"
+        )
         return 1.0
     if "gold" in val and val["gold"].isin(labels).all():
         model.eval()
@@ -359,15 +469,22 @@ def fit_temperature(run: Training, model) -> float:
         fit = (logits[ok], teacher[ok], hard[ok], False)
     used, temperature, gain = pick_temperature(*fit)
     if gain < LIKELIHOOD_RATIO_5PCT:
-        run.accelerator.print(f"distill: no temperature scaling: T {temperature:.3f} fits the {len(fit[0])} validation rows no better than "
-                              f"T 1 (likelihood ratio {gain:.2f} < {LIKELIHOOD_RATIO_5PCT})")
+        run.accelerator.print(
+            f"distill: no temperature scaling: T {temperature:.3f} fits the {len(fit[0])} validation rows no "
+            "better than "
+            f"T 1 (likelihood ratio {gain:.2f} < {LIKELIHOOD_RATIO_5PCT})"
+        )
         return 1.0
-    run.accelerator.print(f"distill: temperature {temperature:.3f}, fitted on {len(fit[0])} validation rows "
-                          f"({'gold labels' if fit[3] else 'the teacher'}; likelihood ratio {gain:.1f})")
+    run.accelerator.print(
+        f"distill: temperature {temperature:.3f}, fitted on {len(fit[0])} validation rows "
+        f"({'gold labels' if fit[3] else 'the teacher'}; likelihood ratio {gain:.1f})"
+    )
     return used
 
 
-def pick_temperature(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> tuple[float, float, float]:
+def pick_temperature(
+    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool
+) -> tuple[float, float, float]:
     """The rule: ``(T used, T fitted, likelihood ratio)``; the fitted T is used only when the ratio
     reaches :data:`LIKELIHOOD_RATIO_5PCT`, else 1.0."""
     fitted = temperature_for(logits, teacher_logprobs, hard, gold)
@@ -375,10 +492,15 @@ def pick_temperature(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard:
     return (fitted if gain >= LIKELIHOOD_RATIO_5PCT else 1.0), fitted, gain
 
 
-def _scaled_loss(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature) -> torch.Tensor:
-    """Mean cross-entropy of softmax(logits / T) against the ``hard`` label ids (``gold``) or the teacher's distribution."""
+def _scaled_loss(
+    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature
+) -> torch.Tensor:
+    """Mean cross-entropy of softmax(logits / T) against the ``hard`` label ids (``gold``) or the teacher's
+    distribution."""
     logp = torch.log_softmax(logits.double() / temperature, dim=-1)
-    return torch.nn.functional.nll_loss(logp, hard) if gold else -(teacher_logprobs.double().exp() * logp).sum(-1).mean()
+    return (
+        torch.nn.functional.nll_loss(logp, hard) if gold else -(teacher_logprobs.double().exp() * logp).sum(-1).mean()
+    )
 
 
 def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> float:
@@ -398,11 +520,15 @@ def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: 
     return temperature if math.isfinite(temperature) else 1.0
 
 
-def temperature_gain(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature: float) -> float:
+def temperature_gain(
+    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature: float
+) -> float:
     """The likelihood-ratio statistic of T against 1 on these rows: 2 x rows x (loss at 1 - loss at T);
     over :data:`LIKELIHOOD_RATIO_5PCT` (chi-squared, one degree of freedom, 5%) T fits them better."""
     with torch.no_grad():
-        drop = _scaled_loss(logits, teacher_logprobs, hard, gold, 1.0) - _scaled_loss(logits, teacher_logprobs, hard, gold, temperature)
+        drop = _scaled_loss(logits, teacher_logprobs, hard, gold, 1.0) - _scaled_loss(
+            logits, teacher_logprobs, hard, gold, temperature
+        )
     return float(2 * len(logits) * drop)
 
 
@@ -438,7 +564,9 @@ def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher |
             batch = with_teacher(batch, online, cfg.hard_labels == "gold")
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            hybrid_kd_loss(logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature).total.backward()
+            hybrid_kd_loss(
+                logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature
+            ).total.backward()
             optimizer.step()
             optimizer.zero_grad()
     for p in frozen:
@@ -448,7 +576,11 @@ def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher |
 
 def with_automatic_settings(cfg: DistillConfig, tokenizer, model, texts: list[str]) -> DistillConfig:
     """Resolve the settings left at 0 (automatic): lr per student kind, max length from the data."""
-    limits = [n for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
+    limits = [
+        n
+        for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+        if n and n < 100_000
+    ]
     return replace(
         cfg,
         lr=cfg.lr or student_kind(cfg.student_kind).default_lr,
@@ -474,7 +606,16 @@ LIKELIHOOD_RATIO_5PCT = 3.84  # chi-squared with one degree of freedom at 5%: a 
 IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learning_curve"}
 TRAINING_DATA = "training_data"  # the key of the data's fingerprint in a checkpoint's settings.json
 # --teacher-mode online: the annotate settings that change what the teacher answers (a resume must not change them).
-ONLINE_TEACHER_SETTINGS = ("backend", "teacher", "task", "labels", "max_prompt_tokens", "calibrate", "dtype", "load_in_4bit")
+ONLINE_TEACHER_SETTINGS = (
+    "backend",
+    "teacher",
+    "task",
+    "labels",
+    "max_prompt_tokens",
+    "calibrate",
+    "dtype",
+    "load_in_4bit",
+)
 
 
 def training_settings(cfg: DistillConfig, data: dict) -> dict:
@@ -489,8 +630,11 @@ def online_fingerprint(rows: TrainingRows, source: AnnotateConfig) -> dict:
     weights are not hashed: a model folder retrained in place goes unnoticed)."""
     columns = ["id", "text", "gold", "split"]
     teacher = {k: getattr(source, k) for k in ONLINE_TEACHER_SETTINGS}
-    return {"source": "online", "rows": [rows_fingerprint(rows.train, columns), rows_fingerprint(rows.val, columns)],
-            "teacher": {**teacher, "prompt_hash": load_task(source.task, rows.labels).prompt_hash()}}
+    return {
+        "source": "online",
+        "rows": [rows_fingerprint(rows.train, columns), rows_fingerprint(rows.val, columns)],
+        "teacher": {**teacher, "prompt_hash": load_task(source.task, rows.labels).prompt_hash()},
+    }
 
 
 def data_change(then: dict, now: dict) -> tuple[str, str] | None:
@@ -500,16 +644,25 @@ def data_change(then: dict, now: dict) -> tuple[str, str] | None:
     if now["source"] == "online":
         if then["rows"] != now["rows"]:
             return "the input rows", "edited, added or removed"
-        keys = sorted(k for k in then["teacher"].keys() | now["teacher"].keys() if then["teacher"].get(k) != now["teacher"].get(k))
+        keys = sorted(
+            k for k in then["teacher"].keys() | now["teacher"].keys() if then["teacher"].get(k) != now["teacher"].get(k)
+        )
         if keys:
-            return "the teacher settings", ", ".join(f"{k} {then['teacher'].get(k)!r} then, {now['teacher'].get(k)!r} now" for k in keys)
+            return "the teacher settings", ", ".join(
+                f"{k} {then['teacher'].get(k)!r} then, {now['teacher'].get(k)!r} now" for k in keys
+            )
         return None
     if then["calibration"]["mode"] != now["calibration"]["mode"]:
         return "the annotations", f"calibration {then['calibration']['mode']} then, {now['calibration']['mode']} now"
-    chunks = [f"{name} {'added' if name not in then['chunks'] else 'removed' if name not in now['chunks'] else 'changed'}"
-              for name in sorted(then["chunks"].keys() | now["chunks"].keys()) if then["chunks"].get(name) != now["chunks"].get(name)]
+    chunks = [
+        f"{name} {'added' if name not in then['chunks'] else 'removed' if name not in now['chunks'] else 'changed'}"
+        for name in sorted(then["chunks"].keys() | now["chunks"].keys())
+        if then["chunks"].get(name) != now["chunks"].get(name)
+    ]
     if chunks:
-        return "the annotations", "chunk " + ", ".join(chunks[:3]) + (f" and {len(chunks) - 3} more" if len(chunks) > 3 else "")
+        return "the annotations", "chunk " + ", ".join(chunks[:3]) + (
+            f" and {len(chunks) - 3} more" if len(chunks) > 3 else ""
+        )
     if then["calibration"] != now["calibration"]:
         return "the annotations", f"calibration {now['calibration']['mode']} fitted again"
     if then["reviewed"] != now["reviewed"]:
@@ -524,15 +677,23 @@ def check_same_settings(ckpt_dir: Path, settings: dict) -> None:
     changed = sorted(k for k in set(saved) | set(settings) if k != TRAINING_DATA and saved.get(k) != settings.get(k))
     if changed:
         what = ", ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
-        raise UserError(f"--resume: the checkpoint in {ckpt_dir} was trained with other settings ({what}); rerun with the "
-                        "checkpoint's settings, or without --resume to train anew")
+        raise UserError(
+            f"--resume: the checkpoint in {ckpt_dir} was trained with other settings ({what}); rerun with the "
+            "checkpoint's settings, or without --resume to train anew"
+        )
     if TRAINING_DATA not in saved:
-        raise UserError(f"--resume: the checkpoint in {ckpt_dir} records no fingerprint of the rows and labels it trained on (an "
-                        "older distillery wrote it), so it cannot be checked against the annotations now; rerun without --resume to train anew")
+        raise UserError(
+            f"--resume: the checkpoint in {ckpt_dir} records no fingerprint of the rows and labels it trained on (an "
+            "older distillery wrote it), so it cannot be checked against the annotations now; rerun without "
+            "--resume to train anew"
+        )
     change = data_change(saved[TRAINING_DATA], settings[TRAINING_DATA])
     if change:
-        raise UserError(f"--resume: {change[0]} changed since the checkpoint in {ckpt_dir} was written ({change[1]}); a resumed student "
-                        "would have trained on two data sets: rerun without --resume to train anew")
+        raise UserError(
+            f"--resume: {change[0]} changed since the checkpoint in {ckpt_dir} was written ({change[1]}); a "
+            "resumed student "
+            "would have trained on two data sets: rerun without --resume to train anew"
+        )
 
 
 def find_checkpoint(out_dir: Path) -> Path | None:
@@ -550,7 +711,9 @@ def write_refused(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return True
     text = str(err)
-    return isinstance(err, (RuntimeError, SafetensorError)) and any(s in text for s in ("PytorchStreamWriter", "inline_container", "IoError"))
+    return isinstance(err, (RuntimeError, SafetensorError)) and any(
+        s in text for s in ("PytorchStreamWriter", "inline_container", "IoError")
+    )
 
 
 @contextlib.contextmanager
@@ -566,14 +729,23 @@ def checkpoint_writes(out_dir: Path, step: int) -> Iterator[None]:
         fresh = out_dir / CHECKPOINTS[1]
         with contextlib.suppress(OSError):
             (fresh / "progress.json").unlink(missing_ok=True)  # one there would call the torn folder whole
-        reason = (err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__).splitlines()[0]
+        reason = (
+            err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
+        ).splitlines()[0]
         previous = find_checkpoint(out_dir)
-        kept = (f"the last whole checkpoint ({previous}, step {json.loads((previous / 'progress.json').read_text())['step']}) is kept: free "
-                "space, then rerun with --resume to go on from it" if previous else "there is no earlier checkpoint: free space, then rerun")
+        kept = (
+            f"the last whole checkpoint ({previous}, step "
+            f"{json.loads((previous / 'progress.json').read_text())['step']}) is kept: free "
+            "space, then rerun with --resume to go on from it"
+            if previous
+            else "there is no earlier checkpoint: free space, then rerun"
+        )
         raise UserError(f"could not write the checkpoint of step {step} to {fresh} ({reason}); {kept}") from err
 
 
-def save_checkpoint(accelerator: Accelerator, out_dir: Path, progress: dict, best_state: dict | None, settings: dict) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, out_dir: Path, progress: dict, best_state: dict | None, settings: dict
+) -> None:
     """Model, optimizer, scheduler and RNG states (accelerate) plus our progress, best weights and settings.
 
     Written to ``checkpoint.new`` and renamed into place once whole; the previous checkpoint

@@ -12,7 +12,8 @@ The public API (imported on first use, so ``import distillery`` stays light)::
 
 Like the command line, the API keeps the terminal to Distillery's own lines and bars (it turns
 off transformers' per-load progress bars and info logs on first use;
-``transformers.logging.set_verbosity_warning()`` undoes it). ``run`` does the first three in one go; ``predict`` and ``export`` work on a saved student;
+``transformers.logging.set_verbosity_warning()`` undoes it). ``run`` does the first three in one go; ``predict`` and
+``export`` work on a saved student;
 ``active`` is the active-distillation loop; ``review`` writes a queue of rows for a person to
 label and imports their answers. The four extension points are registries:
 ``student_kinds``, ``teacher_backends``, ``calibration_modes`` and ``active_strategies``, with the
@@ -28,21 +29,35 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _API = {
-    "annotate": "distillery.annotate.run", "AnnotateConfig": "distillery.annotate.config",
-    "distill": "distillery.distill.train", "DistillConfig": "distillery.distill.config",
-    "evaluate": "distillery.evaluation.evaluate", "EvaluateConfig": "distillery.evaluation.config",
+    "annotate": "distillery.annotate.run",
+    "AnnotateConfig": "distillery.annotate.config",
+    "distill": "distillery.distill.train",
+    "DistillConfig": "distillery.distill.config",
+    "evaluate": "distillery.evaluation.evaluate",
+    "EvaluateConfig": "distillery.evaluation.config",
     "run": "distillery.pipeline",
-    "predict": "distillery.serve.predict", "PredictConfig": "distillery.serve.config",
-    "export": "distillery.serve.export", "ExportConfig": "distillery.serve.config",
-    "load_student": "distillery.serve.student", "Student": "distillery.serve.student",
-    "active": "distillery.active.loop", "ActiveConfig": "distillery.active.config",
-    "review": "distillery.review", "ReviewConfig": "distillery.review.config",
-    "student_kinds": "distillery.core.registry", "teacher_backends": "distillery.core.registry",
-    "calibration_modes": "distillery.core.registry", "active_strategies": "distillery.core.registry",
-    "StudentKind": "distillery.distill.students", "TeacherBackend": "distillery.annotate.teacher",
-    "Annotation": "distillery.annotate.teacher", "CalibrationMode": "distillery.annotate.calibration",
-    "Calibration": "distillery.annotate.calibration", "Strategy": "distillery.active.strategies",
-    "TaskSpec": "distillery.core.tasks", "UserError": "distillery.core.errors",
+    "predict": "distillery.serve.predict",
+    "PredictConfig": "distillery.serve.config",
+    "export": "distillery.serve.export",
+    "ExportConfig": "distillery.serve.config",
+    "load_student": "distillery.serve.student",
+    "Student": "distillery.serve.student",
+    "active": "distillery.active.loop",
+    "ActiveConfig": "distillery.active.config",
+    "review": "distillery.review",
+    "ReviewConfig": "distillery.review.config",
+    "student_kinds": "distillery.core.registry",
+    "teacher_backends": "distillery.core.registry",
+    "calibration_modes": "distillery.core.registry",
+    "active_strategies": "distillery.core.registry",
+    "StudentKind": "distillery.distill.students",
+    "TeacherBackend": "distillery.annotate.teacher",
+    "Annotation": "distillery.annotate.teacher",
+    "CalibrationMode": "distillery.annotate.calibration",
+    "Calibration": "distillery.annotate.calibration",
+    "Strategy": "distillery.active.strategies",
+    "TaskSpec": "distillery.core.tasks",
+    "UserError": "distillery.core.errors",
 }
 __all__ = sorted(_API)
 
@@ -53,7 +68,12 @@ def __getattr__(name: str):
     from distillery.core.models import quiet_third_party
 
     quiet_third_party()
-    if name in ("annotate", "distill", "active", "review"):  # the stage's package, callable as its function (core/callable_module.py)
+    if name in (
+        "annotate",
+        "distill",
+        "active",
+        "review",
+    ):  # the stage's package, callable as its function (core/callable_module.py)
         return importlib.import_module(f"distillery.{name}")
     value = getattr(importlib.import_module(_API[name]), name)
     globals()[name] = value  # the next lookup is a plain attribute

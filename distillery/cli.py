@@ -43,45 +43,105 @@ from distillery.review.config import ReviewConfig
 from distillery.serve.config import ExportConfig, PredictConfig
 
 # The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher).
-ONLINE_TEACHER = ("data", "hf_config", "split", "text_column", "label_column", "split_column", "id_column", "limit", "balance",
-                  "drop_empty", "test_fraction", "task", "labels", "backend", "teacher", "teacher_batch_size", "prefix_cache",
-                  "max_prompt_tokens", "calibrate", "dtype", "load_in_4bit")
+ONLINE_TEACHER = (
+    "data",
+    "hf_config",
+    "split",
+    "text_column",
+    "label_column",
+    "split_column",
+    "id_column",
+    "limit",
+    "balance",
+    "drop_empty",
+    "test_fraction",
+    "task",
+    "labels",
+    "backend",
+    "teacher",
+    "teacher_batch_size",
+    "prefix_cache",
+    "max_prompt_tokens",
+    "calibrate",
+    "dtype",
+    "load_in_4bit",
+)
 
 # Each subcommand: its help line and the config classes it builds, in order (a class with a tuple
 # of names contributes only those fields).
 STAGES = {
     "annotate": ("ask the teacher for labels and label log-probs; write OUT/annotations/part-*.csv", (AnnotateConfig,)),
-    "distill": ("train a student on OUT/annotations with the hybrid KD loss; save it to --student",
-                (DistillConfig, (AnnotateConfig, ONLINE_TEACHER))),
+    "distill": (
+        "train a student on OUT/annotations with the hybrid KD loss; save it to --student",
+        (DistillConfig, (AnnotateConfig, ONLINE_TEACHER)),
+    ),
     "evaluate": ("compare students, teacher and gold; write OUT/report.md and OUT/metrics.json", (EvaluateConfig,)),
-    "run": ("annotate, distill and evaluate in one go (no arguments: the embedded demo)", (AnnotateConfig, DistillConfig, EvaluateConfig)),
-    "predict": ("label new rows with a saved student (encoder, LoRA, merged or ONNX); write a predictions CSV", (PredictConfig,)),
-    "export": ("export a saved student to ONNX for onnxruntime: the fastest variant (int8, ...) that keeps its labels", (ExportConfig,)),
-    "active": ("ask the teacher only about the rows the student is unsure of, round by round, within --budget",
-               (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig)),
-    "review": ("write a queue of rows for a person to label (Label Studio, Argilla, CSV); --import their answers as gold labels",
-               (ReviewConfig,)),
+    "run": (
+        "annotate, distill and evaluate in one go (no arguments: the embedded demo)",
+        (AnnotateConfig, DistillConfig, EvaluateConfig),
+    ),
+    "predict": (
+        "label new rows with a saved student (encoder, LoRA, merged or ONNX); write a predictions CSV",
+        (PredictConfig,),
+    ),
+    "export": (
+        "export a saved student to ONNX for onnxruntime: the fastest variant (int8, ...) that keeps its labels",
+        (ExportConfig,),
+    ),
+    "active": (
+        "ask the teacher only about the rows the student is unsure of, round by round, within --budget",
+        (ActiveConfig, AnnotateConfig, DistillConfig, EvaluateConfig),
+    ),
+    "review": (
+        "write a queue of rows for a person to label (Label Studio, Argilla, CSV); --import their answers as "
+        "gold labels",
+        (ReviewConfig,),
+    ),
 }
 
 # The help groups. A setting's name has one meaning in every subcommand, so it has one group.
 GROUPS = {
-    "input": ("input rows", "out data hf_config split text_column label_column split_column id_column limit balance drop_empty "
-                            "test_fraction seed annotations hard_labels max_train_rows students eval_split"),
+    "input": (
+        "input rows",
+        "out data hf_config split text_column label_column split_column id_column limit balance drop_empty "
+        "test_fraction seed annotations hard_labels max_train_rows students eval_split",
+    ),
     "task": ("task", "task labels"),
-    "teacher": ("teacher", "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens max_row_chars retry_failed dtype load_in_4bit "
-                           "teacher_mode"),
-    "hosted": ("hosted teacher (--backend openai)", "base_url api_key_env extra_headers request_timeout hosted_scoring template_from "
-                                                    "top_logprobs concurrency requests_per_minute tokens_per_minute max_retries "
-                                                    "price_prompt_per_m price_completion_per_m max_cost dry_run"),
+    "teacher": (
+        "teacher",
+        "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens "
+        "max_row_chars retry_failed dtype load_in_4bit "
+        "teacher_mode",
+    ),
+    "hosted": (
+        "hosted teacher (--backend openai)",
+        "base_url api_key_env extra_headers request_timeout hosted_scoring template_from "
+        "top_logprobs concurrency requests_per_minute tokens_per_minute max_retries "
+        "price_prompt_per_m price_completion_per_m max_cost dry_run",
+    ),
     "calibration": ("teacher calibration", "calibrate calibrate_on"),
-    "student": ("student", "student student_kind student_model lora_r lora_alpha lora_dropout lora_targets qlora merge defer "
-                           "defer_threshold"),
-    "training": ("training", "alpha temperature lr weight_decay class_weights batch_size grad_accum max_length epochs min_steps head_warmup_epochs "
-                             "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length checkpoint_every resume"),
-    "active": ("active loop", "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start"),
+    "student": (
+        "student",
+        "student student_kind student_model lora_r lora_alpha lora_dropout lora_targets qlora merge defer "
+        "defer_threshold",
+    ),
+    "training": (
+        "training",
+        "alpha temperature lr weight_decay class_weights batch_size grad_accum max_length epochs min_steps "
+        "head_warmup_epochs "
+        "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length "
+        "checkpoint_every resume",
+    ),
+    "active": (
+        "active loop",
+        "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start",
+    ),
     "review": ("review queue", "review_rows random_share import_file"),
     "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
-    "output": ("output", "predictions predict_batch_size onnx_dir variant min_parity check_rows chunk_size only_deferred overwrite"),
+    "output": (
+        "output",
+        "predictions predict_batch_size onnx_dir variant min_parity check_rows chunk_size only_deferred overwrite",
+    ),
     "device": ("device", "device"),
 }
 # One line of --help per setting (the dataclass field's help is the whole text: --help-all, docs/usage.md).
@@ -196,9 +256,12 @@ SHORT_HELP = {
 GROUP_OF = {name: group for group, (_, names) in GROUPS.items() for name in names.split()}
 
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
-COMMON = set("out data text_column label_column split_column limit labels task backend teacher base_url calibrate device overwrite seed "
-             "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
-             "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split())
+COMMON = set(
+    "out data text_column label_column split_column limit labels task backend teacher base_url calibrate "
+    "device overwrite seed "
+    "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
+    "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split()
+)
 
 # Old spellings: an error naming the new one (a flag here is not also a setting of that subcommand).
 RENAMED = {
@@ -229,15 +292,37 @@ def stage_configs(command: str) -> list[type]:
 
 def _shown_default(f: dataclasses.Field) -> str:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if isinstance(default, bool) or default is None or default in ("", []) or (isinstance(default, (int, float)) and default == -1):
+    if (
+        isinstance(default, bool)
+        or default is None
+        or default in ("", [])
+        or (isinstance(default, (int, float)) and default == -1)
+    ):
         return ""
     return f" [{','.join(default) if isinstance(default, list) else default}]"
 
 
 METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
-METAVAR_OF = {"import_file": "FILE", "out": "DIR", "student": "DIR", "annotations": "DIR", "onnx_dir": "DIR", "data": "FILE", "predictions": "FILE",
-              "teacher": "MODEL", "student_model": "MODEL", "template_from": "MODEL", "task": "NAME", "calibrate": "MODE",
-              "strategy": "NAME", "device": "DEVICE", "dtype": "DTYPE", "base_url": "URL", "api_key_env": "NAME", "push_to_hub": "REPO"}
+METAVAR_OF = {
+    "import_file": "FILE",
+    "out": "DIR",
+    "student": "DIR",
+    "annotations": "DIR",
+    "onnx_dir": "DIR",
+    "data": "FILE",
+    "predictions": "FILE",
+    "teacher": "MODEL",
+    "student_model": "MODEL",
+    "template_from": "MODEL",
+    "task": "NAME",
+    "calibrate": "MODE",
+    "strategy": "NAME",
+    "device": "DEVICE",
+    "dtype": "DTYPE",
+    "base_url": "URL",
+    "api_key_env": "NAME",
+    "push_to_hub": "REPO",
+}
 
 
 def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
@@ -258,15 +343,31 @@ def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
         on = f.default is True
         if on and full and shown:
             help_text = f"on by default, this turns it off; {help_text}"
-        group.add_argument("--no-" + flag[2:] if on else flag, dest=f.name, action="store_false" if on else "store_true",
-                           default=None, help=help_text)
-        group.add_argument(flag if on else "--no-" + flag[2:], dest=f.name, action="store_true" if on else "store_false",
-                           default=None, help=argparse.SUPPRESS)
+        group.add_argument(
+            "--no-" + flag[2:] if on else flag,
+            dest=f.name,
+            action="store_false" if on else "store_true",
+            default=None,
+            help=help_text,
+        )
+        group.add_argument(
+            flag if on else "--no-" + flag[2:],
+            dest=f.name,
+            action="store_true" if on else "store_false",
+            default=None,
+            help=argparse.SUPPRESS,
+        )
         return
-    metavar = "|".join(registry.names()) if registry is not None and len(registry.names()) <= 3 else \
-        "|".join(f.metadata["choices"]) if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3 else \
-        METAVAR_OF.get(f.name) or METAVARS.get(kind, "VALUE")
-    group.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=help_text)  # converted and checked by coerce()
+    metavar = (
+        "|".join(registry.names())
+        if registry is not None and len(registry.names()) <= 3
+        else "|".join(f.metadata["choices"])
+        if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3
+        else METAVAR_OF.get(f.name) or METAVARS.get(kind, "VALUE")
+    )
+    group.add_argument(
+        flag, dest=f.name, default=None, metavar=metavar, help=help_text
+    )  # converted and checked by coerce()
 
 
 class _Renamed(argparse.Action):
@@ -288,7 +389,11 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
     """``(title, shown fields, hidden fields)`` per help group of a subcommand. distill puts the
     online teacher's settings in a group of their own; run and active hide the rarely used flags."""
     fields = stage_fields(command)
-    online = {n for n in ONLINE_TEACHER if command == "distill" and n not in {f.name for f in dataclasses.fields(DistillConfig)}}
+    online = {
+        n
+        for n in ONLINE_TEACHER
+        if command == "distill" and n not in {f.name for f in dataclasses.fields(DistillConfig)}
+    }
     out = []
     for group, (title, _) in GROUPS.items():
         members = [f for f in fields.values() if GROUP_OF.get(f.name) == group and f.name not in online]
@@ -303,18 +408,31 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
         if command in ("run", "active"):
             entry[1], entry[2] = [f for f in members if f.name in COMMON], [f for f in members if f.name not in COMMON]
         elif title.startswith("online teacher"):
-            entry[1], entry[2] = [f for f in members if f.name in ONLINE_SHOWN], [f for f in members if f.name not in ONLINE_SHOWN]
+            entry[1], entry[2] = (
+                [f for f in members if f.name in ONLINE_SHOWN],
+                [f for f in members if f.name not in ONLINE_SHOWN],
+            )
     return [tuple(e) for e in out if e[1] or e[2]]
 
 
 def build_parser(full: bool = False) -> argparse.ArgumentParser:
     """The parser of every subcommand. ``full``: every flag with its whole help (``--help-all``)."""
-    parser = argparse.ArgumentParser(prog="distillery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="distillery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(STAGES) + "}")
     for name, (help_line, _) in STAGES.items():
-        p = sub.add_parser(name, help=help_line, description=help_line, usage=f"distillery {name} [options]",
-                           formatter_class=_Formatter, add_help=False)
-        p.add_argument("-h", "--help", action="help", help="the common flags" if name in ("run", "active") else "show this help")
+        p = sub.add_parser(
+            name,
+            help=help_line,
+            description=help_line,
+            usage=f"distillery {name} [options]",
+            formatter_class=_Formatter,
+            add_help=False,
+        )
+        p.add_argument(
+            "-h", "--help", action="help", help="the common flags" if name in ("run", "active") else "show this help"
+        )
         p.add_argument("--help-all", action="store_true", help="every flag, with its whole help text")
         p.add_argument("--config", metavar="FILE", help="YAML settings (keys as the flags); flags win")
         for title, members, hidden in _help_groups(name, full):
@@ -340,7 +458,9 @@ def resolve(args: argparse.Namespace) -> dict:
         every = {k for command in STAGES for k in stage_fields(command)}
         for key in sorted(set(values) - every):
             hint = f" (renamed: {RENAMED_KEYS[key]})" if key in RENAMED_KEYS else ""
-            raise UserError(f"{path}: unknown key '{key}'{hint}; see 'distillery {args.command} --help-all' for the settings")
+            raise UserError(
+                f"{path}: unknown key '{key}'{hint}; see 'distillery {args.command} --help-all' for the settings"
+            )
         values = {k: coerce(known[k], v, str(path)) for k, v in values.items() if k in known}
     for k, v in vars(args).items():
         if k in known and v is not None:
@@ -360,11 +480,21 @@ def check_together(command: str, configs: list) -> None:
     by_type = {type(c): c for c in configs}
     distill, annotate, active = by_type.get(DistillConfig), by_type.get(AnnotateConfig), by_type.get(ActiveConfig)
     if active is not None and active.warm_start and not student_kind(distill.student_kind).warm_start:
-        raise UserError(f"warm_start: applies to a student kind that can start from the previous round's (e.g. encoder); "
-                        f"found --student-kind {distill.student_kind}; leave --warm-start out")
-    if distill is not None and annotate is not None and distill.teacher_mode == "online" and not teacher_backends.get(annotate.backend).local:
-        raise UserError(f"teacher_mode online: expected a backend that runs the model here (--backend local) (online distillation runs the teacher in this process); "
-                        f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)")
+        raise UserError(
+            f"warm_start: applies to a student kind that can start from the previous round's (e.g. encoder); "
+            f"found --student-kind {distill.student_kind}; leave --warm-start out"
+        )
+    if (
+        distill is not None
+        and annotate is not None
+        and distill.teacher_mode == "online"
+        and not teacher_backends.get(annotate.backend).local
+    ):
+        raise UserError(
+            "teacher_mode online: expected a backend that runs the model here (--backend local) (online "
+            "distillation runs the teacher in this process); "
+            f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)"
+        )
 
 
 def headline(metrics: dict) -> str:
@@ -380,17 +510,28 @@ def headline(metrics: dict) -> str:
         ("Cohen's κ", with_ci(metrics["kappa"], s.get("ci", {}).get("kappa"))),
         ("retention", with_ci(metrics["retention"], s.get("ci", {}).get("retention"))),
         ("macro-F1 retention", with_ci(metrics.get("macro_f1_retention"), None)),
-        ("worst class F1 ret.", with_ci(metrics.get("worst_class_retention"), None)
-         + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else "")),
+        (
+            "worst class F1 ret.",
+            with_ci(metrics.get("worst_class_retention"), None)
+            + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else ""),
+        ),
         ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
     review = (metrics.get("review") or {}).get("random") or {}
     first = next(iter(metrics.get("students") or {}), None)
-    for name, key in (("teacher", "teacher"), ("student", first)):  # the person's labels on the random part of the review queue
+    for name, key in (
+        ("teacher", "teacher"),
+        ("student", first),
+    ):  # the person's labels on the random part of the review queue
         m = review.get(key)
         if isinstance(m, dict) and m.get("estimate") is not None:
             covered = f", {m['covered']:.0%} of test rows' strata" if m.get("covered", 1) < 1 else ""
-            rows.append((f"{name} acc (review)", f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows{covered}"))
+            rows.append(
+                (
+                    f"{name} acc (review)",
+                    f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows{covered}",
+                )
+            )
     lines = [f"  {k:<20} {v}" for k, v in rows]
     lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)
@@ -428,7 +569,9 @@ def run_stages(command: str, configs: list) -> None:
         annotate(configs[0])
     elif command == "distill":
         student = distill(configs[0], configs[1])
-        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, rank 0 writes the card (another rank's copy would not be its own)
+        if (
+            os.environ.get("RANK", "0") == "0"
+        ):  # under accelerate launch, rank 0 writes the card (another rank's copy would not be its own)
             write_card(student)
     elif command == "predict":
         predict(configs[0])
@@ -443,7 +586,10 @@ def run_stages(command: str, configs: list) -> None:
 
         metrics = active(*configs)
         if metrics:
-            print(f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one student per round)")
+            print(
+                f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one "
+                "student per round)"
+            )
     else:
         if command == "run":
             from distillery.pipeline import run
@@ -454,13 +600,18 @@ def run_stages(command: str, configs: list) -> None:
         print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
 
 
-RESUME = {"distill": "rerun with --resume to go on from the last checkpoint (--checkpoint-every N saves them)",
-          "evaluate": "rerun the same command", "export": "rerun the same command"}
+RESUME = {
+    "distill": "rerun with --resume to go on from the last checkpoint (--checkpoint-every N saves them)",
+    "evaluate": "rerun the same command",
+    "export": "rerun the same command",
+}
 
 
 def _one_line(err: BaseException) -> str:
     """The first line of an error's message; an OSError with a file name reads 'what: 'file''."""
-    if isinstance(err, OSError) and err.filename is not None:  # "[Errno 13] Permission denied: 'x'" -> "Permission denied: 'x'"
+    if (
+        isinstance(err, OSError) and err.filename is not None
+    ):  # "[Errno 13] Permission denied: 'x'" -> "Permission denied: 'x'"
         what = err.strerror or (str(err.args[0]) if err.args else type(err).__name__)
         files = f"'{err.filename}'" + (f" -> '{err.filename2}'" if err.filename2 is not None else "")
         return f"{what.splitlines()[0]}: {files}"
@@ -500,8 +651,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         traceback.print_exc()
-        print(f"distillery {args.command}: this is a bug in Distillery, not a mistake in your input or settings; please report it "
-              "with the traceback above (DISTILLERY_DEBUG=1 raises it for a debugger)", file=sys.stderr)
+        print(
+            f"distillery {args.command}: this is a bug in Distillery, not a mistake in your input or "
+            "settings; please report it "
+            "with the traceback above (DISTILLERY_DEBUG=1 raises it for a debugger)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -519,9 +674,18 @@ def reference_markdown() -> str:
         for name, f in stage_fields(command).items():
             where.setdefault(name, []).append(command)
             fields.setdefault(name, f)
-    lines = ["<!-- settings reference: generated by docs/make_reference.py from the config dataclasses; do not edit by hand -->", ""]
-    for group, (title, names) in GROUPS.items():
-        lines += [f"### {title[0].upper()}{title[1:]}", "", "| flag (YAML key) | default | subcommands | what it does |", "|---|---|---|---|"]
+    lines = [
+        "<!-- settings reference: generated by docs/make_reference.py from the config dataclasses; do not "
+        "edit by hand -->",
+        "",
+    ]
+    for title, names in GROUPS.values():
+        lines += [
+            f"### {title[0].upper()}{title[1:]}",
+            "",
+            "| flag (YAML key) | default | subcommands | what it does |",
+            "|---|---|---|---|",
+        ]
         for name in names.split():
             f = fields[name]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -6,6 +6,12 @@ from distillery.evaluation.metrics import agreement_metrics, classification_metr
 from distillery.evaluation.report import ReportData, render_report
 
 __all__ = [
-    "EvaluateConfig", "ReportData", "agreement_metrics", "classification_metrics", "evaluate",
-    "expected_calibration_error", "predict_student", "render_report",
+    "EvaluateConfig",
+    "ReportData",
+    "agreement_metrics",
+    "classification_metrics",
+    "evaluate",
+    "expected_calibration_error",
+    "predict_student",
+    "render_report",
 ]

@@ -18,9 +18,17 @@ class EvaluateConfig:
     speed_rows: int = option(128, "rows used to time student and teacher (0 = skip the teacher timing)", ge=0)
     eval_batch_size: int = option(32, "student batch size for inference", ge=1)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
-    target_agreement: float = option(0.95, "answer or defer: the lowest confidence threshold at which the student's agreement with the "
-                                           "teacher has a one-sided 95% lower bound >= this is recorded for predict --defer (0 = skip)", ge=0.0, lt=1.0)
-    push_to_hub: str = option("", "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)")
+    target_agreement: float = option(
+        0.95,
+        "answer or defer: the lowest confidence threshold at which the student's agreement with the "
+        "teacher has a one-sided 95% lower bound >= this is recorded for predict --defer (0 = skip)",
+        ge=0.0,
+        lt=1.0,
+    )
+    push_to_hub: str = option(
+        "",
+        "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

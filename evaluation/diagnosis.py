@@ -25,16 +25,29 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
     out = []
     teacher, student = metrics["teacher"], metrics["student"]
     majority, label = metrics.get("majority_accuracy"), metrics.get("majority_label")
-    rows = f"{train_summary['train_rows']} training rows, {train_summary['steps']} optimizer steps" if train_summary else "its training rows"
+    rows = (
+        f"{train_summary['train_rows']} training rows, {train_summary['steps']} optimizer steps"
+        if train_summary
+        else "its training rows"
+    )
     teacher_weak = not _above(teacher.get("ci", {}).get("accuracy"), majority)
     if teacher_weak and metrics.get("calibration", {}).get("mode") == "reviewed":
-        out.append(f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f} (always '{label}') "
-                   "even calibrated on the rows a person reviewed: its labels teach little. Try another prompt (--task) or a stronger --teacher.")
+        out.append(
+            f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline "
+            f"{majority:.4f} (always '{label}') "
+            "even calibrated on the rows a person reviewed: its labels teach little. Try another prompt "
+            "(--task) or a stronger --teacher."
+        )
     elif teacher_weak:
-        out.append(f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f} (always '{label}'): "
-                   "its labels teach little. Fit the calibration on gold rows: have a person label 200 of them ('distillery review', "
-                   "then --import their answers and rerun), or pass a few hundred with --label-column; or try another prompt (--task) "
-                   "or a stronger --teacher.")
+        out.append(
+            f"teacher: accuracy {teacher['accuracy']:.4f} is not clearly above the majority baseline "
+            f"{majority:.4f} (always '{label}'): "
+            "its labels teach little. Fit the calibration on gold rows: have a person label 200 of them "
+            "('distillery review', "
+            "then --import their answers and rerun), or pass a few hundred with --label-column; or try "
+            "another prompt (--task) "
+            "or a stronger --teacher."
+        )
     shares_t, shares_g = teacher.get("label_shares"), metrics.get("gold_shares")
     if shares_t and shares_g:
         gap = 0.5 * sum(abs(shares_t[k] - shares_g[k]) for k in shares_g)
@@ -42,46 +55,74 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
             out.append(_shares_advice(metrics.get("calibration", {}), shares_t, shares_g))
     if not _above(student.get("ci", {}).get("accuracy"), majority):
         cause = "the teacher is the likely cause (above)" if teacher_weak else f"likely too little training ({rows})"
-        out.append(f"student: accuracy {student['accuracy']:.4f} is not clearly above the majority baseline {majority:.4f}: {cause}. "
-                   "Annotate more rows (--limit 0), or run with --learning-curve to see whether more rows would pay.")
+        out.append(
+            f"student: accuracy {student['accuracy']:.4f} is not clearly above the majority baseline "
+            f"{majority:.4f}: {cause}. "
+            "Annotate more rows (--limit 0), or run with --learning-curve to see whether more rows would pay."
+        )
     for label, kept in sorted((student.get("class_f1_retention") or {}).items(), key=lambda kv: kv[1]):
         if kept < CLASS_RETENTION:
             f1_s, f1_t = student["per_class"][label]["f1"], teacher["per_class"][label]["f1"]
-            out.append(f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, under {CLASS_RETENTION}×): "
-                       f"the student is dropping it. {_dropped_advice(train_summary)}")
+            out.append(
+                f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, "
+                f"under {CLASS_RETENTION}×): "
+                f"the student is dropping it. {_dropped_advice(train_summary)}"
+            )
     if student["agreement"] < LOW_AGREEMENT:
-        out.append(f"student: it agrees with its teacher on only {student['agreement']:.1%} of the rows (κ {student['kappa']:.2f}), so it has "
-                   f"not learnt the teacher ({rows}). Give it more rows or steps (--min-steps), or check --learning-curve.")
+        out.append(
+            f"student: it agrees with its teacher on only {student['agreement']:.1%} of the rows (κ "
+            f"{student['kappa']:.2f}), so it has "
+            f"not learnt the teacher ({rows}). Give it more rows or steps (--min-steps), or check --learning-curve."
+        )
     return out
 
 
 def _dropped_advice(train_summary: dict | None) -> str:
     """What to run next for a dropped class: weights first unless the rows were weighted, else more rows of it."""
-    more_rows = ("give it more rows of that class (a larger --limit, or gold labels with --hard-labels gold where you have them) "
-                 "and compare macro-F1, not accuracy alone.")
+    more_rows = (
+        "give it more rows of that class (a larger --limit, or gold labels with --hard-labels gold where you "
+        "have them) "
+        "and compare macro-F1, not accuracy alone."
+    )
     if (train_summary or {}).get("class_weights"):
         return "It was trained with each class weighted the same; " + more_rows
-    unweighted = "Its training rows were not weighted by class (auto weights them only while the smallest class has few rows). " \
-        if train_summary is not None and "class_weights" in train_summary else ""
+    unweighted = (
+        "Its training rows were not weighted by class (auto weights them only while the smallest class has few rows). "
+        if train_summary is not None and "class_weights" in train_summary
+        else ""
+    )
     return unweighted + "Distil again with --class-weights balanced, or " + more_rows
 
 
 def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:
     """The warning for a teacher whose label shares are far from gold's, with advice that fits the mode auto chose."""
     mode, requested = calibration.get("mode", "?"), calibration.get("requested", calibration.get("mode", "?"))
-    head = f"teacher: its label shares ({_shares(shares_t)}) are far from gold's ({_shares(shares_g)}), calibration '{mode}'"
+    head = (
+        f"teacher: its label shares ({_shares(shares_t)}) are far from gold's ({_shares(shares_g)}), "
+        f"calibration '{mode}'"
+    )
     head += " (chosen by --calibrate auto). " if requested == "auto" else ". "
     if mode == "reviewed":
-        return head + ("It was fitted on the rows a person reviewed: review another round ('distillery review' adds rows it has not "
-                       "shown before) and import the answers.")
+        return head + (
+            "It was fitted on the rows a person reviewed: review another round ('distillery review' adds "
+            "rows it has not "
+            "shown before) and import the answers."
+        )
     if mode == "gold":
         fitted = calibration.get("fitted_on", "?")
-        return head + (f"It was fitted on {fitted} gold rows outside the test split: if those rows are drawn like the test rows, fit on "
-                       "more of them (--calibrate-on N); if not (another source or period), label a random sample of this data and "
-                       "pass it with --label-column.")
-    return head + ("It assumes balanced labels. Have a person label 200 rows ('distillery review', then --import their answers: "
-                   f"auto fits on them from {AUTO_MIN_GOLD}), or pass gold labels with --label-column; without either: --calibrate "
-                   "mean+gmm or content-free+gmm estimate the label prior.")
+        return head + (
+            f"It was fitted on {fitted} gold rows outside the test split: if those rows are drawn like the "
+            "test rows, fit on "
+            "more of them (--calibrate-on N); if not (another source or period), label a random sample of "
+            "this data and "
+            "pass it with --label-column."
+        )
+    return head + (
+        "It assumes balanced labels. Have a person label 200 rows ('distillery review', then --import their answers: "
+        f"auto fits on them from {AUTO_MIN_GOLD}), or pass gold labels with --label-column; without either: "
+        "--calibrate "
+        "mean+gmm or content-free+gmm estimate the label prior."
+    )
 
 
 def _shares(shares: dict) -> str:

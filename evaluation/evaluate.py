@@ -19,20 +19,25 @@ import yaml
 
 from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.annotate.config import AnnotateConfig
+from distillery.core.errors import UserError
 from distillery.core.models import parameter_count, pick_device, resolve_model
 from distillery.core.registry import teacher_backends
 from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
-from distillery.evaluation.metrics import agreement_metrics, bootstrap_intervals, class_retention, classification_metrics
-from distillery.evaluation.review import review_metrics
+from distillery.evaluation.metrics import (
+    agreement_metrics,
+    bootstrap_intervals,
+    class_retention,
+    classification_metrics,
+)
 from distillery.evaluation.report import ReportData, plot_confusion, plot_reliability, render_report
+from distillery.evaluation.review import review_metrics
 from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
 from distillery.serve.card import push_to_hub
 from distillery.serve.defer import plot_coverage
 from distillery.serve.student import predict_probabilities as predict_student
-from distillery.core.errors import UserError
 
 __all__ = ["evaluate", "predict_student", "size_on_disk", "student_names"]
 
@@ -54,7 +59,10 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     teacher.score(texts[:rows])  # warm-up
 
     def score_all():  # batched as annotate batches them, tokenization included
-        return [teacher.score([texts[i] for i in batch]) for batch in teacher_batches(teacher.prompt_lengths(texts), rows, tokens)]
+        return [
+            teacher.score([texts[i] for i in batch])
+            for batch in teacher_batches(teacher.prompt_lengths(texts), rows, tokens)
+        ]
 
     seconds, _ = _time(score_all)
     params = parameter_count(teacher.scorer.model)[1] if hasattr(teacher, "scorer") else None
@@ -69,7 +77,9 @@ def student_names(paths: list[str]) -> dict[str, str]:
     unique: dict[Path, str] = {}
     for path in paths:
         unique.setdefault(Path(path).resolve(), path)
-    parts = [p.relative_to(p.anchor).parts for p in unique]  # never the machine's root: the names go into shared reports
+    parts = [
+        p.relative_to(p.anchor).parts for p in unique
+    ]  # never the machine's root: the names go into shared reports
     for depth in range(1, max(len(p) for p in parts) + 1):
         names = ["/".join(p[-depth:]) for p in parts]
         if len(set(names)) == len(names) and "teacher" not in names:  # "teacher" is the teacher's row
@@ -92,8 +102,14 @@ def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_si
     for path in [*parts, student] if parts else []:
         pred = load_student(path, device).probabilities(texts, batch_size).argmax(1)
         summary = json.loads((path / "train_summary.json").read_text())
-        points.append({"train_rows": summary["train_rows"] + summary["val_rows"], "steps": summary["steps"],
-                       "accuracy": float((pred == gold).mean()) if gold is not None else None, "agreement": float((pred == teacher_pred).mean())})
+        points.append(
+            {
+                "train_rows": summary["train_rows"] + summary["val_rows"],
+                "steps": summary["steps"],
+                "accuracy": float((pred == gold).mean()) if gold is not None else None,
+                "agreement": float((pred == teacher_pred).mean()),
+            }
+        )
     return sorted(points, key=lambda p: p["train_rows"])
 
 
@@ -131,7 +147,13 @@ class EvalRows:
     def vs_gold(self, probs: np.ndarray) -> dict:
         if self.gold is not None:
             return classification_metrics(probs, self.gold, self.labels)
-        return {"accuracy": None, "macro_f1": None, "ece": None, "confusion": None, "per_class": {lab: {"f1": None} for lab in self.labels}}
+        return {
+            "accuracy": None,
+            "macro_f1": None,
+            "ece": None,
+            "confusion": None,
+            "per_class": {lab: {"f1": None} for lab in self.labels},
+        }
 
 
 def _evaluate(cfg: EvaluateConfig) -> dict:
@@ -157,14 +179,28 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     plot_coverage(defer["curve"], defer["picked"], defer["target"], out / "coverage.png")
     students = list(named.values())
     metrics = {
-        "labels": data.labels, "split": cfg.eval_split, "rows": len(data.rows), "rows_failed": data.n_failed,
-        "majority_label": majority, "majority_accuracy": majority_acc, "calibration": manifest.get("calibration", {}),
-        "gold_shares": {lab: float((data.gold == i).mean()) for i, lab in enumerate(data.labels)} if data.gold is not None else None,
-        "teacher": models["teacher"], "student": models[first], "students": {k: v for k, v in models.items() if k != "teacher"},
-        "agreement": models[first]["agreement"], "kappa": models[first]["kappa"], "retention": models[first]["retention"],
-        "macro_f1_retention": models[first]["macro_f1_retention"], "worst_class": models[first]["worst_class"],
+        "labels": data.labels,
+        "split": cfg.eval_split,
+        "rows": len(data.rows),
+        "rows_failed": data.n_failed,
+        "majority_label": majority,
+        "majority_accuracy": majority_acc,
+        "calibration": manifest.get("calibration", {}),
+        "gold_shares": {lab: float((data.gold == i).mean()) for i, lab in enumerate(data.labels)}
+        if data.gold is not None
+        else None,
+        "teacher": models["teacher"],
+        "student": models[first],
+        "students": {k: v for k, v in models.items() if k != "teacher"},
+        "agreement": models[first]["agreement"],
+        "kappa": models[first]["kappa"],
+        "retention": models[first]["retention"],
+        "macro_f1_retention": models[first]["macro_f1_retention"],
+        "worst_class": models[first]["worst_class"],
         "worst_class_retention": models[first]["worst_class_retention"],
-        "learning_curve": learning_curve(Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device),
+        "learning_curve": learning_curve(
+            Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device
+        ),
     }
     metrics["review"] = review_metrics(out, data, named, device, cfg.eval_batch_size)
     summary_path = Path(students[0]) / "train_summary.json"
@@ -173,10 +209,23 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
     write_text(out / "evaluate_config.yaml", config_text)
     report = ReportData(
-        task=manifest["task"]["name"], teacher=manifest["teacher"], split=cfg.eval_split, n_rows=len(data.rows), n_failed=data.n_failed,
-        labels=data.labels, majority_label=majority, majority_accuracy=majority_acc, models=models, speed_rows=len(texts[: cfg.speed_rows]),
-        device=str(device), plots=plots, config=config_text, warnings=metrics["warnings"], learning_curve=metrics["learning_curve"],
-        defer=defer, review=metrics["review"],
+        task=manifest["task"]["name"],
+        teacher=manifest["teacher"],
+        split=cfg.eval_split,
+        n_rows=len(data.rows),
+        n_failed=data.n_failed,
+        labels=data.labels,
+        majority_label=majority,
+        majority_accuracy=majority_acc,
+        models=models,
+        speed_rows=len(texts[: cfg.speed_rows]),
+        device=str(device),
+        plots=plots,
+        config=config_text,
+        warnings=metrics["warnings"],
+        learning_curve=metrics["learning_curve"],
+        defer=defer,
+        review=metrics["review"],
     )
     write_text(out / "report.md", render_report(report))
     for name, path in named.items():  # each student's card and distillery_student.json get its own row
@@ -193,17 +242,24 @@ def eval_rows(cfg: EvaluateConfig, frame: pd.DataFrame, manifest: dict) -> EvalR
     n_failed = int((rows["error_type"] != "").sum())
     rows = rows[rows["error_type"] == ""]
     if len(rows) == 0:
-        raise UserError(f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction > 0 or pass --eval-split all")
+        raise UserError(
+            f"evaluate: expected annotated {cfg.eval_split} rows; found none; annotate with --test-fraction "
+            "> 0 or pass --eval-split all"
+        )
     n_gold = int((rows["gold"] != "").sum())
     if 0 < n_gold < len(rows):
-        raise UserError(f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of {len(rows)}; fix the label column")
+        raise UserError(
+            f"evaluate: expected gold labels on every {cfg.eval_split} row or on none; found {n_gold} of "
+            f"{len(rows)}; fix the label column"
+        )
     label_id = {lab: i for i, lab in enumerate(labels)}
     gold = rows["gold"].map(label_id).to_numpy() if n_gold else None  # without gold: agreement, κ and speed only
     return EvalRows(frame, rows, labels, n_failed, gold, teacher_probabilities(rows, labels))
 
 
 def teacher_metrics(data: EvalRows, manifest: dict, speed_texts: list[str]) -> dict:
-    """The teacher against gold, its size, and its speed (a local teacher timed again; a hosted one: its annotation speed)."""
+    """The teacher against gold, its size, and its speed (a local teacher timed again; a hosted one: its annotation
+    speed)."""
     m = data.vs_gold(data.teacher_probs)
     m.update(size_bytes=size_on_disk(resolve_model(manifest["teacher"])))
     backend = manifest["config"].get("backend", "local")
@@ -228,7 +284,12 @@ def student_metrics(cfg: EvaluateConfig, data: EvalRows, path: str, device, teac
     m["retention"] = m["accuracy"] / teacher["accuracy"] if data.gold is not None and teacher["accuracy"] else None
     m.update(class_retention(m, teacher))  # macro-F1 and the worst class's F1, student ÷ teacher
     ci = bootstrap_intervals(teacher_pred, probs.argmax(1), data.gold, len(data.labels))
-    m["ci"] = {"accuracy": ci.get("student_accuracy"), "agreement": ci["agreement"], "kappa": ci["kappa"], "retention": ci.get("retention")}
+    m["ci"] = {
+        "accuracy": ci.get("student_accuracy"),
+        "agreement": ci["agreement"],
+        "kappa": ci["kappa"],
+        "retention": ci.get("retention"),
+    }
     teacher.setdefault("ci", {"accuracy": ci.get("teacher_accuracy")})
     m["defer"] = answer_or_defer(probs, teacher_pred, data.gold, cfg.target_agreement)
     speed_texts = texts[: cfg.speed_rows]
@@ -238,8 +299,12 @@ def student_metrics(cfg: EvaluateConfig, data: EvalRows, path: str, device, teac
         m["rows_per_s"] = len(speed_texts) / seconds
         if teacher.get("rows_per_s"):
             m["speedup"] = m["rows_per_s"] / teacher["rows_per_s"]
-    m.update(parameters=student.parameters, size_bytes=size_on_disk(path), batch_size=cfg.eval_batch_size,
-             evaluated_base=student.evaluated_base)
+    m.update(
+        parameters=student.parameters,
+        size_bytes=size_on_disk(path),
+        batch_size=cfg.eval_batch_size,
+        evaluated_base=student.evaluated_base,
+    )
     return m
 
 
@@ -269,7 +334,11 @@ def answer_or_defer(probs: np.ndarray, teacher_pred: np.ndarray, gold: np.ndarra
     confidence, pred = probs.max(1), probs.argmax(1)
     agree = pred == teacher_pred
     picked = pick_threshold(confidence, agree, target) if target else None
-    return {"target": target or None, "picked": picked, "curve": coverage_curve(confidence, agree, None if gold is None else pred == gold)}
+    return {
+        "target": target or None,
+        "picked": picked,
+        "curve": coverage_curve(confidence, agree, None if gold is None else pred == gold),
+    }
 
 
 def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) -> None:
@@ -280,9 +349,26 @@ def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) ->
         return
     teacher = metrics["teacher"]
     meta.evaluation = {
-        "split": metrics["split"], "rows": metrics["rows"], "majority_accuracy": metrics["majority_accuracy"],
-        "teacher_accuracy": teacher["accuracy"], "teacher_macro_f1": teacher["macro_f1"], "teacher_ci": teacher.get("ci", {}).get("accuracy"),
-        **{k: m.get(k) for k in ("accuracy", "macro_f1", "agreement", "kappa", "retention", "ci", "rows_per_s", "speedup", "batch_size")},
+        "split": metrics["split"],
+        "rows": metrics["rows"],
+        "majority_accuracy": metrics["majority_accuracy"],
+        "teacher_accuracy": teacher["accuracy"],
+        "teacher_macro_f1": teacher["macro_f1"],
+        "teacher_ci": teacher.get("ci", {}).get("accuracy"),
+        **{
+            k: m.get(k)
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "agreement",
+                "kappa",
+                "retention",
+                "ci",
+                "rows_per_s",
+                "speedup",
+                "batch_size",
+            )
+        },
         "device": device,
     }
     picked = m["defer"]["picked"]

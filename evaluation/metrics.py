@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
-__all__ = ["agreement_metrics", "bootstrap_intervals", "class_retention", "classification_metrics", "expected_calibration_error", "stratified_accuracy"]
+__all__ = [
+    "agreement_metrics",
+    "bootstrap_intervals",
+    "class_retention",
+    "classification_metrics",
+    "expected_calibration_error",
+    "stratified_accuracy",
+]
 
 
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> float:
@@ -31,8 +44,15 @@ def reliability_bins(probs: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> l
     """The reliability diagram's points: per non-empty confidence bin, mean confidence, accuracy and rows."""
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == gold
     bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    return [{"confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()), "rows": int((bins == b).sum())}
-            for b in range(n_bins) if (bins == b).any()]
+    return [
+        {
+            "confidence": float(confidence[bins == b].mean()),
+            "accuracy": float(correct[bins == b].mean()),
+            "rows": int((bins == b).sum()),
+        }
+        for b in range(n_bins)
+        if (bins == b).any()
+    ]
 
 
 def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str]) -> dict:
@@ -45,7 +65,10 @@ def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str
         "macro_f1": float(f1_score(gold, pred, labels=ids, average="macro", zero_division=0)),
         "ece": expected_calibration_error(probs, gold),
         "reliability": reliability_bins(probs, gold),
-        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])} for i, lab in enumerate(labels)},
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, lab in enumerate(labels)
+        },
         "confusion": confusion_matrix(gold, pred, labels=ids).tolist(),
     }
 
@@ -56,11 +79,22 @@ def class_retention(student: dict, teacher: dict) -> dict:
     A class the teacher never gets right (F1 0) has no retention; ``None`` everywhere without gold.
     """
     if student.get("macro_f1") is None or not teacher.get("macro_f1"):
-        return {"macro_f1_retention": None, "class_f1_retention": None, "worst_class": None, "worst_class_retention": None}
-    per_class = {lab: student["per_class"][lab]["f1"] / t["f1"] for lab, t in teacher["per_class"].items() if t["f1"] > 0}
+        return {
+            "macro_f1_retention": None,
+            "class_f1_retention": None,
+            "worst_class": None,
+            "worst_class_retention": None,
+        }
+    per_class = {
+        lab: student["per_class"][lab]["f1"] / t["f1"] for lab, t in teacher["per_class"].items() if t["f1"] > 0
+    }
     worst = min(per_class, key=per_class.get) if per_class else None
-    return {"macro_f1_retention": student["macro_f1"] / teacher["macro_f1"], "class_f1_retention": per_class,
-            "worst_class": worst, "worst_class_retention": per_class.get(worst)}
+    return {
+        "macro_f1_retention": student["macro_f1"] / teacher["macro_f1"],
+        "class_f1_retention": per_class,
+        "worst_class": worst,
+        "worst_class_retention": per_class.get(worst),
+    }
 
 
 def agreement_metrics(student_pred: np.ndarray, teacher_pred: np.ndarray, n_labels: int) -> dict:
@@ -81,8 +115,15 @@ def _kappa(a: np.ndarray, b: np.ndarray, n_labels: int) -> float:
     return 0.0 if expected == 1 else float((np.trace(joint) - expected) / (1 - expected))
 
 
-def bootstrap_intervals(teacher_pred: np.ndarray, student_pred: np.ndarray, gold: np.ndarray | None, n_labels: int,
-                        resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+def bootstrap_intervals(
+    teacher_pred: np.ndarray,
+    student_pred: np.ndarray,
+    gold: np.ndarray | None,
+    n_labels: int,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """Percentile bootstrap intervals of a student's metrics, resampling rows (paired).
 
     Every resample draws the same rows for teacher, student and gold, so retention (student
@@ -117,7 +158,9 @@ def bootstrap_intervals(teacher_pred: np.ndarray, student_pred: np.ndarray, gold
     return {k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))] for k, v in draws.items()}
 
 
-def stratified_accuracy(correct: np.ndarray, sample_strata: np.ndarray, population_strata: np.ndarray, z: float = 1.96) -> dict:
+def stratified_accuracy(
+    correct: np.ndarray, sample_strata: np.ndarray, population_strata: np.ndarray, z: float = 1.96
+) -> dict:
     """Accuracy over a population estimated from a sample, post-stratified, with a 95% interval.
 
     Args:
@@ -146,5 +189,10 @@ def stratified_accuracy(correct: np.ndarray, sample_strata: np.ndarray, populati
         estimate += w * x.mean()
         variance += w**2 * p_adj * (1 - p_adj) / n * max(0.0, 1 - n / N)
     half = z * np.sqrt(variance)
-    return {"estimate": float(estimate), "low": float(max(0.0, estimate - half)), "high": float(min(1.0, estimate + half)),
-            "rows": int(len(correct)), "covered": float(total / len(population_strata))}
+    return {
+        "estimate": float(estimate),
+        "low": float(max(0.0, estimate - half)),
+        "high": float(min(1.0, estimate + half)),
+        "rows": int(len(correct)),
+        "covered": float(total / len(population_strata)),
+    }

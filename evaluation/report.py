@@ -90,29 +90,62 @@ def render_report(data: ReportData) -> str:
     students = {k: v for k, v in data.models.items() if k != "teacher"}
     t_ci = teacher.get("ci", {}).get("accuracy")
     headline = markdown_table(
-        ["student", "teacher acc", "student acc", "agreement", "κ", "retention", "macro-F1 ret.", "worst class F1 ret.", "speed-up"],
-        [[name, with_ci(teacher["accuracy"], t_ci), *[with_ci(m[k], m.get("ci", {}).get(k)) for k in ("accuracy", "agreement", "kappa", "retention")],
-          with_ci(m.get("macro_f1_retention"), None),
-          with_ci(m.get("worst_class_retention"), None) + (f" ({m['worst_class']})" if m.get("worst_class") else ""),
-          None if m.get("speedup") is None else f"{m['speedup']:.1f}×"] for name, m in students.items()],
+        [
+            "student",
+            "teacher acc",
+            "student acc",
+            "agreement",
+            "κ",
+            "retention",
+            "macro-F1 ret.",
+            "worst class F1 ret.",
+            "speed-up",
+        ],
+        [
+            [
+                name,
+                with_ci(teacher["accuracy"], t_ci),
+                *[with_ci(m[k], m.get("ci", {}).get(k)) for k in ("accuracy", "agreement", "kappa", "retention")],
+                with_ci(m.get("macro_f1_retention"), None),
+                with_ci(m.get("worst_class_retention"), None)
+                + (f" ({m['worst_class']})" if m.get("worst_class") else ""),
+                None if m.get("speedup") is None else f"{m['speedup']:.1f}×",
+            ]
+            for name, m in students.items()
+        ],
     )
-    warnings = "\n".join(f"- **Warning** – {w}" for w in data.warnings) or "No warnings: teacher and student are clearly above the majority baseline and agree."
+    warnings = (
+        "\n".join(f"- **Warning** – {w}" for w in data.warnings)
+        or "No warnings: teacher and student are clearly above the majority baseline and agree."
+    )
     curve = "Not computed (`distillery distill --learning-curve` trains students on 25% and 50% of the rows)."
     if data.learning_curve:
-        curve = markdown_table(["training rows", "optimizer steps", "student accuracy", "agreement with teacher"],
-                               [[p["train_rows"], p["steps"], p["accuracy"], p["agreement"]] for p in data.learning_curve])
+        curve = markdown_table(
+            ["training rows", "optimizer steps", "student accuracy", "agreement with teacher"],
+            [[p["train_rows"], p["steps"], p["accuracy"], p["agreement"]] for p in data.learning_curve],
+        )
     defer = "Not computed."
     if data.defer:
         picked, target = data.defer["picked"], data.defer["target"]
         if picked:
-            defer = (f"At confidence ≥ **{picked['threshold']:.4f}** the student answers **{picked['coverage']:.1%}** of the rows "
-                     f"with agreement {picked['agreement']:.4f}; its one-sided 95% lower bound {picked['lower_bound']:.4f} meets the "
-                     f"target {target:g}, so {picked['coverage']:.1%} of teacher calls are saved. `distillery predict --defer` "
-                     "marks the other rows for the teacher.")
+            defer = (
+                f"At confidence ≥ **{picked['threshold']:.4f}** the student answers "
+                f"**{picked['coverage']:.1%}** of the rows "
+                f"with agreement {picked['agreement']:.4f}; its one-sided 95% lower bound "
+                f"{picked['lower_bound']:.4f} meets the "
+                f"target {target:g}, so {picked['coverage']:.1%} of teacher calls are saved. `distillery "
+                "predict --defer` "
+                "marks the other rows for the teacher."
+            )
         elif target:
-            defer = f"No threshold reaches agreement {target:g} with 95% confidence on these rows: defer every row, or lower the target."
-        defer += "\n\n" + markdown_table(["threshold", "answered", "agreement", "accuracy (gold)"],
-                                          [[p["threshold"], p["coverage"], p["agreement"], p["accuracy"]] for p in data.defer["curve"][::4]])
+            defer = (
+                f"No threshold reaches agreement {target:g} with 95% confidence on these rows: defer "
+                "every row, or lower the target."
+            )
+        defer += "\n\n" + markdown_table(
+            ["threshold", "answered", "agreement", "accuracy (gold)"],
+            [[p["threshold"], p["coverage"], p["agreement"], p["accuracy"]] for p in data.defer["curve"][::4]],
+        )
         defer += "\n\n![coverage](coverage.png)"
     quality = markdown_table(
         ["model", "accuracy", "majority baseline", "macro-F1", "ECE"],
@@ -124,44 +157,104 @@ def render_report(data: ReportData) -> str:
     )
     speed = markdown_table(
         ["model", "rows/s", "batch", "parameters", "size on disk (MB)", "evaluated as"],
-        [[name, m.get("rows_per_s"), m.get("batch_size"), m.get("parameters"),
-          None if m.get("size_bytes") is None else m["size_bytes"] / 1e6, m.get("evaluated_base")] for name, m in data.models.items()],
+        [
+            [
+                name,
+                m.get("rows_per_s"),
+                m.get("batch_size"),
+                m.get("parameters"),
+                None if m.get("size_bytes") is None else m["size_bytes"] / 1e6,
+                m.get("evaluated_base"),
+            ]
+            for name, m in data.models.items()
+        ],
     )
     if data.majority_label is None:
         baseline = "No gold labels: accuracy, F1 and ECE are unavailable; agreement and κ compare student and teacher."
     else:
-        baseline = f"Majority-class baseline (always `{data.majority_label}`): accuracy **{_fmt(data.majority_accuracy)}**."
+        baseline = (
+            f"Majority-class baseline (always `{data.majority_label}`): accuracy **{_fmt(data.majority_accuracy)}**."
+        )
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     review = review_section(data.review)
     return TEMPLATE.read_text().format(
-        task=data.task, teacher=shareable_name(data.teacher), teacher_params=_params(teacher.get("parameters")), n_rows=data.n_rows,
-        split=data.split, n_failed=data.n_failed, baseline=baseline, headline=headline, review=review, warnings=warnings, curve=curve, defer=defer, quality=quality, per_class=per_class,
-        speed_rows=data.speed_rows, device=data.device, speed=speed, plots=plots, config=shareable_config(data.config).rstrip(),
+        task=data.task,
+        teacher=shareable_name(data.teacher),
+        teacher_params=_params(teacher.get("parameters")),
+        n_rows=data.n_rows,
+        split=data.split,
+        n_failed=data.n_failed,
+        baseline=baseline,
+        headline=headline,
+        review=review,
+        warnings=warnings,
+        curve=curve,
+        defer=defer,
+        quality=quality,
+        per_class=per_class,
+        speed_rows=data.speed_rows,
+        device=data.device,
+        speed=speed,
+        plots=plots,
+        config=shareable_config(data.config).rstrip(),
     )
 
 
 def review_section(review: dict | None) -> str:
     """The report's "Human review" section: estimates from the random part, errors found by the doubtful part."""
     if not review:
-        return "No human labels yet: `distillery review --out OUT` writes a queue of 200 rows to label (docs/usage.md, \"Get gold labels\")."
-    lines = [f"{review['reviewed_rows']} rows reviewed by a person; the review found **{review['teacher_errors_found']}** teacher errors."
-             + (f" {review['other_rows']} of them were labelled outside a review queue: they count for calibration and training, "
-                "not for the estimates below." if review.get("other_rows") else "")]
+        return (
+            "No human labels yet: `distillery review --out OUT` writes a queue of 200 rows to label "
+            '(docs/usage.md, "Get gold labels").'
+        )
+    lines = [
+        f"{review['reviewed_rows']} rows reviewed by a person; the review found "
+        f"**{review['teacher_errors_found']}** teacher errors."
+        + (
+            f" {review['other_rows']} of them were labelled outside a review queue: they count for "
+            "calibration and training, "
+            "not for the estimates below."
+            if review.get("other_rows")
+            else ""
+        )
+    ]
     random, doubtful = review["random"], review["doubtful"]
     if random:
-        lines += ["", f"**Random part** ({review['random_rows']} evaluation rows drawn at random, stratified by the teacher's label): "
-                  "accuracy against the person, post-stratified, with 95% intervals.", "",
-                  markdown_table(["model", "accuracy (95% interval)", "rows", "test rows covered"],
-                                 [[name, f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}]", m["rows"], f"{m['covered']:.0%}"]
-                                  for name, m in random.items() if isinstance(m, dict)])]
+        lines += [
+            "",
+            f"**Random part** ({review['random_rows']} evaluation rows drawn at random, stratified by the "
+            "teacher's label): "
+            "accuracy against the person, post-stratified, with 95% intervals.",
+            "",
+            markdown_table(
+                ["model", "accuracy (95% interval)", "rows", "test rows covered"],
+                [
+                    [name, f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}]", m["rows"], f"{m['covered']:.0%}"]
+                    for name, m in random.items()
+                    if isinstance(m, dict)
+                ],
+            ),
+        ]
         if next(m for m in random.values() if isinstance(m, dict))["covered"] < 1:
-            lines += ["", "Some of the teacher's labels have no reviewed random row: the estimate speaks for the test rows it covers only."]
+            lines += [
+                "",
+                "Some of the teacher's labels have no reviewed random row: the estimate speaks for the test "
+                "rows it covers only.",
+            ]
     if doubtful:
-        lines += ["", f"**Doubtful part** ({review['doubtful_rows']} training rows picked as likely teacher errors): "
-                  f"{doubtful['teacher_errors_found']} were errors ({doubtful['errors_per_row']:.1%} of the rows"
-                  + (f"; random rows: {random['errors_per_row']:.1%}" if random else "") + "). Accuracy against the person there "
-                  "(a student distilled after the import trained on these rows with the person's labels: in-sample for it):", "",
-                  markdown_table(["model", "accuracy", "rows"], [[name, m["accuracy"], m["rows"]] for name, m in doubtful.items() if isinstance(m, dict)])]
+        lines += [
+            "",
+            f"**Doubtful part** ({review['doubtful_rows']} training rows picked as likely teacher errors): "
+            f"{doubtful['teacher_errors_found']} were errors ({doubtful['errors_per_row']:.1%} of the rows"
+            + (f"; random rows: {random['errors_per_row']:.1%}" if random else "")
+            + "). Accuracy against the person there "
+            "(a student distilled after the import trained on these rows with the person's labels: in-sample for it):",
+            "",
+            markdown_table(
+                ["model", "accuracy", "rows"],
+                [[name, m["accuracy"], m["rows"]] for name, m in doubtful.items() if isinstance(m, dict)],
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -176,7 +269,12 @@ def plot_reliability(models: dict, path: Path) -> None:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
     for name, m in models.items():
         points = m.get("reliability") or []
-        ax.plot([p["confidence"] for p in points], [p["accuracy"] for p in points], marker="o", label=f"{name} (ECE {m['ece']:.3f})")
+        ax.plot(
+            [p["confidence"] for p in points],
+            [p["accuracy"] for p in points],
+            marker="o",
+            label=f"{name} (ECE {m['ece']:.3f})",
+        )
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -188,7 +286,9 @@ def plot_reliability(models: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, ylabel: str, xlabel: str, path: Path) -> None:
+def plot_confusion(
+    matrix: list[list[int]], labels: list[str], title: str, ylabel: str, xlabel: str, path: Path
+) -> None:
     """Save one confusion matrix as a PNG."""
     import matplotlib
 

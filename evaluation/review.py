@@ -33,7 +33,9 @@ def review_metrics(out, data, students: dict, device, batch_size: int) -> dict |
     students = {name: load_student(path, device) for name, path in students.items()}
     labels = data.labels
     queue = read_queue(out)
-    other = sorted(set(human) - set(queue["id"]) & set(data.frame["id"]))  # labelled without being queued: no part of an estimate
+    other = sorted(
+        set(human) - set(queue["id"]) & set(data.frame["id"])
+    )  # labelled without being queued: no part of an estimate
     queue = queue[queue["id"].isin(human.keys())]
     frame = data.frame.set_index("id")
     current = dict(zip(data.frame["id"], data.frame["teacher_label"]))
@@ -41,8 +43,14 @@ def review_metrics(out, data, students: dict, device, batch_size: int) -> dict |
     random = queue[(queue["part"] == "random") & queue["id"].isin(eval_ids)]
     doubtful = queue[queue["part"] == "doubtful"]
     strata = np.array([labels[i] for i in data.teacher_probs.argmax(1)])
-    result = {"reviewed_rows": len(queue) + len(other), "random_rows": len(random), "doubtful_rows": len(doubtful), "other_rows": len(other),
-              "random": {}, "doubtful": {}}
+    result = {
+        "reviewed_rows": len(queue) + len(other),
+        "random_rows": len(random),
+        "doubtful_rows": len(doubtful),
+        "other_rows": len(other),
+        "random": {},
+        "doubtful": {},
+    }
     for part, rows in (("random", random), ("doubtful", doubtful)):
         if rows.empty:
             continue
@@ -57,9 +65,12 @@ def review_metrics(out, data, students: dict, device, batch_size: int) -> dict |
             predictions[name] = np.array(student.labels)[student.probabilities(texts, batch_size).argmax(1)]
         for name, pred in predictions.items():
             if part == "random":
-                result[part][name] = stratified_accuracy(pred == gold, np.array([current[i] for i in rows["id"]]), strata)
+                result[part][name] = stratified_accuracy(
+                    pred == gold, np.array([current[i] for i in rows["id"]]), strata
+                )
             else:
                 result[part][name] = {"accuracy": float((pred == gold).mean()), "rows": len(rows)}
-    result["teacher_errors_found"] = sum(result[p].get("teacher_errors_found", 0) for p in ("random", "doubtful")) + \
-        sum(1 for i in other if current[i] != human[i])
+    result["teacher_errors_found"] = sum(
+        result[p].get("teacher_errors_found", 0) for p in ("random", "doubtful")
+    ) + sum(1 for i in other if current[i] != human[i])
     return result

@@ -20,13 +20,27 @@ class ReviewConfig:
 
     out: str = option("data/runs/demo", "run directory: reads OUT/annotations and OUT/student, writes OUT/review/")
     annotations: str = option("", "annotations dir (default OUT/annotations)")
-    student: str = option("", "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
-                              "without one, the teacher's margin alone)")
-    review_rows: int = option(200, "rows in a new review queue (a second call adds this many rows, never the same ones)", ge=1)
-    random_share: float = option(0.5, "share of the queue drawn at random from the evaluation (test) rows, stratified by the teacher's "
-                                      "label; the rest are doubtful training rows", ge=0.0, le=1.0)
-    import_file: str = option("", "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
-                                  "(JSON, nested or flat) or the queue CSV with its label column filled", flag="--import")
+    student: str = option(
+        "",
+        "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
+        "without one, the teacher's margin alone)",
+    )
+    review_rows: int = option(
+        200, "rows in a new review queue (a second call adds this many rows, never the same ones)", ge=1
+    )
+    random_share: float = option(
+        0.5,
+        "share of the queue drawn at random from the evaluation (test) rows, stratified by the teacher's "
+        "label; the rest are doubtful training rows",
+        ge=0.0,
+        le=1.0,
+    )
+    import_file: str = option(
+        "",
+        "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
+        "(JSON, nested or flat) or the queue CSV with its label column filled",
+        flag="--import",
+    )
     seed: int = option(0, "seed for sampling, the train/test split and training", ge=0, le=SEED_MAX)
     device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
 

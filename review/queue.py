@@ -76,7 +76,13 @@ def label_issues(embeddings: np.ndarray, teacher_ids: np.ndarray, seed: int) -> 
     if folds < 2 or (counts > 0).sum() < 2:
         return None
     model = LogisticRegression(max_iter=1000)
-    oof = cross_val_predict(model, embeddings, teacher_ids, cv=StratifiedKFold(folds, shuffle=True, random_state=seed), method="predict_proba")
+    oof = cross_val_predict(
+        model,
+        embeddings,
+        teacher_ids,
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        method="predict_proba",
+    )
     present = np.flatnonzero(counts > 0)
     full = np.zeros((len(teacher_ids), len(counts)))
     full[:, present] = oof
@@ -91,16 +97,27 @@ def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], pr
 
     path = Path(cfg.student or Path(cfg.out) / "student")
     if cfg.student and not (path / "distillery_student.json").is_file():
-        raise UserError(f"--student: expected a student folder distill wrote (with distillery_student.json); found none in '{path}'; "
-                        "pass the right folder, or leave --student out (OUT/student, or the teacher's margin alone without one)")
+        raise UserError(
+            "--student: expected a student folder distill wrote (with distillery_student.json); found none "
+            f"in '{path}'; "
+            "pass the right folder, or leave --student out (OUT/student, or the teacher's margin alone without one)"
+        )
     if not (path / "distillery_student.json").is_file():
-        return None, None, "the teacher's margin (no student yet: distill first to add cleanlab's label issues on its embeddings)"
+        return (
+            None,
+            None,
+            "the teacher's margin (no student yet: distill first to add cleanlab's label issues on its embeddings)",
+        )
     student = load_student(path, pick_device(cfg.device))
     if student.labels != labels:
         return None, None, f"the teacher's margin ({path} is a student for other labels)"
     print(f"review: reading {len(rows)} training rows with the student ({path.name})")
     if student.session is not None:  # ONNX: predictions only
-        return student.probabilities(rows["text"].tolist()).argmax(1), None, "the teacher's margin (an ONNX student gives no embeddings for cleanlab)"
+        return (
+            student.probabilities(rows["text"].tolist()).argmax(1),
+            None,
+            "the teacher's margin (an ONNX student gives no embeddings for cleanlab)",
+        )
     student_probs, embeddings = student.embeddings(rows["text"].tolist())
     issues = label_issues(embeddings, probs.argmax(1), cfg.seed)
     used = "the teacher's margin" + (" and cleanlab's label issues" if issues is not None else "")
@@ -110,25 +127,54 @@ def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], pr
 def label_config(labels: list[str]) -> str:
     """The Label Studio labeling interface for the queue: the text and one choice per label."""
     choices = "\n".join(f"    <Choice value={quoteattr(lab)}/>" for lab in labels)
-    return (f'<View>\n  <Text name="text" value="$text"/>\n  <Choices name="label" toName="text" choice="single" showInline="true">\n'
-            f"{choices}\n  </Choices>\n</View>\n")
+    return (
+        '<View>\n  <Text name="text" value="$text"/>\n  <Choices name="label" toName="text" choice="single" '
+        'showInline="true">\n'
+        f"{choices}\n  </Choices>\n</View>\n"
+    )
 
 
 def _label_studio(picked: pd.DataFrame) -> list[dict]:
     """Label Studio tasks, the teacher's label as a prediction with its probability as the score."""
-    return [{"data": {"text": r.text, "distillery_id": r.id, "part": r.part, "reasons": r.reasons},
-             "predictions": [{"model_version": "distillery-teacher", "score": float(r.teacher_score),
-                              "result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                          "value": {"choices": [r.teacher_label]}}]}]}
-            for r in picked.itertuples()]
+    return [
+        {
+            "data": {"text": r.text, "distillery_id": r.id, "part": r.part, "reasons": r.reasons},
+            "predictions": [
+                {
+                    "model_version": "distillery-teacher",
+                    "score": float(r.teacher_score),
+                    "result": [
+                        {
+                            "from_name": "label",
+                            "to_name": "text",
+                            "type": "choices",
+                            "value": {"choices": [r.teacher_label]},
+                        }
+                    ],
+                }
+            ],
+        }
+        for r in picked.itertuples()
+    ]
 
 
 def _argilla(picked: pd.DataFrame, round_no: int) -> list[dict]:
-    """Argilla records (as ``dataset.records.to_json`` writes them): the teacher's label as a suggestion with its score."""
-    return [{"id": r.id, "fields": {"text": r.text}, "metadata": {"part": r.part, "round": round_no, "reasons": r.reasons},
-             "suggestions": {"label": {"value": r.teacher_label, "score": float(r.teacher_score), "agent": "distillery-teacher"}},
-             "responses": {}, "vectors": {}, "status": "pending"}
-            for r in picked.itertuples()]
+    """Argilla records (as ``dataset.records.to_json`` writes them): the teacher's label as a suggestion with its
+    score."""
+    return [
+        {
+            "id": r.id,
+            "fields": {"text": r.text},
+            "metadata": {"part": r.part, "round": round_no, "reasons": r.reasons},
+            "suggestions": {
+                "label": {"value": r.teacher_label, "score": float(r.teacher_score), "agent": "distillery-teacher"}
+            },
+            "responses": {},
+            "vectors": {},
+            "status": "pending",
+        }
+        for r in picked.itertuples()
+    ]
 
 
 def owned(folder: Path, names: list[str]) -> None:
@@ -138,11 +184,16 @@ def owned(folder: Path, names: list[str]) -> None:
         guard_files(folder, names)
     except ForeignFiles:
         foreign = ", ".join(n for n in names if (folder / n).exists())
-        raise UserError(f"{folder} holds {foreign}, which distillery did not write; move it elsewhere and run 'distillery review' again") from None
+        raise UserError(
+            f"{folder} holds {foreign}, which distillery did not write; move it elsewhere and run "
+            "'distillery review' again"
+        ) from None
     record_files(folder, names)
 
 
-def pick_doubtful(cfg: ReviewConfig, pool: pd.DataFrame, probs: np.ndarray, labels: list[str], k: int) -> tuple[pd.DataFrame, str]:
+def pick_doubtful(
+    cfg: ReviewConfig, pool: pd.DataFrame, probs: np.ndarray, labels: list[str], k: int
+) -> tuple[pd.DataFrame, str]:
     """The ``k`` rows of ``pool`` most in doubt (``probs``: the teacher's, row for row), with their
     reasons; and what the doubt was measured by."""
     if k == 0:
@@ -183,18 +234,26 @@ def build_queue(cfg: ReviewConfig) -> Path:
     queue = read_queue(cfg.out)
     round_no = int(queue["round"].max()) + 1 if len(queue) else 1
     owned(folder, ["queue.csv", "label_config.xml", f"round-{round_no:02d}"])
-    seen = set(queue["id"]) | set(read_reviewed(cfg.out)["id"])  # never the same row twice, nor one a person already labelled
+    seen = set(queue["id"]) | set(
+        read_reviewed(cfg.out)["id"]
+    )  # never the same row twice, nor one a person already labelled
     rows = frame[(frame["error_type"] == "") & ~frame["id"].isin(seen)].reset_index(drop=True)
     probs = teacher_probabilities(rows, labels)
-    rows = rows.assign(teacher_label=[labels[i] for i in probs.argmax(1)],  # the stratum of the random part
-                       teacher_score=probs.max(1), margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0], round=round_no)
+    rows = rows.assign(
+        teacher_label=[labels[i] for i in probs.argmax(1)],  # the stratum of the random part
+        teacher_score=probs.max(1),
+        margin=np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0],
+        round=round_no,
+    )
     has_test = (frame["split"] == "test").any()
     n_random = int(round(cfg.review_rows * cfg.random_share))
     pool = rows[rows["split"] == "test"] if has_test else rows
     random_ids = stratified_sample(pool["teacher_label"], n_random, np.random.default_rng([cfg.seed, round_no]))
     picked_random = rows.loc[random_ids].assign(part="random", reasons="random (stratified by the teacher's label)")
     others = rows[(rows["split"] != "test") if has_test else ~rows.index.isin(random_ids)]
-    picked_doubt, used = pick_doubtful(cfg, others, probs[others.index], labels, min(cfg.review_rows - len(picked_random), len(others)))
+    picked_doubt, used = pick_doubtful(
+        cfg, others, probs[others.index], labels, min(cfg.review_rows - len(picked_random), len(others))
+    )
     picked = pd.concat([picked_random, picked_doubt], ignore_index=True)
     if picked.empty:
         print(f"review: every annotated row of {cfg.out} is already in a review queue or reviewed; nothing to add")
@@ -202,12 +261,25 @@ def build_queue(cfg: ReviewConfig) -> Path:
     here = write_round(cfg, picked, queue, labels, round_no)
     test = "test " if has_test else ""
     if len(picked) < cfg.review_rows or len(picked_random) != n_random:
-        print(f"review: note: {cfg.review_rows} rows asked for ({n_random} random), {len(picked)} picked ({len(picked_random)} random): "
-              f"{len(pool)} unreviewed {test}rows and {len(others)} others were left")
-    print(f"review: round {round_no}: {len(picked)} rows ({len(picked_random)} random {test}rows, stratified by the teacher's label; "
-          f"{len(picked_doubt)} doubtful {'training ' if has_test else ''}rows, by {used or 'no signal'}) -> {here}")
-    print(f"review: Label Studio: new project, labeling interface = {folder / 'label_config.xml'}, import {here / 'labelstudio.json'}; "
-          f"Argilla: records in {here / 'argilla.json'} (docs/usage.md, 'Get gold labels'); a spreadsheet: fill the label column of "
-          f"{here / 'queue.csv'}")
-    print(f"review: then 'distillery review --import EXPORT --out {cfg.out}', and rerun to recalibrate, retrain and evaluate")
+        print(
+            f"review: note: {cfg.review_rows} rows asked for ({n_random} random), {len(picked)} picked "
+            f"({len(picked_random)} random): "
+            f"{len(pool)} unreviewed {test}rows and {len(others)} others were left"
+        )
+    print(
+        f"review: round {round_no}: {len(picked)} rows ({len(picked_random)} random {test}rows, stratified "
+        "by the teacher's label; "
+        f"{len(picked_doubt)} doubtful {'training ' if has_test else ''}rows, by {used or 'no signal'}) -> {here}"
+    )
+    print(
+        f"review: Label Studio: new project, labeling interface = {folder / 'label_config.xml'}, import "
+        f"{here / 'labelstudio.json'}; "
+        f"Argilla: records in {here / 'argilla.json'} (docs/usage.md, 'Get gold labels'); a spreadsheet: "
+        "fill the label column of "
+        f"{here / 'queue.csv'}"
+    )
+    print(
+        f"review: then 'distillery review --import EXPORT --out {cfg.out}', and rerun to recalibrate, "
+        "retrain and evaluate"
+    )
     return here

@@ -8,6 +8,15 @@ from distillery.serve.predict import predict
 from distillery.serve.student import Student, load_student, predict_probabilities, size_on_disk
 
 __all__ = [
-    "ExportConfig", "PredictConfig", "Student", "coverage_curve", "export", "load_student", "pick_threshold", "predict",
-    "predict_probabilities", "size_on_disk", "write_card",
+    "ExportConfig",
+    "PredictConfig",
+    "Student",
+    "coverage_curve",
+    "export",
+    "load_student",
+    "pick_threshold",
+    "predict",
+    "predict_probabilities",
+    "size_on_disk",
+    "write_card",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distillery.core.options import check_settings, check_student_folder, option
 from distillery.core.errors import UserError
+from distillery.core.options import check_settings, check_student_folder, option
 
 
 @dataclass
@@ -19,28 +19,52 @@ class PredictConfig:
     hf_config: str = option("", "config name of an hf: dataset")
     split: str = option("train", "split of an hf: dataset")
     text_column: str = option("text", "column that holds the text")
-    id_column: str = option("", "column with row ids, kept in the output (default: the row's position in the input, from 0)")
+    id_column: str = option(
+        "", "column with row ids, kept in the output (default: the row's position in the input, from 0)"
+    )
     drop_empty: bool = option(False, "skip rows with empty text instead of stopping with an error")
-    predictions: str = option("predictions.csv", "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "
-                                                "a directory gets DIR/predictions.csv")
+    predictions: str = option(
+        "predictions.csv",
+        "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "
+        "a directory gets DIR/predictions.csv",
+    )
     predict_batch_size: int = option(32, "rows per forward pass (rows of similar length are batched together)", ge=1)
-    chunk_size: int = option(1000, "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)", ge=1)
-    defer: bool = option(False, "add a 'deferred' column: True where the confidence is under the threshold that evaluate "
-                                "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)")
-    defer_threshold: float = option(-1.0, "confidence under which a row is deferred (default: the one evaluate recorded for the student)", ge=-1.0, le=1.0)
+    chunk_size: int = option(
+        1000, "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)", ge=1
+    )
+    defer: bool = option(
+        False,
+        "add a 'deferred' column: True where the confidence is under the threshold that evaluate "
+        "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)",
+    )
+    defer_threshold: float = option(
+        -1.0,
+        "confidence under which a row is deferred (default: the one evaluate recorded for the student)",
+        ge=-1.0,
+        le=1.0,
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)", form="device")
-    overwrite: bool = option(False, "predict again from the start: replace a --predictions file that another predict run, or a changed input, wrote "
-                                    "(a file distillery did not write is never replaced)")
+    overwrite: bool = option(
+        False,
+        "predict again from the start: replace a --predictions file that another predict run, or a changed "
+        "input, wrote "
+        "(a file distillery did not write is never replaced)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices
         if not self.data:
             raise UserError("data: expected an input (--data FILE, 'tweets' or hf:NAME); found none")
         if Path(self.out).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
-            raise UserError(f"out: expected the run folder (--out is a run folder in every command); found the file name '{self.out}'; "
-                            "write the predictions with --predictions FILE.csv")
+            raise UserError(
+                "out: expected the run folder (--out is a run folder in every command); found the file name "
+                f"'{self.out}'; "
+                "write the predictions with --predictions FILE.csv"
+            )
         if self.defer_threshold != -1.0 and not self.defer:
-            raise UserError("defer_threshold: it sets the threshold of --defer; pass --defer too, or leave --defer-threshold out")
+            raise UserError(
+                "defer_threshold: it sets the threshold of --defer; pass --defer too, or leave --defer-threshold out"
+            )
         check_student_folder(self.student, "--student")
         if self.defer_threshold != -1.0 and not 0.0 <= self.defer_threshold <= 1.0:
             raise UserError(f"defer_threshold: expected a confidence in [0, 1], found {self.defer_threshold}")
@@ -52,17 +76,37 @@ class ExportConfig:
     that keeps the student's labels on its run's held-out rows."""
 
     out: str = option("data/runs/demo", "run folder; the student is read from OUT/student unless --student names one")
-    student: str = option("", "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)")
+    student: str = option(
+        "", "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)"
+    )
     onnx_dir: str = option("", "where the ONNX student goes (default: STUDENT-onnx beside the student)")
-    variant: str = option("auto", "auto: the fastest variant whose labels match the PyTorch student on at least --min-parity of the "
-                                  "check rows; or force one: int8 (every linear layer and the attention in int8), int8-ffn-fp32 "
-                                  "(the feed-forward output projections in float32), fp32", choices=("auto", "int8", "int8-ffn-fp32", "fp32"))
-    min_parity: float = option(0.99, "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)", gt=0.0, le=1.0)
-    annotations: str = option("", "annotations whose rows the variants are checked on (default: those the student was trained from; "
-                                  "their test rows, topped up with training rows to 200)")
-    check_rows: int = option(2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)", ge=1)
+    variant: str = option(
+        "auto",
+        "auto: the fastest variant whose labels match the PyTorch student on at least --min-parity of the "
+        "check rows; or force one: int8 (every linear layer and the attention in int8), int8-ffn-fp32 "
+        "(the feed-forward output projections in float32), fp32",
+        choices=("auto", "int8", "int8-ffn-fp32", "fp32"),
+    )
+    min_parity: float = option(
+        0.99,
+        "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)",
+        gt=0.0,
+        le=1.0,
+    )
+    annotations: str = option(
+        "",
+        "annotations whose rows the variants are checked on (default: those the student was trained from; "
+        "their test rows, topped up with training rows to 200)",
+    )
+    check_rows: int = option(
+        2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)", ge=1
+    )
     predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)", ge=1)
-    overwrite: bool = option(False, "write into an --onnx-dir that holds files distillery did not write (beside them: they are never replaced or deleted)")
+    overwrite: bool = option(
+        False,
+        "write into an --onnx-dir that holds files distillery did not write (beside them: they are never "
+        "replaced or deleted)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

@@ -31,15 +31,23 @@ def clopper_pearson_lower(k: int, n: int, confidence: float = 0.95) -> float:
     return float(beta.ppf(1 - confidence, k, n - k + 1))
 
 
-def coverage_curve(confidence: np.ndarray, agree: np.ndarray, correct: np.ndarray | None = None, points: int = 21) -> list[dict]:
+def coverage_curve(
+    confidence: np.ndarray, agree: np.ndarray, correct: np.ndarray | None = None, points: int = 21
+) -> list[dict]:
     """Coverage and agreement (and gold accuracy) of the answered rows at ``points`` thresholds,
     the confidence quantiles from all rows answered to the most confident 5%."""
     rows = []
     for q in np.linspace(0.0, 0.95, points):
         threshold = float(np.quantile(confidence, q))
         answered = confidence >= threshold
-        rows.append({"threshold": threshold, "coverage": float(answered.mean()), "agreement": float(agree[answered].mean()),
-                     "accuracy": None if correct is None else float(correct[answered].mean())})
+        rows.append(
+            {
+                "threshold": threshold,
+                "coverage": float(answered.mean()),
+                "agreement": float(agree[answered].mean()),
+                "accuracy": None if correct is None else float(correct[answered].mean()),
+            }
+        )
     return rows
 
 
@@ -88,7 +96,9 @@ def plot_coverage(curve: list[dict], picked: dict | None, target: float | None, 
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     if picked is not None:
-        ax.axvline(picked["coverage"], color="tab:red", ls=":", lw=1, label=f"answered at threshold {picked['threshold']:.3f}")
+        ax.axvline(
+            picked["coverage"], color="tab:red", ls=":", lw=1, label=f"answered at threshold {picked['threshold']:.3f}"
+        )
     ax.set_xlabel("share of rows the student answers (coverage)")
     ax.set_ylabel("on the answered rows")
     ax.set_xlim(0, 1.02)

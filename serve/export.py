@@ -28,8 +28,17 @@ import yaml
 from distillery.core.errors import UserError
 from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
-from distillery.core.rundir import (check_folder, claim_folder, guard_files, install, locked, make_folder, remove_leftovers, remove_owned,
-                                     temporary_name)
+from distillery.core.rundir import (
+    check_folder,
+    claim_folder,
+    guard_files,
+    install,
+    locked,
+    make_folder,
+    remove_leftovers,
+    remove_owned,
+    temporary_name,
+)
 from distillery.core.studentmeta import STUDENT_FILE, STUDENT_NAMES, StudentMeta
 from distillery.distill.students import student_kind
 from distillery.serve.card import write_card
@@ -51,10 +60,15 @@ def export(cfg: ExportConfig) -> Path:
     student = load_student(folder, "cpu")
     if student.kind == "onnx":
         source = student.meta.get("exported_from")
-        raise UserError(f"{folder}: expected a PyTorch student; found an ONNX export" + (f" of {(folder / source).resolve()}" if source else "")
-                        + "; pass --student with the folder distill wrote")
+        raise UserError(
+            f"{folder}: expected a PyTorch student; found an ONNX export"
+            + (f" of {(folder / source).resolve()}" if source else "")
+            + "; pass --student with the folder distill wrote"
+        )
     if student.kind in student_kinds and not student_kind(student.kind).exportable:
-        raise UserError(f"{folder}: a LoRA adapter exports as a merged model; train with --merge and pass --student {folder}/merged")
+        raise UserError(
+            f"{folder}: a LoRA adapter exports as a merged model; train with --merge and pass --student {folder}/merged"
+        )
     try:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import quantize_dynamic  # noqa: F401
@@ -73,7 +87,10 @@ def export(cfg: ExportConfig) -> Path:
             remove_owned(out / name)
         remove_leftovers(out)  # a killed export's work folders
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-", suffix=temporary_name("")) as tmp:
-            tempfile.tempdir, default = tmp, tempfile.tempdir  # onnxruntime's optimizer writes its own work files there too
+            tempfile.tempdir, default = (
+                tmp,
+                tempfile.tempdir,
+            )  # onnxruntime's optimizer writes its own work files there too
             try:
                 _export(cfg, student, out, rows, Path(tmp))
             finally:
@@ -85,13 +102,22 @@ def export(cfg: ExportConfig) -> Path:
 def _check_target(out: Path, folder: Path) -> None:
     """Refuse an --onnx-dir that is a file, the student's folder (or inside or around it), or another stage's folder."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"onnx_dir: expected a folder for the ONNX student; found the file '{out}'; pass a folder with --onnx-dir")
+        raise UserError(
+            f"onnx_dir: expected a folder for the ONNX student; found the file '{out}'; pass a folder with --onnx-dir"
+        )
     target, source = out.resolve(), folder.resolve()
     if target == source or source in target.parents or target in source.parents:
-        raise UserError(f"onnx_dir: '{out}' is the student's folder, inside it or around it; the export would mix with the PyTorch student; "
-                        "pass another --onnx-dir (default: STUDENT-onnx beside it)")
+        raise UserError(
+            f"onnx_dir: '{out}' is the student's folder, inside it or around it; the export would mix with "
+            "the PyTorch student; "
+            "pass another --onnx-dir (default: STUDENT-onnx beside it)"
+        )
     record = StudentMeta.read(out)
-    if (record is not None and record.student != "onnx") or (out / "manifest.json").is_file() or (out / "annotations").is_dir():
+    if (
+        (record is not None and record.student != "onnx")
+        or (out / "manifest.json").is_file()
+        or (out / "annotations").is_dir()
+    ):
         raise UserError(f"onnx_dir: '{out}' holds a student or a run of distillery's own; pass another --onnx-dir")
 
 
@@ -104,12 +130,17 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
     if annotations is None or not (annotations / "manifest.json").is_file():
         if cfg.annotations:
-            raise UserError(f"annotations: expected the run's annotations folder (with manifest.json); found none in '{cfg.annotations}'")
+            raise UserError(
+                "annotations: expected the run's annotations folder (with manifest.json); found none in "
+                f"'{cfg.annotations}'"
+            )
         return None
     frame, manifest = read_annotations(annotations)
     if manifest["labels"] != labels:
-        raise UserError(f"{annotations}: expected annotations for the student's labels {labels}; found {manifest['labels']}; "
-                        "pass the run's own --annotations")
+        raise UserError(
+            f"{annotations}: expected annotations for the student's labels {labels}; found {manifest['labels']}; "
+            "pass the run's own --annotations"
+        )
     frame = frame[frame["error_type"] == ""]
     held_out = frame[frame["split"] == "test"].head(cfg.check_rows)
     # Parity needs no labels, and 0.99 cannot be told on a few dozen rows (one changed label is
@@ -117,7 +148,12 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     others = frame[frame["split"] != "test"].head(max(0, min(MIN_ROWS, cfg.check_rows) - len(held_out)))
     teacher = teacher_probabilities(held_out, labels).argmax(1)
     split = "test" if len(others) == 0 else "test and training" if len(held_out) else "training"
-    return {"texts": held_out["text"].tolist() + others["text"].tolist(), "teacher": teacher, "split": split, "annotations": annotations}
+    return {
+        "texts": held_out["text"].tolist() + others["text"].tolist(),
+        "teacher": teacher,
+        "split": split,
+        "annotations": annotations,
+    }
 
 
 def _trained_on(folder: Path) -> Path | None:
@@ -130,7 +166,9 @@ def _trained_on(folder: Path) -> Path | None:
             named = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
             if named.is_absolute() or (named / "manifest.json").is_file():
                 return named
-            return path.parent / "annotations"  # a relative path from where distill ran: the run folder holds the student
+            return (
+                path.parent / "annotations"
+            )  # a relative path from where distill ran: the run folder holds the student
     return None
 
 
@@ -149,45 +187,78 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
     fp32 = tmp / "fp32" / ONNX_FILE
     fp32.parent.mkdir()
     graph = build_graph(model, student.tokenizer, fp32, student.temperature)
-    if graph == "fused" and not _same_model(student, fp32, texts[:64] or SAMPLE_TEXTS, reference, cfg.predict_batch_size):
+    if graph == "fused" and not _same_model(
+        student, fp32, texts[:64] or SAMPLE_TEXTS, reference, cfg.predict_batch_size
+    ):
         graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
     files, candidates = {}, []
     for name in names:
         files[name] = fp32 if name == "fp32" else tmp / name / ONNX_FILE
         if name != "fp32":
             files[name].parent.mkdir()
-            quantize(fp32, files[name], name, getattr(model.config, "intermediate_size", None), getattr(model.config, "hidden_size", None))
+            quantize(
+                fp32,
+                files[name],
+                name,
+                getattr(model.config, "intermediate_size", None),
+                getattr(model.config, "hidden_size", None),
+            )
         candidate, probs = measure(student, name, files[name], texts, reference, cfg.predict_batch_size)
         candidates.append((candidate, probs))
     if cfg.variant == "auto" and texts:
         chosen, why = pick([c for c, _ in candidates], cfg.min_parity)
     else:
         chosen = candidates[0][0]
-        why = (f"forced with --variant {cfg.variant}" if cfg.variant != "auto"
-               else f"no rows of the student's run to check an int8 variant on ({_looked_for(student.path)}; pass --annotations); "
-                    "fp32 is the student itself")
+        why = (
+            f"forced with --variant {cfg.variant}"
+            if cfg.variant != "auto"
+            else f"no rows of the student's run to check an int8 variant on ({_looked_for(student.path)}; "
+            "pass --annotations); "
+            "fp32 is the student itself"
+        )
     probs = dict((c.name, p) for c, p in candidates)[chosen.name]
     final = make_folder(tmp / "final")  # the files served, moved beside the user's files at once
     for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
         os.replace(path, final / path.name)
     student.tokenizer.save_pretrained(final)
     install(final, out)
-    record = {"variant": chosen.name, "graph": graph, "why": why, "min_parity": cfg.min_parity, "batch_size": cfg.predict_batch_size,
-              "rows": len(texts), "rows_from": rows["split"] if rows else None, "pytorch_rows_per_s": pytorch_speed,
-              "candidates": [c.as_dict() for c, _ in candidates]}
+    record = {
+        "variant": chosen.name,
+        "graph": graph,
+        "why": why,
+        "min_parity": cfg.min_parity,
+        "batch_size": cfg.predict_batch_size,
+        "rows": len(texts),
+        "rows_from": rows["split"] if rows else None,
+        "pytorch_rows_per_s": pytorch_speed,
+        "candidates": [c.as_dict() for c, _ in candidates],
+    }
     source = StudentMeta.read(student.path) or StudentMeta(student=student.kind, labels=student.labels)
     # Relative to the export, so the folder can be shared without this machine's paths.
-    meta = dataclasses.replace(source, student="onnx", labels=student.labels, parameters=student.parameters,
-                               temperature=1.0, scaled_by=student.temperature,  # in the graph: logits / T
-                               exported_from=os.path.relpath(student.path.resolve(), out.resolve()),
-                               weights="float32" if chosen.name == "fp32" else "int8", export=record,
-                               defer=_defer(source.defer, probs, rows))
+    meta = dataclasses.replace(
+        source,
+        student="onnx",
+        labels=student.labels,
+        parameters=student.parameters,
+        temperature=1.0,
+        scaled_by=student.temperature,  # in the graph: logits / T
+        exported_from=os.path.relpath(student.path.resolve(), out.resolve()),
+        weights="float32" if chosen.name == "fp32" else "int8",
+        export=record,
+        defer=_defer(source.defer, probs, rows),
+    )
     _report(candidates, chosen, why, rows, cfg, pytorch_speed)
     if meta.defer is not None and meta.defer.get("kept_from") == "evaluate":
-        print(f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): {len(rows['teacher'])} test rows cannot pass "
-              f"target {meta.defer['target']:g} (raise --check-rows)")
+        print(
+            f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): "
+            f"{len(rows['teacher'])} test rows cannot pass "
+            f"target {meta.defer['target']:g} (raise --check-rows)"
+        )
     meta.write(out)  # last: the export is complete
-    print(f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; {time.perf_counter() - started:.0f} s)")
+    print(
+        f"export: {student.kind} student -> {out / ONNX_FILE} ({chosen.name}: {VARIANTS[chosen.name]}; "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
 
 
 def _reference(student, texts: list[str], batch_size: int) -> tuple[np.ndarray | None, float | None]:
@@ -222,17 +293,32 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
     return {**picked, "target": source["target"], "recomputed_on": len(agree)} if picked else None
 
 
-def _report(candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig, pytorch_speed: float | None) -> None:
+def _report(
+    candidates: list, chosen, why: str, rows: dict | None, cfg: ExportConfig, pytorch_speed: float | None
+) -> None:
     """One line per variant measured, then the choice."""
     if rows:
-        print(f"export: {len(rows['texts'])} {rows['split']} rows of {rows['annotations']}, "
-              f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}"
-              + (f" (one changed label is {1 / len(rows['texts']):.1%} of so few rows)" if len(rows["texts"]) < 200 else "") + ":")
+        print(
+            f"export: {len(rows['texts'])} {rows['split']} rows of {rows['annotations']}, "
+            f"labels against the PyTorch student ({pytorch_speed:,.0f} rows/s), speed at batch {cfg.predict_batch_size}"
+            + (
+                f" (one changed label is {1 / len(rows['texts']):.1%} of so few rows)"
+                if len(rows["texts"]) < 200
+                else ""
+            )
+            + ":"
+        )
     for c, _ in candidates:
         if c.parity is not None:
-            print(f"  {c.name:<14} same label {c.parity:.4f}  largest probability change {c.max_prob_change:.3f}  "
-                  f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s / pytorch_speed:.1f}x PyTorch; {c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
-                  + ("" if c.parity >= cfg.min_parity else f"  < {cfg.min_parity}"))
+            print(
+                f"  {c.name:<14} same label {c.parity:.4f}  largest probability change {c.max_prob_change:.3f}  "
+                f"{c.rows_per_s:,.0f} rows/s ({c.rows_per_s / pytorch_speed:.1f}x PyTorch; "
+                f"{c.rows_per_s_batch1:,.0f} at batch 1)  {c.size_mb:.1f} MB"
+                + ("" if c.parity >= cfg.min_parity else f"  < {cfg.min_parity}")
+            )
     print(f"export: {chosen.name}: {why}")
     if chosen.parity is not None and chosen.parity < cfg.min_parity:
-        print(f"export: warning: {chosen.name} keeps the PyTorch student's label on {chosen.parity:.2%} of the rows, under --min-parity {cfg.min_parity}")
+        print(
+            f"export: warning: {chosen.name} keeps the PyTorch student's label on {chosen.parity:.2%} of the "
+            f"rows, under --min-parity {cfg.min_parity}"
+        )

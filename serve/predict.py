@@ -22,13 +22,25 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from distillery.core.errors import UserError
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
 from distillery.core.options import student_folder
-from distillery.core.rundir import LOCK_FILE, append_csv, file_fingerprint, foreign, remove_leftovers, remove_owned, locked, replacing, sha256_file, write_json, write_text
+from distillery.core.rundir import (
+    LOCK_FILE,
+    append_csv,
+    file_fingerprint,
+    foreign,
+    locked,
+    remove_leftovers,
+    remove_owned,
+    replacing,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from distillery.serve.config import PredictConfig
 from distillery.serve.student import Student, load_student
-from distillery.core.errors import UserError
 
 __all__ = ["predict", "defer_threshold", "prediction_frame"]
 
@@ -41,8 +53,10 @@ def defer_threshold(cfg: PredictConfig, student: Student) -> float | None:
         return cfg.defer_threshold
     recorded = student.meta.get("defer")
     if not recorded:
-        raise UserError(f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
-                         "--target-agreement 0.95' on the run first, or pass --defer-threshold")
+        raise UserError(
+            f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
+            "--target-agreement 0.95' on the run first, or pass --defer-threshold"
+        )
     return recorded["threshold"]
 
 
@@ -70,17 +84,23 @@ def predict(cfg: PredictConfig) -> Path:
         out = out / "predictions.csv"
     seen = Path(os.path.abspath(out))  # 'new/../in.csv' is in.csv even where new/ does not exist
     if Path(cfg.data).is_file() and seen.exists() and os.path.samefile(seen, cfg.data):  # however either is spelt
-        raise UserError(f"--predictions {out}: expected a file other than the input; found the --data file itself ({cfg.data}); "
-                        "pass another --predictions")
+        raise UserError(
+            f"--predictions {out}: expected a file other than the input; found the --data file itself ({cfg.data}); "
+            "pass another --predictions"
+        )
     parts = out.with_name(out.name + ".parts")
     mine = foreign(seen) + [f"{parts.name}/{name}" for name in foreign(seen.with_name(parts.name))]
     if mine:  # whatever --overwrite says: a file distillery did not write is never replaced or deleted
-        raise UserError(f"--predictions {out}: {', '.join(mine[:3])} exists and was not written by this predict run (nor any "
-                        "distillery run: it is never replaced, --overwrite or not); pass another --predictions, or move it away")
+        raise UserError(
+            f"--predictions {out}: {', '.join(mine[:3])} exists and was not written by this predict run (nor any "
+            "distillery run: it is never replaced, --overwrite or not); pass another --predictions, or move it away"
+        )
     folder = student_folder(cfg)
     student = load_student(folder, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
-    chunks = iter_texts(cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split)
+    chunks = iter_texts(
+        cfg.data, cfg.text_column, cfg.id_column, cfg.chunk_size, cfg.drop_empty, cfg.hf_config, cfg.split
+    )
     first = next(chunks)  # bad input fails here, before any file is written
     created = not parts.exists()
     with locked(parts, "predict", shown=out, flag="--predictions"):
@@ -96,23 +116,39 @@ def predict(cfg: PredictConfig) -> Path:
 def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, threshold: float | None, chunks) -> Path:
     folder = student.path
     data = str(Path(cfg.data).resolve()) if Path(cfg.data).is_file() else cfg.data  # the same file however it is spelt
-    fingerprint = {"student": str(folder.resolve()), "weights": _weights(folder), "data": data, "hf_config": cfg.hf_config, "split": cfg.split,
-                   "text_column": cfg.text_column, "id_column": cfg.id_column, "drop_empty": cfg.drop_empty, "chunk_size": cfg.chunk_size,
-                   "defer_threshold": threshold}
+    fingerprint = {
+        "student": str(folder.resolve()),
+        "weights": _weights(folder),
+        "data": data,
+        "hf_config": cfg.hf_config,
+        "split": cfg.split,
+        "text_column": cfg.text_column,
+        "id_column": cfg.id_column,
+        "drop_empty": cfg.drop_empty,
+        "chunk_size": cfg.chunk_size,
+        "defer_threshold": threshold,
+    }
     state = _open_state(parts, fingerprint, cfg, out)
     if state["complete"]:
         for path in parts.glob("part-*.csv"):  # left by a kill between the join and their removal
             remove_owned(path)
         print(f"predict: {out} is complete ({state['rows']} rows); nothing to do")
         return out
-    print(f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
-          + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else ""))
+    print(
+        f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
+        + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else "")
+    )
     rows, paths = 0, []
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
         for index, chunk in enumerate(chunks):
             path = parts / f"part-{index:05d}.csv"
             if not _finished(path, state):  # else written whole by a run that was stopped later
-                frame = prediction_frame(chunk, student.probabilities(chunk["text"].tolist(), cfg.predict_batch_size), student.labels, threshold)
+                frame = prediction_frame(
+                    chunk,
+                    student.probabilities(chunk["text"].tolist(), cfg.predict_batch_size),
+                    student.labels,
+                    threshold,
+                )
                 _write_part(parts, path, frame, state)
             paths.append(path)
             rows += len(chunk)
@@ -132,7 +168,10 @@ def _finished(path: Path, state: dict) -> bool:
         return False
     if sha256_file(path) == state["parts"].get(path.name):
         return True
-    print(f"predict: {path} does not match its checksum in run.json (cut or edited after it was written); predicting its rows again")
+    print(
+        f"predict: {path} does not match its checksum in run.json (cut or edited after it was written); "
+        "predicting its rows again"
+    )
     return False
 
 
@@ -151,10 +190,18 @@ def _write_part(parts: Path, path: Path, frame: pd.DataFrame, state: dict) -> No
 
 
 def _weights(folder: Path) -> list[dict]:
-    """Fingerprints of the student's weight files: a student retrained or exported again into the same folder is another student."""
+    """Fingerprints of the student's weight files: a student retrained or exported again into the same folder is
+    another student."""
     names = ("model.onnx", "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
-    return [{"name": name, "size": (folder / name).stat().st_size, "mtime_ns": (folder / name).stat().st_mtime_ns}  # no hash: GBs for a Llama
-            for name in names if (folder / name).is_file()]
+    return [
+        {
+            "name": name,
+            "size": (folder / name).stat().st_size,
+            "mtime_ns": (folder / name).stat().st_mtime_ns,
+        }  # no hash: GBs for a Llama
+        for name in names
+        if (folder / name).is_file()
+    ]
 
 
 def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:
@@ -169,29 +216,48 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
             state = json.loads(state_file.read_text())
             changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{state_file}: not a predict state distillery can read (cut or edited); it is kept as it is: pass "
-                            "another --predictions, or --overwrite to predict again") from None
+            raise UserError(
+                f"{state_file}: not a predict state distillery can read (cut or edited); it is kept as it is: pass "
+                "another --predictions, or --overwrite to predict again"
+            ) from None
         if changed:
-            raise UserError(f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
-                            "or --overwrite to predict again")
-        digest = sha256_file(source) if source and state.get("input") else None  # its content: an edit can keep size and mtime
+            raise UserError(
+                f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
+                "or --overwrite to predict again"
+            )
+        digest = (
+            sha256_file(source) if source and state.get("input") else None
+        )  # its content: an edit can keep size and mtime
         if digest and digest != state["input"].get("sha256"):
-            raise UserError(f"{cfg.data} changed since {out} was predicted from it (SHA-256 {str(state['input'].get('sha256'))[:12]} then, "
-                            f"{digest[:12]} now); pass --overwrite to predict it again, or another --predictions")
+            raise UserError(
+                f"{cfg.data} changed since {out} was predicted from it (SHA-256 "
+                f"{str(state['input'].get('sha256'))[:12]} then, "
+                f"{digest[:12]} now); pass --overwrite to predict it again, or another --predictions"
+            )
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
             _clear(parts)
         else:
             state.setdefault("parts", {})  # a run.json from before parts had checksums: its parts are predicted again
             return state
     elif out.is_file() and not overwrite:
-        raise UserError(f"{out}: exists and was not written by this predict run; pass another --predictions, or --overwrite to replace it")
-    state = {"fingerprint": fingerprint, "input": file_fingerprint(source) if source else None, "complete": False, "rows": 0, "parts": {}}
+        raise UserError(
+            f"{out}: exists and was not written by this predict run; pass another --predictions, or "
+            "--overwrite to replace it"
+        )
+    state = {
+        "fingerprint": fingerprint,
+        "input": file_fingerprint(source) if source else None,
+        "complete": False,
+        "rows": 0,
+        "parts": {},
+    }
     write_json(state_file, state)
     return state
 
 
 def _clear(parts: Path) -> None:
-    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go."""
+    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go.
+    Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go."""
     for path in [parts / "run.json", *parts.glob("part-*.csv")]:
         remove_owned(path)
 

@@ -1,8 +1,8 @@
 """One loader for every saved student: encoder, LoRA adapter, merged LoRA, or exported ONNX.
 
-    from distillery.serve import load_student
-    student = load_student("data/runs/demo/student")          # or .../student-onnx
-    probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
+from distillery.serve import load_student
+student = load_student("data/runs/demo/student")          # or .../student-onnx
+probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
+from distillery.core.errors import UserError
 from distillery.core.models import max_length_of, parameter_count, predict_probabilities
+from distillery.core.rundir import LOCK_FILE, owned
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.distill.students import load_trained_student
-from distillery.core.errors import UserError
-from distillery.core.rundir import LOCK_FILE, owned
 
-__all__ = ["Student", "load_student", "predict_probabilities", "size_on_disk"]  # predict_probabilities: from distillery.core.models
+__all__ = [
+    "Student",
+    "load_student",
+    "predict_probabilities",
+    "size_on_disk",
+]  # predict_probabilities: from distillery.core.models
 
 ONNX_FILE = "model.onnx"
 
@@ -58,8 +63,12 @@ class Student:
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
         if self.session is not None:
-            raise UserError(f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from")
-        return predict_probabilities(self.model, self.tokenizer, texts, batch_size, embeddings=True, temperature=self.temperature)
+            raise UserError(
+                f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from"
+            )
+        return predict_probabilities(
+            self.model, self.tokenizer, texts, batch_size, embeddings=True, temperature=self.temperature
+        )
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
         """The most likely label of each text."""
@@ -68,16 +77,22 @@ class Student:
     def probabilities(self, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> np.ndarray:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""
         if self.session is None:
-            return predict_probabilities(self.model, self.tokenizer, texts, batch_size, max_length, temperature=self.temperature)
+            return predict_probabilities(
+                self.model, self.tokenizer, texts, batch_size, max_length, temperature=self.temperature
+            )
         max_length = max_length or max_length_of(self.tokenizer)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         names = {i.name for i in self.session.get_inputs()}
         for b in range(0, len(texts), batch_size):
             idx = order[b : b + batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np")
+            enc = self.tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np"
+            )
             logits = self.session.run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0]
-            probs[idx] = softmax(logits.astype(np.float32), axis=-1)  # numpy: a torch op here wakes torch's threads, which then compete with onnxruntime's
+            probs[idx] = softmax(
+                logits.astype(np.float32), axis=-1
+            )  # numpy: a torch op here wakes torch's threads, which then compete with onnxruntime's
         return probs
 
 
@@ -85,24 +100,39 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
     """Load any saved student directory (see :class:`Student`); a clear error for anything else."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)")
+        raise FileNotFoundError(
+            f"student not found: '{path}'; pass the directory distill or export wrote (e.g. data/runs/demo/student)"
+        )
     meta_file = path / STUDENT_FILE
     if owned(path) and not meta_file.is_file():  # distill and export remove it when they start and write it last
         if _last_writer(path) == "export":
             raise UserError(f"{path}: the export did not finish (no {STUDENT_FILE}); rerun 'distillery export'")
-        raise UserError(f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "
-                        "(with --resume if it saved checkpoints)")
+        raise UserError(
+            f"{path}: the student's training did not finish (no {STUDENT_FILE}); rerun 'distillery distill' "
+            "(with --resume if it saved checkpoints)"
+        )
     record = StudentMeta.read(path)
     meta = record.as_dict() if record is not None else {}
     if (path / ONNX_FILE).is_file():  # onnxruntime on the CPU, whatever the device
         return _load_onnx(path, meta)
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: expected a saved student (config.json, adapter_config.json or {ONNX_FILE}); found none")
+        raise FileNotFoundError(
+            f"{path}: expected a saved student (config.json, adapter_config.json or {ONNX_FILE}); found none"
+        )
     tokenizer, model = load_trained_student(path, device)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     kind = meta.get("student", "encoder")  # encoder, llama-lora or merged (save_student writes it)
-    return Student(path=path, kind=kind, labels=labels, tokenizer=tokenizer, model=model, evaluated_base=model.evaluated_base,
-                   parameters=parameter_count(model)[1], meta=meta, temperature=float(meta.get("temperature", 1.0)))
+    return Student(
+        path=path,
+        kind=kind,
+        labels=labels,
+        tokenizer=tokenizer,
+        model=model,
+        evaluated_base=model.evaluated_base,
+        parameters=parameter_count(model)[1],
+        meta=meta,
+        temperature=float(meta.get("temperature", 1.0)),
+    )
 
 
 def _last_writer(path: Path) -> str | None:
@@ -123,5 +153,13 @@ def _load_onnx(path: Path, meta: dict) -> Student:
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    return Student(path=path, kind="onnx", labels=meta["labels"], tokenizer=AutoTokenizer.from_pretrained(path), session=session,
-                   evaluated_base=f"ONNX ({meta.get('weights', 'float32')} weights, onnxruntime)", parameters=meta.get("parameters"), meta=meta)
+    return Student(
+        path=path,
+        kind="onnx",
+        labels=meta["labels"],
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        session=session,
+        evaluated_base=f"ONNX ({meta.get('weights', 'float32')} weights, onnxruntime)",
+        parameters=meta.get("parameters"),
+        meta=meta,
+    )

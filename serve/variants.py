@@ -32,7 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["VARIANTS", "Candidate", "build_graph", "export_plain", "export_torchscript", "measure", "onnx_student", "pick", "quantize"]
+__all__ = [
+    "VARIANTS",
+    "Candidate",
+    "build_graph",
+    "export_plain",
+    "export_torchscript",
+    "measure",
+    "onnx_student",
+    "pick",
+    "quantize",
+]
 
 VARIANTS = {
     "int8": "int8 weights in every linear layer and the attention (dynamic quantization)",
@@ -92,8 +102,18 @@ def export_plain(model, tokenizer, path: Path, temperature: float = 1.0) -> None
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's step-by-step lines
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (), str(path), kwargs=inputs, input_names=list(inputs), output_names=["logits"],
-                          dynamic_shapes={k: {0: batch, 1: sequence} for k in inputs}, dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            wrapped,
+            (),
+            str(path),
+            kwargs=inputs,
+            input_names=list(inputs),
+            output_names=["logits"],
+            dynamic_shapes={k: {0: batch, 1: sequence} for k in inputs},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -> None:
@@ -105,13 +125,21 @@ def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -
     example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Logits(model, temperature).eval(), (example["input_ids"], example["attention_mask"]), str(path),
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            _Logits(model, temperature).eval(),
+            (example["input_ids"], example["attention_mask"]),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            dynamic_axes={k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask")},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _export_fused(model, tokenizer, path: Path, temperature: float) -> None:
-    """Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's attention fused."""
+    """Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's attention fused.
+    Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's attention fused."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     eager = copy.deepcopy(model).eval()
@@ -121,7 +149,9 @@ def _export_fused(model, tokenizer, path: Path, temperature: float) -> None:
     config = model.config
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
-        fused = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+        fused = optimize_model(
+            str(raw), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+        )
     ops = fused.get_fused_operator_statistics()
     if ops.get("Attention", 0) != config.num_hidden_layers:
         raise ValueError(f"{ops.get('Attention', 0)} of {config.num_hidden_layers} attention blocks fused")
@@ -136,8 +166,15 @@ def quantize(fp32: Path, out: Path, variant: str, intermediate_size: int | None,
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" notice
     keep = _ffn_outputs(fp32, intermediate_size, hidden_size) if variant == "int8-ffn-fp32" else []
-    quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                     nodes_to_exclude=keep, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops have no inferred types
+    quantize_dynamic(
+        fp32,
+        out,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+        nodes_to_exclude=keep,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # fused ops have no inferred types
 
 
 def _ffn_outputs(path: Path, intermediate_size: int | None, hidden_size: int | None) -> list[str]:
@@ -147,11 +184,16 @@ def _ffn_outputs(path: Path, intermediate_size: int | None, hidden_size: int | N
 
     graph = onnx.load(str(path)).graph
     shapes = {init.name: tuple(numpy_helper.to_array(init).shape) for init in graph.initializer if len(init.dims) == 2}
-    return [node.name for node in graph.node if node.op_type == "MatMul"
-            and any(shapes.get(i) == (intermediate_size, hidden_size) for i in node.input)]
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and any(shapes.get(i) == (intermediate_size, hidden_size) for i in node.input)
+    ]
 
 
-def measure(student, name: str, path: Path, texts: list[str], reference: np.ndarray | None, batch_size: int) -> tuple[Candidate, np.ndarray | None]:
+def measure(
+    student, name: str, path: Path, texts: list[str], reference: np.ndarray | None, batch_size: int
+) -> tuple[Candidate, np.ndarray | None]:
     """Parity against ``reference`` (the PyTorch student's probabilities) and speed, on ``texts``;
     returns the candidate and its probabilities."""
     size_mb = path.stat().st_size / 1e6

@@ -28,7 +28,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import build_llama, build_roberta  # noqa: E402
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
-POSITIVE = ["I love this movie", "what a great and wonderful day", "this is great", "wonderful film, I love it", "great fun"]
+POSITIVE = [
+    "I love this movie",
+    "what a great and wonderful day",
+    "this is great",
+    "wonderful film, I love it",
+    "great fun",
+]
 NEGATIVE = ["I hate this film", "terrible and awful", "this is awful", "what a terrible day, I hate it", "awful acting"]
 
 

@@ -44,7 +44,14 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
             body = await reader.readexactly(length)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
@@ -74,14 +81,16 @@ class FaultProxy:
         finally:
             writer.close()
 
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes, digest: str) -> None:
+    async def _forward(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes, digest: str
+    ) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             self.counts["upstream down"] += 1
             _reply(writer, b"502 Bad Gateway", b"fault proxy: the upstream server is down")
             return
-        lines = [l for l in head.split(b"\r\n") if l and not l.lower().startswith(b"connection")]
+        lines = [h for h in head.split(b"\r\n") if h and not h.lower().startswith(b"connection")]
         up_writer.write(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
         await up_writer.drain()
         response = await up_reader.read()
@@ -97,5 +106,13 @@ class FaultProxy:
 def _reply(writer: asyncio.StreamWriter, status: bytes, message: bytes, extra_headers: bytes = b"") -> None:
     """Write an OpenAI-style JSON error (``{"error": {"message": ...}}``); the connection closes after it."""
     msg = b'{"error": {"message": "' + message + b'"}}'
-    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n" + extra_headers
-                 + b"Content-Length: " + str(len(msg)).encode() + b"\r\nConnection: close\r\n\r\n" + msg)
+    writer.write(
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: application/json\r\n"
+        + extra_headers
+        + b"Content-Length: "
+        + str(len(msg)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + msg
+    )

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_rows
 
 from distillery import cli as distillery_cli
 from distillery.active import ActiveConfig, Candidates, pick, scores
 from distillery.active.loop import _stop_reason
-from conftest import make_rows
 
 
 def _top(strategy, probs, k, emb=None, seed=0):
@@ -32,13 +32,17 @@ def test_margin_and_entropy_pick_the_rows_the_student_is_least_sure_of():
 def test_diverse_spreads_a_batch_over_clusters_where_margin_takes_near_duplicates():
     rng = np.random.default_rng(0)
     centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
-    emb = np.concatenate([c + rng.normal(0, 0.1, (10, 3)) for c in centres])  # 3 clusters of 10 rows: the 10·k candidates
+    emb = np.concatenate(
+        [c + rng.normal(0, 0.1, (10, 3)) for c in centres]
+    )  # 3 clusters of 10 rows: the 10·k candidates
     p = np.concatenate([rng.uniform(0.50, 0.52, 10), rng.uniform(0.60, 0.62, 10), rng.uniform(0.70, 0.72, 10)])
     probs = np.stack([p, 1 - p], 1)  # cluster 0 is the least sure, then 1, then 2
     assert {i // 10 for i in _top("margin", probs, 3)} == {0}
     picked = _top("diverse", probs, 3, emb)
     assert sorted(i // 10 for i in picked) == [0, 1, 2]
-    assert all(p[i] == p[(i // 10) * 10 : (i // 10) * 10 + 10].min() for i in picked), "the least sure row of each cluster"
+    assert all(p[i] == p[(i // 10) * 10 : (i // 10) * 10 + 10].min() for i in picked), (
+        "the least sure row of each cluster"
+    )
 
 
 def test_candidates_keep_the_best_rows_across_chunks():
@@ -56,7 +60,9 @@ def test_stop_rules():
     rounds = lambda *agreements: [{"test_agreement": a, "done": True} for a in agreements]  # noqa: E731
     state = {"selected": [{}] * 250, "rounds": rounds(0.70, 0.75)}
     assert _stop_reason(cfg, state, 10_000) == ""
-    assert "not improved by 0.01 for 2 rounds" in _stop_reason(cfg, {**state, "rounds": rounds(0.70, 0.80, 0.805, 0.79)}, 10_000)
+    assert "not improved by 0.01 for 2 rounds" in _stop_reason(
+        cfg, {**state, "rounds": rounds(0.70, 0.80, 0.805, 0.79)}, 10_000
+    )
     assert "budget of 300" in _stop_reason(cfg, {**state, "selected": [{}] * 300}, 10_000)
     assert "every pool row" in _stop_reason(cfg, state, 250)
     with pytest.raises(ValueError, match="budget: expected at least"):
@@ -64,19 +70,57 @@ def test_stop_rules():
 
 
 def _run(tiny_llama, tiny_roberta, pool, out, *extra):
-    return distillery_cli.main([
-        "active", "--data", str(pool), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
-        "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta), "--device", "cpu", "--epochs", "1", "--min-steps", "4",
-        "--batch-size", "8", "--speed-rows", "0", "--budget", "40", "--test-rows", "10", "--seed-rows", "10", "--round-rows", "10",
-        "--patience", "0", "--pool-chunk", "16", "--out", str(out), *extra,
-    ])
+    return distillery_cli.main(
+        [
+            "active",
+            "--data",
+            str(pool),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--labels",
+            "negative,positive",
+            "--teacher",
+            str(tiny_llama),
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--speed-rows",
+            "0",
+            "--budget",
+            "40",
+            "--test-rows",
+            "10",
+            "--seed-rows",
+            "10",
+            "--round-rows",
+            "10",
+            "--patience",
+            "0",
+            "--pool-chunk",
+            "16",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
 def pool(tmp_path):
     path = tmp_path / "pool.csv"
     rows = make_rows(80)
-    rows.loc[::7, "review"] += "\r and a bare carriage return as tweets have"  # it once split rows in the selection file
+    rows.loc[::7, "review"] += (
+        "\r and a bare carriage return as tweets have"  # it once split rows in the selection file
+    )
     rows.to_csv(path, index=False, quoting=1)  # csv.QUOTE_ALL: the pool itself keeps them
     return path
 
@@ -98,11 +142,18 @@ def test_active_loop_spends_the_budget_once_per_row(tiny_llama, tiny_roberta, po
     assert all(0 <= r["test_agreement"] <= 1 and r["test_accuracy"] is not None for r in log)
     assert log[1]["score_mean"] is not None, "the strategy's scores are logged"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [p["train_rows"] for p in metrics["learning_curve"]] == [10, 20, 30, 30]  # every round, then the final student
+    assert [p["train_rows"] for p in metrics["learning_curve"]] == [
+        10,
+        20,
+        30,
+        30,
+    ]  # every round, then the final student
     assert (out / "student" / "model.safetensors").is_file()
 
 
-def test_a_killed_active_run_resumes_mid_round_without_asking_the_teacher_again(tiny_llama, tiny_roberta, pool, tmp_path, monkeypatch):
+def test_a_killed_active_run_resumes_mid_round_without_asking_the_teacher_again(
+    tiny_llama, tiny_roberta, pool, tmp_path, monkeypatch
+):
     import importlib
 
     loop = importlib.import_module("distillery.active.loop")

@@ -11,18 +11,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_rows
 
 from distillery.annotate import AnnotateConfig, ManifestError, annotate, read_annotations
 from distillery.annotate.calibration import calibrated, fit_gold_calibration
 from distillery.annotate.chunks import label_columns
-from conftest import make_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(tiny_llama, data, out, **kw):
-    base = dict(data=str(data), out=str(out), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                device="cpu", limit=0, chunk_size=8, teacher_batch_size=4, test_fraction=0.25)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        text_column="review",
+        label_column="sentiment",
+        teacher=str(tiny_llama),
+        device="cpu",
+        limit=0,
+        chunk_size=8,
+        teacher_batch_size=4,
+        test_fraction=0.25,
+    )
     return AnnotateConfig(**{**base, **kw})
 
 
@@ -70,7 +80,9 @@ def test_gold_calibration_on_a_run_and_switching_mode_without_reannotating(tiny_
     labels, record = manifest["labels"], manifest["calibration"]
     assert record["mode"] == "gold" and record["fitted_on"] == 12 and record["temperature"] > 0
     fit = frame[(frame["split"] != "test")].head(12)
-    bias, temperature = fit_gold_calibration(fit[label_columns(labels, raw=True)].to_numpy(), fit["gold"].map(labels.index).to_numpy())
+    bias, temperature = fit_gold_calibration(
+        fit[label_columns(labels, raw=True)].to_numpy(), fit["gold"].map(labels.index).to_numpy()
+    )
     assert temperature == pytest.approx(record["temperature"], rel=1e-4)
     raw = frame[label_columns(labels, raw=True)].to_numpy()
     assert np.allclose(frame[label_columns(labels)].to_numpy(), calibrated(raw, bias, temperature), atol=1e-4)
@@ -87,7 +99,9 @@ def test_rerun_does_nothing_and_changed_teacher_or_labels_is_refused(tiny_llama,
     with pytest.raises(ManifestError, match="labels"):
         annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run", labels=["negative", "positive", "neutral"]))
     with pytest.raises(ManifestError, match="prompt_hash"):
-        annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run", task="sentiment-3way", labels=["negative", "positive"]))
+        annotate(
+            _cfg(tiny_llama, reviews_csv, tmp_path / "run", task="sentiment-3way", labels=["negative", "positive"])
+        )
     with pytest.raises(ManifestError, match="teacher"):
         annotate(_cfg(tiny_llama, reviews_csv, tmp_path / "run", teacher="smollm2"))
     assert {p.name: p.read_bytes() for p in root.glob("part-*.csv")} == before  # nothing lost or mixed
@@ -122,9 +136,30 @@ def test_kill_mid_run_then_resume_annotates_each_row_once(tiny_llama, tmp_path):
     path = tmp_path / "many.csv"
     make_rows(n).to_csv(path, index=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distillery", "annotate", "--data", str(path), "--out", str(out), "--text-column", "review",
-           "--label-column", "sentiment", "--teacher", str(tiny_llama), "--device", "cpu", "--limit", "0",
-           "--chunk-size", "25", "--teacher-batch-size", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distillery",
+        "annotate",
+        "--data",
+        str(path),
+        "--out",
+        str(out),
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+        "--teacher",
+        str(tiny_llama),
+        "--device",
+        "cpu",
+        "--limit",
+        "0",
+        "--chunk-size",
+        "25",
+        "--teacher-batch-size",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -151,7 +186,10 @@ def test_a_teacher_that_rarely_says_the_label_words_is_reported(tiny_llama, revi
     manifest = json.loads((root / "manifest.json").read_text())
     frame, _ = read_annotations(root)
     # A random 2-layer model spreads its next token over the whole vocabulary: little mass on the labels.
-    assert manifest["label_mass_median"] == pytest.approx(frame["label_mass"].median()) and manifest["label_mass_median"] < 0.05
+    assert (
+        manifest["label_mass_median"] == pytest.approx(frame["label_mass"].median())
+        and manifest["label_mass_median"] < 0.05
+    )
     assert "not what it tends to say" in capsys.readouterr().out
 
 
@@ -160,9 +198,14 @@ def test_topic_task_takes_its_labels_from_the_command_line_and_labels_sharing_a_
     from distillery.core.tasks import load_task, shared_first_tokens
 
     task = load_task("topic", ["world", "sports", "business", "sci/tech"])
-    assert task.labels == ["world", "sports", "business", "sci/tech"] and "world, sports, business or sci/tech" in task.messages("x")[-1]["content"]
+    assert (
+        task.labels == ["world", "sports", "business", "sci/tech"]
+        and "world, sports, business or sci/tech" in task.messages("x")[-1]["content"]
+    )
     with pytest.raises(UserError, match="pass --labels with the label set"):
         load_task("topic")
     words = {" world": [1], " sports": [2], " business": [3], " sci/tech": [4, 5], " science": [4, 6]}  # ' sci' shared
-    assert shared_first_tokens(load_task("topic", ["world", "sports", "business", "sci/tech", "science"]), words.__getitem__) == [["sci/tech", "science"]]
+    assert shared_first_tokens(
+        load_task("topic", ["world", "sports", "business", "sci/tech", "science"]), words.__getitem__
+    ) == [["sci/tech", "science"]]
     assert shared_first_tokens(task, words.__getitem__) == []

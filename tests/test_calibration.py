@@ -1,11 +1,12 @@
-"""Calibration on synthetic data with a known label prior: EM and the mixture find it, mean cannot, auto picks by gold rows."""
+"""Calibration on synthetic data with a known label prior: EM and the mixture find it, mean cannot, auto picks by gold
+rows."""
 
 import numpy as np
 import pytest
+from conftest import make_rows
 
 from distillery.annotate import AnnotateConfig, annotate, read_annotations
 from distillery.annotate.calibration import calibrated, em_prior, fit_calibration, resolve_mode
-from conftest import make_rows
 
 
 def _synthetic(prior: list[float], n: int = 20000, seed: int = 0):
@@ -71,15 +72,28 @@ def test_auto_is_gold_with_enough_gold_rows_else_a_mixture():
     assert resolve_mode("auto", 500, 2, balanced=True) == "mean"  # a --balance sample has a uniform prior
 
 
-@pytest.mark.parametrize("rows, balance, expected", [(40, False, "content-free"), (96, False, "gold"), (96, True, "mean")])
+@pytest.mark.parametrize(
+    "rows, balance, expected", [(40, False, "content-free"), (96, False, "gold"), (96, True, "mean")]
+)
 def test_auto_on_a_run(tiny_llama, tmp_path, rows, balance, expected):
     data = tmp_path / "rows.csv"
     make_rows(rows).to_csv(data, index=False)
-    cfg = AnnotateConfig(data=str(data), out=str(tmp_path / "run"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                         device="cpu", limit=0, test_fraction=0.25, balance=balance)
+    cfg = AnnotateConfig(
+        data=str(data),
+        out=str(tmp_path / "run"),
+        text_column="review",
+        label_column="sentiment",
+        teacher=str(tiny_llama),
+        device="cpu",
+        limit=0,
+        test_fraction=0.25,
+        balance=balance,
+    )
     assert cfg.calibrate == "auto"
     _, manifest = read_annotations(annotate(cfg))
     record = manifest["calibration"]
     assert record["mode"] == expected and record["requested"] == "auto"
     assert ("temperature" in record) == (expected == "gold") and record["bias"]
-    assert ("content_free_bias" in manifest) == (expected == "content-free"), "content-free inputs are scored only when used"
+    assert ("content_free_bias" in manifest) == (expected == "content-free"), (
+        "content-free inputs are scored only when used"
+    )

@@ -9,8 +9,8 @@ import contextlib
 import dataclasses
 import io
 import os
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -22,7 +22,14 @@ CORE = ["distillery/core"]
 # The code each subcommand runs: a flag it shows must be read (as cfg.NAME, or by name) somewhere here.
 CODE = {
     "annotate": ["annotate", *CORE],
-    "distill": ["distill", "annotate/local.py", "annotate/teacher.py", "annotate/calibration.py", "annotate/backends.py", *CORE],
+    "distill": [
+        "distill",
+        "annotate/local.py",
+        "annotate/teacher.py",
+        "annotate/calibration.py",
+        "annotate/backends.py",
+        *CORE,
+    ],
     "evaluate": ["evaluation", "serve/card.py", "serve/defer.py", "serve/student.py", *CORE],
     "predict": ["serve/predict.py", "serve/student.py", "serve/defer.py", "serve/config.py", *CORE],
     "export": ["serve/export.py", "serve/student.py", "serve/card.py", "serve/config.py", *CORE],
@@ -35,14 +42,19 @@ CODE["review"] = ["review", "evaluation/review.py", *CORE]
 def _help(command: str, flag: str = "--help") -> str:
     """What ``distillery COMMAND --help`` prints on an 80-column terminal."""
     out = io.StringIO()
-    with mock.patch.dict(os.environ, {"COLUMNS": "80"}), contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+    with (
+        mock.patch.dict(os.environ, {"COLUMNS": "80"}),
+        contextlib.redirect_stdout(out),
+        pytest.raises(SystemExit) as exit_,
+    ):
         distillery_cli.main([command, flag])
     assert exit_.value.code == 0
     return out.getvalue()
 
 
 def _names_read(paths: list[str]) -> set[str]:
-    """Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings)."""
+    """Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings).
+    Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings)."""
     names: set[str] = set()
     files = [f for p in paths for f in ([ROOT / p] if p.endswith(".py") else sorted((ROOT / p).glob("*.py")))]
     for file in files:
@@ -61,7 +73,9 @@ def test_help_fits_and_every_flag_shown_is_read_by_that_subcommand(command):
     assert "(default: )" not in text and "usage: distillery " + command + " [options]" in text
     full = _help(command, "--help-all")
     flags = [line.split()[0].rstrip(",") for line in full.splitlines() if line.startswith("  --")]
-    renamed = {f.metadata["flag"]: name for name, f in distillery_cli.stage_fields(command).items() if f.metadata.get("flag")}  # --import
+    renamed = {
+        f.metadata["flag"]: name for name, f in distillery_cli.stage_fields(command).items() if f.metadata.get("flag")
+    }  # --import
     shown = {renamed.get(flag) or flag[2:].replace("-", "_").removeprefix("no_") for flag in flags}
     settings = shown - {"help", "help_all", "config"}
     assert settings <= set(distillery_cli.stage_fields(command)), settings - set(distillery_cli.stage_fields(command))
@@ -83,31 +97,55 @@ def test_every_setting_has_one_group_and_one_short_help_whatever_the_stage():
             assert types.setdefault(f.name, str(f.type)) == str(f.type), f.name
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["distill", "--output-dir", "x"], "--output-dir was renamed: use --student"),
-    (["export", "--output-dir", "x"], "--output-dir was renamed: use --onnx-dir"),
-    (["predict", "--data", "x.csv", "--batch-size", "4"], "--batch-size was renamed: use --predict-batch-size"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["distill", "--output-dir", "x"], "--output-dir was renamed: use --student"),
+        (["export", "--output-dir", "x"], "--output-dir was renamed: use --onnx-dir"),
+        (["predict", "--data", "x.csv", "--batch-size", "4"], "--batch-size was renamed: use --predict-batch-size"),
+    ],
+)
 def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_:
         distillery_cli.main(argv)
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["distill", "--student", "llama-lora"], "pass it as --student-kind llama-lora"),
-    (["predict", "--data", "x.csv", "--out", "preds.csv"], "write the predictions with --predictions FILE.csv"),
-    (["distill", "--teacher-mode", "online", "--backend", "openai"], "teacher_mode online: expected a backend that runs the model here"),
-    (["distill", "--teacher-mode", "online", "--learning-curve"], "learning_curve: trains on shares of OUT/annotations"),
-    (["annotate", "--max-cost", "5"], "max_cost: applies to a server backend (--backend openai); found --backend local"),
-    (["annotate", "--backend", "openai", "--dtype", "bfloat16"], "dtype: applies to a backend that runs the model in this process"),
-    (["active", "--warm-start", "--student-kind", "llama-lora"], "warm_start: applies to a student kind that can start"),
-    (["distill", "--qlora"], "qlora: applies to a student kind with LoRA adapters"),
-    (["annotate", "--base-url", "http://127.0.0.1:1/v1"], "base_url: applies to a server backend"),
-    (["annotate", "--backend", "openai", "--load-in-4bit"], "load_in_4bit: applies to a backend that runs the model in this process"),
-    (["predict", "--data", "x.csv", "--defer-threshold", "0.9"], "pass --defer too"),
-    (["distill", "--student-kind", "bert-lora"], "--student-kind: expected one of encoder, llama-lora"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["distill", "--student", "llama-lora"], "pass it as --student-kind llama-lora"),
+        (["predict", "--data", "x.csv", "--out", "preds.csv"], "write the predictions with --predictions FILE.csv"),
+        (
+            ["distill", "--teacher-mode", "online", "--backend", "openai"],
+            "teacher_mode online: expected a backend that runs the model here",
+        ),
+        (
+            ["distill", "--teacher-mode", "online", "--learning-curve"],
+            "learning_curve: trains on shares of OUT/annotations",
+        ),
+        (
+            ["annotate", "--max-cost", "5"],
+            "max_cost: applies to a server backend (--backend openai); found --backend local",
+        ),
+        (
+            ["annotate", "--backend", "openai", "--dtype", "bfloat16"],
+            "dtype: applies to a backend that runs the model in this process",
+        ),
+        (
+            ["active", "--warm-start", "--student-kind", "llama-lora"],
+            "warm_start: applies to a student kind that can start",
+        ),
+        (["distill", "--qlora"], "qlora: applies to a student kind with LoRA adapters"),
+        (["annotate", "--base-url", "http://127.0.0.1:1/v1"], "base_url: applies to a server backend"),
+        (
+            ["annotate", "--backend", "openai", "--load-in-4bit"],
+            "load_in_4bit: applies to a backend that runs the model in this process",
+        ),
+        (["predict", "--data", "x.csv", "--defer-threshold", "0.9"], "pass --defer too"),
+        (["distill", "--student-kind", "bert-lora"], "--student-kind: expected one of encoder, llama-lora"),
+    ],
+)
 def test_combinations_that_cannot_work_are_one_line_errors(argv, says, capsys, tmp_path):
     assert distillery_cli.main([*argv]) == 2
     err = capsys.readouterr().err
@@ -123,7 +161,13 @@ def test_a_config_key_that_was_renamed_says_so(tmp_path, capsys):
 
 def test_the_usage_reference_in_the_docs_is_the_one_the_code_generates():
     text = (ROOT / "docs" / "usage.md").read_text()
-    assert text.endswith(distillery_cli.reference_markdown()), "docs/usage.md is stale: run python docs/make_reference.py"
-    flags = {name: f.metadata.get("flag") for command in distillery_cli.STAGES for name, f in distillery_cli.stage_fields(command).items()}
+    assert text.endswith(distillery_cli.reference_markdown()), (
+        "docs/usage.md is stale: run python docs/make_reference.py"
+    )
+    flags = {
+        name: f.metadata.get("flag")
+        for command in distillery_cli.STAGES
+        for name, f in distillery_cli.stage_fields(command).items()
+    }
     for name in distillery_cli.GROUP_OF:
         assert f"`{flags.get(name) or '--' + name.replace('_', '-')}` (`{name}`)" in text

@@ -10,14 +10,47 @@ from distillery import cli as distillery_cli
 
 def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, reviews_csv, tmp_path, capsys):
     out = tmp_path / "run"
-    code = distillery_cli.main([
-        "run", "--data", str(reviews_csv), "--text-column", "review", "--label-column", "sentiment",
-        "--labels", "negative,positive", "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta),
-        "--device", "cpu", "--epochs", "2", "--min-steps", "20", "--batch-size", "8", "--speed-rows", "8", "--out", str(out), "--learning-curve",
-    ])
+    code = distillery_cli.main(
+        [
+            "run",
+            "--data",
+            str(reviews_csv),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--labels",
+            "negative,positive",
+            "--teacher",
+            str(tiny_llama),
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--min-steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--speed-rows",
+            "8",
+            "--out",
+            str(out),
+            "--learning-curve",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
-    for line in ("teacher accuracy", "student accuracy", "agreement", "Cohen's κ", "retention", "student speed-up", "report:"):
+    for line in (
+        "teacher accuracy",
+        "student accuracy",
+        "agreement",
+        "Cohen's κ",
+        "retention",
+        "student speed-up",
+        "report:",
+    ):
         assert line in printed
     # A random tiny teacher on 8 test rows: not clearly above the majority class, and the run says so.
     assert "WARNING: teacher: accuracy" in printed and "not clearly above the majority baseline" in printed
@@ -26,14 +59,25 @@ def test_run_writes_annotations_student_and_report(tiny_llama, tiny_roberta, rev
     for part in ("teacher", "student"):
         assert {"accuracy", "macro_f1", "ece", "rows_per_s"} <= set(metrics[part])
     assert {"agreement", "kappa", "retention"} <= set(metrics)
-    assert json.loads((out / "annotations" / "manifest.json").read_text())["rows"] == 40, "a user's file is annotated whole by default"
+    assert json.loads((out / "annotations" / "manifest.json").read_text())["rows"] == 40, (
+        "a user's file is annotated whole by default"
+    )
     ci = metrics["student"]["ci"]["accuracy"]
-    assert ci[0] <= metrics["student"]["accuracy"] <= ci[1] and any(w.startswith("teacher:") for w in metrics["warnings"])
+    assert ci[0] <= metrics["student"]["accuracy"] <= ci[1] and any(
+        w.startswith("teacher:") for w in metrics["warnings"]
+    )
     curve = metrics["learning_curve"]
     n_train = 40 - metrics["rows"]
-    assert [p["train_rows"] for p in curve] == [n_train // 4, n_train // 2, n_train] and all(0 <= p["agreement"] <= 1 for p in curve)
-    assert "## Learning curve" in (out / "report.md").read_text() and f"| {n_train // 4} |" in (out / "report.md").read_text()
-    assert 0 <= metrics["student"]["accuracy"] <= 1 and metrics["rows"] == sum(metrics["teacher"]["per_class"][k]["support"] for k in ("negative", "positive"))
+    assert [p["train_rows"] for p in curve] == [n_train // 4, n_train // 2, n_train] and all(
+        0 <= p["agreement"] <= 1 for p in curve
+    )
+    assert (
+        "## Learning curve" in (out / "report.md").read_text()
+        and f"| {n_train // 4} |" in (out / "report.md").read_text()
+    )
+    assert 0 <= metrics["student"]["accuracy"] <= 1 and metrics["rows"] == sum(
+        metrics["teacher"]["per_class"][k]["support"] for k in ("negative", "positive")
+    )
     report = (out / "report.md").read_text()
     assert "## Headline" in report and "confusion_student_vs_gold.png" in report
     assert (out / "confusion_student_vs_teacher.png").stat().st_size > 1000
@@ -56,10 +100,29 @@ def test_run_without_gold_labels_reports_agreement_only(tiny_llama, tiny_roberta
     from conftest import make_rows
 
     path = tmp_path / "unlabelled.jsonl"
-    make_rows(30).drop(columns="sentiment").rename(columns={"review": "text"}).to_json(path, orient="records", lines=True)
+    make_rows(30).drop(columns="sentiment").rename(columns={"review": "text"}).to_json(
+        path, orient="records", lines=True
+    )
     out = tmp_path / "run"
-    code = distillery_cli.main(["run", "--data", str(path), "--labels", "negative,positive", "--teacher", str(tiny_llama),
-                                "--student-model", str(tiny_roberta), "--device", "cpu", "--speed-rows", "0", "--out", str(out)])
+    code = distillery_cli.main(
+        [
+            "run",
+            "--data",
+            str(path),
+            "--labels",
+            "negative,positive",
+            "--teacher",
+            str(tiny_llama),
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            "cpu",
+            "--speed-rows",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher"]["accuracy"] is None and metrics["retention"] is None
@@ -67,7 +130,9 @@ def test_run_without_gold_labels_reports_agreement_only(tiny_llama, tiny_roberta
     assert "No gold labels" in (out / "report.md").read_text()
 
 
-def test_review_import_and_rerun_recalibrates_retrains_and_reports_the_review(tiny_llama, tiny_roberta, tmp_path, capsys):
+def test_review_import_and_rerun_recalibrates_retrains_and_reports_the_review(
+    tiny_llama, tiny_roberta, tmp_path, capsys
+):
     """A user without gold: run, review 100 rows, import the person's answers, run again. The rerun
     asks the teacher nothing, calibrates on the reviewed rows, trains on the person's labels where
     they exist, and the report estimates accuracy from the random part with intervals."""
@@ -79,15 +144,44 @@ def test_review_import_and_rerun_recalibrates_retrains_and_reports_the_review(ti
     path = tmp_path / "unlabelled.csv"
     rows.drop(columns="sentiment").to_csv(path, index=False)
     out = tmp_path / "run"
-    args = ["run", "--data", str(path), "--id-column", "id", "--labels", "negative,positive", "--teacher", str(tiny_llama),
-            "--student-model", str(tiny_roberta), "--device", "cpu", "--speed-rows", "0", "--epochs", "1", "--min-steps", "5", "--out", str(out)]
+    args = [
+        "run",
+        "--data",
+        str(path),
+        "--id-column",
+        "id",
+        "--labels",
+        "negative,positive",
+        "--teacher",
+        str(tiny_llama),
+        "--student-model",
+        str(tiny_roberta),
+        "--device",
+        "cpu",
+        "--speed-rows",
+        "0",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "5",
+        "--out",
+        str(out),
+    ]
     assert distillery_cli.main(args) == 0
-    assert distillery_cli.main(["review", "--out", str(out), "--review-rows", "100", "--random-share", "0.4", "--device", "cpu"]) == 0
+    assert (
+        distillery_cli.main(
+            ["review", "--out", str(out), "--review-rows", "100", "--random-share", "0.4", "--device", "cpu"]
+        )
+        == 0
+    )
     sheet = pd.read_csv(out / "review" / "round-01" / "queue.csv", dtype=str, keep_default_na=False)
     sheet["label"], sheet["annotator"] = sheet["id"].map(person), "me"
     sheet.to_csv(tmp_path / "answers.csv", index=False)
     assert distillery_cli.main(["review", "--out", str(out), "--import", str(tmp_path / "answers.csv")]) == 0
-    chunks_before = {p.name: pd.read_csv(p)[["raw_logprob_negative", "raw_logprob_positive"]] for p in (out / "annotations").glob("part-*.csv")}
+    chunks_before = {
+        p.name: pd.read_csv(p)[["raw_logprob_negative", "raw_logprob_positive"]]
+        for p in (out / "annotations").glob("part-*.csv")
+    }
     capsys.readouterr()
     assert distillery_cli.main(args) == 0
     printed = capsys.readouterr().out

@@ -3,9 +3,15 @@
 import numpy as np
 import pytest
 
-from distillery.evaluation import ReportData, agreement_metrics, classification_metrics, expected_calibration_error, render_report
+from distillery.evaluation import (
+    ReportData,
+    agreement_metrics,
+    classification_metrics,
+    expected_calibration_error,
+    render_report,
+)
 from distillery.evaluation.diagnosis import diagnose
-from distillery.evaluation.metrics import class_retention, bootstrap_intervals
+from distillery.evaluation.metrics import bootstrap_intervals, class_retention
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():
@@ -34,19 +40,46 @@ def test_classification_and_agreement_metrics():
 
 
 def _model(acc, **extra):
-    return {"accuracy": acc, "macro_f1": None if acc is None else acc - 0.01, "ece": 0.05, "per_class": {"neg": {"f1": 0.5}, "pos": {"f1": 0.6}}, **extra}
+    return {
+        "accuracy": acc,
+        "macro_f1": None if acc is None else acc - 0.01,
+        "ece": 0.05,
+        "per_class": {"neg": {"f1": 0.5}, "pos": {"f1": 0.6}},
+        **extra,
+    }
 
 
 def test_report_renders_every_section():
     data = ReportData(
-        task="sentiment-binary", teacher="smollm2", split="test", n_rows=10, n_failed=1, labels=["neg", "pos"],
-        majority_label="neg", majority_accuracy=0.5,
+        task="sentiment-binary",
+        teacher="smollm2",
+        split="test",
+        n_rows=10,
+        n_failed=1,
+        labels=["neg", "pos"],
+        majority_label="neg",
+        majority_accuracy=0.5,
         models={
             "teacher": _model(0.8, rows_per_s=4.0, batch_size=16, parameters=134_515_008, size_bytes=2_000_000),
-            "student": _model(0.7, agreement=0.9, kappa=0.8, retention=0.875, speedup=20.0, rows_per_s=80.0, batch_size=32, parameters=22_000_000, size_bytes=90_000_000,
-                              macro_f1_retention=0.8734, worst_class="neg", worst_class_retention=0.75),
+            "student": _model(
+                0.7,
+                agreement=0.9,
+                kappa=0.8,
+                retention=0.875,
+                speedup=20.0,
+                rows_per_s=80.0,
+                batch_size=32,
+                parameters=22_000_000,
+                size_bytes=90_000_000,
+                macro_f1_retention=0.8734,
+                worst_class="neg",
+                worst_class_retention=0.75,
+            ),
         },
-        speed_rows=8, device="cpu", plots=["confusion_student_vs_gold.png"], config="limit: 10\n",
+        speed_rows=8,
+        device="cpu",
+        plots=["confusion_student_vs_gold.png"],
+        config="limit: 10\n",
     )
     text = render_report(data)
     assert text.startswith("# Distillery report: sentiment-binary\n")
@@ -60,9 +93,19 @@ def test_report_renders_every_section():
 
 def test_report_without_gold_says_so():
     data = ReportData(
-        task="t", teacher="smollm2", split="test", n_rows=3, n_failed=0, labels=["neg", "pos"], majority_label=None,
-        majority_accuracy=None, models={"teacher": _model(None), "student": _model(None, agreement=0.5, kappa=0.1, retention=None)},
-        speed_rows=0, device="cpu", plots=[], config="",
+        task="t",
+        teacher="smollm2",
+        split="test",
+        n_rows=3,
+        n_failed=0,
+        labels=["neg", "pos"],
+        majority_label=None,
+        majority_accuracy=None,
+        models={"teacher": _model(None), "student": _model(None, agreement=0.5, kappa=0.1, retention=None)},
+        speed_rows=0,
+        device="cpu",
+        plots=[],
+        config="",
     )
     text = render_report(data)
     assert "No gold labels" in text and "| student | – | – | 0.5000 | 0.1000 | – | – |" in text
@@ -75,7 +118,12 @@ def test_bootstrap_intervals_cover_the_truth_with_the_binomial_width():
     student = np.where(rng.random(400) < 0.9, teacher, 1 - teacher)  # agrees on ~90%
     ci = bootstrap_intervals(teacher, student, gold, 2)
     s_acc, t_acc = (student == gold).mean(), (teacher == gold).mean()
-    for key, value in (("student_accuracy", s_acc), ("teacher_accuracy", t_acc), ("agreement", (student == teacher).mean()), ("retention", s_acc / t_acc)):
+    for key, value in (
+        ("student_accuracy", s_acc),
+        ("teacher_accuracy", t_acc),
+        ("agreement", (student == teacher).mean()),
+        ("retention", s_acc / t_acc),
+    ):
         assert ci[key][0] < value < ci[key][1], key
     width = ci["teacher_accuracy"][1] - ci["teacher_accuracy"][0]
     assert width == pytest.approx(2 * 1.96 * np.sqrt(t_acc * (1 - t_acc) / 400), rel=0.2)
@@ -85,10 +133,21 @@ def test_bootstrap_intervals_cover_the_truth_with_the_binomial_width():
 
 def _metrics(teacher_acc, student_acc, agreement, teacher_shares=None):
     return {
-        "majority_label": "pos", "majority_accuracy": 0.72, "calibration": {"mode": "mean"}, "gold_shares": {"neg": 0.28, "pos": 0.72},
-        "teacher": {"accuracy": teacher_acc, "ci": {"accuracy": [teacher_acc - 0.04, teacher_acc + 0.04]},
-                    "label_shares": teacher_shares or {"neg": 0.3, "pos": 0.7}},
-        "student": {"accuracy": student_acc, "agreement": agreement, "kappa": 0.14, "ci": {"accuracy": [student_acc - 0.05, student_acc + 0.05]}},
+        "majority_label": "pos",
+        "majority_accuracy": 0.72,
+        "calibration": {"mode": "mean"},
+        "gold_shares": {"neg": 0.28, "pos": 0.72},
+        "teacher": {
+            "accuracy": teacher_acc,
+            "ci": {"accuracy": [teacher_acc - 0.04, teacher_acc + 0.04]},
+            "label_shares": teacher_shares or {"neg": 0.3, "pos": 0.7},
+        },
+        "student": {
+            "accuracy": student_acc,
+            "agreement": agreement,
+            "kappa": 0.14,
+            "ci": {"accuracy": [student_acc - 0.05, student_acc + 0.05]},
+        },
     }
 
 
@@ -97,7 +156,10 @@ def test_warnings_name_the_problem_and_the_fix():
     # The issue's review set: the student below the majority class and far from its teacher.
     found = diagnose(_metrics(0.90, 0.595, 0.571), {"train_rows": 491, "steps": 93})
     assert len(found) == 2
-    assert "student: accuracy 0.5950 is not clearly above the majority baseline 0.7200" in found[0] and "491 training rows, 93 optimizer steps" in found[0]
+    assert (
+        "student: accuracy 0.5950 is not clearly above the majority baseline 0.7200" in found[0]
+        and "491 training rows, 93 optimizer steps" in found[0]
+    )
     assert "--learning-curve" in found[0] and "57.1%" in found[1] and "--min-steps" in found[1]
     # A teacher pushed to 50/50 on a 72/28 set, and one no better than the majority class.
     shares = diagnose(_metrics(0.743, 0.80, 0.9, {"neg": 0.5, "pos": 0.5}))
@@ -124,10 +186,17 @@ def test_class_retention_and_the_warning_for_a_dropped_class():
     found = [w for w in diagnose(metrics) if "class '" in w]
     assert len(found) == 1 and "class 'negative' F1 0.463 against the teacher's 0.600 (0.77×" in found[0]
     # The advice follows what distill did: weights when it used none, more rows of the class when it did.
-    unweighted = [w for w in diagnose(metrics, {"train_rows": 500, "steps": 300, "class_weights": None}) if "class '" in w][0]
+    unweighted = [
+        w for w in diagnose(metrics, {"train_rows": 500, "steps": 300, "class_weights": None}) if "class '" in w
+    ][0]
     assert "were not weighted by class" in unweighted and "--class-weights balanced" in unweighted
-    weighted = [w for w in diagnose(metrics, {"train_rows": 500, "steps": 300, "class_weights": {"negative": 2.0, "positive": 0.67}})
-                if "class '" in w][0]
+    weighted = [
+        w
+        for w in diagnose(
+            metrics, {"train_rows": 500, "steps": 300, "class_weights": {"negative": 2.0, "positive": 0.67}}
+        )
+        if "class '" in w
+    ][0]
     assert "--class-weights" not in weighted and "more rows of that class" in weighted
     metrics["student"]["per_class"]["negative"]["f1"] = 0.55  # 0.92×: kept
     metrics["student"].update(class_retention(metrics["student"], teacher))
@@ -136,13 +205,38 @@ def test_class_retention_and_the_warning_for_a_dropped_class():
 
 def test_report_shows_intervals_warnings_and_the_learning_curve():
     data = ReportData(
-        task="t", teacher="smollm2", split="test", n_rows=10, n_failed=0, labels=["neg", "pos"], majority_label="pos", majority_accuracy=0.72,
-        models={"teacher": _model(0.8, ci={"accuracy": [0.7, 0.9]}),
-                "student": _model(0.6, agreement=0.57, kappa=0.14, retention=0.75, ci={"accuracy": [0.5, 0.7], "agreement": [0.47, 0.67], "kappa": [0.0, 0.3], "retention": [0.6, 0.9]})},
-        speed_rows=0, device="cpu", plots=[], config="", warnings=["student: it agrees with its teacher on only 57.0% of the rows"],
-        learning_curve=[{"train_rows": 100, "steps": 300, "accuracy": 0.55, "agreement": 0.5}, {"train_rows": 400, "steps": 300, "accuracy": 0.6, "agreement": 0.57}],
+        task="t",
+        teacher="smollm2",
+        split="test",
+        n_rows=10,
+        n_failed=0,
+        labels=["neg", "pos"],
+        majority_label="pos",
+        majority_accuracy=0.72,
+        models={
+            "teacher": _model(0.8, ci={"accuracy": [0.7, 0.9]}),
+            "student": _model(
+                0.6,
+                agreement=0.57,
+                kappa=0.14,
+                retention=0.75,
+                ci={"accuracy": [0.5, 0.7], "agreement": [0.47, 0.67], "kappa": [0.0, 0.3], "retention": [0.6, 0.9]},
+            ),
+        },
+        speed_rows=0,
+        device="cpu",
+        plots=[],
+        config="",
+        warnings=["student: it agrees with its teacher on only 57.0% of the rows"],
+        learning_curve=[
+            {"train_rows": 100, "steps": 300, "accuracy": 0.55, "agreement": 0.5},
+            {"train_rows": 400, "steps": 300, "accuracy": 0.6, "agreement": 0.57},
+        ],
     )
     text = render_report(data)
-    assert "| student | 0.8000 [0.7000, 0.9000] | 0.6000 [0.5000, 0.7000] | 0.5700 [0.4700, 0.6700] | 0.1400 [0.0000, 0.3000] | 0.7500 [0.6000, 0.9000] | – | – | – |" in text
+    assert (
+        "| student | 0.8000 [0.7000, 0.9000] | 0.6000 [0.5000, 0.7000] | 0.5700 [0.4700, 0.6700] | 0.1400 "
+        "[0.0000, 0.3000] | 0.7500 [0.6000, 0.9000] | – | – | – |" in text
+    )
     assert "- **Warning** – student: it agrees with its teacher on only 57.0% of the rows" in text
     assert "| 100 | 300 | 0.5500 | 0.5000 |" in text and "| 400 | 300 | 0.6000 | 0.5700 |" in text

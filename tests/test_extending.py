@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_rows
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 import distillery
 from distillery import cli as distillery_cli
-from conftest import make_rows
 
 
 class KeywordTeacher:
@@ -31,7 +31,9 @@ class KeywordTeacher:
         self.calls += 1
         out = []
         for text in texts:
-            hits = np.array([sum(text.lower().count(w) for w in self.CUES.get(lab, ())) for lab in self.labels], dtype=float)
+            hits = np.array(
+                [sum(text.lower().count(w) for w in self.CUES.get(lab, ())) for lab in self.labels], dtype=float
+            )
             raw = np.log(np.exp(hits) / np.exp(hits).sum())
             out.append(distillery.Annotation(logprobs=raw.tolist(), mass=1.0))
         return out
@@ -49,9 +51,18 @@ class TinyBert(distillery.StudentKind):
 
     def build(self, cfg, labels):
         tokenizer = AutoTokenizer.from_pretrained(cfg.student_model)
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, num_labels=len(labels),
-                            id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+        )
         torch.manual_seed(cfg.seed)
         return tokenizer, BertForSequenceClassification(config)
 
@@ -69,8 +80,12 @@ def half_mean(raw, content_free, gold_raw, gold):
 def toys():
     distillery.teacher_backends.register("keywords", distillery.TeacherBackend("cue words (test)", KeywordTeacher))
     distillery.student_kinds.register("tiny-bert", TinyBert)
-    distillery.calibration_modes.register("half-mean", distillery.CalibrationMode("half the mean correction (test)", half_mean))
-    distillery.active_strategies.register("least-confident", distillery.Strategy("1 - the top probability (test)", least_confident))
+    distillery.calibration_modes.register(
+        "half-mean", distillery.CalibrationMode("half the mean correction (test)", half_mean)
+    )
+    distillery.active_strategies.register(
+        "least-confident", distillery.Strategy("1 - the top probability (test)", least_confident)
+    )
     yield
     distillery.teacher_backends.unregister("keywords")
     distillery.student_kinds.unregister("tiny-bert")
@@ -92,18 +107,58 @@ def test_a_toy_of_each_kind_runs_end_to_end(toys, tiny_roberta, tmp_path):
     pool = tmp_path / "pool.csv"
     make_rows(60).to_csv(pool, index=False)
     out = tmp_path / "run"
-    code = distillery_cli.main([
-        "active", "--data", str(pool), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
-        "--backend", "keywords", "--calibrate", "half-mean", "--strategy", "least-confident", "--student-kind", "tiny-bert",
-        "--student-model", str(tiny_roberta), "--device", "cpu", "--epochs", "1", "--min-steps", "4", "--batch-size", "8",
-        "--speed-rows", "0", "--budget", "40", "--test-rows", "10", "--seed-rows", "10", "--round-rows", "10", "--patience", "0",
-        "--out", str(out),
-    ])
+    code = distillery_cli.main(
+        [
+            "active",
+            "--data",
+            str(pool),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--labels",
+            "negative,positive",
+            "--backend",
+            "keywords",
+            "--calibrate",
+            "half-mean",
+            "--strategy",
+            "least-confident",
+            "--student-kind",
+            "tiny-bert",
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--speed-rows",
+            "0",
+            "--budget",
+            "40",
+            "--test-rows",
+            "10",
+            "--seed-rows",
+            "10",
+            "--round-rows",
+            "10",
+            "--patience",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "annotations" / "manifest.json").read_text())
     assert manifest["calibration"]["mode"] == "half-mean"
     frame = pd.concat(pd.read_csv(p) for p in sorted((out / "annotations").glob("part-*.csv")))
-    raw = frame[["raw_logprob_negative", "raw_logprob_positive"]].to_numpy() if "raw_logprob_negative" in frame else None
+    raw = (
+        frame[["raw_logprob_negative", "raw_logprob_positive"]].to_numpy() if "raw_logprob_negative" in frame else None
+    )
     assert len(frame) == 40 and frame["teacher_label"].isin(["negative", "positive"]).all()
     if raw is not None:  # the calibration applied is ours: half the mean, subtracted
         bias = np.array([manifest["calibration"]["bias"][lab] for lab in ("negative", "positive")])

@@ -14,9 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import make_rows, reply_json
 from test_hosted_unit import ANSWER
+
 from distillery.annotate import AnnotateConfig, annotate, read_annotations
 
 pytestmark = pytest.mark.timeout(120)
+
 
 @pytest.fixture
 def chat_server():
@@ -35,7 +37,10 @@ def chat_server():
             longest[0] = max(longest[0], len(text))
             status, answer = 200, ANSWER
             if "REFUSE" in text:
-                status, answer = 400, {"error": {"message": "this input violates the usage policy", "type": "invalid_request_error"}}
+                status, answer = (
+                    400,
+                    {"error": {"message": "this input violates the usage policy", "type": "invalid_request_error"}},
+                )
             elif "FLAKY" in text and row not in flaked:
                 flaked.add(row)
                 status, answer = 503, {"error": {"message": "overloaded, try again", "type": "server_error"}}
@@ -52,8 +57,22 @@ def chat_server():
 
 
 def _hosted_cfg(url, data, out, **kw):
-    base = {"backend": "openai", "base_url": url, "api_key_env": "none", "teacher": "m", "data": str(data), "out": str(out), "text_column": "text",
-            "label_column": "label", "limit": 0, "test_fraction": 0.0, "calibrate": "mean", "max_retries": 0, "request_timeout": 10.0, "concurrency": 2}
+    base = {
+        "backend": "openai",
+        "base_url": url,
+        "api_key_env": "none",
+        "teacher": "m",
+        "data": str(data),
+        "out": str(out),
+        "text_column": "text",
+        "label_column": "label",
+        "limit": 0,
+        "test_fraction": 0.0,
+        "calibrate": "mean",
+        "max_retries": 0,
+        "request_timeout": 10.0,
+        "concurrency": 2,
+    }
     return AnnotateConfig(**{**base, **kw})
 
 
@@ -68,18 +87,33 @@ def test_a_huge_row_fails_before_tokenizing_and_is_retried_only_when_asked(tiny_
     data.to_csv(path, index=False)
     seen = []
     real_lengths, real_score = LocalTeacher.prompt_lengths, LocalTeacher.score
-    monkeypatch.setattr(LocalTeacher, "prompt_lengths", lambda self, texts: (seen.extend(texts), real_lengths(self, texts))[1])
+    monkeypatch.setattr(
+        LocalTeacher, "prompt_lengths", lambda self, texts: (seen.extend(texts), real_lengths(self, texts))[1]
+    )
     monkeypatch.setattr(LocalTeacher, "score", lambda self, texts: (seen.extend(texts), real_score(self, texts))[1])
-    cfg = {"data": str(path), "out": str(tmp_path / "run"), "text_column": "review", "label_column": "sentiment", "teacher": str(tiny_llama),
-           "device": "cpu", "limit": 0, "test_fraction": 0.0, "calibrate": "mean"}
+    cfg = {
+        "data": str(path),
+        "out": str(tmp_path / "run"),
+        "text_column": "review",
+        "label_column": "sentiment",
+        "teacher": str(tiny_llama),
+        "device": "cpu",
+        "limit": 0,
+        "test_fraction": 0.0,
+        "calibrate": "mean",
+    }
 
     started = time.perf_counter()
     root = annotate(AnnotateConfig(**cfg))
     frame, manifest = read_annotations(root)
     assert max(map(len, seen)) < 1000, "the huge row reached the teacher"
     bad = frame[frame["error_type"] != ""]
-    assert bad["error_type"].tolist() == ["too_long"] and manifest["status"] == "complete" and manifest["rows_failed"] == 1
-    assert "300,000 characters" in bad["error_message"].iloc[0] and "--max-row-chars 8,192" in bad["error_message"].iloc[0]
+    assert (
+        bad["error_type"].tolist() == ["too_long"] and manifest["status"] == "complete" and manifest["rows_failed"] == 1
+    )
+    assert (
+        "300,000 characters" in bad["error_message"].iloc[0] and "--max-row-chars 8,192" in bad["error_message"].iloc[0]
+    )
     assert time.perf_counter() - started < 60
 
     seen.clear()
@@ -87,13 +121,17 @@ def test_a_huge_row_fails_before_tokenizing_and_is_retried_only_when_asked(tiny_
     assert seen == [] and read_annotations(root)[1]["rows_failed"] == 1
 
     annotate(AnnotateConfig(**cfg, retry_failed=True, max_row_chars=400_000))
-    assert [len(t) for t in seen if len(t) > 1000] == [300_000, 300_000], "asked again (it then fails on --max-prompt-tokens)"
+    assert [len(t) for t in seen if len(t) > 1000] == [300_000, 300_000], (
+        "asked again (it then fails on --max-prompt-tokens)"
+    )
     frame, _ = read_annotations(root)
     assert frame.loc[frame["error_type"] != "", "error_type"].tolist() == ["prompt_too_long"]
 
 
 def _rows_csv(path, texts):
-    path.write_text("text,label\n" + "".join(f"{t},{'positive' if i % 2 else 'negative'}\n" for i, t in enumerate(texts)))
+    path.write_text(
+        "text,label\n" + "".join(f"{t},{'positive' if i % 2 else 'negative'}\n" for i, t in enumerate(texts))
+    )
     return path
 
 
@@ -101,7 +139,9 @@ def test_a_huge_row_is_never_sent_to_the_server(chat_server, tmp_path):
     """Case 8, hosted: a row over --max-row-chars fails without a request."""
     pytest.importorskip("openai")
     url, asked, _, longest = chat_server
-    data = _rows_csv(tmp_path / "rows.csv", [f"row{i} is a fine text" for i in range(4)] + ["long " * 2000])  # 10,000 > 8 x 1024
+    data = _rows_csv(
+        tmp_path / "rows.csv", [f"row{i} is a fine text" for i in range(4)] + ["long " * 2000]
+    )  # 10,000 > 8 x 1024
     frame, manifest = read_annotations(annotate(_hosted_cfg(url, data, tmp_path / "run")))
     assert longest[0] < 10_000 and sum(asked.values()) == 4, "the too-long row was sent"
     assert frame["error_type"].tolist() == ["", "", "", "", "too_long"] and manifest["status"] == "complete"
@@ -113,7 +153,10 @@ def test_rows_the_server_refuses_fail_for_good_and_the_run_finishes(chat_server,
     refused rows again without stopping the run."""
     pytest.importorskip("openai")
     url, asked, _, _ = chat_server
-    data = _rows_csv(tmp_path / "rows.csv", [f"row{i} is a fine text" for i in range(12)] + ["REFUSE1 x", "REFUSE2 y", "REFUSE3 z", "FLAKY1 w"])
+    data = _rows_csv(
+        tmp_path / "rows.csv",
+        [f"row{i} is a fine text" for i in range(12)] + ["REFUSE1 x", "REFUSE2 y", "REFUSE3 z", "FLAKY1 w"],
+    )
 
     root = annotate(_hosted_cfg(url, data, tmp_path / "run"))
     frame, manifest = read_annotations(root)
@@ -123,7 +166,9 @@ def test_rows_the_server_refuses_fail_for_good_and_the_run_finishes(chat_server,
     assert manifest["status"] == "complete" and manifest["rows_failed"] == 4
 
     asked.clear()
-    root = annotate(_hosted_cfg(url, data, tmp_path / "run"))  # was: every rerun asked the 400 rows and stopped with exit 2
+    root = annotate(
+        _hosted_cfg(url, data, tmp_path / "run")
+    )  # was: every rerun asked the 400 rows and stopped with exit 2
     frame, manifest = read_annotations(root)
     assert dict(asked) == {"FLAKY1": 1}, "only the temporary failure is asked again"
     assert manifest["status"] == "complete" and manifest["rows_failed"] == 3 and "calibration" in manifest
@@ -133,7 +178,9 @@ def test_rows_the_server_refuses_fail_for_good_and_the_run_finishes(chat_server,
     assert dict(asked) == {"FLAKY1": 1}
 
     asked.clear()
-    annotate(_hosted_cfg(url, data, tmp_path / "run", retry_failed=True))  # only refused rows left to ask: they fail again, the run ends
+    annotate(
+        _hosted_cfg(url, data, tmp_path / "run", retry_failed=True)
+    )  # only refused rows left to ask: they fail again, the run ends
     assert dict(asked) == {"REFUSE1": 1, "REFUSE2": 1, "REFUSE3": 1}
     assert read_annotations(root)[1]["status"] == "complete"
 
@@ -146,7 +193,19 @@ def test_an_unset_key_variable_is_one_line_and_none_sends_no_key(chat_server, tm
 
     url, asked, auth, _ = chat_server
     make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)
-    common = ["annotate", "--backend", "openai", "--base-url", url, "--teacher", "m", "--data", str(tmp_path / "rows.csv"), "--calibrate", "mean"]
+    common = [
+        "annotate",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--teacher",
+        "m",
+        "--data",
+        str(tmp_path / "rows.csv"),
+        "--calibrate",
+        "mean",
+    ]
     monkeypatch.delenv("DISTILLERY_UNSET_KEY", raising=False)
     monkeypatch.setenv("DISTILLERY_EMPTY_KEY", "")
     for name in ("DISTILLERY_UNSET_KEY", "DISTILLERY_EMPTY_KEY"):

@@ -14,9 +14,9 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import make_rows
 
 from distillery import cli as distillery_cli
-from conftest import make_rows
 
 WAIT_S = 60  # the longest a test here waits on the process that holds the lock
 
@@ -31,7 +31,9 @@ def student(tiny_roberta, tmp_path_factory):
     model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
-    (path / "distillery_student.json").write_text(json.dumps({"student": "encoder", "labels": ["negative", "positive"]}))
+    (path / "distillery_student.json").write_text(
+        json.dumps({"student": "encoder", "labels": ["negative", "positive"]})
+    )
     return path
 
 
@@ -43,8 +45,26 @@ def rows(tmp_path):
 
 
 def _predict(student, data, out, *extra) -> int:
-    return distillery_cli.main(["predict", "--student", str(student), "--data", str(data), "--text-column", "review", "--chunk-size", "7",
-                                "--predict-batch-size", "4", "--device", "cpu", "--predictions", str(out), *extra])
+    return distillery_cli.main(
+        [
+            "predict",
+            "--student",
+            str(student),
+            "--data",
+            str(data),
+            "--text-column",
+            "review",
+            "--chunk-size",
+            "7",
+            "--predict-batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--predictions",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_case4_a_cut_part_is_predicted_again_never_joined(student, rows, tmp_path, monkeypatch, capsys):
@@ -112,15 +132,22 @@ def test_case11b_a_refused_predict_leaves_no_parts_folder(student, rows, tmp_pat
     assert not (tmp_path / "mine.csv.parts").exists(), "a refused run leaves nothing new on disk"
 
 
-HOLD = "import sys\nfrom distillery.core.rundir import locked\nwith locked(sys.argv[1], 'predict'):\n    sys.stdin.read()\n"
+HOLD = (
+    "import sys\nfrom distillery.core.rundir import locked\nwith locked(sys.argv[1], 'predict'):\n    "
+    "sys.stdin.read()\n"
+)
 
 
 def test_case11c_the_second_process_refusal_names_predictions(student, rows, tmp_path, capsys):
     out, parts = tmp_path / "preds.csv", tmp_path / "preds.csv.parts"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(parts)], stdin=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(parts)], stdin=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         deadline = time.monotonic() + WAIT_S
-        while f'"pid": {holder.pid}' not in ((parts / ".distillery.lock").read_text() if (parts / ".distillery.lock").is_file() else ""):
+        while f'"pid": {holder.pid}' not in (
+            (parts / ".distillery.lock").read_text() if (parts / ".distillery.lock").is_file() else ""
+        ):
             assert holder.poll() is None and time.monotonic() < deadline, "the other process did not take the lock"
             time.sleep(0.05)
         capsys.readouterr()
@@ -128,7 +155,9 @@ def test_case11c_the_second_process_refusal_names_predictions(student, rows, tmp
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"another distillery process (pid {holder.pid}" in err, err
         assert "pass another --predictions" in err and "--out" not in err, err
-        assert not out.exists() and [p.name for p in parts.iterdir()] == [".distillery.lock"], "the refused run wrote nothing"
+        assert not out.exists() and [p.name for p in parts.iterdir()] == [".distillery.lock"], (
+            "the refused run wrote nothing"
+        )
     finally:
         holder.stdin.close()
         try:
@@ -141,8 +170,9 @@ def test_case11c_the_second_process_refusal_names_predictions(student, rows, tmp
 def test_predict_and_export_never_touch_a_users_parts_or_staging_files(student, rows, tmp_path, capsys):
     """QA follow-ups: a user's PREDICTIONS.parts/ folder, a cut run.json of ours, --predictions through a
     folder that does not exist, and a killed export's work folder left behind."""
-    from distillery.core.rundir import write_text
     from test_faults import one_line, plant, unchanged
+
+    from distillery.core.rundir import write_text
 
     predict = ["predict", "--student", str(student), "--data", str(rows), "--text-column", "review", "--device", "cpu"]
     parts = plant(tmp_path / "P.csv.parts", ("run.json", "part-00000.csv"))
@@ -156,7 +186,17 @@ def test_predict_and_export_never_touch_a_users_parts_or_staging_files(student, 
     assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "Q.csv")]) == 2
     assert "run.json: not a predict state distillery can read" in one_line(capsys)
     assert (tmp_path / "Q.csv.parts" / "run.json").read_text() == "not json"
-    export = ["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--variant", "fp32", "--out", str(tmp_path)]
+    export = [
+        "export",
+        "--student",
+        str(student),
+        "--onnx-dir",
+        str(tmp_path / "onnx"),
+        "--variant",
+        "fp32",
+        "--out",
+        str(tmp_path),
+    ]
     assert distillery_cli.main(export) == 0
     from distillery.core.rundir import temporary_name
 

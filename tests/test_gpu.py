@@ -7,7 +7,10 @@ from distillery.annotate import AnnotateConfig, load_task
 from distillery.annotate.local import LocalTeacher
 from distillery.distill import DistillConfig, hybrid_kd_loss, load_student
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes 4-bit)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bitsandbytes 4-bit)"),
+]
 
 
 def test_4bit_teacher_scores_like_the_bf16_teacher(tiny_llama):
@@ -24,22 +27,48 @@ def test_qlora_student_trains_adapters_only(tiny_llama):
     cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device="cuda", qlora=True)
     tok, model = load_student(cfg, ["negative", "positive"])
     enc = tok(["I love it", "I hate it"], padding=True, return_tensors="pt").to("cuda")
-    loss = hybrid_kd_loss(model(**enc).logits, torch.log(torch.tensor([[0.1, 0.9], [0.9, 0.1]], device="cuda")), torch.tensor([1, 0], device="cuda"))
+    loss = hybrid_kd_loss(
+        model(**enc).logits,
+        torch.log(torch.tensor([[0.1, 0.9], [0.9, 0.1]], device="cuda")),
+        torch.tensor([1, 0], device="cuda"),
+    )
     loss.total.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all("lora_" in n or "score" in n for n in grads)
 
 
 def test_qlora_checkpoint_resumes_and_evaluates_on_the_4bit_base(tiny_llama, tmp_path):
-    from distillery.annotate import annotate
     from conftest import make_rows
+
+    from distillery.annotate import annotate
     from distillery.distill import distill, load_trained_student
 
     make_rows(48).to_csv(tmp_path / "rows.csv", index=False)
-    annotate(AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                            device="cuda", limit=0, out=str(tmp_path), test_fraction=0.0))
-    cfg = DistillConfig(out=str(tmp_path), student_kind="llama-lora", student_model=str(tiny_llama), device="cuda", qlora=True, batch_size=8,
-                        epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, checkpoint_every=3)
+    annotate(
+        AnnotateConfig(
+            data=str(tmp_path / "rows.csv"),
+            text_column="review",
+            label_column="sentiment",
+            teacher=str(tiny_llama),
+            device="cuda",
+            limit=0,
+            out=str(tmp_path),
+            test_fraction=0.0,
+        )
+    )
+    cfg = DistillConfig(
+        out=str(tmp_path),
+        student_kind="llama-lora",
+        student_model=str(tiny_llama),
+        device="cuda",
+        qlora=True,
+        batch_size=8,
+        epochs=2,
+        min_steps=0,
+        val_fraction=0.125,
+        lr=1e-3,
+        checkpoint_every=3,
+    )
     student = distill(cfg)
     from dataclasses import replace
 

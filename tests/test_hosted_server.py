@@ -28,12 +28,18 @@ from distillery.core.tasks import TaskSpec
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python[server] (make install-server)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python[server] (make install-server)"
+    ),
     pytest.mark.timeout(120),  # setup included: the module's server starts within the first test's two minutes
 ]
 # No answer prefix: a chat API answers from the start of the assistant turn, so the local
 # teacher is asked to score the same position.
-TASK = dict(name="plain", labels=["negative", "positive"], instruction="Classify the sentiment of the following text as {labels}. Answer with one word.\n\n{text}")
+TASK = dict(
+    name="plain",
+    labels=["negative", "positive"],
+    instruction="Classify the sentiment of the following text as {labels}. Answer with one word.\n\n{text}",
+)
 
 
 def _free_port() -> int:
@@ -58,8 +64,21 @@ def llama_server(tmp_path_factory):
     one completion (a server built for another CPU may die on its first one)."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill up and stall the server
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model("smollm2"), "--host", "127.0.0.1", "--port", str(port),
-           "--n_threads_batch", "1", "--n_ctx", "2048"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        resolve_model("smollm2"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads_batch",
+        "1",
+        "--n_ctx",
+        "2048",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -74,8 +93,11 @@ def llama_server(tmp_path_factory):
                 if time.time() > deadline:
                     pytest.fail(f"llama.cpp server not ready in 60 s: {_log_tail(log)}")
                 time.sleep(0.3)
-        smoke = urllib.request.Request(f"{url}/completions", data=json.dumps({"prompt": "Hello", "max_tokens": 1}).encode(),
-                                       headers={"Content-Type": "application/json"})
+        smoke = urllib.request.Request(
+            f"{url}/completions",
+            data=json.dumps({"prompt": "Hello", "max_tokens": 1}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             urllib.request.urlopen(smoke, timeout=30).read()
         except OSError as err:
@@ -101,7 +123,18 @@ def server(llama_server):
 
 
 def _cfg(tmp_path, url, **kw):
-    base = dict(backend="openai", base_url=url, api_key_env="none", teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0, concurrency=2)
+    base = dict(
+        backend="openai",
+        base_url=url,
+        api_key_env="none",
+        teacher="smollm2",
+        out=str(tmp_path),
+        limit=50,
+        seed=0,
+        calibrate="none",
+        test_fraction=0.0,
+        concurrency=2,
+    )
     return AnnotateConfig(**{**base, **kw})
 
 
@@ -176,19 +209,40 @@ def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
     local_lp = _local_logprobs([teacher.prompt_text(t) for t in texts], task, bos=True)
     agreement = (local_lp.argmax(1) == hosted_lp.argmax(1)).mean()
     mad = np.abs(np.exp(local_lp[:, 1]) - np.exp(hosted_lp[:, 1])).mean()
-    print(f"echo (plain prompt, shifted) vs local with BOS: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}")
+    print(
+        f"echo (plain prompt, shifted) vs local with BOS: agreement {agreement:.3f}, mean |p_pos difference| {mad:.4f}"
+    )
     assert agreement >= 0.8 and mad < 0.1  # at most one of the 8 rows differs
 
 
 def test_bad_config_gives_one_clear_error_line(server, tmp_path, capsys):
     from distillery import cli as distillery_cli
 
-    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "none", "--limit", "4",
-                                "--max-retries", "0", "--out", str(tmp_path / "dead")])
+    code = distillery_cli.main(
+        [
+            "annotate",
+            "--backend",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            "none",
+            "--limit",
+            "4",
+            "--max-retries",
+            "0",
+            "--out",
+            str(tmp_path / "dead"),
+        ]
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("distillery")]
-    assert code == 2 and len(errors) == 1 and "failed (APIConnectionError" in errors[0] and "check --base-url" in errors[0]
-    assert "Traceback" not in err and not list((tmp_path / "dead" / "annotations").glob("part-*.csv")), "no partial garbage"
+    assert (
+        code == 2 and len(errors) == 1 and "failed (APIConnectionError" in errors[0] and "check --base-url" in errors[0]
+    )
+    assert "Traceback" not in err and not list((tmp_path / "dead" / "annotations").glob("part-*.csv")), (
+        "no partial garbage"
+    )
     code = distillery_cli.main(["annotate", "--backend", "openai", "--limit", "4", "--out", str(tmp_path / "nourl")])
     assert code == 2 and "expected --base-url" in capsys.readouterr().err
 
@@ -222,13 +276,28 @@ def test_wrong_key_stops_the_run_with_one_line_and_no_key_in_it(server, tmp_path
     try:
         from distillery import cli as distillery_cli
 
-        code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1",
-                                    "--api-key-env", "TEST_KEY", "--limit", "4", "--out", str(tmp_path / "run")])
+        code = distillery_cli.main(
+            [
+                "annotate",
+                "--backend",
+                "openai",
+                "--base-url",
+                f"http://127.0.0.1:{proxy.port}/v1",
+                "--api-key-env",
+                "TEST_KEY",
+                "--limit",
+                "4",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     finally:
         proxy.close()
     err = capsys.readouterr().err.strip()
     errors = [line for line in err.splitlines() if line.startswith("distillery")]  # the rest is the progress bar
-    assert code == 2 and len(errors) == 1 and "refused the API key from $TEST_KEY" in errors[0] and "Traceback" not in err
+    assert (
+        code == 2 and len(errors) == 1 and "refused the API key from $TEST_KEY" in errors[0] and "Traceback" not in err
+    )
     assert "wrong-key-123" not in err
     assert not list((tmp_path / "run" / "annotations").glob("part-*.csv")), "no partial chunk"
     for path in (tmp_path / "run").rglob("*"):
@@ -244,8 +313,28 @@ def test_kill_9_then_rerun_resends_no_answered_request(server, tmp_path):
 
     proxy = FaultProxy(_port(server), faults=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distillery", "annotate", "--backend", "openai", "--base-url", f"http://127.0.0.1:{proxy.port}/v1", "--api-key-env", "none",
-           "--limit", "40", "--chunk-size", "10", "--teacher-batch-size", "5", "--concurrency", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distillery",
+        "annotate",
+        "--backend",
+        "openai",
+        "--base-url",
+        f"http://127.0.0.1:{proxy.port}/v1",
+        "--api-key-env",
+        "none",
+        "--limit",
+        "40",
+        "--chunk-size",
+        "10",
+        "--teacher-batch-size",
+        "5",
+        "--concurrency",
+        "1",
+        "--out",
+        str(out),
+    ]
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root}
     try:

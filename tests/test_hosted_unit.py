@@ -8,7 +8,12 @@ from distillery.annotate.hosted import echo_is_shifted, echo_label_logprob, labe
 
 
 def test_case_and_space_variants_are_summed_and_renormalised():
-    top = [(" positive", math.log(0.5)), ("Positive", math.log(0.2)), (" negative", math.log(0.1)), (" the", math.log(0.1))]
+    top = [
+        (" positive", math.log(0.5)),
+        ("Positive", math.log(0.2)),
+        (" negative", math.log(0.1)),
+        (" the", math.log(0.1)),
+    ]
     logprobs, covered, bounded = labels_from_top_logprobs(top, ["negative", "positive"])
     assert [math.exp(x) for x in logprobs] == pytest.approx([0.125, 0.875])
     assert covered == pytest.approx(0.8) and bounded == []
@@ -30,10 +35,16 @@ def test_a_token_that_begins_two_labels_counts_for_neither():
 
 # An echo of "A B neg ative" + generated ".": entry i of top_logprobs is the distribution that
 # predicts token i (aligned, as vLLM) or token i+1 (llama.cpp after an unlisted BOS).
-ALIGNED = {"tokens": ["A", " B", " neg", "ative", "."], "token_logprobs": [None, -1.0, -0.5, -0.25, -0.1],
-           "top_logprobs": [None, {" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25}, {".": -0.1}]}
-SHIFTED = {"tokens": ["A", " B", " neg", "ative"], "token_logprobs": [None, -9.0, -9.0, -9.0],
-           "top_logprobs": [{" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25, "x": -3.0}, {".": -0.1}]}
+ALIGNED = {
+    "tokens": ["A", " B", " neg", "ative", "."],
+    "token_logprobs": [None, -1.0, -0.5, -0.25, -0.1],
+    "top_logprobs": [None, {" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25}, {".": -0.1}],
+}
+SHIFTED = {
+    "tokens": ["A", " B", " neg", "ative"],
+    "token_logprobs": [None, -9.0, -9.0, -9.0],
+    "top_logprobs": [{" B": -1.0}, {" neg": -0.5, " pos": -1.5}, {"ative": -0.25, "x": -3.0}, {".": -0.1}],
+}
 
 
 def test_echo_aligned_sums_the_label_tokens_and_skips_the_generated_one():
@@ -58,16 +69,46 @@ def test_echo_label_merged_with_the_prompt_is_an_error():
 
 def test_probe_tells_llama_cpp_late_logprobs_from_aligned_ones():
     tokens = [str(i) for i in range(20)]
-    aligned = {"tokens": tokens, "token_logprobs": [None] + [-0.01] * 19, "top_logprobs": [None] + [{t: -0.01} for t in tokens[1:]]}
-    late = {"tokens": tokens, "token_logprobs": [None] + [-12.0] * 19, "top_logprobs": [{tokens[i + 1]: -0.01, tokens[i]: -12.0} for i in range(19)] + [{}]}
+    aligned = {
+        "tokens": tokens,
+        "token_logprobs": [None] + [-0.01] * 19,
+        "top_logprobs": [None] + [{t: -0.01} for t in tokens[1:]],
+    }
+    late = {
+        "tokens": tokens,
+        "token_logprobs": [None] + [-12.0] * 19,
+        "top_logprobs": [{tokens[i + 1]: -0.01, tokens[i]: -12.0} for i in range(19)] + [{}],
+    }
     assert not echo_is_shifted(aligned) and echo_is_shifted(late)
 
 
-ANSWER = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
-          "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "positive"},
-                       "logprobs": {"content": [{"token": "positive", "logprob": -0.1, "bytes": None,
-                                                 "top_logprobs": [{"token": "positive", "logprob": -0.1, "bytes": None},
-                                                                  {"token": "negative", "logprob": -2.5, "bytes": None}]}]}}]}
+ANSWER = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "length",
+            "message": {"role": "assistant", "content": "positive"},
+            "logprobs": {
+                "content": [
+                    {
+                        "token": "positive",
+                        "logprob": -0.1,
+                        "bytes": None,
+                        "top_logprobs": [
+                            {"token": "positive", "logprob": -0.1, "bytes": None},
+                            {"token": "negative", "logprob": -2.5, "bytes": None},
+                        ],
+                    }
+                ]
+            },
+        }
+    ],
+}
 
 
 @pytest.fixture
@@ -92,11 +133,22 @@ def answering_server():
             status, answer = 200, ANSWER
             if request["model"] == "echo-headers":
                 status = 400
-                answer = {"error": {"message": f"bad request from {self.headers.get('Authorization')} with api-key {self.headers.get('api-key')}",
-                                    "type": "invalid_request_error"}}
+                answer = {
+                    "error": {
+                        "message": f"bad request from {self.headers.get('Authorization')} with api-key "
+                        f"{self.headers.get('api-key')}",
+                        "type": "invalid_request_error",
+                    }
+                }
             elif request["model"] != "smollm2":  # as OpenAI answers an unknown model
                 status = 404
-                answer = {"error": {"message": f"The model `{request['model']}` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}
+                answer = {
+                    "error": {
+                        "message": f"The model `{request['model']}` does not exist",
+                        "type": "invalid_request_error",
+                        "code": "model_not_found",
+                    }
+                }
             reply_json(self, status, answer)
 
         def log_message(self, *args):
@@ -115,33 +167,72 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     url, arrivals, _ = answering_server
     task = load_task("sentiment-binary")
     texts = [f"row {i}" for i in range(6)]
-    free = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "a"), concurrency=4), task)
+    free = HostedTeacher(
+        AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "a"), concurrency=4), task
+    )
     assert all(a.error_type == "" for a in free.score(texts))
     assert arrivals[-1] - arrivals[0] < 1.0  # unlimited: as fast as the server answers
     arrivals.clear()
-    limited = HostedTeacher(AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "b"), concurrency=4,
-                                           requests_per_minute=200), task)
-    assert all(a.error_type == "" for a in limited.score(texts[:3]) + limited.score(texts[3:]))  # the limit holds across batches
+    limited = HostedTeacher(
+        AnnotateConfig(
+            backend="openai",
+            base_url=url,
+            api_key_env="none",
+            out=str(tmp_path / "b"),
+            concurrency=4,
+            requests_per_minute=200,
+        ),
+        task,
+    )
+    assert all(
+        a.error_type == "" for a in limited.score(texts[:3]) + limited.score(texts[3:])
+    )  # the limit holds across batches
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert len(arrivals) == 6 and min(gaps) > 0.25  # 200/minute: one every 0.3 s
 
 
 def test_unknown_model_gives_one_clear_error_line_and_no_chunk(answering_server, tmp_path, capsys):
-    from distillery import cli as distillery_cli
-
     from conftest import make_rows
 
+    from distillery import cli as distillery_cli
+
     url, _, _ = answering_server
-    make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)  # no packaged data needed
-    code = distillery_cli.main(["annotate", "--backend", "openai", "--base-url", url, "--api-key-env", "none", "--teacher", "gpt-nope", "--data", str(tmp_path / "rows.csv"),
-                                "--out", str(tmp_path)])
+    make_rows(4).rename(columns={"review": "text", "sentiment": "label"}).to_csv(
+        tmp_path / "rows.csv", index=False
+    )  # no packaged data needed
+    code = distillery_cli.main(
+        [
+            "annotate",
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            "--api-key-env",
+            "none",
+            "--teacher",
+            "gpt-nope",
+            "--data",
+            str(tmp_path / "rows.csv"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("distillery")]
-    assert code == 2 and len(lines) == 1 and "http_404" in lines[0] and "gpt-nope" in lines[0] and "check --base-url and --teacher" in lines[0]
+    assert (
+        code == 2
+        and len(lines) == 1
+        and "http_404" in lines[0]
+        and "gpt-nope" in lines[0]
+        and "check --base-url and --teacher" in lines[0]
+    )
     assert "Traceback" not in err and not list((tmp_path / "annotations").glob("part-*.csv"))
 
 
-HEADER_SECRET, KEY_SECRET = "hdr-7f3a9c1e5b2d4806", "key-0b1d2f3a4c5e6978"  # no known key format: found by value, not by pattern
+HEADER_SECRET, KEY_SECRET = (
+    "hdr-7f3a9c1e5b2d4806",
+    "key-0b1d2f3a4c5e6978",
+)  # no known key format: found by value, not by pattern
 
 
 def test_no_key_or_header_value_reaches_a_file_or_the_terminal(answering_server, tmp_path, monkeypatch, capsys):
@@ -149,17 +240,30 @@ def test_no_key_or_header_value_reaches_a_file_or_the_terminal(answering_server,
     the run folder (chunks, manifest, config.yaml, request cache) or in what the command prints,
     even when the server repeats both in an error."""
     import yaml
+    from conftest import make_rows
 
     from distillery import cli as distillery_cli
-    from conftest import make_rows
 
     url, _, headers = answering_server
     monkeypatch.setenv("DISTILLERY_TEST_KEY", KEY_SECRET)
     make_rows(6).rename(columns={"review": "text", "sentiment": "label"}).to_csv(tmp_path / "rows.csv", index=False)
-    common = ["annotate", "--backend", "openai", "--base-url", url, "--api-key-env", "DISTILLERY_TEST_KEY",
-              "--extra-headers", f"api-key: {HEADER_SECRET}", "--data", str(tmp_path / "rows.csv")]
+    common = [
+        "annotate",
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--api-key-env",
+        "DISTILLERY_TEST_KEY",
+        "--extra-headers",
+        f"api-key: {HEADER_SECRET}",
+        "--data",
+        str(tmp_path / "rows.csv"),
+    ]
     assert distillery_cli.main([*common, "--teacher", "smollm2", "--out", str(tmp_path / "ok")]) == 0
-    assert headers and all(h["api-key"] == HEADER_SECRET and h["authorization"] == f"Bearer {KEY_SECRET}" for h in headers)
+    assert headers and all(
+        h["api-key"] == HEADER_SECRET and h["authorization"] == f"Bearer {KEY_SECRET}" for h in headers
+    )
     assert distillery_cli.main([*common, "--teacher", "echo-headers", "--out", str(tmp_path / "failed")]) == 2
     printed = capsys.readouterr()
     assert "http_400" in printed.err and "***" in printed.err
@@ -168,4 +272,6 @@ def test_no_key_or_header_value_reaches_a_file_or_the_terminal(answering_server,
     assert written["extra_headers"] == ["api-key: <redacted>"], "the header's name stays, so the run can be reproduced"
     for run in ("ok", "failed"):
         files = [p for p in sorted((tmp_path / run).rglob("*")) if p.is_file()]
-        assert files and not [str(p) for p in files if HEADER_SECRET.encode() in p.read_bytes() or KEY_SECRET.encode() in p.read_bytes()]
+        assert files and not [
+            str(p) for p in files if HEADER_SECRET.encode() in p.read_bytes() or KEY_SECRET.encode() in p.read_bytes()
+        ]

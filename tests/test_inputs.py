@@ -55,18 +55,53 @@ def test_gold_labels_outside_the_label_set(tmp_path):
 
 
 def test_fewer_than_two_labels(reviews_csv, tmp_path, capsys):
-    code, err = _cli(capsys, "annotate", "--data", str(reviews_csv), "--text-column", "review", "--labels", "positive", "--out", str(tmp_path / "o"))
+    code, err = _cli(
+        capsys,
+        "annotate",
+        "--data",
+        str(reviews_csv),
+        "--text-column",
+        "review",
+        "--labels",
+        "positive",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "at least two labels" in err
 
 
 def test_model_path_that_does_not_exist(reviews_csv, tmp_path, capsys):
-    code, err = _cli(capsys, "annotate", "--data", str(reviews_csv), "--text-column", "review", "--teacher", str(tmp_path / "no_model"), "--out", str(tmp_path / "o"))
+    code, err = _cli(
+        capsys,
+        "annotate",
+        "--data",
+        str(reviews_csv),
+        "--text-column",
+        "review",
+        "--teacher",
+        str(tmp_path / "no_model"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "model path not found" in err and len(err.splitlines()) == 1
 
 
 def test_load_in_4bit_on_cpu_is_a_clear_error(reviews_csv, tiny_llama, tmp_path, capsys):
-    code, err = _cli(capsys, "annotate", "--data", str(reviews_csv), "--text-column", "review", "--teacher", str(tiny_llama),
-                     "--device", "cpu", "--load-in-4bit", "--out", str(tmp_path / "o"))
+    code, err = _cli(
+        capsys,
+        "annotate",
+        "--data",
+        str(reviews_csv),
+        "--text-column",
+        "review",
+        "--teacher",
+        str(tiny_llama),
+        "--device",
+        "cpu",
+        "--load-in-4bit",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "--load-in-4bit needs a CUDA GPU" in err
 
 
@@ -88,7 +123,12 @@ def test_flags_override_the_config_file(tmp_path):
 
 def test_sampling_is_seeded_balanced_and_ids_are_stable(tmp_path):
     path = tmp_path / "dup.csv"
-    pd.DataFrame({"text": ["same", "same", "x", "y", "z", "w"], "label": ["positive", "positive", "negative", "negative", "negative", "positive"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "text": ["same", "same", "x", "y", "z", "w"],
+            "label": ["positive", "positive", "negative", "negative", "negative", "positive"],
+        }
+    ).to_csv(path, index=False)
     a = _load(path, label_column="label", limit=4, seed=3)
     b = _load(path, label_column="label", limit=4, seed=3)
     assert a.equals(b) and a["gold"].value_counts().to_dict() == {"negative": 2, "positive": 2}
@@ -98,11 +138,20 @@ def test_sampling_is_seeded_balanced_and_ids_are_stable(tmp_path):
 
 def test_split_column_is_kept_and_bad_values_are_refused(tmp_path):
     path = tmp_path / "split.csv"
-    pd.DataFrame({"text": [f"row {i}" for i in range(6)], "label": ["negative", "positive"] * 3,
-                  "part": ["train", "train", "test", "train", "test", "test"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "text": [f"row {i}" for i in range(6)],
+            "label": ["negative", "positive"] * 3,
+            "part": ["train", "train", "test", "train", "test", "test"],
+        }
+    ).to_csv(path, index=False)
     rows = _load(path, split_column="part", balance=False)
-    assert dict(zip(rows["text"], rows["split"])) == {f"row {i}": s for i, s in enumerate(["train", "train", "test", "train", "test", "test"])}
-    pd.DataFrame({"text": ["a", "b"], "label": ["negative", "positive"], "part": ["train", "dev"]}).to_csv(path, index=False)
+    assert dict(zip(rows["text"], rows["split"])) == {
+        f"row {i}": s for i, s in enumerate(["train", "train", "test", "train", "test", "test"])
+    }
+    pd.DataFrame({"text": ["a", "b"], "label": ["negative", "positive"], "part": ["train", "dev"]}).to_csv(
+        path, index=False
+    )
     with pytest.raises(InputError, match="expected 'train' or 'test'.*dev"):
         _load(path, split_column="part")
     with pytest.raises(InputError, match="expected a column 'nope'"):

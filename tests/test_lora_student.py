@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import DEVICES
+
 from distillery.distill import DistillConfig, hybrid_kd_loss, load_student, load_trained_student
 from distillery.distill.students import save_student, trainable_parameters
 
@@ -34,7 +34,9 @@ def test_only_adapters_and_head_change_after_a_step(tiny_llama, device):
     ids, mask = _batch(tok, device=device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     logits = model(input_ids=ids, attention_mask=mask).logits
-    hybrid_kd_loss(logits, torch.log_softmax(torch.randn(3, 2, device=device), -1), torch.tensor([1, 0, 1], device=device)).total.backward()
+    hybrid_kd_loss(
+        logits, torch.log_softmax(torch.randn(3, 2, device=device), -1), torch.tensor([1, 0, 1], device=device)
+    ).total.backward()
     opt.step()
     for n, p in model.named_parameters():
         if n in names:
@@ -64,7 +66,7 @@ def test_loss_falls_on_a_learnable_toy_task(tiny_llama, device):
 def test_adapter_save_load_and_merge_give_the_same_logits(tiny_llama, tmp_path):
     cfg, tok, model = _student(tiny_llama, merge=True)
     with torch.no_grad():  # move the adapters and head away from their initial values
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     model.eval()
@@ -97,7 +99,9 @@ def test_every_trainable_parameter_is_float32_on_a_bf16_checkpoint(bf16_llama, d
     cfg, tok, model = _student(bf16_llama, device)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert any("modules_to_save" in n for n in trainable), "the head copy is trainable"
-    assert all(p.dtype == torch.float32 for p in trainable.values()), {n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32}
+    assert all(p.dtype == torch.float32 for p in trainable.values()), {
+        n: p.dtype for n, p in trainable.items() if p.dtype != torch.float32
+    }
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     assert frozen == ({torch.float32} if device == "cpu" else {torch.bfloat16})  # the CPU runs bf16 ~50x slower
     # A small update survives: bf16 rounds x + 1e-4 back to x for |x| >~ 0.05.
@@ -115,8 +119,12 @@ def test_keep_trainable_fp32_casts_only_what_trains(bf16_llama):
     from distillery.distill.students import keep_trainable_fp32
 
     base = AutoModelForSequenceClassification.from_pretrained(bf16_llama, num_labels=2, dtype=torch.bfloat16)
-    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj"], modules_to_save=["score"]))
-    assert any(p.requires_grad and p.dtype == torch.bfloat16 for p in model.parameters()), "peft leaves the head copy in bf16"
+    model = get_peft_model(
+        base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj"], modules_to_save=["score"])
+    )
+    assert any(p.requires_grad and p.dtype == torch.bfloat16 for p in model.parameters()), (
+        "peft leaves the head copy in bf16"
+    )
     keep_trainable_fp32(model)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)

@@ -31,7 +31,12 @@ def test_alpha_zero_is_plain_cross_entropy():
 def test_kd_is_t_squared_times_kl_at_temperature(temperature):
     student, teacher, labels = _batch(seed=1)
     loss = hybrid_kd_loss(student, teacher, labels, alpha=1.0, temperature=temperature)
-    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1), log_target=True, reduction="batchmean")
+    kl = F.kl_div(
+        F.log_softmax(student / temperature, -1),
+        F.log_softmax(teacher / temperature, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
     assert loss.kd.item() == pytest.approx(temperature**2 * kl.item(), rel=1e-5)
     assert loss.total.item() == pytest.approx(loss.kd.item(), rel=1e-6)
 
@@ -90,7 +95,10 @@ def test_class_weights_make_each_part_a_weighted_mean():
     kl = (t.exp() * (t - s)).sum(-1)
     w_soft = weights[torch.cat([labels[:5], teacher[5:].argmax(-1)])]
     assert torch.allclose(got.kd, (kl * w_soft).sum() / w_soft.sum() * 4)
-    assert torch.allclose(hybrid_kd_loss(logits, teacher, labels, 0.5, 2.0, torch.ones(2)).total, hybrid_kd_loss(logits, teacher, labels).total)
+    assert torch.allclose(
+        hybrid_kd_loss(logits, teacher, labels, 0.5, 2.0, torch.ones(2)).total,
+        hybrid_kd_loss(logits, teacher, labels).total,
+    )
 
 
 def test_class_weights_come_from_the_training_rows_label_shares():
@@ -100,7 +108,9 @@ def test_class_weights_come_from_the_training_rows_label_shares():
     from distillery.distill.train import class_weights
 
     def rows(n_neg, n_pos):
-        return TrainingRows(["negative", "positive"], pd.DataFrame({"hard": [0] * n_neg + [1] * n_pos}), pd.DataFrame(), 0)
+        return TrainingRows(
+            ["negative", "positive"], pd.DataFrame({"hard": [0] * n_neg + [1] * n_pos}), pd.DataFrame(), 0
+        )
 
     assert torch.allclose(class_weights("balanced", rows(25, 75)), torch.tensor([2.0, 2 / 3]))
     assert torch.allclose(class_weights("auto", rows(25, 75)), torch.tensor([2.0, 2 / 3]))

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import DEVICES, make_rows
 
 from distillery.annotate import AnnotateConfig, annotate
-from conftest import DEVICES, make_rows
 from distillery.distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
 from distillery.distill.online import OnlineTeacher, load_online_rows
 from distillery.distill.train import with_teacher
@@ -13,11 +13,27 @@ from distillery.distill.train import with_teacher
 @pytest.mark.parametrize("device", DEVICES)
 def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp_path, device):
     make_rows(24).to_csv(tmp_path / "rows.csv", index=False)
-    source = AnnotateConfig(data=str(tmp_path / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                            device=device, limit=0, out=str(tmp_path), test_fraction=0.0, calibrate="content-free")
+    source = AnnotateConfig(
+        data=str(tmp_path / "rows.csv"),
+        text_column="review",
+        label_column="sentiment",
+        teacher=str(tiny_llama),
+        device=device,
+        limit=0,
+        out=str(tmp_path),
+        test_fraction=0.0,
+        calibrate="content-free",
+    )
     annotate(source)
-    cfg = DistillConfig(out=str(tmp_path), student_kind="llama-lora", student_model=str(tiny_llama), device=device, batch_size=8, group_by_length=False,
-                        max_length=64)
+    cfg = DistillConfig(
+        out=str(tmp_path),
+        student_kind="llama-lora",
+        student_model=str(tiny_llama),
+        device=device,
+        batch_size=8,
+        group_by_length=False,
+        max_length=64,
+    )
     offline_rows = load_training_rows(cfg)
     online_rows = load_online_rows(cfg, source)
     assert offline_rows.train["text"].tolist() == online_rows.train["text"].tolist()
@@ -27,7 +43,9 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
     offline_batch = next(iter(build_dataloaders(cfg, tok, offline_rows)[0]))
     online_batch = next(iter(build_dataloaders(cfg, tok, online_rows)[0]))
     assert online_batch["texts"] == offline_batch["texts"]
-    assert torch.isnan(online_batch["teacher_logprobs"]).all(), "online rows carry no soft labels until the teacher runs"
+    assert torch.isnan(online_batch["teacher_logprobs"]).all(), (
+        "online rows carry no soft labels until the teacher runs"
+    )
 
     teacher = OnlineTeacher(source, online_rows.labels, [])
     assert not any(p.requires_grad and p.grad is not None for p in teacher.teacher.scorer.model.parameters())
@@ -47,9 +65,33 @@ def test_online_training_runs_from_raw_rows(tiny_llama, tiny_roberta, tmp_path, 
     from distillery import cli as distillery_cli
 
     make_rows(24).to_csv(tmp_path / "rows.csv", index=False)
-    code = distillery_cli.main(["distill", "--teacher-mode", "online", "--data", str(tmp_path / "rows.csv"), "--text-column", "review",
-                                "--label-column", "sentiment", "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta),
-                                "--device", device, "--limit", "0", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run")])
+    code = distillery_cli.main(
+        [
+            "distill",
+            "--teacher-mode",
+            "online",
+            "--data",
+            str(tmp_path / "rows.csv"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--teacher",
+            str(tiny_llama),
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            device,
+            "--limit",
+            "0",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0
     assert not (tmp_path / "run" / "annotations").exists(), "online mode needs no annotation chunks"
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()

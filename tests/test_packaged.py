@@ -84,8 +84,12 @@ def _source_copy(dest):
     """The checkout as a fresh clone would have it (tracked and new, not ignored, files), so no
     stale build/ or egg-info of the working tree leaks into the wheel under test."""
     root = Path(__file__).resolve().parents[1]
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     if listed.returncode != 0:
         pytest.skip("needs a git checkout to list the project's files")
     for name in filter(None, listed.stdout.split("\0")):
@@ -101,8 +105,23 @@ def test_wheel_carries_the_task_files_and_no_run_output(tmp_path):
     (run / "annotations").mkdir(parents=True)
     (run / "annotations" / "part-00000.csv").write_text("id,text\n")
     (run / "config.yaml").write_text("out: data/runs/demo\n")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                           capture_output=True, text=True, timeout=120)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("distillery-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -110,10 +129,24 @@ def test_wheel_carries_the_task_files_and_no_run_output(tmp_path):
     configs = sorted(p.name for p in (src / "data" / "configs").glob("*.yaml"))
     assert tasks and configs
     data = sorted(n for n in names if n.startswith("distillery/data/"))
-    assert data == sorted(["distillery/data/__init__.py", "distillery/data/README.md", *(f"distillery/data/tasks/{t}" for t in tasks),
-                           *(f"distillery/data/configs/{c}" for c in configs)]), data
+    assert data == sorted(
+        [
+            "distillery/data/__init__.py",
+            "distillery/data/README.md",
+            *(f"distillery/data/tasks/{t}" for t in tasks),
+            *(f"distillery/data/configs/{c}" for c in configs),
+        ]
+    ), data
     assert not [n for n in names if "runs/" in n]
     # One import package: nothing but distillery (and its .dist-info) at the top of the wheel.
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"distillery"}
-    for stage in ("annotate/run.py", "distill/train.py", "evaluation/evaluate.py", "serve/predict.py", "active/loop.py", "core/registry.py", "cli.py"):
+    for stage in (
+        "annotate/run.py",
+        "distill/train.py",
+        "evaluation/evaluate.py",
+        "serve/predict.py",
+        "active/loop.py",
+        "core/registry.py",
+        "cli.py",
+    ):
         assert f"distillery/{stage}" in names, stage

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_rows
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from distillery import cli as distillery_cli
 from distillery.annotate import read_annotations
 from distillery.core.rundir import locked
-from conftest import make_rows
 from distillery.distill.train import find_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -41,8 +41,14 @@ def _env() -> dict:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """One ``distillery`` command in a fresh process, to the end (bounded)."""
-    return subprocess.run([sys.executable, "-m", "distillery", *map(str, args)], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=WAIT_S * 2)
+    return subprocess.run(
+        [sys.executable, "-m", "distillery", *map(str, args)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 2,
+    )
 
 
 def _snapshot(folder: Path, pattern: str) -> dict:
@@ -59,7 +65,9 @@ def _snapshot(folder: Path, pattern: str) -> dict:
     return stats
 
 
-def kill_while_writing(args: list, watch: Path, pattern: str, rng: random.Random, kills: int, pause: float, args_after=None) -> int:
+def kill_while_writing(
+    args: list, watch: Path, pattern: str, rng: random.Random, kills: int, pause: float, args_after=None
+) -> int:
     """Start the command ``kills`` times; each time wait until it writes a file matching
     ``pattern`` under ``watch`` (its real work has begun), then kill -9 it after a random pause
     of up to ``pause`` s. Returns the kills that hit a live process (a run that finished first
@@ -67,8 +75,14 @@ def kill_while_writing(args: list, watch: Path, pattern: str, rng: random.Random
     hits = 0
     for i in range(kills):
         command = args_after() if args_after and i else args
-        proc = subprocess.Popen([sys.executable, "-m", "distillery", *map(str, command)], cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "distillery", *map(str, command)],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         before, deadline = _snapshot(watch, pattern), time.monotonic() + WAIT_S
         try:
             while proc.poll() is None and _snapshot(watch, pattern) == before:
@@ -96,8 +110,24 @@ def rows_csv(tmp_path_factory) -> Path:
 
 
 def _annotate_args(tiny_llama, data: Path, out: Path, *extra) -> list:
-    return ["annotate", "--data", data, "--text-column", "review", "--label-column", "sentiment", "--teacher", tiny_llama,
-            "--device", "cpu", "--chunk-size", "4", "--out", out, *extra]
+    return [
+        "annotate",
+        "--data",
+        data,
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+        "--teacher",
+        tiny_llama,
+        "--device",
+        "cpu",
+        "--chunk-size",
+        "4",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +160,17 @@ def test_annotate_killed_at_random_points_resumes_every_row_exactly_once(tiny_ll
 
 def test_two_annotate_runs_at_once_never_mix_rows(tiny_llama, rows_csv, reference, tmp_path):
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-m", "distillery", *map(str, _annotate_args(tiny_llama, rows_csv, out, *limit))],
-                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for limit in (["--limit", "100"], ["--limit", "0"])]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distillery", *map(str, _annotate_args(tiny_llama, rows_csv, out, *limit))],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for limit in (["--limit", "100"], ["--limit", "0"])
+    ]
     results = [(p.wait(timeout=WAIT_S * 2), p.stderr.read()) for p in procs]
     assert all(code in (0, 2) for code, _ in results), results
     assert any(code == 0 for code, _ in results), results
@@ -172,10 +210,15 @@ def test_torn_or_edited_chunks_stop_the_run_naming_the_file(tiny_llama, rows_csv
     assert cli(*_annotate_args(tiny_llama, rows_csv, out, "--limit", "40")).returncode == 0
     chunk = out / "annotations" / "part-00001.csv"
     whole = chunk.read_text()
-    for torn in (whole[: whole.index("\n", whole.index("\n") + 1) + 1],  # cut at a row boundary: one row left
-                 whole[: whole.index("\n") + 20]):  # cut inside a quoted field
+    for torn in (
+        whole[: whole.index("\n", whole.index("\n") + 1) + 1],  # cut at a row boundary: one row left
+        whole[: whole.index("\n") + 20],
+    ):  # cut inside a quoted field
         chunk.write_text(torn)
-        for args in (_annotate_args(tiny_llama, rows_csv, out, "--limit", "40"), ["distill", "--out", out, "--device", "cpu"]):
+        for args in (
+            _annotate_args(tiny_llama, rows_csv, out, "--limit", "40"),
+            ["distill", "--out", out, "--device", "cpu"],
+        ):
             done = cli(*args)
             assert done.returncode == 2 and "part-00001.csv" in done.stderr, done.stderr
             assert "Traceback" not in done.stderr
@@ -218,8 +261,28 @@ def annotated(tiny_llama, tmp_path_factory) -> Path:
 
 
 def _distill_args(annotated: Path, tiny_roberta, output: Path, *extra) -> list:
-    return ["distill", "--out", annotated, "--student", output, "--student-model", tiny_roberta, "--device", "cpu",
-            "--batch-size", "8", "--epochs", "8", "--min-steps", "0", "--lr", "1e-3", "--checkpoint-every", "1", *extra]
+    return [
+        "distill",
+        "--out",
+        annotated,
+        "--student",
+        output,
+        "--student-model",
+        tiny_roberta,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "8",
+        "--min-steps",
+        "0",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+        *extra,
+    ]
 
 
 def _log(student: Path) -> list[dict]:
@@ -239,7 +302,9 @@ def test_distill_killed_while_checkpointing_resumes_the_same_loss_curve(annotate
     output = tmp_path / "student"
     args = _distill_args(annotated, tiny_roberta, output)
     resume = lambda: args + (["--resume"] if find_checkpoint(output) else [])  # noqa: E731
-    hits = kill_while_writing(args, output, "checkpoint*/progress.json", random.Random(2), KILLS["distill"], pause=0.4, args_after=resume)
+    hits = kill_while_writing(
+        args, output, "checkpoint*/progress.json", random.Random(2), KILLS["distill"], pause=0.4, args_after=resume
+    )
     print(f"distill: {hits} of {KILLS['distill']} kills landed while it was running")
     assert hits >= LANDED["distill"], f"only {hits} kills landed while distill was running"
     done = cli(*resume())
@@ -256,7 +321,9 @@ def test_resume_refuses_other_settings_and_a_finished_run_says_so(annotated, tin
     kill_while_writing(args, output, "checkpoint*/progress.json", random.Random(3), 1, pause=0.0)
     assert find_checkpoint(output) is not None
     done = cli(*args, "--resume", "--alpha", "0.8", "--temperature", "3")
-    assert done.returncode == 2 and "alpha 0.5 there, 0.8 now" in done.stderr and "temperature" in done.stderr, done.stderr
+    assert done.returncode == 2 and "alpha 0.5 there, 0.8 now" in done.stderr and "temperature" in done.stderr, (
+        done.stderr
+    )
     assert cli(*args, "--resume").returncode == 0
     done = cli(*args, "--resume")
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout + done.stderr
@@ -270,8 +337,24 @@ def predict_input(tmp_path_factory) -> Path:
 
 
 def _predict_args(student: Path, data: Path, out: Path, *extra) -> list:
-    return ["predict", "--student", student, "--data", data, "--text-column", "review", "--chunk-size", "10", "--predict-batch-size", "4",
-            "--device", "cpu", "--predictions", out, *extra]
+    return [
+        "predict",
+        "--student",
+        student,
+        "--data",
+        data,
+        "--text-column",
+        "review",
+        "--chunk-size",
+        "10",
+        "--predict-batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--predictions",
+        out,
+        *extra,
+    ]
 
 
 def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, predict_input, tmp_path):
@@ -279,7 +362,9 @@ def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, 
     assert cli(*_predict_args(student, predict_input, whole)).returncode == 0
     out = tmp_path / "preds.csv"
     args = _predict_args(student, predict_input, out)
-    hits = kill_while_writing(args, tmp_path / "preds.csv.parts", "part-*.csv", random.Random(4), KILLS["predict"], pause=0.3)
+    hits = kill_while_writing(
+        args, tmp_path / "preds.csv.parts", "part-*.csv", random.Random(4), KILLS["predict"], pause=0.3
+    )
     print(f"predict: {hits} of {KILLS['predict']} kills landed while it was running")
     assert hits >= LANDED["predict"], f"only {hits} kills landed while predict was running"
     assert cli(*args).returncode == 0
@@ -306,12 +391,32 @@ def test_no_stage_writes_over_a_users_own_files(annotated, student, tiny_roberta
     mine.mkdir()
     for name in ("report.md", "metrics.json", "README.md", "train_log.jsonl"):
         (mine / name).write_text(f"my own {name}\n")
-    evaluate = ["evaluate", "--out", mine, "--annotations", annotated / "annotations", "--students", student, "--device", "cpu",
-                "--speed-rows", "0"]
-    for args in (evaluate, _distill_args(annotated, tiny_roberta, mine), [*_distill_args(annotated, tiny_roberta, mine), "--overwrite"]):
+    evaluate = [
+        "evaluate",
+        "--out",
+        mine,
+        "--annotations",
+        annotated / "annotations",
+        "--students",
+        student,
+        "--device",
+        "cpu",
+        "--speed-rows",
+        "0",
+    ]
+    for args in (
+        evaluate,
+        _distill_args(annotated, tiny_roberta, mine),
+        [*_distill_args(annotated, tiny_roberta, mine), "--overwrite"],
+    ):
         done = cli(*args)
-        assert done.returncode == 2 and "distillery did not write" in done.stderr, done.stderr  # --overwrite or not (issue #26)
-        assert all((mine / n).read_text() == f"my own {n}\n" for n in ("report.md", "metrics.json", "README.md", "train_log.jsonl"))
+        assert done.returncode == 2 and "distillery did not write" in done.stderr, (
+            done.stderr
+        )  # --overwrite or not (issue #26)
+        assert all(
+            (mine / n).read_text() == f"my own {n}\n"
+            for n in ("report.md", "metrics.json", "README.md", "train_log.jsonl")
+        )
     (mine / "report.md").unlink()
     (mine / "metrics.json").unlink()
     done = cli(*evaluate)
@@ -320,12 +425,29 @@ def test_no_stage_writes_over_a_users_own_files(annotated, student, tiny_roberta
     assert cli(*evaluate).returncode == 0, "files distillery wrote are its own to replace"
 
 
-def test_run_and_active_check_the_output_folder_before_the_first_teacher_call(tiny_llama, tiny_roberta, rows_csv, tmp_path):
+def test_run_and_active_check_the_output_folder_before_the_first_teacher_call(
+    tiny_llama, tiny_roberta, rows_csv, tmp_path
+):
     out = tmp_path / "mine"
     (out / "student").mkdir(parents=True)
     (out / "student" / "NOTES.txt").write_text("my notes\n")
-    run = ["run", "--data", rows_csv, "--text-column", "review", "--label-column", "sentiment", "--teacher", tiny_llama,
-           "--student-model", tiny_roberta, "--device", "cpu", "--out", out]
+    run = [
+        "run",
+        "--data",
+        rows_csv,
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+        "--teacher",
+        tiny_llama,
+        "--student-model",
+        tiny_roberta,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]
     for args in (run, _active_args(tiny_llama, tiny_roberta, rows_csv, out)):
         done = cli(*args)
         assert done.returncode == 2 and "NOTES.txt" in done.stderr and "--overwrite" in done.stderr, done.stderr
@@ -335,7 +457,9 @@ def test_run_and_active_check_the_output_folder_before_the_first_teacher_call(ti
 
 def test_distill_runs_from_the_same_annotations_side_by_side(annotated, tiny_roberta, tmp_path):
     with locked(annotated, "annotate"):  # another process holds the run folder: distill only reads it
-        done = cli(*_distill_args(annotated, tiny_roberta, tmp_path / "sweep", "--epochs", "1", "--checkpoint-every", "0"))
+        done = cli(
+            *_distill_args(annotated, tiny_roberta, tmp_path / "sweep", "--epochs", "1", "--checkpoint-every", "0")
+        )
     assert done.returncode == 0, done.stderr
 
 
@@ -355,25 +479,78 @@ def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny
     assert distillery_cli.main([*args, "--lr", "5e-2"]) == 130
     monkeypatch.setattr(train_mod, "save_student", real)
     assert not (output / "train_summary.json").exists() and not (output / "distillery_student.json").exists()
-    assert distillery_cli.main(["predict", "--student", str(output), "--data", str(annotated / "rows.csv"), "--text-column", "review",
-                                "--predictions", str(tmp_path / "p.csv")]) == 2, "a half-saved student is not served"
+    assert (
+        distillery_cli.main(
+            [
+                "predict",
+                "--student",
+                str(output),
+                "--data",
+                str(annotated / "rows.csv"),
+                "--text-column",
+                "review",
+                "--predictions",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 2
+    ), "a half-saved student is not served"
     done = cli(*args, "--lr", "5e-2", "--resume")
     assert done.returncode == 0 and "nothing to resume" not in done.stdout, done.stdout + done.stderr
     assert json.loads((output / "train_summary.json").read_text())["lr"] == 5e-2
 
 
 def _active_args(tiny_llama, tiny_roberta, pool: Path, out: Path) -> list:
-    return ["active", "--data", pool, "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
-            "--teacher", tiny_llama, "--student-model", tiny_roberta, "--device", "cpu", "--epochs", "1", "--min-steps", "4",
-            "--batch-size", "8", "--speed-rows", "0", "--budget", "40", "--test-rows", "10", "--seed-rows", "10", "--round-rows", "10",
-            "--patience", "0", "--pool-chunk", "16", "--out", out]
+    return [
+        "active",
+        "--data",
+        pool,
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+        "--labels",
+        "negative,positive",
+        "--teacher",
+        tiny_llama,
+        "--student-model",
+        tiny_roberta,
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--speed-rows",
+        "0",
+        "--budget",
+        "40",
+        "--test-rows",
+        "10",
+        "--seed-rows",
+        "10",
+        "--round-rows",
+        "10",
+        "--patience",
+        "0",
+        "--pool-chunk",
+        "16",
+        "--out",
+        out,
+    ]
 
 
 def test_active_killed_at_random_points_asks_about_every_row_once(tiny_llama, tiny_roberta, tmp_path):
     pool = tmp_path / "pool.csv"
     make_rows(80).to_csv(pool, index=False)
     out = tmp_path / "run"
-    args = [*_active_args(tiny_llama, tiny_roberta, pool, out), "--budget", "60"]  # 5 rounds: work left for every restart
+    args = [
+        *_active_args(tiny_llama, tiny_roberta, pool, out),
+        "--budget",
+        "60",
+    ]  # 5 rounds: work left for every restart
     hits = kill_while_writing(args, out, "*/*.*", random.Random(5), KILLS["active"], pause=1.0)
     print(f"active: {hits} of {KILLS['active']} kills landed while it was running")
     assert hits >= LANDED["active"], f"only {hits} kills landed while active was running"
@@ -387,13 +564,36 @@ def test_active_killed_at_random_points_asks_about_every_row_once(tiny_llama, ti
     assert len((out / "active" / "rounds.jsonl").read_text().splitlines()) == 5
 
 
-NASTY = ["a\rbare carriage return", "line\nbreak", "windows\r\nline", 'say "hi", ok', "tab\there", ",", '"', "NA", "null", " padded ",
-         "1e3", "007", "True", "émoji 🎉 ünïcödé", "\u2028separator", "#comment", "nul\x00byte"]
-texts = st.lists(st.one_of(st.sampled_from(NASTY), st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)),
-                 min_size=1, max_size=6, unique=True).filter(lambda ts: all(t.strip() for t in ts))
+NASTY = [
+    "a\rbare carriage return",
+    "line\nbreak",
+    "windows\r\nline",
+    'say "hi", ok',
+    "tab\there",
+    ",",
+    '"',
+    "NA",
+    "null",
+    " padded ",
+    "1e3",
+    "007",
+    "True",
+    "émoji 🎉 ünïcödé",
+    "\u2028separator",
+    "#comment",
+    "nul\x00byte",
+]
+texts = st.lists(
+    st.one_of(st.sampled_from(NASTY), st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)),
+    min_size=1,
+    max_size=6,
+    unique=True,
+).filter(lambda ts: all(t.strip() for t in ts))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(texts=texts)
 @example(texts=NASTY)  # every hard case at once, on every run
 def test_any_text_survives_annotate_predict_and_only_deferred_byte_for_byte(texts, tiny_llama, student):
@@ -403,15 +603,42 @@ def test_any_text_survives_annotate_predict_and_only_deferred_byte_for_byte(text
         data = tmp / "rows.jsonl"
         pd.DataFrame({"rid": ids, "text": texts}).to_json(data, orient="records", lines=True, force_ascii=False)
         quiet = ["--teacher", str(tiny_llama), "--device", "cpu", "--labels", "negative,positive"]
-        assert distillery_cli.main(["annotate", "--data", str(data), "--id-column", "rid", "--out", str(tmp / "a"), *quiet]) == 0
+        assert (
+            distillery_cli.main(
+                ["annotate", "--data", str(data), "--id-column", "rid", "--out", str(tmp / "a"), *quiet]
+            )
+            == 0
+        )
         annotated = read_annotations(tmp / "a" / "annotations")[0].set_index("id")
         assert annotated.loc[ids, "text"].tolist() == texts
         preds = tmp / "preds.csv"
-        assert distillery_cli.main(["predict", "--student", str(student), "--data", str(data), "--id-column", "rid", "--device", "cpu",
-                                    "--defer", "--defer-threshold", "1.0", "--predictions", str(preds)]) == 0
+        assert (
+            distillery_cli.main(
+                [
+                    "predict",
+                    "--student",
+                    str(student),
+                    "--data",
+                    str(data),
+                    "--id-column",
+                    "rid",
+                    "--device",
+                    "cpu",
+                    "--defer",
+                    "--defer-threshold",
+                    "1.0",
+                    "--predictions",
+                    str(preds),
+                ]
+            )
+            == 0
+        )
         got = pd.read_csv(preds, dtype=str, keep_default_na=False)
         assert got["id"].tolist() == ids and got["text"].tolist() == texts
-        assert distillery_cli.main(["annotate", "--data", str(preds), "--only-deferred", "--out", str(tmp / "d"), *quiet]) == 0
+        assert (
+            distillery_cli.main(["annotate", "--data", str(preds), "--only-deferred", "--out", str(tmp / "d"), *quiet])
+            == 0
+        )
         merged = pd.read_csv(tmp / "d" / "merged.csv", dtype=str, keep_default_na=False)
         assert merged["id"].tolist() == ids and merged["text"].tolist() == texts
         assert (merged["source"] == "teacher").all()

@@ -36,13 +36,37 @@ def _run(root: Path, n_train: int = 120, n_test: int = 80, seed: int = 0) -> Pat
         signal = rng.normal(1.5 if gold == "positive" else -1.5, 1.5)
         raw = np.array([-signal / 2, signal / 2 + 1.2])
         raw = raw - np.logaddexp.reduce(raw)
-        rows.append({"id": f"r{i:03d}", "text": f"row {i} {'good' if gold == 'positive' else 'bad'}", "gold": gold,
-                     "split": "train" if i < n_train else "test", "teacher_label": LABELS[int(raw.argmax())],
-                     "logprob_negative": raw[0], "logprob_positive": raw[1], "raw_logprob_negative": raw[0], "raw_logprob_positive": raw[1],
-                     "label_mass": 0.9, "flags": "", "teacher": "synthetic", "prompt_hash": "0", "error_type": "", "error_message": ""})
+        rows.append(
+            {
+                "id": f"r{i:03d}",
+                "text": f"row {i} {'good' if gold == 'positive' else 'bad'}",
+                "gold": gold,
+                "split": "train" if i < n_train else "test",
+                "teacher_label": LABELS[int(raw.argmax())],
+                "logprob_negative": raw[0],
+                "logprob_positive": raw[1],
+                "raw_logprob_negative": raw[0],
+                "raw_logprob_positive": raw[1],
+                "label_mass": 0.9,
+                "flags": "",
+                "teacher": "synthetic",
+                "prompt_hash": "0",
+                "error_type": "",
+                "error_message": "",
+            }
+        )
     frame = pd.DataFrame(rows)
-    store = ChunkStore(root / "annotations", {"teacher": "synthetic"}, {"config": {}, "task": {"name": "sentiment-binary"},
-                                                                         "labels": LABELS, "teacher": "synthetic", "prompt_hash": "0"})
+    store = ChunkStore(
+        root / "annotations",
+        {"teacher": "synthetic"},
+        {
+            "config": {},
+            "task": {"name": "sentiment-binary"},
+            "labels": LABELS,
+            "teacher": "synthetic",
+            "prompt_hash": "0",
+        },
+    )
     for index, start in enumerate(range(0, len(frame), 100)):  # chunks of 100 rows, as a real run writes them
         store.write(index, frame.iloc[start : start + 100].reset_index(drop=True))
     store.finalize(LABELS, "none", None)
@@ -99,8 +123,10 @@ def test_label_studio_files_pass_the_sdks_own_checks(tmp_path):
         assert interface.validate_task({"data": task["data"]})
         assert interface.validate_prediction(task["predictions"][0], return_errors=True) == []
         assert 0.5 <= task["predictions"][0]["score"] <= 1.0
-    assert interface.validate_prediction({"result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                                                      "value": {"choices": ["maybe"]}}]}, return_errors=True)  # the check can fail
+    assert interface.validate_prediction(
+        {"result": [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["maybe"]}}]},
+        return_errors=True,
+    )  # the check can fail
     assert LabelInterface(label_config(['say "hi"', "b"])).get_control("label").labels == ['say "hi"', "b"]
 
 
@@ -127,10 +153,21 @@ def _label_studio_export(tasks: list[dict], answer) -> list[dict]:
     out = []
     for n, task in enumerate(tasks):
         label = answer(task["data"]["distillery_id"])
-        made = Annotation(id=n, result=[json.loads(control.label([label]).to_json())], completed_by=7,
-                          created_at=datetime(2026, 11, 29, 10, n % 60, tzinfo=timezone.utc), was_cancelled=False)
-        out.append({"id": n + 1, "data": task["data"], "annotations": [made.model_dump(mode="json", exclude_none=True)],
-                    "predictions": task["predictions"]})
+        made = Annotation(
+            id=n,
+            result=[json.loads(control.label([label]).to_json())],
+            completed_by=7,
+            created_at=datetime(2026, 11, 29, 10, n % 60, tzinfo=timezone.utc),
+            was_cancelled=False,
+        )
+        out.append(
+            {
+                "id": n + 1,
+                "data": task["data"],
+                "annotations": [made.model_dump(mode="json", exclude_none=True)],
+                "predictions": task["predictions"],
+            }
+        )
     return out
 
 
@@ -141,12 +178,20 @@ def test_label_studio_round_trip_writes_the_overlay_and_never_the_chunks(tmp_pat
     gold = _gold(run)
     here = review(ReviewConfig(out=str(run), review_rows=20, device="cpu"))
     export = _label_studio_export(json.loads((here / "labelstudio.json").read_text()), gold.get)
-    export[0]["annotations"].append({**export[0]["annotations"][0], "was_cancelled": True, "created_at": "2027-01-01T00:00:00Z",
-                                     "result": [{**export[0]["annotations"][0]["result"][0], "value": {"choices": ["positive"]}}]})
+    export[0]["annotations"].append(
+        {
+            **export[0]["annotations"][0],
+            "was_cancelled": True,
+            "created_at": "2027-01-01T00:00:00Z",
+            "result": [{**export[0]["annotations"][0]["result"][0], "value": {"choices": ["positive"]}}],
+        }
+    )
     (tmp_path / "export.json").write_text(json.dumps(export))
     review(ReviewConfig(out=str(run), import_file=str(tmp_path / "export.json")))
     reviewed = read_reviewed(run)
-    assert len(reviewed) == 20 and all(gold[i] == lab for i, lab in zip(reviewed["id"], reviewed["label"]))  # the cancelled answer is not taken
+    assert len(reviewed) == 20 and all(
+        gold[i] == lab for i, lab in zip(reviewed["id"], reviewed["label"])
+    )  # the cancelled answer is not taken
     assert set(reviewed["annotator"]) == {"7"} and reviewed["labelled_at"].str.startswith("2026-11-29").all()
     assert set(reviewed["source"]) == {"export.json"}
     assert chunk.read_bytes() == before
@@ -166,13 +211,21 @@ def test_argilla_exports_nested_and_flat_drafts_left_out_where_the_export_says(t
     for n, data in enumerate(json.loads((here / "argilla.json").read_text())):
         record = rg.Record.from_dict(data)
         status = "draft" if n == 0 else "submitted"
-        records.append(rg.Record(id=record.id, fields=record.fields, suggestions=list(record.suggestions),
-                                 responses=[rg.Response("label", gold[record.id], user_id=person, status=status)]))
+        records.append(
+            rg.Record(
+                id=record.id,
+                fields=record.fields,
+                suggestions=list(record.suggestions),
+                responses=[rg.Response("label", gold[record.id], user_id=person, status=status)],
+            )
+        )
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps(GenericIO.to_list(records, flatten=True), default=str))
     review(ReviewConfig(out=str(run), import_file=str(flat)))
     reviewed = read_reviewed(run)
-    assert len(reviewed) == 9 and records[0].id not in set(reviewed["id"]) and set(reviewed["annotator"]) == {str(person)}
+    assert (
+        len(reviewed) == 9 and records[0].id not in set(reviewed["id"]) and set(reviewed["annotator"]) == {str(person)}
+    )
     nested = tmp_path / "records.json"
     nested.write_text(json.dumps(GenericIO.to_list(records, flatten=False), default=str))
     review(ReviewConfig(out=str(run), import_file=str(nested)))
@@ -186,7 +239,9 @@ def test_a_bad_label_or_a_foreign_row_stops_the_import_and_writes_nothing(tmp_pa
     sheet["label"] = "negative"
     sheet.loc[3, "label"] = "Negative"
     sheet.to_csv(tmp_path / "answers.csv", index=False)
-    with pytest.raises(UserError, match=rf"row '{sheet.loc[3, 'id']}' has the label 'Negative'; expected one of negative, positive"):
+    with pytest.raises(
+        UserError, match=rf"row '{sheet.loc[3, 'id']}' has the label 'Negative'; expected one of negative, positive"
+    ):
         review(ReviewConfig(out=str(run), import_file=str(tmp_path / "answers.csv")))
     assert read_reviewed(run).empty
     sheet.loc[3, "label"], sheet.loc[4, "id"] = "positive", "elsewhere-1"
@@ -226,15 +281,24 @@ def test_reviewed_calibration_refits_from_raw_log_probs_and_beats_the_biased_tea
     _import_gold(run, read_queue(run)["id"])
     frame, manifest = read_annotations(run / "annotations")
     reviewed = reviewed_labels(run, frame["id"])
-    assert resolve_mode("auto", 0, 2, False, len(reviewed)) == "reviewed" and resolve_mode("auto", 0, 2, False, 49) == "content-free"
+    assert (
+        resolve_mode("auto", 0, 2, False, len(reviewed)) == "reviewed"
+        and resolve_mode("auto", 0, 2, False, 49) == "content-free"
+    )
     test = frame["split"] == "test"
     before = (frame.loc[test, "teacher_label"] == frame.loc[test, "gold"]).mean()
-    record = ChunkStore(run / "annotations", manifest["fingerprint"], {}).finalize(LABELS, "reviewed", None, reviewed=reviewed)
+    record = ChunkStore(run / "annotations", manifest["fingerprint"], {}).finalize(
+        LABELS, "reviewed", None, reviewed=reviewed
+    )
     frame, manifest = read_annotations(run / "annotations")
     after = (frame.loc[test, "teacher_label"] == frame.loc[test, "gold"]).mean()
     assert record["mode"] == "reviewed" and record["fitted_on"] == 200 and manifest["calibration"]["reviewed"]
-    assert after > before + 0.03, f"calibrating on the reviewed rows should undo the teacher's lean: {before:.3f} -> {after:.3f}"
-    assert np.allclose(frame["raw_logprob_negative"].astype(float), frame["raw_logprob_negative"].astype(float))  # raw columns kept
+    assert after > before + 0.03, (
+        f"calibrating on the reviewed rows should undo the teacher's lean: {before:.3f} -> {after:.3f}"
+    )
+    assert np.allclose(
+        frame["raw_logprob_negative"].astype(float), frame["raw_logprob_negative"].astype(float)
+    )  # raw columns kept
 
 
 def test_calibrate_reviewed_without_answers_is_a_clear_error(tmp_path):
@@ -259,7 +323,9 @@ def test_distill_takes_the_human_label_where_there_is_one(tmp_path):
     gold = _gold(run)
     assert rows.n_reviewed == 5 and all(hard[i] == LABELS.index(gold[i]) for i in wrong)
     teacher = load_training_rows(DistillConfig(out=str(run), val_fraction=0.0, hard_labels="teacher"))
-    assert teacher.n_reviewed == 0 and all(dict(zip(teacher.train["id"], teacher.train["hard"]))[i] != LABELS.index(gold[i]) for i in wrong)
+    assert teacher.n_reviewed == 0 and all(
+        dict(zip(teacher.train["id"], teacher.train["hard"]))[i] != LABELS.index(gold[i]) for i in wrong
+    )
 
 
 def test_stratified_interval_holds_the_truth_in_about_95_percent_of_draws():
@@ -275,7 +341,9 @@ def test_stratified_interval_holds_the_truth_in_about_95_percent_of_draws():
         assert est["rows"] == 100 and est["low"] < est["estimate"] < est["high"]
     assert 0.90 <= held / 200 <= 0.99, f"coverage {held / 200}"
     everything = stratified_accuracy(correct, strata, strata)  # the whole population: no doubt left
-    assert everything["estimate"] == pytest.approx(truth) and everything["high"] - everything["low"] == pytest.approx(0.0)
+    assert everything["estimate"] == pytest.approx(truth) and everything["high"] - everything["low"] == pytest.approx(
+        0.0
+    )
 
 
 def _label_studio_bin() -> Path | None:
@@ -310,12 +378,22 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = uuid.uuid4().hex
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls"), "LABEL_STUDIO_USERNAME": "person@example.com",
-           "LABEL_STUDIO_PASSWORD": uuid.uuid4().hex, "LABEL_STUDIO_USER_TOKEN": token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-           "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls"),
+        "LABEL_STUDIO_USERNAME": "person@example.com",
+        "LABEL_STUDIO_PASSWORD": uuid.uuid4().hex,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+    }
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([str(binary), "start", "--host", "127.0.0.1", "--port", str(port), "--no-browser"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(binary), "start", "--host", "127.0.0.1", "--port", str(port), "--no-browser"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -330,13 +408,24 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
         gold = _gold(run)
         here = review(ReviewConfig(out=str(run), review_rows=12, device="cpu"))
         client = LabelStudio(base_url=f"http://127.0.0.1:{port}", api_key=token)
-        project = client.projects.create(title="distillery review", label_config=(run / "review" / "label_config.xml").read_text())
+        project = client.projects.create(
+            title="distillery review", label_config=(run / "review" / "label_config.xml").read_text()
+        )
         client.projects.import_tasks(id=project.id, request=json.loads((here / "labelstudio.json").read_text()))
         tasks = list(client.tasks.list(project=project.id))
         assert len(tasks) == 12 and all(t.data["distillery_id"] in gold for t in tasks)
         for task in tasks[:10]:  # the person answers 10 of the 12
-            client.annotations.create(id=task.id, result=[{"from_name": "label", "to_name": "text", "type": "choices",
-                                                           "value": {"choices": [gold[task.data["distillery_id"]]]}}])
+            client.annotations.create(
+                id=task.id,
+                result=[
+                    {
+                        "from_name": "label",
+                        "to_name": "text",
+                        "type": "choices",
+                        "value": {"choices": [gold[task.data["distillery_id"]]]},
+                    }
+                ],
+            )
         for kind in ("JSON", "JSON_MIN"):
             export = tmp_path / f"export-{kind}.json"
             export.write_bytes(b"".join(client.projects.exports.download_sync(id=project.id, export_type=kind)))
@@ -362,7 +451,9 @@ def test_spreadsheet_separators_and_broken_files_are_one_line_errors_or_read(tmp
     (tmp_path / "empty.csv").write_text("")
     broken = {"empty.csv": "could not read it", "folder": "is a folder"}
     (tmp_path / "folder").mkdir()
-    (tmp_path / "min.json").write_text(json.dumps([{"distillery_id": sheet["id"][0], "label": "negative"}, {"label": "positive"}]))
+    (tmp_path / "min.json").write_text(
+        json.dumps([{"distillery_id": sheet["id"][0], "label": "negative"}, {"label": "positive"}])
+    )
     broken["min.json"] = r"JSON-MIN\) export, but an item lacks or garbles .distillery_id"
     (tmp_path / "mixed.json").write_text(json.dumps([{"data": {"distillery_id": sheet["id"][0]}}, "text"]))
     broken["mixed.json"] = "item 2 is a str"
@@ -376,8 +467,14 @@ def test_an_older_export_never_replaces_a_newer_answer_and_an_unchanged_one_keep
     run = _run(tmp_path)
     here = review(ReviewConfig(out=str(run), review_rows=2, device="cpu"))
     row, other = pd.read_csv(here / "queue.csv", dtype=str)["id"][:2]
-    new = pd.DataFrame({"id": [row, other], "label": ["negative", "positive"], "annotator": ["ann", "bob"],
-                        "labelled_at": ["2026-11-30T09:00:00", "2026-11-30T09:00:00"]})
+    new = pd.DataFrame(
+        {
+            "id": [row, other],
+            "label": ["negative", "positive"],
+            "annotator": ["ann", "bob"],
+            "labelled_at": ["2026-11-30T09:00:00", "2026-11-30T09:00:00"],
+        }
+    )
     new.to_csv(tmp_path / "new.csv", index=False)
     review(ReviewConfig(out=str(run), import_file=str(tmp_path / "new.csv")))
     older = new.assign(label=["positive", "positive"], annotator=["", ""], labelled_at=["2026-11-29T10:00:00", ""])
@@ -385,7 +482,9 @@ def test_an_older_export_never_replaces_a_newer_answer_and_an_unchanged_one_keep
     review(ReviewConfig(out=str(run), import_file=str(tmp_path / "old.csv")))
     reviewed = read_reviewed(run).set_index("id")
     assert reviewed.at[row, "label"] == "negative" and reviewed.at[row, "annotator"] == "ann"  # the newer answer stays
-    assert reviewed.at[other, "label"] == "positive" and reviewed.at[other, "annotator"] == "bob"  # same answer: the line as it was
+    assert (
+        reviewed.at[other, "label"] == "positive" and reviewed.at[other, "annotator"] == "bob"
+    )  # same answer: the line as it was
 
 
 def test_review_of_a_missing_run_writes_nothing_and_a_wrong_student_is_refused(tmp_path):
@@ -412,4 +511,6 @@ def test_rows_labelled_outside_a_queue_count_and_are_never_queued_again(tmp_path
     metrics = review_metrics(run, eval_rows(EvaluateConfig(out=str(run)), frame, manifest), {}, "cpu", 32)
     gold = _gold(run)
     assert metrics["other_rows"] == 150 and metrics["reviewed_rows"] == 150 and metrics["random_rows"] == 0
-    assert metrics["teacher_errors_found"] == sum(frame.set_index("id").loc[labelled, "teacher_label"] != pd.Series(gold)[labelled])
+    assert metrics["teacher_errors_found"] == sum(
+        frame.set_index("id").loc[labelled, "teacher_label"] != pd.Series(gold)[labelled]
+    )

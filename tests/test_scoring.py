@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
+from conftest import DEVICES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.local import LocalTeacher, VerbalizerScorer
 from distillery.annotate.teacher import normalise
 from distillery.core.tasks import TaskSpec, load_task
-from conftest import DEVICES
 
 # How far the shared-prefix KV cache may move a label log-prob. float32: summation order only.
 # bfloat16: up to 9.9e-4 measured on an H100 with the tiny model (1.0e-5 on this CPU), so 2e-3;
@@ -36,7 +36,9 @@ def test_multi_token_labels_match_unbatched_reference(llama):
     label_ids = [tok(w, add_special_tokens=False).input_ids for w in words]
     assert max(len(ids) for ids in label_ids) > 1, "the test needs multi-token labels"
     assert label_ids[0][0] == label_ids[2][0], "the test needs two labels whose first tokens collide"
-    prompts = [tok(t).input_ids for t in ["I love this movie", "the weather is fine today, nothing special at all", "hate"]]
+    prompts = [
+        tok(t).input_ids for t in ["I love this movie", "the weather is fine today, nothing special at all", "hate"]
+    ]
     got = VerbalizerScorer(model, label_ids, tok.pad_token_id).label_logprobs(prompts)
     want = torch.tensor([[_reference(model, p, ids) for ids in label_ids] for p in prompts])
     assert torch.allclose(got, want, atol=1e-4)
@@ -74,7 +76,9 @@ def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama, dev
 
 
 def test_too_long_prompt_is_an_error_row_not_an_exception(tiny_llama):
-    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu", max_prompt_tokens=200), load_task("sentiment-binary"))
+    teacher = LocalTeacher(
+        AnnotateConfig(teacher=str(tiny_llama), device="cpu", max_prompt_tokens=200), load_task("sentiment-binary")
+    )
     out = teacher.score(["short", "long " * 200])
     assert out[0].error_type == "" and out[0].logprobs is not None
     assert out[1].error_type == "prompt_too_long" and out[1].logprobs is None
@@ -95,13 +99,18 @@ def test_shared_prefix_cache_gives_the_same_scores(tiny_llama, device, dtype):
     tolerance = PREFIX_CACHE_TOLERANCE[dtype]
     label_ids = [tok(w, add_special_tokens=False).input_ids for w in [" negative", " positive", " neutral"]]
     prefix = tok("Classify the sentiment of these reviews, one at a time, carefully:").input_ids
-    rows = [prefix + tok(t, add_special_tokens=False).input_ids for t in [" a", " what a great and wonderful day it was", " meh"]]
+    rows = [
+        prefix + tok(t, add_special_tokens=False).input_ids
+        for t in [" a", " what a great and wonderful day it was", " meh"]
+    ]
     rows.append(tok("no shared prefix here").input_ids)  # scored in full
     plain = VerbalizerScorer(model, label_ids, tok.pad_token_id).label_logprobs(rows)
     cached = VerbalizerScorer(model, label_ids, tok.pad_token_id)
     cached.set_prefix(prefix)
     assert torch.allclose(cached.label_logprobs(rows), plain, atol=tolerance)
-    assert torch.allclose(cached.label_logprobs(rows[:2]), plain[:2], atol=tolerance)  # the cache is reused, not consumed
+    assert torch.allclose(
+        cached.label_logprobs(rows[:2]), plain[:2], atol=tolerance
+    )  # the cache is reused, not consumed
 
 
 @pytest.mark.parametrize("device", DEVICES)

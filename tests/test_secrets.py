@@ -8,24 +8,30 @@ from dataclasses import asdict
 import pytest
 import torch
 import yaml
+from conftest import make_rows
 
 from distillery import cli as distillery_cli
 from distillery.annotate.config import AnnotateConfig
+from distillery.core.errors import UserError
 from distillery.core.rundir import write_text
 from distillery.core.secrets import parse_headers, redacted
-from distillery.core.errors import UserError
-from conftest import make_rows
 
 HEADER_SECRET = "hdr-7f3a9c1e5b2d4806"  # neither looks like a known key format: found by value, not by pattern
 KEY_SECRET = "key-0b1d2f3a4c5e6978"
 
 
 def test_headers_are_split_as_http_splits_them():
-    assert parse_headers(["api-key: sk-abc", "X-Org:acme", " X-Trace :  a:b:c "]) == {"api-key": "sk-abc", "X-Org": "acme", "X-Trace": "a:b:c"}
+    assert parse_headers(["api-key: sk-abc", "X-Org:acme", " X-Trace :  a:b:c "]) == {
+        "api-key": "sk-abc",
+        "X-Org": "acme",
+        "X-Trace": "a:b:c",
+    }
     assert parse_headers([]) == {}
 
 
-@pytest.mark.parametrize("entry", ["api-key sk-secret-value", ": sk-secret-value", "api key: sk-secret-value", "api-key:   "])
+@pytest.mark.parametrize(
+    "entry", ["api-key sk-secret-value", ": sk-secret-value", "api key: sk-secret-value", "api-key:   "]
+)
 def test_a_malformed_header_names_the_form_and_not_the_value(entry):
     with pytest.raises(UserError, match="expected 'Name: value' entries") as err:
         AnnotateConfig(extra_headers=["X-Ok: 1", entry])
@@ -37,14 +43,24 @@ def test_the_client_sends_the_header_value_without_the_space(tmp_path):
     from distillery.annotate import load_task
     from distillery.annotate.hosted import HostedTeacher
 
-    cfg = AnnotateConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_key_env="none", out=str(tmp_path), extra_headers=[f"api-key: {HEADER_SECRET}"])
+    cfg = AnnotateConfig(
+        backend="openai",
+        base_url="http://127.0.0.1:9/v1",
+        api_key_env="none",
+        out=str(tmp_path),
+        extra_headers=[f"api-key: {HEADER_SECRET}"],
+    )
     client = HostedTeacher(cfg, load_task("sentiment-binary"))._client()
     assert client.default_headers["api-key"] == HEADER_SECRET  # was " hdr-..." (the space after the colon)
 
 
 def test_redacted_keeps_header_names_and_drops_every_secret_value():
-    cfg = AnnotateConfig(backend="openai", base_url=f"https://user:{KEY_SECRET}@llm.example/v1?api_key={KEY_SECRET}&x=1",
-                         extra_headers=[f"api-key: {HEADER_SECRET}", f"Authorization: Bearer {KEY_SECRET}"], teacher="gpt-4o-mini")
+    cfg = AnnotateConfig(
+        backend="openai",
+        base_url=f"https://user:{KEY_SECRET}@llm.example/v1?api_key={KEY_SECRET}&x=1",
+        extra_headers=[f"api-key: {HEADER_SECRET}", f"Authorization: Bearer {KEY_SECRET}"],
+        teacher="gpt-4o-mini",
+    )
     original = asdict(cfg)
     safe = redacted({"config": original, "note": f"Bearer {KEY_SECRET}", "token": KEY_SECRET, "hf": "hf_" + "a" * 30})
     text = json.dumps(safe)
@@ -53,7 +69,10 @@ def test_redacted_keeps_header_names_and_drops_every_secret_value():
     assert safe["config"]["base_url"] == "https://<redacted>@llm.example/v1?api_key=<redacted>&x=1"
     assert safe["config"]["teacher"] == "gpt-4o-mini" and safe["config"]["api_key_env"] == "OPENAI_API_KEY"
     assert original["extra_headers"][0].endswith(HEADER_SECRET), "a copy: the config itself is untouched"
-    assert AnnotateConfig(**safe["config"]).extra_headers == ["api-key: <redacted>", "Authorization: <redacted>"]  # evaluate rebuilds it
+    assert AnnotateConfig(**safe["config"]).extra_headers == [
+        "api-key: <redacted>",
+        "Authorization: <redacted>",
+    ]  # evaluate rebuilds it
 
 
 def test_a_key_passed_as_the_variable_name_is_refused_without_showing_it():
@@ -76,9 +95,13 @@ def _constant_student(path, tiny_roberta, label: int):
         model.classifier.out_proj.bias.copy_(torch.tensor([5.0, -5.0] if label == 0 else [-5.0, 5.0]))
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_roberta).save_pretrained(path)
-    write_text(path / "distillery_student.json", json.dumps({"student": "encoder", "labels": ["negative", "positive"]}))  # as distill does: its own
+    write_text(
+        path / "distillery_student.json", json.dumps({"student": "encoder", "labels": ["negative", "positive"]})
+    )  # as distill does: its own
     run = path.parents[1] / "run"  # what distill records, with the machine's absolute paths
-    (path / "distillery_config.yaml").write_text(yaml.safe_dump({"out": str(run), "student": "encoder", "student_model": str(tiny_roberta)}))
+    (path / "distillery_config.yaml").write_text(
+        yaml.safe_dump({"out": str(run), "student": "encoder", "student_model": str(tiny_roberta)})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +115,40 @@ def two_students(tiny_llama, tiny_roberta, tmp_path_factory):
     rows.loc[rows.index % 4 == 1, "sentiment"] = "positive"  # 3:1, so the two students' accuracies differ
     rows.to_csv(data, index=False)
     run = root / "run"
-    assert distillery_cli.main(["annotate", "--data", str(data), "--text-column", "review", "--label-column", "sentiment",
-                                "--labels", "negative,positive", "--teacher", str(tiny_llama), "--device", "cpu",
-                                "--test-fraction", "0.5", "--out", str(run)]) == 0
+    assert (
+        distillery_cli.main(
+            [
+                "annotate",
+                "--data",
+                str(data),
+                "--text-column",
+                "review",
+                "--label-column",
+                "sentiment",
+                "--labels",
+                "negative,positive",
+                "--teacher",
+                str(tiny_llama),
+                "--device",
+                "cpu",
+                "--test-fraction",
+                "0.5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     for name, label in (("a", 0), ("b", 1)):
         (root / name / "student").mkdir(parents=True)
         _constant_student(root / name / "student", tiny_roberta, label)
     students = f"{root / 'a' / 'student'},{root / 'b' / 'student'}"
-    assert distillery_cli.main(["evaluate", "--out", str(run), "--students", students, "--speed-rows", "0", "--device", "cpu"]) == 0
+    assert (
+        distillery_cli.main(
+            ["evaluate", "--out", str(run), "--students", students, "--speed-rows", "0", "--device", "cpu"]
+        )
+        == 0
+    )
     return root, run
 
 
@@ -112,7 +161,10 @@ def test_two_students_named_alike_keep_their_own_numbers(two_students):
     frame, _ = read_annotations(run / "annotations")
     test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
     shares = {"a": float((test["gold"] == "negative").mean()), "b": float((test["gold"] == "positive").mean())}
-    agree = {"a": float((test["teacher_label"] == "negative").mean()), "b": float((test["teacher_label"] == "positive").mean())}
+    agree = {
+        "a": float((test["teacher_label"] == "negative").mean()),
+        "b": float((test["teacher_label"] == "positive").mean()),
+    }
     assert shares["a"] != shares["b"], "the check below could not tell the students apart"
     for name in ("a", "b"):
         own = metrics["students"][f"{name}/student"]

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_rows
 
 from distillery import cli as distillery_cli
-from distillery.core.inputs import InputError, iter_texts
-from conftest import make_rows
 from distillery.annotate import read_annotations
+from distillery.core.inputs import InputError, iter_texts
 from distillery.serve import load_student
 from distillery.serve.defer import clopper_pearson_lower, pick_threshold
 
@@ -22,11 +22,37 @@ def run_dir(tiny_llama, tiny_roberta, tmp_path_factory):
     """`distillery run` on 60 reviews: annotations, a trained tiny student, metrics and its card."""
     out = tmp_path_factory.mktemp("served")
     make_rows(60).to_csv(out / "reviews.csv", index=False)
-    code = distillery_cli.main([
-        "run", "--data", str(out / "reviews.csv"), "--text-column", "review", "--label-column", "sentiment", "--labels", "negative,positive",
-        "--teacher", str(tiny_llama), "--student-model", str(tiny_roberta), "--device", "cpu", "--epochs", "2", "--min-steps", "40",
-        "--batch-size", "8", "--lr", "1e-3", "--speed-rows", "8", "--out", str(out / "run"),
-    ])
+    code = distillery_cli.main(
+        [
+            "run",
+            "--data",
+            str(out / "reviews.csv"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--labels",
+            "negative,positive",
+            "--teacher",
+            str(tiny_llama),
+            "--student-model",
+            str(tiny_roberta),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--min-steps",
+            "40",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-3",
+            "--speed-rows",
+            "8",
+            "--out",
+            str(out / "run"),
+        ]
+    )
     assert code == 0
     return out / "run"
 
@@ -43,8 +69,28 @@ def _inputs(tmp_path, n=30) -> dict:
 
 
 def _predict(run_dir, data, out, *extra) -> int:
-    return distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(data), "--text-column", "review",
-                                "--id-column", "rid", "--chunk-size", "7", "--predict-batch-size", "4", "--device", "cpu", "--predictions", str(out), *extra])
+    return distillery_cli.main(
+        [
+            "predict",
+            "--student",
+            str(run_dir / "student"),
+            "--data",
+            str(data),
+            "--text-column",
+            "review",
+            "--id-column",
+            "rid",
+            "--chunk-size",
+            "7",
+            "--predict-batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--predictions",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_predict_reads_every_format_and_gives_the_students_probabilities(run_dir, tmp_path):
@@ -56,11 +102,16 @@ def test_predict_reads_every_format_and_gives_the_students_probabilities(run_dir
         assert _predict(run_dir, inputs[suffix], out) == 0
         got = pd.read_csv(out, keep_default_na=False)
         assert list(got.columns) == ["id", "text", "label", "p_negative", "p_positive", "confidence"]
-        assert got["id"].tolist() == inputs["frame"]["rid"].tolist() and got["text"].tolist() == inputs["frame"]["review"].tolist()
+        assert (
+            got["id"].tolist() == inputs["frame"]["rid"].tolist()
+            and got["text"].tolist() == inputs["frame"]["review"].tolist()
+        )
         np.testing.assert_allclose(got[["p_negative", "p_positive"]].to_numpy(), want, atol=1e-6)
         assert got["label"].tolist() == [student.labels[i] for i in want.argmax(1)]
         np.testing.assert_allclose(got["confidence"], want.max(1), atol=1e-6)
-        assert not list((tmp_path / f"preds-{suffix}.csv.parts").glob("part-*.csv")), "the chunks are joined, then removed"
+        assert not list((tmp_path / f"preds-{suffix}.csv.parts").glob("part-*.csv")), (
+            "the chunks are joined, then removed"
+        )
 
 
 def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_dir, tmp_path, monkeypatch):
@@ -82,7 +133,10 @@ def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_di
     monkeypatch.setattr(predict_mod, "prediction_frame", crash_on_third)
     out = tmp_path / "resumed.csv"
     assert _predict(run_dir, inputs["csv"], out) == 130, "an interrupted run exits 130, resumable"
-    assert sorted(p.name for p in (tmp_path / "resumed.csv.parts").glob("part-*.csv")) == ["part-00000.csv", "part-00001.csv"]
+    assert sorted(p.name for p in (tmp_path / "resumed.csv.parts").glob("part-*.csv")) == [
+        "part-00000.csv",
+        "part-00001.csv",
+    ]
     assert not out.exists()
     calls.clear()
     monkeypatch.setattr(predict_mod, "prediction_frame", lambda *a: (calls.append(1), real(*a))[1])
@@ -94,7 +148,17 @@ def test_predict_resumes_after_a_crash_without_predicting_finished_chunks(run_di
 
 def test_predict_errors_are_one_line_and_lose_nothing(run_dir, tmp_path, capsys):
     inputs = _inputs(tmp_path)
-    code = distillery_cli.main(["predict", "--student", str(run_dir / "student"), "--data", str(inputs["csv"]), "--predictions", str(tmp_path / "p.csv")])
+    code = distillery_cli.main(
+        [
+            "predict",
+            "--student",
+            str(run_dir / "student"),
+            "--data",
+            str(inputs["csv"]),
+            "--predictions",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "expected a column 'text'" in err and "--text-column" in err
     mine = tmp_path / "mine.csv"
@@ -119,7 +183,12 @@ def test_iter_texts_streams_a_file_in_chunks_and_names_empty_lines(tmp_path):
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
     out = tmp_path / f"onnx-{variant}"
-    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--variant", variant]) == 0
+    assert (
+        distillery_cli.main(
+            ["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--variant", variant]
+        )
+        == 0
+    )
     texts = make_rows(200)["review"].tolist() + ["terrible", "great", "the weather today", "I love it " * 30]
     want = load_student(run_dir / "student").probabilities(texts)
     onnx = load_student(out)
@@ -129,7 +198,11 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
     assert np.abs(got - want).max() < (1e-5 if variant == "fp32" else 0.05)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
     record = onnx.meta["export"]
-    assert record["variant"] == variant and "forced" in record["why"] and [c["name"] for c in record["candidates"]] == [variant]
+    assert (
+        record["variant"] == variant
+        and "forced" in record["why"]
+        and [c["name"] for c in record["candidates"]] == [variant]
+    )
     assert record["graph"] == "fused", "an encoder is served as onnxruntime's fused graph"
     # The few lines the README gives to serve it without Distillery.
     import onnxruntime as ort
@@ -140,7 +213,9 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
     enc = tok(texts[:3], padding=True, truncation=True, return_tensors="np")
     logits = session.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})[0]
     # int8 quantizes activations per batch, so compare on the same batch of rows.
-    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), onnx.probabilities(texts[:3]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True), onnx.probabilities(texts[:3]), atol=1e-5
+    )
     card = (out / "README.md").read_text()
     assert "ONNX export" in card and f"- {'int8' if variant == 'int8' else 'float32'}" in card
 
@@ -160,7 +235,14 @@ def _student_with_threshold(run_dir, tmp_path, threshold: float, target: float):
     student = tmp_path / "student"
     shutil.copytree(run_dir / "student", student)
     meta = json.loads((student / "distillery_student.json").read_text())
-    meta["defer"] = {"threshold": threshold, "coverage": 1.0, "agreement": 1.0, "lower_bound": 0.9, "rows": 10, "target": target}
+    meta["defer"] = {
+        "threshold": threshold,
+        "coverage": 1.0,
+        "agreement": 1.0,
+        "lower_bound": 0.9,
+        "rows": 10,
+        "target": target,
+    }
     (student / "distillery_student.json").write_text(json.dumps(meta))
     return student
 
@@ -168,7 +250,12 @@ def _student_with_threshold(run_dir, tmp_path, threshold: float, target: float):
 def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(run_dir, tmp_path, capsys):
     student = _student_with_threshold(run_dir, tmp_path, 0.5, target=0.6)
     out = tmp_path / "onnx"
-    assert distillery_cli.main(["export", "--student", str(student), "--annotations", str(run_dir / "annotations"), "--onnx-dir", str(out)]) == 0
+    assert (
+        distillery_cli.main(
+            ["export", "--student", str(student), "--annotations", str(run_dir / "annotations"), "--onnx-dir", str(out)]
+        )
+        == 0
+    )
     shown = capsys.readouterr().out
     record = json.loads((out / "distillery_student.json").read_text())
     export = record["export"]
@@ -177,7 +264,9 @@ def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(
     candidates = {c["name"]: c for c in export["candidates"]}
     assert set(candidates) == {"int8", "int8-ffn-fp32", "fp32"} and candidates["fp32"]["parity"] == 1.0
     passing = [c for c in export["candidates"] if c["parity"] >= 0.99]
-    assert export["variant"] == max(passing, key=lambda c: c["rows_per_s"])["name"], "the fastest of the variants that keep the labels"
+    assert export["variant"] == max(passing, key=lambda c: c["rows_per_s"])["name"], (
+        "the fastest of the variants that keep the labels"
+    )
     assert f"export: {export['variant']}: the fastest" in shown
     # What is served is what was measured: its labels on the check rows, against the PyTorch student.
     served = load_student(out).probabilities(texts)
@@ -193,12 +282,20 @@ def test_export_picks_the_fastest_variant_that_keeps_the_labels_and_records_why(
 
 def test_export_with_min_parity_one_serves_a_variant_that_changes_no_label(run_dir, tmp_path):
     out = tmp_path / "onnx"
-    assert distillery_cli.main(["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--min-parity", "1"]) == 0
+    assert (
+        distillery_cli.main(
+            ["export", "--student", str(run_dir / "student"), "--onnx-dir", str(out), "--min-parity", "1"]
+        )
+        == 0
+    )
     export = json.loads((out / "distillery_student.json").read_text())["export"]
     chosen = next(c for c in export["candidates"] if c["name"] == export["variant"])
     assert chosen["parity"] == 1.0
     texts, _ = _check_rows(run_dir)
-    assert (load_student(out).probabilities(texts).argmax(1) == load_student(run_dir / "student").probabilities(texts).argmax(1)).all()
+    assert (
+        load_student(out).probabilities(texts).argmax(1)
+        == load_student(run_dir / "student").probabilities(texts).argmax(1)
+    ).all()
 
 
 def test_export_without_the_runs_rows_serves_fp32_and_says_why(run_dir, tmp_path, capsys):
@@ -212,7 +309,9 @@ def test_export_without_the_runs_rows_serves_fp32_and_says_why(run_dir, tmp_path
     export = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["export"]
     assert export["variant"] == "fp32" and export["rows"] == 0 and export["graph"] == "fused"
     texts = make_rows(50)["review"].tolist()
-    np.testing.assert_allclose(load_student(tmp_path / "onnx").probabilities(texts), load_student(student).probabilities(texts), atol=1e-5)
+    np.testing.assert_allclose(
+        load_student(tmp_path / "onnx").probabilities(texts), load_student(student).probabilities(texts), atol=1e-5
+    )
 
 
 def test_pick_takes_the_fastest_passing_variant_and_falls_back_to_fp32():
@@ -249,7 +348,9 @@ def test_model_card_carries_the_run_and_its_evaluation(run_dir):
     assert meta["pipeline_tag"] == "text-classification" and meta["labels"] == ["negative", "positive"]
     assert "distillery" in meta["tags"] and meta["library_name"] == "transformers"
     results = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert results["accuracy"] == round(metrics["student"]["accuracy"], 4) and results["agreement"] == round(metrics["agreement"], 4)
+    assert results["accuracy"] == round(metrics["student"]["accuracy"], 4) and results["agreement"] == round(
+        metrics["agreement"], 4
+    )
     ci = metrics["student"]["ci"]["accuracy"]
     assert f"{metrics['student']['accuracy']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" in body
     assert manifest["prompt_hash"] in body and manifest["calibration"]["mode"] in body
@@ -284,7 +385,9 @@ def test_pick_threshold_keeps_its_guarantee_on_synthetic_data():
     assert misses <= 10, f"the 95% guarantee failed in {misses} of 200 samples"
     # The oracle answers 20%; a 95% guarantee from 2,000 rows costs most of that (measured: 5.1% on average).
     assert 0.03 < np.mean(coverages) < 0.2
-    always_wrong = pick_threshold(np.linspace(0.5, 1, 500), np.arange(500) % 5 != 0, target=0.95)  # 80% agreement everywhere
+    always_wrong = pick_threshold(
+        np.linspace(0.5, 1, 500), np.arange(500) % 5 != 0, target=0.95
+    )  # 80% agreement everywhere
     assert always_wrong is None
 
 
@@ -305,7 +408,9 @@ def test_the_guarantee_holds_on_a_temperature_scaled_overconfident_student():
         return logits, np.where(first, 0, 1)
 
     fit_logits, fit_gold = draw(2000)
-    t = temperature_for(torch.from_numpy(fit_logits), torch.zeros(2000, 2, dtype=torch.float64), torch.from_numpy(fit_gold), gold=True)
+    t = temperature_for(
+        torch.from_numpy(fit_logits), torch.zeros(2000, 2, dtype=torch.float64), torch.from_numpy(fit_gold), gold=True
+    )
     assert t == pytest.approx(3.0, rel=0.15)
     misses, coverages = 0, []
     for _ in range(100):
@@ -329,16 +434,37 @@ def test_defer_marks_rows_and_only_deferred_sends_them_to_the_teacher(run_dir, t
     assert _predict(run_dir, inputs["csv"], preds, "--defer", "--defer-threshold", "0.9") == 0
     frame = pd.read_csv(preds)
     assert (frame["deferred"] == (frame["confidence"] < 0.9)).all() and frame["deferred"].any()
-    code = distillery_cli.main(["annotate", "--data", str(preds), "--only-deferred", "--teacher", str(tiny_llama), "--device", "cpu",
-                                "--labels", "negative,positive", "--out", str(tmp_path / "deferred")])
+    code = distillery_cli.main(
+        [
+            "annotate",
+            "--data",
+            str(preds),
+            "--only-deferred",
+            "--teacher",
+            str(tiny_llama),
+            "--device",
+            "cpu",
+            "--labels",
+            "negative,positive",
+            "--out",
+            str(tmp_path / "deferred"),
+        ]
+    )
     assert code == 0
-    annotated = pd.concat(pd.read_csv(p, keep_default_na=False, dtype={"id": str}) for p in (tmp_path / "deferred" / "annotations").glob("part-*.csv"))
-    assert sorted(annotated["id"]) == sorted(frame.loc[frame["deferred"], "id"].astype(str)), "only the deferred rows go to the teacher"
+    annotated = pd.concat(
+        pd.read_csv(p, keep_default_na=False, dtype={"id": str})
+        for p in (tmp_path / "deferred" / "annotations").glob("part-*.csv")
+    )
+    assert sorted(annotated["id"]) == sorted(frame.loc[frame["deferred"], "id"].astype(str)), (
+        "only the deferred rows go to the teacher"
+    )
     merged = pd.read_csv(tmp_path / "deferred" / "merged.csv", keep_default_na=False, dtype={"id": str})
     teacher = dict(zip(annotated["id"], annotated["teacher_label"]))
     for row, deferred in zip(merged.itertuples(), frame["deferred"]):
         assert row.source == ("teacher" if deferred else "student")
-        assert row.label == (teacher[row.id] if deferred else frame.loc[frame["id"].astype(str) == row.id, "label"].item())
+        assert row.label == (
+            teacher[row.id] if deferred else frame.loc[frame["id"].astype(str) == row.id, "label"].item()
+        )
 
 
 def test_defer_without_a_threshold_says_how_to_get_one(run_dir, tmp_path, capsys):
@@ -367,9 +493,26 @@ def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
     save_student(model, tok, tmp_path / "student", cfg, ["negative", "positive"])
     code = distillery_cli.main(["export", "--student", str(tmp_path / "student"), "--onnx-dir", str(tmp_path / "x")])
     assert code == 2, "an adapter is not exported: its merged/ folder is"
-    assert distillery_cli.main(["export", "--student", str(tmp_path / "student" / "merged"), "--variant", "fp32",
-                                "--onnx-dir", str(tmp_path / "onnx")]) == 0
-    texts = ["I love this movie", "terrible", "what a great and wonderful day it was", "meh"]  # padded: the last-token pick is traced
+    assert (
+        distillery_cli.main(
+            [
+                "export",
+                "--student",
+                str(tmp_path / "student" / "merged"),
+                "--variant",
+                "fp32",
+                "--onnx-dir",
+                str(tmp_path / "onnx"),
+            ]
+        )
+        == 0
+    )
+    texts = [
+        "I love this movie",
+        "terrible",
+        "what a great and wonderful day it was",
+        "meh",
+    ]  # padded: the last-token pick is traced
     want = load_student(tmp_path / "student" / "merged").probabilities(texts)
     assert load_student(tmp_path / "student" / "merged").kind == "merged"
     np.testing.assert_allclose(load_student(tmp_path / "onnx").probabilities(texts), want, atol=1e-5)
@@ -379,19 +522,26 @@ def test_export_never_writes_into_the_student_or_a_file(run_dir, tmp_path, capsy
     student = tmp_path / "student"
     shutil.copytree(run_dir / "student", student)
     before = {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()}
-    for target, message in [(student, "the student's folder"), (tmp_path, "the student's folder, inside it or around it"),
-                            (run_dir, "holds a student or a run")]:
+    for target, message in [
+        (student, "the student's folder"),
+        (tmp_path, "the student's folder, inside it or around it"),
+        (run_dir, "holds a student or a run"),
+    ]:
         assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(target)]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "notes.csv").write_text("mine\n")
     assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "notes.csv")]) == 2
     assert "expected a folder for the ONNX student; found the file" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()} == before and load_student(student).kind == "encoder"
+    assert {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()} == before and load_student(
+        student
+    ).kind == "encoder"
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(mine)]) == 2
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], "a refused folder gets nothing, not even a lock file"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"], (
+        "a refused folder gets nothing, not even a lock file"
+    )
 
 
 def test_export_finds_its_run_through_a_relative_out(run_dir, tmp_path):
@@ -402,13 +552,23 @@ def test_export_finds_its_run_through_a_relative_out(run_dir, tmp_path):
     config.update(out="data/runs/run-elsewhere", annotations="")  # relative to where distill ran, not to here
     (run / "student" / "distillery_config.yaml").write_text(yaml.safe_dump(config))
     assert distillery_cli.main(["export", "--student", str(run / "student"), "--variant", "fp32"]) == 0
-    assert json.loads((run / "student-onnx" / "distillery_student.json").read_text())["export"]["rows"] == len(_check_rows(run_dir)[0])
+    assert json.loads((run / "student-onnx" / "distillery_student.json").read_text())["export"]["rows"] == len(
+        _check_rows(run_dir)[0]
+    )
 
 
 def test_export_keeps_evaluates_threshold_when_too_few_rows_check_it(run_dir, tmp_path, capsys):
     student = _student_with_threshold(run_dir, tmp_path, 0.61, target=0.6)
-    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--check-rows", "5"]) == 0
-    assert "kept evaluate's answer-or-defer threshold (0.6100): 5 test rows cannot pass target 0.6" in capsys.readouterr().out
+    assert (
+        distillery_cli.main(
+            ["export", "--student", str(student), "--onnx-dir", str(tmp_path / "onnx"), "--check-rows", "5"]
+        )
+        == 0
+    )
+    assert (
+        "kept evaluate's answer-or-defer threshold (0.6100): 5 test rows cannot pass target 0.6"
+        in capsys.readouterr().out
+    )
     defer = json.loads((tmp_path / "onnx" / "distillery_student.json").read_text())["defer"]
     assert defer["threshold"] == 0.61 and defer["kept_from"] == "evaluate"
 
@@ -422,9 +582,28 @@ def test_a_killed_export_is_refused_until_rerun_and_predict_never_mixes_two_expo
 
     out, rows = tmp_path / "onnx", tmp_path / "rows.csv"
     make_rows(12).to_csv(rows, index=False)
-    export = [sys.executable, "-m", "distillery", "export", "--student", str(run_dir / "student"), "--onnx-dir", str(out)]
+    export = [
+        sys.executable,
+        "-m",
+        "distillery",
+        "export",
+        "--student",
+        str(run_dir / "student"),
+        "--onnx-dir",
+        str(out),
+    ]
     assert subprocess.run([*export, "--variant", "int8"], capture_output=True, timeout=300).returncode == 0
-    predict = ["predict", "--student", str(out), "--data", str(rows), "--text-column", "review", "--predictions", str(tmp_path / "p.csv")]
+    predict = [
+        "predict",
+        "--student",
+        str(out),
+        "--data",
+        str(rows),
+        "--text-column",
+        "review",
+        "--predictions",
+        str(tmp_path / "p.csv"),
+    ]
     assert distillery_cli.main(predict) == 0
     proc = subprocess.Popen([*export, "--variant", "fp32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -13,14 +13,36 @@ from distillery import cli as distillery_cli
 from distillery.core.options import INT_MAX, RANGE_WORDS, option
 
 # Each config class, the command that builds it first, and the flags that command needs besides.
-CONFIGS = {cls: command for command in ("annotate", "distill", "evaluate", "predict", "export", "active", "review")
-           for cls in distillery_cli.stage_configs(command)[:1]}
+CONFIGS = {
+    cls: command
+    for command in ("annotate", "distill", "evaluate", "predict", "export", "active", "review")
+    for cls in distillery_cli.stage_configs(command)[:1]
+}
 NEEDS = {"predict": ["--data", "rows.csv"]}
 # Strings that name a file, folder, model, column or dataset: any text is a name (their existence is
 # checked where they are read). A new string setting must declare a form or choices, or be listed here.
-FREE_FORM = {"out", "data", "hf_config", "split", "text_column", "label_column", "split_column", "id_column", "task", "teacher",
-             "base_url", "template_from", "annotations", "student", "student_model", "predictions", "onnx_dir", "import_file",
-             "push_to_hub", "dtype"}
+FREE_FORM = {
+    "out",
+    "data",
+    "hf_config",
+    "split",
+    "text_column",
+    "label_column",
+    "split_column",
+    "id_column",
+    "task",
+    "teacher",
+    "base_url",
+    "template_from",
+    "annotations",
+    "student",
+    "student_model",
+    "predictions",
+    "onnx_dir",
+    "import_file",
+    "push_to_hub",
+    "dtype",
+}
 KEY = "abcdef0123456789abcdef0123456789"
 
 
@@ -29,8 +51,18 @@ def outside(f: dataclasses.Field) -> list:
     kind, meta = str(f.type), f.metadata
     if kind in ("int", "float"):
         step = 1 if kind == "int" else 0.5
-        low = [min(meta["ge"], f.default) - step] if "ge" in meta else [meta["gt"]]  # below a sentinel default too (limit -1)
-        high = [meta["le"] + step] if "le" in meta else [meta["lt"]] if "lt" in meta else [INT_MAX + 1] if kind == "int" else []
+        low = (
+            [min(meta["ge"], f.default) - step] if "ge" in meta else [meta["gt"]]
+        )  # below a sentinel default too (limit -1)
+        high = (
+            [meta["le"] + step]
+            if "le" in meta
+            else [meta["lt"]]
+            if "lt" in meta
+            else [INT_MAX + 1]
+            if kind == "int"
+            else []
+        )
         return low + high
     if kind.startswith("bool"):
         return ["maybe"]
@@ -50,10 +82,16 @@ FIELDS = [(cls, f) for cls in CONFIGS for f in dataclasses.fields(cls)]
 def test_every_setting_declares_what_it_accepts(cls, f):
     kind = str(f.type)
     if kind in ("int", "float"):
-        assert "ge" in f.metadata or "gt" in f.metadata, f"{f.name}: a number must declare its lowest value (option(..., ge=0))"
+        assert "ge" in f.metadata or "gt" in f.metadata, (
+            f"{f.name}: a number must declare its lowest value (option(..., ge=0))"
+        )
     elif kind == "str":
-        assert f.metadata.get("form") or f.metadata.get("choices") or f.metadata.get("registry") is not None or f.name in FREE_FORM, \
-            f"{f.name}: declare form= or choices=, or add it to FREE_FORM with the reason"
+        assert (
+            f.metadata.get("form")
+            or f.metadata.get("choices")
+            or f.metadata.get("registry") is not None
+            or f.name in FREE_FORM
+        ), f"{f.name}: declare form= or choices=, or add it to FREE_FORM with the reason"
 
 
 CASES = [(cls, f, value) for cls, f in FIELDS for value in outside(f)]
@@ -61,7 +99,9 @@ CASES = [(cls, f, value) for cls, f in FIELDS for value in outside(f)]
 
 @pytest.mark.parametrize("cls, f, value", CASES, ids=[f"{cls.__name__}.{f.name}={v}" for cls, f, v in CASES])
 def test_a_value_outside_a_settings_declaration_is_one_line_and_exit_2(cls, f, value, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(distillery_cli, "run_stages", lambda command, configs: pytest.fail(f"{command} ran with {f.name}={value}"))
+    monkeypatch.setattr(
+        distillery_cli, "run_stages", lambda command, configs: pytest.fail(f"{command} ran with {f.name}={value}")
+    )
     monkeypatch.chdir(tmp_path)
     command = CONFIGS[cls]
     flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -85,9 +125,14 @@ def test_the_range_words_are_the_declared_ones():
         option(0, "x", gte=0)
 
 
-@pytest.mark.parametrize("argv", [["distill", "--seed", "4294967295", "--device", "cuda:1", "--warmup-ratio", "0.99"],
-                                  ["annotate", "--api-key-env", "MY_SERVER_KEY_2", "--limit", "0"],
-                                  ["annotate", "--api-key-env", "none"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "--seed", "4294967295", "--device", "cuda:1", "--warmup-ratio", "0.99"],
+        ["annotate", "--api-key-env", "MY_SERVER_KEY_2", "--limit", "0"],
+        ["annotate", "--api-key-env", "none"],
+    ],
+)
 def test_values_inside_their_declarations_are_accepted(argv, tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(distillery_cli, "run_stages", lambda command, configs: ran.append(configs))

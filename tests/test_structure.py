@@ -9,9 +9,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where each subpackage's files live (pyproject's package-dir).
-FOLDERS = {"distillery": "distillery", "distillery.core": "distillery/core", "distillery.annotate": "annotate",
-           "distillery.distill": "distill", "distillery.evaluation": "evaluation", "distillery.serve": "serve",
-           "distillery.active": "active", "distillery.review": "review"}
+FOLDERS = {
+    "distillery": "distillery",
+    "distillery.core": "distillery/core",
+    "distillery.annotate": "annotate",
+    "distillery.distill": "distill",
+    "distillery.evaluation": "evaluation",
+    "distillery.serve": "serve",
+    "distillery.active": "active",
+    "distillery.review": "review",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -25,8 +32,12 @@ def _modules() -> dict[str, Path]:
 def _imports(name: str, file: Path, modules: dict[str, Path]) -> set[str]:
     """The distillery modules ``name`` imports anywhere in its file (TYPE_CHECKING blocks left out)."""
     tree = ast.parse(file.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -56,7 +67,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt)
         stack.pop()

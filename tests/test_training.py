@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import DEVICES, make_rows
 
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, annotate
-from conftest import DEVICES, make_rows
 from distillery.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,18 @@ def annotated(tiny_llama, tmp_path_factory) -> Path:
     """A finished annotation run of 64 rows by the tiny teacher."""
     out = tmp_path_factory.mktemp("annotated")
     make_rows(64).to_csv(out / "rows.csv", index=False)
-    annotate(AnnotateConfig(data=str(out / "rows.csv"), text_column="review", label_column="sentiment", teacher=str(tiny_llama),
-                            device="cpu", limit=0, out=str(out), test_fraction=0.0))
+    annotate(
+        AnnotateConfig(
+            data=str(out / "rows.csv"),
+            text_column="review",
+            label_column="sentiment",
+            teacher=str(tiny_llama),
+            device="cpu",
+            limit=0,
+            out=str(out),
+            test_fraction=0.0,
+        )
+    )
     return out
 
 
@@ -49,8 +59,17 @@ def _log(student_dir: Path) -> list[dict]:
 
 def _cfg(annotated, model, out, **kw):
     kw = {"device": "cpu", **kw}
-    return DistillConfig(out=str(annotated), student=str(out), student_model=str(model), batch_size=8,
-                         epochs=2, min_steps=0, val_fraction=0.125, lr=1e-3, **kw)
+    return DistillConfig(
+        out=str(annotated),
+        student=str(out),
+        student_model=str(model),
+        batch_size=8,
+        epochs=2,
+        min_steps=0,
+        val_fraction=0.125,
+        lr=1e-3,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -102,14 +121,41 @@ def test_gradient_accumulation_matches_the_full_batch(annotated, no_dropout_robe
 
 @pytest.mark.integration
 def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
-    args = ["distill", "--out", str(annotated), "--student-model", str(no_dropout_roberta), "--device", "cpu", "--batch-size", "8",
-            "--epochs", "2", "--val-fraction", "0.125", "--lr", "1e-3"]
+    args = [
+        "distill",
+        "--out",
+        str(annotated),
+        "--student-model",
+        str(no_dropout_roberta),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0.125",
+        "--lr",
+        "1e-3",
+    ]
     one = tmp_path / "one"
     assert distillery_cli.main(args + ["--student", str(one)]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "distillery",
-           *args, "--student", str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "distillery",
+        *args,
+        "--student",
+        str(two),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((two / "train_summary.json").read_text())["processes"] == 2
@@ -125,25 +171,47 @@ def test_two_cpu_processes_match_one(annotated, no_dropout_roberta, tmp_path):
 
 
 def test_max_train_rows_trains_on_the_first_rows_only(annotated, tiny_roberta, tmp_path):
-    out = distill(DistillConfig(out=str(annotated), student=str(tmp_path / "s"), student_model=str(tiny_roberta),
-                                epochs=1, max_train_rows=20, val_fraction=0.25, device="cpu"))
+    out = distill(
+        DistillConfig(
+            out=str(annotated),
+            student=str(tmp_path / "s"),
+            student_model=str(tiny_roberta),
+            epochs=1,
+            max_train_rows=20,
+            val_fraction=0.25,
+            device="cpu",
+        )
+    )
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["train_rows"], summary["val_rows"]) == (15, 5)
 
 
 def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annotated, tiny_roberta, tmp_path):
-    base = dict(out=str(annotated), student_model=str(tiny_roberta), epochs=1, max_train_rows=20, val_fraction=0.25, batch_size=8, device="cpu")
+    base = dict(
+        out=str(annotated),
+        student_model=str(tiny_roberta),
+        epochs=1,
+        max_train_rows=20,
+        val_fraction=0.25,
+        batch_size=8,
+        device="cpu",
+    )
     floor = distill(DistillConfig(student=str(tmp_path / "floor"), min_steps=12, **base))
     summary = json.loads((floor / "train_summary.json").read_text())
     # 15 training rows, batch 8: 2 steps an epoch, so 12 steps take 6 epochs.
     assert (summary["epochs"], summary["steps"]) == (6, 12) and len(_log(floor)) == 12
-    plain = json.loads((distill(DistillConfig(student=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json").read_text())
+    plain = json.loads(
+        (
+            distill(DistillConfig(student=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json"
+        ).read_text()
+    )
     assert (plain["epochs"], plain["steps"]) == (1, 2)
     # lr per student kind; max length covers >= 95% of the training rows' token lengths.
     assert summary["lr"] == 5e-5
     from transformers import AutoTokenizer
 
     from distillery.distill.data import covering_length, load_training_rows
+
     tok = AutoTokenizer.from_pretrained(tiny_roberta)
     train_texts = load_training_rows(DistillConfig(**base)).train["text"].tolist()
     lengths = sorted(len(ids) for ids in tok(train_texts).input_ids)
@@ -157,7 +225,10 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
     assert sum(n <= cover for n in n_tokens) >= 95 and sum(n <= cover - 8 for n in n_tokens) < 95
     assert covering_length(tok, words, 16) == 16
     # Prediction reads texts up to the model's limit, not the training cut.
-    assert AutoTokenizer.from_pretrained(floor).model_max_length == AutoTokenizer.from_pretrained(tiny_roberta).model_max_length
+    assert (
+        AutoTokenizer.from_pretrained(floor).model_max_length
+        == AutoTokenizer.from_pretrained(tiny_roberta).model_max_length
+    )
 
 
 def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, tiny_roberta):
@@ -166,7 +237,14 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
     from distillery.distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
     from distillery.distill.train import warm_start_head
 
-    cfg = DistillConfig(out=str(annotated), student_model=str(tiny_roberta), device="cpu", batch_size=8, max_length=32, head_warmup_epochs=5)
+    cfg = DistillConfig(
+        out=str(annotated),
+        student_model=str(tiny_roberta),
+        device="cpu",
+        batch_size=8,
+        max_length=32,
+        head_warmup_epochs=5,
+    )
     rows = load_training_rows(cfg)
     tok, model = load_student(cfg, rows.labels)
     train_dl, _ = build_dataloaders(cfg, tok, rows)
@@ -174,8 +252,14 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
     def loss():
         model.eval()
         with torch.no_grad():
-            return sum(hybrid_kd_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["teacher_logprobs"], b["labels"]).total.item()
-                       for b in train_dl)
+            return sum(
+                hybrid_kd_loss(
+                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                    b["teacher_logprobs"],
+                    b["labels"],
+                ).total.item()
+                for b in train_dl
+            )
 
     before, start = loss(), {n: p.detach().clone() for n, p in model.named_parameters()}
     warm_start_head(model, train_dl, cfg, None, torch.device("cpu"))
@@ -201,9 +285,15 @@ def test_temperature_scaling_recovers_a_known_overconfidence():
     true_logits = torch.randn(4000, 3, generator=gen) * 1.5
     labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
     # A student three times too confident: its logits are the true ones times 3.
-    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True) == pytest.approx(3.0, rel=0.08)
-    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(3.0, rel=0.01)
-    assert temperature_for(true_logits, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(1.0, rel=0.01)
+    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True) == pytest.approx(
+        3.0, rel=0.08
+    )
+    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(
+        3.0, rel=0.01
+    )
+    assert temperature_for(true_logits, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(
+        1.0, rel=0.01
+    )
     from distillery.evaluation.metrics import expected_calibration_error
 
     fitted = temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True)
@@ -221,7 +311,9 @@ def test_a_temperature_is_used_only_when_it_fits_clearly_better_than_one():
     none = torch.zeros_like(true_logits)
     # A calibrated student on 50 rows: whatever T the rows suggest, it is noise.
     calibrated_t = temperature_for(true_logits, none, labels, gold=True)
-    assert calibrated_t != 1.0 and temperature_gain(true_logits, none, labels, True, calibrated_t) < LIKELIHOOD_RATIO_5PCT
+    assert (
+        calibrated_t != 1.0 and temperature_gain(true_logits, none, labels, True, calibrated_t) < LIKELIHOOD_RATIO_5PCT
+    )
     # Three times too confident: clear on the same 50 rows.
     over_t = temperature_for(true_logits * 3, none, labels, gold=True)
     assert temperature_gain(true_logits * 3, none, labels, True, over_t) > LIKELIHOOD_RATIO_5PCT
@@ -233,17 +325,32 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
 
     few = distill(_cfg(annotated, tiny_roberta, tmp_path / "few"))  # 8 validation rows: too few to fit a temperature on
     assert json.loads((few / "distillery_student.json").read_text())["temperature"] == 1.0
-    out = distill(DistillConfig(out=str(annotated), student=str(tmp_path / "s"), student_model=str(tiny_roberta), batch_size=8,
-                                epochs=30, min_steps=0, val_fraction=0.8, lr=5e-3, device="cpu"))  # 51 validation rows, 13 overfitted
+    out = distill(
+        DistillConfig(
+            out=str(annotated),
+            student=str(tmp_path / "s"),
+            student_model=str(tiny_roberta),
+            batch_size=8,
+            epochs=30,
+            min_steps=0,
+            val_fraction=0.8,
+            lr=5e-3,
+            device="cpu",
+        )
+    )  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
-    assert meta["temperature"] == summary["temperature"] and 0.2 <= meta["temperature"] <= 5 and meta["temperature"] != 1.0
+    assert (
+        meta["temperature"] == summary["temperature"] and 0.2 <= meta["temperature"] <= 5 and meta["temperature"] != 1.0
+    )
     student = load_student(out)
     texts = ["I love this movie", "I hate this film", "the weather is fine"]
     enc = student.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = student.model(**enc).logits
-    np.testing.assert_allclose(student.probabilities(texts), torch.softmax(logits / meta["temperature"], -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        student.probabilities(texts), torch.softmax(logits / meta["temperature"], -1).numpy(), atol=1e-5
+    )
 
 
 def test_class_weights_train_and_say_what_they_are(annotated, tiny_roberta, tmp_path, capsys):
@@ -267,13 +374,37 @@ def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1) -> Path:
     for i in range(n):
         label = "positive" if i < n_small else "negative"
         confident = np.log([0.05, 0.95]) if label == "positive" else np.log([0.95, 0.05])
-        rows.append({"id": f"r{i}", "text": f"{'bright' if (i % 10 < 7) == (label == 'positive') else 'dull'} story", "gold": label,
-                     "split": "train", "teacher_label": label, "logprob_negative": confident[0], "logprob_positive": confident[1],
-                     "raw_logprob_negative": confident[0], "raw_logprob_positive": confident[1], "label_mass": 0.9, "flags": "",
-                     "teacher": "synthetic", "prompt_hash": "0", "error_type": "", "error_message": ""})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "text": f"{'bright' if (i % 10 < 7) == (label == 'positive') else 'dull'} story",
+                "gold": label,
+                "split": "train",
+                "teacher_label": label,
+                "logprob_negative": confident[0],
+                "logprob_positive": confident[1],
+                "raw_logprob_negative": confident[0],
+                "raw_logprob_positive": confident[1],
+                "label_mass": 0.9,
+                "flags": "",
+                "teacher": "synthetic",
+                "prompt_hash": "0",
+                "error_type": "",
+                "error_message": "",
+            }
+        )
     frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
-    store = ChunkStore(root / "annotations", {"teacher": "synthetic"}, {"config": {}, "task": {"name": "sentiment-binary"},
-                                                                         "labels": labels, "teacher": "synthetic", "prompt_hash": "0"})
+    store = ChunkStore(
+        root / "annotations",
+        {"teacher": "synthetic"},
+        {
+            "config": {},
+            "task": {"name": "sentiment-binary"},
+            "labels": labels,
+            "teacher": "synthetic",
+            "prompt_hash": "0",
+        },
+    )
     store.write(0, frame)
     store.finalize(labels, "none", None)
     return root
@@ -287,9 +418,25 @@ def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(
     run = _imbalanced_run(tmp_path)
     said = {}
     for weights in ("none", "auto"):
-        out = distill(DistillConfig(out=str(run), student=str(tmp_path / weights), student_model=str(tiny_roberta), device="cpu",
-                                    batch_size=16, epochs=4, min_steps=0, val_fraction=0.1, lr=3e-3, class_weights=weights))
+        out = distill(
+            DistillConfig(
+                out=str(run),
+                student=str(tmp_path / weights),
+                student_model=str(tiny_roberta),
+                device="cpu",
+                batch_size=16,
+                epochs=4,
+                min_steps=0,
+                val_fraction=0.1,
+                lr=3e-3,
+                class_weights=weights,
+            )
+        )
         said[weights] = load_student(out).probabilities(["bright story", "dull story"])[:, 1]
-    assert (said["none"] < 0.5).all(), f"the unweighted student should never say positive here; P(positive) {said['none']}"
-    assert said["auto"][0] > 0.5 > said["auto"][1], f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
+    assert (said["none"] < 0.5).all(), (
+        f"the unweighted student should never say positive here; P(positive) {said['none']}"
+    )
+    assert said["auto"][0] > 0.5 > said["auto"][1], (
+        f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
+    )
     assert json.loads((tmp_path / "auto" / "train_summary.json").read_text())["class_weights"]["positive"] > 1

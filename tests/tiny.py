@@ -33,7 +33,9 @@ def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<mask>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", mask_token="<mask>", unk_token=None
@@ -50,9 +52,16 @@ def build_llama(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = build_tokenizer(path)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
-        num_hidden_layers=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
@@ -65,9 +74,16 @@ def build_roberta(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = build_tokenizer(path)
     config = RobertaConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=300, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, num_labels=2,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=300,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        num_labels=2,
     )
     RobertaForSequenceClassification(config).save_pretrained(path)
     return path

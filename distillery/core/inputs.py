@@ -49,7 +49,9 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
         frame = frame[frame[label_col].isin(labels)]
     else:
         frame = _read_table(cfg.data, cfg.hf_config, cfg.split, cfg.label_column)
-        if not label_col and "label" in frame.columns and not cfg.only_deferred:  # predict's "label" is the student's, not gold
+        if (
+            not label_col and "label" in frame.columns and not cfg.only_deferred
+        ):  # predict's "label" is the student's, not gold
             label_col = "label"  # the usual name; pass --label-column for another
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
@@ -59,17 +61,23 @@ def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
             raise InputError(f"{cfg.data}: no row is marked deferred; nothing to send to the teacher")
     if cfg.split_column:
         if cfg.split_column not in frame.columns:
-            raise InputError(f"{cfg.data}: expected a column '{cfg.split_column}' (--split-column); found {list(frame.columns)}")
+            raise InputError(
+                f"{cfg.data}: expected a column '{cfg.split_column}' (--split-column); found {list(frame.columns)}"
+            )
         bad = sorted(set(frame[cfg.split_column].fillna("").astype(str)) - {"train", "test"})
         if bad:
             shown = ", ".join(repr(b) if b else "an empty cell" for b in bad[:5])
-            raise InputError(f"{cfg.data}: expected 'train' or 'test' in split column '{cfg.split_column}'; found {shown}; "
-                             "fix the file or drop --split-column")
+            raise InputError(
+                f"{cfg.data}: expected 'train' or 'test' in split column '{cfg.split_column}'; found {shown}; "
+                "fix the file or drop --split-column"
+            )
     frame = frame.reset_index(drop=True)
     texts = frame[text_col]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
     if empty.all():
-        raise InputError(f"{cfg.data}: column '{text_col}' is empty; pass --text-column with the column that holds the text")
+        raise InputError(
+            f"{cfg.data}: column '{text_col}' is empty; pass --text-column with the column that holds the text"
+        )
     if empty.any():
         if not cfg.drop_empty:
             rows = ", ".join(str(i + 2) for i in frame.index[empty][:5])
@@ -100,12 +108,16 @@ def _gold(frame: pd.DataFrame, label_col: str, labels: list[str], source: str) -
     blank = frame[label_col].isna() | (gold == "")
     if blank.any():
         lines = ", ".join(str(i + 2) for i in frame.index[blank][:5])
-        raise InputError(f"{source}: expected a gold label in every row of '{label_col}'; found {int(blank.sum())} empty "
-                         f"(file lines {lines}...); fill them in, or drop --label-column to annotate without gold labels")
+        raise InputError(
+            f"{source}: expected a gold label in every row of '{label_col}'; found {int(blank.sum())} empty "
+            f"(file lines {lines}...); fill them in, or drop --label-column to annotate without gold labels"
+        )
     bad = sorted(set(gold) - set(labels))
     if bad:
-        raise InputError(f"{source}: gold labels in '{label_col}' must be in the label set {labels}; found {bad[:5]}; "
-                         "pass --labels with every label, or fix the file")
+        raise InputError(
+            f"{source}: gold labels in '{label_col}' must be in the label set {labels}; found {bad[:5]}; "
+            "pass --labels with every label, or fix the file"
+        )
     return gold
 
 
@@ -128,13 +140,21 @@ def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     if path.is_dir():
         raise InputError(f"'{data}' is a folder; pass --data with a .csv, .jsonl or .parquet file in it")
     if not path.is_file():
-        raise InputError(f"input file not found: '{data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME")
+        raise InputError(
+            f"input file not found: '{data}'; pass --data with a .csv, .jsonl or .parquet file, 'tweets', or hf:NAME"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
             # Every column as written: "1e3", "007" or "True" in a text or id column stay what they are.
-            frames = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""],
-                                 chunksize=chunk_rows)
+            frames = pd.read_csv(
+                path,
+                sep="\t" if suffix == ".tsv" else ",",
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                chunksize=chunk_rows,
+            )
             yield from [frames] if chunk_rows is None else frames
         elif suffix in (".jsonl", ".json"):
             lines = suffix == ".jsonl"
@@ -154,11 +174,20 @@ def _read_file(data: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
         if isinstance(err, InputError):
             raise
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"cannot read '{path}' as {suffix[1:]}: {first}; check the file is valid UTF-8 {suffix[1:]}") from None
+        raise InputError(
+            f"cannot read '{path}' as {suffix[1:]}: {first}; check the file is valid UTF-8 {suffix[1:]}"
+        ) from None
 
 
-def iter_texts(data: str, text_column: str = "text", id_column: str = "", chunk_rows: int = 1000, drop_empty: bool = False,
-               hf_config: str = "", split: str = "train") -> Iterator[pd.DataFrame]:
+def iter_texts(
+    data: str,
+    text_column: str = "text",
+    id_column: str = "",
+    chunk_rows: int = 1000,
+    drop_empty: bool = False,
+    hf_config: str = "",
+    split: str = "train",
+) -> Iterator[pd.DataFrame]:
     """Every row of an input as frames of at most ``chunk_rows`` rows with columns ``id, text``.
 
     Files stream (.csv/.tsv/.jsonl/.parquet are read a chunk at a time, so memory stays flat in
@@ -182,12 +211,18 @@ def iter_texts(data: str, text_column: str = "text", id_column: str = "", chunk_
         frame = frame.reset_index(drop=True)
         texts = frame[text_column]
         empty = texts.isna() | (texts.astype(str).str.strip() == "")
-        out = pd.DataFrame({"id": frame[id_column].astype(str) if id_column else [str(start + i) for i in range(len(frame))],
-                            "text": texts.astype(str)})
+        out = pd.DataFrame(
+            {
+                "id": frame[id_column].astype(str) if id_column else [str(start + i) for i in range(len(frame))],
+                "text": texts.astype(str),
+            }
+        )
         if empty.any() and not drop_empty:
             rows = ", ".join(str(start + i + 2) for i in frame.index[empty][:5])
-            raise InputError(f"{data}: expected text in every row; found {int(empty.sum())} empty (file lines {rows}...); "
-                             "remove them or pass --drop-empty to skip them")
+            raise InputError(
+                f"{data}: expected text in every row; found {int(empty.sum())} empty (file lines {rows}...); "
+                "remove them or pass --drop-empty to skip them"
+            )
         start += len(frame)
         yield out[~empty].reset_index(drop=True)
     if not any_rows:
@@ -240,6 +275,9 @@ def deferred_flags(column: pd.Series) -> pd.Series:
 def keep_deferred(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """The rows of a ``predict --defer`` output whose ``deferred`` column is true."""
     if "deferred" not in frame.columns:
-        raise InputError(f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery predict --defer'); "
-                         f"found {', '.join(map(str, frame.columns[:10]))}")
+        raise InputError(
+            f"{source}: expected a 'deferred' column (--only-deferred reads the output of 'distillery "
+            "predict --defer'); "
+            f"found {', '.join(map(str, frame.columns[:10]))}"
+        )
     return frame[deferred_flags(frame["deferred"])]

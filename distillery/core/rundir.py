@@ -11,7 +11,8 @@
   there, recorded once the file is whole and only while no other file has its name (so a failure
   never claims a file of someone else's). Every whole-file write
   records its file; a folder :func:`make_folder` creates empty for a library to fill (a checkpoint,
-  a saved model) is Distillery's whole, and :func:`install` moves such a folder's files into place. :func:`check_folder` stops a stage on a folder of someone else's files
+  a saved model) is Distillery's whole, and :func:`install` moves such a folder's files into place. :func:`check_folder`
+  stops a stage on a folder of someone else's files
   unless ``--overwrite`` (then it writes beside them); :func:`guard_files`, the writers and
   :func:`remove_owned` never replace or delete a file that is not listed, whatever the flags.
 - :func:`file_fingerprint`, :func:`same_file`, :func:`rows_fingerprint`: fingerprints of an
@@ -37,9 +38,29 @@ import pandas as pd
 from distillery.core.errors import UserError
 
 __all__ = [
-    "RunLocked", "ForeignFiles", "locked", "replacing", "write_text", "write_json", "write_csv", "append_csv",
-    "owned", "foreign", "temporary_name", "make_folder", "check_folder", "claim_folder", "guard_files", "record_files", "remove_owned", "remove_leftovers", "install",
-    "file_fingerprint", "same_file", "rows_fingerprint", "sha256_file",
+    "RunLocked",
+    "ForeignFiles",
+    "locked",
+    "replacing",
+    "write_text",
+    "write_json",
+    "write_csv",
+    "append_csv",
+    "owned",
+    "foreign",
+    "temporary_name",
+    "make_folder",
+    "check_folder",
+    "claim_folder",
+    "guard_files",
+    "record_files",
+    "remove_owned",
+    "remove_leftovers",
+    "install",
+    "file_fingerprint",
+    "same_file",
+    "rows_fingerprint",
+    "sha256_file",
 ]
 
 LOCK_FILE = ".distillery.lock"
@@ -94,7 +115,10 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None, fl
             except (ValueError, KeyError, TypeError):
                 time.sleep(0.05)
         fh.close()
-        raise RunLocked(f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or pass another {flag}") from None
+        raise RunLocked(
+            f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or "
+            f"pass another {flag}"
+        ) from None
     fh.seek(0)
     fh.truncate()
     fh.write(json.dumps({"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
@@ -126,7 +150,9 @@ def replacing(path: str | Path) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not _ours(path.name) and path.name not in owned(path.parent)
     if new and (path.exists() or path.is_symlink()):
-        raise ForeignFiles(f"{path} exists and distillery did not write it; it is never replaced: move it away, or write elsewhere")
+        raise ForeignFiles(
+            f"{path} exists and distillery did not write it; it is never replaced: move it away, or write elsewhere"
+        )
     tmp = path.with_name(temporary_name(path.name))
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
@@ -264,12 +290,15 @@ def check_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> No
     if folder.is_dir() and not overwrite and _main_process():
         others = foreign(folder)
         if others:
-            raise ForeignFiles(f"{folder} holds files distillery did not write ({_listed(others)}); pass another {flag}, "
-                               "or --overwrite to write beside them (they are never replaced or deleted)")
+            raise ForeignFiles(
+                f"{folder} holds files distillery did not write ({_listed(others)}); pass another {flag}, "
+                "or --overwrite to write beside them (they are never replaced or deleted)"
+            )
 
 
 def claim_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> Path:
-    """The folder a stage writes: new, holding only Distillery's files, or ``overwrite`` given (see :func:`check_folder`)."""
+    """The folder a stage writes: new, holding only Distillery's files, or ``overwrite`` given (see
+    :func:`check_folder`)."""
     folder = Path(folder)
     check_folder(folder, overwrite, flag)
     folder.mkdir(parents=True, exist_ok=True)
@@ -284,8 +313,10 @@ def guard_files(folder: str | Path, names: list[str], flag: str = "--out") -> No
     folder = Path(folder)
     found = [f"{name}/{sub}" if sub != name else name for name in names for sub in foreign(folder / name)]
     if found and _main_process():
-        raise ForeignFiles(f"{folder} holds {_listed(found)}, which distillery did not write and will not replace; "
-                           f"move it away, or pass another {flag}")
+        raise ForeignFiles(
+            f"{folder} holds {_listed(found)}, which distillery did not write and will not replace; "
+            f"move it away, or pass another {flag}"
+        )
 
 
 def remove_owned(path: str | Path) -> None:
@@ -345,11 +376,16 @@ def install(source: str | Path, target: str | Path, last: tuple[str, ...] = ()) 
     a file of someone else's in ``target`` with the same name stops it first (nothing is moved).
     The top-level files named in ``last`` go last (the record whose presence marks a whole student)."""
     source, target = Path(source), Path(target)
-    clash = [str(p.relative_to(source)) for p in source.rglob("*")
-             if p.is_file() and not _ours(p.name) and foreign(target / p.relative_to(source))]
+    clash = [
+        str(p.relative_to(source))
+        for p in source.rglob("*")
+        if p.is_file() and not _ours(p.name) and foreign(target / p.relative_to(source))
+    ]
     if clash:
-        raise ForeignFiles(f"{target} holds {_listed(clash)}, which distillery did not write and will not replace; "
-                           "move it away, or pass another folder")
+        raise ForeignFiles(
+            f"{target} holds {_listed(clash)}, which distillery did not write and will not replace; "
+            "move it away, or pass another folder"
+        )
     for here, _, files in os.walk(source):
         dest = target / Path(here).relative_to(source)
         dest.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Secrets never leave the process: header parsing, and scrubbing of anything key-like before a config or a message is written."""
+"""Secrets never leave the process: header parsing, and scrubbing of anything key-like before a config or a message is
+written."""
 
 from __future__ import annotations
 
@@ -33,12 +34,19 @@ def env_name_problem(value: str) -> str | None:
     digits without an underscore (``abcdef0123456789...``: a hex or base62 key pasted into the
     wrong flag). ``none`` says that the server needs no key.
     """
-    looks_like_key = scrub(value) != value or (len(value) >= 16 and "_" not in value and any(c.isdigit() for c in value)) \
-        or len(value) >= 32 and "_" not in value
+    looks_like_key = (
+        scrub(value) != value
+        or (len(value) >= 16 and "_" not in value and any(c.isdigit() for c in value))
+        or len(value) >= 32
+        and "_" not in value
+    )
     if value == NO_KEY or (ENV_NAME.fullmatch(value) and not looks_like_key):
         return None
-    return ("the name of the environment variable that holds the key (e.g. OPENAI_API_KEY), or 'none' for a server that needs "
-            "no key; export the key in a variable and pass the variable's name")
+    return (
+        "the name of the environment variable that holds the key (e.g. OPENAI_API_KEY), or 'none' for a "
+        "server that needs "
+        "no key; export the key in a variable and pass the variable's name"
+    )
 
 
 SECRET_KEYS = re.compile(r"(?i)(api[_-]?key|token|secret|password|passwd|credential)$")
@@ -55,8 +63,10 @@ def parse_headers(entries: list[str]) -> dict[str, str]:
         name, colon, value = str(entry).partition(":")
         name, value = name.strip(), value.strip()
         if not colon or not HEADER_NAME.fullmatch(name) or not value or "\n" in value or "\r" in value:
-            raise UserError(f"extra_headers: expected 'Name: value' entries (e.g. 'api-key: KEY'), comma-separated; entry {i} of "
-                            f"{len(entries)} is not one (its text is not shown, it may hold a secret)")
+            raise UserError(
+                f"extra_headers: expected 'Name: value' entries (e.g. 'api-key: KEY'), comma-separated; entry {i} of "
+                f"{len(entries)} is not one (its text is not shown, it may hold a secret)"
+            )
         headers[name] = value
     return headers
 
@@ -91,7 +101,9 @@ def redacted(config: dict) -> dict:
             return value
         if key == "api_key_env":
             return REDACTED if env_name_problem(value) else value
-        if top and SECRET_KEYS.search(key):  # a setting's name, not a label or verbalizer named 'token' in a nested task
+        if top and SECRET_KEYS.search(
+            key
+        ):  # a setting's name, not a label or verbalizer named 'token' in a nested task
             return REDACTED
         return scrub(value)
 

@@ -19,11 +19,32 @@ __all__ = ["STUDENT_FILE", "STUDENT_NAMES", "StudentMeta"]
 STUDENT_FILE = "distillery_student.json"
 # What distill and export write at the top of a student folder (the student kinds' save_pretrained files,
 # the ONNX model and ours): a file of someone else's by one of these names stops them before they start.
-STUDENT_NAMES = ("config.json", "model.safetensors", "pytorch_model.bin", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
-                 "tokenizer.model", "sentencepiece.bpe.model", "chat_template.jinja", "adapter_config.json",
-                 "adapter_model.safetensors", "model.onnx", "model.onnx.data", "README.md", "merged", STUDENT_FILE,
-                 "distillery_config.yaml", "train_log.jsonl", "train_summary.json")
+STUDENT_NAMES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "model.onnx",
+    "model.onnx.data",
+    "README.md",
+    "merged",
+    STUDENT_FILE,
+    "distillery_config.yaml",
+    "train_log.jsonl",
+    "train_summary.json",
+)
 
 
 @dataclass
@@ -72,11 +93,15 @@ class StudentMeta:
             return None
         values = json.loads(path.read_text())
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known})
+        return cls(
+            **{k: v for k, v in values.items() if k in known}, extra={k: v for k, v in values.items() if k not in known}
+        )
 
     def write(self, folder: str | Path) -> None:
         """Write it (atomically) into ``folder``; fields left None are left out."""
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and (v is not None or k in ("defer",))}
+        values = {
+            k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and (v is not None or k in ("defer",))
+        }
         write_json(Path(folder) / STUDENT_FILE, {**values, **self.extra})
 
     def as_dict(self) -> dict:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 import json
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
+
 from distillery.core.errors import UserError
 
 
@@ -56,7 +57,8 @@ class TaskSpec:
         if len(self.labels) < 2:
             raise UserError(
                 f"task '{self.name}': expected at least two labels, found {self.labels}; "
-                "pass --labels with the label set, comma-separated (e.g. negative,positive, or world,sports,business,sci/tech "
+                "pass --labels with the label set, comma-separated (e.g. negative,positive, or "
+                "world,sports,business,sci/tech "
                 "for --task topic), or fix 'labels' in the task file"
             )
         if len(set(self.labels)) != len(self.labels):
