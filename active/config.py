@@ -20,29 +20,71 @@ class ActiveConfig:
     the budget, on which every round's student is scored and the loop stops early.
     """
 
-    budget: int = option(1000, "teacher calls in all: test rows + seed rows + every round's rows", ge=1)
+    budget: int = option(
+        1000,
+        "teacher calls in all: test rows + seed rows + every round's rows",
+        ge=1,
+        short="teacher calls in all",
+        group="active",
+    )
     budget_cost: float = option(
         0.0,
         "hosted teacher: also stop cleanly (resumable) once this much is spent, in its price units (0 = no limit)",
         ge=0.0,
+        short="stop once this much is spent (0 = none)",
+        group="active",
     )
-    strategy: str = option("margin", "which rows go to the teacher", registry=active_strategies)
+    strategy: str = option(
+        "margin",
+        "which rows go to the teacher",
+        registry=active_strategies,
+        short="which pool rows go to the teacher",
+        group="active",
+    )
     test_rows: int = option(
         200,
         "random pool rows annotated first and held out: each round's student is scored on them, and evaluate uses them",
         ge=0,
+        short="random rows held out to score rounds",
+        group="active",
     )
-    seed_rows: int = option(100, "random rows the first student trains on", ge=1)
-    round_rows: int = option(100, "rows the strategy sends to the teacher each round", ge=1)
+    seed_rows: int = option(
+        100, "random rows the first student trains on", ge=1, short="rows the first student trains on", group="active"
+    )
+    round_rows: int = option(
+        100,
+        "rows the strategy sends to the teacher each round",
+        ge=1,
+        short="rows sent to the teacher per round",
+        group="active",
+    )
     patience: int = option(
         2,
         "stop when the test agreement has not improved by --min-gain for this many rounds (0 = spend the whole budget)",
         ge=0,
+        short="rounds without --min-gain (0 = none)",
+        group="active",
     )
-    min_gain: float = option(0.005, "the agreement gain that counts as an improvement", ge=0.0, le=1.0)
-    pool_chunk: int = option(2000, "pool rows scored at a time (memory stays flat in the pool size)", ge=1)
+    min_gain: float = option(
+        0.005,
+        "the agreement gain that counts as an improvement",
+        ge=0.0,
+        le=1.0,
+        short="agreement gain that counts",
+        group="active",
+    )
+    pool_chunk: int = option(
+        2000,
+        "pool rows scored at a time (memory stays flat in the pool size)",
+        ge=1,
+        short="pool rows scored at a time",
+        group="active",
+    )
     warm_start: bool = option(
-        False, "start each round's encoder student from the previous round's instead of the base model"
+        False,
+        "start each round's encoder student from the previous round's instead of the base model",
+        short="start from the previous round's student",
+        group="active",
     )
 
     def __post_init__(self) -> None:

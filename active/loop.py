@@ -44,10 +44,9 @@ from distillery.core.rundir import (
 )
 from distillery.core.studentmeta import STUDENT_FILE
 from distillery.distill import DistillConfig, distill
-from distillery.distill.students import student_kind
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable
-from distillery.serve import load_student
+from distillery.student import load_student, student_kind
 
 __all__ = ["active"]
 
@@ -91,8 +90,18 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     if state["selected"]:
         _save(work, state, pool)  # the selection file is rebuilt from the state on every start
     chunk = math.gcd(cfg.test_rows, cfg.seed_rows, cfg.round_rows)  # every full round ends on a chunk boundary
+    settings = source.settings
+    if cfg.budget_cost:  # a backend that charges (openai) stops at its --max-cost; --budget-cost sets it
+        if not hasattr(settings, "max_cost"):
+            raise UserError(
+                f"--budget-cost: applies to a backend that charges (--backend openai); found "
+                f"--backend {source.backend}; "
+                "leave --budget-cost out"
+            )
+        settings = replace(settings, max_cost=cfg.budget_cost)
     teacher_cfg = replace(
         source,
+        settings=settings,
         data=str(work / "selected.csv"),
         text_column="text",
         label_column="gold" if has_gold else "",
@@ -102,7 +111,6 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
         balance=False,
         test_fraction=0.0,
         chunk_size=chunk,
-        max_cost=cfg.budget_cost or source.max_cost,
         only_deferred=False,
         overwrite=False,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distillery.annotate.hosted import HostedTeacher
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.hosted import HostedSettings, HostedTeacher
+from distillery.annotate.local import LocalSettings, LocalTeacher
 from distillery.annotate.teacher import Teacher, TeacherBackend
 from distillery.core.registry import teacher_backends
 from distillery.core.tasks import TaskSpec
@@ -22,11 +22,19 @@ __all__ = ["build_teacher", "batch_limits", "teacher_batches"]
 AUTO_BATCH = {"cpu": (16, 0), "cuda": (512, 8192)}
 HOSTED_BATCH = 16  # rows handed to the hosted backend at a time; --concurrency sets requests in flight
 
-teacher_backends.register("local", TeacherBackend("a Hugging Face model in this process", LocalTeacher, local=True))
+teacher_backends.register(
+    "local",
+    TeacherBackend(
+        "a Hugging Face model in this process", LocalTeacher, settings=LocalSettings, local=True, online=True
+    ),
+)
 teacher_backends.register(
     "openai",
     TeacherBackend(
-        "an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)", HostedTeacher, batch_rows=HOSTED_BATCH
+        "an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, ...)",
+        HostedTeacher,
+        settings=HostedSettings,
+        batch_rows=HOSTED_BATCH,
     ),
 )
 
@@ -44,7 +52,7 @@ def batch_limits(cfg: AnnotateConfig) -> tuple[int, int]:
     from distillery.core.models import pick_device
 
     rows, tokens = AUTO_BATCH[pick_device(cfg.device).type]
-    return cfg.teacher_batch_size or rows, cfg.teacher_batch_tokens or tokens
+    return cfg.teacher_batch_size or rows, getattr(cfg.settings, "teacher_batch_tokens", 0) or tokens
 
 
 def teacher_batches(lengths: list[int], max_rows: int, max_tokens: int = 0) -> list[list[int]]:

@@ -265,7 +265,7 @@ class CalibrationMode:
     fits_on_rows: bool = True
 
 
-for _name, _summary in [
+BUILTIN_MODES = [
     ("none", "no change"),
     ("mean", "subtract each label's mean log-prob (assumes balanced labels)"),
     ("content-free", "subtract the log-probs of content-free inputs (Zhao et al. 2021)"),
@@ -274,7 +274,8 @@ for _name, _summary in [
     ("content-free+gmm", "content-free, then a Gaussian mixture over the log-odds"),
     ("gold", "a bias and a temperature fitted on --calibrate-on gold rows"),
     ("reviewed", "as gold, on the human labels imported by 'distillery review'"),
-]:
+]
+for _name, _summary in BUILTIN_MODES:
     calibration_modes.register(
         _name,
         CalibrationMode(
@@ -290,4 +291,4 @@ for _name, _summary in [
 MEASURED_ONLY = {
     "content-free+em": CalibrationMode("", partial(_fit_builtin, "content-free+em"), needs_content_free=True)
 }
-CALIBRATIONS = ("auto", *calibration_modes.names())  # auto picks one of the others (resolve_mode)
+CALIBRATIONS = ("auto", *(name for name, _ in BUILTIN_MODES))  # auto picks one of the others (resolve_mode)

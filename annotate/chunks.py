@@ -98,16 +98,16 @@ class ChunkStore:
         fingerprint: what must not change between a run and its resume (teacher, prompt hash,
             labels, data selection, chunk size).
         manifest_extra: written into the manifest as is (resolved config, task, ...).
-        overwrite: start over: the chunks and manifest of an earlier run in ``root`` are deleted
+        restart: start over: the chunks and manifest of an earlier run in ``root`` are deleted
             (only files Distillery wrote there; a manifest that does not parse is never deleted).
     """
 
-    def __init__(self, root: Path, fingerprint: dict, manifest_extra: dict, overwrite: bool = False):
+    def __init__(self, root: Path, fingerprint: dict, manifest_extra: dict, restart: bool = False):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.run_id = run_id(fingerprint)
         old_manifest = _read_manifest(self.manifest_path) if self.manifest_path.is_file() else None
-        if overwrite:
+        if restart:
             for path in [self.manifest_path, *self.root.glob("part-*.csv")]:
                 remove_owned(path)
             old_manifest = None
@@ -119,7 +119,7 @@ class ChunkStore:
                 what = "; ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now" for k in changed)
                 raise ManifestError(
                     f"{self.root} holds annotations from a different run ({what}); "
-                    "pass another --out, or --overwrite to start over (the old annotations are deleted)"
+                    "pass another --out, or --restart-annotations to start over (the old annotations are deleted)"
                 )
             self.manifest.update(manifest_extra)
         else:  # a new run, or one whose manifest was lost: existing() adopts the chunks it wrote
@@ -158,7 +158,7 @@ class ChunkStore:
             raise ManifestError(
                 f"{path} was not written by this run (another teacher, prompt, label set, data selection or "
                 "chunk size); "
-                "pass another --out, or --overwrite to start over"
+                "pass another --out, or --restart-annotations to start over"
             )
         keys = ["id", "text", "gold", "split"]
         if len(frame) != len(rows) or not frame[keys].reset_index(drop=True).equals(
@@ -171,7 +171,7 @@ class ChunkStore:
             )
             raise ManifestError(
                 f"the input changed since {path} was annotated ({differ} of its rows differ in id, text, gold label "
-                "or split, or rows were added or removed); pass --overwrite to annotate everything again, "
+                "or split, or rows were added or removed); pass --restart-annotations to annotate everything again, "
                 "or another --out"
             )
         if meta is None or digest != meta["sha256"]:
@@ -322,7 +322,7 @@ def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
     if len(twice):
         raise ManifestError(
             f"{root}: {twice.nunique()} ids appear in more than one row (e.g. '{twice.iloc[0]}'); the chunks were "
-            "mixed from two runs; pass --overwrite to 'distillery annotate' to annotate them again"
+            "mixed from two runs; pass --restart-annotations to 'distillery annotate' to annotate them again"
         )
     needed = ["id", "text", "gold", "split", "teacher_label", *label_columns(manifest["labels"]), "error_type"]
     missing = [c for c in needed if c not in frame.columns]

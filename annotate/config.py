@@ -2,52 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from distillery.annotate import backends, calibration  # noqa: F401  (register the built-in backends and modes)
-from distillery.core.errors import UserError
-from distillery.core.options import SEED_MAX, check_settings, option
+from distillery.core.options import (
+    check_settings,
+    entry_settings,
+    flat_settings,
+    option,
+    settings_field,
+    split_settings,
+)
 from distillery.core.registry import calibration_modes, teacher_backends
-from distillery.core.secrets import parse_headers
+from distillery.core.run import shared
 
 __all__ = ["AnnotateConfig"]
-
-
-# Settings that only a server backend reads, and settings only a backend running the model here reads.
-SERVER_ONLY = (
-    "base_url",
-    "extra_headers",
-    "request_timeout",
-    "hosted_scoring",
-    "template_from",
-    "top_logprobs",
-    "concurrency",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_retries",
-    "price_prompt_per_m",
-    "price_completion_per_m",
-    "max_cost",
-)
-LOCAL_ONLY = ("teacher_batch_tokens", "prefix_cache", "dtype", "load_in_4bit")
-
-
-def check_backend_settings(cfg, local: bool) -> None:
-    """A setting the chosen backend never reads, set to other than its default, is an error (not silently ignored)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    for name in LOCAL_ONLY if not local else SERVER_ONLY:
-        value = getattr(cfg, name)
-        if value != defaults[name] and not (isinstance(value, list) and not value):
-            which = (
-                "a backend that runs the model in this process (--backend local)"
-                if name in LOCAL_ONLY
-                else "a server backend (--backend openai)"
-            )
-            raise UserError(
-                f"{name}: applies to {which}; found --backend {cfg.backend}; leave --{name.replace('_', '-')} out"
-                + ("" if name in LOCAL_ONLY else ", or pass --backend openai")
-            )
 
 
 @dataclass
@@ -60,67 +29,124 @@ class AnnotateConfig:
     auto calibration (README, "Calibration under label shift").
     """
 
-    out: str = option("data/runs/demo", "run directory; chunks go to OUT/annotations/")
+    out: str = shared("out")
     data: str = option(
-        "tweets", "input: a .csv/.jsonl/.parquet file, 'tweets' (built in), or hf:NAME (Hugging Face datasets)"
+        "tweets",
+        "input: a .csv/.jsonl/.parquet file, 'tweets' (built in), or hf:NAME (Hugging Face datasets)",
+        short="input file, 'tweets' or hf:NAME",
+        group="input",
     )
-    hf_config: str = option("", "config name of an hf: dataset (e.g. sst2 for hf:glue)")
-    split: str = option("train", "split of an hf: dataset")
-    text_column: str = option("text", "column that holds the text")
+    hf_config: str = option(
+        "",
+        "config name of an hf: dataset (e.g. sst2 for hf:glue)",
+        short="config of an hf: dataset (e.g. sst2)",
+        group="input",
+    )
+    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input")
+    text_column: str = option("text", "column that holds the text", short="column with the text", group="input")
     label_column: str = option(
-        "", "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)"
+        "",
+        "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)",
+        short="column with gold labels",
+        group="input",
     )
     split_column: str = option(
-        "", "column with 'train' or 'test' per row, kept as the split (instead of --test-fraction)"
+        "",
+        "column with 'train' or 'test' per row, kept as the split (instead of --test-fraction)",
+        short="column with train/test per row",
+        group="input",
     )
-    id_column: str = option("", "column with row ids (default: a stable hash of the text)")
+    id_column: str = option(
+        "", "column with row ids (default: a stable hash of the text)", short="column with row ids", group="input"
+    )
     limit: int = option(
         -1,
         "annotate at most this many rows, sampled with --seed (0 = all; default: every row of a --data file, "
         "1,200 of the built-in tweets)",
         ge=0,
+        short="at most N rows (0 = all)",
+        group="input",
     )
     balance: bool | None = option(
         None,
         "sample the same number of rows per gold label (needs gold labels; default: on for the built-in "
         "tweets only, so a user's file keeps its label shares)",
+        short="same number of rows per gold label",
+        group="input",
     )
-    drop_empty: bool = option(False, "skip rows with empty text instead of stopping with an error")
+    drop_empty: bool = option(
+        False,
+        "skip rows with empty text instead of stopping with an error",
+        short="skip rows with empty text",
+        group="input",
+    )
     test_fraction: float = option(
-        0.2, "share of rows marked split=test (held out from training, used by evaluate)", ge=0.0, lt=1.0
+        0.2,
+        "share of rows marked split=test (held out from training, used by evaluate)",
+        ge=0.0,
+        lt=1.0,
+        short="share of rows held out as test",
+        group="input",
     )
-    seed: int = option(0, "seed for sampling, the train/test split and training", ge=0, le=SEED_MAX)
-    task: str = option("sentiment-binary", "task name in data/tasks/ or a task YAML path")
+    seed: int = shared("seed")
+    task: str = option(
+        "sentiment-binary",
+        "task name in data/tasks/ or a task YAML path",
+        short="task name or task YAML file",
+        group="task",
+    )
     labels: list[str] = option(
-        [], "override the task's labels, comma-separated (e.g. negative,positive)", nonempty=True
+        [],
+        "override the task's labels, comma-separated (e.g. negative,positive)",
+        nonempty=True,
+        short="labels, comma-separated",
+        group="task",
     )
-    backend: str = option("local", "teacher backend", registry=teacher_backends)
-    teacher: str = option("smollm2", "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file")
+    backend: str = option(
+        "local", "teacher backend", registry=teacher_backends, short="teacher backend", group="teacher"
+    )
+    teacher: str = option(
+        "smollm2",
+        "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file",
+        short="smollm2, hub id, folder or .gguf",
+        group="teacher",
+    )
     teacher_batch_size: int = option(
-        0, "most rows per teacher call (0 = automatic: 16 on CPU, 512 on CUDA, 16 for the openai backend)", ge=0
-    )
-    teacher_batch_tokens: int = option(
         0,
-        "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
-        "tokens after the cached prefix (0 = automatic: no cap on CPU, 8192 on CUDA)",
+        "most rows per teacher call (0 = automatic: 16 on CPU, 512 on CUDA, 16 for the openai backend)",
         ge=0,
+        short="rows per teacher call (0 = auto)",
+        group="teacher",
     )
-    prefix_cache: bool = option(
-        True, "local teacher: run the prompt part shared by every row once and reuse its KV cache (same scores, faster)"
+    max_prompt_tokens: int = option(
+        1024,
+        "rows whose prompt is longer become error rows",
+        ge=1,
+        short="longer prompts become error rows",
+        group="teacher",
     )
-    max_prompt_tokens: int = option(1024, "rows whose prompt is longer become error rows", ge=1)
     max_row_chars: int = option(
         0,
         "rows longer than this many characters fail before tokenization, recorded with their reason "
         "(0 = automatic: 8 x --max-prompt-tokens)",
         ge=0,
+        short="longer rows fail at once (0 = auto)",
+        group="teacher",
     )
     retry_failed: bool = option(
         False,
         "retry rows that failed for good in an earlier run (too long, or refused by the server with a "
         "4xx other than 408/429); other failures are retried on every rerun",
+        short="retry rows that failed for good",
+        group="teacher",
     )
-    chunk_size: int = option(200, "rows per CSV chunk (the unit of resume)", ge=1)
+    chunk_size: int = option(
+        200,
+        "rows per CSV chunk (the unit of resume)",
+        ge=1,
+        short="rows per chunk (the unit of resume)",
+        group="output",
+    )
     calibrate: str = option(
         "auto",
         "teacher calibration: auto (reviewed when 'distillery review' imported >= 50 human labels, else gold "
@@ -135,70 +161,43 @@ class AnnotateConfig:
         "'distillery review'); see docs/usage.md",
         registry=calibration_modes,
         extra_choices=("auto",),
+        short="teacher calibration",
+        group="calibration",
     )
-    calibrate_on: int = option(200, "--calibrate gold: how many non-test rows with gold labels to fit on", ge=1)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
-    dtype: str = option("auto", "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
-    load_in_4bit: bool = option(False, "load the teacher in 4 bit with bitsandbytes (CUDA only)")
+    calibrate_on: int = option(
+        200,
+        "--calibrate gold: how many non-test rows with gold labels to fit on",
+        ge=1,
+        short="gold rows a gold mode fits on",
+        group="calibration",
+    )
+    device: str = shared("device")
 
-    base_url: str = option(
-        "", "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1"
-    )
-    api_key_env: str = option(
-        "OPENAI_API_KEY", "openai backend: the environment variable that holds the API key", form="env_name"
-    )
-    extra_headers: list[str] = option(
-        [],
-        "openai backend: extra HTTP headers, 'Name: value', comma-separated "
-        "(values are never written to a file or shown)",
-    )
-    request_timeout: float = option(
-        30.0, "openai backend: seconds before a request times out (then it is retried)", gt=0.0
-    )
-    hosted_scoring: str = option(
-        "top-logprobs",
-        "openai backend: top-logprobs (chat endpoint, first answer token) or echo (completions endpoint: "
-        "every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)",
-        choices=("top-logprobs", "echo"),
-    )
-    template_from: str = option(
-        "",
-        "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty "
-        "= plain text",
-    )
-    top_logprobs: int = option(20, "openai backend: how many top tokens' log-probs to ask for", ge=1)
-    concurrency: int = option(4, "openai backend: requests in flight", ge=1)
-    requests_per_minute: float = option(
-        0.0, "openai backend: send at most this many requests a minute, evenly spaced (0 = no limit)", ge=0.0
-    )
-    tokens_per_minute: float = option(
-        0.0,
-        "openai backend: at most this many tokens a minute (prompt estimated as characters/4, plus "
-        "max_tokens; 0 = no limit)",
-        ge=0.0,
-    )
-    max_retries: int = option(
-        6, "openai backend: retries of a request on 429, 5xx, timeouts and dropped connections", ge=0
-    )
-    price_prompt_per_m: float = option(
-        0.0, "openai backend: price per million prompt tokens, for --dry-run and --max-cost", ge=0.0
-    )
-    price_completion_per_m: float = option(0.0, "openai backend: price per million completion tokens", ge=0.0)
-    max_cost: float = option(
-        0.0, "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)", ge=0.0
-    )
-    dry_run: bool = option(False, "estimate requests, tokens and cost, then stop before any request")
-    overwrite: bool = option(
+    dry_run: bool = option(
         False,
-        "start over: annotations of an earlier run in OUT (another input, teacher or selection) are deleted, "
-        "and files distillery did not write stay untouched beside them",
+        "estimate requests, tokens and cost, then stop before any request",
+        short="estimate tokens and cost; send nothing",
+        group="teacher",
+    )
+    overwrite: bool = shared("overwrite")
+    restart_annotations: bool = option(
+        False,
+        "start the annotations over: delete the annotations an earlier run left in OUT/annotations (another "
+        "input, teacher or selection) and annotate every row again (active: forget the whole earlier active run)",
+        short="delete earlier annotations; start over",
+        group="output",
     )
     only_deferred: bool = option(
         False,
         "with --data PREDICTIONS.csv from 'distillery predict --defer': annotate only the deferred rows "
         "(ids from its id column, no test split), then write OUT/merged.csv: the student's label where it "
         "answered, the teacher's where it deferred",
+        short="only the rows predict --defer deferred",
+        group="output",
     )
+    # The chosen backend's own settings (its dataclass, registered with it: LocalSettings, HostedSettings, ...).
+    # Given as a dict of flat keys or as that dataclass; flags and YAML keys stay flat (--base-url, base_url:).
+    settings: Any = settings_field(teacher_backends)
 
     def __post_init__(self) -> None:
         if self.limit == -1:  # the demo's sample; a user's file is annotated whole
@@ -213,8 +212,14 @@ class AnnotateConfig:
             calibration_modes.get(self.calibrate)  # an unknown mode: one line naming the registered ones
         if isinstance(self.labels, str):
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
-        if isinstance(self.extra_headers, str):
-            self.extra_headers = [h.strip() for h in self.extra_headers.split(",") if h.strip()]
-        parse_headers(self.extra_headers)  # a malformed header stops here, before any request
-        backend = teacher_backends.get(self.backend)  # an unknown one: one line naming the registered ones
-        check_backend_settings(self, backend.local)
+        # an unknown backend, or a setting of another one: one line naming the registered ones, or its backend
+        self.settings = entry_settings(teacher_backends, self.backend, self.settings)
+
+    def flat(self) -> dict:
+        """Every setting as one flat mapping, the backend's included: what config.yaml and the manifest record."""
+        return flat_settings(self)
+
+    @classmethod
+    def from_flat(cls, values: dict) -> AnnotateConfig:
+        """The config back from :meth:`flat` (the keys of backends other than the recorded one are left out)."""
+        return cls(**split_settings(cls, teacher_backends, values, values.get("backend", "local")))

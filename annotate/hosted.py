@@ -21,9 +21,12 @@ import json
 import math
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from distillery.core.options import check_settings, option
+from distillery.core.run import Run
 from distillery.core.rundir import guard_files, record_files
 from distillery.core.secrets import NO_KEY, parse_headers, scrub
 
@@ -156,6 +159,92 @@ class RequestCache:
         self.db.commit()
 
 
+@dataclass
+class HostedSettings:
+    """The settings of the ``openai`` backend (an OpenAI-compatible server), registered with it."""
+
+    base_url: str = option(
+        "",
+        "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1",
+        short="server URL (…/v1)",
+    )
+    api_key_env: str = option(
+        "OPENAI_API_KEY",
+        "openai backend: the environment variable that holds the API key",
+        form="env_name",
+        short="variable that holds the API key",
+    )
+    extra_headers: list[str] = option(
+        [],
+        "openai backend: extra HTTP headers, 'Name: value', comma-separated "
+        "(values are never written to a file or shown)",
+        short="HTTP headers 'Name: value',…",
+    )
+    request_timeout: float = option(
+        30.0,
+        "openai backend: seconds before a request times out (then it is retried)",
+        gt=0.0,
+        short="seconds per request (then retried)",
+    )
+    hosted_scoring: str = option(
+        "top-logprobs",
+        "openai backend: top-logprobs (chat endpoint, first answer token) or echo (completions endpoint: "
+        "every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)",
+        choices=("top-logprobs", "echo"),
+        short="top-logprobs or echo (vLLM, llama.cpp)",
+    )
+    template_from: str = option(
+        "",
+        "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty "
+        "= plain text",
+        short="echo: model whose chat template to use",
+    )
+    top_logprobs: int = option(
+        20, "openai backend: how many top tokens' log-probs to ask for", ge=1, short="top tokens' log-probs to ask for"
+    )
+    concurrency: int = option(4, "openai backend: requests in flight", ge=1, short="requests in flight")
+    requests_per_minute: float = option(
+        0.0,
+        "openai backend: send at most this many requests a minute, evenly spaced (0 = no limit)",
+        ge=0.0,
+        short="requests a minute (0 = no limit)",
+    )
+    tokens_per_minute: float = option(
+        0.0,
+        "openai backend: at most this many tokens a minute (prompt estimated as characters/4, plus "
+        "max_tokens; 0 = no limit)",
+        ge=0.0,
+        short="tokens a minute (0 = no limit)",
+    )
+    max_retries: int = option(
+        6,
+        "openai backend: retries of a request on 429, 5xx, timeouts and dropped connections",
+        ge=0,
+        short="retries on 429, 5xx, timeouts",
+    )
+    price_prompt_per_m: float = option(
+        0.0,
+        "openai backend: price per million prompt tokens, for --dry-run and --max-cost",
+        ge=0.0,
+        short="price per million prompt tokens",
+    )
+    price_completion_per_m: float = option(
+        0.0, "openai backend: price per million completion tokens", ge=0.0, short="price per million completion tokens"
+    )
+    max_cost: float = option(
+        0.0,
+        "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)",
+        ge=0.0,
+        short="stop once this much is spent (0 = none)",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.extra_headers, str):
+            self.extra_headers = [h.strip() for h in self.extra_headers.split(",") if h.strip()]
+        check_settings(self)
+        parse_headers(self.extra_headers)  # a malformed header stops here, before any request
+
+
 class HostedTeacher:
     """Labels rows through an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -168,6 +257,7 @@ class HostedTeacher:
     """
 
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
+        self.settings = settings = cfg.settings  # HostedSettings
         try:
             import aiolimiter  # noqa: F401
             import openai  # noqa: F401
@@ -176,42 +266,50 @@ class HostedTeacher:
             raise ImportError(
                 "the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'"
             ) from None
-        if not cfg.base_url:
+        if not settings.base_url:
             raise UserError(
                 "--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
             )
         self.cfg, self.task = cfg, task
-        self.api_key = PLACEHOLDER_KEY if cfg.api_key_env == NO_KEY else os.environ.get(cfg.api_key_env, "")
+        self.api_key = PLACEHOLDER_KEY if settings.api_key_env == NO_KEY else os.environ.get(settings.api_key_env, "")
         if not self.api_key:  # the variable's name only: its value, if any, is never shown
             raise UserError(
-                f"--api-key-env {cfg.api_key_env}: expected the API key in the environment variable "
-                f"{cfg.api_key_env}; found it "
-                f"unset or empty; export {cfg.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server "
+                f"--api-key-env {settings.api_key_env}: expected the API key in the environment variable "
+                f"{settings.api_key_env}; found it "
+                f"unset or empty; export {settings.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server "
                 "that needs no key"
             )
         self.headers = parse_headers(
-            cfg.extra_headers
+            settings.extra_headers
         )  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
-        self.cache = RequestCache(Path(cfg.out) / "annotations" / CACHE_FILES[0])
+        self.cache = RequestCache(Run.of(cfg).annotations / CACHE_FILES[0])
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
         self.template = None
         # One event loop for the whole run, so the rate limiters keep their state across batches.
         self.loop = asyncio.new_event_loop()
         self.request_limiter = self.token_limiter = None
-        if cfg.requests_per_minute or cfg.tokens_per_minute:
+        if settings.requests_per_minute or settings.tokens_per_minute:
             from aiolimiter import AsyncLimiter
 
-            if cfg.requests_per_minute:  # evenly spaced requests, no burst
-                self.request_limiter = AsyncLimiter(1, 60.0 / cfg.requests_per_minute)
-            if cfg.tokens_per_minute:  # a leaky bucket of one minute's tokens
-                self.token_limiter = AsyncLimiter(cfg.tokens_per_minute, 60.0)
+            if settings.requests_per_minute:  # evenly spaced requests, no burst
+                self.request_limiter = AsyncLimiter(1, 60.0 / settings.requests_per_minute)
+            if settings.tokens_per_minute:  # a leaky bucket of one minute's tokens
+                self.token_limiter = AsyncLimiter(settings.tokens_per_minute, 60.0)
         self.shifted: bool | None = None  # echo mode: llama.cpp's late prompt log-probs (probed once)
-        if cfg.hosted_scoring == "echo" and cfg.template_from:
+        if settings.hosted_scoring == "echo" and settings.template_from:
             from distillery.core.models import load_tokenizer
 
-            self.template = load_tokenizer(cfg.template_from)
+            self.template = load_tokenizer(settings.template_from)
+
+    def spent(self) -> float:
+        """Money spent in this run, at --price-prompt-per-m and --price-completion-per-m."""
+        prices = self.settings
+        return (
+            self.usage["prompt_tokens"] / 1e6 * prices.price_prompt_per_m
+            + self.usage["completion_tokens"] / 1e6 * prices.price_completion_per_m
+        )
 
     def _request(self, text: str) -> dict:
         return {
@@ -220,7 +318,7 @@ class HostedTeacher:
             "temperature": 0.0,
             "max_tokens": 1,
             "logprobs": True,
-            "top_logprobs": self.cfg.top_logprobs,
+            "top_logprobs": self.settings.top_logprobs,
         }
 
     def _echo_request(self, prompt: str) -> dict:
@@ -230,7 +328,7 @@ class HostedTeacher:
             "temperature": 0.0,
             "max_tokens": 1,
             "echo": True,
-            "logprobs": self.cfg.top_logprobs,
+            "logprobs": self.settings.top_logprobs,
         }
 
     def prompt_text(self, text: str) -> str:
@@ -240,7 +338,7 @@ class HostedTeacher:
     def _safe(self, message: str) -> str:
         """``message`` with the API key, every extra header's value and credential-like pieces (a URL's
         ``user:pass@``) masked: a server may echo them, and these messages reach the chunks and the terminal."""
-        secrets = [self.api_key] if self.cfg.api_key_env != NO_KEY else []
+        secrets = [self.api_key] if self.settings.api_key_env != NO_KEY else []
         for secret in sorted([*secrets, *self.headers.values()], key=len, reverse=True):
             message = message.replace(secret, "***")
         return scrub(message)
@@ -257,7 +355,7 @@ class HostedTeacher:
         kinds = {a.error_type for a in out}
         if not self.answered and len(kinds) == 1 and "" not in kinds:
             raise ServerConfigError(
-                f"every request to {self._safe(self.cfg.base_url)} failed ({out[0].error_type}: "
+                f"every request to {self._safe(self.settings.base_url)} failed ({out[0].error_type}: "
                 f"{out[0].error_message[:200]}); "
                 "check --base-url and --teacher (the model name)"
             )
@@ -265,10 +363,10 @@ class HostedTeacher:
 
     async def _score_all(self, texts: list[str]) -> list[Annotation]:
         """All rows of a batch concurrently, on one client; echo mode probes the server once first."""
-        client, gate = self._client(), asyncio.Semaphore(self.cfg.concurrency)
+        client, gate = self._client(), asyncio.Semaphore(self.settings.concurrency)
         one = self._one
         try:
-            if self.cfg.hosted_scoring == "echo":
+            if self.settings.hosted_scoring == "echo":
                 one = self._echo_one
                 if self.shifted is None:
                     probe = await self._send(
@@ -285,10 +383,10 @@ class HostedTeacher:
         import openai
 
         return openai.AsyncOpenAI(
-            base_url=self.cfg.base_url,
+            base_url=self.settings.base_url,
             api_key=self.api_key,
             max_retries=0,
-            timeout=self.cfg.request_timeout,
+            timeout=self.settings.request_timeout,
             default_headers=self.headers or None,
         )
 
@@ -340,7 +438,7 @@ class HostedTeacher:
             wait_random_exponential,
         )
 
-        key = RequestCache.key({"base_url": self.cfg.base_url, **request})
+        key = RequestCache.key({"base_url": self.settings.base_url, **request})
         body = self.cache.get(key)
         if body is not None:
             self.usage["cache_hits"] += 1
@@ -365,7 +463,7 @@ class HostedTeacher:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(retryable),
                     wait=wait,
-                    stop=stop_after_attempt(self.cfg.max_retries + 1),
+                    stop=stop_after_attempt(self.settings.max_retries + 1),
                     reraise=True,
                 ):
                     with attempt:
@@ -373,14 +471,15 @@ class HostedTeacher:
                         self.usage["requests_sent"] += 1
                         response = await create(**request)
         except openai.AuthenticationError:
-            if self.cfg.api_key_env == NO_KEY:
+            if self.settings.api_key_env == NO_KEY:
                 raise AuthError(
-                    f"the server at {self._safe(self.cfg.base_url)} needs an API key (401); found --api-key-env none; "
+                    f"the server at {self._safe(self.settings.base_url)} needs an API key (401); found --api-key-env "
+                    "none; "
                     "export the key and pass its variable's name with --api-key-env"
                 ) from None
             raise AuthError(
-                f"the server at {self._safe(self.cfg.base_url)} refused the API key from "
-                f"${self.cfg.api_key_env} (401); set a valid key"
+                f"the server at {self._safe(self.settings.base_url)} refused the API key from "
+                f"${self.settings.api_key_env} (401); set a valid key"
             ) from None
         except openai.APIStatusError as err:
             return Annotation(error_type=f"http_{err.status_code}", error_message=self._safe(str(err))[:300])
@@ -396,7 +495,7 @@ class HostedTeacher:
             await self.request_limiter.acquire()
         if self.token_limiter is not None:
             tokens = len(json.dumps(request.get("messages") or request.get("prompt"))) / 4 + request["max_tokens"]
-            await self.token_limiter.acquire(min(tokens, self.cfg.tokens_per_minute))
+            await self.token_limiter.acquire(min(tokens, self.settings.tokens_per_minute))
 
     def _count_usage(self, body: dict) -> None:
         usage = body.get("usage") or {}

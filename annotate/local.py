@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.errors import UserError
-from distillery.core.models import load_causal_lm, pick_device, pick_dtype
+from distillery.core.models import load_causal_lm, parameter_count, pick_device, pick_dtype
+from distillery.core.options import check_settings, option
 from distillery.core.tasks import TaskSpec, shared_first_tokens
 
 if TYPE_CHECKING:
@@ -126,13 +128,42 @@ class VerbalizerScorer:
         return picked.sum(-1).view(batch, n_labels)
 
 
+@dataclass
+class LocalSettings:
+    """The settings of the ``local`` backend (a Hugging Face model in this process), registered with it."""
+
+    teacher_batch_tokens: int = option(
+        0,
+        "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
+        "tokens after the cached prefix (0 = automatic: no cap on CPU, 8192 on CUDA)",
+        ge=0,
+        short="tokens per forward pass (0 = auto)",
+    )
+    prefix_cache: bool = option(
+        True,
+        "local teacher: run the prompt part shared by every row once and reuse its KV cache (same scores, faster)",
+        short="no KV cache of the shared prompt prefix",
+    )
+    dtype: str = option(
+        "auto",
+        "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16",
+        short="auto, float32, bfloat16, float16",
+    )
+    load_in_4bit: bool = option(
+        False, "load the teacher in 4 bit with bitsandbytes (CUDA only)", short="teacher in 4 bit (bitsandbytes, CUDA)"
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 class LocalTeacher:
     """A local Hugging Face causal LM as teacher (``--teacher smollm2``, a dir, a GGUF or a hub id)."""
 
     def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
         device = pick_device(cfg.device)
-        dtype = pick_dtype(cfg.dtype, device)
-        self.tokenizer, model = load_causal_lm(cfg.teacher, device, dtype, cfg.load_in_4bit)
+        dtype = pick_dtype(cfg.settings.dtype, device)
+        self.tokenizer, model = load_causal_lm(cfg.teacher, device, dtype, cfg.settings.load_in_4bit)
         self.task = task
         self.max_prompt_tokens = cfg.max_prompt_tokens
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
@@ -150,9 +181,13 @@ class LocalTeacher:
             )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
-        if cfg.prefix_cache:
+        if cfg.settings.prefix_cache:
             self.scorer.set_prefix(self.shared_prefix_ids())
         self.tokenized: dict[str, list[int]] = {}  # prompt ids of the rows measured by prompt_lengths()
+
+    def parameter_count(self) -> int:
+        """The teacher's parameters (evaluate's report)."""
+        return parameter_count(self.scorer.model)[1]
 
     def prompt_text(self, text: str) -> str:
         """The full prompt: chat template (or plain turns), then the pre-filled answer prefix."""

@@ -30,6 +30,7 @@ from distillery.core.errors import UserError
 from distillery.core.inputs import load_rows
 from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
+from distillery.core.run import Run
 from distillery.core.rundir import claim_folder, file_fingerprint, guard_files, locked, rows_fingerprint, write_text
 from distillery.core.secrets import redacted
 from distillery.core.tasks import load_task
@@ -126,7 +127,7 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
 
 def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> ChunkStore:
     """The run's chunk store, claimed and checked against the rows this call selected."""
-    root = Path(cfg.out) / "annotations"
+    root = Run.of(cfg).annotations
     fingerprint = {
         "teacher": cfg.teacher,
         "prompt_hash": task.prompt_hash(),
@@ -157,17 +158,17 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
     guard_files(root, ["manifest.json", "config.yaml", *CACHE_FILES, *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {
-        "config": redacted(asdict(cfg)),
+        "config": redacted(cfg.flat()),
         "task": asdict(task),
         "labels": task.labels,
         "teacher": cfg.teacher,
         "prompt_hash": task.prompt_hash(),
         "input": file_fingerprint(cfg.data) if Path(cfg.data).is_file() else {"name": cfg.data},
     }
-    store = ChunkStore(root, fingerprint, extra, overwrite=cfg.overwrite)
+    store = ChunkStore(root, fingerprint, extra, restart=cfg.restart_annotations)
     check_same_rows(store, selected, -(-len(rows) // cfg.chunk_size), grows)
     store.manifest["selected_rows"] = selected
-    write_text(root / "config.yaml", yaml.safe_dump(redacted(asdict(cfg)), sort_keys=False))
+    write_text(root / "config.yaml", yaml.safe_dump(redacted(cfg.flat()), sort_keys=False))
     return store
 
 
@@ -198,7 +199,10 @@ def dry_run(cfg: AnnotateConfig, task, todo: list[tuple]) -> None:
     n_todo = sum(len(redo) for *_, redo in todo)
     texts = [t for _, chunk, _, redo in todo for t in chunk.loc[redo, "text"]]
     tokens = sum(len(json.dumps(task.messages(t))) for t in texts) / 4  # ~4 characters a token for English text
-    cost = tokens / 1e6 * cfg.price_prompt_per_m + n_todo / 1e6 * cfg.price_completion_per_m
+    prices = cfg.settings  # a backend that charges declares its prices among its settings
+    cost = tokens / 1e6 * getattr(prices, "price_prompt_per_m", 0.0) + n_todo / 1e6 * getattr(
+        prices, "price_completion_per_m", 0.0
+    )
     print(
         f"annotate: dry run: {n_todo} requests, ~{tokens:,.0f} prompt tokens (chars/4), ~{n_todo} completion "
         f"tokens, ~{cost:.4f} at the configured prices"
@@ -240,10 +244,10 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
             frame = chunk_frame(chunk, task.labels, cfg.teacher, task.prompt_hash()) if done is None else done
             fill(frame, redo, results, task.labels)
             store.write(index, frame)
-            spent = spent_so_far(teacher, cfg)
-            if cfg.max_cost and spent >= cfg.max_cost:
+            spent, cap = teacher.spent() if hasattr(teacher, "spent") else 0.0, getattr(cfg.settings, "max_cost", 0.0)
+            if cap and spent >= cap:
                 print(
-                    f"annotate: stopped at --max-cost {cfg.max_cost} (spent {spent:.4f}); finished chunks "
+                    f"annotate: stopped at --max-cost {cap} (spent {spent:.4f}); finished chunks "
                     "are kept, rerun to go on"
                 )
                 return False
@@ -283,13 +287,13 @@ def finish(
     if n_todo:
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
-            store.manifest["usage"] = {**teacher.usage, "cost": spent_so_far(teacher, cfg)}
+            store.manifest["usage"] = {**teacher.usage, "cost": teacher.spent()}
         store.save_manifest()
 
 
 def write_merged(cfg: AnnotateConfig, root: Path) -> None:
     """--only-deferred: OUT/merged.csv, the student's label where it answered and the teacher's where it deferred."""
-    merged = Path(cfg.out) / "merged.csv"
+    merged = Run.of(cfg).merged
     guard_files(cfg.out, [merged.name])
     counts = merge_answers(cfg.data, root, merged)
     print(
@@ -302,7 +306,7 @@ def write_merged(cfg: AnnotateConfig, root: Path) -> None:
 
 def check_same_rows(store: ChunkStore, selected: dict, n_chunks: int, grows: bool) -> None:
     """Stop when the rows to annotate are not those the run began with (edited, added or removed)."""
-    hint = "pass --overwrite to annotate the input again from the start, or another --out"
+    hint = "pass --restart-annotations to annotate the input again from the start, or another --out"
     beyond = sorted(
         p.name
         for p in store.root.glob("part-*.csv")
@@ -348,14 +352,3 @@ def fill(frame: pd.DataFrame, index, results: list[Annotation], labels: list[str
         frame.loc[i, label_columns(labels)] = ann.logprobs
         frame.loc[i, "label_mass"] = ann.mass
         frame.loc[i, "teacher_label"] = labels[int(np.argmax(ann.logprobs))]
-
-
-def spent_so_far(teacher, cfg: AnnotateConfig) -> float:
-    """Money spent by a hosted teacher in this run (0 for a local one)."""
-    usage = getattr(teacher, "usage", None)
-    if not usage:
-        return 0.0
-    return (
-        usage["prompt_tokens"] / 1e6 * cfg.price_prompt_per_m
-        + usage["completion_tokens"] / 1e6 * cfg.price_completion_per_m
-    )

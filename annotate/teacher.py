@@ -54,15 +54,20 @@ class TeacherBackend:
 
     Args:
         summary: one line for --help.
-        build: ``(AnnotateConfig, TaskSpec) -> Teacher``.
-        local: runs a model in this process: --device, --dtype, --load-in-4bit, --prefix-cache and
-            --teacher-batch-tokens apply, and online distillation can use it.
+        build: ``(AnnotateConfig, TaskSpec) -> Teacher``; the backend's own settings are ``cfg.settings``.
+        settings: the dataclass of the backend's own settings (``option()`` fields): the command line
+            shows them as a flag group of their own, a config file's keys are checked against them, and
+            a setting of another backend is an error naming that backend. None: it has none.
+        local: runs a model in this process: --device applies, and evaluate times it again.
+        online: can score training batches during ``distill --teacher-mode online``.
         batch_rows: rows per teacher call when --teacher-batch-size is 0 (None: by device, AUTO_BATCH).
     """
 
     summary: str
     build: Callable
+    settings: type | None = None
     local: bool = False
+    online: bool = False
     batch_rows: int | None = None
 
 

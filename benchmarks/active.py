@@ -26,7 +26,7 @@ import pandas as pd
 from common import ROOT, SHARED_DATA, print_table, write_result
 
 from distillery import cli as distillery_cli
-from distillery.serve import load_student
+from distillery.student import load_student
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def main() -> None:
     started = time.perf_counter()
     task = load_task("sentiment-binary")
     texts = load_rows(AnnotateConfig(limit=args.rows, seed=3), task.labels)["text"].tolist()
-    teacher = LocalTeacher(AnnotateConfig(device="cpu", prefix_cache=False), task)
+    teacher = LocalTeacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
     score(teacher, texts[:4], 4)  # warm-up
 
     rows, reference = [], None

@@ -32,7 +32,7 @@ from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import answer_or_defer, eval_rows
 from distillery.evaluation.metrics import expected_calibration_error
-from distillery.serve import load_student
+from distillery.student import load_student
 
 TARGET = 0.90
 # name -> (pool of real_sets.py, label shares of train and test rows or None = the pool's own, default train rows, test

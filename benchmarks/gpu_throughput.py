@@ -172,10 +172,10 @@ def time_online_kd(
         data=str(data),
         teacher=teacher_dir,
         device=device,
-        load_in_4bit=four_bit,
         limit=0,
         test_fraction=0.0,
         calibrate="none",
+        settings={"load_in_4bit": four_bit},
     )
     cfg = DistillConfig(
         out=str(out / "kd"),
@@ -188,8 +188,7 @@ def time_online_kd(
         epochs=1,
         min_steps=0,
         val_fraction=0.0,
-        lora_r=4,
-        lora_alpha=8,
+        settings={"lora_r": 4, "lora_alpha": 8},
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -266,7 +265,9 @@ def main() -> None:
     task = load_task("sentiment-binary")
     rows = []
     for four_bit in [False, True] if args.load_in_4bit else [False]:
-        teacher = LocalTeacher(AnnotateConfig(teacher=teacher_dir, device=args.device, load_in_4bit=four_bit), task)
+        teacher = LocalTeacher(
+            AnnotateConfig(teacher=teacher_dir, device=args.device, settings={"load_in_4bit": four_bit}), task
+        )
         for cap in [AUTO_BATCH["cuda" if cuda else "cpu"], *(SWEEP if cuda else CPU_SWEEP)]:
             row = {
                 "teacher": args.teacher,

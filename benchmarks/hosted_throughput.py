@@ -71,7 +71,8 @@ def main() -> None:
         task.answer_prefix = ""
         texts = load_rows(AnnotateConfig(limit=args.rows, seed=1), task.labels)["text"].tolist()
         teacher = HostedTeacher(
-            AnnotateConfig(backend="openai", base_url=url, teacher="smollm2", out=str(work / "warm")), task
+            AnnotateConfig(backend="openai", teacher="smollm2", out=str(work / "warm"), settings={"base_url": url}),
+            task,
         )
         teacher.score(texts[:2])  # warm-up
 
@@ -88,10 +89,9 @@ def main() -> None:
         for concurrency in (1, 4, 8):
             cfg = AnnotateConfig(
                 backend="openai",
-                base_url=url,
                 teacher="smollm2",
-                concurrency=concurrency,
                 out=str(work / f"c{concurrency}"),
+                settings={"base_url": url, "concurrency": concurrency},
             )
             hosted = HostedTeacher(cfg, task)  # a fresh request cache: every row is sent
             start = time.perf_counter()

@@ -37,8 +37,8 @@ from common import ROOT, batch_seconds, print_table, write_result
 
 from distillery.annotate import read_annotations
 from distillery.core.models import quiet_third_party
-from distillery.serve import load_student
 from distillery.serve.variants import build_graph, onnx_student, quantize
+from distillery.student import load_student
 
 POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "data" / "runs" / "bench-real-long"}
 STUDENT = ROOT / "data" / "runs" / "bench-review-sst2-80-20-s0" / "reviewed" / "student"

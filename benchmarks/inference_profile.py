@@ -42,8 +42,8 @@ import torch
 from common import ROOT, machine, print_table, write_result
 
 from distillery.annotate import read_annotations
-from distillery.serve import load_student
 from distillery.serve.variants import export_plain, export_torchscript
+from distillery.student import load_student
 
 POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "data" / "runs" / "bench-real-long"}
 

@@ -38,8 +38,8 @@ from onnx import helper, numpy_helper
 
 from distillery.annotate import read_annotations
 from distillery.core.models import quiet_third_party
-from distillery.serve import load_student
 from distillery.serve.variants import build_graph, export_torchscript, quantize
+from distillery.student import load_student
 
 POOLS = {"short": ROOT / "data" / "runs" / "bench-real-sst2", "long": ROOT / "data" / "runs" / "bench-real-long"}
 

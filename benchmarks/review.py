@@ -47,7 +47,7 @@ from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.metrics import stratified_accuracy
 from distillery.review import ReviewConfig, review
 from distillery.review.queue import doubt_scores, label_issues, stratified_sample
-from distillery.serve import load_student
+from distillery.student import load_student
 
 RUNS = ROOT / "data" / "runs"
 # name -> (pool of real_sets.py, label shares of train and test rows, train rows, test rows)

@@ -31,7 +31,8 @@ from distillery.annotate import AnnotateConfig, read_annotations
 from distillery.annotate.local import LocalTeacher
 from distillery.core.models import resolve_model
 from distillery.core.tasks import TaskSpec
-from distillery.serve import ExportConfig, export, load_student, size_on_disk
+from distillery.serve import ExportConfig, export
+from distillery.student import load_student, size_on_disk
 
 RUNS = [ROOT / "data" / "runs" / "bench-quality-sst2", ROOT / "data" / "runs" / "demo"]
 

@@ -3,8 +3,8 @@
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import build_dataloaders, load_training_rows
 from distillery.distill.losses import KDLoss, hybrid_kd_loss
-from distillery.distill.students import load_student, load_trained_student
 from distillery.distill.train import distill
+from distillery.student.kinds import load_student, load_trained_student
 
 __all__ = [
     "DistillConfig",

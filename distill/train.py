@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
-from distillery.distill.students import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
+from distillery.student.kinds import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 
 __all__ = ["distill", "evaluate_student", "fit_temperature", "pick_temperature", "temperature_for", "temperature_gain"]
 
@@ -411,7 +411,7 @@ def save(run: Training, train_seconds: float) -> None:
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
         save_student(student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"])
         install(staged, out_dir, last=(STUDENT_FILE,))
-        write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(asdict(run.cfg), sort_keys=False))
+        write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(run.cfg.flat(), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
         for name in CHECKPOINTS:  # a finished run is not resumed (a folder of someone else's by that name stays)
@@ -622,14 +622,15 @@ def training_settings(cfg: DistillConfig, data: dict) -> dict:
     """The resolved settings a checkpoint was trained with (those a resume must not change), and under
     ``training_data`` the fingerprint of the rows and labels it trains on (:func:`data_fingerprint`,
     :func:`online_fingerprint`)."""
-    return {**{k: v for k, v in asdict(cfg).items() if k not in IGNORED_ON_RESUME}, TRAINING_DATA: data}
+    return {**{k: v for k, v in cfg.flat().items() if k not in IGNORED_ON_RESUME}, TRAINING_DATA: data}
 
 
 def online_fingerprint(rows: TrainingRows, source: AnnotateConfig) -> dict:
     """--teacher-mode online: the rows it reads and the settings of the teacher that labels them (its
     weights are not hashed: a model folder retrained in place goes unnoticed)."""
     columns = ["id", "text", "gold", "split"]
-    teacher = {k: getattr(source, k) for k in ONLINE_TEACHER_SETTINGS}
+    settings = source.flat()  # the backend's own settings (dtype, load_in_4bit, ...) included
+    teacher = {k: settings.get(k) for k in ONLINE_TEACHER_SETTINGS}
     return {
         "source": "online",
         "rows": [rows_fingerprint(rows.train, columns), rows_fingerprint(rows.val, columns)],

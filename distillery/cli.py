@@ -22,7 +22,6 @@ Exit codes: 0 done; 2 a mistake in the input, a setting or a file (one line says
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -34,15 +33,16 @@ from pathlib import Path
 from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
-from distillery.core.options import coerce, read_config
-from distillery.core.registry import teacher_backends
+from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
+from distillery.core.registry import load_plugins, teacher_backends
 from distillery.distill.config import DistillConfig
-from distillery.distill.students import student_kind
 from distillery.evaluation.config import EvaluateConfig
 from distillery.review.config import ReviewConfig
 from distillery.serve.config import ExportConfig, PredictConfig
+from distillery.student import student_kind
 
-# The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher).
+# The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher; the
+# settings of a backend that can serve online distillation come with it).
 ONLINE_TEACHER = (
     "data",
     "hf_config",
@@ -60,11 +60,9 @@ ONLINE_TEACHER = (
     "backend",
     "teacher",
     "teacher_batch_size",
-    "prefix_cache",
     "max_prompt_tokens",
     "calibrate",
-    "dtype",
-    "load_in_4bit",
+    "settings",
 )
 
 # Each subcommand: its help line and the config classes it builds, in order (a class with a tuple
@@ -99,161 +97,21 @@ STAGES = {
     ),
 }
 
-# The help groups. A setting's name has one meaning in every subcommand, so it has one group.
-GROUPS = {
-    "input": (
-        "input rows",
-        "out data hf_config split text_column label_column split_column id_column limit balance drop_empty "
-        "test_fraction seed annotations hard_labels max_train_rows students eval_split",
-    ),
-    "task": ("task", "task labels"),
-    "teacher": (
-        "teacher",
-        "backend teacher teacher_batch_size teacher_batch_tokens prefix_cache max_prompt_tokens "
-        "max_row_chars retry_failed dtype load_in_4bit "
-        "teacher_mode",
-    ),
-    "hosted": (
-        "hosted teacher (--backend openai)",
-        "base_url api_key_env extra_headers request_timeout hosted_scoring template_from "
-        "top_logprobs concurrency requests_per_minute tokens_per_minute max_retries "
-        "price_prompt_per_m price_completion_per_m max_cost dry_run",
-    ),
-    "calibration": ("teacher calibration", "calibrate calibrate_on"),
-    "student": (
-        "student",
-        "student student_kind student_model lora_r lora_alpha lora_dropout lora_targets qlora merge defer "
-        "defer_threshold",
-    ),
-    "training": (
-        "training",
-        "alpha temperature lr weight_decay class_weights batch_size grad_accum max_length epochs min_steps "
-        "head_warmup_epochs "
-        "learning_curve warmup_ratio max_grad_norm val_fraction evals_per_epoch group_by_length "
-        "checkpoint_every resume",
-    ),
-    "active": (
-        "active loop",
-        "budget budget_cost strategy test_rows seed_rows round_rows patience min_gain pool_chunk warm_start",
-    ),
-    "review": ("review queue", "review_rows random_share import_file"),
-    "evaluation": ("evaluation", "speed_rows eval_batch_size target_agreement push_to_hub"),
-    "output": (
-        "output",
-        "predictions predict_batch_size onnx_dir variant min_parity check_rows chunk_size only_deferred overwrite",
-    ),
-    "device": ("device", "device"),
+# The --help groups, in order: a setting names its group in its option(); a backend's or a student
+# kind's own settings form a group of their own after these.
+GROUP_TITLES = {
+    "input": "input rows",
+    "task": "task",
+    "teacher": "teacher",
+    "calibration": "teacher calibration",
+    "student": "student",
+    "training": "training",
+    "active": "active loop",
+    "review": "review queue",
+    "evaluation": "evaluation",
+    "output": "output",
+    "device": "device",
 }
-# One line of --help per setting (the dataclass field's help is the whole text: --help-all, docs/usage.md).
-SHORT_HELP = {
-    "out": "run folder",
-    "data": "input file, 'tweets' or hf:NAME",
-    "hf_config": "config of an hf: dataset (e.g. sst2)",
-    "split": "split of an hf: dataset",
-    "text_column": "column with the text",
-    "label_column": "column with gold labels",
-    "split_column": "column with train/test per row",
-    "id_column": "column with row ids",
-    "limit": "at most N rows (0 = all)",
-    "balance": "same number of rows per gold label",
-    "drop_empty": "skip rows with empty text",
-    "test_fraction": "share of rows held out as test",
-    "seed": "seed for sampling, splits, training",
-    "task": "task name or task YAML file",
-    "labels": "labels, comma-separated",
-    "backend": "teacher backend",
-    "teacher": "smollm2, hub id, folder or .gguf",
-    "teacher_batch_size": "rows per teacher call (0 = auto)",
-    "teacher_batch_tokens": "tokens per forward pass (0 = auto)",
-    "prefix_cache": "no KV cache of the shared prompt prefix",
-    "max_prompt_tokens": "longer prompts become error rows",
-    "max_row_chars": "longer rows fail at once (0 = auto)",
-    "retry_failed": "retry rows that failed for good",
-    "dtype": "auto, float32, bfloat16, float16",
-    "load_in_4bit": "teacher in 4 bit (bitsandbytes, CUDA)",
-    "base_url": "server URL (…/v1)",
-    "api_key_env": "variable that holds the API key",
-    "extra_headers": "HTTP headers 'Name: value',…",
-    "request_timeout": "seconds per request (then retried)",
-    "hosted_scoring": "top-logprobs or echo (vLLM, llama.cpp)",
-    "template_from": "echo: model whose chat template to use",
-    "top_logprobs": "top tokens' log-probs to ask for",
-    "concurrency": "requests in flight",
-    "requests_per_minute": "requests a minute (0 = no limit)",
-    "tokens_per_minute": "tokens a minute (0 = no limit)",
-    "max_retries": "retries on 429, 5xx, timeouts",
-    "price_prompt_per_m": "price per million prompt tokens",
-    "price_completion_per_m": "price per million completion tokens",
-    "max_cost": "stop once this much is spent (0 = none)",
-    "dry_run": "estimate tokens and cost; send nothing",
-    "calibrate": "teacher calibration",
-    "calibrate_on": "gold rows a gold mode fits on",
-    "chunk_size": "rows per chunk (the unit of resume)",
-    "overwrite": "replace what is not this run's",
-    "only_deferred": "only the rows predict --defer deferred",
-    "device": "auto, cpu, cuda or cuda:N",
-    "annotations": "annotations folder (OUT/annotations)",
-    "student": "student folder (OUT/student)",
-    "student_kind": "student kind",
-    "student_model": "checkpoint (default per kind)",
-    "hard_labels": "hard labels for the CE part",
-    "max_train_rows": "train on at most N rows (0 = all)",
-    "alpha": "KD weight (0 = hard labels, 1 = pure KD)",
-    "temperature": "KD temperature T",
-    "lr": "learning rate (0 = the kind's default)",
-    "weight_decay": "AdamW weight decay",
-    "class_weights": "row weights by class: none, balanced, auto",
-    "batch_size": "training rows per optimizer step",
-    "grad_accum": "micro-batches per optimizer step",
-    "max_length": "tokens per text (0 = 95% of rows)",
-    "epochs": "passes over the rows, at least",
-    "min_steps": "optimizer steps, at least",
-    "head_warmup_epochs": "LP-FT: head-only epochs first",
-    "learning_curve": "also train on 25% and 50% of rows",
-    "warmup_ratio": "share of steps warming up",
-    "max_grad_norm": "gradient clipping norm",
-    "val_fraction": "rows held out to pick the best step",
-    "evals_per_epoch": "validation passes per epoch",
-    "group_by_length": "no batching by text length",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA alpha",
-    "lora_dropout": "LoRA dropout",
-    "lora_targets": "modules with LoRA adapters",
-    "qlora": "QLoRA: 4-bit base (CUDA)",
-    "teacher_mode": "soft labels from OUT or the teacher",
-    "merge": "also save STUDENT/merged",
-    "checkpoint_every": "checkpoint every N steps (0 = never)",
-    "resume": "continue from STUDENT/checkpoint",
-    "students": "student folders, comma-separated",
-    "eval_split": "rows to score: test, train or all",
-    "speed_rows": "rows to time the models on",
-    "eval_batch_size": "student batch size",
-    "target_agreement": "defer: agreement to keep (0 = skip)",
-    "push_to_hub": "upload the student to this hub repo",
-    "predictions": "output CSV",
-    "predict_batch_size": "rows per forward pass",
-    "defer": "mark rows under evaluate's threshold",
-    "defer_threshold": "confidence under which rows defer",
-    "onnx_dir": "ONNX folder (STUDENT-onnx)",
-    "variant": "auto, int8, int8-ffn-fp32, fp32",
-    "min_parity": "share of rows that must keep the label",
-    "check_rows": "rows the variants are checked on",
-    "budget": "teacher calls in all",
-    "budget_cost": "stop once this much is spent (0 = none)",
-    "strategy": "which pool rows go to the teacher",
-    "test_rows": "random rows held out to score rounds",
-    "seed_rows": "rows the first student trains on",
-    "round_rows": "rows sent to the teacher per round",
-    "patience": "rounds without --min-gain (0 = none)",
-    "min_gain": "agreement gain that counts",
-    "pool_chunk": "pool rows scored at a time",
-    "warm_start": "start from the previous round's student",
-    "review_rows": "rows in a new review queue",
-    "random_share": "share drawn at random from test rows",
-    "import_file": "import a labelled queue (LS, Argilla, CSV)",
-}
-
-GROUP_OF = {name: group for group, (_, names) in GROUPS.items() for name in names.split()}
 
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
 COMMON = set(
@@ -274,14 +132,38 @@ RENAMED = {
 RENAMED_KEYS = {"output_dir": "student (distill's student folder) or onnx_dir (export's ONNX folder)"}
 
 
+def entry_groups(command: str) -> list[tuple[str, object, str, list[dataclasses.Field]]]:
+    """The registry entries whose own settings a subcommand reads: ``(title, registry, entry name, fields)``
+    per teacher backend (only those that can serve online distillation for ``distill``) or student kind
+    that declares settings."""
+    out = []
+    for entry in STAGES[command][1]:
+        cls, names = entry if isinstance(entry, tuple) else (entry, None)
+        for f in dataclasses.fields(cls):
+            registry = f.metadata.get("entry_settings")
+            if registry is None or (names is not None and f.name not in names):
+                continue
+            for name in registry.names():
+                if names is not None and not getattr(registry.get(name), "online", False):
+                    continue
+                fields = list(dataclasses.fields(settings_of(registry, name)))
+                if fields:
+                    out.append((f"{name} {registry.axis} ({registry.flag} {name})", registry, name, fields))
+    return out
+
+
 def stage_fields(command: str) -> dict[str, dataclasses.Field]:
-    """The settings a subcommand reads, by name (a name two stages share means the same thing)."""
+    """The settings a subcommand reads, by name (a name two stages share means the same thing), the
+    registered backends' and student kinds' own settings included."""
     out: dict[str, dataclasses.Field] = {}
     for entry in STAGES[command][1]:
         cls, names = entry if isinstance(entry, tuple) else (entry, None)
         for f in dataclasses.fields(cls):
-            if names is None or f.name in names:
+            if (names is None or f.name in names) and "entry_settings" not in f.metadata:
                 out.setdefault(f.name, f)
+    for _, _, _, fields in entry_groups(command):
+        for f in fields:
+            out.setdefault(f.name, f)
     return out
 
 
@@ -334,11 +216,11 @@ def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
     if registry is not None and full:
         text = f"{text} ({registry.describe()})"
     if not full:
-        text = SHORT_HELP[f.name]  # every setting has one (tests/test_cli_help.py)
+        text = short_help(f)
         text += f": {', '.join(registry.names())}" if registry is not None and len(registry.names()) > 3 else ""
     text += _shown_default(f)
     help_text = text.replace("%", "%%") if shown else argparse.SUPPRESS
-    kind = str(f.type)
+    kind = type_name(f)
     if kind in ("bool", "bool | None"):
         on = f.default is True
         if on and full and shown:
@@ -386,28 +268,37 @@ ONLINE_SHOWN = ("teacher", "task", "labels", "data", "calibrate", "backend")  # 
 
 
 def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
-    """``(title, shown fields, hidden fields)`` per help group of a subcommand. distill puts the
-    online teacher's settings in a group of their own; run and active hide the rarely used flags."""
+    """``(title, shown fields, hidden fields)`` per help group of a subcommand: the groups the options
+    name, then one per backend or student kind with settings of its own. distill puts the online
+    teacher's settings in a group of their own; run and active hide the rarely used flags."""
     fields = stage_fields(command)
+    entries = entry_groups(command)
+    theirs = {f.name for *_, members in entries for f in members}
     online = {
         n
         for n in ONLINE_TEACHER
         if command == "distill" and n not in {f.name for f in dataclasses.fields(DistillConfig)}
     }
     out = []
-    for group, (title, _) in GROUPS.items():
-        members = [f for f in fields.values() if GROUP_OF.get(f.name) == group and f.name not in online]
+    for group, title in GROUP_TITLES.items():
+        members = [f for f in fields.values() if f.metadata.get("group") == group and f.name not in online | theirs]
         out.append([title, members, []])
     if online:
-        members = [fields[n] for n in ONLINE_TEACHER if n in online]
+        members = [fields[n] for n in ONLINE_TEACHER if n in online and n in fields]
         out.append(["online teacher (--teacher-mode online; annotate's settings)", members, []])
+    seen: set[str] = set()
+    for title, _, _, members in entries:  # a name two entries declare is listed once, under the first
+        out.append([title, [f for f in members if f.name not in seen], []])
+        seen |= {f.name for f in members}
     for entry in out:
         title, members, hidden = entry
         if full:
             continue
         if command in ("run", "active"):
             entry[1], entry[2] = [f for f in members if f.name in COMMON], [f for f in members if f.name not in COMMON]
-        elif title.startswith("online teacher"):
+        elif command == "distill" and (
+            title.startswith("online teacher") or title.endswith(")") and "backend" in title
+        ):
             entry[1], entry[2] = (
                 [f for f in members if f.name in ONLINE_SHOWN],
                 [f for f in members if f.name not in ONLINE_SHOWN],
@@ -470,9 +361,19 @@ def resolve(args: argparse.Namespace) -> dict:
 
 def build(cls, values: dict):
     """An instance of one stage's config from the resolved values that belong to it (``__post_init__``
-    checks ranges and refuses NaN and infinity in every float field)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    checks ranges and refuses NaN and infinity in every float field). The values of a registry entry's
+    own settings go to the config's ``settings`` field; one of an entry other than the chosen one is
+    an error there, naming the entry it belongs to."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        registry = f.metadata.get("entry_settings")
+        if registry is None:
+            if f.name in values:
+                kwargs[f.name] = values[f.name]
+            continue
+        declared = {g.name for name in registry.names() for g in dataclasses.fields(settings_of(registry, name))}
+        kwargs[f.name] = {k: v for k, v in values.items() if k in declared}
+    return cls(**kwargs)
 
 
 def check_together(command: str, configs: list) -> None:
@@ -488,11 +389,11 @@ def check_together(command: str, configs: list) -> None:
         distill is not None
         and annotate is not None
         and distill.teacher_mode == "online"
-        and not teacher_backends.get(annotate.backend).local
+        and not teacher_backends.get(annotate.backend).online
     ):
+        online = [n for n in teacher_backends.names() if teacher_backends.get(n).online]
         raise UserError(
-            "teacher_mode online: expected a backend that runs the model here (--backend local) (online "
-            "distillation runs the teacher in this process); "
+            f"teacher_mode online: expected a backend that can score training batches ({', '.join(online)}); "
             f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)"
         )
 
@@ -537,24 +438,6 @@ def headline(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def gpus_hidden(hide: bool):
-    """``--device cpu`` means the CPU in every process: with a GPU visible, torch's barrier under
-    accelerate picks ``cuda:<local rank>`` even for the gloo backend, and rank 1 of a CPU run
-    crashed on a 1-GPU machine (issue #10). Nothing has touched CUDA yet when this runs; the
-    variable is put back afterwards for in-process callers (tests)."""
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if hide:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    try:
-        yield
-    finally:
-        if hide and previous is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        elif hide:
-            os.environ["CUDA_VISIBLE_DEVICES"] = previous
-
-
 def run_stages(command: str, configs: list) -> None:
     """Run one stage, or all three for ``run``, and print the headline."""
     from distillery.core.models import quiet_third_party
@@ -563,7 +446,8 @@ def run_stages(command: str, configs: list) -> None:
     from distillery.annotate import annotate
     from distillery.distill import distill
     from distillery.evaluation import evaluate
-    from distillery.serve import export, predict, write_card
+    from distillery.serve import export, predict
+    from distillery.student import write_card
 
     if command == "annotate":
         annotate(configs[0])
@@ -624,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     code 2; Ctrl-C is one line and 130; anything else is a bug in Distillery: its traceback and 1.
     ``DISTILLERY_DEBUG=1`` re-raises everything."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins()  # the registries' entries: built-in and installed plugins (the flags depend on them)
+    except UserError as err:
+        print(f"distillery: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     if "--help-all" in argv:
         build_parser(full=True).parse_args([a for a in argv if a != "--help-all"] + ["--help"])
     args = build_parser().parse_args(argv)
@@ -633,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = [build(cls, values) for cls in stage_configs(args.command)]
         check_together(args.command, configs)
         started = time.perf_counter()
+        from distillery.core.models import gpus_hidden  # torch loads only once a command runs
+
         with gpus_hidden(values.get("device") == "cpu"):
             run_stages(args.command, configs)
         print(f"{args.command}: finished in {time.perf_counter() - started:.0f} s")
@@ -663,38 +554,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def reference_markdown() -> str:
-    """docs/usage.md's settings reference, generated from the config dataclasses and the registries
-    (tests/test_cli_help.py checks the file holds exactly this; docs/make_reference.py writes it)."""
-    where: dict[str, list[str]] = {}
-    fields: dict[str, dataclasses.Field] = {}
-    for command in STAGES:
-        for name, f in stage_fields(command).items():
-            where.setdefault(name, []).append(command)
-            fields.setdefault(name, f)
-    lines = [
-        "<!-- settings reference: generated by docs/make_reference.py from the config dataclasses; do not "
-        "edit by hand -->",
-        "",
-    ]
-    for title, names in GROUPS.values():
-        lines += [
-            f"### {title[0].upper()}{title[1:]}",
-            "",
-            "| flag (YAML key) | default | subcommands | what it does |",
-            "|---|---|---|---|",
-        ]
-        for name in names.split():
-            f = fields[name]
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = ",".join(default) if isinstance(default, list) else default
-            text = f.metadata.get("help", "")
-            if f.metadata.get("registry") is not None:
-                text += " — " + f.metadata["registry"].describe()
-            text = text.replace("|", "\\|")
-            flag = f.metadata.get("flag") or f"--{name.replace('_', '-')}"
-            lines.append(f"| `{flag}` (`{name}`) | `{shown}` | {', '.join(where[name])} | {text} |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

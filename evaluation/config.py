@@ -11,23 +11,56 @@ from distillery.core.options import check_settings, option
 class EvaluateConfig:
     """What is compared: the students in ``students`` against the teacher's annotations and gold."""
 
-    out: str = option("data/runs/demo", "run directory; the report goes to OUT/report.md")
-    annotations: str = option("", "annotations dir with the teacher's labels and gold (default OUT/annotations)")
-    students: list[str] = option([], "student model dirs, comma-separated (default OUT/student)", nonempty=True)
-    eval_split: str = option("test", "which rows to evaluate on: test, train or all", choices=("test", "train", "all"))
-    speed_rows: int = option(128, "rows used to time student and teacher (0 = skip the teacher timing)", ge=0)
-    eval_batch_size: int = option(32, "student batch size for inference", ge=1)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
+    out: str = option(
+        "data/runs/demo", "run directory; the report goes to OUT/report.md", short="run folder", group="input"
+    )
+    annotations: str = option(
+        "",
+        "annotations dir with the teacher's labels and gold (default OUT/annotations)",
+        short="annotations folder (OUT/annotations)",
+        group="input",
+    )
+    students: list[str] = option(
+        [],
+        "student model dirs, comma-separated (default OUT/student)",
+        nonempty=True,
+        short="student folders, comma-separated",
+        group="input",
+    )
+    eval_split: str = option(
+        "test",
+        "which rows to evaluate on: test, train or all",
+        choices=("test", "train", "all"),
+        short="rows to score: test, train or all",
+        group="input",
+    )
+    speed_rows: int = option(
+        128,
+        "rows used to time student and teacher (0 = skip the teacher timing)",
+        ge=0,
+        short="rows to time the models on",
+        group="evaluation",
+    )
+    eval_batch_size: int = option(
+        32, "student batch size for inference", ge=1, short="student batch size", group="evaluation"
+    )
+    device: str = option(
+        "auto", "auto, cpu, cuda or cuda:N", form="device", short="auto, cpu, cuda or cuda:N", group="device"
+    )
     target_agreement: float = option(
         0.95,
         "answer or defer: the lowest confidence threshold at which the student's agreement with the "
         "teacher has a one-sided 95% lower bound >= this is recorded for predict --defer (0 = skip)",
         ge=0.0,
         lt=1.0,
+        short="defer: agreement to keep (0 = skip)",
+        group="evaluation",
     )
     push_to_hub: str = option(
         "",
         "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)",
+        short="upload the student to this hub repo",
+        group="evaluation",
     )
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ import yaml
 from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
-from distillery.core.models import parameter_count, pick_device, resolve_model
+from distillery.core.models import pick_device, resolve_model
 from distillery.core.registry import teacher_backends
 from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
@@ -34,10 +34,16 @@ from distillery.evaluation.metrics import (
 )
 from distillery.evaluation.report import ReportData, plot_confusion, plot_reliability, render_report
 from distillery.evaluation.review import review_metrics
-from distillery.serve import coverage_curve, load_student, pick_threshold, size_on_disk, write_card
-from distillery.serve.card import push_to_hub
-from distillery.serve.defer import plot_coverage
-from distillery.serve.student import predict_probabilities as predict_student
+from distillery.student import (
+    coverage_curve,
+    load_student,
+    pick_threshold,
+    plot_coverage,
+    push_to_hub,
+    size_on_disk,
+    write_card,
+)
+from distillery.student import predict_probabilities as predict_student
 
 __all__ = ["evaluate", "predict_student", "size_on_disk", "student_names"]
 
@@ -53,7 +59,7 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     from distillery.annotate.backends import batch_limits, build_teacher, teacher_batches
     from distillery.core.tasks import TaskSpec
 
-    cfg = AnnotateConfig(**manifest["config"])
+    cfg = AnnotateConfig.from_flat(manifest["config"])
     teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
     rows, tokens = batch_limits(cfg)
     teacher.score(texts[:rows])  # warm-up
@@ -65,7 +71,7 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
         ]
 
     seconds, _ = _time(score_all)
-    params = parameter_count(teacher.scorer.model)[1] if hasattr(teacher, "scorer") else None
+    params = teacher.parameter_count() if hasattr(teacher, "parameter_count") else None  # a backend may not know
     return len(texts) / seconds, rows, params
 
 

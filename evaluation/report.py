@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from distillery.serve.card import shareable_name
+from distillery.student import shareable_name
 
 __all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table"]
 
@@ -34,7 +34,7 @@ class ReportData:
     config: str
     warnings: list[str] = field(default_factory=list)
     learning_curve: list[dict] = field(default_factory=list)  # {train_rows, steps, accuracy, agreement}
-    defer: dict | None = None  # the first student's {target, picked, curve} (serve/defer.py)
+    defer: dict | None = None  # the first student's {target, picked, curve} (distillery/student/defer.py)
     review: dict | None = None  # the human labels of 'distillery review' (evaluation/review.py)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from distillery.core.reviewed import read_queue, reviewed_labels
 from distillery.evaluation.metrics import stratified_accuracy
-from distillery.serve import load_student
+from distillery.student import load_student
 
 __all__ = ["review_metrics"]
 

@@ -18,15 +18,28 @@ class ReviewConfig:
     with the student, label issues cleanlab finds on out-of-fold probabilities).
     """
 
-    out: str = option("data/runs/demo", "run directory: reads OUT/annotations and OUT/student, writes OUT/review/")
-    annotations: str = option("", "annotations dir (default OUT/annotations)")
+    out: str = option(
+        "data/runs/demo",
+        "run directory: reads OUT/annotations and OUT/student, writes OUT/review/",
+        short="run folder",
+        group="input",
+    )
+    annotations: str = option(
+        "", "annotations dir (default OUT/annotations)", short="annotations folder (OUT/annotations)", group="input"
+    )
     student: str = option(
         "",
         "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
         "without one, the teacher's margin alone)",
+        short="student folder (OUT/student)",
+        group="student",
     )
     review_rows: int = option(
-        200, "rows in a new review queue (a second call adds this many rows, never the same ones)", ge=1
+        200,
+        "rows in a new review queue (a second call adds this many rows, never the same ones)",
+        ge=1,
+        short="rows in a new review queue",
+        group="review",
     )
     random_share: float = option(
         0.5,
@@ -34,15 +47,28 @@ class ReviewConfig:
         "label; the rest are doubtful training rows",
         ge=0.0,
         le=1.0,
+        short="share drawn at random from test rows",
+        group="review",
     )
     import_file: str = option(
         "",
         "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
         "(JSON, nested or flat) or the queue CSV with its label column filled",
         flag="--import",
+        short="import a labelled queue (LS, Argilla, CSV)",
+        group="review",
     )
-    seed: int = option(0, "seed for sampling, the train/test split and training", ge=0, le=SEED_MAX)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", form="device")
+    seed: int = option(
+        0,
+        "seed for sampling, the train/test split and training",
+        ge=0,
+        le=SEED_MAX,
+        short="seed for sampling, splits, training",
+        group="input",
+    )
+    device: str = option(
+        "auto", "auto, cpu, cuda or cuda:N", form="device", short="auto, cpu, cuda or cuda:N", group="device"
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

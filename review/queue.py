@@ -93,7 +93,7 @@ def label_issues(embeddings: np.ndarray, teacher_ids: np.ndarray, seed: int) -> 
 def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], probs: np.ndarray) -> tuple:
     """``(student's predictions, cleanlab label issues, what was used)`` on ``rows``; Nones without a student."""
     from distillery.core.models import pick_device
-    from distillery.serve import load_student
+    from distillery.student import load_student
 
     path = Path(cfg.student or Path(cfg.out) / "student")
     if cfg.student and not (path / "distillery_student.json").is_file():

@@ -13,42 +13,91 @@ from distillery.core.options import check_settings, check_student_folder, option
 class PredictConfig:
     """Label new rows with a saved student (encoder, LoRA adapter, merged or ONNX)."""
 
-    out: str = option("data/runs/demo", "run folder; the student is read from OUT/student unless --student names one")
-    student: str = option("", "the student folder distill (or export) wrote (default OUT/student)")
-    data: str = option("", "input (required): a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME")
-    hf_config: str = option("", "config name of an hf: dataset")
-    split: str = option("train", "split of an hf: dataset")
-    text_column: str = option("text", "column that holds the text")
-    id_column: str = option(
-        "", "column with row ids, kept in the output (default: the row's position in the input, from 0)"
+    out: str = option(
+        "data/runs/demo",
+        "run folder; the student is read from OUT/student unless --student names one",
+        short="run folder",
+        group="input",
     )
-    drop_empty: bool = option(False, "skip rows with empty text instead of stopping with an error")
+    student: str = option(
+        "",
+        "the student folder distill (or export) wrote (default OUT/student)",
+        short="student folder (OUT/student)",
+        group="student",
+    )
+    data: str = option(
+        "",
+        "input (required): a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME",
+        short="input file, 'tweets' or hf:NAME",
+        group="input",
+    )
+    hf_config: str = option(
+        "", "config name of an hf: dataset", short="config of an hf: dataset (e.g. sst2)", group="input"
+    )
+    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input")
+    text_column: str = option("text", "column that holds the text", short="column with the text", group="input")
+    id_column: str = option(
+        "",
+        "column with row ids, kept in the output (default: the row's position in the input, from 0)",
+        short="column with row ids",
+        group="input",
+    )
+    drop_empty: bool = option(
+        False,
+        "skip rows with empty text instead of stopping with an error",
+        short="skip rows with empty text",
+        group="input",
+    )
     predictions: str = option(
         "predictions.csv",
         "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "
         "a directory gets DIR/predictions.csv",
+        short="output CSV",
+        group="output",
     )
-    predict_batch_size: int = option(32, "rows per forward pass (rows of similar length are batched together)", ge=1)
+    predict_batch_size: int = option(
+        32,
+        "rows per forward pass (rows of similar length are batched together)",
+        ge=1,
+        short="rows per forward pass",
+        group="output",
+    )
     chunk_size: int = option(
-        1000, "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)", ge=1
+        1000,
+        "rows read, predicted and written at a time (the unit of resume; memory is flat in the row count)",
+        ge=1,
+        short="rows per chunk (the unit of resume)",
+        group="output",
     )
     defer: bool = option(
         False,
         "add a 'deferred' column: True where the confidence is under the threshold that evaluate "
         "picked for --target-agreement (send those rows to the teacher: annotate --only-deferred)",
+        short="mark rows under evaluate's threshold",
+        group="student",
     )
     defer_threshold: float = option(
         -1.0,
         "confidence under which a row is deferred (default: the one evaluate recorded for the student)",
         ge=-1.0,
         le=1.0,
+        short="confidence under which rows defer",
+        group="student",
     )
-    device: str = option("auto", "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)", form="device")
+    device: str = option(
+        "auto",
+        "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)",
+        form="device",
+        short="auto, cpu, cuda or cuda:N",
+        group="device",
+    )
     overwrite: bool = option(
         False,
         "predict again from the start: replace a --predictions file that another predict run, or a changed "
         "input, wrote "
         "(a file distillery did not write is never replaced)",
+        short="replace what is not this run's",
+        group="output",
     )
 
     def __post_init__(self) -> None:
@@ -75,37 +124,68 @@ class ExportConfig:
     """Export a saved student to ONNX for onnxruntime: the fastest variant (int8, int8-ffn-fp32, fp32)
     that keeps the student's labels on its run's held-out rows."""
 
-    out: str = option("data/runs/demo", "run folder; the student is read from OUT/student unless --student names one")
-    student: str = option(
-        "", "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)"
+    out: str = option(
+        "data/runs/demo",
+        "run folder; the student is read from OUT/student unless --student names one",
+        short="run folder",
+        group="input",
     )
-    onnx_dir: str = option("", "where the ONNX student goes (default: STUDENT-onnx beside the student)")
+    student: str = option(
+        "",
+        "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)",
+        short="student folder (OUT/student)",
+        group="student",
+    )
+    onnx_dir: str = option(
+        "",
+        "where the ONNX student goes (default: STUDENT-onnx beside the student)",
+        short="ONNX folder (STUDENT-onnx)",
+        group="output",
+    )
     variant: str = option(
         "auto",
         "auto: the fastest variant whose labels match the PyTorch student on at least --min-parity of the "
         "check rows; or force one: int8 (every linear layer and the attention in int8), int8-ffn-fp32 "
         "(the feed-forward output projections in float32), fp32",
         choices=("auto", "int8", "int8-ffn-fp32", "fp32"),
+        short="auto, int8, int8-ffn-fp32, fp32",
+        group="output",
     )
     min_parity: float = option(
         0.99,
         "share of the check rows on which a variant must give the PyTorch student's label (--variant auto)",
         gt=0.0,
         le=1.0,
+        short="share of rows that must keep the label",
+        group="output",
     )
     annotations: str = option(
         "",
         "annotations whose rows the variants are checked on (default: those the student was trained from; "
         "their test rows, topped up with training rows to 200)",
+        short="annotations folder (OUT/annotations)",
+        group="input",
     )
     check_rows: int = option(
-        2000, "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)", ge=1
+        2000,
+        "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)",
+        ge=1,
+        short="rows the variants are checked on",
+        group="output",
     )
-    predict_batch_size: int = option(32, "rows per forward pass when the variants are timed (predict's default)", ge=1)
+    predict_batch_size: int = option(
+        32,
+        "rows per forward pass when the variants are timed (predict's default)",
+        ge=1,
+        short="rows per forward pass",
+        group="output",
+    )
     overwrite: bool = option(
         False,
         "write into an --onnx-dir that holds files distillery did not write (beside them: they are never "
         "replaced or deleted)",
+        short="replace what is not this run's",
+        group="output",
     )
 
     def __post_init__(self) -> None:

@@ -40,12 +40,9 @@ from distillery.core.rundir import (
     temporary_name,
 )
 from distillery.core.studentmeta import STUDENT_FILE, STUDENT_NAMES, StudentMeta
-from distillery.distill.students import student_kind
-from distillery.serve.card import write_card
 from distillery.serve.config import ExportConfig
-from distillery.serve.defer import pick_threshold
-from distillery.serve.student import ONNX_FILE, load_student
 from distillery.serve.variants import VARIANTS, build_graph, measure, onnx_student, pick, quantize
+from distillery.student import ONNX_FILE, load_student, pick_threshold, student_kind, write_card
 
 __all__ = ["export", "check_rows"]
 

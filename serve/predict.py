@@ -40,7 +40,7 @@ from distillery.core.rundir import (
     write_text,
 )
 from distillery.serve.config import PredictConfig
-from distillery.serve.student import Student, load_student
+from distillery.student import Student, load_student
 
 __all__ = ["predict", "defer_threshold", "prediction_frame"]
 

@@ -216,7 +216,7 @@ def onnx_student(student, path: Path):
     """``student`` served by onnxruntime from the graph at ``path`` (the same code path as predict)."""
     import onnxruntime as ort
 
-    from distillery.serve.student import Student
+    from distillery.student import Student
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()

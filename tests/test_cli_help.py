@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import io
 import os
+import runpy
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from distillery import cli as distillery_cli
+from distillery.core.options import type_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 80  # lines of --help per subcommand, on an 80-column terminal
 CORE = ["distillery/core"]
+STUDENT = "distillery/student"  # the saved student's runtime, below the stages that use it
 # The code each subcommand runs: a flag it shows must be read (as cfg.NAME, or by name) somewhere here.
 CODE = {
     "annotate": ["annotate", *CORE],
@@ -28,11 +30,12 @@ CODE = {
         "annotate/teacher.py",
         "annotate/calibration.py",
         "annotate/backends.py",
+        f"{STUDENT}/kinds.py",
         *CORE,
     ],
-    "evaluate": ["evaluation", "serve/card.py", "serve/defer.py", "serve/student.py", *CORE],
-    "predict": ["serve/predict.py", "serve/student.py", "serve/defer.py", "serve/config.py", *CORE],
-    "export": ["serve/export.py", "serve/student.py", "serve/card.py", "serve/config.py", *CORE],
+    "evaluate": ["evaluation", f"{STUDENT}/card.py", f"{STUDENT}/defer.py", f"{STUDENT}/runtime.py", *CORE],
+    "predict": ["serve/predict.py", f"{STUDENT}/runtime.py", f"{STUDENT}/defer.py", "serve/config.py", *CORE],
+    "export": ["serve/export.py", f"{STUDENT}/runtime.py", f"{STUDENT}/card.py", "serve/config.py", *CORE],
 }
 CODE["run"] = CODE["annotate"] + CODE["distill"] + CODE["evaluate"] + ["distillery/pipeline.py"]
 CODE["active"] = CODE["run"] + ["active"]
@@ -86,15 +89,18 @@ def test_help_fits_and_every_flag_shown_is_read_by_that_subcommand(command):
 
 
 def test_every_setting_has_one_group_and_one_short_help_whatever_the_stage():
-    classes = {cls for command in distillery_cli.STAGES for cls in distillery_cli.stage_configs(command)}
-    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
-    assert names <= set(distillery_cli.GROUP_OF), names - set(distillery_cli.GROUP_OF)
-    assert names <= set(distillery_cli.SHORT_HELP), names - set(distillery_cli.SHORT_HELP)
+    """The group and the short help are arguments of option(), beside the setting they describe."""
+    fields = {f.name: f for command in distillery_cli.STAGES for f in distillery_cli.stage_fields(command).values()}
+    theirs = {f.name for c in distillery_cli.STAGES for *_, members in distillery_cli.entry_groups(c) for f in members}
+    for name, f in fields.items():
+        assert f.metadata.get("short"), f"{name}: option(..., short=...) is the line --help shows"
+        if name not in theirs:  # a backend's or a student kind's own settings are grouped under it
+            assert f.metadata.get("group") in distillery_cli.GROUP_TITLES, f"{name}: option(..., group=...)"
     # A name shared by two stages has the same type there (one meaning, so a shared config file is safe).
     types: dict[str, str] = {}
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            assert types.setdefault(f.name, str(f.type)) == str(f.type), f.name
+    for command in distillery_cli.STAGES:
+        for f in distillery_cli.stage_fields(command).values():
+            assert types.setdefault(f.name, type_name(f)) == type_name(f), f.name
 
 
 @pytest.mark.parametrize(
@@ -118,7 +124,7 @@ def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):
         (["predict", "--data", "x.csv", "--out", "preds.csv"], "write the predictions with --predictions FILE.csv"),
         (
             ["distill", "--teacher-mode", "online", "--backend", "openai"],
-            "teacher_mode online: expected a backend that runs the model here",
+            "teacher_mode online: expected a backend that can score training batches (local); found --backend openai",
         ),
         (
             ["distill", "--teacher-mode", "online", "--learning-curve"],
@@ -126,21 +132,24 @@ def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):
         ),
         (
             ["annotate", "--max-cost", "5"],
-            "max_cost: applies to a server backend (--backend openai); found --backend local",
+            "--max-cost: a setting of the openai teacher backend; found --backend local; leave --max-cost out",
         ),
         (
             ["annotate", "--backend", "openai", "--dtype", "bfloat16"],
-            "dtype: applies to a backend that runs the model in this process",
+            "--dtype: a setting of the local teacher backend; found --backend openai",
         ),
         (
             ["active", "--warm-start", "--student-kind", "llama-lora"],
             "warm_start: applies to a student kind that can start",
         ),
-        (["distill", "--qlora"], "qlora: applies to a student kind with LoRA adapters"),
-        (["annotate", "--base-url", "http://127.0.0.1:1/v1"], "base_url: applies to a server backend"),
+        (["distill", "--qlora"], "--qlora: a setting of the llama-lora student kind; found --student-kind encoder"),
+        (
+            ["annotate", "--base-url", "http://127.0.0.1:1/v1"],
+            "--base-url: a setting of the openai teacher backend; found --backend local",
+        ),
         (
             ["annotate", "--backend", "openai", "--load-in-4bit"],
-            "load_in_4bit: applies to a backend that runs the model in this process",
+            "--load-in-4bit: a setting of the local teacher backend; found --backend openai",
         ),
         (["predict", "--data", "x.csv", "--defer-threshold", "0.9"], "pass --defer too"),
         (["distill", "--student-kind", "bert-lora"], "--student-kind: expected one of encoder, llama-lora"),
@@ -161,13 +170,8 @@ def test_a_config_key_that_was_renamed_says_so(tmp_path, capsys):
 
 def test_the_usage_reference_in_the_docs_is_the_one_the_code_generates():
     text = (ROOT / "docs" / "usage.md").read_text()
-    assert text.endswith(distillery_cli.reference_markdown()), (
-        "docs/usage.md is stale: run python docs/make_reference.py"
-    )
-    flags = {
-        name: f.metadata.get("flag")
-        for command in distillery_cli.STAGES
-        for name, f in distillery_cli.stage_fields(command).items()
-    }
-    for name in distillery_cli.GROUP_OF:
-        assert f"`{flags.get(name) or '--' + name.replace('_', '-')}` (`{name}`)" in text
+    reference = runpy.run_path(str(ROOT / "docs" / "make_reference.py"))["reference_markdown"]()
+    assert text.endswith(reference), "docs/usage.md is stale: run python docs/make_reference.py"
+    for command in distillery_cli.STAGES:
+        for name, f in distillery_cli.stage_fields(command).items():
+            assert f"`{f.metadata.get('flag') or '--' + name.replace('_', '-')}` (`{name}`)" in text

@@ -18,13 +18,18 @@ def test_llm_neo_config_sets_the_papers_values():
     distill, annotate = (distillery_cli.build(cls, values) for cls in distillery_cli.stage_configs("distill"))
     # LLM-Neo (Yang et al. 2024): LoRA r=4, alpha 8 on q/k/v, dropout 0.1; 1 epoch, batch 16, lr 5e-5,
     # weight decay 0.01, T=2, alpha 0.5, max length 128; Llama-3-8B in 4 bit teaching Llama-3.2-1B online.
-    assert (distill.student_kind, distill.lora_r, distill.lora_alpha, distill.lora_dropout) == ("llama-lora", 4, 8, 0.1)
-    assert distill.lora_targets == ["q_proj", "k_proj", "v_proj"]
+    lora = distill.settings  # llama-lora's own settings
+    assert (distill.student_kind, lora.lora_r, lora.lora_alpha, lora.lora_dropout) == ("llama-lora", 4, 8, 0.1)
+    assert lora.lora_targets == ["q_proj", "k_proj", "v_proj"]
     assert (distill.epochs, distill.batch_size, distill.lr, distill.weight_decay) == (1, 16, 5e-5, 0.01)
     assert (distill.temperature, distill.alpha, distill.max_length) == (2.0, 0.5, 128)
     assert (distill.teacher_mode, distill.hard_labels, distill.val_fraction) == ("online", "gold", 0.0)
     assert distill.min_steps < 67_349 // 16, "the step floor must not lengthen the paper's one epoch"
-    assert (annotate.teacher, annotate.load_in_4bit, annotate.calibrate) == ("meta-llama/Meta-Llama-3-8B", True, "none")
+    assert (annotate.teacher, annotate.settings.load_in_4bit, annotate.calibrate) == (
+        "meta-llama/Meta-Llama-3-8B",
+        True,
+        "none",
+    )
     assert (annotate.data, annotate.hf_config, annotate.limit, annotate.balance) == ("hf:glue", "sst2", 0, False)
 
 

@@ -6,6 +6,10 @@ local models."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +20,8 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 import distillery
 from distillery import cli as distillery_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class KeywordTeacher:
@@ -170,3 +176,135 @@ def test_a_toy_of_each_kind_runs_end_to_end(toys, tiny_roberta, tmp_path):
     assert set(student.predict(["I love it", "I hate it"])) <= {"negative", "positive"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["agreement"] <= 1.0
+
+
+# A plugin as a user gets one: a package of its own, installed with pip, that declares a
+# `distillery.plugins` entry point. Its backend has two settings of its own.
+PLUGIN = '''
+"""distillery-cues: a teacher backend that counts cue words (a Distillery plugin)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import distillery
+from distillery.core.options import check_settings, option
+
+
+@dataclass
+class CueSettings:
+    cue_weight: float = option(1.0, "log-odds one cue word adds to its label", gt=0.0, short="log-odds per cue word")
+    positive_cues: list[str] = option(["love", "great"], "words that count for positive", short="cues for positive")
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+class CueTeacher:
+    def __init__(self, cfg, task):
+        self.labels, self.settings = task.labels, cfg.settings
+
+    def score(self, texts):
+        out = []
+        for text in texts:
+            hits = [sum(text.lower().count(w) for w in self.settings.positive_cues) if lab == "positive" else 0
+                    for lab in self.labels]
+            raw = np.asarray(hits, dtype=float) * self.settings.cue_weight
+            out.append(distillery.Annotation(logprobs=(raw - np.logaddexp.reduce(raw)).tolist(), mass=1.0))
+        return out
+
+    def prompt_lengths(self, texts):
+        return [len(t) for t in texts]
+
+
+def register():
+    distillery.teacher_backends.register(
+        "cues", distillery.TeacherBackend("cue words (plugin)", CueTeacher, settings=CueSettings)
+    )
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """distillery-cues, installed by pip (no network, no build isolation) into a folder of its own."""
+    src, site = tmp_path_factory.mktemp("distillery-cues"), tmp_path_factory.mktemp("site")
+    (src / "distillery_cues.py").write_text(PLUGIN)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "distillery-cues"\nversion = "0.1"\n\n'
+        '[project.entry-points."distillery.plugins"]\ncues = "distillery_cues:register"\n\n'
+        '[tool.setuptools]\npy-modules = ["distillery_cues"]\n'
+    )
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, timeout=300, capture_output=True)
+    assert (site / "distillery_cues.py").is_file() and list(site.glob("distillery_cues-0.1.dist-info"))
+    return site
+
+
+def _distillery(*args: str, site: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, "-m", "distillery", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_an_installed_plugin_adds_a_backend_with_its_settings_to_the_command(plugin_site, tmp_path):
+    shown = _distillery("annotate", "--help", site=plugin_site)
+    assert shown.returncode == 0, shown.stderr
+    assert "cues teacher backend (--backend cues):" in shown.stdout
+    assert "--cue-weight X" in shown.stdout and "--positive-cues A,B" in shown.stdout
+
+    data = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["I love it", "I hate it", "great great", "meh"] * 5}).to_csv(data, index=False)
+    config = tmp_path / "cues.yaml"
+    config.write_text(
+        f"data: {data}\nout: {tmp_path / 'run'}\nbackend: cues\ncalibrate: none\ntest_fraction: 0\n"
+        "cue_weight: 3.0\npositive_cues: [love, great]\n"
+    )
+    done = _distillery("annotate", "--config", str(config), site=plugin_site)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "run" / "annotations" / "manifest.json").read_text())
+    assert manifest["config"]["backend"] == "cues" and manifest["config"]["cue_weight"] == 3.0
+    chunk = pd.read_csv(tmp_path / "run" / "annotations" / "part-00000.csv", keep_default_na=False)
+    labels = dict(zip(chunk["text"], chunk["teacher_label"]))
+    assert labels["great great"] == labels["I love it"] == "positive" and labels["I hate it"] == "negative"
+    assert np.isclose(np.exp(chunk.loc[chunk["text"] == "I love it", "logprob_positive"].iloc[0]), 1 / (1 + np.exp(-3)))
+
+    wrong = _distillery("annotate", "--backend", "local", "--cue-weight", "2", site=plugin_site)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+    assert "--cue-weight: a setting of the cues teacher backend; found --backend local" in wrong.stderr
+
+    reference = _distillery_reference(plugin_site)
+    assert (
+        "### Cues teacher backend (--backend cues)" in reference
+        and "| `--cue-weight` (`cue_weight`) | `1.0` |" in reference
+    )
+
+    without = _distillery("annotate", "--backend", "cues", "--out", str(tmp_path / "other"))
+    assert without.returncode == 2 and "expected one of local, openai" in without.stderr and "cues" in without.stderr
+
+
+def _distillery_reference(site: Path) -> str:
+    """docs/make_reference.py's table, generated in a process that has the plugin installed."""
+    code = f"import runpy; print(runpy.run_path({str(ROOT / 'docs' / 'make_reference.py')!r})['reference_markdown']())"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_plugin_that_fails_to_load_is_one_line_naming_it(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "distillery_broken-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: distillery-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[distillery.plugins]\nbroken = distillery_broken:register\n")
+    (site / "distillery_broken.py").write_text("raise RuntimeError('needs a newer distillery')\n")
+    done = _distillery("annotate", "--backend", "local", "--out", str(tmp_path / "run"), site=site)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert (
+        "plugin 'broken' (package distillery-broken) failed to load: RuntimeError: needs a newer distillery"
+        in done.stderr
+    )

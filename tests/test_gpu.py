@@ -16,15 +16,21 @@ pytestmark = [
 def test_4bit_teacher_scores_like_the_bf16_teacher(tiny_llama):
     task = load_task("sentiment-binary")
     texts = ["I love this movie", "terrible and awful acting"]
-    full = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cuda", dtype="bfloat16"), task).score(texts)
-    four = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cuda", load_in_4bit=True), task).score(texts)
+    full = LocalTeacher(
+        AnnotateConfig(teacher=str(tiny_llama), device="cuda", settings={"dtype": "bfloat16"}), task
+    ).score(texts)
+    four = LocalTeacher(
+        AnnotateConfig(teacher=str(tiny_llama), device="cuda", settings={"load_in_4bit": True}), task
+    ).score(texts)
     assert all(a.error_type == "" for a in four)
     for a, b in zip(full, four):  # NF4 of a random tiny model moves log-probs, but not by much
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 0.5
 
 
 def test_qlora_student_trains_adapters_only(tiny_llama):
-    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device="cuda", qlora=True)
+    cfg = DistillConfig(
+        student_kind="llama-lora", student_model=str(tiny_llama), device="cuda", settings={"qlora": True}
+    )
     tok, model = load_student(cfg, ["negative", "positive"])
     enc = tok(["I love it", "I hate it"], padding=True, return_tensors="pt").to("cuda")
     loss = hybrid_kd_loss(
@@ -61,13 +67,13 @@ def test_qlora_checkpoint_resumes_and_evaluates_on_the_4bit_base(tiny_llama, tmp
         student_kind="llama-lora",
         student_model=str(tiny_llama),
         device="cuda",
-        qlora=True,
         batch_size=8,
         epochs=2,
         min_steps=0,
         val_fraction=0.125,
         lr=1e-3,
         checkpoint_every=3,
+        settings={"qlora": True},
     )
     student = distill(cfg)
     from dataclasses import replace

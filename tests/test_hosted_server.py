@@ -6,6 +6,7 @@ that dies fails the next test at once with the tail of its log, and no test wait
 two minutes on a server that does not answer (pytest-timeout).
 """
 
+import dataclasses
 import importlib.util
 import json
 import socket
@@ -123,19 +124,18 @@ def server(llama_server):
 
 
 def _cfg(tmp_path, url, **kw):
+    """The hosted teacher's config; ``kw``: annotate's settings and the openai backend's own (hosted_scoring=, ...)."""
     base = dict(
-        backend="openai",
-        base_url=url,
-        api_key_env="none",
-        teacher="smollm2",
-        out=str(tmp_path),
-        limit=50,
-        seed=0,
-        calibrate="none",
-        test_fraction=0.0,
-        concurrency=2,
+        backend="openai", teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0
     )
-    return AnnotateConfig(**{**base, **kw})
+    own = {f.name for f in dataclasses.fields(AnnotateConfig)}
+    settings = {
+        "base_url": url,
+        "api_key_env": "none",
+        "concurrency": 2,
+        **{k: v for k, v in kw.items() if k not in own},
+    }
+    return AnnotateConfig(**{**base, **{k: v for k, v in kw.items() if k in own}}, settings=settings)
 
 
 def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path):
@@ -166,7 +166,7 @@ def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray
     """Label log-probs (renormalised) of the local float32 SmolLM2 for ready-made prompt texts."""
     from distillery.annotate.teacher import normalise
 
-    local = LocalTeacher(AnnotateConfig(device="cpu", prefix_cache=False), task)
+    local = LocalTeacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
     tok = local.tokenizer
     ids = [([tok.bos_token_id] if bos else []) + tok(p, add_special_tokens=False).input_ids for p in prompts]
     scores = local.scorer.label_logprobs(ids)

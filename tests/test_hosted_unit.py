@@ -168,7 +168,12 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     task = load_task("sentiment-binary")
     texts = [f"row {i}" for i in range(6)]
     free = HostedTeacher(
-        AnnotateConfig(backend="openai", base_url=url, api_key_env="none", out=str(tmp_path / "a"), concurrency=4), task
+        AnnotateConfig(
+            backend="openai",
+            out=str(tmp_path / "a"),
+            settings={"base_url": url, "api_key_env": "none", "concurrency": 4},
+        ),
+        task,
     )
     assert all(a.error_type == "" for a in free.score(texts))
     assert arrivals[-1] - arrivals[0] < 1.0  # unlimited: as fast as the server answers
@@ -176,11 +181,8 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     limited = HostedTeacher(
         AnnotateConfig(
             backend="openai",
-            base_url=url,
-            api_key_env="none",
             out=str(tmp_path / "b"),
-            concurrency=4,
-            requests_per_minute=200,
+            settings={"base_url": url, "api_key_env": "none", "concurrency": 4, "requests_per_minute": 200},
         ),
         task,
     )

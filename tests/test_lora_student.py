@@ -5,13 +5,13 @@ import torch
 from conftest import DEVICES
 
 from distillery.distill import DistillConfig, hybrid_kd_loss, load_student, load_trained_student
-from distillery.distill.students import save_student, trainable_parameters
+from distillery.student import save_student, trainable_parameters
 
 LABELS = ["negative", "positive"]
 
 
-def _student(tiny_llama, device="cpu", **kw):
-    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device=device, **kw)
+def _student(tiny_llama, device="cpu", **settings):
+    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device=device, settings=settings)
     torch.manual_seed(0)
     return cfg, *load_student(cfg, LABELS)
 
@@ -116,7 +116,7 @@ def test_keep_trainable_fp32_casts_only_what_trains(bf16_llama):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from distillery.distill.students import keep_trainable_fp32
+    from distillery.student import keep_trainable_fp32
 
     base = AutoModelForSequenceClassification.from_pretrained(bf16_llama, num_labels=2, dtype=torch.bfloat16)
     model = get_peft_model(
@@ -135,7 +135,9 @@ def test_a_qlora_adapter_on_the_cpu_says_which_base_it_runs_on(tiny_llama, tmp_p
 
     cfg, tok, model = _student(tiny_llama)
     save_student(model, tok, tmp_path / "lora", cfg, LABELS)
-    save_student(model, tok, tmp_path / "qlora", replace(cfg, qlora=True), LABELS)  # as a GPU run would record it
+    save_student(
+        model, tok, tmp_path / "qlora", replace(cfg, settings=replace(cfg.settings, qlora=True)), LABELS
+    )  # as a GPU run would record it
     assert load_trained_student(tmp_path / "lora")[1].evaluated_base == "float32 base"
     # No bitsandbytes on the CPU: the unquantized base, and the report says that is not what was trained.
     assert "trained on a 4-bit base" in load_trained_student(tmp_path / "qlora")[1].evaluated_base

@@ -147,6 +147,8 @@ def test_wheel_carries_the_task_files_and_no_run_output(tmp_path):
         "serve/predict.py",
         "active/loop.py",
         "core/registry.py",
+        "student/runtime.py",
+        "student/card_template.md",  # package data: the model card's template
         "cli.py",
     ):
         assert f"distillery/{stage}" in names, stage

@@ -119,7 +119,7 @@ def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama, device):
     task.few_shot = [{"text": "loved it", "label": "positive"}, {"text": "boring and long", "label": "negative"}]
     texts = ["great fun", "awful acting", "\n\nstarts with newlines", "ok"]
     on = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device), task)
-    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device, prefix_cache=False), task)
+    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device, settings={"prefix_cache": False}), task)
     tolerance = PREFIX_CACHE_TOLERANCE[on.scorer.model.dtype]  # the teacher runs in bf16 on CUDA
     prefix = on.scorer.prefix_ids
     assert len(prefix) > 20 and not off.scorer.prefix_ids

@@ -3,7 +3,6 @@ terminal are checked against a real server in test_hosted_unit.py); no absolute 
 model card or a report; each student's numbers are its own."""
 
 import json
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -34,7 +33,7 @@ def test_headers_are_split_as_http_splits_them():
 )
 def test_a_malformed_header_names_the_form_and_not_the_value(entry):
     with pytest.raises(UserError, match="expected 'Name: value' entries") as err:
-        AnnotateConfig(extra_headers=["X-Ok: 1", entry])
+        AnnotateConfig(backend="openai", settings={"extra_headers": ["X-Ok: 1", entry]})
     assert "entry 2 of 2" in str(err.value) and "sk-secret-value" not in str(err.value)
 
 
@@ -45,10 +44,12 @@ def test_the_client_sends_the_header_value_without_the_space(tmp_path):
 
     cfg = AnnotateConfig(
         backend="openai",
-        base_url="http://127.0.0.1:9/v1",
-        api_key_env="none",
         out=str(tmp_path),
-        extra_headers=[f"api-key: {HEADER_SECRET}"],
+        settings={
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key_env": "none",
+            "extra_headers": [f"api-key: {HEADER_SECRET}"],
+        },
     )
     client = HostedTeacher(cfg, load_task("sentiment-binary"))._client()
     assert client.default_headers["api-key"] == HEADER_SECRET  # was " hdr-..." (the space after the colon)
@@ -57,11 +58,13 @@ def test_the_client_sends_the_header_value_without_the_space(tmp_path):
 def test_redacted_keeps_header_names_and_drops_every_secret_value():
     cfg = AnnotateConfig(
         backend="openai",
-        base_url=f"https://user:{KEY_SECRET}@llm.example/v1?api_key={KEY_SECRET}&x=1",
-        extra_headers=[f"api-key: {HEADER_SECRET}", f"Authorization: Bearer {KEY_SECRET}"],
         teacher="gpt-4o-mini",
+        settings={
+            "base_url": f"https://user:{KEY_SECRET}@llm.example/v1?api_key={KEY_SECRET}&x=1",
+            "extra_headers": [f"api-key: {HEADER_SECRET}", f"Authorization: Bearer {KEY_SECRET}"],
+        },
     )
-    original = asdict(cfg)
+    original = cfg.flat()  # what annotate records in its manifest and config.yaml
     safe = redacted({"config": original, "note": f"Bearer {KEY_SECRET}", "token": KEY_SECRET, "hf": "hf_" + "a" * 30})
     text = json.dumps(safe)
     assert HEADER_SECRET not in text and KEY_SECRET not in text and "hf_aaaa" not in text
@@ -69,7 +72,7 @@ def test_redacted_keeps_header_names_and_drops_every_secret_value():
     assert safe["config"]["base_url"] == "https://<redacted>@llm.example/v1?api_key=<redacted>&x=1"
     assert safe["config"]["teacher"] == "gpt-4o-mini" and safe["config"]["api_key_env"] == "OPENAI_API_KEY"
     assert original["extra_headers"][0].endswith(HEADER_SECRET), "a copy: the config itself is untouched"
-    assert AnnotateConfig(**safe["config"]).extra_headers == [
+    assert AnnotateConfig.from_flat(safe["config"]).settings.extra_headers == [
         "api-key: <redacted>",
         "Authorization: <redacted>",
     ]  # evaluate rebuilds it
@@ -77,7 +80,7 @@ def test_redacted_keeps_header_names_and_drops_every_secret_value():
 
 def test_a_key_passed_as_the_variable_name_is_refused_without_showing_it():
     with pytest.raises(UserError, match="--api-key-env: expected the name of the environment variable") as err:
-        AnnotateConfig(api_key_env=f"sk-{KEY_SECRET}")
+        AnnotateConfig(backend="openai", settings={"api_key_env": f"sk-{KEY_SECRET}"})
     assert KEY_SECRET not in str(err.value)
 
 

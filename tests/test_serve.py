@@ -14,7 +14,7 @@ from distillery import cli as distillery_cli
 from distillery.annotate import read_annotations
 from distillery.core.inputs import InputError, iter_texts
 from distillery.serve import load_student
-from distillery.serve.defer import clopper_pearson_lower, pick_threshold
+from distillery.student.defer import clopper_pearson_lower, pick_threshold
 
 
 @pytest.fixture(scope="module")
@@ -482,9 +482,11 @@ def test_a_merged_lora_student_exports_too(tiny_llama, tmp_path):
 
     from distillery.distill import DistillConfig
     from distillery.distill import load_student as new_student
-    from distillery.distill.students import save_student
+    from distillery.student import save_student
 
-    cfg = DistillConfig(student_kind="llama-lora", student_model=str(tiny_llama), device="cpu", merge=True)
+    cfg = DistillConfig(
+        student_kind="llama-lora", student_model=str(tiny_llama), device="cpu", settings={"merge": True}
+    )
     tok, model = new_student(cfg, ["negative", "positive"])
     with torch.no_grad():  # move the adapters and head away from their initial values
         for p in model.parameters():

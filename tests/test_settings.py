@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from distillery import cli as distillery_cli
-from distillery.core.options import INT_MAX, RANGE_WORDS, option
+from distillery.core.options import INT_MAX, RANGE_WORDS, option, type_name
 
 # Each config class, the command that builds it first, and the flags that command needs besides.
 CONFIGS = {
@@ -48,7 +48,7 @@ KEY = "abcdef0123456789abcdef0123456789"
 
 def outside(f: dataclasses.Field) -> list:
     """Values just outside ``f``'s declaration (the test's own reading of it)."""
-    kind, meta = str(f.type), f.metadata
+    kind, meta = type_name(f), f.metadata
     if kind in ("int", "float"):
         step = 1 if kind == "int" else 0.5
         low = (
@@ -75,12 +75,25 @@ def outside(f: dataclasses.Field) -> list:
     return ["no-such-choice"] if meta.get("choices") or meta.get("registry") is not None else []
 
 
-FIELDS = [(cls, f) for cls in CONFIGS for f in dataclasses.fields(cls)]
+# (owner, command, the flags it needs besides, field): every config's fields, and every registered
+# backend's and student kind's own settings, chosen with its flag.
+FIELDS = [
+    (cls.__name__, command, NEEDS.get(command, []), f)
+    for cls, command in CONFIGS.items()
+    for f in dataclasses.fields(cls)
+    if "entry_settings" not in f.metadata
+] + [
+    (f"{registry.axis} {name}", command, [registry.flag, name], f)
+    for command in ("annotate", "distill")
+    for _, registry, name, fields in distillery_cli.entry_groups(command)
+    for f in fields
+    if command == "annotate" or registry.axis == "student kind"
+]
 
 
-@pytest.mark.parametrize("cls, f", FIELDS, ids=[f"{cls.__name__}.{f.name}" for cls, f in FIELDS])
-def test_every_setting_declares_what_it_accepts(cls, f):
-    kind = str(f.type)
+@pytest.mark.parametrize("owner, command, needs, f", FIELDS, ids=[f"{o}.{f.name}" for o, _, _, f in FIELDS])
+def test_every_setting_declares_what_it_accepts(owner, command, needs, f):
+    kind = type_name(f)
     if kind in ("int", "float"):
         assert "ge" in f.metadata or "gt" in f.metadata, (
             f"{f.name}: a number must declare its lowest value (option(..., ge=0))"
@@ -94,22 +107,23 @@ def test_every_setting_declares_what_it_accepts(cls, f):
         ), f"{f.name}: declare form= or choices=, or add it to FREE_FORM with the reason"
 
 
-CASES = [(cls, f, value) for cls, f in FIELDS for value in outside(f)]
+CASES = [(owner, command, needs, f, value) for owner, command, needs, f in FIELDS for value in outside(f)]
 
 
-@pytest.mark.parametrize("cls, f, value", CASES, ids=[f"{cls.__name__}.{f.name}={v}" for cls, f, v in CASES])
-def test_a_value_outside_a_settings_declaration_is_one_line_and_exit_2(cls, f, value, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("owner, command, needs, f, value", CASES, ids=[f"{o}.{f.name}={v}" for o, _, _, f, v in CASES])
+def test_a_value_outside_a_settings_declaration_is_one_line_and_exit_2(
+    owner, command, needs, f, value, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(
         distillery_cli, "run_stages", lambda command, configs: pytest.fail(f"{command} ran with {f.name}={value}")
     )
     monkeypatch.chdir(tmp_path)
-    command = CONFIGS[cls]
     flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-    if str(f.type).startswith("bool"):  # a bool is a switch on the command line: its values come from a YAML file
+    if type_name(f).startswith("bool"):  # a bool is a switch on the command line: its values come from a YAML file
         (tmp_path / "my.yaml").write_text(f"{f.name}: {value}\n")
-        assert distillery_cli.main([command, *NEEDS.get(command, []), "--config", "my.yaml"]) == 2
+        assert distillery_cli.main([command, *needs, "--config", "my.yaml"]) == 2
     else:
-        assert distillery_cli.main([command, *NEEDS.get(command, []), f"{flag}={value}"]) == 2
+        assert distillery_cli.main([command, *needs, f"{flag}={value}"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -129,8 +143,8 @@ def test_the_range_words_are_the_declared_ones():
     "argv",
     [
         ["distill", "--seed", "4294967295", "--device", "cuda:1", "--warmup-ratio", "0.99"],
-        ["annotate", "--api-key-env", "MY_SERVER_KEY_2", "--limit", "0"],
-        ["annotate", "--api-key-env", "none"],
+        ["annotate", "--backend", "openai", "--api-key-env", "MY_SERVER_KEY_2", "--limit", "0"],
+        ["annotate", "--backend", "openai", "--api-key-env", "none"],
     ],
 )
 def test_values_inside_their_declarations_are_accepted(argv, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from conftest import DEVICES, make_rows
 
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, annotate
+from distillery.core.models import gpus_hidden
 from distillery.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,10 +272,10 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
 
 def test_device_cpu_hides_the_gpus_for_the_run_only(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    with distillery_cli.gpus_hidden(True):  # what every process of `distillery distill --device cpu` runs under
+    with gpus_hidden(True):  # what every process of `distillery distill --device cpu` runs under
         assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    with distillery_cli.gpus_hidden(False):
+    with gpus_hidden(False):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 

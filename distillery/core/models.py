@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -223,3 +224,21 @@ def predict_probabilities(
     if embeddings:
         return probs, pooled if pooled is not None else np.zeros((0, 0), dtype=np.float32)
     return probs
+
+
+@contextlib.contextmanager
+def gpus_hidden(hide: bool):
+    """``--device cpu`` means the CPU in every process: with a GPU visible, torch's barrier under
+    accelerate picks ``cuda:<local rank>`` even for the gloo backend, and rank 1 of a CPU run
+    crashed on a 1-GPU machine (issue #10). Nothing has touched CUDA yet when this runs; the
+    variable is put back afterwards for in-process callers (tests)."""
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hide:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    try:
+        yield
+    finally:
+        if hide and previous is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        elif hide:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous

@@ -15,7 +15,20 @@ from distillery.core.errors import UserError
 from distillery.core.registry import student_kinds
 from distillery.core.secrets import scrub
 
-__all__ = ["option", "check_settings", "coerce", "read_config", "student_folder", "check_student_folder", "FORMS"]
+__all__ = [
+    "option",
+    "check_settings",
+    "coerce",
+    "read_config",
+    "student_folder",
+    "check_student_folder",
+    "FORMS",
+    "settings_field",
+    "settings_of",
+    "entry_settings",
+    "flat_settings",
+    "split_settings",
+]
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 0 ..< 2**32
 INT_MAX = 2**31 - 1  # a count or a size beyond this is a typo, and torch's int32 indices overflow
@@ -35,10 +48,17 @@ def option(
     extra_choices: tuple = (),
     nonempty: bool = False,
     flag: str | None = None,
+    short: str | None = None,
+    group: str | None = None,
 ):
-    """A dataclass field with a help text (shown by ``--help``) and the values it accepts.
+    """A dataclass field: one setting, everything about it in one place.
 
     Args:
+        default: the value when neither a flag nor a config file sets it.
+        help: the whole help text (``--help-all``, docs/usage.md).
+        short: the one line ``--help`` shows (default: ``help`` up to its first ';' or '(').
+        group: the ``--help`` group it is listed in (a key of ``distillery.cli.GROUP_TITLES``); a
+            backend's or a student kind's own settings are grouped under it instead.
         ge, gt, le, lt: the range of a number (>=, >, <=, <). Every int field has one: an int
             without ``le``/``lt`` is bounded by ``INT_MAX``, and one without ``ge``/``gt`` must
             declare it (tests/test_settings.py enumerates every field).
@@ -57,11 +77,24 @@ def option(
         "extra_choices": extra_choices,
         "nonempty": nonempty,
         "flag": flag,
+        "short": short,
+        "group": group,
     }
     metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def type_name(f: dataclasses.Field) -> str:
+    """A field's type as written ("int", "list[str]", "bool | None"), with or without
+    ``from __future__ import annotations``."""
+    return f.type if isinstance(f.type, str) else f.type.__name__ if isinstance(f.type, type) else str(f.type)
+
+
+def short_help(f: dataclasses.Field) -> str:
+    """The one line ``--help`` shows for a setting."""
+    return f.metadata.get("short") or re.split(r";| \(", f.metadata.get("help", ""))[0][:48]
 
 
 def _device(value: str) -> str | None:
@@ -93,7 +126,7 @@ RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 def _out_of_range(f: dataclasses.Field, value) -> str | None:
     """What ``f`` expects when ``value`` is outside its declared range, else None."""
     bounds = {k: f.metadata[k] for k in RANGE_WORDS if k in f.metadata}
-    if str(f.type) == "int" and "le" not in bounds and "lt" not in bounds:
+    if type_name(f) == "int" and "le" not in bounds and "lt" not in bounds:
         bounds["le"] = INT_MAX
     inside = all({"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[k] for k, b in bounds.items())
     if inside:
@@ -157,7 +190,7 @@ def coerce(f: dataclasses.Field, value, where: str | None = None):
     silently mean the default (``--labels ','``). Anything else is a :class:`UserError` of one
     line: where (the file; None for a flag), key, value, expected type.
     """
-    kind, name = str(f.type), f.name
+    kind, name = type_name(f), f.name
     key = f"{where}: {name}" if where else "--" + name.replace("_", "-")
 
     def wrong(extra: str = ""):
@@ -262,3 +295,81 @@ def check_student_folder(value: str, flag: str) -> None:
             f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
             f"pass it as --student-kind {value} (student_kind: in a config file)"
         )
+
+
+# A registry entry's own settings (a teacher backend's, a student kind's): a dataclass of ``option()``
+# fields that the entry names as its ``settings`` attribute. The stage config holds the chosen entry's
+# instance in its ``settings`` field; users still write flat flags and YAML keys.
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """The settings of an entry that declares none."""
+
+
+def settings_of(registry, name: str) -> type:
+    """The settings dataclass the entry ``name`` declares (:class:`NoSettings` when it declares none)."""
+    return getattr(registry.get(name), "settings", None) or NoSettings
+
+
+def settings_field(registry):
+    """The ``settings`` field of a stage config: the chosen entry of ``registry``'s own settings."""
+    return field(
+        default_factory=dict, metadata={"help": f"the {registry.axis}'s own settings", "entry_settings": registry}
+    )
+
+
+def owners(registry, key: str) -> list[str]:
+    """The entries of ``registry`` that declare the setting ``key``."""
+    return [n for n in registry.names() if key in {f.name for f in dataclasses.fields(settings_of(registry, n))}]
+
+
+def entry_settings(registry, name: str, given):
+    """``given`` (a mapping of flat keys, or the dataclass itself) as the settings of entry ``name``.
+
+    A key the entry does not declare is a one-line :class:`UserError` naming the entry it belongs to."""
+    cls = settings_of(registry, name)  # an unknown name: one line naming the registered ones
+    if isinstance(given, cls):
+        return given
+    if dataclasses.is_dataclass(given):  # another entry's, e.g. dataclasses.replace(cfg, backend=...): what was set
+        unset = type(given)()
+        given = {
+            f.name: getattr(given, f.name)
+            for f in dataclasses.fields(given)
+            if getattr(given, f.name) != getattr(unset, f.name)
+        }
+    own = {f.name for f in dataclasses.fields(cls)}
+    for key in given:
+        if key in own:
+            continue
+        flag, axis = "--" + key.replace("_", "-"), registry.flag
+        belongs = owners(registry, key)
+        if belongs:
+            raise UserError(
+                f"{flag}: a setting of the {' and '.join(belongs)} {registry.axis}; found {axis} {name}; "
+                f"leave {flag} out, or pass {axis} {belongs[0]}"
+            )
+        raise UserError(f"{key}: not a setting of the {name} {registry.axis}; see 'distillery --help-all'")
+    return cls(**given)
+
+
+def flat_settings(config) -> dict:
+    """A stage config as one flat mapping: its own fields, then its ``settings`` dataclass's."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "entry_settings" in f.metadata:
+            out.update(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value))
+        else:
+            out[f.name] = value
+    return out
+
+
+def split_settings(cls, registry, values: dict, name: str) -> dict:
+    """Flat ``values`` as ``cls``'s keyword arguments: its own fields, and the entry ``name``'s settings
+    under ``settings`` (keys that only other entries declare are left out)."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    theirs = {f.name for f in dataclasses.fields(settings_of(registry, name))}
+    kwargs = {k: v for k, v in values.items() if k in own and k != "settings"}
+    kwargs["settings"] = {k: v for k, v in values.items() if k in theirs}
+    return kwargs

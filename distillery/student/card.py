@@ -15,7 +15,7 @@ import yaml
 from distillery.core.registry import student_kinds
 from distillery.core.rundir import write_text
 from distillery.core.studentmeta import STUDENT_FILE
-from distillery.distill.students import student_kind
+from distillery.student.kinds import student_kind
 
 __all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card", "push_to_hub"]
 

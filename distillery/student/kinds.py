@@ -3,28 +3,30 @@
 ones are ``encoder`` (any AutoModelForSequenceClassification) and ``llama-lora`` (LLM-Neo: a Llama
 classifier with LoRA adapters). A new kind is a subclass registered under a name (docs/extending.md).
 
-Every saved student loads back through :func:`load_trained_student`, which evaluate and serve use.
+Every saved student loads back through :func:`load_trained_student`, which
+``distillery.student.runtime`` (and through it evaluate, review, predict and export) uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
+from distillery.core.options import check_settings, option
 from distillery.core.registry import student_kinds
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 
-if TYPE_CHECKING:
-    from distillery.distill.config import DistillConfig
-
 __all__ = [
     "StudentKind",
+    "StudentSettings",
+    "student_kind",
     "EncoderStudent",
     "LoraStudent",
     "load_student",
@@ -34,6 +36,46 @@ __all__ = [
     "keep_trainable_fp32",
     "STUDENT_FILE",
 ]
+
+
+class StudentSettings(Protocol):
+    """The settings a student kind reads when it builds or saves a student (distill's
+    ``DistillConfig`` has them; ``settings`` holds the kind's own, a dataclass it declares)."""
+
+    student_kind: str
+    student_model: str
+    device: str
+    settings: Any
+
+
+@dataclass
+class LoraSettings:
+    """The settings of the ``llama-lora`` kind, registered with it (LLM-Neo's r=4, alpha=8 on q/k/v)."""
+
+    lora_r: int = option(4, "LoRA rank (llama-lora; LLM-Neo: 4)", ge=1, short="LoRA rank")
+    lora_alpha: float = option(8.0, "LoRA alpha (LLM-Neo: 8)", gt=0.0, short="LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout (LLM-Neo: 0.1)", ge=0.0, lt=1.0, short="LoRA dropout")
+    lora_targets: list[str] = option(
+        ["q_proj", "k_proj", "v_proj"],
+        "modules that get LoRA adapters, comma-separated",
+        nonempty=True,
+        short="modules with LoRA adapters",
+    )
+    qlora: bool = option(
+        False,
+        "QLoRA: load the llama student in 4 bit with bitsandbytes (CUDA only)",
+        short="QLoRA: 4-bit base (CUDA)",
+    )
+    merge: bool = option(
+        False,
+        "llama-lora: also save a merged standalone model in STUDENT/merged",
+        short="also save STUDENT/merged",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        check_settings(self)
 
 
 def _labels_kwargs(labels: list[str]) -> dict:
@@ -68,13 +110,14 @@ class StudentKind:
     library = "transformers"  # the model card's library_name
     exportable = True  # export reads the saved folder as a full model
     warm_start = True  # active --warm-start may start a round from the previous round's student
-    adapters = False  # trains LoRA adapters: --lora-*, --qlora and --merge apply
+    adapters = False  # trains LoRA adapters
+    settings = None  # the dataclass of the kind's own settings (flags and YAML keys of their own; None: none)
     head_names = (
         "classifier",
         "score",
     )  # parameter names of the classification head (LP-FT's --head-warmup-epochs trains them alone)
 
-    def build(self, cfg: DistillConfig, labels: list[str]):
+    def build(self, cfg: StudentSettings, labels: list[str]):
         """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
         path = self.model_path(cfg)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -82,12 +125,12 @@ class StudentKind:
         )
         return _tokenizer(path), model
 
-    def model_path(self, cfg: DistillConfig) -> str:
+    def model_path(self, cfg: StudentSettings) -> str:
         """The local folder of ``--student-model`` (a GGUF file is converted once)."""
         path = resolve_model(cfg.student_model or self.default_model)
         return gguf_to_plain(path, AutoModelForCausalLM) if path.endswith(".gguf") else path
 
-    def save(self, model, tokenizer, folder: Path, cfg: DistillConfig, meta: StudentMeta) -> None:
+    def save(self, model, tokenizer, folder: Path, cfg: StudentSettings, meta: StudentMeta) -> None:
         """Write the model and tokenizer files into ``folder`` (the caller writes ``meta`` last)."""
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -121,9 +164,10 @@ class LoraStudent(StudentKind):
     exportable = False
     warm_start = False
     adapters = True
+    settings = LoraSettings
     head_names = ("score",)  # LlamaForSequenceClassification's head, trained in full beside the adapters
 
-    def build(self, cfg: DistillConfig, labels: list[str]):
+    def build(self, cfg: StudentSettings, labels: list[str]):
         from peft import LoraConfig, TaskType, get_peft_model
 
         path = self.model_path(cfg)
@@ -131,30 +175,30 @@ class LoraStudent(StudentKind):
         # The frozen base keeps its checkpoint's dtype on a GPU (bf16 for Llama-3.2-1B); on the CPU
         # float32 (bf16 runs ~50x slower there). The trainable parameters are float32 either way.
         kwargs["dtype"] = torch.float32 if device.type == "cpu" else "auto"
-        if cfg.qlora:
+        if cfg.settings.qlora:
             kwargs.update(quantization_config=bnb_4bit_config(device), device_map={"": device.index or 0})
         base = AutoModelForSequenceClassification.from_pretrained(path, pad_token_id=tokenizer.pad_token_id, **kwargs)
-        if cfg.qlora:
+        if cfg.settings.qlora:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base)
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_targets),
+            r=cfg.settings.lora_r,
+            lora_alpha=cfg.settings.lora_alpha,
+            lora_dropout=cfg.settings.lora_dropout,
+            target_modules=list(cfg.settings.lora_targets),
             modules_to_save=list(self.head_names),
         )
         model = keep_trainable_fp32(get_peft_model(base, lora))
         model.base_path = path  # recorded next to the adapter so the student reloads offline
         return tokenizer, model
 
-    def save(self, model, tokenizer, folder: Path, cfg: DistillConfig, meta: StudentMeta) -> None:
+    def save(self, model, tokenizer, folder: Path, cfg: StudentSettings, meta: StudentMeta) -> None:
         """The adapter and head; ``--merge`` also writes ``folder/merged``, a standalone model with the adapters folded
         in."""
         super().save(model, tokenizer, folder, cfg, meta)
-        if cfg.merge:
+        if cfg.settings.merge:
             merged = model.merge_and_unload()
             merged.save_pretrained(folder / "merged")
             tokenizer.save_pretrained(folder / "merged")
@@ -196,7 +240,7 @@ def student_kind(name: str) -> StudentKind:
     return entry() if isinstance(entry, type) else entry
 
 
-def load_student(cfg: DistillConfig, labels: list[str]):
+def load_student(cfg: StudentSettings, labels: list[str]):
     """``(tokenizer, model)`` with a fresh classification head for ``labels``, built by ``--student-kind``."""
     return student_kind(cfg.student_kind).build(cfg, labels)
 
@@ -220,7 +264,7 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def save_student(
-    model, tokenizer, out_dir: Path, cfg: DistillConfig, labels: list[str], temperature: float = 1.0
+    model, tokenizer, out_dir: Path, cfg: StudentSettings, labels: list[str], temperature: float = 1.0
 ) -> None:
     """Save the student with its tokenizer, then its ``distillery_student.json`` (written last: a
     folder without it is a student whose training did not finish). ``temperature``: its fitted
@@ -230,7 +274,7 @@ def save_student(
         student=cfg.student_kind,
         labels=labels,
         base=getattr(model, "base_path", None),
-        qlora=cfg.qlora,
+        qlora=getattr(cfg.settings, "qlora", False),
         temperature=temperature,
     )
     student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)

@@ -1,6 +1,6 @@
 """One loader for every saved student: encoder, LoRA adapter, merged LoRA, or exported ONNX.
 
-from distillery.serve import load_student
+from distillery.student import load_student
 student = load_student("data/runs/demo/student")          # or .../student-onnx
 probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
 """
@@ -19,7 +19,7 @@ from distillery.core.errors import UserError
 from distillery.core.models import max_length_of, parameter_count, predict_probabilities
 from distillery.core.rundir import LOCK_FILE, owned
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
-from distillery.distill.students import load_trained_student
+from distillery.student.kinds import load_trained_student
 
 __all__ = [
     "Student",

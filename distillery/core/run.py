@@ -1,0 +1,147 @@
+"""A run: one folder that every stage reads and writes, its layout spelled here and nowhere else.
+
+    data/runs/demo/                  --out
+        annotations/                 --annotations (default OUT/annotations): part-*.csv, manifest.json
+        student/                     --student (default OUT/student): the student distill saved
+        student-onnx/                export's ONNX student (--onnx-dir; default STUDENT-onnx)
+        learning_curve/              students on shares of the rows (distill --learning-curve, active's rounds)
+        review/                      review queues and the imported answers
+        active/                      the active loop's state and selected rows
+        report.md, metrics.json, evaluate_config.yaml, reliability.png, coverage.png   evaluate
+        merged.csv                   annotate --only-deferred
+
+and the settings every stage shares (:data:`SHARED`): each is declared once, with one help text,
+and a stage's config takes the ones it reads with :func:`shared`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillery.core.options import SEED_MAX, option
+
+__all__ = ["Run", "SHARED", "shared"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The paths of one run folder.
+
+    Args:
+        out: the run folder (``--out``).
+        annotations_dir: ``--annotations`` where a user moved them ("" = OUT/annotations).
+        student_dir: ``--student`` where a user moved it ("" = OUT/student).
+    """
+
+    out: Path
+    annotations_dir: str = ""
+    student_dir: str = ""
+
+    @classmethod
+    def of(cls, cfg) -> Run:
+        """The run a stage's config names (its ``out``, and ``annotations``/``student`` where it has them)."""
+        return cls(Path(cfg.out), getattr(cfg, "annotations", "") or "", getattr(cfg, "student", "") or "")
+
+    @property
+    def annotations(self) -> Path:
+        return Path(self.annotations_dir) if self.annotations_dir else self.out / "annotations"
+
+    @property
+    def manifest(self) -> Path:
+        return self.annotations / "manifest.json"
+
+    @property
+    def student(self) -> Path:
+        return Path(self.student_dir) if self.student_dir else self.out / "student"
+
+    @property
+    def onnx(self) -> Path:
+        """export's default ONNX folder: STUDENT-onnx, beside the student."""
+        return Path(f"{self.student.resolve()}-onnx")
+
+    @property
+    def learning_curve(self) -> Path:
+        """The students trained on shares of the rows: beside the student."""
+        return self.student.parent / "learning_curve"
+
+    def share_student(self, name: str) -> Path:
+        """One learning-curve student (``student-25pct``, ``student-round-003``)."""
+        return self.learning_curve / f"student-{name}"
+
+    @property
+    def review(self) -> Path:
+        return self.out / "review"
+
+    @property
+    def active(self) -> Path:
+        return self.out / "active"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.md"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.json"
+
+    @property
+    def evaluate_config(self) -> Path:
+        return self.out / "evaluate_config.yaml"
+
+    def plot(self, name: str) -> Path:
+        """One of evaluate's plots (``reliability.png``, ``coverage.png``)."""
+        return self.out / name
+
+    @property
+    def merged(self) -> Path:
+        """annotate --only-deferred: the student's labels where it answered, the teacher's where it deferred."""
+        return self.out / "merged.csv"
+
+    @staticmethod
+    def predictions(given: Path) -> Path:
+        """predict's output: ``--predictions FILE``, or DIR/predictions.csv for a folder."""
+        return given / "predictions.csv" if given.is_dir() else given
+
+
+# The settings several stages share: name -> (default, whole help, short help, group, checks). A stage
+# that reads one declares it with shared(name), so its help is written once.
+SHARED = {
+    "out": (
+        "data/runs/demo",
+        "the run folder: annotations, student, report and metrics go under it",
+        "run folder",
+        "input",
+        {},
+    ),
+    "annotations": (
+        "",
+        "the annotations folder (default OUT/annotations)",
+        "annotations folder (OUT/annotations)",
+        "input",
+        {},
+    ),
+    "student": ("", "the student folder (default OUT/student)", "student folder (OUT/student)", "student", {}),
+    "seed": (
+        0,
+        "seed for sampling, the train/test split, shuffling and initialisation",
+        "seed for sampling, splits, training",
+        "input",
+        {"ge": 0, "le": SEED_MAX},
+    ),
+    "device": ("auto", "auto, cpu, cuda or cuda:N", "auto, cpu, cuda or cuda:N", "device", {"form": "device"}),
+    "overwrite": (
+        False,
+        "write into folders that hold files Distillery did not write, beside them: those are never replaced "
+        "or deleted (to annotate again from the start: --restart-annotations)",
+        "write beside files that are not distillery's",
+        "output",
+        {},
+    ),
+}
+
+
+def shared(name: str):
+    """The dataclass field of the shared setting ``name`` (:data:`SHARED`)."""
+    default, help_text, short, group, checks = SHARED[name]
+    return option(default, help_text, short=short, group=group, **checks)

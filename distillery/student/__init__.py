@@ -1,0 +1,49 @@
+"""student: a saved student — its kinds, loading it, its probabilities, the defer statistics and its
+card; below every stage that trains, evaluates, reviews, predicts or exports with it.
+
+    from distillery.student import load_student
+    student = load_student("data/runs/demo/student")          # or .../student-onnx
+    probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows sum to 1
+
+``kinds`` (the ``student_kinds`` registry's built-in entries; how a student is built, saved and
+loaded back), ``runtime`` (:class:`Student`, :func:`load_student`), ``defer`` (answer or defer:
+:func:`pick_threshold`) and ``card`` (the model card, :func:`write_card`). It imports only
+``distillery.core``.
+"""
+
+from distillery.student.card import push_to_hub, shareable_name, write_card
+from distillery.student.defer import clopper_pearson_lower, coverage_curve, pick_threshold, plot_coverage
+from distillery.student.kinds import (
+    STUDENT_FILE,
+    StudentKind,
+    StudentSettings,
+    keep_trainable_fp32,
+    load_trained_student,
+    save_student,
+    student_kind,
+    trainable_parameters,
+)
+from distillery.student.runtime import ONNX_FILE, Student, load_student, predict_probabilities, size_on_disk
+
+__all__ = [
+    "ONNX_FILE",
+    "STUDENT_FILE",
+    "Student",
+    "StudentKind",
+    "StudentSettings",
+    "clopper_pearson_lower",
+    "coverage_curve",
+    "keep_trainable_fp32",
+    "load_student",
+    "load_trained_student",
+    "pick_threshold",
+    "plot_coverage",
+    "predict_probabilities",
+    "push_to_hub",
+    "save_student",
+    "shareable_name",
+    "size_on_disk",
+    "student_kind",
+    "trainable_parameters",
+    "write_card",
+]
