@@ -1,5 +1,5 @@
-"""Typed config of the active-distillation loop (the data, teacher and student settings are annotate's and distill's).
-Typed config of the active-distillation loop (the data, teacher and student settings are annotate's and distill's)."""
+"""Typed config of the active-distillation loop (the data, teacher and student settings are annotate's
+and distill's)."""
 
 from __future__ import annotations
 

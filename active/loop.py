@@ -29,6 +29,7 @@ from distillery.active.strategies import Candidates, pick, scores
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
 from distillery.core.errors import UserError
 from distillery.core.registry import active_strategies
+from distillery.core.run import Run
 from distillery.core.rundir import (
     check_folder,
     claim_folder,
@@ -62,8 +63,8 @@ def active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, repo
 
 
 def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, report: EvaluateConfig) -> dict:
-    out = Path(source.out)
-    work = out / "active"
+    run = Run.of(source)  # the run folder: the last round's student goes to its student folder
+    out, work = run.out, run.active
     labels = load_task(source.task, source.labels or None).labels
     pool = load_rows(replace(source, test_fraction=0.0), labels)
     fingerprint = {
@@ -80,10 +81,10 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     pool = pool.set_index("id")
     has_gold = bool((pool["gold"] != "").all())
     check_start(cfg, train, len(pool), has_gold)  # what the inputs already tell, before the first teacher call
-    if source.overwrite:
-        _start_over(out)
+    if source.restart_annotations:
+        _start_over(run)
     remove_leftovers(out)  # a killed round's staged student
-    check_folder(out / "student", source.overwrite)  # before any teacher call: the last round's student goes there
+    check_folder(run.student, source.overwrite)  # before any teacher call: the last round's student goes there
     check_report_writable(replace(report, out=str(out)))
     claim_folder(work, overwrite=False)
     state = _load_state(work, fingerprint)
@@ -113,6 +114,7 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
         chunk_size=chunk,
         only_deferred=False,
         overwrite=False,
+        restart_annotations=False,
     )
     print(
         f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "
@@ -130,14 +132,15 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
             _save(work, state, pool)
         r = state["rounds"][-1]
         started = time.perf_counter()
-        manifest = annotate(teacher_cfg, grows=True) / "manifest.json"
+        annotate(teacher_cfg, grows=True)
+        manifest = run.manifest
         if json.loads(manifest.read_text()).get("status") != "complete":  # --budget-cost reached mid-round
             print(
                 "active: stopping: the teacher's cost budget is spent; the chosen rows stay recorded (rerun "
                 "with a larger budget to go on)"
             )
             break
-        student = out / "learning_curve" / f"student-round-{r['round']:03d}"
+        student = run.share_student(f"round-{r['round']:03d}")
         previous = [x for x in state["rounds"] if x.get("done")]
         warm = cfg.warm_start and previous and student_kind(train.student_kind).warm_start
         if not (student / "train_summary.json").is_file():
@@ -168,7 +171,7 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
     finished = [r for r in state["rounds"] if r.get("done")]
     if not finished:
         return {}
-    final = out / "student"
+    final = run.student
     _replace_folder(Path(finished[-1]["student"]), final)
     write_json(work / "config.json", asdict(cfg))
     return evaluate(replace(report, out=str(out), annotations="", students=[str(final)], eval_split="test"))
@@ -206,7 +209,8 @@ def _load_state(work: Path, fingerprint: dict) -> dict:
             "the pool's rows changed since the run began" if changed == ["pool"] else f"different {', '.join(changed)}"
         )
         raise UserError(
-            f"{path}: written by another active run ({what}); pass another --out, or --overwrite to start over"
+            f"{path}: written by another active run ({what}); pass another --out, or --restart-annotations to "
+            "start over"
         )
     return state
 
@@ -275,10 +279,10 @@ def _save(work: Path, state: dict, pool) -> None:
     )
 
 
-def _start_over(out: Path) -> None:
-    """--overwrite: forget an earlier active run in ``out`` (state, annotations, round students): only
+def _start_over(run: Run) -> None:
+    """--restart-annotations: forget an earlier active run (state, annotations, round students): only
     what distillery wrote there is deleted."""
-    for folder in (out / "active", out / "annotations", out / "learning_curve"):
+    for folder in (run.active, run.annotations, run.learning_curve):
         remove_owned(folder)
 
 
@@ -294,7 +298,7 @@ def _replace_folder(source: Path, target: Path) -> None:
 
 def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:
     """The round's student on the test rows: agreement with the teacher, accuracy against gold."""
-    frame, manifest = read_annotations(out / "annotations")
+    frame, manifest = read_annotations(Run(out).annotations)
     test = frame[(frame["split"] == "test") & (frame["error_type"] == "")]
     probs = load_student(student_dir).probabilities(test["text"].tolist())
     pred = np.array(manifest["labels"])[probs.argmax(1)]

@@ -264,8 +264,8 @@ def finish(
     elapsed: float,
     reviewed: dict[str, str] | None = None,
 ) -> None:
-    """Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend.
-    Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record speed and spend."""
+    """Calibrate every chunk (unless a rerun changed nothing: same mode, same human labels) and record
+    speed and spend."""
     previous = store.manifest.get("calibration", {})
     same = (
         previous.get("mode") == mode

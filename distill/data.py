@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from distillery.annotate.chunks import label_columns, read_annotations
 from distillery.core.errors import UserError
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
+from distillery.core.run import Run
 from distillery.distill.config import DistillConfig
 
 __all__ = [
@@ -41,7 +42,7 @@ class TrainingRows:
 
 def load_training_rows(cfg: DistillConfig) -> TrainingRows:
     """Read the annotations, drop failed rows (counted), keep split=train, hold out a val set."""
-    frame, manifest = read_annotations(cfg.annotations or f"{cfg.out}/annotations")
+    frame, manifest = read_annotations(Run.of(cfg).annotations)
     labels = manifest["labels"]
     failed = frame["error_type"] != ""
     frame = frame[~failed & (frame["split"] == "train")].reset_index(drop=True)

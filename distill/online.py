@@ -9,11 +9,10 @@ import torch
 from distillery.annotate.calibration import fit_calibration, resolve_mode
 from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
-from distillery.annotate.local import LocalTeacher
 from distillery.annotate.teacher import content_free_bias
 from distillery.core.errors import UserError
 from distillery.core.inputs import load_rows
-from distillery.core.registry import calibration_modes
+from distillery.core.registry import calibration_modes, teacher_backends
 from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, split_train_val
@@ -22,7 +21,8 @@ __all__ = ["OnlineTeacher", "load_online_rows"]
 
 
 class OnlineTeacher:
-    """The local teacher in eval mode under no_grad, scoring each training batch.
+    """The teacher of a backend that can serve online distillation (``online=True``: local), scoring each
+    training batch.
 
     Calibration follows ``--calibrate`` (``gold`` is not available online; ``auto`` means
     its no-gold choice): ``mean`` and the prior EM use the raw log-probs of the first
@@ -38,7 +38,14 @@ class OnlineTeacher:
 
     def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
         task = load_task(source.task, labels)
-        self.teacher = LocalTeacher(source, task)
+        backend = teacher_backends.get(source.backend)  # the registered backend, as annotate builds it
+        if not backend.online:
+            able = [n for n in teacher_backends.names() if teacher_backends.get(n).online]
+            raise UserError(
+                f"--teacher-mode online: expected a backend that can score training batches ({', '.join(able)}); "
+                f"found --backend {source.backend}; annotate with it first, then distill offline"
+            )
+        self.teacher = backend.build(source, task)
         mode = resolve_mode(source.calibrate, 0, len(labels))
         entry = calibration_modes.get(mode)
         if entry.needs_gold:

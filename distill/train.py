@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.models import pick_device, predict_probabilities
+from distillery.core.run import Run
 from distillery.core.rundir import (
     claim_folder,
     guard_files,
@@ -49,6 +51,7 @@ from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.student.card import write_card
 from distillery.student.kinds import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 
 __all__ = ["distill", "evaluate_student", "fit_temperature", "pick_temperature", "temperature_for", "temperature_gain"]
@@ -102,16 +105,20 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
-    """Train the student on the annotations of ``cfg.out``; returns the saved student dir.
+    """Train the student on the annotations of ``cfg.out``, save it with its model card; returns the saved
+    student dir.
 
     Under ``accelerate launch`` (or torchrun) each optimizer step's batch is split across the
     processes, so N processes see the same rows per step as one. ``--teacher-mode online``
     needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
     One process at a time writes the student's folder.
     """
-    out_dir = Path(cfg.student or f"{cfg.out}/student")
+    out_dir = Run.of(cfg).student
     with locked(out_dir, "distill"):  # OUT is only read (chunks are checked against their checksums): sweeps share it
-        return _distill(cfg, source, out_dir)
+        student = _distill(cfg, source, out_dir)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, rank 0 writes the card (one writer)
+            write_card(student)  # the model card: the API and the command give the same folder
+        return student
 
 
 @dataclass
@@ -175,7 +182,7 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
                     run.cfg,
                     learning_curve=False,
                     max_train_rows=n_rows * share // 100,  # the settings resolved on all rows
-                    student=str(out_dir.parent / "learning_curve" / f"student-{share}pct"),
+                    student=str(Run.of(cfg).share_student(f"{share}pct")),
                 ),
                 source,
             )

@@ -35,6 +35,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
 from distillery.core.registry import load_plugins, teacher_backends
+from distillery.core.run import Run
 from distillery.distill.config import DistillConfig
 from distillery.evaluation.config import EvaluateConfig
 from distillery.review.config import ReviewConfig
@@ -116,7 +117,7 @@ GROUP_TITLES = {
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
 COMMON = set(
     "out data text_column label_column split_column limit labels task backend teacher base_url calibrate "
-    "device overwrite seed "
+    "device overwrite restart_annotations seed "
     "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
     "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split()
 )
@@ -126,7 +127,10 @@ RENAMED = {
     "distill": {"--output-dir": "--student (the student folder)"},
     "run": {"--output-dir": "--student (the student folder)"},
     "active": {"--output-dir": "--student (the student folder)"},
-    "predict": {"--batch-size": "--predict-batch-size"},
+    "predict": {
+        "--batch-size": "--predict-batch-size",
+        "--overwrite": "--restart-predictions (predict again from the start)",
+    },
     "export": {"--output-dir": "--onnx-dir"},
 }
 RENAMED_KEYS = {"output_dir": "student (distill's student folder) or onnx_dir (export's ONNX folder)"}
@@ -398,46 +402,6 @@ def check_together(command: str, configs: list) -> None:
         )
 
 
-def headline(metrics: dict) -> str:
-    """The table ``run`` and ``evaluate`` print ("–" where there is no gold label)."""
-    from distillery.evaluation.report import with_ci
-
-    t, s = metrics["teacher"], metrics["student"]
-    rows = [
-        ("teacher accuracy", with_ci(t["accuracy"], t.get("ci", {}).get("accuracy"))),
-        ("student accuracy", with_ci(s["accuracy"], s.get("ci", {}).get("accuracy"))),
-        ("majority baseline", with_ci(metrics["majority_accuracy"], None)),
-        ("agreement", with_ci(metrics["agreement"], s.get("ci", {}).get("agreement"))),
-        ("Cohen's κ", with_ci(metrics["kappa"], s.get("ci", {}).get("kappa"))),
-        ("retention", with_ci(metrics["retention"], s.get("ci", {}).get("retention"))),
-        ("macro-F1 retention", with_ci(metrics.get("macro_f1_retention"), None)),
-        (
-            "worst class F1 ret.",
-            with_ci(metrics.get("worst_class_retention"), None)
-            + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else ""),
-        ),
-        ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
-    ]
-    review = (metrics.get("review") or {}).get("random") or {}
-    first = next(iter(metrics.get("students") or {}), None)
-    for name, key in (
-        ("teacher", "teacher"),
-        ("student", first),
-    ):  # the person's labels on the random part of the review queue
-        m = review.get(key)
-        if isinstance(m, dict) and m.get("estimate") is not None:
-            covered = f", {m['covered']:.0%} of test rows' strata" if m.get("covered", 1) < 1 else ""
-            rows.append(
-                (
-                    f"{name} acc (review)",
-                    f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows{covered}",
-                )
-            )
-    lines = [f"  {k:<20} {v}" for k, v in rows]
-    lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
-    return "\n".join(lines)
-
-
 def run_stages(command: str, configs: list) -> None:
     """Run one stage, or all three for ``run``, and print the headline."""
     from distillery.core.models import quiet_third_party
@@ -446,17 +410,13 @@ def run_stages(command: str, configs: list) -> None:
     from distillery.annotate import annotate
     from distillery.distill import distill
     from distillery.evaluation import evaluate
+    from distillery.evaluation.report import headline
     from distillery.serve import export, predict
-    from distillery.student import write_card
 
     if command == "annotate":
         annotate(configs[0])
     elif command == "distill":
-        student = distill(configs[0], configs[1])
-        if (
-            os.environ.get("RANK", "0") == "0"
-        ):  # under accelerate launch, rank 0 writes the card (another rank's copy would not be its own)
-            write_card(student)
+        distill(configs[0], configs[1])  # saves the student with its model card
     elif command == "predict":
         predict(configs[0])
     elif command == "export":
@@ -471,8 +431,7 @@ def run_stages(command: str, configs: list) -> None:
         metrics = active(*configs)
         if metrics:
             print(
-                f"\n{headline(metrics)}\n\nreport: {Path(configs[1].out) / 'report.md'} (learning curve: one "
-                "student per round)"
+                f"\n{headline(metrics)}\n\nreport: {Run.of(configs[1]).report} (learning curve: one student per round)"
             )
     else:
         if command == "run":
@@ -481,7 +440,7 @@ def run_stages(command: str, configs: list) -> None:
             metrics = run(*configs)
         else:
             metrics = evaluate(configs[0])
-        print(f"\n{headline(metrics)}\n\nreport: {Path(configs[-1].out) / 'report.md'}")
+        print(f"\n{headline(metrics)}\n\nreport: {Run.of(configs[-1]).report}")
 
 
 RESUME = {

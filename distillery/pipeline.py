@@ -6,7 +6,7 @@ from pathlib import Path
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task
 from distillery.core.errors import UserError
-from distillery.core.options import student_folder
+from distillery.core.run import Run
 from distillery.core.rundir import check_folder, locked
 from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
@@ -32,7 +32,7 @@ def run(
         evaluation or EvaluateConfig(),
     )
     with locked(annotation.out, "run"):
-        check_folder(Path(student_folder(training)), training.overwrite, "--student")
+        check_folder(Run.of(training).student, training.overwrite, "--student")
         check_report_writable(evaluation)
         check_inputs(annotation, training, evaluation)
         annotate(annotation)
@@ -46,10 +46,10 @@ def check_inputs(annotation: AnnotateConfig, training: DistillConfig, evaluation
     scores (``--eval-split``) and at least 2 training rows (with gold labels for ``--hard-labels gold``);
     the learning curve's student folders and the students evaluate compares are there to write or read.
     Rows the teacher fails on are not knowable here."""
-    student = Path(student_folder(training))
+    student = Run.of(training).student
     if training.learning_curve:
         for share in (25, 50):
-            check_folder(student.parent / "learning_curve" / f"student-{share}pct", training.overwrite, "--student")
+            check_folder(Run.of(training).share_student(f"{share}pct"), training.overwrite, "--student")
     for path in evaluation.students:
         if Path(path).resolve() != student.resolve() and not Path(path).is_dir():
             raise UserError(
@@ -58,14 +58,14 @@ def check_inputs(annotation: AnnotateConfig, training: DistillConfig, evaluation
                 f"distill writes, {student}); found no folder {path}; pass saved students, or leave --students out"
             )
     rows = load_rows(annotation, load_task(annotation.task, annotation.labels or None).labels)
-    annotated = (Path(annotation.out) / "annotations").resolve()
+    annotated = Run.of(annotation).annotations.resolve()
     how = (
         f"--split-column {annotation.split_column}"
         if annotation.split_column
         else f"--test-fraction {annotation.test_fraction:g}"
     )
     split = evaluation.eval_split
-    evaluated = Path(evaluation.annotations or Path(evaluation.out) / "annotations").resolve() == annotated
+    evaluated = Run.of(evaluation).annotations.resolve() == annotated
     if evaluated and split != "all" and not (rows["split"] == split).any():
         fix = (
             f"mark rows '{split}' in column '{annotation.split_column}'"
@@ -78,10 +78,7 @@ def check_inputs(annotation: AnnotateConfig, training: DistillConfig, evaluation
             f"evaluate scores the {split} rows (--eval-split {split}); expected at least one among the {len(rows)} "
             f"rows to annotate; found none ({how}); {fix}, or pass --eval-split all"
         )
-    if (
-        training.teacher_mode == "online"
-        or Path(training.annotations or Path(training.out) / "annotations").resolve() == annotated
-    ):
+    if training.teacher_mode == "online" or Run.of(training).annotations.resolve() == annotated:
         train = rows[rows["split"] == "train"]
         train = train.head(training.max_train_rows) if training.max_train_rows else train
         if len(train) < 2:

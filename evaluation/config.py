@@ -5,21 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distillery.core.options import check_settings, option
+from distillery.core.run import shared
 
 
 @dataclass
 class EvaluateConfig:
     """What is compared: the students in ``students`` against the teacher's annotations and gold."""
 
-    out: str = option(
-        "data/runs/demo", "run directory; the report goes to OUT/report.md", short="run folder", group="input"
-    )
-    annotations: str = option(
-        "",
-        "annotations dir with the teacher's labels and gold (default OUT/annotations)",
-        short="annotations folder (OUT/annotations)",
-        group="input",
-    )
+    out: str = shared("out")
+    annotations: str = shared("annotations")
     students: list[str] = option(
         [],
         "student model dirs, comma-separated (default OUT/student)",
@@ -44,9 +38,7 @@ class EvaluateConfig:
     eval_batch_size: int = option(
         32, "student batch size for inference", ge=1, short="student batch size", group="evaluation"
     )
-    device: str = option(
-        "auto", "auto, cpu, cuda or cuda:N", form="device", short="auto, cpu, cuda or cuda:N", group="device"
-    )
+    device: str = shared("device")
     target_agreement: float = option(
         0.95,
         "answer or defer: the lowest confidence threshold at which the student's agreement with the "

@@ -22,6 +22,7 @@ from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.models import pick_device, resolve_model
 from distillery.core.registry import teacher_backends
+from distillery.core.run import Run
 from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
@@ -103,7 +104,7 @@ def _file_name(name: str) -> str:
 def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
     """Accuracy and agreement of the students ``distill --learning-curve`` trained on part of the
     rows (``learning_curve/student-*`` beside ``student``) and of ``student`` (all rows); empty without them."""
-    parts = sorted((student.parent / "learning_curve").glob("student-*"))
+    parts = sorted(Run(student.parent, student_dir=str(student)).learning_curve.glob("student-*"))
     points = []
     for path in [*parts, student] if parts else []:
         pred = load_student(path, device).probabilities(texts, batch_size).argmax(1)
@@ -164,25 +165,26 @@ class EvalRows:
 
 def _evaluate(cfg: EvaluateConfig) -> dict:
     """The stage in its steps: read the rows, score the teacher and each student, plot, write the report."""
-    out = Path(cfg.out)
+    run = Run.of(cfg)
+    out = run.out
     check_report_writable(cfg)
     record_files(out, REPORT_FILES)  # absent or ours (checked above): a kill mid-way leaves files known to be ours
-    frame, manifest = read_annotations(cfg.annotations or out / "annotations")
+    frame, manifest = read_annotations(run.annotations)
     data = eval_rows(cfg, frame, manifest)
     texts = data.rows["text"].tolist()
     device = pick_device(cfg.device)
     models = {"teacher": teacher_metrics(data, manifest, texts[: cfg.speed_rows])}
-    named = student_names(cfg.students or [str(out / "student")])  # a/student and b/student are two rows, not one
+    named = student_names(cfg.students or [str(run.student)])  # a/student and b/student are two rows, not one
     for name, path in named.items():
         models[name] = student_metrics(cfg, data, path, device, models["teacher"])
     majority, majority_acc = majority_baseline(data)
     plots = plot_confusions(out, data, models)
     if data.gold is not None:  # teacher and students: confidence against accuracy
-        plot_reliability(models, out / "reliability.png")
+        plot_reliability(models, run.plot("reliability.png"))
         plots.append("reliability.png")
     first = next(k for k in models if k != "teacher")
     defer = models[first]["defer"]
-    plot_coverage(defer["curve"], defer["picked"], defer["target"], out / "coverage.png")
+    plot_coverage(defer["curve"], defer["picked"], defer["target"], run.plot("coverage.png"))
     students = list(named.values())
     metrics = {
         "labels": data.labels,
@@ -211,9 +213,9 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     metrics["review"] = review_metrics(out, data, named, device, cfg.eval_batch_size)
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
-    write_json(out / "metrics.json", metrics)
+    write_json(run.metrics, metrics)
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
-    write_text(out / "evaluate_config.yaml", config_text)
+    write_text(run.evaluate_config, config_text)
     report = ReportData(
         task=manifest["task"]["name"],
         teacher=manifest["teacher"],
@@ -233,7 +235,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         defer=defer,
         review=metrics["review"],
     )
-    write_text(out / "report.md", render_report(report))
+    write_text(run.report, render_report(report))
     for name, path in named.items():  # each student's card and distillery_student.json get its own row
         record_evaluation(Path(path), models[name], metrics, str(device))
     if cfg.push_to_hub:

@@ -10,7 +10,7 @@ import yaml
 
 from distillery.student import shareable_name
 
-__all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table"]
+__all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table", "headline"]
 
 TEMPLATE = Path(__file__).with_name("report_template.md")
 
@@ -309,3 +309,41 @@ def plot_confusion(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def headline(metrics: dict) -> str:
+    """The table ``run`` and ``evaluate`` print ("–" where there is no gold label)."""
+    t, s = metrics["teacher"], metrics["student"]
+    rows = [
+        ("teacher accuracy", with_ci(t["accuracy"], t.get("ci", {}).get("accuracy"))),
+        ("student accuracy", with_ci(s["accuracy"], s.get("ci", {}).get("accuracy"))),
+        ("majority baseline", with_ci(metrics["majority_accuracy"], None)),
+        ("agreement", with_ci(metrics["agreement"], s.get("ci", {}).get("agreement"))),
+        ("Cohen's κ", with_ci(metrics["kappa"], s.get("ci", {}).get("kappa"))),
+        ("retention", with_ci(metrics["retention"], s.get("ci", {}).get("retention"))),
+        ("macro-F1 retention", with_ci(metrics.get("macro_f1_retention"), None)),
+        (
+            "worst class F1 ret.",
+            with_ci(metrics.get("worst_class_retention"), None)
+            + (f" ({metrics['worst_class']})" if metrics.get("worst_class") else ""),
+        ),
+        ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
+    ]
+    review = (metrics.get("review") or {}).get("random") or {}
+    first = next(iter(metrics.get("students") or {}), None)
+    for name, key in (
+        ("teacher", "teacher"),
+        ("student", first),
+    ):  # the person's labels on the random part of the review queue
+        m = review.get(key)
+        if isinstance(m, dict) and m.get("estimate") is not None:
+            covered = f", {m['covered']:.0%} of test rows' strata" if m.get("covered", 1) < 1 else ""
+            rows.append(
+                (
+                    f"{name} acc (review)",
+                    f"{m['estimate']:.4f} [{m['low']:.4f}, {m['high']:.4f}] on {m['rows']} rows{covered}",
+                )
+            )
+    lines = [f"  {k:<20} {v}" for k, v in rows]
+    lines += [f"  WARNING: {w}" for w in metrics.get("warnings", [])]
+    return "\n".join(lines)

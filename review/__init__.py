@@ -9,20 +9,20 @@ __all__ = ["ReviewConfig", "build_queue", "import_labels", "label_config", "read
 
 
 def review(cfg: ReviewConfig):
-    """Build the next review queue, or with ``cfg.import_file`` import the answers; returns the folder or file written.
-    Build the next review queue, or with ``cfg.import_file`` import the answers; returns the folder or file written."""
-    from pathlib import Path
-
+    """Build the next review queue, or with ``cfg.import_file`` import the answers; returns the folder
+    or file written."""
     from distillery.core.errors import UserError
+    from distillery.core.run import Run
     from distillery.core.rundir import locked
 
-    annotations = Path(cfg.annotations or Path(cfg.out) / "annotations")
-    if not (annotations / "manifest.json").is_file():  # before the lock, which would create the folder
+    run = Run.of(cfg)
+    annotations = run.annotations
+    if not run.manifest.is_file():  # before the lock, which would create the folder
         raise UserError(
             f"review: expected a run folder with annotations (--out RUN, RUN/annotations/manifest.json); found none in "
             f"'{annotations}'; run 'distillery annotate' (or run) first, or pass the right --out"
         )
-    with locked(Path(cfg.out), "review"):
+    with locked(run.out, "review"):
         return import_labels(cfg) if cfg.import_file else build_queue(cfg)
 
 

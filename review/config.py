@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distillery.core.errors import UserError
-from distillery.core.options import SEED_MAX, check_settings, check_student_folder, option
+from distillery.core.options import check_settings, check_student_folder, option
+from distillery.core.run import shared
 
 
 @dataclass
@@ -18,22 +19,9 @@ class ReviewConfig:
     with the student, label issues cleanlab finds on out-of-fold probabilities).
     """
 
-    out: str = option(
-        "data/runs/demo",
-        "run directory: reads OUT/annotations and OUT/student, writes OUT/review/",
-        short="run folder",
-        group="input",
-    )
-    annotations: str = option(
-        "", "annotations dir (default OUT/annotations)", short="annotations folder (OUT/annotations)", group="input"
-    )
-    student: str = option(
-        "",
-        "the student whose disagreements and embeddings point at doubtful rows (default OUT/student; "
-        "without one, the teacher's margin alone)",
-        short="student folder (OUT/student)",
-        group="student",
-    )
+    out: str = shared("out")
+    annotations: str = shared("annotations")
+    student: str = shared("student")
     review_rows: int = option(
         200,
         "rows in a new review queue (a second call adds this many rows, never the same ones)",
@@ -58,17 +46,8 @@ class ReviewConfig:
         short="import a labelled queue (LS, Argilla, CSV)",
         group="review",
     )
-    seed: int = option(
-        0,
-        "seed for sampling, the train/test split and training",
-        ge=0,
-        le=SEED_MAX,
-        short="seed for sampling, splits, training",
-        group="input",
-    )
-    device: str = option(
-        "auto", "auto, cpu, cuda or cuda:N", form="device", short="auto, cpu, cuda or cuda:N", group="device"
-    )
+    seed: int = shared("seed")
+    device: str = shared("device")
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

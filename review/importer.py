@@ -31,6 +31,7 @@ import pandas as pd
 from distillery.annotate.chunks import read_annotations
 from distillery.core.errors import UserError
 from distillery.core.reviewed import GOLD_COLUMNS, read_queue, read_reviewed, review_dir
+from distillery.core.run import Run
 from distillery.core.rundir import write_csv
 from distillery.review.config import ReviewConfig
 from distillery.review.queue import owned
@@ -215,7 +216,7 @@ def import_labels(cfg: ReviewConfig) -> Path:
     """Check an export's answers and merge them into ``OUT/review/gold.csv``; returns that file."""
     source = Path(cfg.import_file)
     answers, kind = read_answers(source)
-    frame, manifest = read_annotations(cfg.annotations or Path(cfg.out) / "annotations")
+    frame, manifest = read_annotations(Run.of(cfg).annotations)
     labels, known = manifest["labels"], set(frame["id"])
     for a in answers:  # every answer checked before anything is written
         if a["id"] not in known:

@@ -31,6 +31,7 @@ import pandas as pd
 from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
 from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, read_reviewed, review_dir
+from distillery.core.run import Run
 from distillery.core.rundir import ForeignFiles, guard_files, record_files, write_csv, write_json, write_text
 from distillery.review.config import ReviewConfig
 
@@ -95,7 +96,7 @@ def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], pr
     from distillery.core.models import pick_device
     from distillery.student import load_student
 
-    path = Path(cfg.student or Path(cfg.out) / "student")
+    path = Run.of(cfg).student
     if cfg.student and not (path / "distillery_student.json").is_file():
         raise UserError(
             "--student: expected a student folder distill wrote (with distillery_student.json); found none "
@@ -228,7 +229,7 @@ def write_round(cfg: ReviewConfig, picked: pd.DataFrame, queue: pd.DataFrame, la
 
 def build_queue(cfg: ReviewConfig) -> Path:
     """Pick the next ``review_rows`` rows and write them to ``OUT/review/round-NN/``; returns that folder."""
-    frame, manifest = read_annotations(cfg.annotations or Path(cfg.out) / "annotations")
+    frame, manifest = read_annotations(Run.of(cfg).annotations)
     labels = manifest["labels"]
     folder = review_dir(cfg.out)
     queue = read_queue(cfg.out)

@@ -7,24 +7,15 @@ from pathlib import Path
 
 from distillery.core.errors import UserError
 from distillery.core.options import check_settings, check_student_folder, option
+from distillery.core.run import shared
 
 
 @dataclass
 class PredictConfig:
     """Label new rows with a saved student (encoder, LoRA adapter, merged or ONNX)."""
 
-    out: str = option(
-        "data/runs/demo",
-        "run folder; the student is read from OUT/student unless --student names one",
-        short="run folder",
-        group="input",
-    )
-    student: str = option(
-        "",
-        "the student folder distill (or export) wrote (default OUT/student)",
-        short="student folder (OUT/student)",
-        group="student",
-    )
+    out: str = shared("out")
+    student: str = shared("student")
     data: str = option(
         "",
         "input (required): a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME",
@@ -84,19 +75,12 @@ class PredictConfig:
         short="confidence under which rows defer",
         group="student",
     )
-    device: str = option(
-        "auto",
-        "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)",
-        form="device",
-        short="auto, cpu, cuda or cuda:N",
-        group="device",
-    )
-    overwrite: bool = option(
+    device: str = shared("device")
+    restart_predictions: bool = option(
         False,
         "predict again from the start: replace a --predictions file that another predict run, or a changed "
-        "input, wrote "
-        "(a file distillery did not write is never replaced)",
-        short="replace what is not this run's",
+        "input, wrote (a file distillery did not write is never replaced)",
+        short="predict again from the start",
         group="output",
     )
 
@@ -124,18 +108,8 @@ class ExportConfig:
     """Export a saved student to ONNX for onnxruntime: the fastest variant (int8, int8-ffn-fp32, fp32)
     that keeps the student's labels on its run's held-out rows."""
 
-    out: str = option(
-        "data/runs/demo",
-        "run folder; the student is read from OUT/student unless --student names one",
-        short="run folder",
-        group="input",
-    )
-    student: str = option(
-        "",
-        "the student folder distill wrote (default OUT/student; a LoRA student: its merged/ folder, see --merge)",
-        short="student folder (OUT/student)",
-        group="student",
-    )
+    out: str = shared("out")
+    student: str = shared("student")
     onnx_dir: str = option(
         "",
         "where the ONNX student goes (default: STUDENT-onnx beside the student)",
@@ -159,13 +133,7 @@ class ExportConfig:
         short="share of rows that must keep the label",
         group="output",
     )
-    annotations: str = option(
-        "",
-        "annotations whose rows the variants are checked on (default: those the student was trained from; "
-        "their test rows, topped up with training rows to 200)",
-        short="annotations folder (OUT/annotations)",
-        group="input",
-    )
+    annotations: str = shared("annotations")
     check_rows: int = option(
         2000,
         "at most this many rows are checked (and the answer-or-defer threshold recomputed on them)",
@@ -180,13 +148,7 @@ class ExportConfig:
         short="rows per forward pass",
         group="output",
     )
-    overwrite: bool = option(
-        False,
-        "write into an --onnx-dir that holds files distillery did not write (beside them: they are never "
-        "replaced or deleted)",
-        short="replace what is not this run's",
-        group="output",
-    )
+    overwrite: bool = shared("overwrite")
 
     def __post_init__(self) -> None:
         check_settings(self)  # every field against its declared range, form and choices

@@ -26,8 +26,8 @@ import numpy as np
 import yaml
 
 from distillery.core.errors import UserError
-from distillery.core.options import student_folder
 from distillery.core.registry import student_kinds
+from distillery.core.run import Run
 from distillery.core.rundir import (
     check_folder,
     claim_folder,
@@ -53,7 +53,7 @@ SAMPLE_TEXTS = [" ".join(["a fine and thoughtful film"] * k) + ("!" if k % 2 els
 
 def export(cfg: ExportConfig) -> Path:
     """Export ``cfg.student`` to ONNX; returns the directory written."""
-    folder = student_folder(cfg)
+    folder = Run.of(cfg).student
     student = load_student(folder, "cpu")
     if student.kind == "onnx":
         source = student.meta.get("exported_from")
@@ -71,7 +71,7 @@ def export(cfg: ExportConfig) -> Path:
         from onnxruntime.quantization import quantize_dynamic  # noqa: F401
     except ImportError:
         raise ImportError("export needs onnx, onnxscript and onnxruntime: pip install 'distillery[export]'") from None
-    out = Path(cfg.onnx_dir or f"{folder.resolve()}-onnx")
+    out = Path(cfg.onnx_dir) if cfg.onnx_dir else Run.of(cfg).onnx
     _check_target(out, folder)
     check_folder(out, cfg.overwrite, flag="--onnx-dir")  # before the lock: a refused folder gets nothing written
     rows = check_rows(cfg, folder, student.labels)
@@ -112,8 +112,8 @@ def _check_target(out: Path, folder: Path) -> None:
     record = StudentMeta.read(out)
     if (
         (record is not None and record.student != "onnx")
-        or (out / "manifest.json").is_file()
-        or (out / "annotations").is_dir()
+        or Run(out).manifest.is_file()  # an annotations folder
+        or Run(out).annotations.is_dir()  # a run folder
     ):
         raise UserError(f"onnx_dir: '{out}' holds a student or a run of distillery's own; pass another --onnx-dir")
 
@@ -125,7 +125,7 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     from distillery.annotate.chunks import read_annotations, teacher_probabilities
 
     annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
-    if annotations is None or not (annotations / "manifest.json").is_file():
+    if annotations is None or not Run(Path(), annotations_dir=str(annotations)).manifest.is_file():
         if cfg.annotations:
             raise UserError(
                 "annotations: expected the run's annotations folder (with manifest.json); found none in "
@@ -160,12 +160,12 @@ def _trained_on(folder: Path) -> Path | None:
         config = path / "distillery_config.yaml"
         if config.is_file():
             cfg = yaml.safe_load(config.read_text()) or {}
-            named = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
-            if named.is_absolute() or (named / "manifest.json").is_file():
-                return named
-            return (
-                path.parent / "annotations"
-            )  # a relative path from where distill ran: the run folder holds the student
+            named = Run(Path(cfg.get("out", "")), cfg.get("annotations") or "")
+            if named.annotations.is_absolute() or named.manifest.is_file():
+                return named.annotations
+            return Run(
+                path.parent
+            ).annotations  # a relative path from where distill ran: the run folder holds the student
     return None
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from distillery.core.errors import UserError
 from distillery.core.inputs import iter_texts
 from distillery.core.models import pick_device
-from distillery.core.options import student_folder
+from distillery.core.run import Run
 from distillery.core.rundir import (
     LOCK_FILE,
     append_csv,
@@ -79,9 +79,7 @@ def predict(cfg: PredictConfig) -> Path:
     input and its content hash, and each finished chunk's checksum); one process at a time
     writes it. A refused run leaves nothing new on disk.
     """
-    out = Path(cfg.predictions)
-    if out.is_dir():
-        out = out / "predictions.csv"
+    out = Run.predictions(Path(cfg.predictions))
     seen = Path(os.path.abspath(out))  # 'new/../in.csv' is in.csv even where new/ does not exist
     if Path(cfg.data).is_file() and seen.exists() and os.path.samefile(seen, cfg.data):  # however either is spelt
         raise UserError(
@@ -90,12 +88,12 @@ def predict(cfg: PredictConfig) -> Path:
         )
     parts = out.with_name(out.name + ".parts")
     mine = foreign(seen) + [f"{parts.name}/{name}" for name in foreign(seen.with_name(parts.name))]
-    if mine:  # whatever --overwrite says: a file distillery did not write is never replaced or deleted
+    if mine:  # whatever --restart-predictions says: a file distillery did not write is never replaced or deleted
         raise UserError(
             f"--predictions {out}: {', '.join(mine[:3])} exists and was not written by this predict run (nor any "
-            "distillery run: it is never replaced, --overwrite or not); pass another --predictions, or move it away"
+            "distillery run: it is never replaced); pass another --predictions, or move it away"
         )
-    folder = student_folder(cfg)
+    folder = Run.of(cfg).student
     student = load_student(folder, pick_device(cfg.device))
     threshold = defer_threshold(cfg, student)
     chunks = iter_texts(
@@ -207,9 +205,9 @@ def _weights(folder: Path) -> list[dict]:
 def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -> dict:
     """The run's state in ``OUT.parts/run.json``; a different run, or a changed input, is refused."""
     state_file = parts / "run.json"
-    overwrite = cfg.overwrite
+    restart = cfg.restart_predictions
     source = Path(cfg.data) if Path(cfg.data).is_file() else None
-    if state_file.is_file() and overwrite:
+    if state_file.is_file() and restart:
         _clear(parts)
     if state_file.is_file():
         try:
@@ -218,12 +216,12 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(
                 f"{state_file}: not a predict state distillery can read (cut or edited); it is kept as it is: pass "
-                "another --predictions, or --overwrite to predict again"
+                "another --predictions, or --restart-predictions to predict again"
             ) from None
         if changed:
             raise UserError(
                 f"{out}: written by another predict run (different {', '.join(changed)}); pass another --predictions, "
-                "or --overwrite to predict again"
+                "or --restart-predictions to predict again"
             )
         digest = (
             sha256_file(source) if source and state.get("input") else None
@@ -232,17 +230,17 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
             raise UserError(
                 f"{cfg.data} changed since {out} was predicted from it (SHA-256 "
                 f"{str(state['input'].get('sha256'))[:12]} then, "
-                f"{digest[:12]} now); pass --overwrite to predict it again, or another --predictions"
+                f"{digest[:12]} now); pass --restart-predictions to predict it again, or another --predictions"
             )
         if state["complete"] and not out.is_file():  # the CSV was moved away: predict again
             _clear(parts)
         else:
             state.setdefault("parts", {})  # a run.json from before parts had checksums: its parts are predicted again
             return state
-    elif out.is_file() and not overwrite:
+    elif out.is_file() and not restart:
         raise UserError(
             f"{out}: exists and was not written by this predict run; pass another --predictions, or "
-            "--overwrite to replace it"
+            "--restart-predictions to replace it"
         )
     state = {
         "fingerprint": fingerprint,
@@ -256,8 +254,8 @@ def _open_state(parts: Path, fingerprint: dict, cfg: PredictConfig, out: Path) -
 
 
 def _clear(parts: Path) -> None:
-    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go.
-    Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files distillery wrote go."""
+    """Forget an earlier run in ``parts`` (its lock file stays: this process holds it); only files
+    distillery wrote go."""
     for path in [parts / "run.json", *parts.glob("part-*.csv")]:
         remove_owned(path)
 

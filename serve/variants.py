@@ -138,8 +138,8 @@ def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -
 
 
 def _export_fused(model, tokenizer, path: Path, temperature: float) -> None:
-    """Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's attention fused.
-    Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's attention fused."""
+    """Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's
+    attention fused."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     eager = copy.deepcopy(model).eval()

@@ -56,8 +56,8 @@ def _help(command: str, flag: str = "--help") -> str:
 
 
 def _names_read(paths: list[str]) -> set[str]:
-    """Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings).
-    Attribute names read and string constants in the given modules (getattr(cfg, name) loops name them as strings)."""
+    """Attribute names read and string constants in the given modules (getattr(cfg, name) loops name
+    them as strings)."""
     names: set[str] = set()
     files = [f for p in paths for f in ([ROOT / p] if p.endswith(".py") else sorted((ROOT / p).glob("*.py")))]
     for file in files:

@@ -308,3 +308,19 @@ def test_a_plugin_that_fails_to_load_is_one_line_naming_it(tmp_path):
         "plugin 'broken' (package distillery-broken) failed to load: RuntimeError: needs a newer distillery"
         in done.stderr
     )
+
+
+def test_a_saved_student_of_a_kind_no_plugin_registers_is_one_line_naming_the_package(tmp_path, capsys):
+    student = tmp_path / "student"
+    student.mkdir()
+    (student / "config.json").write_text("{}")
+    record = {"student": "tiny-gpt", "labels": ["negative", "positive"], "plugin": "distillery-tiny-gpt"}
+    (student / "distillery_student.json").write_text(json.dumps(record))
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["fine"]}).to_csv(rows, index=False)
+    argv = ["predict", "--student", str(student), "--data", str(rows), "--predictions", str(tmp_path / "p.csv")]
+    assert distillery_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "a student of kind 'tiny-gpt', which no installed plugin registers" in err
+    assert "install the package distillery-tiny-gpt" in err

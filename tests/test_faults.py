@@ -1,4 +1,5 @@
-"""Issue #26: `--overwrite` never deletes or replaces a user's file. Every stage is walked with
+"""Issue #26: `--overwrite` (and, since #27, `--restart-annotations` and `--restart-predictions`) never deletes or
+replaces a user's file. Every stage is walked with
 --overwrite over folders that hold user files (plain files, files named like Distillery's, a
 subfolder, a symlink), twice (a retry after a failure must not claim what the failure touched);
 every user file's bytes must be unchanged, and a name clash is one line, exit 2."""
@@ -69,6 +70,7 @@ def test_case1_a_failed_overwrite_claims_nothing_and_the_retry_deletes_nothing(
         "--out",
         str(run),
         "--overwrite",
+        "--restart-annotations",
     ]
     for _ in range(2):
         assert distillery_cli.main(argv) == 2
@@ -99,10 +101,22 @@ def test_case1_our_own_manifest_that_does_not_parse_is_one_line_and_kept(reviews
         "--out",
         str(tmp_path / "R"),
         "--overwrite",
+        "--restart-annotations",
     ]
     assert distillery_cli.main(argv) == 2
     assert "manifest.json: not a manifest distillery can read" in one_line(capsys)
     assert (root / "manifest.json").read_text() == "{not json"
+
+
+# The flags that let each stage write where files it did not write are, and start its work over.
+FORCE = {
+    "annotate": ["--overwrite", "--restart-annotations"],
+    "distill": ["--overwrite"],
+    "export": ["--overwrite"],
+    "predict": ["--restart-predictions"],
+    "evaluate": [],
+    "review": [],
+}
 
 
 def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(
@@ -173,9 +187,7 @@ def test_every_stage_with_overwrite_leaves_every_user_file_as_it_was(
     ]
     for argv in stages:
         for _ in range(2):
-            code = distillery_cli.main(
-                [*argv, "--overwrite"] if argv[0] not in ("evaluate", "review") else argv
-            )  # they have none
+            code = distillery_cli.main([*argv, *FORCE[argv[0]]])  # evaluate and review have none
             assert code == 0, capsys.readouterr().err
             unchanged(files)
             assert all(folder.is_dir() and not any(folder.iterdir()) for folder in folders), (

@@ -113,7 +113,7 @@ def test_resume_refuses_annotations_of_another_file(annotated, tiny_llama, tiny_
     out, student = _stopped_after_first_checkpoint(annotated, tiny_roberta, tmp_path, monkeypatch)
     other = tmp_path / "other.csv"
     make_rows(64).assign(review=lambda f: f["review"] + " again").to_csv(other, index=False)
-    annotate(_annotate_cfg(other, tiny_llama, out, overwrite=True))  # the same calibration mode, other rows
+    annotate(_annotate_cfg(other, tiny_llama, out, restart_annotations=True))  # the same calibration mode, other rows
     with pytest.raises(
         UserError, match=r"the annotations changed since the checkpoint .*\(chunk part-00000.csv changed\)"
     ):

@@ -105,8 +105,8 @@ def test_case7_a_same_size_edit_with_its_mtime_restored_is_a_changed_input(stude
     capsys.readouterr()
     assert _predict(student, rows, out) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "changed since" in err and "--overwrite" in err, err
-    assert _predict(student, rows, out, "--overwrite") == 0
+    assert len(err.splitlines()) == 1 and "changed since" in err and "--restart-predictions" in err, err
+    assert _predict(student, rows, out, "--restart-predictions") == 0
     assert pd.read_csv(out)["text"].str.contains("lave").any()
 
 
@@ -116,7 +116,7 @@ def test_case11a_predictions_that_are_the_input_however_spelt_are_refused(studen
     (tmp_path / "link.csv").symlink_to(rows)
     for spelt in (tmp_path / "sub" / ".." / "rows.csv", tmp_path / "link.csv"):
         capsys.readouterr()
-        assert _predict(student, rows, spelt, "--overwrite") == 2
+        assert _predict(student, rows, spelt, "--restart-predictions") == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "pass another --predictions" in err, err
         assert rows.read_bytes() == original, "the input is never replaced"
@@ -176,7 +176,7 @@ def test_predict_and_export_never_touch_a_users_parts_or_staging_files(student, 
 
     predict = ["predict", "--student", str(student), "--data", str(rows), "--text-column", "review", "--device", "cpu"]
     parts = plant(tmp_path / "P.csv.parts", ("run.json", "part-00000.csv"))
-    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "P.csv"), "--overwrite"]) == 2
+    assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "P.csv"), "--restart-predictions"]) == 2
     assert "P.csv.parts/" in one_line(capsys)
     unchanged(parts)
     assert distillery_cli.main([*predict, "--predictions", str(tmp_path / "new" / ".." / rows.name)]) == 2

@@ -227,7 +227,7 @@ def test_torn_or_edited_chunks_stop_the_run_naming_the_file(tiny_llama, rows_csv
     assert done.returncode == 2 and "part-00001.csv does not match its checksum" in done.stderr
 
 
-def test_an_edited_input_stops_the_rerun_until_overwrite(tiny_llama, tmp_path):
+def test_an_edited_input_stops_the_rerun_until_restart_annotations(tiny_llama, tmp_path):
     data = tmp_path / "rows.csv"
     rows = make_rows(12).assign(rid=[f"r{i}" for i in range(12)])
     rows.to_csv(data, index=False)
@@ -238,15 +238,15 @@ def test_an_edited_input_stops_the_rerun_until_overwrite(tiny_llama, tmp_path):
     rows.loc[6, "sentiment"] = "negative" if rows.loc[6, "sentiment"] == "positive" else "positive"
     rows.to_csv(data, index=False)
     done = cli(*args)
-    assert done.returncode == 2 and "the input changed" in done.stderr and "--overwrite" in done.stderr, done.stderr
-    done = cli(*args, "--overwrite")
+    assert done.returncode == 2 and "the input changed" in done.stderr and "--restart-annotations" in done.stderr
+    done = cli(*args, "--restart-annotations")
     assert done.returncode == 0, done.stderr
     frame = read_annotations(out / "annotations")[0].set_index("id")
     assert frame.loc["r5", "text"] == "an edited text" and frame.loc["r6", "gold"] == rows.loc[6, "sentiment"]
     for changed in (make_rows(16), make_rows(8)):  # grown by a whole chunk, then shrunk: no chunk is edited
         changed.assign(rid=[f"r{i}" for i in range(len(changed))]).to_csv(data, index=False)
         done = cli(*args)
-        assert done.returncode == 2 and "--overwrite" in done.stderr, done.stderr
+        assert done.returncode == 2 and "--restart-annotations" in done.stderr, done.stderr
         assert "12 rows then, 16 now" in done.stderr or "shrank" in done.stderr, done.stderr
     assert len(read_annotations(out / "annotations")[0]) == 12, "the run's rows are kept as they were"
 
@@ -373,15 +373,17 @@ def test_predict_killed_at_random_points_writes_every_row_exactly_once(student, 
     pd.testing.assert_frame_equal(got, want)
 
 
-def test_predict_on_a_changed_input_stops_until_overwrite(student, tmp_path):
+def test_predict_on_a_changed_input_stops_until_restart_predictions(student, tmp_path):
     data, out = tmp_path / "new.csv", tmp_path / "preds.csv"
     make_rows(20).to_csv(data, index=False)
     assert cli(*_predict_args(student, data, out)).returncode == 0
     make_rows(40).assign(review=lambda f: f["review"] + " (edited)").to_csv(data, index=False)
     done = cli(*_predict_args(student, data, out))
-    assert done.returncode == 2 and "changed since" in done.stderr and "--overwrite" in done.stderr, done.stderr
+    assert done.returncode == 2 and "changed since" in done.stderr and "--restart-predictions" in done.stderr, (
+        done.stderr
+    )
     assert len(pd.read_csv(out)) == 20, "the old predictions are kept until the user says otherwise"
-    assert cli(*_predict_args(student, data, out, "--overwrite")).returncode == 0
+    assert cli(*_predict_args(student, data, out, "--restart-predictions")).returncode == 0
     got = pd.read_csv(out, keep_default_na=False)
     assert len(got) == 40 and got["text"].str.endswith("(edited)").all()
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from distillery.core.run import Run
+
 __all__ = [
     "GOLD_COLUMNS",
     "QUEUE_COLUMNS",
@@ -33,7 +35,7 @@ QUEUE_COLUMNS = ["id", "round", "part", "split", "teacher_label", "teacher_score
 
 
 def review_dir(out: str | Path) -> Path:
-    return Path(out) / "review"
+    return Run(Path(out)).review
 
 
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -129,7 +129,13 @@ SHARED = {
         "input",
         {"ge": 0, "le": SEED_MAX},
     ),
-    "device": ("auto", "auto, cpu, cuda or cuda:N", "auto, cpu, cuda or cuda:N", "device", {"form": "device"}),
+    "device": (
+        "auto",
+        "auto, cpu, cuda or cuda:N (an ONNX student runs on the CPU)",
+        "auto, cpu, cuda or cuda:N",
+        "device",
+        {"form": "device"},
+    ),
     "overwrite": (
         False,
         "write into folders that hold files Distillery did not write, beside them: those are never replaced "

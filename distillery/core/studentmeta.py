@@ -68,6 +68,8 @@ class StudentMeta:
         defer: the answer-or-defer threshold evaluate picked (predict --defer reads it); an ONNX
             export's is recomputed for the variant it serves.
         export: an ONNX export's variant, the variants measured (parity, speed) and why it was picked.
+        plugin: the package whose plugin registered its kind (left out for Distillery's own kinds):
+            loading it where that package is missing names it.
         extra: keys this version does not know, kept as read.
     """
 
@@ -83,6 +85,7 @@ class StudentMeta:
     evaluation: dict | None = None
     defer: dict | None = None
     export: dict | None = None
+    plugin: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod

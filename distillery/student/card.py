@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from distillery.core.registry import student_kinds
+from distillery.core.run import Run
 from distillery.core.rundir import write_text
 from distillery.core.studentmeta import STUDENT_FILE
 from distillery.student.kinds import student_kind
@@ -90,8 +91,7 @@ def card_data(student_dir: str | Path) -> CardData:
         trained = trained.parent
     cfg = _read(trained / "distillery_config.yaml")
     summary = _read(trained / "train_summary.json")
-    annotations = Path(cfg.get("annotations") or Path(cfg.get("out", "")) / "annotations")
-    manifest = _read(annotations / "manifest.json")
+    manifest = _read(Run(Path(cfg.get("out", "")), cfg.get("annotations") or "").manifest)
     source = manifest.get("config", {})
     data = shareable_name(source.get("data", ""))  # the file's name, not where it lies on this machine
     kind = cfg.get("student_kind", "encoder")

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from distillery.core.errors import UserError
 from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
 from distillery.core.options import check_settings, option
 from distillery.core.registry import student_kinds
@@ -270,11 +271,13 @@ def save_student(
     folder without it is a student whose training did not finish). ``temperature``: its fitted
     temperature scaling, applied wherever it is loaded."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    origin = student_kinds.origin(cfg.student_kind)
     meta = StudentMeta(
         student=cfg.student_kind,
         labels=labels,
         base=getattr(model, "base_path", None),
         qlora=getattr(cfg.settings, "qlora", False),
+        plugin=origin if origin not in ("", "distillery") else None,  # a kind a plugin package registered
         temperature=temperature,
     )
     student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)
@@ -286,5 +289,11 @@ def load_trained_student(path: str | Path, device="cpu"):
     names (a merged LoRA student, or a folder without the file, loads as a full model)."""
     path, device = Path(path), torch.device(device)
     meta = StudentMeta.read(path)
-    kind = meta.student if meta is not None and meta.student in student_kinds else "encoder"
+    kind = "encoder" if meta is None or meta.student == "merged" else meta.student  # merged: a full model
+    if kind not in student_kinds:
+        plugin = f"the package {meta.plugin}" if meta.plugin else "the package that provides it (a distillery plugin)"
+        raise UserError(
+            f"{path}: a student of kind '{kind}', which no installed plugin registers "
+            f"(registered: {', '.join(student_kinds.names())}); install {plugin}, then rerun"
+        )
     return student_kind(kind).load(path, meta, device)
