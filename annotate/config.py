@@ -220,6 +220,10 @@ class AnnotateConfig:
         return flat_settings(self)
 
     @classmethod
-    def from_flat(cls, values: dict) -> AnnotateConfig:
-        """The config back from :meth:`flat` (the keys of backends other than the recorded one are left out)."""
+    def from_flat(cls, values: dict, strict: bool = True) -> AnnotateConfig:
+        """The config from one flat mapping, the backend's settings among them (as :meth:`flat` writes it
+        and users write config files). ``strict=False`` (a recorded manifest): the keys of backends
+        other than the recorded one, and keys this version does not know, are left out."""
+        if strict:
+            return cls(**split_settings(cls, teacher_backends, values, None))
         return cls(**split_settings(cls, teacher_backends, values, values.get("backend", "local")))

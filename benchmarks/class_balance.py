@@ -119,7 +119,9 @@ def refit_temperature(record: dict) -> dict:
     out = _run_dir(record)
     if out in _REFITTED:
         return {**record, **_REFITTED[out]}
-    cfg = DistillConfig(**yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()))
+    cfg = DistillConfig.from_flat(
+        yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()), strict=False
+    )
     rows = load_training_rows(cfg)
     student = load_student(out / "student")
     student.temperature = 1.0
@@ -166,7 +168,9 @@ def reapply_auto(results: list[dict]) -> list[dict]:
         if record["class weights"] != "auto":
             out.append(record)
             continue
-        cfg = DistillConfig(**yaml.safe_load((_run_dir(record) / "student" / "distillery_config.yaml").read_text()))
+        cfg = DistillConfig.from_flat(
+            yaml.safe_load((_run_dir(record) / "student" / "distillery_config.yaml").read_text()), strict=False
+        )
         weighted_now = class_weights("auto", load_training_rows(cfg)) is not None
         if weighted_now == (record["weights used"] is not None):
             out.append(record)

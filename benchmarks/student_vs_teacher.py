@@ -72,7 +72,7 @@ def main() -> None:
     )  # batches of similar length, for every model
     results = []
 
-    cfg = AnnotateConfig(**{**manifest["config"], "device": "cpu"})
+    cfg = AnnotateConfig.from_flat({**manifest["config"], "device": "cpu"}, strict=False)
     teacher = LocalTeacher(cfg, TaskSpec(**manifest["task"]))
     teacher_size = size_on_disk(resolve_model(manifest["teacher"]))
     for batch in (1, 32):

@@ -13,6 +13,7 @@ from distillery.core.options import (
     flat_settings,
     option,
     settings_field,
+    split_settings,
 )
 from distillery.core.registry import student_kinds
 from distillery.core.run import shared
@@ -210,3 +211,10 @@ class DistillConfig:
     def flat(self) -> dict:
         """Every setting as one flat mapping, the student kind's included (distillery_config.yaml, checkpoints)."""
         return flat_settings(self)
+
+    @classmethod
+    def from_flat(cls, values: dict, strict: bool = True) -> DistillConfig:
+        """The config from one flat mapping (as :meth:`flat` writes it); ``strict=False`` (a recorded
+        distillery_config.yaml): keys of other student kinds and keys this version does not know are left out."""
+        kind = None if strict else values.get("student_kind", "encoder")
+        return cls(**split_settings(cls, student_kinds, values, kind))

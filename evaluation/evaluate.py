@@ -60,7 +60,7 @@ def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | 
     from distillery.annotate.backends import batch_limits, build_teacher, teacher_batches
     from distillery.core.tasks import TaskSpec
 
-    cfg = AnnotateConfig.from_flat(manifest["config"])
+    cfg = AnnotateConfig.from_flat(manifest["config"], strict=False)
     teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
     rows, tokens = batch_limits(cfg)
     teacher.score(texts[:rows])  # warm-up

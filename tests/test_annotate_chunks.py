@@ -33,7 +33,7 @@ def _cfg(tiny_llama, data, out, **kw):
         teacher_batch_size=4,
         test_fraction=0.25,
     )
-    return AnnotateConfig(**{**base, **kw})
+    return AnnotateConfig.from_flat({**base, **kw})  # flat, as a config file: the backend's settings among them
 
 
 def test_chunks_manifest_and_columns(tiny_llama, reviews_csv, tmp_path):

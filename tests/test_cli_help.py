@@ -109,6 +109,7 @@ def test_every_setting_has_one_group_and_one_short_help_whatever_the_stage():
         (["distill", "--output-dir", "x"], "--output-dir was renamed: use --student"),
         (["export", "--output-dir", "x"], "--output-dir was renamed: use --onnx-dir"),
         (["predict", "--data", "x.csv", "--batch-size", "4"], "--batch-size was renamed: use --predict-batch-size"),
+        (["predict", "--data", "x.csv", "--overwrite"], "--overwrite was renamed: use --restart-predictions"),
     ],
 )
 def test_an_old_flag_is_an_error_that_names_the_new_one(argv, says, capsys):

@@ -5,10 +5,13 @@ local models."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -224,19 +227,41 @@ def register():
 '''
 
 
+def _wheel(folder: Path, name: str, files: dict[str, str], entry_points: str) -> Path:
+    """A pure-Python wheel of ``files``, laid out by hand (the format is zip + metadata: no build tool needed)."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-0.1.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: distillery-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": entry_points,
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = folder / f"{dist}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
-    """distillery-cues, installed by pip (no network, no build isolation) into a folder of its own."""
-    src, site = tmp_path_factory.mktemp("distillery-cues"), tmp_path_factory.mktemp("site")
-    (src / "distillery_cues.py").write_text(PLUGIN)
-    (src / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        '[project]\nname = "distillery-cues"\nversion = "0.1"\n\n'
-        '[project.entry-points."distillery.plugins"]\ncues = "distillery_cues:register"\n\n'
-        '[tool.setuptools]\npy-modules = ["distillery_cues"]\n'
+    """distillery-cues, installed by pip (its wheel; no network) into a folder of its own."""
+    build, site = tmp_path_factory.mktemp("distillery-cues"), tmp_path_factory.mktemp("site")
+    wheel = _wheel(
+        build,
+        "distillery-cues",
+        {"distillery_cues.py": PLUGIN},
+        "[distillery.plugins]\ncues = distillery_cues:register\n",
     )
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-    subprocess.run([*pip, "--target", str(site), str(src)], check=True, timeout=300, capture_output=True)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
+    done = subprocess.run(pip, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert (site / "distillery_cues.py").is_file() and list(site.glob("distillery_cues-0.1.dist-info"))
     return site
 
@@ -297,11 +322,14 @@ def _distillery_reference(site: Path) -> str:
 
 def test_a_plugin_that_fails_to_load_is_one_line_naming_it(tmp_path):
     site = tmp_path / "site"
-    dist = site / "distillery_broken-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: distillery-broken\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[distillery.plugins]\nbroken = distillery_broken:register\n")
-    (site / "distillery_broken.py").write_text("raise RuntimeError('needs a newer distillery')\n")
+    wheel = _wheel(
+        tmp_path,
+        "distillery-broken",
+        {"distillery_broken.py": "raise RuntimeError('needs a newer distillery')\n"},
+        "[distillery.plugins]\nbroken = distillery_broken:register\n",
+    )
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
+    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
     done = _distillery("annotate", "--backend", "local", "--out", str(tmp_path / "run"), site=site)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert (

@@ -73,7 +73,7 @@ def _hosted_cfg(url, data, out, **kw):
         "request_timeout": 10.0,
         "concurrency": 2,
     }
-    return AnnotateConfig(**{**base, **kw})
+    return AnnotateConfig.from_flat({**base, **kw})  # flat, as a config file: the openai backend's settings among them
 
 
 def test_a_huge_row_fails_before_tokenizing_and_is_retried_only_when_asked(tiny_llama, tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ def test_a_huge_row_fails_before_tokenizing_and_is_retried_only_when_asked(tiny_
     }
 
     started = time.perf_counter()
-    root = annotate(AnnotateConfig(**cfg))
+    root = annotate(AnnotateConfig.from_flat(cfg))
     frame, manifest = read_annotations(root)
     assert max(map(len, seen)) < 1000, "the huge row reached the teacher"
     bad = frame[frame["error_type"] != ""]
@@ -117,10 +117,10 @@ def test_a_huge_row_fails_before_tokenizing_and_is_retried_only_when_asked(tiny_
     assert time.perf_counter() - started < 60
 
     seen.clear()
-    annotate(AnnotateConfig(**cfg))  # a plain rerun: nothing to ask
+    annotate(AnnotateConfig.from_flat(cfg))  # a plain rerun: nothing to ask
     assert seen == [] and read_annotations(root)[1]["rows_failed"] == 1
 
-    annotate(AnnotateConfig(**cfg, retry_failed=True, max_row_chars=400_000))
+    annotate(AnnotateConfig.from_flat({**cfg, "retry_failed": True, "max_row_chars": 400_000}))
     assert [len(t) for t in seen if len(t) > 1000] == [300_000, 300_000], (
         "asked again (it then fails on --max-prompt-tokens)"
     )

@@ -201,6 +201,8 @@ def test_small_sets_get_a_floor_of_optimizer_steps_and_automatic_settings(annota
     summary = json.loads((floor / "train_summary.json").read_text())
     # 15 training rows, batch 8: 2 steps an epoch, so 12 steps take 6 epochs.
     assert (summary["epochs"], summary["steps"]) == (6, 12) and len(_log(floor)) == 12
+    card = (floor / "README.md").read_text()  # distill() writes the model card, as the command does
+    assert "library_name: transformers" in card and "negative" in card
     plain = json.loads(
         (
             distill(DistillConfig(student=str(tmp_path / "plain"), min_steps=0, **base)) / "train_summary.json"

@@ -365,11 +365,14 @@ def flat_settings(config) -> dict:
     return out
 
 
-def split_settings(cls, registry, values: dict, name: str) -> dict:
-    """Flat ``values`` as ``cls``'s keyword arguments: its own fields, and the entry ``name``'s settings
-    under ``settings`` (keys that only other entries declare are left out)."""
+def split_settings(cls, registry, values: dict, name: str | None) -> dict:
+    """Flat ``values`` as ``cls``'s keyword arguments: its own fields, and the registry entries' settings
+    under ``settings``. ``name``: keep only that entry's settings (other keys are left out); None:
+    keep every key, so that one the chosen entry does not declare is an error where it is built."""
     own = {f.name for f in dataclasses.fields(cls)}
-    theirs = {f.name for f in dataclasses.fields(settings_of(registry, name))}
+    theirs = (
+        {f.name for f in dataclasses.fields(settings_of(registry, name))} if name is not None else set(values) - own
+    )
     kwargs = {k: v for k, v in values.items() if k in own and k != "settings"}
     kwargs["settings"] = {k: v for k, v in values.items() if k in theirs}
     return kwargs
