@@ -23,7 +23,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from distillery.core.options import check_settings, option
 from distillery.core.run import Run
@@ -162,6 +162,21 @@ class RequestCache:
 @dataclass
 class HostedSettings:
     """The settings of the ``openai`` backend (an OpenAI-compatible server), registered with it."""
+
+    # Settings a rerun may change without changing the answers (the rest are the run's fingerprint).
+    SAME_ANSWERS: ClassVar[tuple] = (
+        "base_url",  # the model is --teacher (fingerprinted); a server restarted on another port serves it the same
+        "api_key_env",
+        "extra_headers",
+        "request_timeout",
+        "concurrency",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_retries",
+        "price_prompt_per_m",
+        "price_completion_per_m",
+        "max_cost",
+    )
 
     base_url: str = option(
         "",

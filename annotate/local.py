@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -132,6 +132,10 @@ class VerbalizerScorer:
 class LocalSettings:
     """The settings of the ``local`` backend (a Hugging Face model in this process), registered with it."""
 
+    # Settings a rerun may change without changing the teacher's answers (the others are part of the
+    # run's fingerprint: a change is refused, naming --restart-annotations).
+    SAME_ANSWERS: ClassVar[tuple] = ("teacher_batch_tokens", "prefix_cache")
+
     teacher_batch_tokens: int = option(
         0,
         "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
@@ -147,6 +151,7 @@ class LocalSettings:
     dtype: str = option(
         "auto",
         "teacher dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16",
+        choices=("auto", "float32", "bfloat16", "float16"),
         short="auto, float32, bfloat16, float16",
     )
     load_in_4bit: bool = option(

@@ -7,6 +7,7 @@ Run it with::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -125,6 +126,22 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     return store.root
 
 
+def answer_settings(cfg: AnnotateConfig) -> dict:
+    """The backend and those of its settings that change the teacher's answers (all but the ones its
+    settings class lists in ``SAME_ANSWERS``), where they differ from the local backend's defaults."""
+    settings = cfg.settings
+    same = getattr(type(settings), "SAME_ANSWERS", ())
+    unset = type(settings)()
+    changed = {
+        f.name: getattr(settings, f.name)
+        for f in dataclasses.fields(settings)
+        if f.name not in same and getattr(settings, f.name) != getattr(unset, f.name)
+    }
+    if cfg.backend == "local" and not changed:
+        return {}
+    return {"name": cfg.backend, **changed}
+
+
 def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> ChunkStore:
     """The run's chunk store, claimed and checked against the rows this call selected."""
     root = Run.of(cfg).annotations
@@ -154,6 +171,9 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
         fingerprint["data"]["split_column"] = cfg.split_column
     if cfg.only_deferred:
         fingerprint["data"]["only_deferred"] = True
+    answers = answer_settings(cfg)
+    if answers:  # only when not the defaults of the local backend, so runs from before this still resume
+        fingerprint["backend"] = redacted(answers)  # never a secret in the manifest
     claim_folder(root, cfg.overwrite)  # --overwrite writes beside files of someone else's, never over them
     guard_files(root, ["manifest.json", "config.yaml", *CACHE_FILES, *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])

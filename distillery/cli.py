@@ -13,7 +13,10 @@
 
 Every subcommand takes --config FILE.yaml (flat keys, named like the flags with underscores);
 flags win over the file; one file serves every stage; unknown keys are errors.
---out is the run folder and --student the student folder (default OUT/student) everywhere.
+--out is the run folder and --student the student folder (default OUT/student) everywhere;
+--overwrite only lets a stage write beside files it did not write (--restart-annotations and
+--restart-predictions start over). Installed plugins (distillery.plugins entry points) add their
+backends, student kinds, calibration modes and strategies, with their settings.
 
 Exit codes: 0 done; 2 a mistake in the input, a setting or a file (one line says what to fix);
 130 interrupted (rerun to resume); 1 a bug in Distillery (its traceback is printed).
@@ -154,6 +157,30 @@ def entry_groups(command: str) -> list[tuple[str, object, str, list[dataclasses.
                 if fields:
                     out.append((f"{name} {registry.axis} ({registry.flag} {name})", registry, name, fields))
     return out
+
+
+def check_entry_settings() -> None:
+    """A backend's or student kind's own setting must not take the name of a stage's setting (it would take
+    over that flag), and two entries that declare one name must give it one type: else one line naming it."""
+    own = {f.name for command in STAGES for cls in stage_configs(command) for f in dataclasses.fields(cls)}
+    types: dict[str, tuple[str, str]] = {}
+    for command in STAGES:
+        for _, registry, name, fields in entry_groups(command):
+            where = f"{registry.axis} '{name}'" + (
+                f" (package {registry.origin(name)})" if registry.origin(name) else ""
+            )
+            for f in fields:
+                if f.name in own:
+                    raise UserError(
+                        f"{where}: its setting '{f.name}' has the name of a Distillery setting "
+                        f"(--{f.name.replace('_', '-')}), whose flag it would take; it must be renamed in the plugin"
+                    )
+                first = types.setdefault(f.name, (type_name(f), where))
+                if first[0] != type_name(f):
+                    raise UserError(
+                        f"{where}: its setting '{f.name}' is a {type_name(f)}, but {first[1]} declares it a "
+                        f"{first[0]}; one name has one meaning: it must be renamed in one of them"
+                    )
 
 
 def stage_fields(command: str) -> dict[str, dataclasses.Field]:
@@ -469,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         load_plugins()  # the registries' entries: built-in and installed plugins (the flags depend on them)
+        check_entry_settings()
     except UserError as err:
         print(f"distillery: error: {_one_line(err)}", file=sys.stderr)
         return 2

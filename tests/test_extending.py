@@ -297,6 +297,11 @@ def test_an_installed_plugin_adds_a_backend_with_its_settings_to_the_command(plu
     assert labels["great great"] == labels["I love it"] == "positive" and labels["I hate it"] == "negative"
     assert np.isclose(np.exp(chunk.loc[chunk["text"] == "I love it", "logprob_positive"].iloc[0]), 1 / (1 + np.exp(-3)))
 
+    # Its settings that change the answers are the run's fingerprint: a rerun with another weight is refused.
+    again = _distillery("annotate", "--config", str(config), "--cue-weight", "4", site=plugin_site)
+    assert again.returncode == 2 and "--restart-annotations" in again.stderr, again.stderr
+    assert _distillery("annotate", "--config", str(config), site=plugin_site).returncode == 0  # the same: resumes
+
     wrong = _distillery("annotate", "--backend", "local", "--cue-weight", "2", site=plugin_site)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "--cue-weight: a setting of the cues teacher backend; found --backend local" in wrong.stderr
@@ -352,3 +357,35 @@ def test_a_saved_student_of_a_kind_no_plugin_registers_is_one_line_naming_the_pa
     assert len(err.splitlines()) == 1, err
     assert "a student of kind 'tiny-gpt', which no installed plugin registers" in err
     assert "install the package distillery-tiny-gpt" in err
+
+
+def test_a_plugin_setting_named_like_one_of_distillerys_is_refused_in_one_line(tmp_path):
+    """It would take over that flag (here --limit) for every backend."""
+    source = PLUGIN.replace('"cues"', '"clash"').replace(
+        "    cue_weight: float", "    limit: int = option(5, 'rows', ge=0)\n    cue_weight: float"
+    )
+    wheel = _wheel(
+        tmp_path,
+        "distillery-clash",
+        {"distillery_clash.py": source},
+        "[distillery.plugins]\nclash = distillery_clash:register\n",
+    )
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--target",
+        str(tmp_path / "site"),
+        str(wheel),
+    ]
+    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
+    done = _distillery("annotate", "--limit", "40", "--out", str(tmp_path / "run"), site=tmp_path / "site")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert (
+        "teacher backend 'clash' (package distillery-clash): its setting 'limit' has the name of a Distillery setting"
+        in done.stderr
+    )

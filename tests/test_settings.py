@@ -41,7 +41,6 @@ FREE_FORM = {
     "onnx_dir",
     "import_file",
     "push_to_hub",
-    "dtype",
 }
 KEY = "abcdef0123456789abcdef0123456789"
 

@@ -149,8 +149,7 @@ def check_settings(config) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             expected = _out_of_range(f, value)
             if expected:
-                what = re.split(r";| \(", f.metadata.get("help", ""))[0][:80]
-                raise UserError(f"{flag}: expected a number {expected}, found {value:g} ({what})")
+                raise UserError(f"{flag}: expected a number {expected}, found {value:g} ({short_help(f)})")
         form = f.metadata.get("form")
         if form and isinstance(value, str):
             expected = FORMS[form](value)
@@ -349,7 +348,9 @@ def entry_settings(registry, name: str, given):
                 f"{flag}: a setting of the {' and '.join(belongs)} {registry.axis}; found {axis} {name}; "
                 f"leave {flag} out, or pass {axis} {belongs[0]}"
             )
-        raise UserError(f"{key}: not a setting of the {name} {registry.axis}; see 'distillery --help-all'")
+        raise UserError(
+            f"{key}: not a setting of Distillery's or of any {registry.axis}; see 'distillery SUBCOMMAND --help-all'"
+        )
     return cls(**given)
 
 

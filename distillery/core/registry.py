@@ -58,7 +58,9 @@ class Registry(Generic[T]):
             if not name or not isinstance(name, str) or name != name.strip() or "," in name:
                 raise ValueError(f"{self.axis} name: expected a non-empty word without commas, found {name!r}")
             if name in self._entries and not replace:
-                raise ValueError(f"{self.axis} '{name}' is already registered; pass replace=True to replace it")
+                by = self._origin.get(name) or "a script"
+                hint = "; two plugins cannot give one name" if _loading else "; pass replace=True to replace it"
+                raise ValueError(f"{self.axis} '{name}' is already registered (by {by}){hint}")
             self._entries[name] = item
             if _loading:
                 self._origin[name] = _loading[-1]
