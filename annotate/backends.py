@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from distillery.annotate.hosted import HostedSettings, HostedTeacher
 from distillery.annotate.local import LocalSettings, LocalTeacher
 from distillery.annotate.teacher import Teacher, TeacherBackend
+from distillery.core.errors import UserError
 from distillery.core.registry import teacher_backends
 from distillery.core.tasks import TaskSpec
 
@@ -40,8 +41,19 @@ teacher_backends.register(
 
 
 def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:
-    """Instantiate the backend named by ``cfg.backend``."""
-    return teacher_backends.get(cfg.backend).build(cfg, task)
+    """Instantiate the backend named by ``cfg.backend``; a teacher without the :class:`Teacher` methods
+    (a plugin's mistake) is one line naming its backend and package."""
+    teacher = teacher_backends.get(cfg.backend).build(cfg, task)
+    missing = [m for m in ("score", "prompt_lengths") if not callable(getattr(teacher, m, None))]
+    if missing:
+        package = teacher_backends.origin(cfg.backend)
+        raise UserError(
+            f"teacher backend '{cfg.backend}'"
+            + (f" (package {package})" if package else "")
+            + f": its teacher has no {' or '.join(m + '()' for m in missing)}; a teacher needs score(texts) and "
+            "prompt_lengths(texts) (docs/extending.md)"
+        )
+    return teacher
 
 
 def batch_limits(cfg: AnnotateConfig) -> tuple[int, int]:

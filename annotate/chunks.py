@@ -90,6 +90,14 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _difference(key: str, old, new) -> str:
+    """What changed under ``key``: only the inner keys that differ, where both are mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        inner = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return "; ".join(f"{key}.{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in inner)
+    return f"{key}: {old!r} there, {new!r} now"
+
+
 class ChunkStore:
     """The chunk files and manifest of one annotation run.
 
@@ -116,7 +124,7 @@ class ChunkStore:
             old = self.manifest.get("fingerprint", {})
             changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             if changed:
-                what = "; ".join(f"{k}: {old.get(k)!r} there, {fingerprint.get(k)!r} now" for k in changed)
+                what = "; ".join(_difference(k, old.get(k), fingerprint.get(k)) for k in changed)
                 raise ManifestError(
                     f"{self.root} holds annotations from a different run ({what}); "
                     "pass another --out, or --restart-annotations to start over (the old annotations are deleted)"

@@ -37,7 +37,7 @@ from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
-from distillery.core.registry import load_plugins, teacher_backends
+from distillery.core.registry import load_plugins, plugin_in_traceback, teacher_backends
 from distillery.core.run import Run
 from distillery.distill.config import DistillConfig
 from distillery.evaluation.config import EvaluateConfig
@@ -529,6 +529,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         traceback.print_exc()
+        plugin = plugin_in_traceback(sys.exc_info()[2])
+        if plugin:  # the plugin's own code raised: its authors can fix it, not Distillery's
+            print(
+                f"distillery {args.command}: the error comes from the plugin package {plugin}, not from Distillery "
+                f"or your settings; report it to its authors with the traceback above (or pip uninstall {plugin})",
+                file=sys.stderr,
+            )
+            return 1
         print(
             f"distillery {args.command}: this is a bug in Distillery, not a mistake in your input or "
             "settings; please report it "

@@ -389,3 +389,56 @@ def test_a_plugin_setting_named_like_one_of_distillerys_is_refused_in_one_line(t
         "teacher backend 'clash' (package distillery-clash): its setting 'limit' has the name of a Distillery setting"
         in done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "fault, code, says",
+    [
+        ("raise RuntimeError('cue table missing')", 1, "the error comes from the plugin package distillery-faulty"),
+        ("return", 2, "teacher backend 'faulty' (package distillery-faulty): its teacher has no prompt_lengths()"),
+    ],
+)
+def test_a_faulty_plugin_backend_is_named_not_taken_for_a_distillery_bug(fault, code, says, tmp_path):
+    source = PLUGIN.replace('"cues"', '"faulty"')
+    if fault.startswith("raise"):  # its own code raises while scoring
+        source = source.replace(
+            "        out = []\n        for text in texts:",
+            f"        {fault}\n        out = []\n        for text in texts:",
+        )
+    else:  # a teacher without prompt_lengths()
+        source = source.replace("    def prompt_lengths(self, texts):\n        return [len(t) for t in texts]\n", "")
+    wheel = _wheel(
+        tmp_path,
+        "distillery-faulty",
+        {"distillery_faulty.py": source},
+        "[distillery.plugins]\nfaulty = distillery_faulty:register\n",
+    )
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--target",
+        str(tmp_path / "site"),
+        str(wheel),
+    ]
+    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
+    data = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["I love it", "meh"] * 4}).to_csv(data, index=False)
+    args = [
+        "annotate",
+        "--data",
+        str(data),
+        "--backend",
+        "faulty",
+        "--calibrate",
+        "none",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    done = _distillery(*args, site=tmp_path / "site")
+    assert done.returncode == code and says in done.stderr, done.stderr
+    assert "a bug in Distillery" not in done.stderr

@@ -26,11 +26,20 @@ from typing import Generic, TypeVar
 
 from distillery.core.errors import UserError
 
-__all__ = ["Registry", "student_kinds", "teacher_backends", "calibration_modes", "active_strategies", "load_plugins"]
+__all__ = [
+    "Registry",
+    "student_kinds",
+    "teacher_backends",
+    "calibration_modes",
+    "active_strategies",
+    "load_plugins",
+    "plugin_in_traceback",
+]
 
 PLUGIN_GROUP = "distillery.plugins"
 BUILTINS = "distillery.builtins"  # Distillery's own plugin (loaded by name too when the package is not installed)
 _plugins: dict[str, str] = {}  # entry point name -> the distribution that declared it; filled once
+_plugin_modules: dict[str, str] = {}  # top-level module of a plugin package's entry point -> its distribution
 
 T = TypeVar("T")
 
@@ -124,6 +133,8 @@ def load_plugins() -> None:
         _load("distillery", "distillery", lambda: importlib.import_module(BUILTINS))
     for ep in found:
         dist = ep.dist.name if ep.dist is not None else ep.name
+        if ep.value != BUILTINS:
+            _plugin_modules[ep.value.split(":")[0].split(".")[0]] = dist
         _load(ep.name, dist, ep.load)
 
 
@@ -142,3 +153,13 @@ def _load(name: str, dist: str, load) -> None:
     finally:
         _loading.pop()
         _plugins[name] = dist
+
+
+def plugin_in_traceback(tb) -> str | None:
+    """The plugin package whose code raised, when the innermost frame of a plugin's module is in ``tb``."""
+    found = None
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        found = _plugin_modules.get(module, found)
+        tb = tb.tb_next
+    return found

@@ -315,7 +315,7 @@ def guard_files(folder: str | Path, names: list[str], flag: str = "--out") -> No
     if found and _main_process():
         raise ForeignFiles(
             f"{folder} holds {_listed(found)}, which distillery did not write and will not replace; "
-            f"move it away, or pass another {flag}"
+            f"move {'them' if len(found) > 1 else 'it'} away, or pass another {flag}"
         )
 
 
