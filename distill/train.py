@@ -762,6 +762,8 @@ def save_checkpoint(
     current, fresh, old = (out_dir / name for name in CHECKPOINTS)
     if accelerator.is_main_process:
         remove_owned(fresh)
+        if fresh.is_dir() and not any(fresh.iterdir()):  # empty and unmarked: an older version was killed making it
+            fresh.rmdir()
         make_folder(fresh)  # everything accelerate and torch write into it is Distillery's
     accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh))

@@ -276,3 +276,23 @@ def test_the_reported_settings_are_one_line_and_write_nothing(argv, yaml_text, f
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in err, err
     assert "abcdef0123456789" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_kill_while_making_a_folder_leaves_nothing_a_rerun_stumbles_on(tmp_path, monkeypatch):
+    """make_folder is atomic: killed after its mkdir (before its marker), it leaves no unmarked folder at
+    the name (one stopped a resumed distill: 'checkpoint.new (File exists)', CI of issue #27)."""
+    from distillery.core import rundir
+
+    target = tmp_path / "checkpoint.new"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the kill, after the folder exists and before its marker is written
+
+    monkeypatch.setattr(rundir, "replacing", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.make_folder(target)
+    monkeypatch.undo()
+    assert not target.exists()
+    rundir.remove_leftovers(tmp_path)  # what the next run does first under its lock
+    assert not any(tmp_path.iterdir())
+    assert rundir.made(rundir.make_folder(target))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -224,9 +225,17 @@ def make_folder(path: str | Path) -> Path:
     """Create ``path`` empty (it must not exist), marked as made by Distillery: every file a library
     writes into it (a checkpoint, a saved model) is Distillery's without being listed."""
     path = Path(path)
-    path.mkdir(parents=True)
-    with replacing(path / OWNED_FILE) as fh:
+    if path.exists():
+        raise FileExistsError(errno.EEXIST, "File exists", str(path))
+    # Made under a temporary name, marker included, then renamed into place: a kill at any instant
+    # leaves either nothing at ``path`` or a folder marked as Distillery's (never an unmarked one that
+    # no later run may remove); the temporary folder is a leftover that remove_leftovers() clears.
+    staging = path.with_name(temporary_name(path.name))
+    shutil.rmtree(staging, ignore_errors=True)  # ours, by its name
+    staging.mkdir(parents=True)
+    with replacing(staging / OWNED_FILE) as fh:
         fh.write(json.dumps({"files": [], "made": True}) + "\n")
+    staging.rename(path)
     return path
 
 
