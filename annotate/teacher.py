@@ -12,7 +12,15 @@ import numpy as np
 
 from distillery.core.errors import UserError
 
-__all__ = ["Annotation", "Teacher", "TeacherBackend", "content_free_bias", "failed_for_good", "normalise"]
+__all__ = [
+    "Annotation",
+    "Teacher",
+    "TeacherBackend",
+    "content_free_bias",
+    "failed_for_good",
+    "normalise",
+    "online_backend",
+]
 
 # A server's 4xx answers that a later try may pass: timeout, conflict, rate limit (the rest refuse the row itself).
 TEMPORARY_4XX = (408, 409, 429)
@@ -69,6 +77,21 @@ class TeacherBackend:
     local: bool = False
     online: bool = False
     batch_rows: int | None = None
+
+
+def online_backend(name: str) -> TeacherBackend:
+    """The registered backend ``name`` where it can score training batches (``distill --teacher-mode online``);
+    any other is a one-line :class:`UserError` naming those that can."""
+    from distillery.core.registry import teacher_backends
+
+    backend = teacher_backends.get(name)
+    if not backend.online:
+        able = [n for n in teacher_backends.names() if teacher_backends.get(n).online]
+        raise UserError(
+            f"teacher_mode online: expected a backend that can score training batches ({', '.join(able)}); "
+            f"found --backend {name}; annotate with it first, then distill offline (--teacher-mode offline)"
+        )
+    return backend
 
 
 def failed_for_good(error_type: str) -> bool:

@@ -9,10 +9,10 @@ import torch
 from distillery.annotate.calibration import fit_calibration, resolve_mode
 from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
-from distillery.annotate.teacher import content_free_bias
+from distillery.annotate.teacher import content_free_bias, online_backend
 from distillery.core.errors import UserError
 from distillery.core.inputs import load_rows
-from distillery.core.registry import calibration_modes, teacher_backends
+from distillery.core.registry import calibration_modes
 from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, split_train_val
@@ -38,13 +38,7 @@ class OnlineTeacher:
 
     def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
         task = load_task(source.task, labels)
-        backend = teacher_backends.get(source.backend)  # the registered backend, as annotate builds it
-        if not backend.online:
-            able = [n for n in teacher_backends.names() if teacher_backends.get(n).online]
-            raise UserError(
-                f"--teacher-mode online: expected a backend that can score training batches ({', '.join(able)}); "
-                f"found --backend {source.backend}; annotate with it first, then distill offline"
-            )
+        backend = online_backend(source.backend)  # the registered backend, as annotate builds it
         self.teacher = backend.build(source, task)
         mode = resolve_mode(source.calibrate, 0, len(labels))
         entry = calibration_modes.get(mode)

@@ -35,9 +35,10 @@ from pathlib import Path
 
 from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.teacher import online_backend
 from distillery.core.errors import UserError
 from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
-from distillery.core.registry import load_plugins, plugin_in_traceback, teacher_backends
+from distillery.core.registry import load_plugins, plugin_in_traceback
 from distillery.core.run import Run
 from distillery.distill.config import DistillConfig
 from distillery.evaluation.config import EvaluateConfig
@@ -416,17 +417,8 @@ def check_together(command: str, configs: list) -> None:
             f"warm_start: applies to a student kind that can start from the previous round's (e.g. encoder); "
             f"found --student-kind {distill.student_kind}; leave --warm-start out"
         )
-    if (
-        distill is not None
-        and annotate is not None
-        and distill.teacher_mode == "online"
-        and not teacher_backends.get(annotate.backend).online
-    ):
-        online = [n for n in teacher_backends.names() if teacher_backends.get(n).online]
-        raise UserError(
-            f"teacher_mode online: expected a backend that can score training batches ({', '.join(online)}); "
-            f"found --backend {annotate.backend}; annotate with it first, then distill offline (--teacher-mode offline)"
-        )
+    if distill is not None and annotate is not None and distill.teacher_mode == "online":
+        online_backend(annotate.backend)  # before any work: a backend that cannot serve it is one line
 
 
 def run_stages(command: str, configs: list) -> None:

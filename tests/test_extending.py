@@ -249,6 +249,13 @@ def _wheel(folder: Path, name: str, files: dict[str, str], entry_points: str) ->
     return wheel
 
 
+def _install(wheel: Path, site: Path) -> None:
+    """``pip install`` the wheel into ``site`` (no dependencies, no index: nothing is downloaded)."""
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
+    done = subprocess.run(pip, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     """distillery-cues, installed by pip (its wheel; no network) into a folder of its own."""
@@ -259,9 +266,7 @@ def plugin_site(tmp_path_factory) -> Path:
         {"distillery_cues.py": PLUGIN},
         "[distillery.plugins]\ncues = distillery_cues:register\n",
     )
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
-    done = subprocess.run(pip, timeout=300, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    _install(wheel, site)
     assert (site / "distillery_cues.py").is_file() and list(site.glob("distillery_cues-0.1.dist-info"))
     return site
 
@@ -333,8 +338,7 @@ def test_a_plugin_that_fails_to_load_is_one_line_naming_it(tmp_path):
         {"distillery_broken.py": "raise RuntimeError('needs a newer distillery')\n"},
         "[distillery.plugins]\nbroken = distillery_broken:register\n",
     )
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
-    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
+    _install(wheel, site)
     done = _distillery("annotate", "--backend", "local", "--out", str(tmp_path / "run"), site=site)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert (
@@ -370,19 +374,7 @@ def test_a_plugin_setting_named_like_one_of_distillerys_is_refused_in_one_line(t
         {"distillery_clash.py": source},
         "[distillery.plugins]\nclash = distillery_clash:register\n",
     )
-    pip = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-index",
-        "--target",
-        str(tmp_path / "site"),
-        str(wheel),
-    ]
-    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
+    _install(wheel, tmp_path / "site")
     done = _distillery("annotate", "--limit", "40", "--out", str(tmp_path / "run"), site=tmp_path / "site")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert (
@@ -413,19 +405,7 @@ def test_a_faulty_plugin_backend_is_named_not_taken_for_a_distillery_bug(fault, 
         {"distillery_faulty.py": source},
         "[distillery.plugins]\nfaulty = distillery_faulty:register\n",
     )
-    pip = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-index",
-        "--target",
-        str(tmp_path / "site"),
-        str(wheel),
-    ]
-    assert subprocess.run(pip, timeout=300, capture_output=True).returncode == 0
+    _install(wheel, tmp_path / "site")
     data = tmp_path / "rows.csv"
     pd.DataFrame({"text": ["I love it", "meh"] * 4}).to_csv(data, index=False)
     args = [
