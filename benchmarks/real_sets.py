@@ -14,6 +14,8 @@ asking the teacher again) into ``data/runs/bench-real-NAME``:
 - ``long``: long imbalanced "reviews": 5 SST-2 training sentences of one label joined into one
   text (~450 characters), 75% positive, 600 train + 400 test rows, none of their sentences in
   the ``sst2`` pool.
+- ``sst2-1k``, ``tweets2-1k``, ``tweets3-1k``, ``long-1k`` (50/50), ``agnews-1k``: smaller pools for the
+  battery of benchmarks/every_class.py (1,000 / 1,100 / 1,200 / 700 / 1,200 train rows);
 - ``tweets2-2k``, ``tweets3-2k``, ``agnews-2k``: the same kinds of rows in pools big enough for
   2,000 training rows at skewed shares (class_balance.py): 4,000 / 2,400 / 4,800 train rows;
   agnews-2k keeps all 1,600 test rows.
@@ -48,10 +50,16 @@ TASKS = {
     "tweets2-2k": "sentiment-binary",
     "tweets3-2k": "sentiment-3way",
     "agnews-2k": "topic",
+    "sst2-1k": "sentiment-binary",
+    "tweets2-1k": "sentiment-binary",
+    "tweets3-1k": "sentiment-3way",
+    "long-1k": "sentiment-binary",
+    "agnews-1k": "topic",
 }
 LABELS = {
     "agnews": ["world", "sports", "business", "sci/tech"],
     "agnews-2k": ["world", "sports", "business", "sci/tech"],
+    "agnews-1k": ["world", "sports", "business", "sci/tech"],
 }  # the topic task takes its labels from here (--labels)
 
 
@@ -90,14 +98,17 @@ SIZES = {
     "tweets3-2k": (2400, 1000),
     "agnews": (1200, 400),
     "agnews-2k": (4800, None),
+    "tweets2-1k": (1100, 700),
+    "tweets3-1k": (1200, 800),
+    "agnews-1k": (1200, 800),
 }
 
 
 def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
     """The rows of one set: columns text, label, split."""
-    kind = name.removesuffix("-2k")
-    if name == "sst2":
-        train = _read(data_dir, "sst2_train.csv").sample(n=5000, random_state=seed)
+    kind = name.split("-")[0]
+    if kind == "sst2":
+        train = _read(data_dir, "sst2_train.csv").sample(n=5000 if name == "sst2" else 1000, random_state=seed)
         test = _read(data_dir, "sst2_validation.csv")
     elif kind == "tweets2":
         n_train, n_test = SIZES[name]
@@ -115,13 +126,18 @@ def build(name: str, data_dir: Path, seed: int = 0) -> pd.DataFrame:
         train = _stratified(_read(data_dir, f"{file}_train.csv"), n_train, seed)
         test = _read(data_dir, f"{file}_test.csv")
         test = _stratified(test, n_test, seed) if n_test else test
-    elif name == "long":
+    elif kind == "long":
         sst = _read(data_dir, "sst2_train.csv")
         pool_ids = set(sst.sample(n=5000, random_state=seed).index)  # the sst2 set's rows stay out
         sentences = sst[~sst.index.isin(pool_ids) & (sst["text"].str.len() >= 60)]
         rng = np.random.default_rng(seed)
-        both = _joined(sentences, 1000, 0.75, 5, rng)
-        train, test = both.iloc[:600], both.iloc[600:]
+        if name == "long":
+            both = _joined(sentences, 1000, 0.75, 5, rng)
+            train, test = both.iloc[:600], both.iloc[600:]
+        else:  # long-1k: 50/50, 350 + 350 train rows and 200 + 200 test rows, resampled to skewed shares
+            both = _joined(sentences, 1100, 0.5, 5, rng)
+            train = both.groupby("label").head(350)
+            test = both.drop(train.index)
     else:
         raise ValueError(f"unknown set '{name}'; expected one of {sorted(TASKS)}")
     return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)[
@@ -229,7 +245,10 @@ def scenario(name: str, seed: int = 0, n_train: int | None = None, table: dict |
         test = test.sample(n=n_test, random_state=seed) if n_test and n_test < len(test) else test
     else:
         labels = frame.attrs["labels"]
-        shares = dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}
+        if isinstance(share, dict):  # label -> share
+            shares = share
+        else:
+            shares = dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}
         train = resample(train, shares, n_train, seed)
         test = resample(test, shares, n_test, seed) if n_test else test
     out = pd.concat([train, test], ignore_index=True)

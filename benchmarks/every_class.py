@@ -1,0 +1,354 @@
+"""Every class and an honest confidence on a user's few hundred rows (issue #28), measured on a
+battery of user-like sets that is split, by set, into a tuning half and a confirmation half.
+
+    python benchmarks/every_class.py --half tuning [--seeds 0,1,2]        # distil + evaluate, every default
+    python benchmarks/every_class.py --half tuning --posthoc              # compare post-hoc rules (no training)
+    python benchmarks/every_class.py --half confirmation --seeds 0,1,2    # run once, with the chosen defaults
+
+The pools come from ../shared/data, annotated once by the embedded teacher with ``--calibrate none``
+(``python benchmarks/real_sets.py --sets sst2-1k,tweets2-1k,agnews-1k,tweets3-1k,long-1k``, ~10 min
+here). Each set below resamples a pool's train and test rows to its label shares; per set and seed
+the annotations are calibrated with ``--calibrate auto`` (the teacher's own code path, no teacher
+call), a MiniLM student is distilled with every default, and evaluate scores student and teacher
+against gold on the test rows. The student's raw log-probabilities on its validation and test rows
+are kept (``OUT/every_class_logits.npz``) so that post-hoc rules can be compared without training
+again (``--posthoc``).
+
+**The split was written here before the first run, and every rule and constant was chosen on the
+tuning half only.** The confirmation half is run once, with the defaults the tuning half chose,
+and reported as it comes out.
+
+Per set (mean ± std over seeds): accuracy and macro-F1 retention (student / teacher), the smallest
+class's F1 ratio, the lowest F1 ratio of any class with >= 20 test rows, ECE teacher / student,
+and whether the student is above the majority class; then the issue's targets checked.
+Results: benchmarks/results/every_class_HALF.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+from common import ROOT, machine, print_table, read_results, write_result
+from real_sets import materialize, scenario
+
+SENTIMENT3 = ("negative", "neutral", "positive")
+TOPICS = ("world", "sports", "business", "sci/tech")
+
+# name -> (pool of real_sets.py, label shares of the train and test rows, train rows, test rows)
+BATTERY = {
+    # --- tuning half: rules and constants are chosen on these sets only ---
+    "sst2 70/30": ("sst2-1k", {"positive": 0.7, "negative": 0.3}, 500, 600),
+    "tweets2 10/90": ("tweets2-1k", {"positive": 0.1, "negative": 0.9}, 500, 360),
+    "long 80/20": ("long-1k", {"positive": 0.8, "negative": 0.2}, 400, 250),
+    "tweets3 negative 8%": ("tweets3-1k", dict(zip(SENTIMENT3, (0.08, 0.5, 0.42))), 500, 580),
+    "agnews sci/tech 6%": ("agnews-1k", dict(zip(TOPICS, (0.4, 0.3, 0.24, 0.06))), 500, 500),
+    "sst2 10/90, 300 rows": ("sst2-1k", {"positive": 0.1, "negative": 0.9}, 300, 470),
+    # --- confirmation half: run once at the end, with the chosen defaults ---
+    "tweets2 70/30": ("tweets2-1k", {"positive": 0.7, "negative": 0.3}, 500, 470),
+    "sst2 80/20": ("sst2-1k", {"positive": 0.8, "negative": 0.2}, 500, 555),
+    "long 30/70": ("long-1k", {"positive": 0.3, "negative": 0.7}, 400, 280),
+    "tweets3 positive 8%": ("tweets3-1k", dict(zip(SENTIMENT3, (0.42, 0.5, 0.08))), 500, 520),
+    "agnews world 6%": ("agnews-1k", dict(zip(TOPICS, (0.06, 0.4, 0.3, 0.24))), 400, 500),
+    "tweets2 90/10, 300 rows": ("tweets2-1k", {"positive": 0.9, "negative": 0.1}, 300, 400),
+}
+HALVES = {"tuning": list(BATTERY)[:6], "confirmation": list(BATTERY)[6:]}
+MIN_CLASS_TEST_ROWS = 20  # a class is judged on its F1 ratio when it has at least this many test rows
+
+
+def run_dir(name: str, seed: int):
+    slug = name.replace(" ", "-").replace("/", "-").replace(",", "").replace("%", "pc")
+    return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}"
+
+
+def one(name: str, seed: int) -> dict:
+    """Distil and evaluate one set with every default; returns its row of the results table."""
+    from distillery.annotate import read_annotations
+    from distillery.distill import DistillConfig, distill
+    from distillery.evaluation import EvaluateConfig, evaluate
+
+    pool, shares, n_train, n_test = BATTERY[name]
+    rows = scenario(name, seed, n_train, {name: (pool, shares, n_train, n_test)})
+    out = run_dir(name, seed)
+    materialize(rows, pool, out, "auto")
+    started = time.perf_counter()
+    distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+    metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, device="cpu", overwrite=True))
+    seconds = time.perf_counter() - started
+    summary = json.loads((out / "student" / "train_summary.json").read_text())
+    teacher, student = metrics["teacher"], metrics["student"]
+    _, manifest = read_annotations(out / "annotations")
+    save_logits(out)
+    return {
+        "set": name,
+        "half": next(h for h, names in HALVES.items() if name in names),
+        "seed": seed,
+        "train rows": n_train,
+        "test rows": metrics["n_rows"] if "n_rows" in metrics else n_test,
+        "labels": manifest["labels"],
+        "majority": metrics["majority_accuracy"],
+        "teacher acc": teacher["accuracy"],
+        "student acc": student["accuracy"],
+        "teacher macro-F1": teacher["macro_f1"],
+        "student macro-F1": student["macro_f1"],
+        "teacher class F1": {k: v["f1"] for k, v in teacher["per_class"].items()},
+        "student class F1": {k: v["f1"] for k, v in student["per_class"].items()},
+        "class test rows": {k: v["support"] for k, v in teacher["per_class"].items()},
+        "teacher ECE": teacher["ece"],
+        "student ECE": student["ece"],
+        "temperature": summary.get("temperature"),
+        "class bias": summary.get("class_bias"),
+        "class weights": summary.get("class_weights"),
+        "best step": summary.get("best_step"),
+        "seconds": seconds,
+        **judged(teacher, student, metrics["majority_accuracy"]),
+    }
+
+
+def judged(teacher: dict, student: dict, majority: float) -> dict:
+    """The issue's measures from the teacher's and the student's metrics on the same test rows."""
+    support = {k: v["support"] for k, v in teacher["per_class"].items()}
+    smallest = min(support, key=support.get)
+    ratios = {
+        k: student["per_class"][k]["f1"] / teacher["per_class"][k]["f1"]
+        for k in support
+        if support[k] >= MIN_CLASS_TEST_ROWS and teacher["per_class"][k]["f1"] > 0
+    }
+    t_small = teacher["per_class"][smallest]["f1"]
+    return {
+        "retention": student["accuracy"] / teacher["accuracy"],
+        "macro-F1 retention": student["macro_f1"] / teacher["macro_f1"],
+        "smallest class": smallest,
+        "smallest class F1 ratio": student["per_class"][smallest]["f1"] / t_small if t_small > 0 else None,
+        "lowest class F1 ratio": min(ratios.values()) if ratios else None,
+        "above majority": student["accuracy"] > majority,
+    }
+
+
+def save_logits(out) -> None:
+    """The student's raw log-probs (no temperature, no bias) on its validation rows and on the test
+    rows, with the teacher's and gold labels: what --posthoc refits rules on."""
+    import yaml
+
+    from distillery.annotate import read_annotations
+    from distillery.distill import DistillConfig
+    from distillery.distill.data import load_training_rows
+    from distillery.evaluation import EvaluateConfig
+    from distillery.evaluation.evaluate import eval_rows
+    from distillery.student import load_student
+
+    cfg = DistillConfig.from_flat(yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()), strict=False)
+    rows = load_training_rows(cfg)
+    student = load_student(out / "student")
+    student.temperature, student.class_bias = 1.0, None
+    frame, manifest = read_annotations(out / "annotations")
+    data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
+    columns = [f"logprob_{label}" for label in rows.labels]
+
+    def logp(texts):
+        return np.log(np.maximum(student.probabilities(texts), np.finfo(np.float32).tiny))
+
+    np.savez(
+        out / "every_class_logits.npz",
+        val_logits=logp(rows.val["text"].tolist()),
+        val_teacher=rows.val[columns].to_numpy(np.float64),
+        val_gold=rows.val["gold"].map(rows.labels.index).fillna(-1).to_numpy(),
+        train_teacher=rows.train[columns].to_numpy(np.float64),
+        test_logits=logp(data.rows["text"].tolist()),
+        test_teacher=np.log(np.maximum(data.teacher_probs, np.finfo(np.float64).tiny)),
+        test_gold=np.asarray(data.gold),
+    )
+
+
+# --- post-hoc rules compared on the saved log-probs (--posthoc) -------------------------------------
+
+
+def _old_rule(d: dict) -> tuple[float, np.ndarray | None]:
+    """Before issue #28: T fitted on the validation rows' gold labels, used when a likelihood-ratio test
+    at 5% passes and there are >= 50 validation rows; no bias."""
+    import torch
+
+    from distillery.distill.scaling import fit_scaling
+
+    logits, gold = d["val_logits"], d["val_gold"]
+    if len(logits) < 50 or (gold < 0).any():
+        return 1.0, None
+    targets = np.eye(logits.shape[1])[gold]
+    temperature, _ = fit_scaling(logits, np.log(np.maximum(targets, 1e-300)), bias=False)
+    z = torch.from_numpy(logits)
+    y = torch.from_numpy(gold).long()
+
+    def nll(t):
+        return float(torch.nn.functional.cross_entropy(z / t, y, reduction="sum"))
+
+    return (temperature if 2 * (nll(1.0) - nll(temperature)) >= 3.841 else 1.0), None
+
+
+def _soft(bias: bool):
+    def rule(d: dict) -> tuple[float, np.ndarray | None]:
+        from distillery.distill.scaling import fit_scaling
+
+        return fit_scaling(d["val_logits"], d["val_teacher"], bias=bias)
+
+    return rule
+
+
+RULES = {
+    "none (T 1)": lambda d: (1.0, None),
+    "before #28 (T on gold, LR test)": _old_rule,
+    "T on teacher soft labels": _soft(False),
+    "T + class bias on teacher soft labels": _soft(True),
+}
+
+
+def score_rule(d: dict, record: dict, temperature: float, bias) -> dict:
+    """The record's measures with the student's probabilities rescaled by (T, bias) on the test rows."""
+    from distillery.evaluation.metrics import classification_metrics, expected_calibration_error
+
+    labels = record["labels"]
+    z = d["test_logits"] / temperature + (0 if bias is None else np.asarray(bias))
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    gold = d["test_gold"]
+    student = classification_metrics(probs, gold, labels)
+    student["ece"] = expected_calibration_error(probs, gold)
+    teacher = {
+        "accuracy": record["teacher acc"],
+        "macro_f1": record["teacher macro-F1"],
+        "per_class": {
+            k: {"f1": record["teacher class F1"][k], "support": record["class test rows"][k]} for k in labels
+        },
+    }
+    shares = np.bincount(probs.argmax(1), minlength=len(labels)) / len(probs)
+    teacher_shares = np.bincount(d["test_teacher"].argmax(1), minlength=len(labels)) / len(probs)
+    return {
+        "student acc": student["accuracy"],
+        "student macro-F1": student["macro_f1"],
+        "student ECE": student["ece"],
+        "teacher ECE": record["teacher ECE"],
+        "share gap": float(np.abs(shares - teacher_shares).max()),
+        **judged(teacher, student, record["majority"]),
+    }
+
+
+def posthoc(results: list[dict]) -> list[dict]:
+    """Every rule of RULES on every saved run: one row per run and rule."""
+    rows = []
+    for record in results:
+        d = dict(np.load(run_dir(record["set"], record["seed"]) / "every_class_logits.npz"))
+        for rule, fit in RULES.items():
+            temperature, bias = fit(d)
+            rows.append({"set": record["set"], "seed": record["seed"], "rule": rule, "T": temperature,
+                         **score_rule(d, record, temperature, bias)})
+    return rows
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
+
+def summarise(results: list[dict], key: str = "set") -> list[dict]:
+    """Mean ± std over seeds per set (and rule, for --posthoc), with the issue's targets checked."""
+    table = []
+    keys = ("set", "rule") if key == "rule" else ("set",)
+    for group in dict.fromkeys(tuple(r[k] for k in keys) for r in results):
+        runs = [r for r in results if tuple(r[k] for k in keys) == group]
+        lowest = [r["lowest class F1 ratio"] for r in runs if r["lowest class F1 ratio"] is not None]
+        table.append(
+            {
+                **dict(zip(keys, group)),
+                "seeds": len(runs),
+                "acc retention": _mean_std([r["retention"] for r in runs]),
+                "macro-F1 retention": _mean_std([r["macro-F1 retention"] for r in runs]),
+                "smallest class F1 ratio": _mean_std([r["smallest class F1 ratio"] for r in runs]),
+                "lowest class ratio (min)": f"{min(lowest):.3f}" if lowest else "-",
+                "ECE teacher": _mean_std([r["teacher ECE"] for r in runs]),
+                "ECE student": _mean_std([r["student ECE"] for r in runs]),
+                "above majority": f"{sum(r['above majority'] for r in runs)}/{len(runs)}",
+                "macro-F1 ret >= 0.93": all(r["macro-F1 retention"] >= 0.93 for r in runs),
+                "classes >= 0.85x": bool(lowest) and min(lowest) >= 0.85,
+                "ECE <= teacher + 0.02": all(r["student ECE"] <= r["teacher ECE"] + 0.02 for r in runs),
+            }
+        )
+    return table
+
+
+def overall(results: list[dict]) -> dict:
+    """The half's targets: mean macro-F1 retention over sets >= 0.97, and the per-set ones."""
+    per_set = {}
+    for r in results:
+        per_set.setdefault(r["set"], []).append(r)
+    means = [np.mean([r["macro-F1 retention"] for r in runs]) for runs in per_set.values()]
+    return {
+        "mean macro-F1 retention": float(np.mean(means)),
+        "mean accuracy retention": float(np.mean([np.mean([r["retention"] for r in v]) for v in per_set.values()])),
+        "lowest set macro-F1 retention (mean over seeds)": float(min(means)),
+        "runs above majority": f"{sum(r['above majority'] for r in results)}/{len(results)}",
+        "runs with ECE <= teacher + 0.02": f"{sum(r['student ECE'] <= r['teacher ECE'] + 0.02 for r in results)}"
+        f"/{len(results)}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--half", choices=sorted(HALVES), required=True)
+    parser.add_argument("--sets", default="", help="comma-separated sets of the half (default: all of them)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--name", default="", help="results file name (default every_class_HALF)")
+    parser.add_argument("--posthoc", action="store_true", help="compare RULES on the half's saved runs; no training")
+    parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
+    args = parser.parse_args()
+    name = args.name or f"every_class_{args.half}"
+    sets = args.sets.split(",") if args.sets else HALVES[args.half]
+    unknown = [s for s in sets if s not in HALVES[args.half]]
+    if unknown:
+        raise SystemExit(f"not in the {args.half} half: {unknown}; it has {HALVES[args.half]}")
+    started = time.perf_counter()
+    if args.merge or args.posthoc:
+        parts = read_results(args.merge or name)
+        results = [r for part in parts for r in part["results"] if r["set"] in sets]
+    else:
+        results = []
+        for seed in map(int, args.seeds.split(",")):
+            for set_name in sets:
+                results.append(one(set_name, seed))
+                print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
+    if args.posthoc:
+        rows = posthoc(results)
+        summary = summarise(rows, key="rule")
+        print_table(summary, list(summary[0]))
+        by_rule = {rule: overall([r for r in rows if r["rule"] == rule]) for rule in RULES}
+        for rule, numbers in by_rule.items():
+            print(rule, json.dumps(numbers))
+        write_result(f"{name}_posthoc", {"command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
+                                         "summary": summary, "overall": by_rule, "results": rows})
+        return
+    summary = summarise(results)
+    print_table(summary, list(summary[0]))
+    totals = overall(results)
+    print(json.dumps(totals, indent=1))
+    write_result(
+        name,
+        {
+            "command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
+            "machine": machine(),
+            "halves": HALVES,
+            "wall_s": time.perf_counter() - started,
+            "overall": totals,
+            "summary": summary,
+            "results": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
