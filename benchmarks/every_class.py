@@ -140,7 +140,9 @@ def save_logits(out) -> None:
     from distillery.evaluation.evaluate import eval_rows
     from distillery.student import load_student
 
-    cfg = DistillConfig.from_flat(yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()), strict=False)
+    cfg = DistillConfig.from_flat(
+        yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()), strict=False
+    )
     rows = load_training_rows(cfg)
     student = load_student(out / "student")
     student.temperature, student.class_bias = 1.0, None
@@ -241,8 +243,15 @@ def posthoc(results: list[dict]) -> list[dict]:
         d = dict(np.load(run_dir(record["set"], record["seed"]) / "every_class_logits.npz"))
         for rule, fit in RULES.items():
             temperature, bias = fit(d)
-            rows.append({"set": record["set"], "seed": record["seed"], "rule": rule, "T": temperature,
-                         **score_rule(d, record, temperature, bias)})
+            rows.append(
+                {
+                    "set": record["set"],
+                    "seed": record["seed"],
+                    "rule": rule,
+                    "T": temperature,
+                    **score_rule(d, record, temperature, bias),
+                }
+            )
     return rows
 
 
@@ -329,8 +338,15 @@ def main() -> None:
         by_rule = {rule: overall([r for r in rows if r["rule"] == rule]) for rule in RULES}
         for rule, numbers in by_rule.items():
             print(rule, json.dumps(numbers))
-        write_result(f"{name}_posthoc", {"command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
-                                         "summary": summary, "overall": by_rule, "results": rows})
+        write_result(
+            f"{name}_posthoc",
+            {
+                "command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
+                "summary": summary,
+                "overall": by_rule,
+                "results": rows,
+            },
+        )
         return
     summary = summarise(results)
     print_table(summary, list(summary[0]))

@@ -248,7 +248,9 @@ def scenario(name: str, seed: int = 0, n_train: int | None = None, table: dict |
         if isinstance(share, dict):  # label -> share
             shares = share
         else:
-            shares = dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}
+            shares = (
+                dict(zip(labels, share)) if isinstance(share, tuple) else {"positive": share, "negative": 1 - share}
+            )
         train = resample(train, shares, n_train, seed)
         test = resample(test, shares, n_test, seed) if n_test else test
     out = pd.concat([train, test], ignore_index=True)

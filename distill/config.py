@@ -151,6 +151,15 @@ class DistillConfig:
         short="rows held out to pick the best step",
         group="training",
     )
+    scaling: str = option(
+        "temperature+bias",
+        "after training, fit softmax(logits / T + b) on the validation rows against the teacher's "
+        "distribution, so the student's confidence and its share of each class follow the teacher's "
+        "(docs/usage.md, 'Every class'): temperature+bias, temperature (confidence only) or none",
+        choices=("temperature+bias", "temperature", "none"),
+        short="post-hoc scaling fitted to the teacher",
+        group="training",
+    )
     evals_per_epoch: int = option(
         2, "validation passes per epoch (best one is kept)", ge=1, short="validation passes per epoch", group="training"
     )

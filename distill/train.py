@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
 from distillery.core.models import pick_device, predict_probabilities
@@ -51,10 +51,11 @@ from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss
 from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.distill.scaling import fit_scaling
 from distillery.student.card import write_card
 from distillery.student.kinds import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 
-__all__ = ["distill", "evaluate_student", "fit_temperature", "pick_temperature", "temperature_for", "temperature_gain"]
+__all__ = ["better", "distill", "evaluate_student", "fit_student_scaling", "majority_warning"]
 
 
 def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -> dict:
@@ -92,6 +93,8 @@ def evaluate_student(
         **{k: v / len(hard) for k, v in sums.items()},
         "val_accuracy": float((predicted == hard).mean()),
         "val_macro_f1": float(macro_f1),
+        # what always answering the most common hard label scores: a student at or under it learned nothing
+        "val_majority": float(np.bincount(hard[known]).max() / len(hard)) if known.any() else 0.0,
     }
 
 
@@ -364,14 +367,14 @@ def train_step(run: Training, batch: dict):
 
 
 def validate(run: Training, record: dict) -> None:
-    """Score the validation rows into ``record``; keep the weights of the lowest validation loss."""
+    """Score the validation rows into ``record``; keep the weights :func:`better` picks."""
     scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights)
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
-    # Keep the weights of the lowest validation loss: on a small set the validation accuracy
-    # moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small data").
-    best = run.progress["best"]
-    if best is None or record["val_loss"] < best["val_loss"]:
-        run.progress["best"] = {k: record[k] for k in ("step", "val_loss", "val_accuracy")}
+    record["above_majority"] = record["val_accuracy"] > record["val_majority"]
+    if better(record, run.progress["best"]):
+        run.progress["best"] = {
+            k: record[k] for k in ("step", "val_loss", "val_accuracy", "val_majority", "above_majority")
+        }
         run.best_state = {
             k: v.detach().cpu().clone()
             for k, v in run.accelerator.unwrap_model(run.model).named_parameters()
@@ -382,6 +385,31 @@ def validate(run: Training, record: dict) -> None:
             f"  step {record['step']}: val loss {record['val_loss']:.4f}, val accuracy {record['val_accuracy']:.4f}, "
             f"val macro-F1 {record['val_macro_f1']:.4f}"
         )
+
+
+def better(record: dict, best: dict | None) -> bool:
+    """Whether the validation ``record`` beats the ``best`` so far: a checkpoint that agrees with the hard
+    labels more often than always answering their most common label beats one that does not; between
+    two of the same kind, the lower validation loss wins. The loss, not the accuracy: on a small set the
+    accuracy moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small
+    data"); but on 50 noisy rows the lowest loss once fell on a step whose student answered worse than
+    the majority label (issue #28), which the first rule now rules out whenever any step is above it."""
+    if best is None:
+        return True
+    above, best_above = record.get("above_majority", True), best.get("above_majority", True)
+    return above > best_above or (above == best_above and record["val_loss"] < best["val_loss"])
+
+
+def majority_warning(best: dict | None) -> str | None:
+    """One line when the kept student agrees with its hard labels no more often than their most common
+    label would, naming what to try; None otherwise."""
+    if not best or best.get("above_majority", True):
+        return None
+    return (
+        f"distill: warning: the student agrees with its hard labels on {best['val_accuracy']:.1%} of the "
+        f"validation rows, no better than always answering the most common label ({best['val_majority']:.1%}); "
+        "try more training rows, more --epochs or --min-steps, --class-weights none, or a larger --student-model"
+    )
 
 
 def save(run: Training, train_seconds: float) -> None:
@@ -414,9 +442,12 @@ def save(run: Training, train_seconds: float) -> None:
             "total_parameters": run.parameters[1],
             "peak_memory_bytes": peak_memory_bytes(run.device),
         }
-        summary["temperature"] = fit_temperature(run, student)
+        summary["temperature"], summary["class_bias"] = fit_student_scaling(run, student)
+        summary["best_above_majority"] = best.get("above_majority")
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
-        save_student(student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"])
+        save_student(
+            student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"], summary["class_bias"]
+        )
         install(staged, out_dir, last=(STUDENT_FILE,))
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(run.cfg.flat(), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
@@ -428,115 +459,40 @@ def save(run: Training, train_seconds: float) -> None:
             f"{summary['best_val_accuracy']}, "
             f"peak memory {summary['peak_memory_bytes'] / 2**30:.2f} GiB)"
         )
+        warning = majority_warning(progress["best"])
+        if warning:
+            accelerator.print(warning)
     accelerator.wait_for_everyone()
 
 
-@torch.no_grad()
-def _validation_logits(
-    model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The student's logits on the validation rows, the teacher's log-probs and the hard labels (gold with --hard-
-    labels gold)."""
+def fit_student_scaling(run: Training, model) -> tuple[float, list[float] | None]:
+    """``--scaling``: the student's post-hoc ``(T, b)`` (distill/scaling.py), fitted on the validation
+    rows against the teacher's calibrated distribution (online: the teacher scores them now). At least
+    :data:`MIN_SCALING_ROWS` rows per fitted number, else the temperature alone, else none."""
+    val, labels, say = run.rows.val, run.rows.labels, run.accelerator.print
+    if run.cfg.scaling == "none":
+        return 1.0, None
+    bias = run.cfg.scaling == "temperature+bias" and len(val) >= MIN_SCALING_ROWS * (len(labels) + 1)
+    if len(val) < MIN_SCALING_ROWS:
+        say(f"distill: no post-hoc scaling ({len(val)} validation rows; the temperature needs {MIN_SCALING_ROWS})")
+        return 1.0, None
+    texts = val["text"].tolist()
     model.eval()
-    logits, teacher, hard = [], [], []
-    for batch in dataloader:
-        batch = with_teacher(batch, online, cfg.hard_labels == "gold")
-        batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu())
-        teacher.append(batch["teacher_logprobs"].float().cpu())
-        hard.append(batch["labels"].cpu())
-    return torch.cat(logits), torch.cat(teacher), torch.cat(hard)
-
-
-def fit_temperature(run: Training, model) -> float:
-    """Temperature scaling of the student (Guo et al. 2017): the T > 0 that minimises the cross-entropy of
-    softmax(logits / T) on the validation rows, against their gold labels where every one has a gold
-    label, else against the teacher's calibrated distribution. 1.0 with fewer than
-    :data:`MIN_TEMPERATURE_ROWS` validation rows (on 6 rows of an 80-row run the fit drove every
-    confidence under 0.6), and 1.0 when T fits those rows no better than 1 does (a likelihood-ratio
-    test at 5%: on 50 validation rows a fitted T raised the test ECE from 0.030 to 0.079 in
-    docs/results.md). The labels do not move (argmax is unchanged); the confidence does."""
-    val, labels = run.rows.val, run.rows.labels
-    if run.val_dl is None or len(val) < MIN_TEMPERATURE_ROWS:
-        run.accelerator.print(
-            f"distill: no temperature scaling ({len(val)} validation rows; it needs {MIN_TEMPERATURE_ROWS})"
-        )
-        return 1.0
-    if "gold" in val and val["gold"].isin(labels).all():
-        model.eval()
-        probs = predict_probabilities(model, run.tokenizer, val["text"].tolist(), 32, run.cfg.max_length)
-        # Log-probabilities are the logits shifted per row: softmax(log p / T) = softmax(logits / T).
-        logits = torch.from_numpy(np.log(np.maximum(probs, np.finfo(np.float32).tiny)))
-        fit = (logits, torch.zeros_like(logits), torch.tensor(val["gold"].map(labels.index).to_numpy()), True)
+    probs = predict_probabilities(model, run.tokenizer, texts, 32, run.cfg.max_length)
+    # Log-probabilities are the logits shifted per row: softmax(log p / T + b) = softmax(logits / T + b).
+    logits = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+    if run.online is None:
+        teacher = val[label_columns(labels)].to_numpy(np.float64)
     else:
-        logits, teacher, hard = _validation_logits(model, run.val_dl, run.cfg, run.online)
-        ok = torch.isfinite(teacher).all(dim=-1) & (hard >= 0)
-        if ok.sum() < MIN_TEMPERATURE_ROWS:
-            return 1.0
-        fit = (logits[ok], teacher[ok], hard[ok], False)
-    used, temperature, gain = pick_temperature(*fit)
-    if gain < LIKELIHOOD_RATIO_5PCT:
-        run.accelerator.print(
-            f"distill: no temperature scaling: T {temperature:.3f} fits the {len(fit[0])} validation rows no "
-            "better than "
-            f"T 1 (likelihood ratio {gain:.2f} < {LIKELIHOOD_RATIO_5PCT})"
-        )
-        return 1.0
-    run.accelerator.print(
-        f"distill: temperature {temperature:.3f}, fitted on {len(fit[0])} validation rows "
-        f"({'gold labels' if fit[3] else 'the teacher'}; likelihood ratio {gain:.1f})"
-    )
-    return used
-
-
-def pick_temperature(
-    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool
-) -> tuple[float, float, float]:
-    """The rule: ``(T used, T fitted, likelihood ratio)``; the fitted T is used only when the ratio
-    reaches :data:`LIKELIHOOD_RATIO_5PCT`, else 1.0."""
-    fitted = temperature_for(logits, teacher_logprobs, hard, gold)
-    gain = temperature_gain(logits, teacher_logprobs, hard, gold, fitted)
-    return (fitted if gain >= LIKELIHOOD_RATIO_5PCT else 1.0), fitted, gain
-
-
-def _scaled_loss(
-    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature
-) -> torch.Tensor:
-    """Mean cross-entropy of softmax(logits / T) against the ``hard`` label ids (``gold``) or the teacher's
-    distribution."""
-    logp = torch.log_softmax(logits.double() / temperature, dim=-1)
-    return (
-        torch.nn.functional.nll_loss(logp, hard) if gold else -(teacher_logprobs.double().exp() * logp).sum(-1).mean()
-    )
-
-
-def temperature_for(logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool) -> float:
-    """The T > 0 minimising the cross-entropy of softmax(logits / T): against ``hard`` label ids when
-    ``gold``, else against the soft targets ``exp(teacher_logprobs)``; kept within [0.2, 5]."""
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
-
-    def loss():
-        optimizer.zero_grad()
-        value = _scaled_loss(logits, teacher_logprobs, hard, gold, log_t.exp())
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    temperature = float(log_t.detach().exp().clamp(0.2, 5.0))
-    return temperature if math.isfinite(temperature) else 1.0
-
-
-def temperature_gain(
-    logits: torch.Tensor, teacher_logprobs: torch.Tensor, hard: torch.Tensor, gold: bool, temperature: float
-) -> float:
-    """The likelihood-ratio statistic of T against 1 on these rows: 2 x rows x (loss at 1 - loss at T);
-    over :data:`LIKELIHOOD_RATIO_5PCT` (chi-squared, one degree of freedom, 5%) T fits them better."""
-    with torch.no_grad():
-        drop = _scaled_loss(logits, teacher_logprobs, hard, gold, 1.0) - _scaled_loss(
-            logits, teacher_logprobs, hard, gold, temperature
-        )
-    return float(2 * len(logits) * drop)
+        teacher = run.online.targets(texts, None)[0].float().cpu().numpy()
+    temperature, shift = fit_scaling(logits, teacher, bias=bias)
+    said = f"distill: post-hoc scaling fitted on {len(val)} validation rows against the teacher: T {temperature:.3f}"
+    if shift is not None:
+        said += ", class bias " + ", ".join(f"{lab} {b:+.2f}" for lab, b in zip(labels, shift))
+    elif run.cfg.scaling == "temperature+bias":
+        said += f" (no class bias: it needs {MIN_SCALING_ROWS * (len(labels) + 1)} validation rows)"
+    say(said)
+    return temperature, shift
 
 
 def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Tensor | None:
@@ -607,9 +563,8 @@ def keep_trainable_weights(models: list, weights: list[dict], output_dir: str) -
 
 
 CHECKPOINTS = ("checkpoint", "checkpoint.new", "checkpoint.old")
-MIN_TEMPERATURE_ROWS = 50  # validation rows a temperature is fitted on, at least
+MIN_SCALING_ROWS = 10  # validation rows per number --scaling fits (T, then one bias per class), at least
 AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows
-LIKELIHOOD_RATIO_5PCT = 3.84  # chi-squared with one degree of freedom at 5%: a fitted T is used only above it
 IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learning_curve"}
 TRAINING_DATA = "training_data"  # the key of the data's fingerprint in a checkpoint's settings.json
 # --teacher-mode online: the annotate settings that change what the teacher answers (a resume must not change them).

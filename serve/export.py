@@ -183,11 +183,11 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
     names = [cfg.variant] if cfg.variant != "auto" else list(VARIANTS) if texts else ["fp32"]
     fp32 = tmp / "fp32" / ONNX_FILE
     fp32.parent.mkdir()
-    graph = build_graph(model, student.tokenizer, fp32, student.temperature)
+    graph = build_graph(model, student.tokenizer, fp32, student.temperature, student.class_bias)
     if graph == "fused" and not _same_model(
         student, fp32, texts[:64] or SAMPLE_TEXTS, reference, cfg.predict_batch_size
     ):
-        graph = build_graph(model, student.tokenizer, fp32, student.temperature, fused=False)
+        graph = build_graph(model, student.tokenizer, fp32, student.temperature, student.class_bias, fused=False)
     files, candidates = {}, []
     for name in names:
         files[name] = fp32 if name == "fp32" else tmp / name / ONNX_FILE
@@ -238,7 +238,9 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
         labels=student.labels,
         parameters=student.parameters,
         temperature=1.0,
-        scaled_by=student.temperature,  # in the graph: logits / T
+        scaled_by=student.temperature,  # in the graph: logits / T + b
+        class_bias=None,
+        shifted_by=student.class_bias,
         exported_from=os.path.relpath(student.path.resolve(), out.resolve()),
         weights="float32" if chosen.name == "fp32" else "int8",
         export=record,

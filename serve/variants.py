@@ -68,35 +68,39 @@ class Candidate:
 
 
 class _Logits(torch.nn.Module):
-    """The classifier with one output, its logits divided by the student's fitted temperature (a Llama
-    would also return its KV cache), so a plain onnxruntime softmax gives the calibrated probabilities."""
+    """The classifier with one output, its logits divided by the student's fitted temperature plus its
+    class bias (a Llama would also return its KV cache), so a plain onnxruntime softmax gives the
+    scaled probabilities."""
 
-    def __init__(self, model, temperature: float = 1.0):
+    def __init__(self, model, temperature: float = 1.0, bias: list[float] | None = None):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.register_buffer("bias", torch.tensor(bias or [0.0] * model.config.num_labels), persistent=False)
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits / self.temperature
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits / self.temperature + self.bias
 
 
-def build_graph(model, tokenizer, path: Path, temperature: float = 1.0, fused: bool = True) -> str:
+def build_graph(
+    model, tokenizer, path: Path, temperature: float = 1.0, bias: list[float] | None = None, fused: bool = True
+) -> str:
     """Write the float32 graph to ``path``; returns ``fused`` (an encoder, optimized) or ``plain``."""
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
     if fused and model.config.model_type in FUSED_TYPES:
         try:
-            _export_fused(model, tokenizer, path, temperature)
+            _export_fused(model, tokenizer, path, temperature, bias)
             return "fused"
         except Exception as e:  # noqa: BLE001 - an architecture the optimizer does not know: the plain graph
             logging.getLogger(__name__).info("fused export failed (%s); the plain graph", e)
-    export_plain(model, tokenizer, path, temperature)
+    export_plain(model, tokenizer, path, temperature, bias)
     return "plain"
 
 
-def export_plain(model, tokenizer, path: Path, temperature: float = 1.0) -> None:
+def export_plain(model, tokenizer, path: Path, temperature: float = 1.0, bias: list[float] | None = None) -> None:
     """torch.onnx (the dynamo exporter) with batch and sequence length dynamic."""
-    wrapped = _Logits(model, temperature).eval()
+    wrapped = _Logits(model, temperature, bias).eval()
     example = tokenizer(["an example sentence to trace", "short"], padding=True, return_tensors="pt")
     inputs = {k: example[k] for k in ("input_ids", "attention_mask")}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -116,7 +120,7 @@ def export_plain(model, tokenizer, path: Path, temperature: float = 1.0) -> None
         )
 
 
-def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -> None:
+def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0, bias: list[float] | None = None) -> None:
     """The TorchScript exporter (``dynamo=False``), logits out, batch and length dynamic.
 
     The wrapper is put in eval mode: that exporter puts every module back in its wrapper's mode
@@ -126,7 +130,7 @@ def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Logits(model, temperature).eval(),
+            _Logits(model, temperature, bias).eval(),
             (example["input_ids"], example["attention_mask"]),
             str(path),
             input_names=["input_ids", "attention_mask"],
@@ -137,7 +141,7 @@ def export_torchscript(model, tokenizer, path: Path, temperature: float = 1.0) -
         )
 
 
-def _export_fused(model, tokenizer, path: Path, temperature: float) -> None:
+def _export_fused(model, tokenizer, path: Path, temperature: float, bias: list[float] | None) -> None:
     """Eager attention, TorchScript export, onnxruntime's BERT optimizer; refused unless every layer's
     attention fused."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -145,7 +149,7 @@ def _export_fused(model, tokenizer, path: Path, temperature: float) -> None:
     eager = copy.deepcopy(model).eval()
     eager.set_attn_implementation("eager")
     raw = path.with_name("unfused.onnx")
-    export_torchscript(eager, tokenizer, raw, temperature)
+    export_torchscript(eager, tokenizer, raw, temperature, bias)
     config = model.config
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):

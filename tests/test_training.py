@@ -281,46 +281,88 @@ def test_device_cpu_hides_the_gpus_for_the_run_only(monkeypatch):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 
-def test_temperature_scaling_recovers_a_known_overconfidence():
-    from distillery.distill.train import temperature_for
+def _drawn(n: int, gen: torch.Generator, prior: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` rows of true logits around a class prior, and labels drawn from them."""
+    true = torch.randn(n, len(prior), generator=gen) * 1.5 + torch.tensor(prior).log()
+    return true, torch.multinomial(torch.softmax(true, -1), 1, generator=gen).squeeze(1)
 
-    gen = torch.Generator().manual_seed(0)
-    true_logits = torch.randn(4000, 3, generator=gen) * 1.5
-    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
-    # A student three times too confident: its logits are the true ones times 3.
-    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True) == pytest.approx(
-        3.0, rel=0.08
-    )
-    assert temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(
-        3.0, rel=0.01
-    )
-    assert temperature_for(true_logits, torch.log_softmax(true_logits, -1), labels, gold=False) == pytest.approx(
-        1.0, rel=0.01
-    )
+
+def test_a_three_times_overconfident_student_is_calibrated_from_200_training_rows():
+    """Issue #28: 200 training rows hold out 20 validation rows; the temperature fitted there against
+    the teacher's (calibrated) distribution brings a student three times too confident under 0.03 ECE
+    on fresh rows. The rule before (gold labels, 50 rows at least) left it at T 1."""
+    from distillery.distill.scaling import fit_scaling, scaled_probabilities
+    from distillery.distill.train import MIN_SCALING_ROWS
     from distillery.evaluation.metrics import expected_calibration_error
 
-    fitted = temperature_for(true_logits * 3, torch.log_softmax(true_logits, -1), labels, gold=True)
-    before = expected_calibration_error(torch.softmax(true_logits * 3, -1).numpy(), labels.numpy())
-    after = expected_calibration_error(torch.softmax(true_logits * 3 / fitted, -1).numpy(), labels.numpy())
-    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after"
+    gen = torch.Generator().manual_seed(0)
+    val_rows = round(200 * DistillConfig().val_fraction)
+    assert val_rows >= MIN_SCALING_ROWS  # the temperature is fitted at this size
+    true, _ = _drawn(val_rows, gen, [1 / 3] * 3)
+    noise = torch.randn(true.shape, generator=gen) * 0.3  # the student is not its teacher
+    temperature, bias = fit_scaling((true + noise) * 3, torch.log_softmax(true, -1), bias=False)
+    fresh, gold = _drawn(20000, gen, [1 / 3] * 3)
+    student = (fresh + torch.randn(fresh.shape, generator=gen) * 0.3) * 3
+    before = expected_calibration_error(torch.softmax(student, -1).numpy(), gold.numpy())
+    after = expected_calibration_error(scaled_probabilities(student.numpy(), temperature, bias), gold.numpy())
+    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after (T {temperature:.2f})"
+    assert bias is None
 
 
-def test_a_temperature_is_used_only_when_it_fits_clearly_better_than_one():
-    from distillery.distill.train import LIKELIHOOD_RATIO_5PCT, temperature_for, temperature_gain
+def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
+    """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 1.5 too
+    low, as a student trained on few rows of it is) says it about as often as its teacher once the
+    bias is fitted on 50 validation rows; the temperature alone cannot (it never moves the argmax)."""
+    from distillery.distill.scaling import fit_scaling, scaled_probabilities
 
-    gen = torch.Generator().manual_seed(1)
-    true_logits = torch.randn(50, 4, generator=gen) * 1.5
-    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=gen).squeeze(1)
-    none = torch.zeros_like(true_logits)
-    # A calibrated student on 50 rows: whatever T the rows suggest, it is noise.
-    calibrated_t = temperature_for(true_logits, none, labels, gold=True)
-    assert (
-        calibrated_t != 1.0 and temperature_gain(true_logits, none, labels, True, calibrated_t) < LIKELIHOOD_RATIO_5PCT
+    gen = torch.Generator().manual_seed(2)
+
+    def student_of(true):
+        return true + torch.tensor([0.0, -1.5]) + torch.randn(true.shape, generator=gen) * 0.3
+
+    val, _ = _drawn(50, gen, [0.9, 0.1])
+    temperature, bias = fit_scaling(student_of(val), torch.log_softmax(val, -1), bias=True)
+    fresh, _ = _drawn(20000, gen, [0.9, 0.1])
+    teacher_share = (fresh.argmax(1) == 1).float().mean().item()
+
+    def share(probs):
+        return float((probs.argmax(1) == 1).mean())
+
+    raw = scaled_probabilities(student_of(fresh).numpy())
+    adjusted = scaled_probabilities(student_of(fresh).numpy(), temperature, bias)
+    assert share(raw) < teacher_share / 2, f"the unadjusted student should under-say it: {share(raw):.3f}"
+    assert abs(share(adjusted) - teacher_share) < 0.25 * teacher_share, (
+        f"small class said on {share(adjusted):.3f} of rows after the bias, the teacher {teacher_share:.3f}"
     )
-    # Three times too confident: clear on the same 50 rows.
-    over_t = temperature_for(true_logits * 3, none, labels, gold=True)
-    assert temperature_gain(true_logits * 3, none, labels, True, over_t) > LIKELIHOOD_RATIO_5PCT
-    assert temperature_gain(true_logits * 3, none, labels, True, 1.0) == 0.0
+    assert bias[1] > bias[0]
+
+
+def test_selection_never_keeps_a_below_majority_checkpoint_when_another_is_above():
+    """Issue #28: on a noisy 50-row validation set (80% one label) the lowest validation loss fell on
+    a step whose student agreed with the labels on 33% of the rows; the selection now keeps the
+    best step that beats always answering the majority label, and warns only when none does."""
+    from distillery.distill.train import better, majority_warning
+
+    gen = np.random.default_rng(0)
+    hard = np.array([0] * 40 + [1] * 10)
+    steps = []
+    for step, agree in ((29, 0.8), (58, 0.86), (87, 0.33), (116, 0.9), (145, 0.88)):
+        predicted = np.where(gen.random(50) < agree, hard, 1 - hard)  # agreement ~ agree
+        steps.append({"step": step, "val_accuracy": float((predicted == hard).mean()), "val_majority": 0.8})
+    for record, loss in zip(steps, (0.52, 0.47, 0.31, 0.44, 0.45)):  # step 87: lowest loss, worst answers
+        record.update(val_loss=loss, above_majority=record["val_accuracy"] > record["val_majority"])
+    assert not steps[2]["above_majority"]
+    best = None
+    for record in steps:
+        best = record if better(record, best) else best
+    assert best["step"] == 116 and majority_warning(best) is None
+    # With no step above the majority, the lowest loss is kept and the run says so in one line.
+    best = None
+    for record in (r for r in steps if not r["above_majority"]):
+        best = record if better(record, best) else best
+    warning = majority_warning(best)
+    assert best["step"] == 87 and warning.count("\n") == 0 and "--class-weights none" in warning
+    assert better({"val_loss": 0.1}, {"val_loss": 0.2})  # records of older checkpoints lack the key
 
 
 def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
@@ -328,6 +370,7 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
 
     few = distill(_cfg(annotated, tiny_roberta, tmp_path / "few"))  # 8 validation rows: too few to fit a temperature on
     assert json.loads((few / "distillery_student.json").read_text())["temperature"] == 1.0
+    assert "class_bias" not in json.loads((few / "distillery_student.json").read_text())
     out = distill(
         DistillConfig(
             out=str(annotated),
@@ -343,16 +386,17 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
     )  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
-    assert (
-        meta["temperature"] == summary["temperature"] and 0.2 <= meta["temperature"] <= 5 and meta["temperature"] != 1.0
-    )
+    assert meta["temperature"] == summary["temperature"] and meta["temperature"] != 1.0
+    assert meta["class_bias"] == summary["class_bias"] and len(meta["class_bias"]) == 2  # 51 rows fit T and 2 biases
     student = load_student(out)
     texts = ["I love this movie", "I hate this film", "the weather is fine"]
     enc = student.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         logits = student.model(**enc).logits
     np.testing.assert_allclose(
-        student.probabilities(texts), torch.softmax(logits / meta["temperature"], -1).numpy(), atol=1e-5
+        student.probabilities(texts),
+        torch.softmax(logits / meta["temperature"] + torch.tensor(meta["class_bias"]), -1).numpy(),
+        atol=1e-5,
     )
 
 
@@ -433,6 +477,7 @@ def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(
                 val_fraction=0.1,
                 lr=3e-3,
                 class_weights=weights,
+                scaling="none",  # the weights alone (the class bias would move the shares too)
             )
         )
         said[weights] = load_student(out).probabilities(["bright story", "dull story"])[:, 1]

@@ -195,6 +195,7 @@ def predict_probabilities(
     max_length: int | None = None,
     embeddings: bool = False,
     temperature: float = 1.0,
+    bias: list[float] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(n, n_labels)`` of a PyTorch sequence classifier, in input order.
 
@@ -204,6 +205,7 @@ def predict_probabilities(
     at prediction time is read whole (measured on SST-2: cutting the validation sentences at
     the training rows' length cost accuracy). ``embeddings=True`` also returns each row's last
     hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
+    ``temperature`` and ``bias``: the student's post-hoc scaling, ``softmax(logits / T + b)``.
     """
     max_length = max_length or max_length_of(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -215,7 +217,10 @@ def predict_probabilities(
             [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         ).to(model.device)
         out = model(**enc, output_hidden_states=embeddings)
-        probs[idx] = torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
+        scaled = out.logits.float() / temperature
+        if bias is not None:
+            scaled = scaled + torch.tensor(bias, device=scaled.device)
+        probs[idx] = torch.softmax(scaled, dim=-1).cpu().numpy()
         if embeddings:
             mask = enc["attention_mask"].unsqueeze(-1).float()
             mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)

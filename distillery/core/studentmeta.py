@@ -63,6 +63,10 @@ class StudentMeta:
             scaling fitted on its validation rows by distill; 1.0 = none; an ONNX export has it
             built into its logits and records 1.0, with the fitted value in ``scaled_by``).
         scaled_by: an ONNX export's built-in temperature.
+        class_bias: added to each class's scaled logit before the softmax (fitted with the
+            temperature by distill, against the teacher's distribution; None = none; an ONNX
+            export has it built in and records None, with the fitted values in ``shifted_by``).
+        shifted_by: an ONNX export's built-in class bias.
         exported_from: an ONNX export's source folder, relative to the export.
         evaluation: evaluate's metrics for this student.
         defer: the answer-or-defer threshold evaluate picked (predict --defer reads it); an ONNX
@@ -81,6 +85,8 @@ class StudentMeta:
     parameters: int | None = None
     temperature: float = 1.0
     scaled_by: float | None = None
+    class_bias: list[float] | None = None
+    shifted_by: list[float] | None = None
     exported_from: str | None = None
     evaluation: dict | None = None
     defer: dict | None = None

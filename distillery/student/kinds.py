@@ -265,11 +265,17 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def save_student(
-    model, tokenizer, out_dir: Path, cfg: StudentSettings, labels: list[str], temperature: float = 1.0
+    model,
+    tokenizer,
+    out_dir: Path,
+    cfg: StudentSettings,
+    labels: list[str],
+    temperature: float = 1.0,
+    class_bias: list[float] | None = None,
 ) -> None:
     """Save the student with its tokenizer, then its ``distillery_student.json`` (written last: a
-    folder without it is a student whose training did not finish). ``temperature``: its fitted
-    temperature scaling, applied wherever it is loaded."""
+    folder without it is a student whose training did not finish). ``temperature`` and
+    ``class_bias``: its fitted post-hoc scaling (distill/scaling.py), applied wherever it is loaded."""
     out_dir.mkdir(parents=True, exist_ok=True)
     origin = student_kinds.origin(cfg.student_kind)
     meta = StudentMeta(
@@ -279,6 +285,7 @@ def save_student(
         qlora=getattr(cfg.settings, "qlora", False),
         plugin=origin if origin not in ("", "distillery") else None,  # a kind a plugin package registered
         temperature=temperature,
+        class_bias=class_bias,
     )
     student_kind(cfg.student_kind).save(model, tokenizer, out_dir, cfg, meta)
     meta.write(out_dir)

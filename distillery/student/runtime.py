@@ -59,6 +59,7 @@ class Student:
     parameters: int | None = None
     meta: dict = field(default_factory=dict)  # its distillery_student.json (labels, kind, evaluation, defer)
     temperature: float = 1.0  # its fitted temperature scaling (an ONNX export has it in its graph)
+    class_bias: list[float] | None = None  # and its class bias, fitted with it (distill/scaling.py)
 
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
@@ -67,7 +68,13 @@ class Student:
                 f"{self.path}: an ONNX student gives no embeddings; pass the PyTorch student it was exported from"
             )
         return predict_probabilities(
-            self.model, self.tokenizer, texts, batch_size, embeddings=True, temperature=self.temperature
+            self.model,
+            self.tokenizer,
+            texts,
+            batch_size,
+            embeddings=True,
+            temperature=self.temperature,
+            bias=self.class_bias,
         )
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
@@ -78,7 +85,13 @@ class Student:
         """``(len(texts), len(labels))`` class probabilities, rows in input order."""
         if self.session is None:
             return predict_probabilities(
-                self.model, self.tokenizer, texts, batch_size, max_length, temperature=self.temperature
+                self.model,
+                self.tokenizer,
+                texts,
+                batch_size,
+                max_length,
+                temperature=self.temperature,
+                bias=self.class_bias,
             )
         max_length = max_length or max_length_of(self.tokenizer)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -132,6 +145,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Studen
         parameters=parameter_count(model)[1],
         meta=meta,
         temperature=float(meta.get("temperature", 1.0)),
+        class_bias=meta.get("class_bias"),
     )
 
 
