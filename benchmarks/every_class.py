@@ -46,21 +46,21 @@ BATTERY = {
     "long 80/20": ("long-1k", {"positive": 0.8, "negative": 0.2}, 400, 250),
     "tweets3 negative 8%": ("tweets3-1k", dict(zip(SENTIMENT3, (0.08, 0.5, 0.42))), 500, 580),
     "agnews sci/tech 6%": ("agnews-1k", dict(zip(TOPICS, (0.4, 0.3, 0.24, 0.06))), 500, 500),
-    "sst2 10/90, 300 rows": ("sst2-1k", {"positive": 0.1, "negative": 0.9}, 300, 470),
+    "sst2 10/90 (300 rows)": ("sst2-1k", {"positive": 0.1, "negative": 0.9}, 300, 470),
     # --- confirmation half: run once at the end, with the chosen defaults ---
     "tweets2 70/30": ("tweets2-1k", {"positive": 0.7, "negative": 0.3}, 500, 470),
     "sst2 80/20": ("sst2-1k", {"positive": 0.8, "negative": 0.2}, 500, 555),
     "long 30/70": ("long-1k", {"positive": 0.3, "negative": 0.7}, 400, 280),
     "tweets3 positive 8%": ("tweets3-1k", dict(zip(SENTIMENT3, (0.42, 0.5, 0.08))), 500, 520),
     "agnews world 6%": ("agnews-1k", dict(zip(TOPICS, (0.06, 0.4, 0.3, 0.24))), 400, 500),
-    "tweets2 90/10, 300 rows": ("tweets2-1k", {"positive": 0.9, "negative": 0.1}, 300, 400),
+    "tweets2 90/10 (300 rows)": ("tweets2-1k", {"positive": 0.9, "negative": 0.1}, 300, 400),
 }
 HALVES = {"tuning": list(BATTERY)[:6], "confirmation": list(BATTERY)[6:]}
 MIN_CLASS_TEST_ROWS = 20  # a class is judged on its F1 ratio when it has at least this many test rows
 
 
 def run_dir(name: str, seed: int):
-    slug = name.replace(" ", "-").replace("/", "-").replace(",", "").replace("%", "pc")
+    slug = name.replace(" ", "-").replace("/", "-").replace("(", "").replace(")", "").replace("%", "pc")
     return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}"
 
 
