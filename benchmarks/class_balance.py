@@ -70,7 +70,7 @@ def one(name: str, n_train: int, seed: int, weights: str) -> dict:
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
     loaded = load_student(out / "student")
-    scaled_t, loaded.temperature = loaded.temperature, 1.0
+    scaled_t, loaded.temperature, loaded.class_bias = loaded.temperature, 1.0, None
     raw = loaded.probabilities(data.rows["text"].tolist())
     raw_defer = answer_or_defer(raw, data.teacher_probs.argmax(1), data.gold, TARGET)
     picked, raw_picked = student["defer"]["picked"], raw_defer["picked"]
@@ -107,14 +107,16 @@ _REFITTED: dict = {}  # run dir -> refitted fields (a run shared by auto and non
 
 
 def refit_temperature(record: dict) -> dict:
-    """``record`` with its temperature refitted by distill's current rule (fit on the validation rows'
-    gold labels, used only when the likelihood-ratio test passes) on the same saved weights, and the
-    scaled ECE and coverage scored again: runs trained before a change of the rule stay comparable."""
-    import torch
+    """``record`` with its post-hoc scaling refitted by distill's current rule (``--scaling``'s default:
+    T and a class bias fitted on the validation rows against the teacher, distill.train.fit_student_scaling)
+    on the same saved weights, and the scaled ECE and coverage scored again: runs trained before a
+    change of the rule stay comparable."""
     import yaml
 
+    from distillery.annotate.chunks import label_columns
     from distillery.distill.data import load_training_rows
-    from distillery.distill.train import MIN_TEMPERATURE_ROWS, pick_temperature
+    from distillery.distill.scaling import fit_scaling, scaled_probabilities
+    from distillery.distill.train import MIN_SCALING_ROWS
 
     out = _run_dir(record)
     if out in _REFITTED:
@@ -124,23 +126,22 @@ def refit_temperature(record: dict) -> dict:
     )
     rows = load_training_rows(cfg)
     student = load_student(out / "student")
-    student.temperature = 1.0
-    temperature = 1.0
-    if len(rows.val) >= MIN_TEMPERATURE_ROWS:
-        logits = torch.from_numpy(
-            np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny))
+    student.temperature, student.class_bias = 1.0, None
+    temperature, bias = 1.0, None
+    if len(rows.val) >= MIN_SCALING_ROWS:
+        logits = np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny))
+        teacher = rows.val[label_columns(rows.labels)].to_numpy(np.float64)
+        temperature, bias = fit_scaling(
+            logits, teacher, bias=len(rows.val) >= MIN_SCALING_ROWS * (len(rows.labels) + 1)
         )
-        fit = (logits, torch.zeros_like(logits), torch.tensor(rows.val["gold"].map(rows.labels.index).to_numpy()), True)
-        temperature = pick_temperature(*fit)[0]
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
     raw = student.probabilities(data.rows["text"].tolist())
-    scaled = torch.softmax(
-        torch.from_numpy(np.log(np.maximum(raw, np.finfo(np.float32).tiny))) / temperature, -1
-    ).numpy()
+    scaled = scaled_probabilities(np.log(np.maximum(raw, np.finfo(np.float32).tiny)), temperature, bias)
     picked = answer_or_defer(scaled, data.teacher_probs.argmax(1), data.gold, TARGET)["picked"]
     _REFITTED[out] = {
         "temperature": temperature,
+        "class bias": bias,
         "student ECE scaled": expected_calibration_error(scaled, data.gold),
         f"coverage@{TARGET} scaled": picked["coverage"] if picked else 0.0,
         "temperature refitted": True,

@@ -64,8 +64,9 @@ def run_dir(name: str, seed: int):
     return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}"
 
 
-def one(name: str, seed: int) -> dict:
-    """Distil and evaluate one set with every default; returns its row of the results table."""
+def one(name: str, seed: int, reuse: bool = False) -> dict:
+    """Distil and evaluate one set with every default; returns its row of the results table. ``reuse``:
+    a student this script already trained for the set and seed is evaluated again, not retrained."""
     from distillery.annotate import read_annotations
     from distillery.distill import DistillConfig, distill
     from distillery.evaluation import EvaluateConfig, evaluate
@@ -73,10 +74,11 @@ def one(name: str, seed: int) -> dict:
     pool, shares, n_train, n_test = BATTERY[name]
     rows = scenario(name, seed, n_train, {name: (pool, shares, n_train, n_test)})
     out = run_dir(name, seed)
-    materialize(rows, pool, out, "auto")
     started = time.perf_counter()
-    distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
-    metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, device="cpu", overwrite=True))
+    if not (reuse and (out / "student" / "train_summary.json").is_file()):
+        materialize(rows, pool, out, "auto")
+        distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+    metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, device="cpu"))
     seconds = time.perf_counter() - started
     summary = json.loads((out / "student" / "train_summary.json").read_text())
     teacher, student = metrics["teacher"], metrics["student"]
@@ -198,11 +200,39 @@ def _soft(bias: bool):
     return rule
 
 
+def shares_bias(logits: np.ndarray, temperature: float, target: np.ndarray, sharpness: float = 0.05) -> np.ndarray:
+    """A class bias b that makes the argmax shares of ``logits / T + b`` equal ``target`` (smoothly:
+    prior-correction steps, Saerens et al. 2002, on softmax((z / T + b) / sharpness))."""
+    z = logits / temperature
+    b = np.zeros(z.shape[1])
+    target = np.maximum(target, 1e-3)
+    for _ in range(500):
+        s = (z + b) / sharpness
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        b += sharpness * (np.log(target) - np.log(np.maximum(p.mean(0), 1e-3)))
+    return b - b.mean()
+
+
+def _shares(target_rows: str):
+    def rule(d: dict) -> tuple[float, np.ndarray | None]:
+        from distillery.distill.scaling import fit_scaling
+
+        temperature, _ = fit_scaling(d["val_logits"], d["val_teacher"], bias=False)
+        teacher = d["val_teacher"] if target_rows == "val" else np.concatenate([d["val_teacher"], d["train_teacher"]])
+        target = np.bincount(teacher.argmax(1), minlength=teacher.shape[1]) / len(teacher)
+        return temperature, shares_bias(d["val_logits"], temperature, target)
+
+    return rule
+
+
 RULES = {
     "none (T 1)": lambda d: (1.0, None),
     "before #28 (T on gold, LR test)": _old_rule,
     "T on teacher soft labels": _soft(False),
     "T + class bias on teacher soft labels": _soft(True),
+    "T soft, bias to the teacher's argmax shares (val rows)": _shares("val"),
+    "T soft, bias to the teacher's argmax shares (all rows)": _shares("all"),
 }
 
 
@@ -314,6 +344,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--name", default="", help="results file name (default every_class_HALF)")
     parser.add_argument("--posthoc", action="store_true", help="compare RULES on the half's saved runs; no training")
+    parser.add_argument("--reuse", action="store_true", help="evaluate students already trained here again")
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
     args = parser.parse_args()
     name = args.name or f"every_class_{args.half}"
@@ -329,7 +360,7 @@ def main() -> None:
         results = []
         for seed in map(int, args.seeds.split(",")):
             for set_name in sets:
-                results.append(one(set_name, seed))
+                results.append(one(set_name, seed, args.reuse))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.posthoc:
         rows = posthoc(results)

@@ -370,10 +370,10 @@ def validate(run: Training, record: dict) -> None:
     """Score the validation rows into ``record``; keep the weights :func:`better` picks."""
     scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights)
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
-    record["above_majority"] = record["val_accuracy"] > record["val_majority"]
+    record["at_least_majority"] = record["val_accuracy"] >= record["val_majority"]
     if better(record, run.progress["best"]):
         run.progress["best"] = {
-            k: record[k] for k in ("step", "val_loss", "val_accuracy", "val_majority", "above_majority")
+            k: record[k] for k in ("step", "val_loss", "val_accuracy", "val_majority", "at_least_majority")
         }
         run.best_state = {
             k: v.detach().cpu().clone()
@@ -389,25 +389,25 @@ def validate(run: Training, record: dict) -> None:
 
 def better(record: dict, best: dict | None) -> bool:
     """Whether the validation ``record`` beats the ``best`` so far: a checkpoint that agrees with the hard
-    labels more often than always answering their most common label beats one that does not; between
+    labels at least as often as always answering their most common label beats one below that; between
     two of the same kind, the lower validation loss wins. The loss, not the accuracy: on a small set the
     accuracy moves in steps of 1/len(val) and picked lucky early checkpoints (docs/results.md, "Small
     data"); but on 50 noisy rows the lowest loss once fell on a step whose student answered worse than
     the majority label (issue #28), which the first rule now rules out whenever any step is above it."""
     if best is None:
         return True
-    above, best_above = record.get("above_majority", True), best.get("above_majority", True)
+    above, best_above = record.get("at_least_majority", True), best.get("at_least_majority", True)
     return above > best_above or (above == best_above and record["val_loss"] < best["val_loss"])
 
 
 def majority_warning(best: dict | None) -> str | None:
-    """One line when the kept student agrees with its hard labels no more often than their most common
-    label would, naming what to try; None otherwise."""
-    if not best or best.get("above_majority", True):
+    """One line when the kept student agrees with its hard labels less often than always answering their
+    most common label would, naming what to try; None otherwise."""
+    if not best or best.get("at_least_majority", True):
         return None
     return (
         f"distill: warning: the student agrees with its hard labels on {best['val_accuracy']:.1%} of the "
-        f"validation rows, no better than always answering the most common label ({best['val_majority']:.1%}); "
+        f"validation rows, less than always answering the most common label would ({best['val_majority']:.1%}); "
         "try more training rows, more --epochs or --min-steps, --class-weights none, or a larger --student-model"
     )
 
@@ -443,7 +443,7 @@ def save(run: Training, train_seconds: float) -> None:
             "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"], summary["class_bias"] = fit_student_scaling(run, student)
-        summary["best_above_majority"] = best.get("above_majority")
+        summary["best_at_least_majority"] = best.get("at_least_majority")
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
         save_student(
             student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"], summary["class_bias"]

@@ -350,15 +350,15 @@ def test_selection_never_keeps_a_below_majority_checkpoint_when_another_is_above
         predicted = np.where(gen.random(50) < agree, hard, 1 - hard)  # agreement ~ agree
         steps.append({"step": step, "val_accuracy": float((predicted == hard).mean()), "val_majority": 0.8})
     for record, loss in zip(steps, (0.52, 0.47, 0.31, 0.44, 0.45)):  # step 87: lowest loss, worst answers
-        record.update(val_loss=loss, above_majority=record["val_accuracy"] > record["val_majority"])
-    assert not steps[2]["above_majority"]
+        record.update(val_loss=loss, at_least_majority=record["val_accuracy"] >= record["val_majority"])
+    assert not steps[2]["at_least_majority"]
     best = None
     for record in steps:
         best = record if better(record, best) else best
     assert best["step"] == 116 and majority_warning(best) is None
     # With no step above the majority, the lowest loss is kept and the run says so in one line.
     best = None
-    for record in (r for r in steps if not r["above_majority"]):
+    for record in (r for r in steps if not r["at_least_majority"]):
         best = record if better(record, best) else best
     warning = majority_warning(best)
     assert best["step"] == 87 and warning.count("\n") == 0 and "--class-weights none" in warning
