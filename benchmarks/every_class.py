@@ -27,6 +27,7 @@ Results: benchmarks/results/every_class_HALF.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -77,7 +78,10 @@ def one(name: str, seed: int, reuse: bool = False) -> dict:
     started = time.perf_counter()
     if not (reuse and (out / "student" / "train_summary.json").is_file()):
         materialize(rows, pool, out, "auto")
-        distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+        with traced(out) as trace:
+            distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+        np.savez(out / "every_class_trace.npz", **{k: np.asarray([t[k] for t in trace]) for k in trace[0]})
+        started += sum(t["seconds"] for t in trace)  # the tracing's own time is not distill's
     metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, device="cpu"))
     seconds = time.perf_counter() - started
     summary = json.loads((out / "student" / "train_summary.json").read_text())
@@ -108,6 +112,46 @@ def one(name: str, seed: int, reuse: bool = False) -> dict:
         "seconds": seconds,
         **judged(teacher, student, metrics["majority_accuracy"]),
     }
+
+
+@contextlib.contextmanager
+def traced(out):
+    """While distill trains: at every validation pass also keep the model's log-probs on the validation
+    and the test rows (at the training max length), so that checkpoint-selection rules can be compared
+    afterwards on one training run. Only reads the model (eval mode, no random numbers drawn): the
+    trained student is the same as without it."""
+    import distillery.distill.train as train
+    from distillery.annotate import read_annotations
+    from distillery.core.models import predict_probabilities
+    from distillery.evaluation import EvaluateConfig
+    from distillery.evaluation.evaluate import eval_rows
+
+    frame, manifest = read_annotations(out / "annotations")
+    test_texts = eval_rows(EvaluateConfig(out=str(out)), frame, manifest).rows["text"].tolist()
+    trace, validate = [], train.validate
+
+    def validate_and_trace(run, record):
+        validate(run, record)
+        started = time.perf_counter()
+        model = run.accelerator.unwrap_model(run.model)
+        model.eval()
+
+        def logp(texts):
+            probs = predict_probabilities(model, run.tokenizer, texts, 64, run.cfg.max_length)
+            return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+
+        keys = ("step", "val_loss", "val_kd", "val_ce", "val_accuracy", "val_macro_f1", "val_majority")
+        trace.append(
+            {**{k: record[k] for k in keys}, "val": logp(run.rows.val["text"].tolist()), "test": logp(test_texts)}
+        )
+        model.train()
+        trace[-1]["seconds"] = time.perf_counter() - started
+
+    train.validate = validate_and_trace
+    try:
+        yield trace
+    finally:
+        train.validate = validate
 
 
 def judged(teacher: dict, student: dict, majority: float) -> dict:
