@@ -117,7 +117,7 @@ def one(name: str, seed: int, reuse: bool = False) -> dict:
 @contextlib.contextmanager
 def traced(out):
     """While distill trains: at every validation pass also keep the model's log-probs on the validation
-    and the test rows (at the training max length), so that checkpoint-selection rules can be compared
+    and the test rows (read as distill's scaling and evaluate read them), so that checkpoint-selection rules can be compared
     afterwards on one training run. Only reads the model (eval mode, no random numbers drawn): the
     trained student is the same as without it."""
     import distillery.distill.train as train
@@ -136,14 +136,14 @@ def traced(out):
         model = run.accelerator.unwrap_model(run.model)
         model.eval()
 
-        def logp(texts):
-            probs = predict_probabilities(model, run.tokenizer, texts, 64, run.cfg.max_length)
+        def logp(texts, max_length):
+            probs = predict_probabilities(model, run.tokenizer, texts, 64, max_length)
             return np.log(np.maximum(probs, np.finfo(np.float32).tiny))
 
         keys = ("step", "val_loss", "val_kd", "val_ce", "val_accuracy", "val_macro_f1", "val_majority")
-        trace.append(
-            {**{k: record[k] for k in keys}, "val": logp(run.rows.val["text"].tolist()), "test": logp(test_texts)}
-        )
+        # as distill's scaling reads the validation rows, and as evaluate reads the test rows
+        val, test = logp(run.rows.val["text"].tolist(), run.cfg.max_length), logp(test_texts, None)
+        trace.append({**{k: record[k] for k in keys}, "val": val, "test": test})
         model.train()
         trace[-1]["seconds"] = time.perf_counter() - started
 
