@@ -117,8 +117,8 @@ def one(name: str, seed: int, reuse: bool = False) -> dict:
 @contextlib.contextmanager
 def traced(out):
     """While distill trains: at every validation pass also keep the model's log-probs on the validation
-    and the test rows (read as distill's scaling and evaluate read them), so that checkpoint-selection rules can be compared
-    afterwards on one training run. Only reads the model (eval mode, no random numbers drawn): the
+    and the test rows (read as distill's scaling and evaluate read them), so that checkpoint-selection
+    rules can be compared afterwards on one training run. Only reads the model (eval mode, no random numbers drawn): the
     trained student is the same as without it."""
     import distillery.distill.train as train
     from distillery.annotate import read_annotations
@@ -310,22 +310,65 @@ def score_rule(d: dict, record: dict, temperature: float, bias) -> dict:
     }
 
 
+def _row_losses(logits: np.ndarray, teacher: np.ndarray, alpha: float = 0.5, t: float = 2.0) -> np.ndarray:
+    """distill's hybrid loss per validation row, unweighted (KD at T against the teacher + CE on its label)."""
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    t_logp, s_logp = log_softmax(teacher / t), log_softmax(logits / t)
+    kd = (np.exp(t_logp) * (t_logp - s_logp)).sum(-1) * t**2
+    ce = -log_softmax(logits)[np.arange(len(logits)), teacher.argmax(-1)]
+    return alpha * kd + (1 - alpha) * ce
+
+
+def _one_se_last(tr: dict, d: dict) -> int:
+    """The last validation pass whose hybrid loss is within one standard error (paired, per row) of the
+    lowest one's."""
+    losses = np.stack([_row_losses(v, d["val_teacher"]) for v in tr["val"]])
+    best = losses.mean(1).argmin()
+    diff = losses - losses[best]
+    se = diff.std(1, ddof=1) / np.sqrt(losses.shape[1])
+    return int(np.nonzero(diff.mean(1) <= se)[0].max())
+
+
+SELECTIONS = {
+    "lowest val loss (before #28)": lambda tr, d: int(np.argmin(tr["val_loss"])),
+    "lowest val loss, not below majority": lambda tr, d: int(
+        np.argmin(np.where(tr["val_accuracy"] >= tr["val_majority"], tr["val_loss"], np.inf))
+        if (tr["val_accuracy"] >= tr["val_majority"]).any()
+        else np.argmin(tr["val_loss"])
+    ),
+    "last step": lambda tr, d: len(tr["step"]) - 1,
+    "best val macro-F1, then loss": lambda tr, d: int(np.lexsort((tr["val_loss"], -tr["val_macro_f1"]))[0]),
+    "lowest val KD loss": lambda tr, d: int(np.argmin(tr["val_kd"])),
+    "last within 1 SE of lowest loss": _one_se_last,
+}
+
+
 def posthoc(results: list[dict]) -> list[dict]:
-    """Every rule of RULES on every saved run: one row per run and rule."""
+    """Every selection rule x every scaling rule on every traced run: one row per run and pair."""
     rows = []
     for record in results:
-        d = dict(np.load(run_dir(record["set"], record["seed"]) / "every_class_logits.npz"))
-        for rule, fit in RULES.items():
-            temperature, bias = fit(d)
-            rows.append(
-                {
-                    "set": record["set"],
-                    "seed": record["seed"],
-                    "rule": rule,
-                    "T": temperature,
-                    **score_rule(d, record, temperature, bias),
-                }
-            )
+        out = run_dir(record["set"], record["seed"])
+        d = dict(np.load(out / "every_class_logits.npz"))
+        tr = dict(np.load(out / "every_class_trace.npz"))
+        for selection, pick in SELECTIONS.items():
+            i = pick(tr, d)
+            at = {**d, "val_logits": tr["val"][i], "test_logits": tr["test"][i]}
+            for rule, fit in RULES.items():
+                temperature, bias = fit(at)
+                rows.append(
+                    {
+                        "set": record["set"],
+                        "seed": record["seed"],
+                        "rule": f"{selection} | {rule}",
+                        "step": int(tr["step"][i]),
+                        "T": temperature,
+                        **score_rule(at, record, temperature, bias),
+                    }
+                )
     return rows
 
 
@@ -371,10 +414,13 @@ def overall(results: list[dict]) -> dict:
     for r in results:
         per_set.setdefault(r["set"], []).append(r)
     means = [np.mean([r["macro-F1 retention"] for r in runs]) for runs in per_set.values()]
+    lowest = [r["lowest class F1 ratio"] for r in results if r["lowest class F1 ratio"] is not None]
     return {
         "mean macro-F1 retention": float(np.mean(means)),
         "mean accuracy retention": float(np.mean([np.mean([r["retention"] for r in v]) for v in per_set.values()])),
         "lowest set macro-F1 retention (mean over seeds)": float(min(means)),
+        "lowest class F1 ratio": float(min(lowest)) if lowest else None,
+        "mean ECE student - teacher": float(np.mean([r["student ECE"] - r["teacher ECE"] for r in results])),
         "runs above majority": f"{sum(r['above majority'] for r in results)}/{len(results)}",
         "runs with ECE <= teacher + 0.02": f"{sum(r['student ECE'] <= r['teacher ECE'] + 0.02 for r in results)}"
         f"/{len(results)}",
@@ -408,17 +454,17 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.posthoc:
         rows = posthoc(results)
-        summary = summarise(rows, key="rule")
-        print_table(summary, list(summary[0]))
-        by_rule = {rule: overall([r for r in rows if r["rule"] == rule]) for rule in RULES}
-        for rule, numbers in by_rule.items():
-            print(rule, json.dumps(numbers))
+        table = [
+            {"rule": rule, **overall([r for r in rows if r["rule"] == rule])}
+            for rule in dict.fromkeys(r["rule"] for r in rows)
+        ]
+        print_table(table, list(table[0]))
         write_result(
             f"{name}_posthoc",
             {
                 "command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
-                "summary": summary,
-                "overall": by_rule,
+                "overall": table,
+                "summary": summarise(rows, key="rule"),
                 "results": rows,
             },
         )
