@@ -220,6 +220,27 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
     assert "ONNX export" in card and f"- {'int8' if variant == 'int8' else 'float32'}" in card
 
 
+def test_the_post_hoc_scaling_travels_into_the_onnx_graph(run_dir, tmp_path):
+    """A student with a temperature and a class bias (as distill fits them, issue #28) exports a graph
+    whose plain softmax gives the scaled probabilities; the export records both as built in."""
+    student = tmp_path / "scaled"
+    shutil.copytree(run_dir / "student", student)
+    meta = json.loads((student / "distillery_student.json").read_text())
+    (student / "distillery_student.json").write_text(
+        json.dumps({**meta, "temperature": 2.5, "class_bias": [0.7, -0.7]})
+    )
+    texts = make_rows(40)["review"].tolist() + ["terrible", "great"]
+    scaled, plain = load_student(student).probabilities(texts), load_student(run_dir / "student").probabilities(texts)
+    assert np.abs(scaled - plain).max() > 0.05  # the scaling is applied where the student is loaded
+    out = tmp_path / "onnx"
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(out), "--variant", "fp32"]) == 0
+    onnx = load_student(out)
+    assert np.abs(onnx.probabilities(texts) - scaled).max() < 1e-5
+    record = json.loads((out / "distillery_student.json").read_text())
+    assert record["temperature"] == 1.0 and "class_bias" not in record
+    assert record["scaled_by"] == 2.5 and record["shifted_by"] == [0.7, -0.7]
+
+
 def _check_rows(run_dir) -> tuple[list[str], np.ndarray]:
     """The rows export checks the variants on (the test rows, topped up with training rows to 200)
     and the teacher's labels of the test rows, as export reads them."""
