@@ -291,20 +291,16 @@ def score_rule(d: dict, record: dict, temperature: float, bias) -> dict:
     gold = d["test_gold"]
     student = classification_metrics(probs, gold, labels)
     student["ece"] = expected_calibration_error(probs, gold)
-    teacher = {
-        "accuracy": record["teacher acc"],
-        "macro_f1": record["teacher macro-F1"],
-        "per_class": {
-            k: {"f1": record["teacher class F1"][k], "support": record["class test rows"][k]} for k in labels
-        },
-    }
+    teacher_probs = np.exp(d["test_teacher"])
+    teacher = classification_metrics(teacher_probs, gold, labels)
+    teacher["ece"] = expected_calibration_error(teacher_probs, gold)
     shares = np.bincount(probs.argmax(1), minlength=len(labels)) / len(probs)
     teacher_shares = np.bincount(d["test_teacher"].argmax(1), minlength=len(labels)) / len(probs)
     return {
         "student acc": student["accuracy"],
         "student macro-F1": student["macro_f1"],
         "student ECE": student["ece"],
-        "teacher ECE": record["teacher ECE"],
+        "teacher ECE": teacher["ece"],
         "share gap": float(np.abs(shares - teacher_shares).max()),
         **judged(teacher, student, record["majority"]),
     }

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KDLoss", "hybrid_kd_loss"]
+__all__ = ["KDLoss", "hybrid_kd_loss", "hybrid_kd_rows"]
 
 
 class KDLoss(NamedTuple):
@@ -45,6 +45,35 @@ def hybrid_kd_loss(
     Returns:
         ``KDLoss(total, kd, ce)``; a part with no rows to average is 0 (never NaN).
     """
+    kl_rows, ce_rows, soft_w, hard_w = _row_parts(
+        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights
+    )
+    kd = (
+        (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2
+    )  # no soft rows: 0 / 1e-12 = 0, no host sync
+    ce = (ce_rows * hard_w).sum() / hard_w.sum().clamp(min=1e-12)
+    return KDLoss(alpha * kd + (1 - alpha) * ce, kd, ce)
+
+
+def hybrid_kd_rows(
+    student_logits: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(batch,)``: each row's ``α·T²·KL + (1−α)·CE`` (a part the row has no label for counts 0), times
+    its class weight. With every row labelled both ways and no weights, their mean is
+    :func:`hybrid_kd_loss`'s total. What distill compares validation passes by, row by row."""
+    kl_rows, ce_rows, soft_w, hard_w = _row_parts(
+        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights
+    )
+    return alpha * temperature**2 * kl_rows * soft_w + (1 - alpha) * ce_rows * hard_w
+
+
+def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, class_weights):
+    """Per row: the KL at T, the CE, and the weights of the soft and the hard part (0 where missing)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: expected 0 <= alpha <= 1, found {alpha}")
     if temperature <= 0:
@@ -59,10 +88,5 @@ def hybrid_kd_loss(
     if class_weights is not None:
         row_class = torch.where(has_hard, labels, teacher.argmax(dim=-1))
         weights = class_weights.to(kl_rows.device, kl_rows.dtype)[row_class]
-    soft_w, hard_w = weights * has_soft, weights * has_hard
-    kd = (
-        (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2
-    )  # no soft rows: 0 / 1e-12 = 0, no host sync
     ce_rows = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
-    ce = (ce_rows * hard_w).sum() / hard_w.sum().clamp(min=1e-12)
-    return KDLoss(alpha * kd + (1 - alpha) * ce, kd, ce)
+    return kl_rows, ce_rows, weights * has_soft, weights * has_hard

@@ -337,32 +337,65 @@ def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
     assert bias[1] > bias[0]
 
 
+def _passes(gen, hard: np.ndarray, plan) -> list[tuple[dict, np.ndarray]]:
+    """Validation passes over ``hard`` labels: (step, agreement, mean loss) -> (record, row losses)."""
+    out = []
+    for step, agree, loss in plan:
+        predicted = np.where(gen.random(len(hard)) < agree, hard, 1 - hard)
+        accuracy, majority = float((predicted == hard).mean()), float(np.bincount(hard).max() / len(hard))
+        record = {
+            "step": step,
+            "val_accuracy": accuracy,
+            "val_majority": majority,
+            "val_loss": loss,
+            "at_least_majority": accuracy >= majority,
+        }
+        out.append((record, gen.normal(loss, 0.3, len(hard))))
+    return out
+
+
 def test_selection_never_keeps_a_below_majority_checkpoint_when_another_is_above():
     """Issue #28: on a noisy 50-row validation set (80% one label) the lowest validation loss fell on
-    a step whose student agreed with the labels on 33% of the rows; the selection now keeps the
-    best step that beats always answering the majority label, and warns only when none does."""
-    from distillery.distill.train import better, majority_warning
+    a step whose student agreed with the labels on 33% of the rows; the selection now keeps a step
+    that agrees at least as often as always answering the majority label, and warns only when none
+    does."""
+    from distillery.distill.train import majority_warning, select
 
     gen = np.random.default_rng(0)
     hard = np.array([0] * 40 + [1] * 10)
-    steps = []
-    for step, agree in ((29, 0.8), (58, 0.86), (87, 0.33), (116, 0.9), (145, 0.88)):
-        predicted = np.where(gen.random(50) < agree, hard, 1 - hard)  # agreement ~ agree
-        steps.append({"step": step, "val_accuracy": float((predicted == hard).mean()), "val_majority": 0.8})
-    for record, loss in zip(steps, (0.52, 0.47, 0.31, 0.44, 0.45)):  # step 87: lowest loss, worst answers
-        record.update(val_loss=loss, at_least_majority=record["val_accuracy"] >= record["val_majority"])
-    assert not steps[2]["at_least_majority"]
-    best = None
-    for record in steps:
-        best = record if better(record, best) else best
-    assert best["step"] == 116 and majority_warning(best) is None
-    # With no step above the majority, the lowest loss is kept and the run says so in one line.
-    best = None
-    for record in (r for r in steps if not r["at_least_majority"]):
-        best = record if better(record, best) else best
-    warning = majority_warning(best)
-    assert best["step"] == 87 and warning.count("\n") == 0 and "--class-weights none" in warning
-    assert better({"val_loss": 0.1}, {"val_loss": 0.2})  # records of older checkpoints lack the key
+    passes = _passes(
+        gen, hard, ((29, 0.8, 0.52), (58, 0.86, 0.47), (87, 0.33, 0.31), (116, 0.9, 0.44), (145, 0.9, 0.45))
+    )
+    assert not passes[2][0]["at_least_majority"]  # step 87: lowest loss, worst answers
+    progress = {"best": None}
+    for record, rows in passes:
+        select(progress, record, rows)
+    assert progress["best"]["step"] != 87 and progress["best"]["at_least_majority"]
+    assert majority_warning(progress["best"]) is None
+    # With no step at the majority, the lowest loss is kept and the run says so in one line.
+    progress = {"best": None}
+    for record, rows in (p for p in passes if not p[0]["at_least_majority"]):
+        select(progress, record, rows)
+    warning = majority_warning(progress["best"])
+    assert progress["best"]["step"] == 87 and warning.count("\n") == 0 and "--class-weights none" in warning
+
+
+def test_selection_keeps_the_last_step_the_validation_rows_cannot_tell_from_the_lowest():
+    """Issue #28: the lowest validation loss on 50 rows fell on an early, barely trained step; a later
+    step whose loss is within one standard error (paired, row by row) is kept instead, and a later step
+    that is clearly worse (overfitting) is not."""
+    from distillery.distill.train import select
+
+    gen = np.random.default_rng(1)
+    hard = np.array([0] * 25 + [1] * 25)
+    early, late, overfit = _passes(gen, hard, ((58, 0.8, 0.27), (290, 0.9, 0.28), (319, 0.9, 0.6)))
+    late = (late[0], early[1] + gen.normal(0.01, 0.05, 50))  # the same rows, a hair worse on average
+    overfit = (overfit[0], early[1] + 0.4)
+    progress = {"best": None}
+    for record, rows in (early, late, overfit):
+        select(progress, record, rows)
+    assert progress["best"]["step"] == 290 and progress["best"]["lowest_step"] == 58
+    assert progress["lowest"]["step"] == 58
 
 
 def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loaded(annotated, tiny_roberta, tmp_path):
