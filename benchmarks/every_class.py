@@ -65,9 +65,10 @@ def run_dir(name: str, seed: int):
     return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}"
 
 
-def one(name: str, seed: int, reuse: bool = False) -> dict:
+def one(name: str, seed: int, reuse: bool = False, trace: bool = True) -> dict:
     """Distil and evaluate one set with every default; returns its row of the results table. ``reuse``:
-    a student this script already trained for the set and seed is evaluated again, not retrained."""
+    a student this script already trained for the set and seed is evaluated again, not retrained;
+    ``trace``: keep every validation pass's log-probs (:func:`traced`, for --posthoc)."""
     from distillery.annotate import read_annotations
     from distillery.distill import DistillConfig, distill
     from distillery.evaluation import EvaluateConfig, evaluate
@@ -78,10 +79,11 @@ def one(name: str, seed: int, reuse: bool = False) -> dict:
     started = time.perf_counter()
     if not (reuse and (out / "student" / "train_summary.json").is_file()):
         materialize(rows, pool, out, "auto")
-        with traced(out) as trace:
+        with traced(out) if trace else contextlib.nullcontext([]) as passes:
             distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
-        np.savez(out / "every_class_trace.npz", **{k: np.asarray([t[k] for t in trace]) for k in trace[0]})
-        started += sum(t["seconds"] for t in trace)  # the tracing's own time is not distill's
+        if passes:
+            np.savez(out / "every_class_trace.npz", **{k: np.asarray([t[k] for t in passes]) for k in passes[0]})
+        started += sum(t["seconds"] for t in passes)  # the tracing's own time is not distill's
     metrics = evaluate(EvaluateConfig(out=str(out), speed_rows=0, device="cpu"))
     seconds = time.perf_counter() - started
     summary = json.loads((out / "student" / "train_summary.json").read_text())
@@ -258,16 +260,35 @@ def shares_bias(logits: np.ndarray, temperature: float, target: np.ndarray, shar
     return b - b.mean()
 
 
-def _shares(target_rows: str):
+def _shares(target_rows: str, fit_t: bool = True):
     def rule(d: dict) -> tuple[float, np.ndarray | None]:
         from distillery.distill.scaling import fit_scaling
 
-        temperature, _ = fit_scaling(d["val_logits"], d["val_teacher"], bias=False)
+        temperature = fit_scaling(d["val_logits"], d["val_teacher"], bias=False)[0] if fit_t else 1.0
         teacher = d["val_teacher"] if target_rows == "val" else np.concatenate([d["val_teacher"], d["train_teacher"]])
         target = np.bincount(teacher.argmax(1), minlength=teacher.shape[1]) / len(teacher)
         return temperature, shares_bias(d["val_logits"], temperature, target)
 
     return rule
+
+
+def _bias_only(d: dict) -> tuple[float, np.ndarray | None]:
+    """The class bias fitted against the teacher's soft labels with T held at 1."""
+    import torch
+
+    z = torch.as_tensor(d["val_logits"], dtype=torch.float64)
+    target = torch.softmax(torch.as_tensor(d["val_teacher"], dtype=torch.float64), -1)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        value = -(target * torch.log_softmax(z + b, -1)).sum(-1).mean()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return 1.0, (b.detach() - b.detach().mean()).numpy()
 
 
 RULES = {
@@ -277,6 +298,9 @@ RULES = {
     "T + class bias on teacher soft labels": _soft(True),
     "T soft, bias to the teacher's argmax shares (val rows)": _shares("val"),
     "T soft, bias to the teacher's argmax shares (all rows)": _shares("all"),
+    "T 1, bias to the teacher's argmax shares (val rows)": _shares("val", fit_t=False),
+    "T 1, bias to the teacher's argmax shares (all rows)": _shares("all", fit_t=False),
+    "T 1, class bias on teacher soft labels": _bias_only,
 }
 
 
@@ -431,6 +455,9 @@ def main() -> None:
     parser.add_argument("--name", default="", help="results file name (default every_class_HALF)")
     parser.add_argument("--posthoc", action="store_true", help="compare RULES on the half's saved runs; no training")
     parser.add_argument("--reuse", action="store_true", help="evaluate students already trained here again")
+    parser.add_argument(
+        "--no-trace", action="store_true", help="do not keep every validation pass's log-probs (no --posthoc later)"
+    )
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
     args = parser.parse_args()
     name = args.name or f"every_class_{args.half}"
@@ -446,7 +473,7 @@ def main() -> None:
         results = []
         for seed in map(int, args.seeds.split(",")):
             for set_name in sets:
-                results.append(one(set_name, seed, args.reuse))
+                results.append(one(set_name, seed, args.reuse, not args.no_trace))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.posthoc:
         rows = posthoc(results)
