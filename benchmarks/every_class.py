@@ -291,6 +291,19 @@ def _bias_only(d: dict) -> tuple[float, np.ndarray | None]:
     return 1.0, (b.detach() - b.detach().mean()).numpy()
 
 
+def _distill_rule(mode: str):
+    """distill's own --scaling rule (distill/scaling.py's pick_scaling), gold where every row has one."""
+
+    def rule(d: dict) -> tuple[float, np.ndarray | None]:
+        from distillery.distill.scaling import pick_scaling
+
+        gold = d["val_gold"] if (d["val_gold"] >= 0).all() else None
+        scaling = pick_scaling(d["val_logits"], d["val_teacher"], gold, mode)
+        return scaling.temperature, scaling.bias
+
+    return rule
+
+
 RULES = {
     "none (T 1)": lambda d: (1.0, None),
     "before #28 (T on gold, LR test)": _old_rule,
@@ -301,6 +314,7 @@ RULES = {
     "T 1, bias to the teacher's argmax shares (val rows)": _shares("val", fit_t=False),
     "T 1, bias to the teacher's argmax shares (all rows)": _shares("all", fit_t=False),
     "T 1, class bias on teacher soft labels": _bias_only,
+    "--scaling auto (distill's rule)": _distill_rule("auto"),
 }
 
 

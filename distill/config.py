@@ -152,12 +152,13 @@ class DistillConfig:
         group="training",
     )
     scaling: str = option(
-        "temperature+bias",
-        "after training, fit softmax(logits / T + b) on the validation rows against the teacher's "
-        "distribution, so the student's confidence and its share of each class follow the teacher's "
-        "(docs/usage.md, 'Every class'): temperature+bias, temperature (confidence only) or none",
-        choices=("temperature+bias", "temperature", "none"),
-        short="post-hoc scaling fitted to the teacher",
+        "auto",
+        "after training, fit softmax(logits / T + b) on the validation rows (docs/usage.md, 'Every class'): "
+        "auto uses a temperature T (against gold labels where every row has one, else the teacher) and a "
+        "class bias b (against the teacher's distribution) only where a likelihood-ratio test at 5% says "
+        "they fit clearly better; always fits both against the teacher; none",
+        choices=("auto", "always", "none"),
+        short="post-hoc T and class bias",
         group="training",
     )
     evals_per_epoch: int = option(

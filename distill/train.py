@@ -51,7 +51,7 @@ from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, build_dataloaders, covering_length, load_training_rows
 from distillery.distill.losses import hybrid_kd_loss, hybrid_kd_rows
 from distillery.distill.online import OnlineTeacher, load_online_rows
-from distillery.distill.scaling import fit_scaling
+from distillery.distill.scaling import pick_scaling
 from distillery.student.card import write_card
 from distillery.student.kinds import STUDENT_FILE, load_student, save_student, student_kind, trainable_parameters
 
@@ -504,15 +504,15 @@ def save(run: Training, train_seconds: float) -> None:
 
 
 def fit_student_scaling(run: Training, model) -> tuple[float, list[float] | None]:
-    """``--scaling``: the student's post-hoc ``(T, b)`` (distill/scaling.py), fitted on the validation
-    rows against the teacher's calibrated distribution (online: the teacher scores them now). At least
-    :data:`MIN_SCALING_ROWS` rows per fitted number, else the temperature alone, else none."""
+    """``--scaling``: the student's post-hoc ``(T, b)`` (distill/scaling.py) on the validation rows, T
+    against their gold labels where every one has one, else (and b always) against the teacher's
+    calibrated distribution (online: the teacher scores them now). None under
+    :data:`MIN_SCALING_ROWS` validation rows."""
     val, labels, say = run.rows.val, run.rows.labels, run.accelerator.print
     if run.cfg.scaling == "none":
         return 1.0, None
-    bias = run.cfg.scaling == "temperature+bias" and len(val) >= MIN_SCALING_ROWS * (len(labels) + 1)
     if len(val) < MIN_SCALING_ROWS:
-        say(f"distill: no post-hoc scaling ({len(val)} validation rows; the temperature needs {MIN_SCALING_ROWS})")
+        say(f"distill: no post-hoc scaling ({len(val)} validation rows; it needs {MIN_SCALING_ROWS})")
         return 1.0, None
     texts = val["text"].tolist()
     model.eval()
@@ -523,14 +523,12 @@ def fit_student_scaling(run: Training, model) -> tuple[float, list[float] | None
         teacher = val[label_columns(labels)].to_numpy(np.float64)
     else:
         teacher = run.online.targets(texts, None)[0].float().cpu().numpy()
-    temperature, shift = fit_scaling(logits, teacher, bias=bias)
-    said = f"distill: post-hoc scaling fitted on {len(val)} validation rows against the teacher: T {temperature:.3f}"
-    if shift is not None:
-        said += ", class bias " + ", ".join(f"{lab} {b:+.2f}" for lab, b in zip(labels, shift))
-    elif run.cfg.scaling == "temperature+bias":
-        said += f" (no class bias: it needs {MIN_SCALING_ROWS * (len(labels) + 1)} validation rows)"
-    say(said)
-    return temperature, shift
+    gold = None
+    if run.online is None and "gold" in val and val["gold"].isin(labels).all():
+        gold = val["gold"].map(labels.index).to_numpy()
+    scaling = pick_scaling(logits, teacher, gold, run.cfg.scaling)
+    say(f"distill: post-hoc scaling on {len(val)} validation rows: {scaling.said}")
+    return scaling.temperature, scaling.bias
 
 
 def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Tensor | None:
@@ -601,7 +599,7 @@ def keep_trainable_weights(models: list, weights: list[dict], output_dir: str) -
 
 
 CHECKPOINTS = ("checkpoint", "checkpoint.new", "checkpoint.old")
-MIN_SCALING_ROWS = 10  # validation rows per number --scaling fits (T, then one bias per class), at least
+MIN_SCALING_ROWS = 10  # validation rows --scaling needs (its likelihood-ratio tests are asymptotic)
 AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows
 IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learning_curve"}
 TRAINING_DATA = "training_data"  # the key of the data's fingerprint in a checkpoint's settings.json

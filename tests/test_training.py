@@ -289,52 +289,57 @@ def _drawn(n: int, gen: torch.Generator, prior: list[float]) -> tuple[torch.Tens
 
 def test_a_three_times_overconfident_student_is_calibrated_from_200_training_rows():
     """Issue #28: 200 training rows hold out 20 validation rows; the temperature fitted there against
-    the teacher's (calibrated) distribution brings a student three times too confident under 0.03 ECE
-    on fresh rows. The rule before (gold labels, 50 rows at least) left it at T 1."""
-    from distillery.distill.scaling import fit_scaling, scaled_probabilities
+    the teacher's (calibrated) distribution passes its likelihood-ratio test and brings a student three
+    times too confident under 0.03 ECE on fresh rows. The rule before needed 50 validation rows."""
+    from distillery.distill.scaling import pick_scaling, scaled_probabilities
     from distillery.distill.train import MIN_SCALING_ROWS
     from distillery.evaluation.metrics import expected_calibration_error
 
     gen = torch.Generator().manual_seed(0)
     val_rows = round(200 * DistillConfig().val_fraction)
-    assert val_rows >= MIN_SCALING_ROWS  # the temperature is fitted at this size
+    assert val_rows >= MIN_SCALING_ROWS  # scaled at this size
+
+    def student_of(true):  # three times too confident, and not quite its teacher
+        return (true + torch.randn(true.shape, generator=gen) * 0.3) * 3
+
     true, _ = _drawn(val_rows, gen, [1 / 3] * 3)
-    noise = torch.randn(true.shape, generator=gen) * 0.3  # the student is not its teacher
-    temperature, bias = fit_scaling((true + noise) * 3, torch.log_softmax(true, -1), bias=False)
+    scaling = pick_scaling(student_of(true).numpy(), torch.log_softmax(true, -1).numpy())
     fresh, gold = _drawn(20000, gen, [1 / 3] * 3)
-    student = (fresh + torch.randn(fresh.shape, generator=gen) * 0.3) * 3
-    before = expected_calibration_error(torch.softmax(student, -1).numpy(), gold.numpy())
-    after = expected_calibration_error(scaled_probabilities(student.numpy(), temperature, bias), gold.numpy())
-    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after (T {temperature:.2f})"
-    assert bias is None
+    student = student_of(fresh).numpy()
+    before = expected_calibration_error(scaled_probabilities(student), gold.numpy())
+    after = expected_calibration_error(scaled_probabilities(student, scaling.temperature, scaling.bias), gold.numpy())
+    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after ({scaling.said})"
 
 
 def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
-    """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 1.5 too
-    low, as a student trained on few rows of it is) says it about as often as its teacher once the
-    bias is fitted on 50 validation rows; the temperature alone cannot (it never moves the argmax)."""
-    from distillery.distill.scaling import fit_scaling, scaled_probabilities
+    """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 2 too low,
+    as a student trained on few rows of it is) says it about as often as its teacher once the bias is
+    fitted on the 100 validation rows of 1,000 training rows (its likelihood-ratio test passes); the
+    temperature alone cannot (it never moves the argmax). A student whose shares are right gets no
+    bias: fitted anyway, it is noise (on 50 rows the test fires for a shift of 1.5 in 1 seed of 10)."""
+    from distillery.distill.scaling import pick_scaling, scaled_probabilities
 
-    gen = torch.Generator().manual_seed(2)
+    gen = torch.Generator().manual_seed(3)
 
-    def student_of(true):
-        return true + torch.tensor([0.0, -1.5]) + torch.randn(true.shape, generator=gen) * 0.3
-
-    val, _ = _drawn(50, gen, [0.9, 0.1])
-    temperature, bias = fit_scaling(student_of(val), torch.log_softmax(val, -1), bias=True)
-    fresh, _ = _drawn(20000, gen, [0.9, 0.1])
-    teacher_share = (fresh.argmax(1) == 1).float().mean().item()
+    def student_of(true, shift):
+        return true + torch.tensor([0.0, shift]) + torch.randn(true.shape, generator=gen) * 0.3
 
     def share(probs):
         return float((probs.argmax(1) == 1).mean())
 
-    raw = scaled_probabilities(student_of(fresh).numpy())
-    adjusted = scaled_probabilities(student_of(fresh).numpy(), temperature, bias)
-    assert share(raw) < teacher_share / 2, f"the unadjusted student should under-say it: {share(raw):.3f}"
+    val, _ = _drawn(100, gen, [0.9, 0.1])
+    fresh, _ = _drawn(20000, gen, [0.9, 0.1])
+    teacher_share = (fresh.argmax(1) == 1).float().mean().item()
+    scaling = pick_scaling(student_of(val, -2.0).numpy(), torch.log_softmax(val, -1).numpy())
+    raw = scaled_probabilities(student_of(fresh, -2.0).numpy())
+    adjusted = scaled_probabilities(student_of(fresh, -2.0).numpy(), scaling.temperature, scaling.bias)
+    assert share(raw) < teacher_share / 3, f"the unadjusted student should under-say it: {share(raw):.3f}"
     assert abs(share(adjusted) - teacher_share) < 0.25 * teacher_share, (
-        f"small class said on {share(adjusted):.3f} of rows after the bias, the teacher {teacher_share:.3f}"
+        f"small class said on {share(adjusted):.3f} of rows after the bias, the teacher {teacher_share:.3f} "
+        f"({scaling.said})"
     )
-    assert bias[1] > bias[0]
+    assert scaling.bias[1] > scaling.bias[0] and "class bias" in scaling.said
+    assert pick_scaling(student_of(val, 0.0).numpy(), torch.log_softmax(val, -1).numpy()).bias is None
 
 
 def _passes(gen, hard: np.ndarray, plan) -> list[tuple[dict, np.ndarray]]:
@@ -415,12 +420,13 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
             val_fraction=0.8,
             lr=5e-3,
             device="cpu",
+            scaling="always",  # both fitted, without the tests of auto
         )
     )  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
     assert meta["temperature"] == summary["temperature"] and meta["temperature"] != 1.0
-    assert meta["class_bias"] == summary["class_bias"] and len(meta["class_bias"]) == 2  # 51 rows fit T and 2 biases
+    assert meta["class_bias"] == summary["class_bias"] and len(meta["class_bias"]) == 2
     student = load_student(out)
     texts = ["I love this movie", "I hate this film", "the weather is fine"]
     enc = student.tokenizer(texts, padding=True, return_tensors="pt")
