@@ -107,15 +107,14 @@ _REFITTED: dict = {}  # run dir -> refitted fields (a run shared by auto and non
 
 
 def refit_temperature(record: dict) -> dict:
-    """``record`` with its post-hoc scaling refitted by distill's current rule (``--scaling``'s default:
-    T and a class bias fitted on the validation rows against the teacher, distill.train.fit_student_scaling)
-    on the same saved weights, and the scaled ECE and coverage scored again: runs trained before a
+    """``record`` with its post-hoc scaling refitted by distill's current rule (``--scaling auto``,
+    distill/scaling.py's pick_scaling on the validation rows) on the same saved weights, and the scaled ECE and coverage scored again: runs trained before a
     change of the rule stay comparable."""
     import yaml
 
     from distillery.annotate.chunks import label_columns
     from distillery.distill.data import load_training_rows
-    from distillery.distill.scaling import fit_scaling, scaled_probabilities
+    from distillery.distill.scaling import pick_scaling, scaled_probabilities
     from distillery.distill.train import MIN_SCALING_ROWS
 
     out = _run_dir(record)
@@ -131,9 +130,8 @@ def refit_temperature(record: dict) -> dict:
     if len(rows.val) >= MIN_SCALING_ROWS:
         logits = np.log(np.maximum(student.probabilities(rows.val["text"].tolist()), np.finfo(np.float32).tiny))
         teacher = rows.val[label_columns(rows.labels)].to_numpy(np.float64)
-        temperature, bias = fit_scaling(
-            logits, teacher, bias=len(rows.val) >= MIN_SCALING_ROWS * (len(rows.labels) + 1)
-        )
+        gold = rows.val["gold"].map(rows.labels.index).to_numpy() if rows.val["gold"].isin(rows.labels).all() else None
+        temperature, bias, _ = pick_scaling(logits, teacher, gold)
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
     raw = student.probabilities(data.rows["text"].tolist())
