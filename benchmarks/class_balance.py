@@ -108,8 +108,8 @@ _REFITTED: dict = {}  # run dir -> refitted fields (a run shared by auto and non
 
 def refit_temperature(record: dict) -> dict:
     """``record`` with its post-hoc scaling refitted by distill's current rule (``--scaling auto``,
-    distill/scaling.py's pick_scaling on the validation rows) on the same saved weights, and the scaled ECE and coverage scored again: runs trained before a
-    change of the rule stay comparable."""
+    distill/scaling.py's pick_scaling on the validation rows) on the same saved weights, and the scaled
+    ECE and coverage scored again: runs trained before a change of the rule stay comparable."""
     import yaml
 
     from distillery.annotate.chunks import label_columns
