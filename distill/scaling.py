@@ -102,15 +102,18 @@ def fit_bias(logits, teacher_logprobs) -> tuple[list[float] | None, float]:
         return None, 0.0
     alone, _ = fit_temperature(logits, teacher_logprobs)
     joint, bias = fit_scaling(logits, teacher_logprobs, bias=True)
+    if bias is None:
+        return None, 0.0
     with torch.no_grad():
         b = torch.as_tensor(bias, dtype=torch.float64)
         gain = 2 * len(z) * float(_cross_entropy(z / alone, target) - _cross_entropy(z / joint + b, target))
     return bias, gain
 
 
-def _centred(shift: torch.Tensor) -> list[float]:
+def _centred(shift: torch.Tensor) -> list[float] | None:
+    """The bias within [-B_RANGE, B_RANGE], summing to 0; None when the fit did not converge."""
     b = shift.detach().clamp(-B_RANGE, B_RANGE)
-    return (b - b.mean()).tolist()
+    return (b - b.mean()).tolist() if torch.isfinite(b).all() else None
 
 
 class Scaling(NamedTuple):

@@ -118,3 +118,13 @@ def test_class_weights_come_from_the_training_rows_label_shares():
     assert class_weights("auto", rows(150, 850)) is None  # 150 rows of the small class: enough to learn it unweighted
     assert class_weights("balanced", rows(150, 850)) is not None
     assert class_weights("balanced", rows(1, 999))[0] == 10.0  # capped
+
+
+def test_the_row_losses_average_to_the_hybrid_loss():
+    from distillery.distill.losses import hybrid_kd_loss, hybrid_kd_rows
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(32, 3, generator=gen), torch.log_softmax(torch.randn(32, 3, generator=gen), -1)
+    labels = torch.randint(0, 3, (32,), generator=gen)
+    rows = hybrid_kd_rows(student, teacher, labels, 0.5, 2.0)
+    assert rows.shape == (32,) and torch.allclose(rows.mean(), hybrid_kd_loss(student, teacher, labels, 0.5, 2.0).total)

@@ -380,6 +380,21 @@ def test_model_card_carries_the_run_and_its_evaluation(run_dir):
     assert f"{summary['train_rows']} training" in body and f"{summary['steps']} optimizer steps" in body
 
 
+def test_the_card_of_a_student_with_a_class_bias_does_not_send_users_to_the_raw_pipeline(run_dir, tmp_path):
+    """A plain transformers pipeline reads the raw logits; with a class bias its labels can differ from
+    the ones evaluate measured, so the card's recipe loads the student with its scaling (issue #28)."""
+    from distillery.student.card import write_card
+
+    student = tmp_path / "biased"
+    shutil.copytree(run_dir / "student", student)
+    meta = json.loads((student / "distillery_student.json").read_text())
+    (student / "distillery_student.json").write_text(json.dumps({**meta, "class_bias": [0.4, -0.4]}))
+    body = write_card(student).read_text()
+    assert "load_student" in body and "without the class bias" in body and "+0.40, -0.40" in body
+    assert 'pipeline("text-classification"' not in body
+    assert 'pipeline("text-classification"' in (run_dir / "student" / "README.md").read_text() or meta.get("class_bias")
+
+
 def test_clopper_pearson_lower_bound_matches_closed_forms():
     from scipy.stats import binomtest
 

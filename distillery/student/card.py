@@ -63,6 +63,7 @@ class CardData:
     defer: dict | None
     path: str
     export: dict | None = None  # an ONNX export's variant and what export measured
+    class_bias: list[float] | None = None  # the post-hoc class bias distill fitted (moves labels)
 
 
 def shareable_name(value: str) -> str:
@@ -124,6 +125,7 @@ def card_data(student_dir: str | Path) -> CardData:
         defer=meta.get("defer"),
         path=student_dir.name,  # the card sits in that folder
         export=meta.get("export"),
+        class_bias=meta.get("class_bias"),
     )
 
 
@@ -227,6 +229,14 @@ def render_card(data: CardData) -> str:
             "```python\nfrom distillery import load_student\n"
             f'student = load_student("{data.path}")   # the adapter on its base model\n'
             'print(student.probabilities(["what a great day"]))\n```'
+        )
+    elif data.class_bias:  # a plain pipeline reads the raw logits: without the bias its labels can differ
+        usage = (
+            "```python\nfrom distillery import load_student\n"
+            f'student = load_student("{data.path}")   # with its fitted temperature and class bias\n'
+            'print(student.predict(["what a great day"]))\n```\n\n'
+            "`transformers.pipeline` on this folder reads the raw logits, without the class bias distill "
+            f"fitted ({', '.join(f'{b:+.2f}' for b in data.class_bias)}): its labels can differ."
         )
     else:
         usage = (
