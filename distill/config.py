@@ -154,11 +154,11 @@ class DistillConfig:
     scaling: str = option(
         "auto",
         "after training, fit softmax(logits / T + b) on the validation rows (docs/usage.md, 'Every class'): "
-        "auto uses a temperature T (against gold labels where every row has one, else the teacher) and a "
-        "class bias b (against the teacher's distribution) only where a likelihood-ratio test at 5% says "
-        "they fit clearly better; always fits both against the teacher; none",
-        choices=("auto", "always", "none"),
-        short="post-hoc T and class bias",
+        "auto fits a class bias b against the teacher's distribution, then a temperature T (against gold "
+        "labels where every row has one, else the teacher) used only where a likelihood-ratio test at 5% "
+        "says it fits clearly better; none",
+        choices=("auto", "none"),
+        short="post-hoc class bias and T",
         group="training",
     )
     evals_per_epoch: int = option(

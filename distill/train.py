@@ -529,7 +529,7 @@ def fit_student_scaling(run: Training, model) -> tuple[float, list[float] | None
         return 1.0, None
     texts = val["text"].tolist()
     model.eval()
-    probs = predict_probabilities(model, run.tokenizer, texts, 32, run.cfg.max_length)
+    probs = predict_probabilities(model, run.tokenizer, texts, 32)  # whole texts, as the student reads them
     # Log-probabilities are the logits shifted per row: softmax(log p / T + b) = softmax(logits / T + b).
     logits = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
     if run.online is None:

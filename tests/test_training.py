@@ -312,14 +312,13 @@ def test_a_three_times_overconfident_student_is_calibrated_from_200_training_row
 
 
 def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
-    """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 2 too low,
-    as a student trained on few rows of it is) says it about as often as its teacher once the bias is
-    fitted on the 100 validation rows of 1,000 training rows (its likelihood-ratio test passes); the
-    temperature alone cannot (it never moves the argmax). A student whose shares are right gets no
-    bias: fitted anyway, it is noise (on 50 rows the test fires for a shift of 1.5 in 1 seed of 10)."""
+    """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 1.5 too
+    low, as a student trained on few rows of it is) says it about as often as its teacher once the
+    bias is fitted on the 50 validation rows of 500 training rows; the temperature alone cannot (it
+    never moves the argmax). A student whose shares are right gets a bias near 0."""
     from distillery.distill.scaling import pick_scaling, scaled_probabilities
 
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(2)
 
     def student_of(true, shift):
         return true + torch.tensor([0.0, shift]) + torch.randn(true.shape, generator=gen) * 0.3
@@ -327,19 +326,20 @@ def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
     def share(probs):
         return float((probs.argmax(1) == 1).mean())
 
-    val, _ = _drawn(100, gen, [0.9, 0.1])
+    val, _ = _drawn(50, gen, [0.9, 0.1])
     fresh, _ = _drawn(20000, gen, [0.9, 0.1])
     teacher_share = (fresh.argmax(1) == 1).float().mean().item()
-    scaling = pick_scaling(student_of(val, -2.0).numpy(), torch.log_softmax(val, -1).numpy())
-    raw = scaled_probabilities(student_of(fresh, -2.0).numpy())
-    adjusted = scaled_probabilities(student_of(fresh, -2.0).numpy(), scaling.temperature, scaling.bias)
-    assert share(raw) < teacher_share / 3, f"the unadjusted student should under-say it: {share(raw):.3f}"
+    scaling = pick_scaling(student_of(val, -1.5).numpy(), torch.log_softmax(val, -1).numpy())
+    raw = scaled_probabilities(student_of(fresh, -1.5).numpy())
+    adjusted = scaled_probabilities(student_of(fresh, -1.5).numpy(), scaling.temperature, scaling.bias)
+    assert share(raw) < teacher_share / 2, f"the unadjusted student should under-say it: {share(raw):.3f}"
     assert abs(share(adjusted) - teacher_share) < 0.25 * teacher_share, (
         f"small class said on {share(adjusted):.3f} of rows after the bias, the teacher {teacher_share:.3f} "
         f"({scaling.said})"
     )
-    assert scaling.bias[1] > scaling.bias[0] and "class bias" in scaling.said
-    assert pick_scaling(student_of(val, 0.0).numpy(), torch.log_softmax(val, -1).numpy()).bias is None
+    assert scaling.bias[1] - scaling.bias[0] > 1.0 and "class bias" in scaling.said
+    right = pick_scaling(student_of(val, 0.0).numpy(), torch.log_softmax(val, -1).numpy())
+    assert max(abs(b) for b in right.bias) < 0.2
 
 
 def _passes(gen, hard: np.ndarray, plan) -> list[tuple[dict, np.ndarray]]:
@@ -433,13 +433,13 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
             val_fraction=0.8,
             lr=5e-3,
             device="cpu",
-            scaling="always",  # both fitted, without the tests of auto
         )
     )  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
     summary = json.loads((out / "train_summary.json").read_text())
-    assert meta["temperature"] == summary["temperature"] and meta["temperature"] != 1.0
+    assert meta["temperature"] == summary["temperature"] and meta["temperature"] > 0
     assert meta["class_bias"] == summary["class_bias"] and len(meta["class_bias"]) == 2
+    assert meta["class_bias"] != [0.0, 0.0]  # 13 overfitted rows: the student's shares are not the teacher's
     student = load_student(out)
     texts = ["I love this movie", "I hate this film", "the weather is fine"]
     enc = student.tokenizer(texts, padding=True, return_tensors="pt")
