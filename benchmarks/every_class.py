@@ -423,6 +423,20 @@ def posthoc(results: list[dict]) -> list[dict]:
     return rows
 
 
+def rescored(record: dict) -> dict:
+    """``record`` with the student's measures recomputed from its saved raw log-probs under distill's
+    current ``--scaling auto`` rule (distill/scaling.py's pick_scaling, the function distill calls)."""
+    d = dict(np.load(run_dir(record["set"], record["seed"]) / "every_class_logits.npz"))
+    temperature, bias = _distill_rule("auto")(d)
+    return {
+        **record,
+        **score_rule(d, record, temperature, bias),
+        "temperature": temperature,
+        "class bias": None if bias is None else list(bias),
+        "rescored": True,
+    }
+
+
 # --- tables ----------------------------------------------------------------------------------------
 
 
@@ -494,6 +508,12 @@ def main() -> None:
     parser.add_argument(
         "--no-trace", action="store_true", help="do not keep every validation pass's log-probs (no --posthoc later)"
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="with --merge: each student's measures with distill's current --scaling rule applied to its "
+        "saved raw log-probs (the same weights; for runs trained before the rule changed)",
+    )
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
     args = parser.parse_args()
     name = args.name or f"every_class_{args.half}"
@@ -511,6 +531,8 @@ def main() -> None:
             for set_name in sets:
                 results.append(one(set_name, seed, args.reuse, not args.no_trace))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
+    if args.rescore:
+        results = [rescored(r) for r in results]
     if args.posthoc:
         rows = posthoc(results)
         table = [
