@@ -368,14 +368,8 @@ def train_step(run: Training, batch: dict):
     return loss
 
 
-KEPT = (
-    "step",
-    "val_loss",
-    "val_row_loss",
-    "val_accuracy",
-    "val_majority",
-    "at_least_majority",
-)  # of a validation pass, in progress
+# what progress keeps of a validation pass
+KEPT = ("step", "val_loss", "val_row_loss", "val_accuracy", "val_majority", "at_least_majority")
 
 
 def validate(run: Training, record: dict) -> None:
@@ -430,8 +424,8 @@ def keep(record: dict, row_losses: np.ndarray, lowest: dict) -> bool:
     the best: on 50 rows the lowest loss often fell on an early, barely trained step (SST-2 70/30:
     step 58 of 319, macro-F1 retention 0.58 against 0.92 for the last within the error; the tuning
     half of benchmarks/every_class.py, docs/usage.md "Every class"), while a later pass has seen
-    every row more often at a lower learning rate. The rule keeps going back to an earlier pass
-    when a later one is clearly worse (overfitting)."""
+    every row more often at a lower learning rate. A later pass clearly worse than the lowest
+    (overfitting) is not kept."""
     if record.get("at_least_majority", True) != lowest.get("at_least_majority", True):
         return False
     if "row_losses" not in lowest:  # carried over from an older checkpoint
