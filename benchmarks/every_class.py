@@ -220,29 +220,22 @@ def save_logits(out) -> None:
 def _old_rule(d: dict) -> tuple[float, np.ndarray | None]:
     """Before issue #28: T fitted on the validation rows' gold labels, used when a likelihood-ratio test
     at 5% passes and there are >= 50 validation rows; no bias."""
-    import torch
-
-    from distillery.distill.scaling import fit_scaling
+    from distillery.distill.scaling import fit_temperature
 
     logits, gold = d["val_logits"], d["val_gold"]
     if len(logits) < 50 or (gold < 0).any():
         return 1.0, None
-    targets = np.eye(logits.shape[1])[gold]
-    temperature, _ = fit_scaling(logits, np.log(np.maximum(targets, 1e-300)), bias=False)
-    z = torch.from_numpy(logits)
-    y = torch.from_numpy(gold).long()
-
-    def nll(t):
-        return float(torch.nn.functional.cross_entropy(z / t, y, reduction="sum"))
-
-    return (temperature if 2 * (nll(1.0) - nll(temperature)) >= 3.841 else 1.0), None
+    temperature, gain = fit_temperature(logits, np.log(np.maximum(np.eye(logits.shape[1])[gold], 1e-300)))
+    return (temperature if gain >= 3.841 else 1.0), None
 
 
 def _soft(bias: bool):
     def rule(d: dict) -> tuple[float, np.ndarray | None]:
-        from distillery.distill.scaling import fit_scaling
+        from distillery.distill.scaling import fit_scaling, fit_temperature
 
-        return fit_scaling(d["val_logits"], d["val_teacher"], bias=bias)
+        if not bias:
+            return fit_temperature(d["val_logits"], d["val_teacher"])[0], None
+        return fit_scaling(d["val_logits"], d["val_teacher"])
 
     return rule
 
@@ -263,9 +256,9 @@ def shares_bias(logits: np.ndarray, temperature: float, target: np.ndarray, shar
 
 def _shares(target_rows: str, fit_t: bool = True):
     def rule(d: dict) -> tuple[float, np.ndarray | None]:
-        from distillery.distill.scaling import fit_scaling
+        from distillery.distill.scaling import fit_temperature
 
-        temperature = fit_scaling(d["val_logits"], d["val_teacher"], bias=False)[0] if fit_t else 1.0
+        temperature = fit_temperature(d["val_logits"], d["val_teacher"])[0] if fit_t else 1.0
         teacher = d["val_teacher"] if target_rows == "val" else np.concatenate([d["val_teacher"], d["train_teacher"]])
         target = np.bincount(teacher.argmax(1), minlength=teacher.shape[1]) / len(teacher)
         return temperature, shares_bias(d["val_logits"], temperature, target)
@@ -274,22 +267,10 @@ def _shares(target_rows: str, fit_t: bool = True):
 
 
 def _bias_only(d: dict) -> tuple[float, np.ndarray | None]:
-    """The class bias fitted against the teacher's soft labels with T held at 1."""
-    import torch
+    """The class bias fitted against the teacher's soft labels with T held at 1 (no T at all)."""
+    from distillery.distill.scaling import fit_bias
 
-    z = torch.as_tensor(d["val_logits"], dtype=torch.float64)
-    target = torch.softmax(torch.as_tensor(d["val_teacher"], dtype=torch.float64), -1)
-    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([b], max_iter=200, line_search_fn="strong_wolfe")
-
-    def loss():
-        optimizer.zero_grad()
-        value = -(target * torch.log_softmax(z + b, -1)).sum(-1).mean()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return 1.0, (b.detach() - b.detach().mean()).numpy()
+    return 1.0, fit_bias(d["val_logits"], d["val_teacher"])
 
 
 def _distill_rule(mode: str):
@@ -305,21 +286,6 @@ def _distill_rule(mode: str):
     return rule
 
 
-def _bias_then_tested_t(d: dict) -> tuple[float, np.ndarray | None]:
-    """The class bias at T 1 against the teacher (no test), then T with the bias held, against gold
-    where every row has it, used when its likelihood-ratio test passes."""
-    from scipy.stats import chi2
-
-    from distillery.distill.scaling import fit_temperature
-
-    _, bias = _bias_only(d)
-    gold = d["val_gold"] if (d["val_gold"] >= 0).all() else None
-    k = d["val_logits"].shape[1]
-    targets = np.log(np.maximum(np.eye(k)[gold], 1e-300)) if gold is not None else d["val_teacher"]
-    temperature, gain = fit_temperature(d["val_logits"], targets, list(bias))
-    return (temperature if gain >= chi2.ppf(0.95, 1) else 1.0), bias
-
-
 RULES = {
     "none (T 1)": lambda d: (1.0, None),
     "before #28 (T on gold, LR test)": _old_rule,
@@ -331,7 +297,6 @@ RULES = {
     "T 1, bias to the teacher's argmax shares (all rows)": _shares("all", fit_t=False),
     "T 1, class bias on teacher soft labels": _bias_only,
     "--scaling auto (distill's rule)": _distill_rule("auto"),
-    "class bias at T 1, then T if its LR test passes": _bias_then_tested_t,
 }
 
 

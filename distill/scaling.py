@@ -57,20 +57,21 @@ def _minimise(params: list[torch.Tensor], loss) -> None:
     optimizer.step(closure)
 
 
-def fit_scaling(logits, teacher_logprobs, bias: bool = True) -> tuple[float, list[float] | None]:
+def fit_scaling(logits, teacher_logprobs) -> tuple[float, list[float] | None]:
     """``(T, b)`` minimising the mean cross-entropy of ``softmax(logits / T + b)`` against
-    ``softmax(teacher_logprobs)`` jointly (measured, not a default); ``b`` is None with ``bias=False``
-    and sums to 0 otherwise. ``(1.0, None)`` when no row has finite values."""
+    ``softmax(teacher_logprobs)`` jointly: an alternative benchmarks/every_class.py measures (worse
+    than distill's rule, docs/usage.md "Every class"), not a default; ``b`` sums to 0. ``(1.0, None)``
+    when no row has finite values."""
     z, target = _tensors(logits, teacher_logprobs)
     if len(z) == 0:
         return 1.0, None
     log_scale = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    shift = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=bias)
-    _minimise([log_scale, shift] if bias else [log_scale], lambda: _cross_entropy(z * log_scale.exp() + shift, target))
+    shift = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    _minimise([log_scale, shift], lambda: _cross_entropy(z * log_scale.exp() + shift, target))
     temperature = float((-log_scale.detach()).exp().clamp(*T_RANGE))
     if not math.isfinite(temperature):
         return 1.0, None
-    return temperature, _centred(shift) if bias else None
+    return temperature, _centred(shift)
 
 
 def fit_temperature(logits, targets, bias: list[float] | None = None) -> tuple[float, float]:
