@@ -349,6 +349,26 @@ def _one_se_last(tr: dict, d: dict) -> int:
     return int(np.nonzero(diff.mean(1) <= se)[0].max())
 
 
+def _calibrated(tr: dict, d: dict, last_within_se: bool) -> int:
+    """Select on the validation loss *after* each pass's own post-hoc scaling (distill's --scaling
+    auto fitted at that pass): a pass is not penalised for a confidence the scaling removes."""
+    from distillery.distill.scaling import pick_scaling, scaled_probabilities
+
+    gold = d["val_gold"] if (d["val_gold"] >= 0).all() else None
+    losses = []
+    for v in tr["val"]:
+        scaling = pick_scaling(v, d["val_teacher"], gold, "auto")
+        logp = np.log(np.maximum(scaled_probabilities(v, scaling.temperature, scaling.bias), 1e-12))
+        losses.append(_row_losses(logp, d["val_teacher"]))
+    losses = np.stack(losses)
+    best = losses.mean(1).argmin()
+    if not last_within_se:
+        return int(best)
+    diff = losses - losses[best]
+    se = diff.std(1, ddof=1) / np.sqrt(losses.shape[1])
+    return int(np.nonzero(diff.mean(1) <= se)[0].max())
+
+
 SELECTIONS = {
     "lowest val loss (before #28)": lambda tr, d: int(np.argmin(tr["val_loss"])),
     "lowest val loss, not below majority": lambda tr, d: int(
@@ -360,6 +380,8 @@ SELECTIONS = {
     "best val macro-F1, then loss": lambda tr, d: int(np.lexsort((tr["val_loss"], -tr["val_macro_f1"]))[0]),
     "lowest val KD loss": lambda tr, d: int(np.argmin(tr["val_kd"])),
     "last within 1 SE of lowest loss": _one_se_last,
+    "lowest loss after scaling": lambda tr, d: _calibrated(tr, d, False),
+    "last within 1 SE of lowest loss after scaling": lambda tr, d: _calibrated(tr, d, True),
 }
 
 
