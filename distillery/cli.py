@@ -115,13 +115,14 @@ GROUP_TITLES = {
     "review": "review queue",
     "evaluation": "evaluation",
     "output": "output",
-    "device": "device",
+    "device": "device and cluster (--engine ray: docs/scale.md)",
 }
+RARE = {"worker_cpus", "worker_gpus"}  # shown by --help-all only, for every subcommand
 
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
 COMMON = set(
     "out data text_column label_column split_column limit labels task backend teacher base_url calibrate "
-    "device overwrite restart_annotations seed "
+    "device overwrite restart_annotations seed engine workers "
     "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
     "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split()
 )
@@ -328,6 +329,8 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
             continue
         if command in ("run", "active"):
             entry[1], entry[2] = [f for f in members if f.name in COMMON], [f for f in members if f.name not in COMMON]
+        elif any(f.name in RARE for f in members):
+            entry[1], entry[2] = [f for f in members if f.name not in RARE], [f for f in members if f.name in RARE]
         elif command == "distill" and (
             title.startswith("online teacher") or title.endswith(")") and "backend" in title
         ):

@@ -66,7 +66,7 @@ def _snapshot(folder: Path, pattern: str) -> dict:
 
 
 def kill_while_writing(
-    args: list, watch: Path, pattern: str, rng: random.Random, kills: int, pause: float, args_after=None
+    args: list, watch: Path, pattern: str, rng: random.Random, kills: int, pause: float, args_after=None, wait_s=WAIT_S
 ) -> int:
     """Start the command ``kills`` times; each time wait until it writes a file matching
     ``pattern`` under ``watch`` (its real work has begun), then kill -9 it after a random pause
@@ -83,10 +83,10 @@ def kill_while_writing(
             stderr=subprocess.PIPE,
             text=True,
         )
-        before, deadline = _snapshot(watch, pattern), time.monotonic() + WAIT_S
+        before, deadline = _snapshot(watch, pattern), time.monotonic() + wait_s
         try:
             while proc.poll() is None and _snapshot(watch, pattern) == before:
-                assert time.monotonic() < deadline, f"no write under {watch} within {WAIT_S} s"
+                assert time.monotonic() < deadline, f"no write under {watch} within {wait_s} s"
                 time.sleep(0.02)
             time.sleep(rng.uniform(0, pause))
             if proc.poll() is None:
@@ -156,6 +156,8 @@ def test_annotate_killed_at_random_points_resumes_every_row_exactly_once(tiny_ll
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     _same_annotations(out, reference)
+    left = [p.name for p in (out / "annotations").iterdir() if "distillery-tmp" in p.name]
+    assert not left, f"a killed run's temporary files are left: {left}"
 
 
 def test_two_annotate_runs_at_once_never_mix_rows(tiny_llama, rows_csv, reference, tmp_path):

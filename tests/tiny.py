@@ -45,19 +45,20 @@ def build_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_llama(path: Path, seed: int = 0) -> Path:
-    """A 2-layer random Llama causal LM plus the tiny tokenizer, saved to ``path``."""
+def build_llama(path: Path, seed: int = 0, hidden: int = 16, layers: int = 2) -> Path:
+    """A random Llama causal LM (2 layers of width 16 unless told) plus the tiny tokenizer, saved to
+    ``path``; a wider one is slow enough on purpose (a kill lands while it scores)."""
     import torch
 
     torch.manual_seed(seed)
     tok = build_tokenizer(path)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_attention_heads=4,
         num_key_value_heads=2,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         max_position_embeddings=512,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,

@@ -119,7 +119,14 @@ def _env_name(value: str) -> str | None:
 
 
 # A string setting's form: a check returning None when the value fits, else what was expected.
-FORMS = {"device": _device, "env_name": _env_name}
+def _ray_address(value: str) -> str | None:
+    """None for '' (a Ray runtime started here), auto, ray://HOST:PORT or HOST:PORT; else what is expected."""
+    if value in ("", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", value):
+        return None
+    return "'' (start Ray here), auto, ray://HOST:PORT or HOST:PORT"
+
+
+FORMS = {"device": _device, "env_name": _env_name, "ray_address": _ray_address}
 RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 

@@ -136,6 +136,43 @@ SHARED = {
         "device",
         {"form": "device"},
     ),
+    "engine": (
+        "local",
+        "where the work runs: local (this process) or ray (workers on a Ray cluster: pip install "
+        "'distillery[ray]'; docs/scale.md)",
+        "local, or ray (a Ray cluster)",
+        "device",
+        {"choices": ("local", "ray")},
+    ),
+    "ray_address": (
+        "",
+        "--engine ray: the cluster to use: empty starts a Ray runtime on this machine, 'auto' joins the cluster "
+        "this machine belongs to (ray start), or ray://HOST:10001",
+        "'' (start one here), auto or ray://HOST:10001",
+        "device",
+        {"form": "ray_address"},
+    ),
+    "workers": (
+        1,
+        "--engine ray: how many workers",
+        "--engine ray: workers (sizes: --help-all)",
+        "device",
+        {"ge": 1},
+    ),
+    "worker_cpus": (
+        1.0,
+        "--engine ray: CPUs each worker reserves (also its torch threads)",
+        "CPUs per worker (and its threads)",
+        "device",
+        {"gt": 0.0},
+    ),
+    "worker_gpus": (
+        0.0,
+        "--engine ray: GPUs each worker reserves (1 for a teacher on a GPU of its own; 0.5 shares one by two)",
+        "GPUs per worker",
+        "device",
+        {"ge": 0.0},
+    ),
     "overwrite": (
         False,
         "write into folders that hold files Distillery did not write, beside them: those are never replaced "
