@@ -193,6 +193,11 @@ class DistillConfig:
     seed: int = shared("seed")
     overwrite: bool = shared("overwrite")
     device: str = shared("device")
+    engine: str = shared("engine")
+    ray_address: str = shared("ray_address")
+    workers: int = shared("workers")
+    worker_cpus: float = shared("worker_cpus")
+    worker_gpus: float = shared("worker_gpus")
 
     # The student kind's own settings (its dataclass, registered with it: llama-lora's LoraSettings).
     settings: Any = settings_field(student_kinds)

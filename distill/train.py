@@ -118,6 +118,10 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     needs ``source`` (the data and teacher settings of annotate) instead of annotation chunks.
     One process at a time writes the student's folder.
     """
+    if cfg.engine == "ray":  # the same function on each Ray Train worker (distill/cluster.py)
+        from distillery.distill.cluster import distill_on_ray
+
+        return distill_on_ray(cfg, source)
     out_dir = Run.of(cfg).student
     with locked(out_dir, "distill"):  # OUT is only read (chunks are checked against their checksums): sweeps share it
         student = _distill(cfg, source, out_dir)

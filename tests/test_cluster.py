@@ -6,6 +6,7 @@ the cluster and checks that no Ray process it started is left."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import make_rows
-from test_reliability import ROOT, WAIT_S, _annotate_args, _env, kill_while_writing
+from test_reliability import ROOT, WAIT_S, _annotate_args, _distill_args, _env, _log, kill_while_writing
 from tiny import build_llama
 
 from distillery.annotate import read_annotations
@@ -217,9 +218,12 @@ def test_a_worker_that_cannot_load_the_teacher_stops_the_run_naming_its_node(
     assert {p.name: p.read_bytes() for p in (out / "annotations").glob("part-*.csv")} == kept, "earlier chunks kept"
 
 
-def test_ctrl_c_stops_the_workers(cluster, slow_llama, rows, tmp_path):
+def test_ctrl_c_stops_the_workers(cluster, slow_llama, tmp_path):
+    data = tmp_path / "many.csv"
+    make_rows(800).to_csv(data, index=False)  # 100 chunks: still running when Ctrl-C comes
+    out = tmp_path / "run"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "distillery", *map(str, args(slow_llama, rows, tmp_path / "run")), *on_ray(cluster)],
+        [sys.executable, "-m", "distillery", *map(str, args(slow_llama, data, out)), *on_ray(cluster)],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -228,7 +232,8 @@ def test_ctrl_c_stops_the_workers(cluster, slow_llama, rows, tmp_path):
     )
     workers = lambda: [p for p, c in ray_processes().items() if c.startswith("ray::TeacherWorker")]  # noqa: E731
     try:
-        wait_for(lambda: len(workers()) == 2, "two workers started", seconds=WAIT_S * 3)
+        wait_for(lambda: list(out.glob("annotations/part-*.csv")), "a first chunk", seconds=WAIT_S * 3)
+        assert len(workers()) == 2
         driver.send_signal(signal.SIGINT)
         output, _ = driver.communicate(timeout=WAIT_S)
     finally:
@@ -237,6 +242,7 @@ def test_ctrl_c_stops_the_workers(cluster, slow_llama, rows, tmp_path):
             driver.wait()
     assert driver.returncode == 130, output[-3000:]
     assert "interrupted" in output
+    assert len(list(out.glob("annotations/part-*.csv"))) < 100, "Ctrl-C came while the run was going"
     wait_for(lambda: not workers(), "the workers gone after Ctrl-C", seconds=60)
 
 
@@ -268,3 +274,109 @@ def test_without_ray_the_engine_is_one_line_naming_the_extra(tiny_llama, rows, t
         "distillery annotate: error: --engine ray needs Ray: pip install 'distillery[ray]'"
     ]
     assert not (tmp_path / "run").exists(), "nothing written"
+
+
+# --- distill --engine ray: Ray Train's TorchTrainer over gloo -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_on(tiny_llama, tmp_path_factory) -> Path:
+    """A run folder annotated by the tiny Llama on this machine: what the students train on."""
+    out = tmp_path_factory.mktemp("annotated")
+    make_rows(240).to_csv(out / "rows.csv", index=False)
+    done = cli(*_annotate_args(tiny_llama, out / "rows.csv", out, "--test-fraction", "0.1"))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def distill_args(trained_on: Path, tiny_roberta, output: Path, *extra) -> list:
+    return _distill_args(trained_on, tiny_roberta, output, "--epochs", "3", *extra)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def accelerate_student(trained_on, tiny_roberta) -> Path:
+    """The same training in 2 CPU processes under torchrun, accelerate's multi-process path (what
+    ``accelerate launch`` starts on GPUs; on CPUs it would need MPI): the reference curve."""
+    output = trained_on / "accelerate-student"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "distillery",
+            *map(str, distill_args(trained_on, tiny_roberta, output)),
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 3,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((output / "train_summary.json").read_text())["processes"] == 2
+    return output
+
+
+def test_distill_on_two_ray_train_workers_follows_the_two_process_accelerate_curve(
+    cluster, trained_on, tiny_roberta, accelerate_student, tmp_path
+):
+    output = tmp_path / "student"
+    done = cli(*distill_args(trained_on, tiny_roberta, output), *on_ray(cluster), timeout=WAIT_S * 3)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    want, got = _log(accelerate_student), _log(output)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-4)
+    summary, reference = (json.loads((s / "train_summary.json").read_text()) for s in (output, accelerate_student))
+    timing = {"train_seconds", "train_rows_per_s", "peak_memory_bytes"}  # measured, not recorded settings
+    assert {k: v for k, v in summary.items() if k not in timing} == {
+        k: v for k, v in reference.items() if k not in timing
+    }, "the student records what the accelerate run records"
+    assert sorted(p.name for p in output.iterdir()) == sorted(p.name for p in accelerate_student.iterdir())
+
+
+def test_a_killed_training_worker_stops_with_one_line_and_resume_goes_on(
+    cluster, trained_on, tiny_roberta, accelerate_student, tmp_path
+):
+    output = tmp_path / "student"
+    command = [sys.executable, "-m", "distillery", *map(str, distill_args(trained_on, tiny_roberta, output))]
+    driver = subprocess.Popen(
+        [*command, *on_ray(cluster)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: list(output.glob("checkpoint*/progress.json")), "a first checkpoint", seconds=WAIT_S * 3)
+        trainers = [p for p, c in ray_processes().items() if c.startswith("ray::RayTrainWorker")]
+        assert trainers, "a Ray Train worker process"
+        os.kill(trainers[-1], signal.SIGKILL)
+        _, errors = driver.communicate(timeout=WAIT_S * 2)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 2, errors[-3000:]
+    line = errors.strip().splitlines()[-1]
+    assert "training stopped" in line and "--resume" in line, line
+    done = subprocess.run(
+        [*command, "--resume", *on_ray(cluster)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 3,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    want, got = _log(accelerate_student), _log(output)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-4)
