@@ -30,17 +30,16 @@ def _loop(config: dict) -> None:
     from distillery.annotate.config import AnnotateConfig
     from distillery.core.models import quiet_third_party
     from distillery.distill.config import DistillConfig
-    from distillery.distill.train import distill
 
     quiet_third_party()
     os.chdir(config["cwd"])  # the run folder and the student as the command named them
     source = AnnotateConfig.from_flat(config["source"], strict=False) if config["source"] else None
-    distill(DistillConfig.from_flat(config["cfg"]), source)
+    config["distill"](DistillConfig.from_flat(config["cfg"]), source)
 
 
-def distill_on_ray(cfg, source=None) -> Path:
-    """Train as :func:`~distillery.distill.train.distill` does, on ``cfg.workers`` Ray Train workers;
-    returns the student folder (written by rank 0)."""
+def distill_on_ray(cfg, source, distill) -> Path:
+    """Train as ``distill`` (:func:`~distillery.distill.train.distill`, passed in: it calls this) does, on
+    ``cfg.workers`` Ray Train workers; returns the student folder (written by rank 0)."""
     from distillery.annotate.cluster import import_ray
     from distillery.core.run import Run
 
@@ -67,6 +66,7 @@ def distill_on_ray(cfg, source=None) -> Path:
             "cfg": local.flat(),
             "source": source.flat() if source is not None else None,
             "cwd": os.getcwd(),
+            "distill": distill,  # sent by reference: each worker imports it
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=bool(cfg.worker_gpus), resources_per_worker=resources

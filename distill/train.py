@@ -121,7 +121,7 @@ def distill(cfg: DistillConfig, source: AnnotateConfig | None = None) -> Path:
     if cfg.engine == "ray":  # the same function on each Ray Train worker (distill/cluster.py)
         from distillery.distill.cluster import distill_on_ray
 
-        return distill_on_ray(cfg, source)
+        return distill_on_ray(cfg, source, distill)
     out_dir = Run.of(cfg).student
     with locked(out_dir, "distill"):  # OUT is only read (chunks are checked against their checksums): sweeps share it
         student = _distill(cfg, source, out_dir)

@@ -220,10 +220,18 @@ def test_a_worker_that_cannot_load_the_teacher_stops_the_run_naming_its_node(
 
 def test_ctrl_c_stops_the_workers(cluster, slow_llama, tmp_path):
     data = tmp_path / "many.csv"
-    make_rows(800).to_csv(data, index=False)  # 100 chunks: still running when Ctrl-C comes
-    out = tmp_path / "run"
+    make_rows(800).to_csv(data, index=False)
+    out = tmp_path / "run"  # 400 chunks of 2 rows: still running when Ctrl-C comes
     driver = subprocess.Popen(
-        [sys.executable, "-m", "distillery", *map(str, args(slow_llama, data, out)), *on_ray(cluster)],
+        [
+            sys.executable,
+            "-m",
+            "distillery",
+            *map(str, args(slow_llama, data, out)),
+            "--chunk-size",
+            "2",
+            *on_ray(cluster),
+        ],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -233,7 +241,7 @@ def test_ctrl_c_stops_the_workers(cluster, slow_llama, tmp_path):
     workers = lambda: [p for p, c in ray_processes().items() if c.startswith("ray::TeacherWorker")]  # noqa: E731
     try:
         wait_for(lambda: list(out.glob("annotations/part-*.csv")), "a first chunk", seconds=WAIT_S * 3)
-        assert len(workers()) == 2
+        assert workers(), "the run's workers"
         driver.send_signal(signal.SIGINT)
         output, _ = driver.communicate(timeout=WAIT_S)
     finally:
@@ -242,7 +250,7 @@ def test_ctrl_c_stops_the_workers(cluster, slow_llama, tmp_path):
             driver.wait()
     assert driver.returncode == 130, output[-3000:]
     assert "interrupted" in output
-    assert len(list(out.glob("annotations/part-*.csv"))) < 100, "Ctrl-C came while the run was going"
+    assert len(list(out.glob("annotations/part-*.csv"))) < 400, "Ctrl-C came while the run was going"
     wait_for(lambda: not workers(), "the workers gone after Ctrl-C", seconds=60)
 
 
@@ -380,3 +388,60 @@ def test_a_killed_training_worker_stops_with_one_line_and_resume_goes_on(
     want, got = _log(accelerate_student), _log(output)
     assert [r["step"] for r in got] == [r["step"] for r in want]
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-4)
+
+
+@pytest.fixture
+def chat_server():
+    """A real HTTP server answering every chat request with the same top log-probs; records each
+    request's Authorization header."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import reply_json
+    from test_hosted_unit import ANSWER
+
+    keys = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            keys.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            reply_json(self, 200, ANSWER)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", keys
+    server.shutdown()
+
+
+def test_a_hosted_teacher_runs_on_the_workers_with_its_key_and_writes_the_local_chunks(
+    cluster, chat_server, rows, tmp_path
+):
+    url, keys = chat_server
+    secret = "key-5c2e8a1f7b3d9046"
+    hosted = ["--backend", "openai", "--base-url", url, "--api-key-env", "DISTILLERY_TEST_KEY", "--teacher", "smollm2"]
+    env = {**_env(), "DISTILLERY_TEST_KEY": secret}
+    runs = {}
+    for name, extra in (("local", []), ("ray", on_ray(cluster))):
+        out = tmp_path / name
+        done = subprocess.run(
+            [sys.executable, "-m", "distillery", *map(str, args("smollm2", rows, out)), *hosted, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S * 2,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert secret not in done.stdout + done.stderr
+        runs[name] = out
+    assert keys and set(keys) == {f"Bearer {secret}"}, "the workers had the key, by its variable's name"
+    frame, expected = (read_annotations(runs[n] / "annotations")[0].set_index("id").sort_index() for n in runs)
+    assert frame.index.is_unique and list(frame.index) == list(expected.index)
+    pd.testing.assert_frame_equal(frame.filter(like="logprob_"), expected.filter(like="logprob_"), atol=1e-5, rtol=0)
+    assert not list((runs["ray"] / "annotations").glob("request_cache*")), "the workers' cache is theirs, not --out's"
+    for path in runs["ray"].rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
