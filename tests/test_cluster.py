@@ -237,6 +237,8 @@ def test_ctrl_c_stops_the_workers(cluster, slow_llama, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as at a terminal: a job started in the background (nohup cmd &) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     workers = lambda: [p for p, c in ray_processes().items() if c.startswith("ray::TeacherWorker")]  # noqa: E731
     try:
