@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from distillery.core.errors import UserError
 
-__all__ = ["ClusterTeacher", "TeacherWorker", "import_ray"]
+__all__ = ["ClusterTeacher", "TeacherWorker", "connect", "import_ray"]
 
 DEATHS_PER_WORKER = 3  # worker deaths the run absorbs per --workers before it stops (the same chunk kills every one)
 
@@ -41,6 +41,22 @@ def import_ray():
         import ray
     except ImportError:
         raise ImportError("--engine ray needs Ray: pip install 'distillery[ray]'") from None
+    return ray
+
+
+def connect(cfg):
+    """Ray, connected to ``--ray-address`` (or to a runtime started here for this run, declaring at
+    least the CPUs the workers reserve: Ray waits for ever on an actor it cannot place, and a worker's
+    CPU is a reservation, not a core). Workers' output stays on the workers."""
+    ray = import_ray()
+    here = cfg.ray_address == ""
+    ray.init(
+        address=cfg.ray_address or None,
+        num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.worker_cpus) + 1) if here else None,
+        include_dashboard=False if here else None,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     return ray
 
 
@@ -111,19 +127,7 @@ class ClusterTeacher:
         self.started: list = []  # every worker started, to kill at the end
 
     def __enter__(self) -> ClusterTeacher:
-        ray, cfg = self.ray, self.cfg
-        here = cfg.ray_address == ""
-        # A runtime started here declares at least the CPUs the workers ask for (Ray hangs on actors it cannot
-        # place, and a worker's CPU is a reservation, not a core: NOTES on Ray).
-        cpus = max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.worker_cpus) + 1) if here else None
-        ray.init(
-            address=cfg.ray_address or None,
-            num_cpus=cpus,
-            include_dashboard=False if here else None,
-            log_to_driver=False,
-            logging_level="ERROR",
-            configure_logging=True,
-        )
+        ray, cfg = connect(self.cfg), self.cfg
         try:
             self._check_fits()
             where = f"the Ray cluster at {cfg.ray_address}" if cfg.ray_address else "a Ray runtime started here"

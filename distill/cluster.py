@@ -40,21 +40,13 @@ def _loop(config: dict) -> None:
 def distill_on_ray(cfg, source, distill) -> Path:
     """Train as ``distill`` (:func:`~distillery.distill.train.distill`, passed in: it calls this) does, on
     ``cfg.workers`` Ray Train workers; returns the student folder (written by rank 0)."""
-    from distillery.annotate.cluster import import_ray
+    from distillery.annotate.cluster import connect
     from distillery.core.run import Run
 
-    ray = import_ray()
+    ray = connect(cfg)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    here = cfg.ray_address == ""
-    ray.init(
-        address=cfg.ray_address or None,
-        num_cpus=max(os.cpu_count() or 1, int(cfg.workers * cfg.worker_cpus) + 1) if here else None,
-        include_dashboard=False if here else None,
-        log_to_driver=False,  # the workers' bars and Ray Train's own lines stay out of the terminal
-        logging_level="ERROR",
-    )
     storage = tempfile.mkdtemp(prefix="distillery-ray-train-")  # Ray Train's own run state, never --out
     resources = {"CPU": cfg.worker_cpus, **({"GPU": cfg.worker_gpus} if cfg.worker_gpus else {})}
     local = dataclasses.replace(cfg, engine="local")

@@ -102,11 +102,11 @@ def rows(tmp_path_factory) -> Path:
     return path
 
 
-def cli(*args, timeout: float = WAIT_S * 2) -> subprocess.CompletedProcess:
+def cli(*args, timeout: float = WAIT_S * 2, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "distillery", *map(str, args)],
         cwd=ROOT,
-        env=_env(),
+        env=env or _env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -378,14 +378,7 @@ def test_a_killed_training_worker_stops_with_one_line_and_resume_goes_on(
     assert driver.returncode == 2, errors[-3000:]
     line = errors.strip().splitlines()[-1]
     assert "training stopped" in line and "--resume" in line, line
-    done = subprocess.run(
-        [*command, "--resume", *on_ray(cluster)],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S * 3,
-    )
+    done = cli(*distill_args(trained_on, tiny_roberta, output), "--resume", *on_ray(cluster), timeout=WAIT_S * 3)
     assert done.returncode == 0, done.stderr[-3000:]
     want, got = _log(accelerate_student), _log(output)
     assert [r["step"] for r in got] == [r["step"] for r in want]
@@ -429,14 +422,7 @@ def test_a_hosted_teacher_runs_on_the_workers_with_its_key_and_writes_the_local_
     runs = {}
     for name, extra in (("local", []), ("ray", on_ray(cluster))):
         out = tmp_path / name
-        done = subprocess.run(
-            [sys.executable, "-m", "distillery", *map(str, args("smollm2", rows, out)), *hosted, *extra],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=WAIT_S * 2,
-        )
+        done = cli(*args("smollm2", rows, out), *hosted, *extra, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert secret not in done.stdout + done.stderr
         runs[name] = out
