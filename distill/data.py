@@ -118,7 +118,8 @@ def _encode(frame: pd.DataFrame, labels: list[str], tokenizer, max_length: int) 
 
 def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group: bool) -> list[list[int]]:
     """Shuffled batches; with ``group``, rows of similar length share a batch (sorted inside
-    shuffled windows of 50 batches), so dynamic padding pads less."""
+    shuffled windows of 50 batches), so dynamic padding pads less. The one short batch always comes
+    last: accelerate's split of each batch across processes keeps only full batches and the last one."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -130,7 +131,7 @@ def _epoch_batches(lengths: list[int], batch_size: int, seed: int, group: bool) 
         part = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
         batches += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
     rng.shuffle(batches)
-    return batches
+    return sorted(batches, key=lambda batch: len(batch) < batch_size)  # stable: the short batch last
 
 
 class EpochBatchSampler:

@@ -336,7 +336,9 @@ def accelerate_student(trained_on, tiny_roberta) -> Path:
         timeout=WAIT_S * 3,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((output / "train_summary.json").read_text())["processes"] == 2
+    summary = json.loads((output / "train_summary.json").read_text())
+    assert summary["processes"] == 2
+    assert [r["step"] for r in _log(output)] == list(range(1, summary["steps"] + 1)), "every planned step ran"
     return output
 
 
