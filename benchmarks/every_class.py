@@ -273,6 +273,15 @@ def _bias_only(d: dict) -> tuple[float, np.ndarray | None]:
     return 1.0, fit_bias(d["val_logits"], d["val_teacher"])
 
 
+def _teacher_t(d: dict) -> tuple[float, np.ndarray | None]:
+    """T against the teacher's distribution, used when its likelihood-ratio test passes at 5% (what a
+    user with no gold labels would get from it; not a default: it made ECE worse)."""
+    from distillery.distill.scaling import fit_temperature
+
+    temperature, gain = fit_temperature(d["val_logits"], d["val_teacher"])
+    return (temperature if gain >= 3.841 else 1.0), None
+
+
 def _distill_rule(mode: str):
     """distill's own --scaling rule (distill/scaling.py's pick_scaling), gold where every row has one."""
 
@@ -296,6 +305,8 @@ RULES = {
     "T 1, bias to the teacher's argmax shares (val rows)": _shares("val", fit_t=False),
     "T 1, bias to the teacher's argmax shares (all rows)": _shares("all", fit_t=False),
     "T 1, class bias on teacher soft labels": _bias_only,
+    "--scaling bias (class bias, then T: the default chosen on seed 0)": _distill_rule("bias"),
+    "T against the teacher, LR test (as without gold, measured)": _teacher_t,
     "--scaling auto (distill's rule)": _distill_rule("auto"),
 }
 
@@ -351,13 +362,13 @@ def _one_se_last(tr: dict, d: dict) -> int:
 
 def _calibrated(tr: dict, d: dict, last_within_se: bool) -> int:
     """Select on the validation loss *after* each pass's own post-hoc scaling (distill's --scaling
-    auto fitted at that pass): a pass is not penalised for a confidence the scaling removes."""
+    bias fitted at that pass): a pass is not penalised for a confidence the scaling removes."""
     from distillery.distill.scaling import pick_scaling, scaled_probabilities
 
     gold = d["val_gold"] if (d["val_gold"] >= 0).all() else None
     losses = []
     for v in tr["val"]:
-        scaling = pick_scaling(v, d["val_teacher"], gold, "auto")
+        scaling = pick_scaling(v, d["val_teacher"], gold, "bias")
         logp = np.log(np.maximum(scaled_probabilities(v, scaling.temperature, scaling.bias), 1e-12))
         losses.append(_row_losses(logp, d["val_teacher"]))
     losses = np.stack(losses)
@@ -390,6 +401,9 @@ def posthoc(results: list[dict]) -> list[dict]:
     rows = []
     for record in results:
         out = run_dir(record["set"], record["seed"])
+        if not (out / "every_class_trace.npz").is_file():
+            print(f"--posthoc: {record['set']} seed {record['seed']} was trained with --no-trace; left out")
+            continue
         d = dict(np.load(out / "every_class_logits.npz"))
         tr = dict(np.load(out / "every_class_trace.npz"))
         for selection, pick in SELECTIONS.items():

@@ -154,11 +154,11 @@ class DistillConfig:
     scaling: str = option(
         "auto",
         "after training, fit softmax(logits / T + b) on the validation rows (docs/usage.md, 'Every class'): "
-        "auto fits a class bias b against the teacher's distribution, then a temperature T (against gold "
-        "labels where every row has one, else the teacher) used only where a likelihood-ratio test at 5% "
-        "says it fits clearly better; none",
-        choices=("auto", "none"),
-        short="post-hoc class bias and T",
+        "auto fits a temperature T (against gold labels where every row has one, else the teacher) used only "
+        "where a likelihood-ratio test at 5% says it fits clearly better; bias first fits a class bias b "
+        "against the teacher's distribution (for a student that under-says a class), then T as auto; none",
+        choices=("auto", "bias", "none"),
+        short="post-hoc temperature (and class bias)",
         group="training",
     )
     evals_per_epoch: int = option(

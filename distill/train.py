@@ -516,9 +516,9 @@ def save(run: Training, train_seconds: float) -> None:
 
 def fit_student_scaling(run: Training, model) -> tuple[float, list[float] | None]:
     """``--scaling``: the student's post-hoc ``(T, b)`` (distill/scaling.py) on the validation rows, T
-    against their gold labels where every one has one, else (and b always) against the teacher's
-    calibrated distribution (online: the teacher scores them now). None under
-    :data:`MIN_SCALING_ROWS` validation rows."""
+    against their gold labels where every one has one (``bias``: else against the teacher), b
+    (``bias`` only) against the teacher's calibrated distribution (online: the teacher scores them
+    now). None under :data:`MIN_SCALING_ROWS` validation rows."""
     val, labels, say = run.rows.val, run.rows.labels, run.accelerator.print
     if run.cfg.scaling == "none":
         return 1.0, None

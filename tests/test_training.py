@@ -287,35 +287,48 @@ def _drawn(n: int, gen: torch.Generator, prior: list[float]) -> tuple[torch.Tens
     return true, torch.multinomial(torch.softmax(true, -1), 1, generator=gen).squeeze(1)
 
 
-def test_a_three_times_overconfident_student_is_calibrated_from_200_training_rows():
-    """Issue #28: 200 training rows hold out 20 validation rows; the temperature fitted there against
-    the teacher's (calibrated) distribution passes its likelihood-ratio test and brings a student three
-    times too confident under 0.03 ECE on fresh rows. The rule before needed 50 validation rows."""
+def test_a_three_times_overconfident_student_is_calibrated_from_its_gold_validation_rows():
+    """Issue #28: a student three times too confident, scaled by the temperature ``auto`` fits against
+    the gold labels of its validation rows, over 30 draws of those rows: with 200 training rows (20
+    validation rows, which the rule before did not scale: it needed 50) the median ECE on fresh rows
+    falls from over 0.1 to under 0.05 (T from 20 rows is noisy: under 0.03 in about 4 draws of 10);
+    with 500 training rows (50 validation rows) under 0.03. Without gold, ``auto`` fits no temperature
+    (against the teacher it made ECE worse on the tuning half) and says why."""
     from distillery.distill.scaling import pick_scaling, scaled_probabilities
     from distillery.distill.train import MIN_SCALING_ROWS
     from distillery.evaluation.metrics import expected_calibration_error
 
+    def ece_before_and_after(train_rows: int, seed: int) -> tuple[float, float]:
+        gen = torch.Generator().manual_seed(seed)
+
+        def student_of(true):  # three times too confident, and not quite its teacher
+            return (true + torch.randn(true.shape, generator=gen) * 0.3) * 3
+
+        true, gold = _drawn(round(train_rows * DistillConfig().val_fraction), gen, [1 / 3] * 3)
+        scaling = pick_scaling(student_of(true).numpy(), torch.log_softmax(true, -1).numpy(), gold.numpy())
+        fresh, labels = _drawn(20000, gen, [1 / 3] * 3)
+        student = student_of(fresh).numpy()
+        return tuple(
+            expected_calibration_error(scaled_probabilities(student, t), labels.numpy())
+            for t in (1.0, scaling.temperature)
+        )
+
+    assert round(200 * DistillConfig().val_fraction) >= MIN_SCALING_ROWS  # scaled at this size
+    for train_rows, bound in ((200, 0.05), (500, 0.03)):
+        before, after = np.median([ece_before_and_after(train_rows, seed) for seed in range(30)], axis=0)
+        assert before > 0.1 and after < bound, f"{train_rows} rows: median ECE {before:.3f} before, {after:.3f} after"
     gen = torch.Generator().manual_seed(0)
-    val_rows = round(200 * DistillConfig().val_fraction)
-    assert val_rows >= MIN_SCALING_ROWS  # scaled at this size
-
-    def student_of(true):  # three times too confident, and not quite its teacher
-        return (true + torch.randn(true.shape, generator=gen) * 0.3) * 3
-
-    true, _ = _drawn(val_rows, gen, [1 / 3] * 3)
-    scaling = pick_scaling(student_of(true).numpy(), torch.log_softmax(true, -1).numpy())
-    fresh, gold = _drawn(20000, gen, [1 / 3] * 3)
-    student = student_of(fresh).numpy()
-    before = expected_calibration_error(scaled_probabilities(student), gold.numpy())
-    after = expected_calibration_error(scaled_probabilities(student, scaling.temperature, scaling.bias), gold.numpy())
-    assert before > 0.1 and after < 0.03, f"ECE {before:.3f} before scaling, {after:.3f} after ({scaling.said})"
+    true, _ = _drawn(20, gen, [1 / 3] * 3)
+    no_gold = pick_scaling((true * 3).numpy(), torch.log_softmax(true, -1).numpy())
+    assert no_gold.temperature == 1.0 and no_gold.bias is None and "no gold" in no_gold.said
 
 
 def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
     """Issue #28: a student that under-says the small class of a 90/10 set (its logit for it 1.5 too
-    low, as a student trained on few rows of it is) says it about as often as its teacher once the
-    bias is fitted on the 50 validation rows of 500 training rows; the temperature alone cannot (it
-    never moves the argmax). A student whose shares are right gets a bias near 0."""
+    low, as a student trained on few rows of it is) says it about as often as its teacher once
+    ``--scaling bias`` fits the bias on the 50 validation rows of 500 training rows; the temperature
+    alone (``--scaling auto``) cannot: it never moves the argmax. A student whose shares are right
+    gets a bias near 0."""
     from distillery.distill.scaling import pick_scaling, scaled_probabilities
 
     gen = torch.Generator().manual_seed(2)
@@ -329,16 +342,20 @@ def test_the_class_bias_makes_a_90_10_students_shares_follow_its_teacher():
     val, _ = _drawn(50, gen, [0.9, 0.1])
     fresh, _ = _drawn(20000, gen, [0.9, 0.1])
     teacher_share = (fresh.argmax(1) == 1).float().mean().item()
-    scaling = pick_scaling(student_of(val, -1.5).numpy(), torch.log_softmax(val, -1).numpy())
+    scaling = pick_scaling(student_of(val, -1.5).numpy(), torch.log_softmax(val, -1).numpy(), mode="bias")
     raw = scaled_probabilities(student_of(fresh, -1.5).numpy())
     adjusted = scaled_probabilities(student_of(fresh, -1.5).numpy(), scaling.temperature, scaling.bias)
     assert share(raw) < teacher_share / 2, f"the unadjusted student should under-say it: {share(raw):.3f}"
+    auto = pick_scaling(student_of(val, -1.5).numpy(), torch.log_softmax(val, -1).numpy())
+    assert auto.bias is None and share(scaled_probabilities(student_of(fresh, -1.5).numpy(), auto.temperature)) < (
+        teacher_share / 2
+    )
     assert abs(share(adjusted) - teacher_share) < 0.25 * teacher_share, (
         f"small class said on {share(adjusted):.3f} of rows after the bias, the teacher {teacher_share:.3f} "
         f"({scaling.said})"
     )
     assert scaling.bias[1] - scaling.bias[0] > 1.0 and "class bias" in scaling.said
-    right = pick_scaling(student_of(val, 0.0).numpy(), torch.log_softmax(val, -1).numpy())
+    right = pick_scaling(student_of(val, 0.0).numpy(), torch.log_softmax(val, -1).numpy(), mode="bias")
     assert max(abs(b) for b in right.bias) < 0.2
 
 
@@ -433,6 +450,7 @@ def test_the_fitted_temperature_is_saved_and_applied_wherever_the_student_is_loa
             val_fraction=0.8,
             lr=5e-3,
             device="cpu",
+            scaling="bias",
         )
     )  # 51 validation rows, 13 overfitted
     meta = json.loads((out / "distillery_student.json").read_text())
@@ -540,3 +558,22 @@ def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(
         f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
     )
     assert json.loads((tmp_path / "auto" / "train_summary.json").read_text())["class_weights"]["positive"] > 1
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_every_row_trains_once_an_epoch_on_two_processes(group):
+    """accelerate's split of a batch across processes (split_batches) keeps only full batches and
+    the last one: the short batch of a length-grouped epoch must come last, or two processes
+    silently skip it (and its optimizer step, and the epoch's last validation)."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from distillery.distill.data import EpochBatchSampler
+
+    lengths = [(7 * i) % 23 + 1 for i in range(203)]  # 203 rows: batches of 8 leave one of 3
+    sampler = EpochBatchSampler(lengths, 8, seed=0, group=group)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        shards = [list(BatchSamplerShard(sampler, 2, rank, split_batches=True)) for rank in range(2)]
+        assert [len(s) for s in shards] == [len(sampler)] * 2, "one optimizer step per batch on each process"
+        seen = {i for shard in shards for batch in shard for i in batch}
+        assert seen == set(range(len(lengths))), "every row trains in every epoch"
