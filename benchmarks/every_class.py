@@ -396,8 +396,9 @@ SELECTIONS = {
 }
 
 
-def posthoc(results: list[dict]) -> list[dict]:
-    """Every selection rule x every scaling rule on every traced run: one row per run and pair."""
+def posthoc(results: list[dict], pick: str = "") -> list[dict]:
+    """Every selection rule x every scaling rule (or only the ``pick``ed "selection | scaling" pair) on
+    every traced run: one row per run and pair."""
     rows = []
     for record in results:
         out = run_dir(record["set"], record["seed"])
@@ -406,10 +407,14 @@ def posthoc(results: list[dict]) -> list[dict]:
             continue
         d = dict(np.load(out / "every_class_logits.npz"))
         tr = dict(np.load(out / "every_class_trace.npz"))
-        for selection, pick in SELECTIONS.items():
-            i = pick(tr, d)
+        for selection, choose in SELECTIONS.items():
+            if pick and not pick.startswith(f"{selection} | "):
+                continue
+            i = choose(tr, d)
             at = {**d, "val_logits": tr["val"][i], "test_logits": tr["test"][i]}
             for rule, fit in RULES.items():
+                if pick and pick != f"{selection} | {rule}":
+                    continue
                 temperature, bias = fit(at)
                 rows.append(
                     {
@@ -516,6 +521,12 @@ def main() -> None:
         "saved raw log-probs (the same weights; for runs trained before the rule changed)",
     )
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
+    parser.add_argument(
+        "--pick",
+        default="",
+        help="with --posthoc: only this 'selection | scaling' pair, summarised per set as a half's table "
+        "(results NAME_picked.json): the chosen defaults on runs trained before they were chosen",
+    )
     args = parser.parse_args()
     name = args.name or f"every_class_{args.half}"
     sets = args.sets.split(",") if args.sets else HALVES[args.half]
@@ -534,7 +545,10 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.rescore:
         results = [rescored(r) for r in results]
-    if args.posthoc:
+    if args.posthoc and args.pick:
+        results = [{**r, "rule": args.pick} for r in posthoc(results, args.pick)]
+        name = f"{name}_picked"
+    elif args.posthoc:
         rows = posthoc(results)
         table = [
             {"rule": rule, **overall([r for r in rows if r["rule"] == rule])}
