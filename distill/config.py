@@ -154,9 +154,10 @@ class DistillConfig:
     scaling: str = option(
         "auto",
         "after training, fit softmax(logits / T + b) on the validation rows (docs/usage.md, 'Every class'): "
-        "auto fits a temperature T (against gold labels where every row has one, else the teacher) used only "
-        "where a likelihood-ratio test at 5% says it fits clearly better; bias first fits a class bias b "
-        "against the teacher's distribution (for a student that under-says a class), then T as auto; none",
+        "auto fits a temperature T against the rows' gold labels (none without them), used only where a "
+        "likelihood-ratio test at 5% says it fits clearly better; bias first fits a class bias b against the "
+        "teacher's distribution (for a student that under-says a class), then T against gold or else the "
+        "teacher; none",
         choices=("auto", "bias", "none"),
         short="post-hoc temperature (and class bias)",
         group="training",
