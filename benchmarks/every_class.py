@@ -35,6 +35,7 @@ import time
 import numpy as np
 from common import ROOT, machine, print_table, read_results, write_result
 from real_sets import materialize, scenario
+from scipy.stats import chi2
 
 SENTIMENT3 = ("negative", "neutral", "positive")
 TOPICS = ("world", "sports", "business", "sci/tech")
@@ -220,13 +221,13 @@ def save_logits(out) -> None:
 def _old_rule(d: dict) -> tuple[float, np.ndarray | None]:
     """Before issue #28: T fitted on the validation rows' gold labels, used when a likelihood-ratio test
     at 5% passes and there are >= 50 validation rows; no bias."""
-    from distillery.distill.scaling import fit_temperature
+    from distillery.distill.scaling import LEVEL, fit_temperature
 
     logits, gold = d["val_logits"], d["val_gold"]
     if len(logits) < 50 or (gold < 0).any():
         return 1.0, None
     temperature, gain = fit_temperature(logits, np.log(np.maximum(np.eye(logits.shape[1])[gold], 1e-300)))
-    return (temperature if gain >= 3.841 else 1.0), None
+    return (temperature if gain >= chi2.ppf(LEVEL, 1) else 1.0), None
 
 
 def _soft(bias: bool):
@@ -276,10 +277,10 @@ def _bias_only(d: dict) -> tuple[float, np.ndarray | None]:
 def _teacher_t(d: dict) -> tuple[float, np.ndarray | None]:
     """T against the teacher's distribution, used when its likelihood-ratio test passes at 5% (what a
     user with no gold labels would get from it; not a default: it made ECE worse)."""
-    from distillery.distill.scaling import fit_temperature
+    from distillery.distill.scaling import LEVEL, fit_temperature
 
     temperature, gain = fit_temperature(d["val_logits"], d["val_teacher"])
-    return (temperature if gain >= 3.841 else 1.0), None
+    return (temperature if gain >= chi2.ppf(LEVEL, 1) else 1.0), None
 
 
 def _distill_rule(mode: str):
@@ -407,13 +408,14 @@ def posthoc(results: list[dict], pick: str = "") -> list[dict]:
             continue
         d = dict(np.load(out / "every_class_logits.npz"))
         tr = dict(np.load(out / "every_class_trace.npz"))
+        chosen_selection, _, chosen_rule = pick.partition(" | ")
         for selection, choose in SELECTIONS.items():
-            if pick and not pick.startswith(f"{selection} | "):
+            if pick and selection != chosen_selection:
                 continue
             i = choose(tr, d)
             at = {**d, "val_logits": tr["val"][i], "test_logits": tr["test"][i]}
             for rule, fit in RULES.items():
-                if pick and pick != f"{selection} | {rule}":
+                if pick and rule != chosen_rule:
                     continue
                 temperature, bias = fit(at)
                 rows.append(
@@ -545,6 +547,10 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.rescore:
         results = [rescored(r) for r in results]
+    if args.pick and args.pick not in {f"{s} | {r}" for s in SELECTIONS for r in RULES}:
+        raise SystemExit(
+            f"--pick {args.pick!r}: expected 'SELECTION | SCALING' of {list(SELECTIONS)} and {list(RULES)}"
+        )
     if args.posthoc and args.pick:
         results = [{**r, "rule": args.pick} for r in posthoc(results, args.pick)]
         name = f"{name}_picked"

@@ -127,9 +127,11 @@ def pick_scaling(logits, teacher_logprobs, gold: np.ndarray | None = None, mode:
     if mode == "auto" and gold is None:
         return Scaling(1.0, None, "no temperature: the validation rows have no gold label to fit it against")
     bias = fit_bias(logits, teacher_logprobs) if mode == "bias" else None
-    said_bias = "" if mode != "bias" else "no class bias; " if bias is None else "class bias "
+    said_bias = ""
     if bias is not None:
-        said_bias += f"{', '.join(f'{b:+.2f}' for b in bias)} (against the teacher); "
+        said_bias = f"class bias {', '.join(f'{b:+.2f}' for b in bias)} (against the teacher); "
+    elif mode == "bias":
+        said_bias = "no class bias (the fit did not converge); "
     k = np.asarray(logits).shape[1]
     against = "gold labels" if gold is not None else "the teacher"
     targets = np.log(np.maximum(np.eye(k)[gold], 1e-300)) if gold is not None else teacher_logprobs
