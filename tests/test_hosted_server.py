@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import stop_server
+from servers import wait_until_up, why_it_died
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, read_annotations
 from distillery.annotate.chunks import label_columns
@@ -64,7 +65,8 @@ def llama_server(tmp_path_factory):
     """One llama.cpp server for the module: ``(process, base URL, log file)``, checked to answer
     one completion (a server built for another CPU may die on its first one)."""
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a pipe would fill up and stall the server
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "w+")  # a pipe would fill up and stall the server
     cmd = [
         sys.executable,
         "-m",
@@ -83,17 +85,10 @@ def llama_server(tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server died on start (exit {proc.returncode}): {_log_tail(log)}")
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail(f"llama.cpp server not ready in 60 s: {_log_tail(log)}")
-                time.sleep(0.3)
+        try:
+            wait_until_up("llama.cpp server", proc, f"{url}/models", log_path, timeout=60)
+        except RuntimeError as err:
+            pytest.fail(str(err), pytrace=False)
         smoke = urllib.request.Request(
             f"{url}/completions",
             data=json.dumps({"prompt": "Hello", "max_tokens": 1}).encode(),
@@ -103,8 +98,10 @@ def llama_server(tmp_path_factory):
             urllib.request.urlopen(smoke, timeout=30).read()
         except OSError as err:
             time.sleep(0.5)  # let a crashing server exit, so the message says so
-            state = f"died (exit {proc.returncode})" if proc.poll() is not None else "is up"
-            pytest.fail(f"llama.cpp server did not complete one token ({err}); it {state}: {_log_tail(log)}")
+            if proc.poll() is not None:
+                died = why_it_died("llama.cpp server", proc.returncode, _log_tail(log))
+                pytest.fail(f"did not complete one token: {died}")
+            pytest.fail(f"llama.cpp server did not complete one token ({err}); it is up: {_log_tail(log)}")
         yield proc, url, log
     finally:
         stop_server(proc)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import stop_server
+from servers import wait_until_up
 
 from distillery.annotate.calibration import resolve_mode
 from distillery.annotate.chunks import ChunkStore, read_annotations
@@ -366,8 +367,6 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
     import os
     import socket
     import subprocess
-    import time
-    import urllib.request
 
     from label_studio_sdk import LabelStudio
 
@@ -395,15 +394,10 @@ def test_round_trip_through_a_real_label_studio_server(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5).read()
-                break
-            except OSError:
-                assert server.poll() is None, f"label-studio exited: {(tmp_path / 'server.log').read_text()[-2000:]}"
-                assert time.monotonic() < deadline, "label-studio did not answer within 300 s"
-                time.sleep(1)
+        try:
+            wait_until_up("label-studio", server, f"http://127.0.0.1:{port}/api/version", tmp_path / "server.log", 300)
+        except RuntimeError as err:
+            pytest.fail(str(err), pytrace=False)
         run = _run(tmp_path / "run")
         gold = _gold(run)
         here = review(ReviewConfig(out=str(run), review_rows=12, device="cpu"))
