@@ -7,6 +7,12 @@ registered backend, built by the same code as the local path) and scores whole c
 :func:`~distillery.annotate.backends.score_rows`, so its chunks equal a local run's. Workers return the
 teacher's answers and never write into ``--out``; the cluster needs no shared filesystem.
 
+Before Ray starts, the driver checks what it can alone (:func:`preflight`): the API key's variable is set,
+``--ray-address`` answers (and a ``ray://`` one has the Ray Client installed), and a Ray runtime started here
+has room for the workers on this machine's own CPUs and GPUs; right after connecting, that the cluster's nodes
+can place every worker. Each is one line at once instead of a wait without end. A key reaches the workers
+as an argument of their constructor, never in a ``runtime_env`` (Ray writes those into its logs).
+
 Faults: a worker that dies mid-chunk (killed, out of memory, node lost) is replaced and its chunk
 goes back to the queue, to the next free worker; only the driver writes, so a chunk is written
 once. A worker that cannot load the teacher stops the run with one line naming its node and the
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import tempfile
 from collections import deque
@@ -30,9 +37,12 @@ from tqdm.auto import tqdm
 
 from distillery.core.errors import UserError
 
-__all__ = ["ClusterTeacher", "TeacherWorker", "connect", "import_ray"]
+__all__ = ["ClusterTeacher", "TeacherWorker", "connect", "import_ray", "preflight"]
 
 DEATHS_PER_WORKER = 3  # worker deaths the run absorbs per --workers before it stops (the same chunk kills every one)
+PROBE_S = 5.0  # seconds a --ray-address has to accept a connection
+HOST_PORT = re.compile(r"(ray://)?(\[[^\]]+\]|[^:/\s]+):(\d+)")
+HERE = "leave --ray-address empty for a Ray runtime started for this run"
 
 
 def import_ray():
@@ -44,19 +54,122 @@ def import_ray():
     return ray
 
 
+def preflight(cfg) -> None:
+    """What the driver checks before any Ray process starts, each a one-line :class:`UserError`: Ray is
+    installed; a hosted teacher's key variable is set; ``--ray-address`` answers; a runtime started here
+    has room for the workers on this machine (it never declares more CPUs or GPUs than the machine has)."""
+    import_ray()
+    name = getattr(getattr(cfg, "settings", None), "api_key_env", "")
+    if name:  # a hosted teacher: the key on the driver, which hands it to the workers
+        from distillery.annotate.hosted import api_key
+
+        api_key(name)
+    if cfg.ray_address:
+        _check_address(cfg.ray_address)
+    else:
+        _check_machine(cfg)
+
+
+def _check_address(address: str) -> None:
+    """A ``HOST:PORT`` or ``ray://HOST:PORT`` (also ``auto`` through ``RAY_ADDRESS``) that accepts a connection
+    within PROBE_S seconds; a ``ray://`` one with the Ray Client installed."""
+    shown, target = f"--ray-address {address}", address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        shown = f"--ray-address auto (RAY_ADDRESS={target})"
+    found = HOST_PORT.fullmatch(target)
+    if not found:  # auto without RAY_ADDRESS: ray.init looks for a cluster on this machine
+        return
+    client, host, port = found.group(1), found.group(2).strip("[]"), int(found.group(3))
+    if client:
+        try:
+            import grpc  # noqa: F401  (what Ray's client needs)
+        except ImportError:
+            raise UserError(
+                f"{shown}: a ray:// address needs the Ray Client; found it not installed; pip install "
+                f"'ray[client]=={import_ray().__version__}' (or pip install 'distillery[ray]'), or {HERE}"
+            ) from None
+    try:
+        socket.create_connection((host, port), timeout=PROBE_S).close()
+    except OSError as err:
+        why = f"no answer within {PROBE_S:g} s" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        start = f"ray start --head --port {port}" if not client else f"ray start --head --ray-client-server-port {port}"
+        raise UserError(
+            f"{shown}: expected a Ray cluster there; found nothing answering at {host}:{port} ({why}); start one "
+            f"there ({start}) or fix the address, or {HERE}"
+        ) from None
+
+
+def _machine_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def _check_machine(cfg) -> None:
+    """Workers that fit this machine's own CPUs and GPUs: what a runtime started here declares."""
+    for what, each, have in (
+        ("cpus", cfg.worker_cpus, os.cpu_count() or 1),
+        ("gpus", cfg.worker_gpus, _machine_gpus() if cfg.worker_gpus else 0),
+    ):
+        if each and cfg.workers * each > have + 1e-9:
+            raise UserError(
+                f"--workers {cfg.workers} x --worker-{what} {each:g}: expected at most the {have} "
+                f"{what[:-1].upper()}(s) of this machine (a Ray runtime started here declares no more); found "
+                f"{cfg.workers * each:g}; lower --workers or --worker-{what}, or pass the --ray-address of a "
+                "cluster with room for them"
+            )
+
+
+def _check_room(ray, cfg) -> None:
+    """Every worker placeable on the nodes of the cluster (their capacity; work of others there only waits)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+    def fits(have: float, each: float) -> float:
+        return math.inf if not each else math.floor(have / each + 1e-9)
+
+    room = sum(min(fits(n.get("CPU", 0), cfg.worker_cpus), fits(n.get("GPU", 0), cfg.worker_gpus)) for n in nodes)
+    if room < cfg.workers:
+        asked = f"--workers {cfg.workers} x --worker-cpus {cfg.worker_cpus:g}"
+        asked += f" and --worker-gpus {cfg.worker_gpus:g}" if cfg.worker_gpus else ""
+        where = f"the cluster at {cfg.ray_address}" if cfg.ray_address else "the Ray runtime started here"
+        cpus, gpus = (sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU"))
+        raise UserError(
+            f"{asked}: expected room for {cfg.workers} worker(s); {where} has room for {room:g} ({len(nodes)} "
+            f"node(s), {cpus:g} CPUs and {gpus:g} GPUs in all); lower --workers, --worker-cpus or --worker-gpus, "
+            "or add nodes to the cluster (docs/scale.md)"
+        )
+
+
 def connect(cfg):
-    """Ray, connected to ``--ray-address`` (or to a runtime started here for this run, declaring at
-    least the CPUs the workers reserve: Ray waits for ever on an actor it cannot place, and a worker's
-    CPU is a reservation, not a core). Workers' output stays on the workers."""
+    """Ray, connected to ``--ray-address`` (or to a runtime started here for this run, declaring this
+    machine's CPUs), after :func:`preflight` and with every worker placeable (Ray waits for ever on an
+    actor it cannot place). Workers' output stays on the workers."""
+    preflight(cfg)
     ray = import_ray()
     here = cfg.ray_address == ""
-    ray.init(
-        address=cfg.ray_address or None,
-        num_cpus=max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.worker_cpus) + 1) if here else None,
-        include_dashboard=False if here else None,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    try:
+        ray.init(
+            address=cfg.ray_address or "local",  # "local": never RAY_ADDRESS's cluster when none was asked for
+            num_cpus=(os.cpu_count() or 1) if here else None,
+            include_dashboard=False if here else None,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    except ConnectionError as err:  # auto with no cluster on this machine
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"--ray-address {cfg.ray_address}: expected a Ray cluster; found none ({first}); start one (ray start "
+            f"--head), or {HERE}"
+        ) from None
+    try:
+        _check_room(ray, cfg)
+    except BaseException:
+        ray.shutdown()
+        raise
     return ray
 
 
@@ -71,9 +184,10 @@ class TeacherWorker:
     A teacher that cannot load is not raised here (Ray would retry or hide it behind an actor
     error): :meth:`ready` reports it, with the worker's node."""
 
-    def __init__(self, settings: dict, task: dict, threads: int):
+    def __init__(self, settings: dict, task: dict, threads: int, secrets: dict | None = None):
         self.node = f"node {socket.gethostname()}"
         self.error = None
+        os.environ.update(secrets or {})  # the key, by the name the teacher reads (this process is this worker's)
         try:
             import ray
             import torch
@@ -129,7 +243,6 @@ class ClusterTeacher:
     def __enter__(self) -> ClusterTeacher:
         ray, cfg = connect(self.cfg), self.cfg
         try:
-            self._check_fits()
             where = f"the Ray cluster at {cfg.ray_address}" if cfg.ray_address else "a Ray runtime started here"
             print(f"annotate: starting {cfg.workers} worker(s) on {where}; each loads the teacher once")
             for _ in range(cfg.workers):  # every worker loads its teacher before the first chunk, as with local
@@ -152,16 +265,6 @@ class ClusterTeacher:
                 pass
         self.ray.shutdown()
 
-    def _check_fits(self) -> None:
-        """A worker the cluster cannot place would wait for ever: one line instead."""
-        total = self.ray.cluster_resources()
-        for what, need in (("CPU", self.cfg.worker_cpus), ("GPU", self.cfg.worker_gpus)):
-            if need and total.get(what, 0) < need:
-                raise UserError(
-                    f"--worker-{what.lower()}s {need:g}: expected a cluster with at least that many {what}s; found "
-                    f"{total.get(what, 0):g}; lower it, or add nodes to the cluster (docs/scale.md)"
-                )
-
     def spent(self) -> float:
         from distillery.annotate.hosted import cost
 
@@ -173,8 +276,9 @@ class ClusterTeacher:
         settings = {**cfg.flat(), "engine": "local"}
         if os.path.exists(cfg.teacher):  # a model folder or file named relative to here: the same one on every node
             settings["teacher"] = os.path.abspath(cfg.teacher)
-        secrets = [getattr(cfg.settings, "api_key_env", ""), "HF_TOKEN"]  # a hosted key, a hub token: by name only
-        env = {name: os.environ[name] for name in secrets if name and os.environ.get(name)}
+        # a hosted key, a hub token: constructor arguments (kept in memory), never a runtime_env (Ray logs those)
+        names = [getattr(cfg.settings, "api_key_env", ""), "HF_TOKEN"]
+        secrets = {name: os.environ[name] for name in names if name and os.environ.get(name)}
         worker = (
             ray.remote(TeacherWorker)
             .options(
@@ -182,9 +286,8 @@ class ClusterTeacher:
                 num_gpus=cfg.worker_gpus,
                 max_restarts=0,
                 scheduling_strategy="SPREAD",
-                runtime_env={"env_vars": env} if env else None,
             )
-            .remote(settings, asdict(self.task), max(1, int(cfg.worker_cpus)))
+            .remote(settings, asdict(self.task), max(1, int(cfg.worker_cpus)), secrets)
         )
         self.started.append(worker)
         self.loading[worker.ready.remote()] = worker

@@ -33,6 +33,7 @@ class AnnotateConfig:
     data: str = option(
         "tweets",
         "input: a .csv/.jsonl/.parquet file, 'tweets' (built in), or hf:NAME (Hugging Face datasets)",
+        form="data",
         short="input file, 'tweets' or hf:NAME",
         group="input",
     )

@@ -16,10 +16,12 @@ reads it from position i-1 instead, and a one-request probe finds which kind of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from distillery.core.options import check_settings, option
 from distillery.core.run import Run
-from distillery.core.rundir import guard_files, record_files
-from distillery.core.secrets import NO_KEY, parse_headers, scrub
+from distillery.core.rundir import check_reserved, guard_files, record_files, temporary_name
+from distillery.core.secrets import NO_KEY, env_name_problem, parse_headers, scrub
 
 if TYPE_CHECKING:
     from distillery.annotate.config import AnnotateConfig
@@ -36,10 +38,66 @@ from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.errors import UserError
 from distillery.core.tasks import TaskSpec
 
-__all__ = ["AuthError", "HostedTeacher", "cost", "echo_is_shifted", "echo_label_logprob", "labels_from_top_logprobs"]
+__all__ = [
+    "AuthError",
+    "HostedTeacher",
+    "api_key",
+    "cost",
+    "echo_is_shifted",
+    "echo_label_logprob",
+    "labels_from_top_logprobs",
+    "looks_like_key",
+]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PLACEHOLDER_KEY = "no-key"  # --api-key-env none: the client needs some string; a server without keys ignores it
+
+
+# Keys that are valid variable names: a provider's prefix (OpenAI/Stripe sk_, Groq gsk_, GitHub github_pat_ and
+# ghp_, Hugging Face hf_, Replicate r8_, Slack xoxb-, ...) and 16 or more characters after it; AWS and Google
+# keys; a JWT or other base64 JSON (eyJ...).
+KEY_PREFIX = re.compile(
+    r"(?:(?:sk|pk|rk|gsk|github_pat|gh[pousr]|glpat|hf|r8|xox[abprs]|pplx|nvapi|xai)[_-].{16,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza.{30,}|eyJ.{16,})"
+)
+
+
+def looks_like_key(value: str) -> bool:
+    """True when ``value`` (given as ``--api-key-env``) looks like a key rather than a variable's name: not a
+    variable name at all, a provider's key prefix, or a part between underscores that reads as random (16 or
+    more characters mixing letters with digits or upper with lower case, or 24 or more of anything)."""
+    if value == NO_KEY:
+        return False
+    if env_name_problem(value) or KEY_PREFIX.fullmatch(value):
+        return True
+    for part in value.split("_"):
+        mixed = any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
+        cased = any(c.islower() for c in part) and any(c.isupper() for c in part)
+        if len(part) >= 24 or (len(part) >= 16 and (mixed or cased)):
+            return True
+    return False
+
+
+def api_key(name: str) -> str:
+    """The API key held by the environment variable ``name`` (``--api-key-env``; a placeholder for ``none``).
+
+    A value that looks like a key, or a variable that is unset or empty, is one line that never shows a value
+    (an unset variable is named: by then it looks like a name)."""
+    if looks_like_key(name):
+        raise UserError(
+            "--api-key-env: expected the NAME of an environment variable holding the key (e.g. OPENAI_API_KEY), "
+            "or 'none' for a server that needs no key; found a value that looks like a key (not shown); export "
+            "the key in a variable (export OPENAI_API_KEY=...) and pass the variable's name"
+        )
+    if name == NO_KEY:
+        return PLACEHOLDER_KEY
+    key = os.environ.get(name, "")
+    if not key:  # a name by now (a value that is not one was refused above): the name only, never a value
+        raise UserError(
+            f"--api-key-env {name}: expected the API key in that environment variable; found it unset or empty; "
+            f"export {name}=YOUR_KEY, or pass --api-key-env none for a server that needs no key"
+        )
+    return key
 
 
 class AuthError(PermissionError):
@@ -138,11 +196,19 @@ class RequestCache:
 
     def __init__(self, path: Path):
         names = [path.name, f"{path.name}-journal"]
+        for name in names:  # a link or a special file there is never opened, nor what it points to
+            check_reserved(path.parent / name)
         guard_files(path.parent, names)  # a file of someone else's by those names is never opened as the cache
         path.parent.mkdir(parents=True, exist_ok=True)
-        record_files(
-            path.parent, names
-        )  # before SQLite makes them (nothing else has their names): a kill leaves them ours
+        if not path.exists():  # made whole under a temporary name, recorded as ours, then moved into place
+            staged = path.with_name(temporary_name(path.name))
+            check_reserved(staged)
+            staged.unlink(missing_ok=True)
+            with contextlib.closing(sqlite3.connect(staged)) as db:
+                db.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, body TEXT)")
+                db.commit()
+            record_files(path.parent, names)  # the journal is SQLite's companion of the file now whole
+            os.replace(staged, path)
         self.db = sqlite3.connect(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT)")
 
@@ -156,6 +222,11 @@ class RequestCache:
 
     def put(self, key: str, body: dict) -> None:
         self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(body)))
+        self.db.commit()
+
+    def clear(self) -> None:
+        """Forget every answer (``--restart-annotations``)."""
+        self.db.execute("DELETE FROM answers")
         self.db.commit()
 
 
@@ -254,6 +325,8 @@ class HostedSettings:
     )
 
     def __post_init__(self) -> None:
+        if looks_like_key(self.api_key_env):  # a key pasted as the name: refused before anything records it
+            api_key(self.api_key_env)
         if isinstance(self.extra_headers, str):
             self.extra_headers = [h.strip() for h in self.extra_headers.split(",") if h.strip()]
         check_settings(self)
@@ -294,19 +367,14 @@ class HostedTeacher:
                 "--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
             )
         self.cfg, self.task = cfg, task
-        self.api_key = PLACEHOLDER_KEY if settings.api_key_env == NO_KEY else os.environ.get(settings.api_key_env, "")
-        if not self.api_key:  # the variable's name only: its value, if any, is never shown
-            raise UserError(
-                f"--api-key-env {settings.api_key_env}: expected the API key in the environment variable "
-                f"{settings.api_key_env}; found it "
-                f"unset or empty; export {settings.api_key_env}=YOUR_KEY, or pass --api-key-env none for a server "
-                "that needs no key"
-            )
+        self.api_key = api_key(settings.api_key_env)
         self.headers = parse_headers(
             settings.extra_headers
         )  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
         self.cache = RequestCache(Run.of(cfg).annotations / CACHE_FILES[0])
+        if cfg.restart_annotations:  # a restart asks the server again: the model behind --teacher may have changed
+            self.cache.clear()
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
         self.template = None

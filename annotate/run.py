@@ -57,10 +57,17 @@ def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
     on an input that changed stops; with ``grows`` (the active loop's selection file) rows may
     be added at the end, never edited or removed.
     """
-    if cfg.engine == "ray":  # without Ray: one line, before anything is written
-        from distillery.annotate.cluster import import_ray
+    # Before anything is written: a hosted teacher's key variable; with --engine ray, Ray itself, the address
+    # and room for the workers. Each is one line.
+    key_variable = getattr(cfg.settings, "api_key_env", "")
+    if key_variable:
+        from distillery.annotate.hosted import api_key
 
-        import_ray()
+        api_key(key_variable)
+    if cfg.engine == "ray":
+        from distillery.annotate.cluster import preflight
+
+        preflight(cfg)
     with locked(cfg.out, "annotate"):
         return _annotate(cfg, grows)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
-from distillery.core.errors import UserError
+from distillery.core.errors import UserError, full_disk
 from distillery.core.models import pick_device, predict_probabilities
 from distillery.core.run import Run
 from distillery.core.rundir import (
@@ -41,6 +42,7 @@ from distillery.core.rundir import (
     remove_leftovers,
     remove_owned,
     rows_fingerprint,
+    seal_folder,
     temporary_name,
     write_json,
     write_text,
@@ -485,10 +487,19 @@ def save(run: Training, train_seconds: float) -> None:
         summary["temperature"], summary["class_bias"] = fit_student_scaling(run, student)
         summary["best_at_least_majority"] = best.get("at_least_majority")
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files
-        save_student(
-            student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"], summary["class_bias"]
-        )
-        install(staged, out_dir, last=(STUDENT_FILE,))
+        try:
+            save_student(
+                student, run.tokenizer, staged, run.cfg, rows.labels, summary["temperature"], summary["class_bias"]
+            )
+            install(staged, out_dir, last=(STUDENT_FILE,))
+        except Exception as err:
+            shutil.rmtree(staged, ignore_errors=True)  # a temporary name: ours, and never the student
+            if not (write_refused(err) or full_disk(err)):
+                raise
+            raise UserError(
+                f"could not write the student to {out_dir} ({_reason(err)}); it is not saved (no partial student "
+                "counts as one): free space, then rerun (with --resume to go on from a checkpoint, if any was saved)"
+            ) from err
         write_text(out_dir / "distillery_config.yaml", yaml.safe_dump(run.cfg.flat(), sort_keys=False))
         write_text(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in progress["log"]))
         write_json(out_dir / "train_summary.json", summary)  # last: its presence marks a finished run
@@ -726,6 +737,12 @@ def write_refused(err: BaseException) -> bool:
     )
 
 
+def _reason(err: BaseException) -> str:
+    return (
+        err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
+    ).splitlines()[0][:200]
+
+
 @contextlib.contextmanager
 def checkpoint_writes(out_dir: Path, step: int) -> Iterator[None]:
     """Around :func:`save_checkpoint`: a write the disk refuses stops the run with one line (a
@@ -739,9 +756,7 @@ def checkpoint_writes(out_dir: Path, step: int) -> Iterator[None]:
         fresh = out_dir / CHECKPOINTS[1]
         with contextlib.suppress(OSError):
             (fresh / "progress.json").unlink(missing_ok=True)  # one there would call the torn folder whole
-        reason = (
-            err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip() or type(err).__name__
-        ).splitlines()[0]
+        reason = _reason(err)
         previous = find_checkpoint(out_dir)
         kept = (
             f"the last whole checkpoint ({previous}, step "
@@ -775,6 +790,7 @@ def save_checkpoint(
         if best_state is not None:
             torch.save(best_state, fresh / "best.pt")
         write_json(fresh / "settings.json", settings)
+        seal_folder(fresh)  # lists what is there: a file a user saves into it later is never deleted
         write_text(fresh / "progress.json", json.dumps(progress))  # last: the checkpoint is whole
         if current.exists():
             remove_owned(old)

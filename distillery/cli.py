@@ -36,7 +36,7 @@ from pathlib import Path
 from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.teacher import online_backend
-from distillery.core.errors import UserError
+from distillery.core.errors import UserError, full_disk
 from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
 from distillery.core.registry import load_plugins, plugin_in_traceback
 from distillery.core.run import Run
@@ -520,9 +520,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"distillery {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as err:
         if debug:
             raise
+        if full_disk(err):  # the machine's, not a bug, whichever library noticed it (safetensors, pyarrow, ...)
+            how = RESUME.get(args.command, "rerun the same command to resume: finished work is kept")
+            print(
+                f"distillery {args.command}: error: the disk is full ({_one_line(err)}); free space, then {how}",
+                file=sys.stderr,
+            )
+            return 2
         traceback.print_exc()
         plugin = plugin_in_traceback(sys.exc_info()[2])
         if plugin:  # the plugin's own code raised: its authors can fix it, not Distillery's

@@ -18,6 +18,7 @@ class EvaluateConfig:
         [],
         "student model dirs, comma-separated (default OUT/student)",
         nonempty=True,
+        form="path",
         short="student folders, comma-separated",
         group="input",
     )

@@ -23,7 +23,7 @@ from distillery.core.errors import UserError
 from distillery.core.models import pick_device, resolve_model
 from distillery.core.registry import teacher_backends
 from distillery.core.run import Run
-from distillery.core.rundir import guard_files, locked, record_files, write_json, write_text
+from distillery.core.rundir import guard_files, locked, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose
@@ -167,8 +167,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     """The stage in its steps: read the rows, score the teacher and each student, plot, write the report."""
     run = Run.of(cfg)
     out = run.out
-    check_report_writable(cfg)
-    record_files(out, REPORT_FILES)  # absent or ours (checked above): a kill mid-way leaves files known to be ours
+    check_report_writable(cfg)  # each report file is recorded as Distillery's when it is written whole, not before
     frame, manifest = read_annotations(run.annotations)
     data = eval_rows(cfg, frame, manifest)
     texts = data.rows["text"].tolist()
@@ -332,7 +331,6 @@ def plot_confusions(out: Path, data: EvalRows, models: dict) -> list[str]:
     pairs += [(name, m["confusion_vs_teacher"], "teacher") for name, m in list(models.items())[1:]]
     for name, confusion, against in pairs:
         plots.append(f"confusion_{_file_name(name)}_vs_{against}.png")
-        record_files(out, plots[-1:])
         plot_confusion(confusion, data.labels, f"{name} vs {against}", against, name, out / plots[-1])
     return plots
 
@@ -380,6 +378,7 @@ def record_evaluation(student_dir: Path, m: dict, metrics: dict, device: str) ->
         "device": device,
     }
     picked = m["defer"]["picked"]
-    meta.defer = {**picked, "target": m["defer"]["target"]} if picked else None
+    target = m["defer"]["target"]  # None: no target asked (--target-agreement 0); else a threshold or none passed
+    meta.defer = {**picked, "target": target} if picked else {"threshold": None, "target": target} if target else None
     meta.write(student_dir)
     write_card(student_dir)

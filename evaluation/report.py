@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from distillery.core.rundir import replacing
 from distillery.student import shareable_name
 
 __all__ = ["ReportData", "render_report", "plot_confusion", "markdown_table", "headline"]
@@ -282,7 +283,8 @@ def plot_reliability(models: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("reliability")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path, binary=True) as fh:  # whole, and recorded as Distillery's only then
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -307,7 +309,8 @@ def plot_confusion(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path, binary=True) as fh:  # whole, and recorded as Distillery's only then
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 

@@ -43,6 +43,7 @@ class ReviewConfig:
         "import a labelled queue instead of building one: a Label Studio JSON export, Argilla records "
         "(JSON, nested or flat) or the queue CSV with its label column filled",
         flag="--import",
+        form="path",
         short="import a labelled queue (LS, Argilla, CSV)",
         group="review",
     )

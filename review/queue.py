@@ -32,7 +32,7 @@ from distillery.annotate.chunks import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
 from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, read_reviewed, review_dir
 from distillery.core.run import Run
-from distillery.core.rundir import ForeignFiles, guard_files, record_files, write_csv, write_json, write_text
+from distillery.core.rundir import ForeignFiles, guard_files, write_csv, write_json, write_text
 from distillery.review.config import ReviewConfig
 
 __all__ = ["build_queue", "doubt_scores", "label_config", "owned", "pick_doubtful", "stratified_sample", "write_round"]
@@ -179,7 +179,8 @@ def _argilla(picked: pd.DataFrame, round_no: int) -> list[dict]:
 
 
 def owned(folder: Path, names: list[str]) -> None:
-    """Stop before writing over a file of the user's in OUT/review (an export saved there is fine); note ours."""
+    """Stop before writing over a file of the user's in OUT/review (an export saved there is fine). Nothing
+    is claimed here: each file is recorded as Distillery's when it is written whole."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
         guard_files(folder, names)
@@ -189,7 +190,6 @@ def owned(folder: Path, names: list[str]) -> None:
             f"{folder} holds {foreign}, which distillery did not write; move it elsewhere and run "
             "'distillery review' again"
         ) from None
-    record_files(folder, names)
 
 
 def pick_doubtful(

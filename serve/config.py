@@ -19,6 +19,7 @@ class PredictConfig:
     data: str = option(
         "",
         "input (required): a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME",
+        form="data",
         short="input file, 'tweets' or hf:NAME",
         group="input",
     )
@@ -43,6 +44,7 @@ class PredictConfig:
         "predictions.csv",
         "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "
         "a directory gets DIR/predictions.csv",
+        form="path",
         short="output CSV",
         group="output",
     )
@@ -113,6 +115,7 @@ class ExportConfig:
     onnx_dir: str = option(
         "",
         "where the ONNX student goes (default: STUDENT-onnx beside the student)",
+        form="path",
         short="ONNX folder (STUDENT-onnx)",
         group="output",
     )

@@ -247,7 +247,7 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
         defer=_defer(source.defer, probs, rows),
     )
     _report(candidates, chosen, why, rows, cfg, pytorch_speed)
-    if meta.defer is not None and meta.defer.get("kept_from") == "evaluate":
+    if meta.defer is not None and meta.defer.get("kept_from") == "evaluate":  # a threshold: none is never kept
         print(
             f"export: kept evaluate's answer-or-defer threshold ({meta.defer['threshold']:.4f}): "
             f"{len(rows['teacher'])} test rows cannot pass "
@@ -282,14 +282,16 @@ def _defer(source: dict | None, probs: np.ndarray | None, rows: dict | None) -> 
     """The answer-or-defer threshold for the variant served: evaluate's target, the variant's own
     confidences and agreement with the teacher on the check rows. Kept as evaluate recorded it
     when there are no rows (an fp32 export: the same model)."""
-    if not source or probs is None or rows is None:
-        return source
+    if not source or source.get("threshold") is None or probs is None or rows is None:
+        return source  # none, or none passed evaluate's target (every row deferred): the same for every variant
     probs = probs[: len(rows["teacher"])]  # the test rows: the threshold is about rows the student did not train on
     if len(probs) < math.ceil(math.log(0.05) / math.log(source["target"])):  # too few rows for any threshold to pass
         return {**source, "kept_from": "evaluate"}
     agree = probs.argmax(1) == rows["teacher"]
     picked = pick_threshold(probs.max(1), agree, source["target"])
-    return {**picked, "target": source["target"], "recomputed_on": len(agree)} if picked else None
+    if not picked:
+        return {"threshold": None, "target": source["target"], "recomputed_on": len(agree)}
+    return {**picked, "target": source["target"], "recomputed_on": len(agree)}
 
 
 def _report(

@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from distillery.core.errors import UserError
 from distillery.core.inputs import iter_texts
-from distillery.core.models import pick_device
+from distillery.core.models import max_length_of, pick_device
 from distillery.core.run import Run
 from distillery.core.rundir import (
     LOCK_FILE,
@@ -42,22 +43,65 @@ from distillery.core.rundir import (
 from distillery.serve.config import PredictConfig
 from distillery.student import Student, load_student
 
-__all__ = ["predict", "defer_threshold", "prediction_frame"]
+__all__ = ["predict", "defer_threshold", "prediction_frame", "cut_rows", "DEFER_ALL"]
+
+DEFER_ALL = math.inf  # the threshold of a student that evaluate found none for: every row is deferred
+# What a student computes with (evaluate rewrites its record and card beside them, so those are left out).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".onnx_data", ".pt", ".pth")
+MODEL_FILES = (
+    "config.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+CHARS_PER_TOKEN = 8  # a row is cut to 8 characters per token of the student's window (annotate's automatic bound)
+MOST_CHARS_PER_TOKEN = 64  # ... doubled while the cut fills less than the window, up to this many
 
 
 def defer_threshold(cfg: PredictConfig, student: Student) -> float | None:
-    """The confidence under which rows are deferred: the flag, else what evaluate recorded."""
+    """The confidence under which rows are deferred: the flag, else what evaluate recorded.
+
+    ``DEFER_ALL`` where evaluate ran and found no threshold that passes its target: every row is
+    deferred (no confidence is high enough for the student to answer alone)."""
     if not cfg.defer:
         return None
     if cfg.defer_threshold != -1.0:
         return cfg.defer_threshold
     recorded = student.meta.get("defer")
-    if not recorded:
+    if recorded and recorded.get("threshold") is not None:
+        return recorded["threshold"]
+    if recorded:  # evaluated with a target: no threshold passed it
+        return DEFER_ALL
+    if student.meta.get("evaluation"):
         raise UserError(
-            f"--defer: expected a threshold recorded for {student.path}; found none; run 'distillery evaluate "
-            "--target-agreement 0.95' on the run first, or pass --defer-threshold"
+            f"--defer: expected a threshold recorded for {student.path}; found none: evaluate ran with "
+            "--target-agreement 0; rerun 'distillery evaluate --target-agreement 0.95', or pass --defer-threshold"
         )
-    return recorded["threshold"]
+    raise UserError(
+        f"--defer: expected a threshold recorded for {student.path}; found none (it was never evaluated); run "
+        "'distillery evaluate --target-agreement 0.95' on the run first, or pass --defer-threshold"
+    )
+
+
+def _deferring(threshold: float | None, student: Student) -> str:
+    """What ``--defer`` does this run, said where predict starts (a line of its own when every row defers)."""
+    if threshold is None:
+        return ""
+    if threshold != DEFER_ALL:
+        return f"; rows under confidence {threshold:.4f} are deferred"
+    target = (student.meta.get("defer") or {}).get("target")
+    keeps = f"agreement >= {target:g} (95% lower bound)" if target else "its --target-agreement"
+    return (
+        f"\npredict: --defer: evaluate found no confidence threshold at which the student keeps {keeps} with the "
+        "teacher; every row is deferred to the teacher (pass --defer-threshold to have the student answer some)"
+    )
 
 
 def prediction_frame(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], threshold: float | None) -> pd.DataFrame:
@@ -124,7 +168,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
         "id_column": cfg.id_column,
         "drop_empty": cfg.drop_empty,
         "chunk_size": cfg.chunk_size,
-        "defer_threshold": threshold,
+        "defer_threshold": "all" if threshold == DEFER_ALL else threshold,  # JSON has no infinity
     }
     state = _open_state(parts, fingerprint, cfg, out)
     if state["complete"]:
@@ -134,7 +178,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
         return out
     print(
         f"predict: {student.kind} student {folder} ({len(student.labels)} labels: {', '.join(student.labels)}) -> {out}"
-        + (f"; rows under confidence {threshold:.4f} are deferred" if threshold is not None else "")
+        + _deferring(threshold, student)
     )
     rows, paths = 0, []
     with tqdm(unit="row", desc="predict", mininterval=0.5 if sys.stderr.isatty() else 30) as bar:
@@ -143,7 +187,7 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
             if not _finished(path, state):  # else written whole by a run that was stopped later
                 frame = prediction_frame(
                     chunk,
-                    student.probabilities(chunk["text"].tolist(), cfg.predict_batch_size),
+                    student.probabilities(cut_rows(chunk["text"].tolist(), student.tokenizer), cfg.predict_batch_size),
                     student.labels,
                     threshold,
                 )
@@ -187,18 +231,40 @@ def _write_part(parts: Path, path: Path, frame: pd.DataFrame, state: dict) -> No
     write_text(path, text)
 
 
+def cut_rows(texts: list[str], tokenizer) -> list[str]:
+    """Each text as the student reads it, cut by characters before it is tokenized.
+
+    The student reads the first ``max_length_of(tokenizer)`` tokens of a row (its window) and
+    nothing after them, so a longer row is cut to 8 characters per token of the window (annotate's
+    automatic ``--max-row-chars``) before the tokenizer sees it: a row of megabytes costs what a
+    row that fills the window costs. Where the cut gives fewer tokens than the window holds, it is
+    doubled until it gives more, up to 64 characters per token: the student reads the same tokens
+    as from the whole row, except in a row whose first characters average over 64 a token.
+    """
+    window = max_length_of(tokenizer)
+    return [text if len(text) <= CHARS_PER_TOKEN * window else _cut(text, tokenizer, window) for text in texts]
+
+
+def _cut(text: str, tokenizer, window: int) -> str:
+    chars = CHARS_PER_TOKEN * window
+    while chars < len(text):
+        head = text[:chars]
+        if chars >= MOST_CHARS_PER_TOKEN * window:
+            return head
+        if len(tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]) > window:
+            return head
+        chars *= 2
+    return text
+
+
 def _weights(folder: Path) -> list[dict]:
-    """Fingerprints of the student's weight files: a student retrained or exported again into the same folder is
-    another student."""
-    names = ("model.onnx", "model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+    """SHA-256 of the student's weight files, its model config and its tokenizer, hashed once per run:
+    another student's weights copied into the folder, even with their size and time kept, are another
+    student (and so is a student retrained or exported again into it)."""
     return [
-        {
-            "name": name,
-            "size": (folder / name).stat().st_size,
-            "mtime_ns": (folder / name).stat().st_mtime_ns,
-        }  # no hash: GBs for a Llama
-        for name in names
-        if (folder / name).is_file()
+        {"name": path.name, "sha256": sha256_file(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and (path.name in MODEL_FILES or path.name.endswith(WEIGHT_SUFFIXES))
     ]
 
 

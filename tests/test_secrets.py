@@ -79,7 +79,7 @@ def test_redacted_keeps_header_names_and_drops_every_secret_value():
 
 
 def test_a_key_passed_as_the_variable_name_is_refused_without_showing_it():
-    with pytest.raises(UserError, match="--api-key-env: expected the name of the environment variable") as err:
+    with pytest.raises(UserError, match="--api-key-env: expected the NAME of an environment variable") as err:
         AnnotateConfig(backend="openai", settings={"api_key_env": f"sk-{KEY_SECRET}"})
     assert KEY_SECRET not in str(err.value)
 

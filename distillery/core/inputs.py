@@ -10,7 +10,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from distillery.core.errors import UserError
+from distillery.core.errors import UserError, excerpt
 
 
 class RowSettings(Protocol):
@@ -71,6 +71,8 @@ def load_rows(cfg: RowSettings, labels: list[str]) -> pd.DataFrame:
             label_col = "label"  # the usual name; pass --label-column for another
 
     _check_columns(frame, text_col, label_col, cfg.id_column, cfg.data)
+    if cfg.id_column:  # every row of the file, before any is dropped: the lines named are the file's
+        _check_ids(frame[cfg.id_column], frame.index, cfg.id_column, cfg.data, unique=True)
     if cfg.only_deferred:
         frame = keep_deferred(frame, cfg.data)
         if len(frame) == 0:
@@ -108,9 +110,6 @@ def load_rows(cfg: RowSettings, labels: list[str]) -> pd.DataFrame:
         out["split"] = frame[cfg.split_column].astype(str)
     out["gold"] = _gold(frame, label_col, labels, cfg.data) if label_col else ""
     out["id"] = frame[cfg.id_column].astype(str) if cfg.id_column else _content_ids(out["text"])
-    if out["id"].duplicated().any():
-        dup = out["id"][out["id"].duplicated()].iloc[0]
-        raise InputError(f"{cfg.data}: ids in '{cfg.id_column}' must be unique; found '{dup}' twice")
 
     out = _sample(out, cfg.limit, cfg.balance and bool(label_col), cfg.seed)
     if not cfg.split_column:
@@ -227,6 +226,8 @@ def iter_texts(
         frame = frame.reset_index(drop=True)
         texts = frame[text_column]
         empty = texts.isna() | (texts.astype(str).str.strip() == "")
+        if id_column:
+            _check_ids(frame[id_column], start + frame.index, id_column, data, unique=False)
         out = pd.DataFrame(
             {
                 "id": frame[id_column].astype(str) if id_column else [str(start + i) for i in range(len(frame))],
@@ -252,6 +253,37 @@ def _check_columns(frame: pd.DataFrame, text_col: str, label_col: str, id_col: s
             raise InputError(f"{source}: expected a column '{col}'; found {found}; pass {flag} NAME")
     if len(frame) == 0:
         raise InputError(f"{source}: expected at least one row; found none")
+
+
+def _check_ids(ids: pd.Series, positions: pd.Index, column: str, source: str, unique: bool) -> None:
+    """An empty, blank or missing id (and, with ``unique``, a repeated one) is an :class:`InputError`
+    naming its lines; ``positions`` are the rows' places in the input, from 0."""
+    blank = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
+    if blank.any():
+        raise InputError(
+            f"{source}: expected an id in every row of '{column}' (--id-column); found {int(blank.sum())} empty or "
+            f"missing ({_lines(source, positions[blank])}); fill them in, or leave --id-column out to have ids made"
+        )
+    ids = ids.astype(str)  # as the rows will carry them: 7 and "7" are one id
+    if unique and ids.duplicated().any():
+        first = ids[ids.duplicated()].iloc[0]
+        same = (ids == first).to_numpy()
+        raise InputError(
+            f"{source}: ids in '{column}' (--id-column) must be unique; found {excerpt(str(first))} "
+            f"{int(same.sum())} times ({_lines(source, positions[same])}); make them unique, or leave --id-column out "
+            "to have ids made"
+        )
+
+
+def _lines(source: str, positions) -> str:
+    """Where rows lie in ``source``: 'file lines 3, 7' (a CSV's first line is its header, a JSON Lines
+    file has none), else 'rows 2, 6' (from 1)."""
+    suffix = Path(source).suffix.lower()
+    skip, name = {".csv": (2, "file lines"), ".tsv": (2, "file lines"), ".jsonl": (1, "file lines")}.get(
+        suffix, (1, "rows")
+    )
+    shown = [str(int(p) + skip) for p in positions[:5]]
+    return f"{name} {', '.join(shown)}" + (", ..." if len(positions) > 5 else "")
 
 
 def _content_ids(texts: pd.Series) -> list[str]:

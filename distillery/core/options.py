@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import field
 from pathlib import Path
 
 import yaml
 
-from distillery.core.errors import UserError
+from distillery.core.errors import UserError, excerpt
 from distillery.core.registry import student_kinds
 from distillery.core.secrets import scrub
 
@@ -118,7 +119,6 @@ def _env_name(value: str) -> str | None:
     return env_name_problem(value)
 
 
-# A string setting's form: a check returning None when the value fits, else what was expected.
 def _ray_address(value: str) -> str | None:
     """None for '' (a Ray runtime started here), auto, ray://HOST:PORT or HOST:PORT; else what is expected."""
     if value in ("", "auto") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", value):
@@ -126,7 +126,32 @@ def _ray_address(value: str) -> str | None:
     return "'' (start Ray here), auto, ray://HOST:PORT or HOST:PORT"
 
 
-FORMS = {"device": _device, "env_name": _env_name, "ray_address": _ray_address}
+def _any(value: str) -> str | None:
+    return None
+
+
+BUILT_IN_DATA = ("tweets",)  # --data values that name no file: the built-in sets (and hf:NAME)
+
+
+def absolute_path(value: str) -> str:
+    """A path as every stage reads it: ``~`` expanded, made absolute ('' stays: "the default")."""
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+
+
+def _normalised(form: str, value):
+    """A ``path`` (or ``data``: a path unless a built-in set or hf:NAME) resolved once, flags and YAML alike."""
+    if isinstance(value, list):
+        return [_normalised(form, v) for v in value]
+    if not isinstance(value, str) or (form == "data" and (value in BUILT_IN_DATA or value.startswith("hf:"))):
+        return value
+    return absolute_path(value)
+
+
+# A string setting's form: a check returning None when the value fits, else what was expected. ``path``
+# and ``data`` also normalise the value (:func:`absolute_path`) where check_settings runs: in every
+# config's __post_init__, so a flag, a YAML key and the Python API resolve a path the same way.
+FORMS = {"device": _device, "env_name": _env_name, "ray_address": _ray_address, "path": _any, "data": _any}
+PATH_FORMS = ("path", "data")
 RANGE_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
@@ -151,6 +176,9 @@ def check_settings(config) -> None:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if f.metadata.get("form") in PATH_FORMS:
+            value = _normalised(f.metadata["form"], value)
+            object.__setattr__(config, f.name, value)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{flag}: expected a finite number, found {value}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -161,7 +189,7 @@ def check_settings(config) -> None:
         if form and isinstance(value, str):
             expected = FORMS[form](value)
             if expected:
-                shown = "a value not shown (it may be the key itself)" if form == "env_name" else repr(value)
+                shown = "a value not shown (it may be the key itself)" if form == "env_name" else excerpt(value)
                 raise UserError(f"{flag}: expected {expected}; found {shown}")
         choices = f.metadata.get("choices")
         if choices and isinstance(value, str) and value not in choices:
@@ -183,8 +211,7 @@ def _shown(name: str, value) -> str:
     """A value as an error message may show it: never a header's value or anything key-like."""
     if name == "extra_headers":
         return "a value (not shown: it may hold a secret)"
-    text = scrub(repr(value))
-    return text if len(text) <= 60 else text[:57] + "..."
+    return scrub(excerpt(value))
 
 
 def coerce(f: dataclasses.Field, value, where: str | None = None):
@@ -272,7 +299,15 @@ def read_config(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: '{path}'")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        alias = next((e for e in yaml.parse(text, Loader=yaml.SafeLoader) if isinstance(e, yaml.AliasEvent)), None)
+        if alias is not None:  # a few hundred bytes of nested aliases expand to gigabytes
+            line = alias.start_mark.line + 1
+            raise UserError(
+                f"{path}: line {line}: YAML aliases (*{excerpt(alias.anchor, 20)}) are not read in a config; "
+                "expected flat 'setting: value' lines: write the value out"
+            )
+        values = yaml.safe_load(text) or {}
     except UnicodeDecodeError:
         raise UserError(f"{path}: expected a UTF-8 YAML file; found other bytes") from None
     except yaml.YAMLError as err:
@@ -284,7 +319,7 @@ def read_config(path: Path) -> dict:
         raise UserError(f"{path}: expected a mapping of setting: value; found {type(values).__name__}")
     bad = [k for k in values if not isinstance(k, str)]
     if bad:
-        raise UserError(f"{path}: expected setting names as keys; found {bad[:3]}")
+        raise UserError(f"{path}: expected setting names as keys; found {excerpt(bad)}")
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
@@ -296,10 +331,11 @@ def student_folder(cfg) -> Path:
 def check_student_folder(value: str, flag: str) -> None:
     """``--student`` is a folder in every command; a student kind's name there (the old meaning in
     distill: ``--student llama-lora``) is an error naming the flag that took it over."""
-    if value in student_kinds and not Path(value).is_dir():
+    name = Path(value).name  # the value may be resolved already (cwd/llama-lora)
+    if name in student_kinds and value in (name, absolute_path(name)) and not Path(value).is_dir():
         raise UserError(
-            f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{value}', a student kind: "
-            f"pass it as --student-kind {value} (student_kind: in a config file)"
+            f"{flag.lstrip('-')}: expected the student folder (default OUT/student); found '{name}', a student kind: "
+            f"pass it as --student-kind {name} (student_kind: in a config file)"
         )
 
 

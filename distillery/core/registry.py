@@ -144,8 +144,11 @@ def _load(name: str, dist: str, load) -> None:
         loaded = load()
         if callable(loaded) and not isinstance(loaded, type(importlib)):
             loaded()
-    except Exception as err:  # a broken plugin: one line naming it, not a traceback from inside it
-        message = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # SystemExit too: a plugin never ends the command, with 0 or otherwise
+        # a broken plugin: one line naming it, not a traceback from inside it
+        message = str(err).splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(
             f"plugin '{name}' (package {dist}) failed to load: {type(err).__name__}: {message}; "
             f"reinstall it, or uninstall it (pip uninstall {dist})"

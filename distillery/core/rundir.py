@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,10 @@ __all__ = [
     "same_file",
     "rows_fingerprint",
     "sha256_file",
+    "LinkedName",
+    "check_reserved",
+    "open_reserved",
+    "seal_folder",
 ]
 
 LOCK_FILE = ".distillery.lock"
@@ -102,7 +107,7 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None, fl
             if key in _held:
                 _held[key][1] -= 1
         return
-    fh = open(folder / LOCK_FILE, "a+", encoding="utf-8")
+    fh = os.fdopen(open_reserved(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT), "a+", encoding="utf-8")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -132,6 +137,63 @@ def locked(folder: str | Path, command: str, shown: str | Path | None = None, fl
         fh.close()  # closing the file releases the lock
 
 
+class LinkedName(UserError):
+    """A link or a special file where Distillery keeps a file of its own (the lock, the ownership record,
+    a temporary file, a cache): never followed, never opened."""
+
+
+def _refuse(path: Path, what: str) -> LinkedName:
+    return LinkedName(
+        f"{path} is {what}, where distillery keeps a file of its own; it never follows or opens one there: "
+        "remove it (someone else may have put it there), then rerun"
+    )
+
+
+def check_reserved(path: str | Path) -> None:
+    """Stop (:class:`LinkedName`) if ``path`` is a link or anything but a regular file; absent is fine."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise _refuse(path, "a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise _refuse(path, "not a regular file")
+
+
+def open_reserved(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of one of Distillery's own files, never through a link (``O_NOFOLLOW``) and never
+    blocking on a FIFO (``O_NONBLOCK``); a link or a special file there is :class:`LinkedName`."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _refuse(path, "a symbolic link") from None
+        if err.errno == errno.EISDIR:
+            raise _refuse(path, "a folder") from None
+        if err.errno == errno.EEXIST and os.path.islink(path):
+            raise _refuse(path, "a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _refuse(path, "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_reserved(path: Path) -> str | None:
+    """The text of one of Distillery's own files (None when absent), never through a link."""
+    try:
+        fd = open_reserved(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
 def _fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -141,11 +203,13 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def replacing(path: str | Path) -> Iterator:
-    """A text file handle whose content replaces ``path`` whole when the block ends without error.
+def replacing(path: str | Path, binary: bool = False) -> Iterator:
+    """A text (or ``binary``) file handle whose content replaces ``path`` whole when the block ends
+    without error.
 
-    The file is then recorded as Distillery's in its folder's marker. A file already at ``path``
-    that Distillery did not write is never replaced: :class:`ForeignFiles` names it.
+    The file is then recorded as Distillery's in its folder's marker: only once it is whole, so a
+    stage that fails or is refused claims nothing. A file already at ``path`` that Distillery did not
+    write is never replaced: :class:`ForeignFiles` names it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +219,11 @@ def replacing(path: str | Path) -> Iterator:
             f"{path} exists and distillery did not write it; it is never replaced: move it away, or write elsewhere"
         )
     tmp = path.with_name(temporary_name(path.name))
+    check_reserved(tmp)
+    tmp.unlink(missing_ok=True)  # a regular file by our temporary name: a killed run's (same pid)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fd = open_reserved(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -165,7 +232,14 @@ def replacing(path: str | Path) -> Iterator:
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not os.path.islink(tmp):
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -196,17 +270,24 @@ def owned(folder: str | Path) -> set[str]:
     A marker that does not parse claims nothing, and so does an older marker's ``"folder": true``:
     only files listed by name are Distillery's, and every file of a folder :func:`make_folder` made.
     """
-    marker = Path(folder) / OWNED_FILE
-    if not marker.is_file():
-        return set()
-    try:
-        record = json.loads(marker.read_text())
-        files = record.get("files", [])
-    except (ValueError, AttributeError):
-        return set()
-    if _made(record):  # made empty by make_folder: all of it is Distillery's
+    record = _record(folder)
+    files = record.get("files", [])
+    if _made(record):  # made empty by make_folder and not sealed yet: all of it is Distillery's
         return {p.name for p in Path(folder).iterdir() if not _ours(p.name)}
     return {str(name) for name in files if isinstance(name, str)} if isinstance(files, list) else set()
+
+
+def _record(folder: str | Path) -> dict:
+    """``folder``'s ownership record ({} when absent or unreadable), never read through a link."""
+    try:
+        text = _read_reserved(Path(folder) / OWNED_FILE)
+    except NotADirectoryError:
+        return {}
+    try:
+        record = json.loads(text) if text is not None else {}
+    except ValueError:  # a torn or edited record claims nothing
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _made(record) -> bool:
@@ -214,16 +295,14 @@ def _made(record) -> bool:
 
 
 def made(folder: str | Path) -> bool:
-    """Whether :func:`make_folder` made ``folder`` (then everything under it is Distillery's)."""
-    try:
-        return _made(json.loads((Path(folder) / OWNED_FILE).read_text()))
-    except (OSError, ValueError):
-        return False
+    """Whether :func:`make_folder` made ``folder`` and it is not sealed yet (then everything under it is
+    Distillery's: the partial output of a write that never finished)."""
+    return _made(_record(folder))
 
 
 def make_folder(path: str | Path) -> Path:
-    """Create ``path`` empty (it must not exist), marked as made by Distillery: every file a library
-    writes into it (a checkpoint, a saved model) is Distillery's without being listed."""
+    """Create ``path`` empty (it must not exist), marked as made by Distillery: until :func:`seal_folder`
+    lists what a library wrote into it (a checkpoint, a saved model), all of it is Distillery's."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(errno.EEXIST, "File exists", str(path))
@@ -237,6 +316,16 @@ def make_folder(path: str | Path) -> Path:
         fh.write(json.dumps({"files": [], "made": True}) + "\n")
     staging.rename(path)
     return path
+
+
+def seal_folder(path: str | Path) -> None:
+    """Mark a folder :func:`make_folder` made as complete: each of its folders lists the files in it
+    now, and from then on only those are Distillery's (a file a user saves there later stays theirs)."""
+    path = Path(path)
+    for here, _, files in os.walk(path):
+        names = sorted(f for f in files if not _ours(f))
+        with replacing(Path(here) / OWNED_FILE) as fh:
+            fh.write(json.dumps({"files": names}, indent=2) + "\n")
 
 
 def record_files(folder: str | Path, names: list[str]) -> None:
@@ -420,16 +509,16 @@ def sha256_file(path: str | Path) -> str:
 def file_fingerprint(path: str | Path) -> dict:
     """Name (not the machine's path), size, modification time and SHA-256 of an input file."""
     path = Path(path)
-    stat = path.stat()
-    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
+    info = path.stat()
+    return {"name": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 def same_file(old: dict, path: str | Path) -> bool:
-    """Whether ``path`` still holds what ``old`` fingerprinted (size and mtime first, then the hash)."""
-    stat = Path(path).stat()
-    if stat.st_size != old.get("size"):
+    """Whether ``path`` still holds what ``old`` fingerprinted: its content (SHA-256), never its size
+    and modification time alone (a copy can keep both)."""
+    if Path(path).stat().st_size != old.get("size"):
         return False
-    return stat.st_mtime_ns == old.get("mtime_ns") or sha256_file(path) == old.get("sha256")
+    return sha256_file(path) == old.get("sha256")
 
 
 def rows_fingerprint(rows: pd.DataFrame, columns: list[str]) -> dict:

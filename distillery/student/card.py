@@ -199,7 +199,7 @@ def render_card(data: CardData) -> str:
             f"onnxruntime on the CPU that ran `distillery export`"
         )
     params = "–" if data.parameters is None else f"{data.parameters / 1e6:.1f}M parameters"
-    if data.defer:
+    if data.defer and data.defer.get("threshold") is not None:
         d = data.defer
         defer = (
             "On the held-out rows the student answers when its confidence is at least "
@@ -210,6 +210,15 @@ def render_card(data: CardData) -> str:
             "Clopper–Pearson bounds). "
             "`distillery predict --defer` marks the rows under the threshold."
         )
+    elif data.defer:  # evaluated with a target, and no threshold passed it
+        target = data.defer.get("target")
+        keeps = f"agreement ≥ {target:g}" if target else "its target agreement"
+        defer = (
+            f"Evaluate found no confidence threshold at which the student keeps {keeps} with the "
+            "teacher: `distillery predict --defer` defers every row."
+        )
+    elif data.evaluation:
+        defer = "Evaluate ran without a target (`--target-agreement 0`): no threshold was picked."
     else:
         defer = "No threshold recorded (`distillery evaluate --target-agreement 0.95` picks one)."
     if data.kind == "onnx":

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from scipy.stats import beta
 
+from distillery.core.rundir import replacing
+
 __all__ = ["clopper_pearson_lower", "coverage_curve", "pick_threshold", "plot_coverage"]
 
 
@@ -105,5 +107,6 @@ def plot_coverage(curve: list[dict], picked: dict | None, target: float | None, 
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title("Answer or defer")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path, binary=True) as fh:  # whole, and recorded as Distillery's only then
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
