@@ -83,3 +83,30 @@ def reviews_csv(tmp_path) -> Path:
     path = tmp_path / "reviews.csv"
     make_rows(40).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def chat_server():
+    """A real HTTP server answering every chat request with the same top log-probs; records each
+    request's Authorization header."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from test_hosted_unit import ANSWER
+
+    keys = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            keys.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers["Content-Length"]))
+            reply_json(self, 200, ANSWER)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", keys
+    server.shutdown()
+    server.server_close()

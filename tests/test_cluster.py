@@ -387,33 +387,6 @@ def test_a_killed_training_worker_stops_with_one_line_and_resume_goes_on(
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-4)
 
 
-@pytest.fixture
-def chat_server():
-    """A real HTTP server answering every chat request with the same top log-probs; records each
-    request's Authorization header."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from conftest import reply_json
-    from test_hosted_unit import ANSWER
-
-    keys = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            keys.append(self.headers.get("Authorization"))
-            self.rfile.read(int(self.headers["Content-Length"]))
-            reply_json(self, 200, ANSWER)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", keys
-    server.shutdown()
-
-
 def test_a_hosted_teacher_runs_on_the_workers_with_its_key_and_writes_the_local_chunks(
     cluster, chat_server, rows, tmp_path
 ):

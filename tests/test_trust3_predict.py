@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_rows
+from test_faults_predict import _predict
 from tiny import build_roberta
 
 from distillery import cli as distillery_cli
@@ -71,29 +72,6 @@ def rows(tmp_path):
     path = tmp_path / "rows.csv"
     make_rows(30).assign(rid=[f"r{i}" for i in range(30)]).to_csv(path, index=False)
     return path
-
-
-def _predict(student, data, out, *extra) -> int:
-    return distillery_cli.main(
-        [
-            "predict",
-            "--student",
-            str(student),
-            "--data",
-            str(data),
-            "--text-column",
-            "review",
-            "--chunk-size",
-            "7",
-            "--predict-batch-size",
-            "4",
-            "--device",
-            "cpu",
-            "--predictions",
-            str(out),
-            *extra,
-        ]
-    )
 
 
 def _swap_weights(student, other, name: str) -> None:
@@ -299,40 +277,71 @@ def test_case16_duplicate_ids_are_one_line_naming_both_rows(tmp_path):
 # Case 17: --defer on a student whose evaluation found no passing threshold defers every row.
 
 
-def _evaluated(student, tmp_path, defer):
-    """A copy of ``student`` whose record says evaluate ran and recorded ``defer``."""
+def _evaluated(student, tmp_path, target: float):
+    """A copy of ``student`` recorded by evaluate's own record_evaluation, with a coverage curve from
+    answer_or_defer on 40 rows where the student agrees with the teacher on half: no threshold can
+    pass ``target`` (0: none was asked for)."""
+    from distillery.core.rundir import record_files
+    from distillery.evaluation.evaluate import answer_or_defer, record_evaluation
+
     copy = tmp_path / student.name
     shutil.copytree(student, copy)
-    meta = json.loads((copy / "distillery_student.json").read_text())
-    meta["evaluation"] = {"split": "test", "rows": 40, "accuracy": 0.5, "agreement": 0.5, "ci": {}}
-    meta["defer"] = defer
-    (copy / "distillery_student.json").write_text(json.dumps(meta))
+    record_files(copy, [p.name for p in copy.iterdir() if p.is_file()])  # the fixture saved them by hand
+    probs = np.tile([[0.6, 0.4]], (40, 1))
+    teacher = np.array([0, 1] * 20)
+    m = {"defer": answer_or_defer(probs, teacher, None, target), "accuracy": 0.5, "agreement": 0.5, "ci": {}}
+    metrics = {
+        "split": "test",
+        "rows": 40,
+        "majority_accuracy": 0.5,
+        "teacher": {"accuracy": None, "macro_f1": None},
+    }
+    record_evaluation(copy, m, metrics, "cpu")
     return copy
 
 
 @pytest.mark.parametrize("kind", ["pytorch", "onnx"])
-@pytest.mark.parametrize("recorded", [None, {"threshold": None, "target": 0.9}], ids=["as evaluate records", "target"])
-def test_case17_defer_with_no_passing_threshold_defers_every_row(students, kind, recorded, rows, tmp_path, capsys):
-    student = _evaluated(students[kind][0], tmp_path, recorded)
+def test_case17_defer_with_no_passing_threshold_defers_every_row(students, kind, rows, tmp_path, capsys):
+    student = _evaluated(students[kind][0], tmp_path, 0.9)
+    assert json.loads((student / "distillery_student.json").read_text())["defer"] == {"threshold": None, "target": 0.9}
     capsys.readouterr()
     assert _predict(student, rows, tmp_path / "p.csv", "--defer") == 0
     said = capsys.readouterr()
     lines = [line for line in (said.out + said.err).splitlines() if "every row is deferred" in line]
     assert len(lines) == 1 and "evaluate found no confidence threshold" in lines[0], said
-    assert recorded is None or ">= 0.9 " in lines[0], lines
+    assert ">= 0.9 " in lines[0], lines
     frame = pd.read_csv(tmp_path / "p.csv")
     assert len(frame) == 30 and frame["deferred"].all()
 
 
-def test_case17_defer_on_a_student_never_evaluated_still_says_run_evaluate(students, rows, tmp_path, capsys):
+def test_case17_defer_on_a_student_never_evaluated_or_evaluated_without_a_target_says_how(
+    students, rows, tmp_path, capsys
+):
     assert _predict(students["pytorch"][0], rows, tmp_path / "p.csv", "--defer") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "distillery evaluate" in err, err
+    untargeted = _evaluated(students["pytorch"][0], tmp_path, 0.0)
+    assert _predict(untargeted, rows, tmp_path / "p.csv", "--defer") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--target-agreement 0" in err and "--defer-threshold" in err, err
+    assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.parametrize("recorded", [None, {"threshold": None, "target": 0.9}], ids=["as evaluate records", "target"])
-def test_case17_the_card_of_such_a_student_says_every_row_is_deferred(students, recorded, tmp_path):
+def test_case17_the_card_says_every_row_is_deferred_or_that_no_target_was_asked(students, tmp_path):
     from distillery.student.card import card_data, render_card
 
-    card = render_card(card_data(_evaluated(students["pytorch"][0], tmp_path, recorded)))
+    card = render_card(card_data(_evaluated(students["pytorch"][0], tmp_path / "a", 0.9)))
     assert "`distillery predict --defer` defers every row" in card and "No threshold recorded" not in card
+    card = render_card(card_data(_evaluated(students["pytorch"][0], tmp_path / "b", 0.0)))
+    assert "without a target" in card and "defers every row" not in card
+
+
+def test_case17_an_export_keeps_every_row_deferred_when_no_threshold_passes():
+    from distillery.serve.export import _defer
+
+    probs = np.tile([[0.6, 0.4]], (40, 1))
+    rows = {"teacher": np.array([0, 1] * 20)}
+    none_passed = {"threshold": None, "target": 0.9}
+    assert _defer(none_passed, probs, rows) == none_passed  # the same for every variant
+    picked = {"threshold": 0.55, "target": 0.9, "coverage": 1.0, "agreement": 0.5, "lower_bound": 0.4}
+    assert _defer(picked, probs, rows) == {"threshold": None, "target": 0.9, "recomputed_on": 40}

@@ -14,15 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import make_rows, reply_json
+from conftest import make_rows
 from test_cluster import ray_processes
-from test_hosted_unit import ANSWER
 from test_reliability import ROOT, _env
 
 pytestmark = pytest.mark.integration
@@ -196,27 +193,6 @@ def test_workers_an_existing_cluster_cannot_place_are_one_line_at_once(small_clu
             code, _, err, seconds = run(argv(tmp_path, "--ray-address", small_cluster.address, *extra), env)
             line = one_line(code, err, seconds)
             assert all(w in line for w in wants) and small_cluster.address in line, line
-
-
-@pytest.fixture
-def chat_server():
-    """A chat server answering every request with ANSWER; records the Authorization headers."""
-    keys = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            keys.append(self.headers.get("Authorization"))
-            self.rfile.read(int(self.headers["Content-Length"]))
-            reply_json(self, 200, ANSWER)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", keys
-    server.shutdown()
-    server.server_close()
 
 
 def files_holding(folder: str, secret: str) -> list[str]:
