@@ -59,11 +59,10 @@ def preflight(cfg) -> None:
     installed; a hosted teacher's key variable is set; ``--ray-address`` answers; a runtime started here
     has room for the workers on this machine (it never declares more CPUs or GPUs than the machine has)."""
     import_ray()
-    name = getattr(getattr(cfg, "settings", None), "api_key_env", "")
-    if name:  # a hosted teacher: the key on the driver, which hands it to the workers
-        from distillery.annotate.hosted import api_key
+    if hasattr(getattr(cfg, "settings", None), "api_key_env"):  # a hosted teacher: the key on the driver,
+        from distillery.annotate.hosted import checked_key  # which hands it to the workers
 
-        api_key(name)
+        checked_key(cfg.settings)
     if cfg.ray_address:
         _check_address(cfg.ray_address)
     else:

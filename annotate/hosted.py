@@ -78,6 +78,16 @@ def looks_like_key(value: str) -> bool:
     return False
 
 
+def checked_key(settings) -> str:
+    """The API key, once ``--base-url`` is given and ``--api-key-env`` names a set variable: annotate checks
+    both before it writes anything (:func:`api_key` says how each fails)."""
+    if not settings.base_url:
+        raise UserError(
+            "--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
+        )
+    return api_key(settings.api_key_env)
+
+
 def api_key(name: str) -> str:
     """The API key held by the environment variable ``name`` (``--api-key-env``; a placeholder for ``none``).
 
@@ -362,12 +372,8 @@ class HostedTeacher:
             raise ImportError(
                 "the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'"
             ) from None
-        if not settings.base_url:
-            raise UserError(
-                "--backend openai: expected --base-url (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1)"
-            )
         self.cfg, self.task = cfg, task
-        self.api_key = api_key(settings.api_key_env)
+        self.api_key = checked_key(settings)
         self.headers = parse_headers(
             settings.extra_headers
         )  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line

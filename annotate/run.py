@@ -59,11 +59,10 @@ def annotate(cfg: AnnotateConfig, grows: bool = False) -> Path:
     """
     # Before anything is written: a hosted teacher's key variable; with --engine ray, Ray itself, the address
     # and room for the workers. Each is one line.
-    key_variable = getattr(cfg.settings, "api_key_env", "")
-    if key_variable:
-        from distillery.annotate.hosted import api_key
+    if hasattr(cfg.settings, "api_key_env"):  # a hosted teacher: its server and key
+        from distillery.annotate.hosted import checked_key
 
-        api_key(key_variable)
+        checked_key(cfg.settings)
     if cfg.engine == "ray":
         from distillery.annotate.cluster import preflight
 
