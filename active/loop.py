@@ -35,6 +35,7 @@ from distillery.core.rundir import (
     claim_folder,
     install,
     locked,
+    make_folder,
     remove_leftovers,
     remove_owned,
     rows_fingerprint,
@@ -289,9 +290,8 @@ def _start_over(run: Run) -> None:
 def _replace_folder(source: Path, target: Path) -> None:
     """Copy the student in ``source`` into ``target``: not a whole student (no record) until every file
     is in place; a file of someone else's in ``target`` is never replaced."""
-    fresh = target.with_name(temporary_name(target.name))
-    shutil.rmtree(fresh, ignore_errors=True)  # a temporary folder of ours, by its name
-    shutil.copytree(source, fresh, ignore=shutil.ignore_patterns(".distillery*"))
+    fresh = make_folder(target.with_name(temporary_name(target.name)))  # clears a killed run's, by its record
+    shutil.copytree(source, fresh, ignore=shutil.ignore_patterns(".distillery*"), dirs_exist_ok=True)
     remove_owned(target / STUDENT_FILE)
     install(fresh, target, last=(STUDENT_FILE,))
 

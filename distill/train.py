@@ -768,6 +768,25 @@ def checkpoint_writes(out_dir: Path, step: int) -> Iterator[None]:
         raise UserError(f"could not write the checkpoint of step {step} to {fresh} ({reason}); {kept}") from err
 
 
+# What a checkpoint folder holds until it is sealed: accelerate's save_state, then ours. A file of another
+# name in a checkpoint a kill left unsealed is a user's (tests/test_trust3.py checks a real save).
+CHECKPOINT_FILES = (
+    "model*.safetensors",
+    "model*.bin",
+    "pytorch_model*.bin",
+    "optimizer*.bin",
+    "scheduler*.bin",
+    "sampler*.bin",
+    "random_states_*.pkl",
+    "scaler*.pt",
+    "custom_checkpoint_*.pkl",
+    "torch_rng.pt",
+    "best.pt",
+    "settings.json",
+    "progress.json",
+)
+
+
 def save_checkpoint(
     accelerator: Accelerator, out_dir: Path, progress: dict, best_state: dict | None, settings: dict
 ) -> None:
@@ -781,7 +800,7 @@ def save_checkpoint(
         remove_owned(fresh)
         if fresh.is_dir() and not any(fresh.iterdir()):  # empty and unmarked: an older version was killed making it
             fresh.rmdir()
-        make_folder(fresh)  # everything accelerate and torch write into it is Distillery's
+        make_folder(fresh, expect=CHECKPOINT_FILES)  # what accelerate and torch write into it is Distillery's
     accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh))
     accelerator.wait_for_everyone()

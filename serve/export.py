@@ -35,6 +35,7 @@ from distillery.core.rundir import (
     install,
     locked,
     make_folder,
+    mark_made,
     remove_leftovers,
     remove_owned,
     temporary_name,
@@ -84,6 +85,7 @@ def export(cfg: ExportConfig) -> Path:
             remove_owned(out / name)
         remove_leftovers(out)  # a killed export's work folders
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-", suffix=temporary_name("")) as tmp:
+            mark_made(tmp)  # a killed export's work folder is Distillery's to clear, by its record
             tempfile.tempdir, default = (
                 tmp,
                 tempfile.tempdir,
@@ -217,6 +219,7 @@ def _export(cfg: ExportConfig, student, out: Path, rows: dict | None, tmp: Path)
     final = make_folder(tmp / "final")  # the files served, moved beside the user's files at once
     for path in files[chosen.name].parent.iterdir():  # model.onnx and its external weights, if any
         os.replace(path, final / path.name)
+    student.tokenizer.model_max_length = student.window  # an ONNX folder has no model config: the tokenizer says it
     student.tokenizer.save_pretrained(final)
     install(final, out)
     record = {

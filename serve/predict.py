@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from distillery.core.errors import UserError
 from distillery.core.inputs import iter_texts
-from distillery.core.models import max_length_of, pick_device
+from distillery.core.models import pick_device
 from distillery.core.run import Run
 from distillery.core.rundir import (
     LOCK_FILE,
@@ -187,7 +187,9 @@ def _predict(cfg: PredictConfig, out: Path, parts: Path, student: Student, thres
             if not _finished(path, state):  # else written whole by a run that was stopped later
                 frame = prediction_frame(
                     chunk,
-                    student.probabilities(cut_rows(chunk["text"].tolist(), student.tokenizer), cfg.predict_batch_size),
+                    student.probabilities(
+                        cut_rows(chunk["text"].tolist(), student.tokenizer, student.window), cfg.predict_batch_size
+                    ),
                     student.labels,
                     threshold,
                 )
@@ -231,17 +233,16 @@ def _write_part(parts: Path, path: Path, frame: pd.DataFrame, state: dict) -> No
     write_text(path, text)
 
 
-def cut_rows(texts: list[str], tokenizer) -> list[str]:
+def cut_rows(texts: list[str], tokenizer, window: int) -> list[str]:
     """Each text as the student reads it, cut by characters before it is tokenized.
 
-    The student reads the first ``max_length_of(tokenizer)`` tokens of a row (its window) and
+    The student reads the first ``window`` tokens of a row (``Student.window``) and
     nothing after them, so a longer row is cut to 8 characters per token of the window (annotate's
     automatic ``--max-row-chars``) before the tokenizer sees it: a row of megabytes costs what a
     row that fills the window costs. Where the cut gives fewer tokens than the window holds, it is
     doubled until it gives more, up to 64 characters per token: the student reads the same tokens
     as from the whole row, except in a row whose first characters average over 64 a token.
     """
-    window = max_length_of(tokenizer)
     return [text if len(text) <= CHARS_PER_TOKEN * window else _cut(text, tokenizer, window) for text in texts]
 
 

@@ -198,10 +198,11 @@ def test_predict_and_export_never_touch_a_users_parts_or_staging_files(student, 
         str(tmp_path),
     ]
     assert distillery_cli.main(export) == 0
-    from distillery.core.rundir import temporary_name
+    from distillery.core.rundir import mark_made, temporary_name
 
     leftover = tmp_path / "onnx" / f".export-abc{temporary_name('')}" / "fp32"
     leftover.mkdir(parents=True)
+    mark_made(leftover.parent)  # export records its work folder as made by it, first thing
     (leftover / "model.onnx").write_text("half")  # what a kill -9 mid-export leaves
     assert distillery_cli.main(export) == 0, capsys.readouterr().err
     assert not leftover.parent.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -176,6 +177,100 @@ def test_distill_resume_never_deletes_a_file_saved_into_the_checkpoint(tmp_path,
     with pytest.raises(ForeignFiles, match="checkpoint/notes.txt"):
         distill(_distill_cfg(out, tiny_roberta, student, resume=True))
     assert notes.read_text() == "why this run stopped"
+
+
+def test_a_leftover_at_a_temporary_name_is_cleared_only_when_it_is_distillerys(tmp_path):
+    from distillery.core.rundir import remove_leftovers
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    victim = _victim(tmp_path)
+    ours_file = folder / ".part-00000.csv.distillery-tmp4242"
+    ours_file.write_text("a killed write")
+    staged = make_folder(folder / ".student.distillery-tmp4242")
+    (staged / "model.safetensors").write_bytes(b"w")
+    (folder / ".empty.distillery-tmp4242").mkdir()
+    remove_leftovers(folder)
+    assert sorted(p.name for p in folder.iterdir()) == []
+    cases = {  # what a user or another process left at such a name: never deleted, never followed
+        "folder of a user's": lambda p: (p.mkdir(), (p / "mine.txt").write_text("mine")),
+        "link": lambda p: p.symlink_to(victim),
+        "link to a folder": lambda p: p.symlink_to(victim.parent, target_is_directory=True),
+        "fifo": lambda p: os.mkfifo(p),
+    }
+    for what, plant in cases.items():
+        planted = folder / ".manifest.json.distillery-tmp4242"
+        plant(planted)
+        with pytest.raises(LinkedName, match=str(planted)):
+            remove_leftovers(folder)
+        assert (planted.is_symlink() or planted.exists()) and victim.read_text() == "export PATH=...\n", what
+        shutil.rmtree(planted) if planted.is_dir() and not planted.is_symlink() else planted.unlink()
+    staging = folder / temporary_name("student")  # make_folder's own staging name, planted as a link
+    staging.symlink_to(victim.parent, target_is_directory=True)
+    with pytest.raises(LinkedName, match="symbolic link"):
+        make_folder(folder / "student")
+    assert victim.read_text() == "export PATH=...\n"
+
+
+def test_a_checkpoint_a_kill_left_unsealed_keeps_a_users_file(tmp_path, tiny_llama, tiny_roberta, monkeypatch):
+    from test_faults_distill import _annotate_cfg, _distill_cfg, _stop_after_first_checkpoint
+
+    import distillery.distill.train as train_mod
+    from distillery.annotate import annotate
+    from distillery.distill import distill
+
+    rows = tmp_path / "rows.csv"
+    make_rows(64).to_csv(rows, index=False)
+    out, student = tmp_path / "run", tmp_path / "student"
+    annotate(_annotate_cfg(rows, tiny_llama, out))
+    unlisted = []  # what a real save_state wrote that the checkpoint's expected names miss
+    real_seal = train_mod.seal_folder
+    monkeypatch.setattr(train_mod, "seal_folder", lambda p: (unlisted.extend(foreign(p)), real_seal(p)))
+    _stop_after_first_checkpoint(monkeypatch, lambda: distill(_distill_cfg(out, tiny_roberta, student)))
+    assert unlisted == []
+    # As a kill in the middle of the next save leaves it: checkpoint.new made, half written, unsealed.
+    fresh = make_folder(student / "checkpoint.new", expect=train_mod.CHECKPOINT_FILES)
+    (fresh / "optimizer.bin").write_bytes(b"half")
+    (fresh / "notes.txt").write_text("why this run stopped")
+    assert foreign(fresh) == ["notes.txt"]
+    with pytest.raises(ForeignFiles, match="checkpoint.new/notes.txt"):
+        distill(_distill_cfg(out, tiny_roberta, student, resume=True))
+    remove_owned(fresh)  # what a resume would clear there: the library's files, never the user's
+    assert sorted(p.name for p in fresh.iterdir() if p.name != OWNED_FILE) == ["notes.txt"]
+
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", HUGE],
+        ["--epochs", HUGE[:4000]],
+        ["--batch-size", "-" + HUGE[:4000]],
+        ["--lr", HUGE[:4000]],
+        ["--alpha", HUGE],
+    ],
+    ids=["int past 4300 digits", "int past a float", "negative int past a float", "float from a huge int", "float"],
+)
+def test_a_huge_number_in_a_flag_is_one_bounded_line(argv, tmp_path, capsys):
+    assert distillery_cli.main(["distill", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400 and "Traceback" not in err, err[:400]
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [f"lr: {'9' * 100_000}\n", f"lr: {HUGE[:4000]}\n", 'out: "/tmp/r\\0y"\n', 'students: ["a", "b\\0"]\n'],
+    ids=["int YAML cannot read", "int past a float", "NUL in a path", "NUL in a list of paths"],
+)
+def test_a_huge_number_or_a_nul_in_a_config_is_one_bounded_line(yaml_text, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    command = "evaluate" if "students" in yaml_text else "distill"
+    assert distillery_cli.main([command, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400 and "Traceback" not in err, err[:400]
 
 
 # --- 6: paths resolved once, flags and YAML alike ----------------------------------------------------

@@ -345,3 +345,24 @@ def test_case17_an_export_keeps_every_row_deferred_when_no_threshold_passes():
     assert _defer(none_passed, probs, rows) == none_passed  # the same for every variant
     picked = {"threshold": 0.55, "target": 0.9, "coverage": 1.0, "agreement": 0.5, "lower_bound": 0.4}
     assert _defer(picked, probs, rows) == {"threshold": None, "target": 0.9, "recomputed_on": 40}
+
+
+def test_a_long_row_never_reaches_past_the_models_positions_when_the_tokenizer_sets_no_limit(
+    students, tmp_path, capsys
+):
+    """The tokenizer says nothing (its limit unset: 512 assumed), the model holds 300 positions: the
+    student reads what its position table holds, and a 4,200-character row is one row, not a crash."""
+    student = tmp_path / "student"
+    shutil.copytree(students["pytorch"][0], student)
+    config = json.loads((student / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (student / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "rows.csv"
+    pd.DataFrame({"review": ["this is great " * 300, "short"]}).to_csv(data, index=False)
+    assert _predict(student, data, tmp_path / "p.csv") == 0, capsys.readouterr().err
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2
+    # Its ONNX export has no model config: the window travels in the tokenizer, and the row is one row there too.
+    onnx = tmp_path / "onnx"
+    assert distillery_cli.main(["export", "--student", str(student), "--onnx-dir", str(onnx), "--variant", "fp32"]) == 0
+    assert json.loads((onnx / "tokenizer_config.json").read_text())["model_max_length"] == 298  # 300 - RoBERTa's 2
+    assert _predict(onnx, data, tmp_path / "q.csv") == 0, capsys.readouterr().err

@@ -181,9 +181,17 @@ def bnb_4bit_config(device: torch.device):
     )
 
 
-def max_length_of(tokenizer) -> int:
-    """The tokenizer's ``model_max_length``, 512 where it is unset (a huge sentinel)."""
-    return tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}  # positions start after the padding index
+
+
+def max_length_of(tokenizer, config=None) -> int:
+    """The tokens a model reads: the tokenizer's ``model_max_length`` (512 where it is unset: a huge
+    sentinel), never more than the model's position embeddings (``config``) hold."""
+    length = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        length = min(length, positions - POSITION_OFFSET.get(getattr(config, "model_type", ""), 0))
+    return length
 
 
 @torch.inference_mode()
@@ -207,7 +215,7 @@ def predict_probabilities(
     hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
     ``temperature`` and ``bias``: the student's post-hoc scaling, ``softmax(logits / T + b)``.
     """
-    max_length = max_length or max_length_of(tokenizer)
+    max_length = max_length or max_length_of(tokenizer, getattr(model, "config", None))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     pooled = None

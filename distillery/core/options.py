@@ -177,6 +177,8 @@ def check_settings(config) -> None:
         value = getattr(config, f.name)
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if f.metadata.get("form") in PATH_FORMS:
+            if any("\0" in v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)):
+                raise UserError(f"{flag}: expected a path; found one holding a NUL character ({excerpt(value)})")
             value = _normalised(f.metadata["form"], value)
             object.__setattr__(config, f.name, value)
         if isinstance(value, float) and not math.isfinite(value):
@@ -184,7 +186,8 @@ def check_settings(config) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             expected = _out_of_range(f, value)
             if expected:
-                raise UserError(f"{flag}: expected a number {expected}, found {value:g} ({short_help(f)})")
+                shown = f"{value:g}" if abs(value) < 1e300 else excerpt(value)  # an int too large to format as a float
+                raise UserError(f"{flag}: expected a number {expected}, found {shown} ({short_help(f)})")
         form = f.metadata.get("form")
         if form and isinstance(value, str):
             expected = FORMS[form](value)
@@ -247,7 +250,10 @@ def coerce(f: dataclasses.Field, value, where: str | None = None):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value.strip())
+            try:
+                return int(value.strip())
+            except ValueError:  # more digits than Python converts (4300): no setting takes such a number
+                raise wrong() from None
         raise wrong()
     if kind == "float":
         if isinstance(value, bool):
@@ -257,9 +263,13 @@ def coerce(f: dataclasses.Field, value, where: str | None = None):
                 value = float(value.strip())
             except ValueError:
                 raise wrong() from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            value = float(value) if isinstance(value, (int, float)) else None
+        except OverflowError:  # an int too large for a float
+            raise wrong() from None
+        if value is None or not math.isfinite(value):
             raise wrong()
-        return float(value)
+        return value
     if kind.startswith("list"):
         if isinstance(value, dict) and name == "extra_headers":  # the YAML mapping form of headers
             value = [f"{k}: {v}" for k, v in value.items()]
@@ -310,6 +320,12 @@ def read_config(path: Path) -> dict:
         values = yaml.safe_load(text) or {}
     except UnicodeDecodeError:
         raise UserError(f"{path}: expected a UTF-8 YAML file; found other bytes") from None
+    except UserError:
+        raise
+    except ValueError as err:  # a number YAML cannot convert (an int of more than 4300 digits)
+        raise UserError(
+            f"{path}: a value YAML cannot read ({excerpt(str(err), 80)}); expected flat 'setting: value' lines"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

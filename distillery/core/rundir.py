@@ -25,6 +25,7 @@ import contextlib
 import csv
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -67,6 +68,8 @@ __all__ = [
     "check_reserved",
     "open_reserved",
     "seal_folder",
+    "mark_made",
+    "remove_leftovers_named",
 ]
 
 LOCK_FILE = ".distillery.lock"
@@ -272,8 +275,8 @@ def owned(folder: str | Path) -> set[str]:
     """
     record = _record(folder)
     files = record.get("files", [])
-    if _made(record):  # made empty by make_folder and not sealed yet: all of it is Distillery's
-        return {p.name for p in Path(folder).iterdir() if not _ours(p.name)}
+    if _made(record):  # made by make_folder and not sealed yet: what the library it was made for writes
+        return {p.name for p in Path(folder).iterdir() if not _ours(p.name) and _expected(record, p.name)}
     return {str(name) for name in files if isinstance(name, str)} if isinstance(files, list) else set()
 
 
@@ -294,15 +297,23 @@ def _made(record) -> bool:
     return isinstance(record, dict) and record.get("made") is True
 
 
+def _expected(record: dict, name: str) -> bool:
+    """Whether an unsealed made folder's library writes ``name`` (its ``expect`` patterns; none: anything)."""
+    patterns = record.get("expect")
+    return not isinstance(patterns, list) or any(fnmatch.fnmatchcase(name, str(p)) for p in patterns)
+
+
 def made(folder: str | Path) -> bool:
     """Whether :func:`make_folder` made ``folder`` and it is not sealed yet (then everything under it is
     Distillery's: the partial output of a write that never finished)."""
     return _made(_record(folder))
 
 
-def make_folder(path: str | Path) -> Path:
+def make_folder(path: str | Path, expect: tuple[str, ...] | None = None) -> Path:
     """Create ``path`` empty (it must not exist), marked as made by Distillery: until :func:`seal_folder`
-    lists what a library wrote into it (a checkpoint, a saved model), all of it is Distillery's."""
+    lists what a library wrote into it (a checkpoint, a saved model), what it holds is Distillery's: every
+    file, or with ``expect`` (glob patterns of what the library writes) only the files that match, so a
+    file a user saves there after a kill is theirs."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(errno.EEXIST, "File exists", str(path))
@@ -310,12 +321,18 @@ def make_folder(path: str | Path) -> Path:
     # leaves either nothing at ``path`` or a folder marked as Distillery's (never an unmarked one that
     # no later run may remove); the temporary folder is a leftover that remove_leftovers() clears.
     staging = path.with_name(temporary_name(path.name))
-    shutil.rmtree(staging, ignore_errors=True)  # ours, by its name
+    remove_leftovers_named(staging)
     staging.mkdir(parents=True)
-    with replacing(staging / OWNED_FILE) as fh:
-        fh.write(json.dumps({"files": [], "made": True}) + "\n")
+    mark_made(staging, expect)
     staging.rename(path)
     return path
+
+
+def mark_made(folder: str | Path, expect: tuple[str, ...] | None = None) -> None:
+    """Record an empty ``folder`` as made by Distillery (see :func:`make_folder`)."""
+    record = {"files": [], "made": True, **({"expect": list(expect)} if expect else {})}
+    with replacing(Path(folder) / OWNED_FILE) as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def seal_folder(path: str | Path) -> None:
@@ -362,8 +379,11 @@ def foreign(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         return [] if path.name in owned(path.parent) else [path.name]
-    if not path.is_dir() or made(path):
+    if not path.is_dir():
         return []
+    record = _record(path)
+    if _made(record):  # unsealed: what its library does not write (with nothing expected, none)
+        return sorted(p.name for p in path.iterdir() if not _ours(p.name) and not _expected(record, p.name))
     found, mine = [], owned(path)
     for entry in sorted(path.iterdir(), key=lambda p: p.name):
         if _ours(entry.name):
@@ -431,6 +451,11 @@ def remove_owned(path: str | Path) -> None:
                 with replacing(path.parent / OWNED_FILE) as fh:
                     fh.write(json.dumps({"files": sorted(mine - {path.name})}, indent=2) + "\n")
         return
+    if made(path) and foreign(path):  # a user's file in a folder a kill left unsealed: only the library's go
+        for name in owned(path):
+            entry = path / name
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return
     if made(path):  # renamed to a temporary name first: a kill mid-way leaves a leftover, never foreign files
         trash = path.with_name(temporary_name(path.name))
         path.rename(trash)
@@ -455,18 +480,32 @@ def remove_owned(path: str | Path) -> None:
             fh.write(json.dumps({"files": sorted(mine & {p.name for p in left})}, indent=2) + "\n")
 
 
+def remove_leftovers_named(path: Path) -> None:
+    """Clear what a killed run left at the temporary name ``path``: a temporary file, an empty folder or a
+    folder Distillery made (its record lists nothing else). A link, a special file or a folder holding a
+    file Distillery did not write stops the stage in one line (:class:`LinkedName`); nothing is deleted."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir():
+        check_reserved(path)  # a link or a special file: one line
+        path.unlink()
+    elif not any(path.iterdir()):
+        path.rmdir()
+    elif (path / OWNED_FILE).is_file() and not foreign(path):
+        shutil.rmtree(path)  # a staged folder of ours: by its name and its record
+    else:
+        raise _refuse(path, "a folder holding files distillery did not write")
+
+
 def remove_leftovers(folder: str | Path) -> None:
     """Remove the temporary files and folders (:func:`temporary_name`) that killed runs left in ``folder``
-    (call it holding the folder's lock: no other run is writing there)."""
+    (call it holding the folder's lock: no other run is writing there); see :func:`remove_leftovers_named`."""
     folder = Path(folder)
     if not folder.is_dir() or not _main_process():
         return
     for entry in folder.iterdir():
         if _temporary(entry.name):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            remove_leftovers_named(entry)
 
 
 def install(source: str | Path, target: str | Path, last: tuple[str, ...] = ()) -> None:

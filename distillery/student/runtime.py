@@ -7,6 +7,7 @@ probs = student.probabilities(["great film", "awful"])    # (n, n_labels), rows 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,16 @@ class Student:
     temperature: float = 1.0  # its fitted temperature scaling (an ONNX export has it in its graph)
     class_bias: list[float] | None = None  # and its class bias, fitted with it (distill/scaling.py)
 
+    @functools.cached_property
+    def window(self) -> int:
+        """The tokens the student reads of a row (its tokenizer's limit, within its position embeddings)."""
+        config = getattr(self.model, "config", None)
+        if config is None and (Path(self.path) / "config.json").is_file():
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.path)
+        return max_length_of(self.tokenizer, config)
+
     def embeddings(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, mean-pooled last hidden layer)``; PyTorch students only (ONNX gives logits)."""
         if self.session is not None:
@@ -93,7 +104,7 @@ class Student:
                 temperature=self.temperature,
                 bias=self.class_bias,
             )
-        max_length = max_length or max_length_of(self.tokenizer)
+        max_length = max_length or self.window
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         names = {i.name for i in self.session.get_inputs()}
