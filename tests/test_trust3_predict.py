@@ -272,6 +272,10 @@ def test_case16_duplicate_ids_are_one_line_naming_both_rows(tmp_path):
     message = str(err.value)
     assert len(message.splitlines()) == 1 and "'r0'" in message and "'rid'" in message, message
     assert "lines 2, 4" in message and "--id-column" in message, message
+    pd.DataFrame({"rid": ["a", "a", "b", "b", "c"], "review": ["x", "y", "z", "w", "v"]}).to_csv(path, index=False)
+    with pytest.raises(InputError) as err:
+        load_rows(cfg, ["negative", "positive"])
+    assert "'a' 2 times (file lines 2, 3); 'b' 2 times (file lines 4, 5)" in str(err.value), err.value
 
 
 # Case 17: --defer on a student whose evaluation found no passing threshold defers every row.

@@ -266,12 +266,15 @@ def _check_ids(ids: pd.Series, positions: pd.Index, column: str, source: str, un
         )
     ids = ids.astype(str)  # as the rows will carry them: 7 and "7" are one id
     if unique and ids.duplicated().any():
-        first = ids[ids.duplicated()].iloc[0]
-        same = (ids == first).to_numpy()
+        repeated = ids[ids.duplicated()].unique()
+        found = []
+        for value in repeated[:3]:
+            same = (ids == value).to_numpy()
+            found.append(f"{excerpt(str(value))} {int(same.sum())} times ({_lines(source, positions[same])})")
+        more = f" and {len(repeated) - 3} more repeated ids" if len(repeated) > 3 else ""
         raise InputError(
-            f"{source}: ids in '{column}' (--id-column) must be unique; found {excerpt(str(first))} "
-            f"{int(same.sum())} times ({_lines(source, positions[same])}); make them unique, or leave --id-column out "
-            "to have ids made"
+            f"{source}: ids in '{column}' (--id-column) must be unique; found {'; '.join(found)}{more}; make them "
+            "unique, or leave --id-column out to have ids made"
         )
 
 
