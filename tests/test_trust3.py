@@ -190,6 +190,9 @@ def test_a_leftover_at_a_temporary_name_is_cleared_only_when_it_is_distillerys(t
     staged = make_folder(folder / ".student.distillery-tmp4242")
     (staged / "model.safetensors").write_bytes(b"w")
     (folder / ".empty.distillery-tmp4242").mkdir()
+    killed_before_its_record = folder / ".checkpoint.new.distillery-tmp4242"  # make_folder killed mid-record
+    killed_before_its_record.mkdir()
+    (killed_before_its_record / temporary_name(OWNED_FILE)).write_text('{"files": [], "ma')
     remove_leftovers(folder)
     assert sorted(p.name for p in folder.iterdir()) == []
     cases = {  # what a user or another process left at such a name: never deleted, never followed

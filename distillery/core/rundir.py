@@ -489,8 +489,8 @@ def remove_leftovers_named(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         check_reserved(path)  # a link or a special file: one line
         path.unlink()
-    elif not any(path.iterdir()):
-        path.rmdir()
+    elif all(_ours(p.name) and not p.is_dir() for p in path.iterdir()):  # empty, or killed before its record
+        shutil.rmtree(path)  # was whole (only our temporary files and record in it)
     elif (path / OWNED_FILE).is_file() and not foreign(path):
         shutil.rmtree(path)  # a staged folder of ours: by its name and its record
     else:
