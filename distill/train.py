@@ -494,7 +494,7 @@ def save(run: Training, train_seconds: float) -> None:
             install(staged, out_dir, last=(STUDENT_FILE,))
         except Exception as err:
             shutil.rmtree(staged, ignore_errors=True)  # a temporary name: ours, and never the student
-            if not (write_refused(err) or full_disk(err)):
+            if not write_refused(err):
                 raise
             raise UserError(
                 f"could not write the student to {out_dir} ({_reason(err)}); it is not saved (no partial student "
@@ -728,8 +728,9 @@ def find_checkpoint(out_dir: Path) -> Path | None:
 
 def write_refused(err: BaseException) -> bool:
     """Whether ``err`` says the disk refused a write: an OSError (full, read-only, over quota, no
-    permission), torch.save's "PytorchStreamWriter failed writing" RuntimeError or safetensors' I/O error."""
-    if isinstance(err, OSError):
+    permission), a full disk whichever library raised it (:func:`full_disk`), torch.save's
+    "PytorchStreamWriter failed writing" RuntimeError or safetensors' I/O error."""
+    if isinstance(err, OSError) or full_disk(err):
         return True
     text = str(err)
     return isinstance(err, (RuntimeError, SafetensorError)) and any(

@@ -489,10 +489,10 @@ def remove_leftovers_named(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         check_reserved(path)  # a link or a special file: one line
         path.unlink()
-    elif all(_ours(p.name) and not p.is_dir() for p in path.iterdir()):  # empty, or killed before its record
-        shutil.rmtree(path)  # was whole (only our temporary files and record in it)
-    elif (path / OWNED_FILE).is_file() and not foreign(path):
-        shutil.rmtree(path)  # a staged folder of ours: by its name and its record
+    elif all(_ours(p.name) and not p.is_dir() for p in path.iterdir()) or (
+        (path / OWNED_FILE).is_file() and not foreign(path)
+    ):  # only our temporary files (killed before its record), or a staged folder whose record covers all of it
+        shutil.rmtree(path)
     else:
         raise _refuse(path, "a folder holding files distillery did not write")
 
