@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_rows, reply_json
+from test_faults_hosted import _hosted_cfg
 from test_hosted_unit import ANSWER
 
 from distillery.annotate import AnnotateConfig, annotate, read_annotations
@@ -60,23 +61,9 @@ def swappable_server():
 
 
 def _cfg(url: str, data: Path, out: Path, **kw) -> AnnotateConfig:
-    base = {
-        "backend": "openai",
-        "base_url": url,
-        "api_key_env": "none",
-        "teacher": "m",
-        "data": str(data),
-        "out": str(out),
-        "text_column": "review",
-        "label_column": "sentiment",
-        "limit": 0,
-        "test_fraction": 0.0,
-        "calibrate": "none",
-        "chunk_size": 4,
-        "max_retries": 0,
-        "request_timeout": 10.0,
-    }
-    return AnnotateConfig.from_flat({**base, **kw})
+    """test_faults_hosted's hosted config, on make_rows' columns, in chunks of 4, uncalibrated."""
+    settings = {"text_column": "review", "label_column": "sentiment", "calibrate": "none", "chunk_size": 4}
+    return _hosted_cfg(url, data, out, **{**settings, **kw})
 
 
 def test_restart_annotations_asks_the_server_again_and_a_resume_reuses_its_own_answers(swappable_server, tmp_path):
