@@ -6,6 +6,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    BertConfig,
+    BertModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -87,4 +89,36 @@ def build_roberta(path: Path, seed: int = 0) -> Path:
         num_labels=2,
     )
     RobertaForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+def build_sentence_encoder(path: Path, seed: int = 0, pooling: str = "mean") -> Path:
+    """A 2-layer random BERT (hidden 32) saved as sentence-transformers saves one: the encoder without a
+    head, plus ``modules.json`` and ``1_Pooling/config.json`` saying how its token states are pooled."""
+    import json
+
+    import torch
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer(path)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=300,
+        pad_token_id=tok.pad_token_id,
+    )
+    BertModel(config).save_pretrained(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, **{flag: mode == pooling for mode, flag in flags.items()}})
+    )
     return path

@@ -17,6 +17,7 @@ from distillery.core.run import Run
 from distillery.core.rundir import write_text
 from distillery.core.studentmeta import STUDENT_FILE
 from distillery.student.kinds import student_kind
+from distillery.student.pooled import CODE_FILE as POOLED_CODE
 
 __all__ = ["CardData", "card_data", "render_card", "shareable_name", "write_card", "push_to_hub"]
 
@@ -64,6 +65,7 @@ class CardData:
     path: str
     export: dict | None = None  # an ONNX export's variant and what export measured
     class_bias: list[float] | None = None  # the post-hoc class bias distill fitted (moves labels)
+    pooled: bool = False  # a pooled head (distillery/student/pooled.py): plain transformers needs trust_remote_code
 
 
 def shareable_name(value: str) -> str:
@@ -126,6 +128,7 @@ def card_data(student_dir: str | Path) -> CardData:
         path=student_dir.name,  # the card sits in that folder
         export=meta.get("export"),
         class_bias=meta.get("class_bias"),
+        pooled=(student_dir / POOLED_CODE).is_file(),
     )
 
 
@@ -246,11 +249,15 @@ def render_card(data: CardData) -> str:
             'print(student.predict(["what a great day"]))\n```\n\n'
             "`transformers.pipeline` on this folder reads the raw logits, without the class bias distill "
             f"fitted ({', '.join(f'{b:+.2f}' for b in data.class_bias)}): its labels can differ."
+            + (f" It also needs `trust_remote_code=True` (the pooled head's code, `{POOLED_CODE}`)." if data.pooled else "")
         )
     else:
+        remote = ", trust_remote_code=True" if data.pooled else ""
         usage = (
             "```python\nfrom transformers import pipeline\n"
-            f'classify = pipeline("text-classification", model="{data.path}")\nprint(classify("what a great day"))\n```'
+            f'classify = pipeline("text-classification", model="{data.path}"{remote})\n'
+            'print(classify("what a great day"))\n```'
+            + (f"\n\n`trust_remote_code=True` runs `{POOLED_CODE}` in this folder: the pooled head." if data.pooled else "")
         )
     card = ModelCard.from_template(
         meta,

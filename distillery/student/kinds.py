@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from distillery.core.errors import UserError
 from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
 from distillery.core.options import check_settings, option
 from distillery.core.registry import student_kinds
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
+from distillery.student import pooled
+from distillery.student.pooled import CLASS_NAME, CODE_FILE, PooledEncoderForSequenceClassification, checkpoint_pooling
 
 __all__ = [
     "StudentKind",
@@ -145,11 +148,61 @@ class StudentKind:
         return AutoTokenizer.from_pretrained(folder), model
 
 
+@dataclass
+class EncoderSettings:
+    """The settings of the ``encoder`` kind: how its classification head reads the encoder (issue #38)."""
+
+    readout: str = option(
+        "auto",
+        "how the classifier reads the encoder: 'auto' pools the token states as a sentence-transformers "
+        "checkpoint says it was trained (its 1_Pooling config: mean for all-MiniLM-L6-v2), then one linear "
+        "layer, and gives any other checkpoint its own AutoModelForSequenceClassification head; 'mean' "
+        "mean-pools any encoder; 'head' always uses the checkpoint's own head ([CLS] through BERT's pooler, "
+        "which sentence encoders never trained)",
+        choices=("auto", "mean", "head"),
+        short="classifier readout: auto, mean or head",
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 @student_kinds.register("encoder")
 class EncoderStudent(StudentKind):
-    """Any AutoModelForSequenceClassification checkpoint (default: the embedded MiniLM-L6); every weight trains."""
+    """Any encoder checkpoint (default: the embedded MiniLM-L6), every weight trained. A sentence-transformers
+    checkpoint is read as it was trained, through its pooling (``--readout``); any other through its own
+    AutoModelForSequenceClassification head."""
 
     summary = "an encoder classifier (MiniLM, RoBERTa, ...), every weight trained"
+    settings = EncoderSettings
+
+    def build(self, cfg: StudentSettings, labels: list[str]):
+        readout = getattr(cfg.settings, "readout", "auto")
+        path = self.model_path(cfg)
+        pooling = {"auto": checkpoint_pooling(path), "mean": "mean", "head": None}[readout]
+        if pooling is None:
+            return super().build(cfg, labels)
+        config = AutoConfig.from_pretrained(path, **_labels_kwargs(labels))
+        config.distillery_pooling = pooling
+        config.auto_map = {"AutoModelForSequenceClassification": f"{CODE_FILE.removesuffix('.py')}.{CLASS_NAME}"}
+        model = PooledEncoderForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        return _tokenizer(path), model
+
+    def save(self, model, tokenizer, folder: Path, cfg: StudentSettings, meta: StudentMeta) -> None:
+        """The model and tokenizer; a pooled head also gets its code (plain transformers loads it with
+        ``trust_remote_code=True``)."""
+        super().save(model, tokenizer, folder, cfg, meta)
+        if isinstance(model, PooledEncoderForSequenceClassification):
+            shutil.copyfile(pooled.__file__, folder / CODE_FILE)
+
+    def load(self, folder: Path, meta: StudentMeta | None, device: torch.device):
+        """A pooled head is built from this package's code, never from the code file in the folder."""
+        if not getattr(AutoConfig.from_pretrained(folder), "distillery_pooling", None):
+            return super().load(folder, meta, device)
+        dtype = torch.float32 if device.type == "cpu" else "auto"
+        model = PooledEncoderForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model.evaluated_base = "full model"
+        return AutoTokenizer.from_pretrained(folder), model
 
 
 @student_kinds.register("llama-lora")
