@@ -33,6 +33,7 @@ import sys
 import time
 
 import numpy as np
+import yaml
 from common import ROOT, machine, print_table, read_results, write_result
 from real_sets import materialize, scenario
 from scipy.stats import chi2
@@ -61,27 +62,39 @@ HALVES = {"tuning": list(BATTERY)[:6], "confirmation": list(BATTERY)[6:]}
 MIN_CLASS_TEST_ROWS = 20  # a class is judged on its F1 ratio when it has at least this many test rows
 
 
-def run_dir(name: str, seed: int):
+def run_dir(name: str, seed: int, tag: str = ""):
+    """The run folder of a set and seed; ``tag`` (``--tag``) keeps a variant's runs apart."""
     slug = name.replace(" ", "-").replace("/", "-").replace("(", "").replace(")", "").replace("%", "pc")
-    return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}"
+    return ROOT / "data" / "runs" / f"bench-every-{slug}-s{seed}{'-' + tag if tag else ''}"
 
 
-def one(name: str, seed: int, reuse: bool = False, trace: bool = True) -> dict:
+def one(
+    name: str,
+    seed: int,
+    reuse: bool = False,
+    trace: bool = True,
+    options: dict | None = None,
+    ceiling: bool = False,
+    tag: str = "",
+) -> dict:
     """Distil and evaluate one set with every default; returns its row of the results table. ``reuse``:
     a student this script already trained for the set and seed is evaluated again, not retrained;
-    ``trace``: keep every validation pass's log-probs (:func:`traced`, for --posthoc)."""
+    ``trace``: keep every validation pass's log-probs (:func:`traced`, for --posthoc); ``options``: distill
+    settings that differ from the defaults (``--option``); ``ceiling``: also train the same student on the
+    rows' gold labels (:func:`gold_ceiling`)."""
     from distillery.annotate import read_annotations
     from distillery.distill import DistillConfig, distill
     from distillery.evaluation import EvaluateConfig, evaluate
 
     pool, shares, n_train, n_test = BATTERY[name]
     rows = scenario(name, seed, n_train, {name: (pool, shares, n_train, n_test)})
-    out = run_dir(name, seed)
+    out = run_dir(name, seed, tag)
     started = time.perf_counter()
     if not (reuse and (out / "student" / "train_summary.json").is_file()):
         materialize(rows, pool, out, "auto")
         with traced(out) if trace else contextlib.nullcontext([]) as passes:
-            distill(DistillConfig(out=str(out), seed=seed, device="cpu", overwrite=True))
+            settings = {"out": str(out), "seed": seed, "device": "cpu", "overwrite": True, **(options or {})}
+            distill(DistillConfig.from_flat(settings))
         if passes:
             np.savez(out / "every_class_trace.npz", **{k: np.asarray([t[k] for t in passes]) for k in passes[0]})
         started += sum(t["seconds"] for t in passes)  # the tracing's own time is not distill's
@@ -91,6 +104,18 @@ def one(name: str, seed: int, reuse: bool = False, trace: bool = True) -> dict:
     teacher, student = metrics["teacher"], metrics["student"]
     _, manifest = read_annotations(out / "annotations")
     save_logits(out)
+    d = dict(np.load(out / "every_class_logits.npz"))
+    labels = manifest["labels"]
+    ranking = {
+        "teacher": class_ranking(d["test_teacher"], d["test_gold"], labels),
+        "student (kept step)": class_ranking(d["test_logits"], d["test_gold"], labels),
+    }
+    if (out / "every_class_trace.npz").is_file():
+        last = np.load(out / "every_class_trace.npz")["test"][-1]
+        ranking["student (last step)"] = class_ranking(last, d["test_gold"], labels)
+    gold_student = gold_ceiling(out, seed, options, d["test_gold"], labels) if ceiling else None
+    if gold_student:
+        ranking["gold-trained student"] = gold_student.pop("ranking")
     return {
         "set": name,
         "half": next(h for h, names in HALVES.items() if name in names),
@@ -113,7 +138,60 @@ def one(name: str, seed: int, reuse: bool = False, trace: bool = True) -> dict:
         "class weights": summary.get("class_weights"),
         "best step": summary.get("best_step"),
         "seconds": seconds,
+        "options": options or {},
+        "tag": tag,
+        "class ranking": ranking,
+        "ceiling": gold_student,
         **judged(teacher, student, metrics["majority_accuracy"]),
+    }
+
+
+def class_ranking(logp: np.ndarray, gold: np.ndarray, labels: list[str]) -> dict:
+    """Per class, one against the rest: AUROC and average precision of the class's log-prob. High here and
+    a low F1 is a decision problem (a bias or the loss can fix it); low here is one of representation."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores = {}
+    for k, label in enumerate(labels):
+        member = gold == k
+        if member.all() or not member.any():
+            continue
+        scores[label] = {"auroc": roc_auc_score(member, logp[:, k]), "ap": average_precision_score(member, logp[:, k])}
+    return scores
+
+
+def gold_ceiling(out, seed: int, options: dict | None, gold: np.ndarray, labels: list[str]) -> dict:
+    """The same student trained on the same training rows' *gold* labels (``--hard-labels gold --alpha 0``),
+    into OUT/ceiling, scored on the same test rows: what the architecture learns at that size."""
+    from distillery.distill import DistillConfig, distill
+    from distillery.evaluation import EvaluateConfig
+    from distillery.evaluation.evaluate import eval_rows
+    from distillery.evaluation.metrics import classification_metrics, expected_calibration_error
+    from distillery.student import load_student
+
+    folder = out / "ceiling"
+    if not (folder / "train_summary.json").is_file():
+        settings = {**(options or {}), "hard_labels": "gold", "alpha": 0.0}
+        distill(
+            DistillConfig.from_flat(
+                {"out": str(out), "student": str(folder), "seed": seed, "device": "cpu", "overwrite": True, **settings}
+            )
+        )
+    from distillery.annotate import read_annotations
+
+    frame, manifest = read_annotations(out / "annotations")
+    texts = eval_rows(EvaluateConfig(out=str(out)), frame, manifest).rows["text"].tolist()
+    student = load_student(folder)
+    probs = student.probabilities(texts)
+    metrics = classification_metrics(probs, gold, labels)
+    student.temperature, student.class_bias = 1.0, None
+    raw = np.log(np.maximum(student.probabilities(texts), np.finfo(np.float32).tiny))
+    return {
+        "acc": metrics["accuracy"],
+        "macro-F1": metrics["macro_f1"],
+        "class F1": {k: v["f1"] for k, v in metrics["per_class"].items()},
+        "ECE": expected_calibration_error(probs, gold),
+        "ranking": class_ranking(raw, gold, labels),
     }
 
 
@@ -161,10 +239,14 @@ def judged(teacher: dict, student: dict, majority: float) -> dict:
     """The issue's measures from the teacher's and the student's metrics on the same test rows."""
     support = {k: v["support"] for k, v in teacher["per_class"].items()}
     smallest = min(support, key=support.get)
+    total = sum(support.values())
+    # a class whose teacher F1 is below always saying it (2p / (1 + p) for a share p) is one the teacher
+    # cannot tell: named, and left out of the every-class target
+    untellable = [k for k in support if teacher["per_class"][k]["f1"] < 2 * (p := support[k] / total) / (1 + p)]
     ratios = {
         k: student["per_class"][k]["f1"] / teacher["per_class"][k]["f1"]
         for k in support
-        if support[k] >= MIN_CLASS_TEST_ROWS and teacher["per_class"][k]["f1"] > 0
+        if support[k] >= MIN_CLASS_TEST_ROWS and teacher["per_class"][k]["f1"] > 0 and k not in untellable
     }
     t_small = teacher["per_class"][smallest]["f1"]
     return {
@@ -173,6 +255,7 @@ def judged(teacher: dict, student: dict, majority: float) -> dict:
         "smallest class": smallest,
         "smallest class F1 ratio": student["per_class"][smallest]["f1"] / t_small if t_small > 0 else None,
         "lowest class F1 ratio": min(ratios.values()) if ratios else None,
+        "classes the teacher cannot tell": untellable,
         "above majority": student["accuracy"] > majority,
         "not below majority": student["accuracy"] >= majority - 1e-9,  # the issue's target
     }
@@ -402,7 +485,7 @@ def posthoc(results: list[dict], pick: str = "") -> list[dict]:
     every traced run: one row per run and pair."""
     rows = []
     for record in results:
-        out = run_dir(record["set"], record["seed"])
+        out = run_dir(record["set"], record["seed"], record.get("tag", ""))
         if not (out / "every_class_trace.npz").is_file():
             print(f"--posthoc: {record['set']} seed {record['seed']} was trained with --no-trace; left out")
             continue
@@ -434,7 +517,7 @@ def posthoc(results: list[dict], pick: str = "") -> list[dict]:
 def rescored(record: dict) -> dict:
     """``record`` with the student's measures recomputed from its saved raw log-probs under distill's
     current ``--scaling auto`` rule (distill/scaling.py's pick_scaling, the function distill calls)."""
-    d = dict(np.load(run_dir(record["set"], record["seed"]) / "every_class_logits.npz"))
+    d = dict(np.load(run_dir(record["set"], record["seed"], record.get("tag", "")) / "every_class_logits.npz"))
     temperature, bias = _distill_rule("auto")(d)
     return {
         **record,
@@ -522,6 +605,17 @@ def main() -> None:
         help="with --merge: each student's measures with distill's current --scaling rule applied to its "
         "saved raw log-probs (the same weights; for runs trained before the rule changed)",
     )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a distill setting that differs from its default (repeatable; VALUE read as YAML), e.g. readout=head",
+    )
+    parser.add_argument("--tag", default="", help="a suffix of the run folders, keeping a variant's runs apart")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also train each student on its rows' gold labels (the ceiling)"
+    )
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
     parser.add_argument(
         "--pick",
@@ -535,6 +629,12 @@ def main() -> None:
     unknown = [s for s in sets if s not in HALVES[args.half]]
     if unknown:
         raise SystemExit(f"not in the {args.half} half: {unknown}; it has {HALVES[args.half]}")
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option {item!r}: expected KEY=VALUE, e.g. readout=head")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
     started = time.perf_counter()
     if args.merge or args.posthoc:
         parts = read_results(args.merge or name)
@@ -543,7 +643,7 @@ def main() -> None:
         results = []
         for seed in map(int, args.seeds.split(",")):
             for set_name in sets:
-                results.append(one(set_name, seed, args.reuse, not args.no_trace))
+                results.append(one(set_name, seed, args.reuse, not args.no_trace, options, args.ceiling, args.tag))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
     if args.rescore:
         results = [rescored(r) for r in results]

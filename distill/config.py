@@ -83,6 +83,16 @@ class DistillConfig:
         short="row weights by class: none, balanced, auto",
         group="training",
     )
+    logit_adjustment: float = option(
+        0.0,
+        "logit-adjusted loss (Menon et al. 2021; 1 = balanced softmax, Ren et al. 2020): both loss parts read "
+        "the student's logits plus TAU x log(each class's share of the training rows' hard labels), and the "
+        "student predicts from its logits alone, so a small class is not learnt as rare; 0 = off",
+        ge=0.0,
+        le=10.0,
+        short="logit adjustment TAU for rare classes (0 = off)",
+        group="training",
+    )
     batch_size: int = option(
         16,
         "training batch size per optimizer step (split across processes under accelerate launch)",

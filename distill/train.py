@@ -71,10 +71,15 @@ def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -
 
 @torch.no_grad()
 def evaluate_student(
-    model, dataloader, cfg: DistillConfig, online: OnlineTeacher | None = None, weights: torch.Tensor | None = None
+    model,
+    dataloader,
+    cfg: DistillConfig,
+    online: OnlineTeacher | None = None,
+    weights: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> dict:
-    """Validation loss parts (weighted by class like the training loss), each row's loss, and agreement and
-    macro-F1 against the hard labels."""
+    """Validation loss parts (weighted by class like the training loss, on the logits adjusted like its),
+    each row's loss, and agreement and macro-F1 of the student's own logits against the hard labels."""
     model.eval()
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
     predicted, hard, rows = [], [], []
@@ -83,9 +88,10 @@ def evaluate_student(
         batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = (batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights)
-        for key, value in zip(("loss", "kd", "ce"), hybrid_kd_loss(logits, *targets)):
+        adjusted = logits if offsets is None else logits + offsets.to(logits.device)
+        for key, value in zip(("loss", "kd", "ce"), hybrid_kd_loss(adjusted, *targets)):
             sums[key] += value.item() * len(batch["labels"])
-        rows.append(hybrid_kd_rows(logits, *targets).cpu())
+        rows.append(hybrid_kd_rows(adjusted, *targets).cpu())
         predicted.append(logits.argmax(-1).cpu())
         hard.append(batch["labels"].cpu())
     model.train()
@@ -155,6 +161,7 @@ class Training:
     parameters: tuple[int, int]
     settings: dict
     class_weights: torch.Tensor | None = None  # --class-weights: each row's weight by its class
+    logit_offsets: torch.Tensor | None = None  # --logit-adjustment: TAU x log(class share), added in the loss only
     progress: dict = field(default_factory=lambda: {"epoch": 0, "batches": 0, "step": 0, "best": None, "log": []})
     best_state: dict | None = None
     resume_rng: torch.Tensor | None = None
@@ -256,7 +263,13 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
     eval_at = {max(1, round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
-    weights = class_weights(cfg.class_weights, rows)
+    weights, offsets = class_weights(cfg.class_weights, rows), logit_offsets(cfg.logit_adjustment, rows)
+    if offsets is not None:
+        say(
+            "distill: logit adjustment "
+            f"{', '.join(f'{lab} {o:+.2f}' for lab, o in zip(rows.labels, offsets.tolist()))} "
+            f"(--logit-adjustment {cfg.logit_adjustment:g})"
+        )
     if weights is not None:
         say(
             "distill: class weights "
@@ -283,6 +296,7 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         (trainable, total),
         training_settings(cfg, rows.fingerprint or online_fingerprint(rows, source)),
         weights,
+        offsets,
     )
 
 
@@ -361,6 +375,8 @@ def train_step(run: Training, batch: dict):
     batch = with_teacher(batch, run.online, cfg.hard_labels == "gold")
     with accelerator.accumulate(run.model):
         logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if run.logit_offsets is not None:
+            logits = logits + run.logit_offsets.to(logits.device)
         loss = hybrid_kd_loss(
             logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, run.class_weights
         )
@@ -380,7 +396,7 @@ KEPT = ("step", "val_loss", "val_row_loss", "val_accuracy", "val_majority", "at_
 
 def validate(run: Training, record: dict) -> None:
     """Score the validation rows into ``record``; keep the weights :func:`keep` picks."""
-    scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights)
+    scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights, run.logit_offsets)
     row_losses = scores.pop("row_losses")
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
     record["at_least_majority"] = record["val_accuracy"] >= record["val_majority"]
@@ -480,6 +496,9 @@ def save(run: Training, train_seconds: float) -> None:
             "lowest_val_loss_step": best.get("lowest_step", best.get("step")),
             "labels": rows.labels,
             "class_weights": None if run.class_weights is None else dict(zip(rows.labels, run.class_weights.tolist())),
+            "logit_offsets": None
+            if run.logit_offsets is None
+            else dict(zip(rows.labels, run.logit_offsets.tolist())),
             "trainable_parameters": run.parameters[0],
             "total_parameters": run.parameters[1],
             "peak_memory_bytes": peak_memory_bytes(run.device),
@@ -568,6 +587,17 @@ def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Ten
         return None
     weights = counts.sum() / (len(rows.labels) * counts.clamp(min=1))
     return weights.clamp(max=cap).float()
+
+
+def logit_offsets(tau: float, rows: TrainingRows) -> torch.Tensor | None:
+    """--logit-adjustment: ``TAU x log(share)`` per class, the shares of the training rows' hard labels
+    (a class with none counts as one row); None when TAU is 0 or the rows are labelled online."""
+    hard = rows.train["hard"] if "hard" in rows.train else None
+    if tau == 0 or hard is None or (hard < 0).all():
+        return None
+    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
+    offsets = tau * torch.log(counts.clamp(min=1) / counts.clamp(min=1).sum())
+    return (offsets - offsets.mean()).float()
 
 
 def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:

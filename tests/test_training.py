@@ -478,11 +478,12 @@ def test_class_weights_train_and_say_what_they_are(annotated, tiny_roberta, tmp_
     assert yaml.safe_load((out / "distillery_config.yaml").read_text())["class_weights"] == "balanced"
 
 
-def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1) -> Path:
+def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1, bright: tuple[int, int] = (7, 3)) -> Path:
     """A finished annotation run written by the real chunk store: 90% negative, 10% positive rows,
     the teacher sure of each (no teacher is asked). A word hints at the label: 70% of the positive
     rows say "bright", 70% of the negative ones "dull". Under the 90/10 prior a "bright" row is
-    still most likely negative (0.1 x 0.7 < 0.9 x 0.3); with the classes weighted equally it is positive."""
+    still most likely negative (0.1 x 0.7 < 0.9 x 0.3); with the classes weighted equally it is positive.
+    ``bright``: how many in 10 positive and in 10 negative rows say "bright"."""
     from distillery.annotate.chunks import ChunkStore
 
     n_small = int(n * small_share)
@@ -494,7 +495,7 @@ def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1) -> Path:
         rows.append(
             {
                 "id": f"r{i}",
-                "text": f"{'bright' if (i % 10 < 7) == (label == 'positive') else 'dull'} story",
+                "text": f"{'bright' if i % 10 < bright[label == 'negative'] else 'dull'} story",
                 "gold": label,
                 "split": "train",
                 "teacher_label": label,
@@ -558,6 +559,44 @@ def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(
         f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
     )
     assert json.loads((tmp_path / "auto" / "train_summary.json").read_text())["class_weights"]["positive"] > 1
+
+
+def test_logit_adjustment_moves_a_90_10_students_shares_toward_its_teachers(tiny_roberta, tmp_path):
+    """Issue #38: 10% positive rows, 8 in 10 of them and 1 in 10 negative ones say "bright", so a
+    "bright" row is still slightly more often negative (16 of 34). The plain student never says
+    positive (share 0, its teacher 0.10); trained with ``--logit-adjustment 1`` (balanced softmax) the
+    same student says it for "bright" rows (share 0.17), predicting from its logits alone."""
+    from distillery.distill.data import load_training_rows
+    from distillery.distill.train import logit_offsets
+    from distillery.serve import load_student
+
+    run = _imbalanced_run(tmp_path, bright=(8, 1))
+    shares = {}
+    for tau in (0.0, 1.0):
+        cfg = DistillConfig(
+            out=str(run),
+            student=str(tmp_path / f"tau{tau:g}"),
+            student_model=str(tiny_roberta),
+            device="cpu",
+            batch_size=16,
+            epochs=4,
+            min_steps=0,
+            val_fraction=0.1,
+            lr=3e-3,
+            class_weights="none",
+            scaling="none",  # the adjustment alone (the class bias would move the shares too)
+            logit_adjustment=tau,
+        )
+        student = load_student(distill(cfg))
+        texts = load_training_rows(cfg).train["text"].tolist()
+        shares[tau] = float((student.probabilities(texts).argmax(1) == 1).mean())
+    teacher = 0.1
+    assert shares[0.0] < teacher / 2, f"the plain student should (nearly) never say positive: {shares}"
+    assert abs(shares[1.0] - teacher) < abs(shares[0.0] - teacher) and shares[1.0] > teacher, shares
+    offsets = json.loads((tmp_path / "tau1" / "train_summary.json").read_text())["logit_offsets"]
+    assert offsets["positive"] - offsets["negative"] == pytest.approx(np.log(1 / 9), abs=0.15)
+    rows = load_training_rows(cfg)
+    assert logit_offsets(0.0, rows) is None
 
 
 @pytest.mark.parametrize("group", [True, False])
