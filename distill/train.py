@@ -496,9 +496,7 @@ def save(run: Training, train_seconds: float) -> None:
             "lowest_val_loss_step": best.get("lowest_step", best.get("step")),
             "labels": rows.labels,
             "class_weights": None if run.class_weights is None else dict(zip(rows.labels, run.class_weights.tolist())),
-            "logit_offsets": None
-            if run.logit_offsets is None
-            else dict(zip(rows.labels, run.logit_offsets.tolist())),
+            "logit_offsets": None if run.logit_offsets is None else dict(zip(rows.labels, run.logit_offsets.tolist())),
             "trainable_parameters": run.parameters[0],
             "total_parameters": run.parameters[1],
             "peak_memory_bytes": peak_memory_bytes(run.device),

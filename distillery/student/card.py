@@ -249,7 +249,7 @@ def render_card(data: CardData) -> str:
             'print(student.predict(["what a great day"]))\n```\n\n'
             "`transformers.pipeline` on this folder reads the raw logits, without the class bias distill "
             f"fitted ({', '.join(f'{b:+.2f}' for b in data.class_bias)}): its labels can differ."
-            + (f" It also needs `trust_remote_code=True` (the pooled head's code, `{POOLED_CODE}`)." if data.pooled else "")
+            + (f" It also needs `trust_remote_code=True` (the pooled head, `{POOLED_CODE}`)." if data.pooled else "")
         )
     else:
         remote = ", trust_remote_code=True" if data.pooled else ""
@@ -257,7 +257,7 @@ def render_card(data: CardData) -> str:
             "```python\nfrom transformers import pipeline\n"
             f'classify = pipeline("text-classification", model="{data.path}"{remote})\n'
             'print(classify("what a great day"))\n```'
-            + (f"\n\n`trust_remote_code=True` runs `{POOLED_CODE}` in this folder: the pooled head." if data.pooled else "")
+            + (f"\n\n`trust_remote_code=True` runs `{POOLED_CODE}` here: the pooled head." if data.pooled else "")
         )
     card = ModelCard.from_template(
         meta,

@@ -36,7 +36,7 @@ def checkpoint_pooling(path: str) -> str | None:
             config = json.load(f)
     except (OSError, ValueError, StopIteration, KeyError, TypeError, AttributeError):
         return None
-    keys = {mode: "pooling_mode_cls_token" if mode == "cls" else f"pooling_mode_{mode}_tokens" for mode in POOLING_MODES}
+    keys = {mode: f"pooling_mode_{mode}_{'token' if mode == 'cls' else 'tokens'}" for mode in POOLING_MODES}
     on = [mode for mode, key in keys.items() if config.get(key)]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in keys.values()]
     return on[0] if len(on) == 1 and not others else None
