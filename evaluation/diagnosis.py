@@ -60,8 +60,17 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
             f"{majority:.4f}: {cause}. "
             "Annotate more rows (--limit 0), or run with --learning-curve to see whether more rows would pay."
         )
+    untellable = student.get("untellable_classes") or []
+    for label in untellable:
+        f1_t, share = teacher["per_class"][label]["f1"], (metrics.get("gold_shares") or {}).get(label)
+        out.append(
+            f"teacher: class '{label}' F1 {f1_t:.3f} is below that of always answering it"
+            + (f" ({2 * share / (1 + share):.3f} at its share {share:.1%})" if share is not None else "")
+            + ": the teacher cannot tell it, so the student is not judged on copying it. Calibrate the teacher "
+            "on gold rows (--calibrate gold), review rows of that class, or use a stronger teacher."
+        )
     for label, kept in sorted((student.get("class_f1_retention") or {}).items(), key=lambda kv: kv[1]):
-        if kept < CLASS_RETENTION:
+        if kept < CLASS_RETENTION and label not in untellable:
             f1_s, f1_t = student["per_class"][label]["f1"], teacher["per_class"][label]["f1"]
             out.append(
                 f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, "

@@ -76,7 +76,9 @@ def classification_metrics(probs: np.ndarray, gold: np.ndarray, labels: list[str
 def class_retention(student: dict, teacher: dict) -> dict:
     """Macro-F1 retention and each class's F1 retention (student ÷ teacher), the worst class named.
 
-    A class the teacher never gets right (F1 0) has no retention; ``None`` everywhere without gold.
+    A class the teacher never gets right (F1 0) has no retention; ``None`` everywhere without gold. A
+    class the teacher cannot tell (:func:`untellable_classes`) keeps its retention but is never the worst:
+    no student is held to copying a teacher that guesses.
     """
     if student.get("macro_f1") is None or not teacher.get("macro_f1"):
         return {
@@ -84,17 +86,33 @@ def class_retention(student: dict, teacher: dict) -> dict:
             "class_f1_retention": None,
             "worst_class": None,
             "worst_class_retention": None,
+            "untellable_classes": [],
         }
     per_class = {
         lab: student["per_class"][lab]["f1"] / t["f1"] for lab, t in teacher["per_class"].items() if t["f1"] > 0
     }
-    worst = min(per_class, key=per_class.get) if per_class else None
+    untellable = untellable_classes(teacher)
+    judged = {lab: kept for lab, kept in per_class.items() if lab not in untellable}
+    worst = min(judged, key=judged.get) if judged else None
     return {
         "macro_f1_retention": student["macro_f1"] / teacher["macro_f1"],
         "class_f1_retention": per_class,
         "worst_class": worst,
         "worst_class_retention": per_class.get(worst),
+        "untellable_classes": untellable,
     }
+
+
+def untellable_classes(teacher: dict) -> list[str]:
+    """The classes the teacher cannot tell: its F1 on the class is below that of always answering it,
+    ``2p / (1 + p)`` for a class with share p of the gold rows (issue #38)."""
+    support = {lab: m.get("support", 0) for lab, m in teacher["per_class"].items()}
+    total = sum(support.values()) or 1
+    return [
+        lab
+        for lab, m in teacher["per_class"].items()
+        if support[lab] and m["f1"] < 2 * (support[lab] / total) / (1 + support[lab] / total)
+    ]
 
 
 def agreement_metrics(student_pred: np.ndarray, teacher_pred: np.ndarray, n_labels: int) -> dict:

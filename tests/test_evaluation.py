@@ -240,3 +240,39 @@ def test_report_shows_intervals_warnings_and_the_learning_curve():
     )
     assert "- **Warning** – student: it agrees with its teacher on only 57.0% of the rows" in text
     assert "| 100 | 300 | 0.5500 | 0.5000 |" in text and "| 400 | 300 | 0.6000 | 0.5700 |" in text
+
+
+def test_a_class_the_teacher_cannot_tell_is_named_and_never_the_worst_class():
+    """Issue #38: a teacher whose F1 on a class is under always answering it (2p / (1 + p) for a share
+    p) cannot tell that class; retention names it and judges the student on the others."""
+    from distillery.evaluation.diagnosis import diagnose
+    from distillery.evaluation.metrics import class_retention, classification_metrics, untellable_classes
+
+    labels = ["negative", "neutral", "positive"]
+    gold = np.repeat([0, 1, 2], [30, 40, 30])
+    teacher_pred = gold.copy()
+    teacher_pred[30:70] = np.where(np.arange(40) % 4 == 0, 1, 2)  # neutral: 10 of 40 found, 30 called positive
+    student_pred = gold.copy()
+    student_pred[30:70] = 2  # the student never says neutral
+    student_pred[:6] = 2  # and misses 6 negatives
+    teacher, student = (classification_metrics(np.eye(3)[p], gold, labels) for p in (teacher_pred, student_pred))
+    always = 2 * 0.4 / 1.4
+    assert teacher["per_class"]["neutral"]["f1"] < always < teacher["per_class"]["positive"]["f1"]
+    assert untellable_classes(teacher) == ["neutral"]
+    kept = class_retention(student, teacher)
+    assert kept["untellable_classes"] == ["neutral"] and kept["class_f1_retention"]["neutral"] == 0.0
+    others = {k: v for k, v in kept["class_f1_retention"].items() if k != "neutral"}
+    assert kept["worst_class"] == min(others, key=others.get) and kept["worst_class_retention"] > 0
+    notes = diagnose(
+        {
+            "teacher": teacher,
+            "student": {**student, **kept, "agreement": 0.9, "kappa": 0.8},
+            "majority_accuracy": 0.4,
+            "gold_shares": {"negative": 0.3, "neutral": 0.4, "positive": 0.3},
+        },
+        None,
+    )
+    assert any("class 'neutral'" in n and "cannot tell it" in n for n in notes)
+    assert not any("class 'neutral'" in n and "dropping it" in n for n in notes)
+    fair = classification_metrics(np.eye(3)[gold], gold, labels)
+    assert untellable_classes(fair) == []
