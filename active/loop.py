@@ -245,6 +245,8 @@ def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random
         strategy = active_strategies.get(cfg.strategy)
         candidates = Candidates(k * strategy.pool_factor)
         round_rng = np.random.default_rng([seed, index])
+        counts = np.asarray(state["rounds"][-1].get("label_counts") or [], dtype=float)
+        shares = counts / counts.sum() if counts.sum() > 0 else None  # the teacher's labels so far
         for start in range(0, len(left), cfg.pool_chunk):  # chunk by chunk: memory flat in the pool size
             ids = left[start : start + cfg.pool_chunk]
             texts = pool.loc[ids, "text"].tolist()
@@ -252,7 +254,7 @@ def _open_round(cfg: ActiveConfig, state: dict, pool, work: Path, rng: np.random
                 probs, emb = student.embeddings(texts)
             else:
                 probs, emb = student.probabilities(texts), None
-            candidates.add(ids, scores(cfg.strategy, probs, round_rng), emb)
+            candidates.add(ids, scores(cfg.strategy, probs, round_rng, shares), emb)
         picks = [(row_id, score, "train") for row_id, score in pick(cfg.strategy, candidates, k, seed + index)]
     state["selected"] += [{"id": i, "round": index, "split": split, "score": s} for i, s, split in picks]
     state["rounds"].append(
@@ -303,8 +305,11 @@ def _score_round(student_dir: Path, out: Path, has_gold: bool) -> dict:
     probs = load_student(student_dir).probabilities(test["text"].tolist())
     pred = np.array(manifest["labels"])[probs.argmax(1)]
     summary = json.loads((student_dir / "train_summary.json").read_text())
+    labelled = frame[(frame["split"] != "test") & (frame["error_type"] == "")]["teacher_label"]
     return {
         "train_rows": summary["train_rows"] + summary["val_rows"],
+        # the teacher's labels of the training rows so far, per label: what a class-aware strategy reads
+        "label_counts": [int((labelled == label).sum()) for label in manifest["labels"]],
         "test_agreement": float((pred == test["teacher_label"].to_numpy()).mean()),
         "test_accuracy": float((pred == test["gold"].to_numpy()).mean()) if has_gold else None,
     }

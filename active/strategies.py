@@ -29,13 +29,16 @@ class Strategy:
         pool_factor: candidates kept per row to pick (``choose`` picks among them).
         choose: ``(candidates best first [(score, order, id, embedding)], k, seed) -> [(id, score)]``;
             None takes the k best.
+        class_aware: ``score`` also takes ``shares``, each label's share of the rows the teacher has
+            labelled so far (``(labels,)``), as a third argument.
     """
 
     summary: str
-    score: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    score: Callable[..., np.ndarray]
     needs_embeddings: bool = False
     pool_factor: int = 1
     choose: Callable[[list, int, int], list] | None = None
+    class_aware: bool = False
 
 
 DIVERSE_POOL = 10  # diverse: cluster the 10·k most uncertain rows into k clusters (Zhdanov 2019)
@@ -48,6 +51,20 @@ def _margin(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _entropy(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1)
+
+
+RARE_WEIGHT_CAP = 20.0  # rare: a class's weight is at most this (a class with no row yet)
+
+
+def _rare(probs: np.ndarray, rng: np.random.Generator, shares: np.ndarray | None) -> np.ndarray:
+    """Class-aware (issue #38): the expected weight of the row's label under the student, a label's weight
+    ``1 / (labels x its share)`` of the teacher's labels so far (at most RARE_WEIGHT_CAP). A row the student
+    thinks is of an under-represented class scores high, and so does one it is unsure of between such a
+    class and another; ties go to the smaller margin."""
+    n_labels = probs.shape[1]
+    shares = np.full(n_labels, 1 / n_labels) if shares is None else np.asarray(shares, dtype=float)
+    weights = np.minimum(1.0 / (n_labels * np.maximum(shares, 1e-9)), RARE_WEIGHT_CAP)
+    return probs @ weights + 1e-3 * _margin(probs, rng)
 
 
 def _diverse(best: list, k: int, seed: int) -> list[tuple[str, float]]:
@@ -79,12 +96,22 @@ active_strategies.register(
         choose=_diverse,
     ),
 )
-STRATEGIES = ("random", "margin", "entropy", "diverse")  # the built-in ones (read at import: no plugin loading)
+active_strategies.register(
+    "rare",
+    Strategy(
+        "rows the student thinks are of a class the teacher has labelled few of, or unsure between one and another",
+        _rare,
+        class_aware=True,
+    ),
+)
+STRATEGIES = ("random", "margin", "entropy", "diverse", "rare")  # the built-in ones (read at import: no plugin loading)
 
 
-def scores(strategy: str, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Priority of each row under a registered strategy (higher = ask first)."""
-    return active_strategies.get(strategy).score(probs, rng)
+def scores(strategy: str, probs: np.ndarray, rng: np.random.Generator, shares: np.ndarray | None = None) -> np.ndarray:
+    """Priority of each row under a registered strategy (higher = ask first); ``shares``: each label's share
+    of the teacher's labels so far, for a class-aware strategy (None: equal)."""
+    entry = active_strategies.get(strategy)
+    return entry.score(probs, rng, shares) if entry.class_aware else entry.score(probs, rng)
 
 
 class Candidates:

@@ -13,9 +13,9 @@ from distillery.active import ActiveConfig, Candidates, pick, scores
 from distillery.active.loop import _stop_reason
 
 
-def _top(strategy, probs, k, emb=None, seed=0):
+def _top(strategy, probs, k, emb=None, seed=0, shares=None):
     cands = Candidates(k * 10 if strategy == "diverse" else k)
-    cands.add([str(i) for i in range(len(probs))], scores(strategy, probs, np.random.default_rng(seed)), emb)
+    cands.add([str(i) for i in range(len(probs))], scores(strategy, probs, np.random.default_rng(seed), shares), emb)
     return [int(i) for i, _ in pick(strategy, cands, k, seed)]
 
 
@@ -43,6 +43,23 @@ def test_diverse_spreads_a_batch_over_clusters_where_margin_takes_near_duplicate
     assert all(p[i] == p[(i // 10) * 10 : (i // 10) * 10 + 10].min() for i in picked), (
         "the least sure row of each cluster"
     )
+
+
+def test_the_class_aware_strategy_picks_more_rows_of_the_small_class_than_random():
+    """Issue #38: a seeded pool of 2,000 rows, 8% of them of class 2, which the teacher has labelled on
+    4% of the rows so far; the student's probabilities are right on average and noisy. Rows the
+    class-aware strategy (rare) sends to the teacher are of class 2 far more often than random ones, and
+    with equal shares it favours no class."""
+    rng = np.random.default_rng(7)  # not the strategies' seed 0: random's draw would match the classes' draw
+    truth = rng.choice(3, size=2000, p=[0.62, 0.30, 0.08])
+    logits = 1.2 * np.eye(3)[truth] + rng.normal(0, 1.0, (2000, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    shares = np.array([0.66, 0.30, 0.04])
+    small = {name: float((truth[_top(name, probs, 100, shares=shares)] == 2).mean()) for name in ("rare", "random")}
+    assert small["rare"] > 3 * small["random"] and small["rare"] > 0.3, small
+    plain = _top("rare", probs, 100, shares=np.full(3, 1 / 3))
+    assert _top("rare", probs, 100) == plain, "no shares: every class weighs the same"
+    assert 0.02 < (truth[plain] == 2).mean() < 0.3, "equal shares: it favours no class"
 
 
 def test_candidates_keep_the_best_rows_across_chunks():
@@ -141,6 +158,8 @@ def test_active_loop_spends_the_budget_once_per_row(tiny_llama, tiny_roberta, po
     assert [r["calls"] for r in log] == [20, 30, 40] and [r["train_rows"] for r in log] == [10, 20, 30]
     assert all(0 <= r["test_agreement"] <= 1 and r["test_accuracy"] is not None for r in log)
     assert log[1]["score_mean"] is not None, "the strategy's scores are logged"
+    # the teacher's labels of the training rows so far: what the class-aware strategy reads
+    assert [sum(r["label_counts"]) for r in log] == [10, 20, 30]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [p["train_rows"] for p in metrics["learning_curve"]] == [
         10,
