@@ -645,6 +645,8 @@ def main() -> None:
             for set_name in sets:
                 results.append(one(set_name, seed, args.reuse, not args.no_trace, options, args.ceiling, args.tag))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
+                # after every run, so that a stopped battery keeps what it measured (merge the parts later)
+                write_result(f"{name}_partial", {"command": " ".join(sys.argv), "results": results})
     if args.rescore:
         results = [rescored(r) for r in results]
     if args.pick and args.pick not in {f"{s} | {r}" for s in SELECTIONS for r in RULES}:
