@@ -72,14 +72,15 @@ def one(
     name: str,
     seed: int,
     reuse: bool = False,
-    trace: bool = True,
+    trace: bool | str = True,
     options: dict | None = None,
     ceiling: bool = False,
     tag: str = "",
 ) -> dict:
     """Distil and evaluate one set with every default; returns its row of the results table. ``reuse``:
     a student this script already trained for the set and seed is evaluated again, not retrained;
-    ``trace``: keep every validation pass's log-probs (:func:`traced`, for --posthoc); ``options``: distill
+    ``trace``: keep every validation pass's log-probs (:func:`traced`, for --posthoc; ``"last"``: the last
+    pass only, half the time on a few hundred rows); ``options``: distill
     settings that differ from the defaults (``--option``); ``ceiling``: also train the same student on the
     rows' gold labels (:func:`gold_ceiling`)."""
     from distillery.annotate import read_annotations
@@ -92,7 +93,7 @@ def one(
     started = time.perf_counter()
     if not (reuse and (out / "student" / "train_summary.json").is_file()):
         materialize(rows, pool, out, "auto")
-        with traced(out) if trace else contextlib.nullcontext([]) as passes:
+        with traced(out, last_only=trace == "last") if trace else contextlib.nullcontext([]) as passes:
             settings = {"out": str(out), "seed": seed, "device": "cpu", "overwrite": True, **(options or {})}
             distill(DistillConfig.from_flat(settings))
         if passes:
@@ -196,11 +197,12 @@ def gold_ceiling(out, seed: int, options: dict | None, gold: np.ndarray, labels:
 
 
 @contextlib.contextmanager
-def traced(out):
+def traced(out, last_only: bool = False):
     """While distill trains: at every validation pass also keep the model's log-probs on the validation
     and the test rows (read as distill's scaling and evaluate read them), so that checkpoint-selection
-    rules can be compared afterwards on one training run. Only reads the model (eval mode, no random numbers drawn): the
-    trained student is the same as without it."""
+    rules can be compared afterwards on one training run (``last_only``: the last pass only, for the
+    per-class ranking at the last step; --posthoc then has one pass to choose from). Only reads the model
+    (eval mode, no random numbers drawn): the trained student is the same as without it."""
     import distillery.distill.train as train
     from distillery.annotate import read_annotations
     from distillery.core.models import predict_probabilities
@@ -213,6 +215,8 @@ def traced(out):
 
     def validate_and_trace(run, record):
         validate(run, record)
+        if last_only and record["step"] < run.steps:
+            return
         started = time.perf_counter()
         model = run.accelerator.unwrap_model(run.model)
         model.eval()
@@ -600,6 +604,11 @@ def main() -> None:
         "--no-trace", action="store_true", help="do not keep every validation pass's log-probs (no --posthoc later)"
     )
     parser.add_argument(
+        "--trace-last",
+        action="store_true",
+        help="keep the last validation pass's log-probs only (the last step's per-class ranking; no --posthoc)",
+    )
+    parser.add_argument(
         "--rescore",
         action="store_true",
         help="with --merge: each student's measures with distill's current --scaling rule applied to its "
@@ -635,6 +644,7 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--option {item!r}: expected KEY=VALUE, e.g. readout=head")
         options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    trace = "last" if args.trace_last else not args.no_trace
     started = time.perf_counter()
     if args.merge or args.posthoc:
         parts = read_results(args.merge or name)
@@ -643,7 +653,7 @@ def main() -> None:
         results = []
         for seed in map(int, args.seeds.split(",")):
             for set_name in sets:
-                results.append(one(set_name, seed, args.reuse, not args.no_trace, options, args.ceiling, args.tag))
+                results.append(one(set_name, seed, args.reuse, trace, options, args.ceiling, args.tag))
                 print(json.dumps({k: v for k, v in results[-1].items() if "class F1" not in k}), flush=True)
                 # after every run, so that a stopped battery keeps what it measured (merge the parts later)
                 write_result(f"{name}_partial", {"command": " ".join(sys.argv), "results": results})
