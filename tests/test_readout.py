@@ -54,7 +54,13 @@ def test_a_sentence_encoder_students_head_reads_its_mean_pooled_token_states(sen
 def test_any_other_checkpoint_or_readout_head_keeps_the_checkpoints_own_head(sentence_encoder, tiny_roberta):
     assert type(_built(tiny_roberta)[1]).__name__ == "RobertaForSequenceClassification"
     assert type(_built(sentence_encoder, readout="head")[1]).__name__ == "BertForSequenceClassification"
-    assert isinstance(_built(tiny_roberta, readout="mean")[1], PooledEncoderForSequenceClassification)
+    pooled = _built(tiny_roberta, readout="mean")[1]
+    assert isinstance(pooled, PooledEncoderForSequenceClassification)
+    # a checkpoint saved with a head names its encoder's weights 'roberta.*': they are read all the same
+    own = AutoModelForSequenceClassification.from_pretrained(tiny_roberta)
+    assert torch.equal(
+        own.roberta.encoder.layer[1].output.dense.weight, pooled.encoder.encoder.layer[1].output.dense.weight
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,10 @@ def test_a_pooled_student_loads_with_plain_transformers_and_with_distillery(pool
     assert (folder / CODE_FILE).is_file() and config["auto_map"]["AutoModelForSequenceClassification"]
     student = load_student(folder)
     assert isinstance(student.model, PooledEncoderForSequenceClassification)
+    # a saved pooled student as --student-model (active --warm-start) starts from its weights, head and all
+    _, again = _built(folder, readout="head")
+    assert isinstance(again, PooledEncoderForSequenceClassification)
+    torch.testing.assert_close(again.state_dict(), student.model.state_dict())
     plain = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(plain).__name__ == "PooledEncoderForSequenceClassification"
     enc = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")

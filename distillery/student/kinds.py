@@ -167,6 +167,16 @@ class EncoderSettings:
         check_settings(self)
 
 
+def readout_pooling(path: str, readout: str) -> str | None:
+    """The pooling of the head ``--readout`` gives the checkpoint at ``path`` (None: its own head). A student
+    distill saved with a pooled head (``--student-model`` a previous student, as active --warm-start passes)
+    keeps it: its weights fit no other head."""
+    saved = getattr(AutoConfig.from_pretrained(path), "distillery_pooling", None)
+    if readout == "mean":
+        return "mean"
+    return saved or (checkpoint_pooling(path) if readout == "auto" else None)
+
+
 @student_kinds.register("encoder")
 class EncoderStudent(StudentKind):
     """Any encoder checkpoint (default: the embedded MiniLM-L6), every weight trained. A sentence-transformers
@@ -177,15 +187,17 @@ class EncoderStudent(StudentKind):
     settings = EncoderSettings
 
     def build(self, cfg: StudentSettings, labels: list[str]):
-        readout = getattr(cfg.settings, "readout", "auto")
         path = self.model_path(cfg)
-        pooling = {"auto": checkpoint_pooling(path), "mean": "mean", "head": None}[readout]
+        pooling = readout_pooling(path, getattr(cfg.settings, "readout", "auto"))
         if pooling is None:
             return super().build(cfg, labels)
         config = AutoConfig.from_pretrained(path, **_labels_kwargs(labels))
         config.distillery_pooling = pooling
         config.auto_map = {"AutoModelForSequenceClassification": f"{CODE_FILE.removesuffix('.py')}.{CLASS_NAME}"}
-        model = PooledEncoderForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        if getattr(AutoConfig.from_pretrained(path), "distillery_pooling", None):  # a pooled student, head and all
+            model = PooledEncoderForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
+        else:
+            model = PooledEncoderForSequenceClassification.from_encoder(path, config, dtype=torch.float32)
         return _tokenizer(path), model
 
     def save(self, model, tokenizer, folder: Path, cfg: StudentSettings, meta: StudentMeta) -> None:

@@ -53,6 +53,14 @@ def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     return total / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
+def _encoder(load, *args, **kwargs):
+    """``load(*args)`` without the encoder's own pooler where its class has the flag (it goes unused)."""
+    try:
+        return load(*args, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return load(*args, **kwargs)
+
+
 class PooledEncoderForSequenceClassification(PreTrainedModel):
     """An encoder (any ``AutoModel``) whose pooled token states go through dropout and one linear layer."""
 
@@ -61,12 +69,9 @@ class PooledEncoderForSequenceClassification(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
-    def __init__(self, config: PretrainedConfig):
+    def __init__(self, config: PretrainedConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
-        try:
-            self.encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:  # an encoder class without a pooler flag
-            self.encoder = AutoModel.from_config(config)
+        self.encoder = encoder if encoder is not None else _encoder(AutoModel.from_config, config)
         dropout = getattr(config, "classifier_dropout", None)
         dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
@@ -74,8 +79,16 @@ class PooledEncoderForSequenceClassification(PreTrainedModel):
         self.post_init()
 
     @classmethod
+    def from_encoder(cls, path: str, config: PretrainedConfig, **kwargs):
+        """A fresh head on the encoder of the checkpoint at ``path``, however its weights are named (a
+        plain encoder, or one saved with a head: AutoModel reads both)."""
+        encoder = _encoder(AutoModel.from_pretrained, path, **kwargs)
+        model = cls(config, encoder=encoder)
+        return model.to(encoder.dtype)
+
+    @classmethod
     def from_pretrained(cls, path, *args, config: PretrainedConfig | None = None, **kwargs):
-        """The encoder's config class is the model's: read it with AutoConfig when none is given."""
+        """A saved pooled classifier; its config's class is its encoder's, read with AutoConfig."""
         if config is None:
             config_keys = {"num_labels", "id2label", "label2id", "distillery_pooling"}
             config = AutoConfig.from_pretrained(path, **{k: kwargs.pop(k) for k in config_keys & kwargs.keys()})
