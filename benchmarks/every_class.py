@@ -532,6 +532,56 @@ def rescored(record: dict) -> dict:
     }
 
 
+def crt(record: dict) -> dict:
+    """Class-balanced re-fit of the head after fine-tuning (cRT, Kang et al. 2020), in seconds: a logistic
+    regression with balanced class weights on the kept student's mean-pooled features of its training
+    rows, against their hard labels (the teacher's), scored on the test rows like the student."""
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+
+    from distillery.annotate import read_annotations
+    from distillery.distill import DistillConfig
+    from distillery.distill.data import load_training_rows
+    from distillery.evaluation import EvaluateConfig
+    from distillery.evaluation.evaluate import eval_rows
+    from distillery.evaluation.metrics import classification_metrics, expected_calibration_error
+    from distillery.student import load_student
+
+    out = run_dir(record["set"], record["seed"], record.get("tag", ""))
+    cfg = DistillConfig.from_flat(
+        yaml.safe_load((out / "student" / "distillery_config.yaml").read_text()), strict=False
+    )
+    rows = load_training_rows(cfg)
+    student = load_student(out / "student")
+    train = pd_concat(rows.train, rows.val)
+    _, features = student.embeddings(train["text"].tolist())
+    frame, manifest = read_annotations(out / "annotations")
+    data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
+    _, test_features = student.embeddings(data.rows["text"].tolist())
+    head = LogisticRegression(class_weight="balanced", max_iter=2000).fit(features, train["hard"].to_numpy())
+    probs = np.zeros((len(test_features), len(rows.labels)))
+    probs[:, head.classes_] = head.predict_proba(test_features)
+    gold = np.asarray(data.gold)
+    metrics = classification_metrics(probs, gold, rows.labels)
+    teacher = classification_metrics(data.teacher_probs, gold, rows.labels)
+    teacher["ece"] = expected_calibration_error(data.teacher_probs, gold)
+    metrics["ece"] = expected_calibration_error(probs, gold)
+    return {
+        **{k: record[k] for k in ("set", "seed", "half", "labels", "majority", "teacher ECE")},
+        "rule": "cRT (balanced logistic re-fit of the head)",
+        "student acc": metrics["accuracy"],
+        "student macro-F1": metrics["macro_f1"],
+        "student ECE": metrics["ece"],
+        **judged(teacher, metrics, record["majority"]),
+    }
+
+
+def pd_concat(*frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
 # --- tables ----------------------------------------------------------------------------------------
 
 
@@ -625,6 +675,11 @@ def main() -> None:
     parser.add_argument(
         "--ceiling", action="store_true", help="also train each student on its rows' gold labels (the ceiling)"
     )
+    parser.add_argument(
+        "--crt",
+        action="store_true",
+        help="with --merge: also re-fit each saved student's head class-balanced (cRT) and compare",
+    )
     parser.add_argument("--merge", default="", help="comma-separated results names to summarise together")
     parser.add_argument(
         "--pick",
@@ -659,6 +714,20 @@ def main() -> None:
                 write_result(f"{name}_partial", {"command": " ".join(sys.argv), "results": results})
     if args.rescore:
         results = [rescored(r) for r in results]
+    if args.crt:
+        refit = [crt(r) for r in results]
+        table = [{"rule": rule, **overall(rows)} for rule, rows in (("as trained", results), ("cRT", refit))]
+        print_table(table, list(table[0]))
+        write_result(
+            f"{name}_crt",
+            {
+                "command": " ".join(["python benchmarks/every_class.py", *sys.argv[1:]]),
+                "overall": table,
+                "summary": summarise([{**r, "rule": "cRT"} for r in refit], key="rule"),
+                "results": refit,
+            },
+        )
+        return
     if args.pick and args.pick not in {f"{s} | {r}" for s in SELECTIONS for r in RULES}:
         raise SystemExit(
             f"--pick {args.pick!r}: expected 'SELECTION | SCALING' of {list(SELECTIONS)} and {list(RULES)}"

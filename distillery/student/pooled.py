@@ -29,10 +29,10 @@ def checkpoint_pooling(path: str) -> str | None:
     names a Pooling module whose config says which): one of :data:`POOLING_MODES`, or None for a plain
     checkpoint or a pooling this head does not read (weighted mean, last token)."""
     try:
-        with open(os.path.join(path, "modules.json")) as f:
+        with open(_checkpoint_file(path, "modules.json")) as f:
             modules = json.load(f)
         folder = next(m["path"] for m in modules if m.get("type", "").endswith("models.Pooling"))
-        with open(os.path.join(path, folder, "config.json")) as f:
+        with open(_checkpoint_file(path, f"{folder}/config.json")) as f:
             config = json.load(f)
     except (OSError, ValueError, StopIteration, KeyError, TypeError, AttributeError):
         return None
@@ -40,6 +40,18 @@ def checkpoint_pooling(path: str) -> str | None:
     on = [mode for mode, key in keys.items() if config.get(key)]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in keys.values()]
     return on[0] if len(on) == 1 and not others else None
+
+
+def _checkpoint_file(path: str, name: str) -> str:
+    """A file of a local checkpoint folder or of a hub repo (from the cache, or fetched); OSError if absent."""
+    if os.path.isdir(path):
+        return os.path.join(path, name)
+    from transformers.utils import cached_file
+
+    found = cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+    if found is None:
+        raise OSError(f"{path} has no {name}")
+    return found
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
