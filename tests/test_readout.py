@@ -52,6 +52,9 @@ def test_a_sentence_encoder_students_head_reads_its_mean_pooled_token_states(sen
 
 
 def test_any_other_checkpoint_or_readout_head_keeps_the_checkpoints_own_head(sentence_encoder, tiny_roberta):
+    from distillery.student.kinds import EncoderSettings
+
+    assert EncoderSettings().readout == "head", "the default chosen on the tuning half (issue #38)"
     assert type(_built(tiny_roberta)[1]).__name__ == "RobertaForSequenceClassification"
     assert type(_built(sentence_encoder, readout="head")[1]).__name__ == "BertForSequenceClassification"
     pooled = _built(tiny_roberta, readout="mean")[1]
@@ -70,7 +73,20 @@ def pooled_run(tiny_llama, sentence_encoder, tmp_path_factory):
     make_rows(60).to_csv(out / "reviews.csv", index=False)
     args = ["run", "--data", str(out / "reviews.csv"), "--text-column", "review", "--label-column", "sentiment"]
     args += ["--labels", "negative,positive", "--teacher", str(tiny_llama), "--student-model", str(sentence_encoder)]
-    args += ["--device", "cpu", "--epochs", "2", "--min-steps", "30", "--batch-size", "8", "--lr", "1e-3"]
+    args += [
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--min-steps",
+        "30",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--readout",
+        "auto",
+    ]
     assert distillery_cli.main([*args, "--speed-rows", "8", "--out", str(out / "run")]) == 0
     return out / "run"
 

@@ -153,14 +153,14 @@ class EncoderSettings:
     """The settings of the ``encoder`` kind: how its classification head reads the encoder (issue #38)."""
 
     readout: str = option(
-        "auto",
-        "how the classifier reads the encoder: 'auto' pools the token states as a sentence-transformers "
-        "checkpoint says it was trained (its 1_Pooling config: mean for all-MiniLM-L6-v2), then one linear "
-        "layer, and gives any other checkpoint its own AutoModelForSequenceClassification head; 'mean' "
-        "mean-pools any encoder; 'head' always uses the checkpoint's own head ([CLS] through BERT's pooler, "
-        "which sentence encoders never trained)",
-        choices=("auto", "mean", "head"),
-        short="classifier readout: auto, mean or head",
+        "head",
+        "how the classifier reads the encoder: 'head' uses the checkpoint's own AutoModelForSequenceClassification "
+        "head ([CLS] through BERT's pooler for MiniLM); 'auto' pools the token states as a sentence-transformers "
+        "checkpoint says it was trained (its 1_Pooling config: mean for all-MiniLM-L6-v2), then one linear layer, "
+        "and gives any other checkpoint its own head; 'mean' mean-pools any encoder. Default head: fine-tuned, "
+        "the pooled head lost on the tuning half (docs/results.md, issue #38)",
+        choices=("head", "auto", "mean"),
+        short="classifier readout: head, auto or mean",
     )
 
     def __post_init__(self) -> None:
