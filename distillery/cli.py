@@ -117,7 +117,7 @@ GROUP_TITLES = {
     "output": "output",
     "device": "device and cluster (--engine ray: docs/scale.md)",
 }
-RARE = {"worker_cpus", "worker_gpus"}  # shown by --help-all only, for every subcommand
+RARE = {"worker_cpus", "worker_gpus", "logit_adjustment", "max_grad_norm"}  # shown by --help-all only, everywhere
 
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
 COMMON = set(
@@ -295,6 +295,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def __init__(self, prog):
         super().__init__(prog, max_help_position=26, width=max(shutil.get_terminal_size((100, 24)).columns, 80))
+
+    def _split_lines(self, text, width):
+        """Wrapped at spaces only: a hyphenated name (least-confident, mean+em) stays whole."""
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
 ONLINE_SHOWN = ("teacher", "task", "labels", "data", "calibrate", "backend")  # distill --help; the rest with --help-all
