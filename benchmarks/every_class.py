@@ -143,6 +143,8 @@ def one(
         "tag": tag,
         "class ranking": ranking,
         "ceiling": gold_student,
+        # what the student keeps of what its architecture learns from gold labels on the same rows
+        "macro-F1 retention vs ceiling": student["macro_f1"] / gold_student["macro-F1"] if gold_student else None,
         **judged(teacher, student, metrics["majority_accuracy"]),
     }
 
