@@ -179,16 +179,16 @@ def readout_pooling(path: str, readout: str) -> str | None:
 
 @student_kinds.register("encoder")
 class EncoderStudent(StudentKind):
-    """Any encoder checkpoint (default: the embedded MiniLM-L6), every weight trained. A sentence-transformers
-    checkpoint is read as it was trained, through its pooling (``--readout``); any other through its own
-    AutoModelForSequenceClassification head."""
+    """Any encoder checkpoint (default: the embedded MiniLM-L6), every weight trained, read through its own
+    AutoModelForSequenceClassification head; ``--readout auto`` reads a sentence-transformers checkpoint
+    through its pooling instead (``mean``: any encoder, mean-pooled)."""
 
     summary = "an encoder classifier (MiniLM, RoBERTa, ...), every weight trained"
     settings = EncoderSettings
 
     def build(self, cfg: StudentSettings, labels: list[str]):
         path = self.model_path(cfg)
-        pooling = readout_pooling(path, getattr(cfg.settings, "readout", "auto"))
+        pooling = readout_pooling(path, getattr(cfg.settings, "readout", "head"))
         if pooling is None:
             return super().build(cfg, labels)
         config = AutoConfig.from_pretrained(path, **_labels_kwargs(labels))
