@@ -538,6 +538,7 @@ def crt(record: dict) -> dict:
     """Class-balanced re-fit of the head after fine-tuning (cRT, Kang et al. 2020), in seconds: a logistic
     regression with balanced class weights on the kept student's mean-pooled features of its training
     rows, against their hard labels (the teacher's), scored on the test rows like the student."""
+    import pandas as pd
     import yaml
     from sklearn.linear_model import LogisticRegression
 
@@ -555,7 +556,7 @@ def crt(record: dict) -> dict:
     )
     rows = load_training_rows(cfg)
     student = load_student(out / "student")
-    train = pd_concat(rows.train, rows.val)
+    train = pd.concat([rows.train, rows.val], ignore_index=True)
     _, features = student.embeddings(train["text"].tolist())
     frame, manifest = read_annotations(out / "annotations")
     data = eval_rows(EvaluateConfig(out=str(out)), frame, manifest)
@@ -576,12 +577,6 @@ def crt(record: dict) -> dict:
         "student ECE": metrics["ece"],
         **judged(teacher, metrics, record["majority"]),
     }
-
-
-def pd_concat(*frames):
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
 
 
 # --- tables ----------------------------------------------------------------------------------------

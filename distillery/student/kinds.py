@@ -192,9 +192,10 @@ class EncoderStudent(StudentKind):
         if pooling is None:
             return super().build(cfg, labels)
         config = AutoConfig.from_pretrained(path, **_labels_kwargs(labels))
+        saved = getattr(config, "distillery_pooling", None)
         config.distillery_pooling = pooling
         config.auto_map = {"AutoModelForSequenceClassification": f"{CODE_FILE.removesuffix('.py')}.{CLASS_NAME}"}
-        if getattr(AutoConfig.from_pretrained(path), "distillery_pooling", None):  # a pooled student, head and all
+        if saved:  # a pooled student, head and all
             model = PooledEncoderForSequenceClassification.from_pretrained(path, config=config, dtype=torch.float32)
         else:
             model = PooledEncoderForSequenceClassification.from_encoder(path, config, dtype=torch.float32)
