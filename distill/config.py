@@ -83,6 +83,23 @@ class DistillConfig:
         short="row weights by class: none, balanced, auto",
         group="training",
     )
+    hard_loss: str = option(
+        "ce",
+        "the hard-label part of the loss: ce (cross-entropy); gce (generalised cross-entropy, q 0.7, Zhang & "
+        "Sabuncu 2018: robust to wrong labels); confident (cross-entropy weighted by the teacher's confidence "
+        "in the row's label, 0 at chance, so rows the teacher was unsure of are learnt from its soft labels)",
+        choices=("ce", "gce", "confident"),
+        short="hard-label loss: ce, gce, confident",
+        group="training",
+    )
+    keep_from: float = option(
+        0.0,
+        "keep no validation pass from the first FRACTION of the training steps (0 = any pass may be kept)",
+        ge=0.0,
+        lt=1.0,
+        short="keep no pass before this share of steps",
+        group="training",
+    )
     logit_adjustment: float = option(
         0.0,
         "logit-adjusted loss (Menon et al. 2021; 1 = balanced softmax, Ren et al. 2020): both loss parts read "

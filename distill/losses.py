@@ -25,6 +25,7 @@ def hybrid_kd_loss(
     alpha: float = 0.5,
     temperature: float = 2.0,
     class_weights: torch.Tensor | None = None,
+    hard_loss: str = "ce",
 ) -> KDLoss:
     """``L = α·T²·KL(softmax(z_T/T) ‖ softmax(z_S/T)) + (1−α)·CE(y, softmax(z_S))``.
 
@@ -41,12 +42,18 @@ def hybrid_kd_loss(
         temperature: softening temperature T > 0 applied to both distributions in KD.
         class_weights: ``(n_labels,)`` weight of a row by its class (its hard label, else the
             teacher's top label) in both parts, each part a weighted mean; None = every row 1.
+        hard_loss: the hard-label part: ``ce`` (cross-entropy); ``gce``, generalised cross-entropy
+            ``(1 − p_y^q)/q`` with q = 0.7 (Zhang & Sabuncu 2018), which gives little gradient to a row
+            the student finds unlikely (a likely noisy label); ``confident``, cross-entropy weighted by the
+            teacher's confidence in the row's label, ``(K·p_T(y) − 1)/(K − 1)`` floored at 0, so a row the
+            teacher was unsure of is learnt from the soft part alone (a label the teacher did not give, a
+            person's, keeps weight 1).
 
     Returns:
         ``KDLoss(total, kd, ce)``; a part with no rows to average is 0 (never NaN).
     """
     kl_rows, ce_rows, soft_w, hard_w = _row_parts(
-        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights
+        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights, hard_loss
     )
     kd = (
         (kl_rows * soft_w).sum() / soft_w.sum().clamp(min=1e-12) * temperature**2
@@ -62,18 +69,24 @@ def hybrid_kd_rows(
     alpha: float = 0.5,
     temperature: float = 2.0,
     class_weights: torch.Tensor | None = None,
+    hard_loss: str = "ce",
 ) -> torch.Tensor:
     """``(batch,)``: each row's ``α·T²·KL + (1−α)·CE`` (a part the row has no label for counts 0), times
     its class weight. With every row labelled both ways and no weights, their mean is
     :func:`hybrid_kd_loss`'s total. What distill compares validation passes by, row by row."""
     kl_rows, ce_rows, soft_w, hard_w = _row_parts(
-        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights
+        student_logits, teacher_logprobs, labels, alpha, temperature, class_weights, hard_loss
     )
     return alpha * temperature**2 * kl_rows * soft_w + (1 - alpha) * ce_rows * hard_w
 
 
-def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, class_weights):
-    """Per row: the KL at T, the CE, and the weights of the soft and the hard part (0 where missing)."""
+HARD_LOSSES = ("ce", "gce", "confident")
+GCE_Q = 0.7  # Zhang & Sabuncu 2018's q: 0 is cross-entropy, 1 is the mean absolute error
+
+
+def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, class_weights, hard_loss="ce"):
+    """Per row: the KL at T, the hard-label loss, and the weights of the soft and the hard part (0 where
+    missing)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: expected 0 <= alpha <= 1, found {alpha}")
     if temperature <= 0:
@@ -88,5 +101,16 @@ def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, cla
     if class_weights is not None:
         row_class = torch.where(has_hard, labels, teacher.argmax(dim=-1))
         weights = class_weights.to(kl_rows.device, kl_rows.dtype)[row_class]
+    if hard_loss not in HARD_LOSSES:
+        raise ValueError(f"hard_loss: expected one of {HARD_LOSSES}, found {hard_loss!r}")
     ce_rows = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
-    return kl_rows, ce_rows, weights * has_soft, weights * has_hard
+    hard_w = weights * has_hard
+    if hard_loss == "gce":
+        ce_rows = (1 - torch.exp(-ce_rows * GCE_Q)) / GCE_Q  # (1 - p_y^q) / q
+    elif hard_loss == "confident":
+        n_labels = teacher.shape[-1]
+        p_label = F.softmax(teacher.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        confidence = ((n_labels * p_label - 1) / (n_labels - 1)).clamp(min=0)
+        teachers_label = has_soft & (teacher.argmax(dim=-1) == labels)
+        hard_w = hard_w * torch.where(teachers_label, confidence, torch.ones_like(confidence))
+    return kl_rows, ce_rows, weights * has_soft, hard_w

@@ -87,7 +87,7 @@ def evaluate_student(
         batch = with_teacher(batch, online, cfg.hard_labels == "gold")
         batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = (batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights)
+        targets = (batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights, cfg.hard_loss)
         adjusted = logits if offsets is None else logits + offsets.to(logits.device)
         for key, value in zip(("loss", "kd", "ce"), hybrid_kd_loss(adjusted, *targets)):
             sums[key] += value.item() * len(batch["labels"])
@@ -378,7 +378,13 @@ def train_step(run: Training, batch: dict):
         if run.logit_offsets is not None:
             logits = logits + run.logit_offsets.to(logits.device)
         loss = hybrid_kd_loss(
-            logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, run.class_weights
+            logits,
+            batch["teacher_logprobs"],
+            batch["labels"],
+            cfg.alpha,
+            cfg.temperature,
+            run.class_weights,
+            cfg.hard_loss,
         )
         accelerator.backward(loss.total)
         if accelerator.sync_gradients:
@@ -400,7 +406,7 @@ def validate(run: Training, record: dict) -> None:
     row_losses = scores.pop("row_losses")
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
     record["at_least_majority"] = record["val_accuracy"] >= record["val_majority"]
-    if select(run.progress, record, row_losses):
+    if record["step"] >= run.cfg.keep_from * run.steps and select(run.progress, record, row_losses):
         run.best_state = {
             k: v.detach().cpu().clone()
             for k, v in run.accelerator.unwrap_model(run.model).named_parameters()
@@ -614,7 +620,7 @@ def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher |
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             hybrid_kd_loss(
-                logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature
+                logits, batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, hard_loss=cfg.hard_loss
             ).total.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -128,3 +128,28 @@ def test_the_row_losses_average_to_the_hybrid_loss():
     labels = torch.randint(0, 3, (32,), generator=gen)
     rows = hybrid_kd_rows(student, teacher, labels, 0.5, 2.0)
     assert rows.shape == (32,) and torch.allclose(rows.mean(), hybrid_kd_loss(student, teacher, labels, 0.5, 2.0).total)
+
+
+def test_gce_is_one_minus_p_to_the_q_over_q():
+    student, teacher, labels = _batch(seed=3)
+    p_label = torch.softmax(student, -1).gather(1, labels[:, None]).squeeze(1)
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=0.0, hard_loss="gce")
+    assert loss.ce.item() == pytest.approx(((1 - p_label**0.7) / 0.7).mean().item(), rel=1e-5)
+    # a label the student finds unlikely pulls less on it than under cross-entropy (its noise robustness)
+    gce_grad = torch.autograd.grad(loss.total, student)[0].abs().sum(-1)
+    ce_grad = torch.autograd.grad(hybrid_kd_loss(student, teacher, labels, alpha=0.0).total, student)[0].abs().sum(-1)
+    unlikely = p_label.argmin()
+    assert gce_grad[unlikely] < ce_grad[unlikely]
+
+
+def test_confident_weighs_each_teacher_label_by_the_teachers_margin_over_chance():
+    student = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.5]], requires_grad=True)
+    teacher = torch.log(torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]]))
+    labels = torch.tensor([0, 0, 0])  # rows 0 and 1: the teacher's own label; row 2: a person's, against it
+    loss = hybrid_kd_loss(student, teacher, labels, alpha=0.0, hard_loss="confident")
+    ce = F.cross_entropy(student, labels, reduction="none")
+    weights = torch.tensor([0.8, 0.0, 1.0])  # (2 x 0.9 - 1) / 1, chance, a label the teacher did not give
+    assert loss.ce.item() == pytest.approx(((ce * weights).sum() / weights.sum()).item(), rel=1e-6)
+    assert loss.ce.item() != pytest.approx(ce.mean().item(), rel=1e-3)
+    with pytest.raises(ValueError, match="hard_loss"):
+        hybrid_kd_loss(student, teacher, labels, hard_loss="focal")
