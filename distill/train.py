@@ -406,7 +406,7 @@ def validate(run: Training, record: dict) -> None:
     row_losses = scores.pop("row_losses")
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
     record["at_least_majority"] = record["val_accuracy"] >= record["val_majority"]
-    if record["step"] >= run.cfg.keep_from * run.steps and select(run.progress, record, row_losses):
+    if select(run.progress, record, row_losses, first_step=run.cfg.keep_from * run.steps):
         run.best_state = {
             k: v.detach().cpu().clone()
             for k, v in run.accelerator.unwrap_model(run.model).named_parameters()
@@ -419,9 +419,12 @@ def validate(run: Training, record: dict) -> None:
         )
 
 
-def select(progress: dict, record: dict, row_losses: np.ndarray) -> bool:
+def select(progress: dict, record: dict, row_losses: np.ndarray, first_step: float = 0) -> bool:
     """Note a validation pass in ``progress`` (its ``lowest`` pass so far, see :func:`better`); True when
-    its weights are to be kept (:func:`keep`; ``progress["best"]`` is then this pass)."""
+    its weights are to be kept (:func:`keep`; ``progress["best"]`` is then this pass). A pass before
+    ``first_step`` (``--keep-from``) is neither noted nor kept."""
+    if record["step"] < first_step:
+        return False
     record["val_row_loss"] = float(row_losses.mean())  # what keep() compares row by row (class weights as trained)
     if "lowest" not in progress and progress.get("best"):  # a checkpoint of a version before issue #28
         progress["lowest"] = dict(progress["best"])  # no row losses: a later pass must beat its loss

@@ -419,6 +419,11 @@ def test_selection_keeps_the_last_step_the_validation_rows_cannot_tell_from_the_
         select(progress, record, rows)
     assert progress["best"]["step"] == 290 and progress["best"]["lowest_step"] == 58
     assert progress["lowest"]["step"] == 58
+    # --keep-from 0.5 of 319 steps: the early pass is neither the lowest nor kept, and the overfit one
+    # is now judged against the late pass
+    progress = {"best": None}
+    kept = [select(progress, record, rows, first_step=0.5 * 319) for record, rows in (early, late, overfit)]
+    assert kept == [False, True, False] and progress["lowest"]["step"] == progress["best"]["step"] == 290
 
 
 def test_a_checkpoint_from_before_the_row_losses_keeps_its_best_until_a_pass_beats_it():
@@ -616,3 +621,4 @@ def test_every_row_trains_once_an_epoch_on_two_processes(group):
         assert [len(s) for s in shards] == [len(sampler)] * 2, "one optimizer step per batch on each process"
         seen = {i for shard in shards for batch in shard for i in batch}
         assert seen == set(range(len(lengths))), "every row trains in every epoch"
+
