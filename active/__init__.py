@@ -1,11 +1,15 @@
-"""active: spend the teacher's budget where the student is unsure (student-in-the-loop annotation)."""
+"""active: spend the teacher's budget where the student is unsure (student-in-the-loop annotation).
 
-from distillery.active.config import ActiveConfig
-from distillery.active.loop import active
-from distillery.active.strategies import STRATEGIES, Candidates, Strategy, pick, scores
+``distillery.active(cfg)`` runs the loop; the names below are imported on first use."""
 
-__all__ = ["STRATEGIES", "Strategy", "ActiveConfig", "Candidates", "active", "pick", "scores"]
+from distillery.core.callable_module import lazy_package
 
-from distillery.core.callable_module import callable_module  # noqa: E402
-
-callable_module(__name__, active)  # distillery.active(...) runs the loop
+lazy_package(
+    __name__,
+    {
+        "ActiveConfig": "distillery.active.config",
+        "active": "distillery.active.loop",
+        **dict.fromkeys(("STRATEGIES", "Candidates", "Strategy", "pick", "scores"), "distillery.active.strategies"),
+    },
+    call="active",
+)

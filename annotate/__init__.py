@@ -1,22 +1,20 @@
-"""annotate: ask a teacher LLM for labels and the log-probabilities of every label."""
+"""annotate: ask a teacher LLM for labels and the log-probabilities of every label.
 
-from distillery.annotate.chunks import ManifestError, read_annotations
-from distillery.annotate.config import AnnotateConfig
-from distillery.annotate.run import annotate
-from distillery.core.inputs import InputError, load_rows
-from distillery.core.tasks import TaskSpec, load_task
+``distillery.annotate(cfg)`` runs the stage; the names below are imported on first use."""
 
-__all__ = [
-    "AnnotateConfig",
-    "InputError",
-    "ManifestError",
-    "TaskSpec",
-    "annotate",
-    "load_rows",
-    "load_task",
-    "read_annotations",
-]
+from distillery.core.callable_module import lazy_package
 
-from distillery.core.callable_module import callable_module  # noqa: E402
-
-callable_module(__name__, annotate)  # distillery.annotate(cfg) runs the stage
+lazy_package(
+    __name__,
+    {
+        "AnnotateConfig": "distillery.annotate.config",
+        "ManifestError": "distillery.annotate.chunks",
+        "read_annotations": "distillery.annotate.chunks",
+        "annotate": "distillery.annotate.run",
+        "InputError": "distillery.core.inputs",
+        "load_rows": "distillery.core.inputs",
+        "TaskSpec": "distillery.core.tasks",
+        "load_task": "distillery.core.tasks",
+    },
+    call="annotate",
+)

@@ -40,12 +40,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from distillery.core.errors import UserError
 from distillery.core.registry import calibration_modes
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "AUTO_MIN_GOLD",
@@ -123,6 +126,8 @@ def fit_gold_calibration(raw: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray,
     Returns ``(bias, temperature)`` for :func:`calibrated` (bias of the first label fixed at 0:
     only differences between labels matter).
     """
+    import torch
+
     x = torch.tensor(raw, dtype=torch.float64)
     y = torch.tensor(gold, dtype=torch.long)
     free_bias = torch.zeros(raw.shape[1] - 1, dtype=torch.float64, requires_grad=True)

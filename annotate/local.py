@@ -6,15 +6,15 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.errors import UserError
-from distillery.core.models import load_causal_lm, parameter_count, pick_device, pick_dtype
+from distillery.core.models import load_causal_lm, no_grad, parameter_count, pick_device, pick_dtype
 from distillery.core.options import check_settings, option
 from distillery.core.tasks import TaskSpec, shared_first_tokens
 
 if TYPE_CHECKING:
+    import torch
+
     from distillery.annotate.config import AnnotateConfig
 
 __all__ = ["LocalTeacher", "VerbalizerScorer"]
@@ -48,18 +48,22 @@ class VerbalizerScorer:
         self.prefix_ids: list[int] = []
         self.prefix_cache = None
 
-    @torch.no_grad()
+    @no_grad
     def set_prefix(self, prefix_ids: list[int]) -> None:
         """Compute the KV cache of the shared prompt prefix once (an empty list turns it off)."""
+        import torch
+
         self.prefix_ids = list(prefix_ids)
         self.prefix_cache = None
         if self.prefix_ids:
             ids = torch.tensor([self.prefix_ids], device=self.model.device)
             self.prefix_cache = self.model(input_ids=ids, use_cache=True).past_key_values
 
-    @torch.no_grad()
+    @no_grad
     def label_logprobs(self, prompts: list[list[int]]) -> torch.Tensor:
         """Return ``(batch, n_labels)`` log P(label tokens | prompt), unnormalised over labels."""
+        import torch
+
         n = len(self.prefix_ids)
         hit = [i for i, p in enumerate(prompts) if n and len(p) > n and p[:n] == self.prefix_ids]
         miss = sorted(set(range(len(prompts))) - set(hit))
@@ -71,6 +75,8 @@ class VerbalizerScorer:
         return scores
 
     def _score(self, rows: list[list[int]], with_prefix: bool) -> torch.Tensor:
+        import torch
+
         device = self.model.device
         batch, n_labels = len(rows), len(self.label_ids)
         width = max(len(p) for p in rows)
@@ -106,6 +112,8 @@ class VerbalizerScorer:
 
     def _continuation(self, cache, prompt_mask: torch.Tensor, n_labels: int) -> torch.Tensor:
         """log P(label tokens 2..n | prompt, token 1) for every (row, label), from the cache."""
+        import torch
+
         device = prompt_mask.device
         batch = prompt_mask.shape[0]
         steps = max(len(ids) for ids in self.label_ids) - 1
@@ -250,6 +258,8 @@ class LocalTeacher:
         return results  # type: ignore[return-value]
 
     def _score_ids(self, prompts: list[list[int]]) -> list[Annotation]:
+        import torch
+
         scores = self.scorer.label_logprobs(prompts)  # (batch, n_sequences)
         groups = torch.tensor(self.groups)
         per_label = torch.stack(

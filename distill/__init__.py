@@ -1,22 +1,20 @@
-"""distill: train a small student on the teacher's hard and soft labels."""
+"""distill: train a small student on the teacher's hard and soft labels.
 
-from distillery.distill.config import DistillConfig
-from distillery.distill.data import build_dataloaders, load_training_rows
-from distillery.distill.losses import KDLoss, hybrid_kd_loss
-from distillery.distill.train import distill
-from distillery.student.kinds import load_student, load_trained_student
+``distillery.distill(cfg)`` runs the stage; the names below are imported on first use."""
 
-__all__ = [
-    "DistillConfig",
-    "KDLoss",
-    "build_dataloaders",
-    "distill",
-    "hybrid_kd_loss",
-    "load_student",
-    "load_trained_student",
-    "load_training_rows",
-]
+from distillery.core.callable_module import lazy_package
 
-from distillery.core.callable_module import callable_module  # noqa: E402
-
-callable_module(__name__, distill)  # distillery.distill(cfg) runs the stage
+lazy_package(
+    __name__,
+    {
+        "DistillConfig": "distillery.distill.config",
+        "build_dataloaders": "distillery.distill.data",
+        "load_training_rows": "distillery.distill.data",
+        "KDLoss": "distillery.distill.losses",
+        "hybrid_kd_loss": "distillery.distill.losses",
+        "distill": "distillery.distill.train",
+        "load_student": "distillery.student.kinds",
+        "load_trained_student": "distillery.student.kinds",
+    },
+    call="distill",
+)

@@ -117,7 +117,14 @@ GROUP_TITLES = {
     "output": "output",
     "device": "device and cluster (--engine ray: docs/scale.md)",
 }
-RARE = {"worker_cpus", "worker_gpus", "logit_adjustment", "max_grad_norm", "hard_loss", "keep_from"}  # shown by --help-all only, everywhere
+RARE = {
+    "worker_cpus",
+    "worker_gpus",
+    "logit_adjustment",
+    "max_grad_norm",
+    "hard_loss",
+    "keep_from",
+}  # shown by --help-all only, everywhere
 
 # Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
 COMMON = set(

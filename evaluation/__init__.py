@@ -1,17 +1,20 @@
-"""evaluation: compare student, teacher and gold; write a report with plots."""
+"""evaluation: compare student, teacher and gold; write a report with plots.
 
-from distillery.evaluation.config import EvaluateConfig
-from distillery.evaluation.evaluate import evaluate, predict_student
-from distillery.evaluation.metrics import agreement_metrics, classification_metrics, expected_calibration_error
-from distillery.evaluation.report import ReportData, render_report
+The names below are imported on first use."""
 
-__all__ = [
-    "EvaluateConfig",
-    "ReportData",
-    "agreement_metrics",
-    "classification_metrics",
-    "evaluate",
-    "expected_calibration_error",
-    "predict_student",
-    "render_report",
-]
+from distillery.core.callable_module import lazy_package
+
+lazy_package(
+    __name__,
+    {
+        "EvaluateConfig": "distillery.evaluation.config",
+        "evaluate": "distillery.evaluation.evaluate",
+        "predict_student": "distillery.evaluation.evaluate",
+        **dict.fromkeys(
+            ("agreement_metrics", "classification_metrics", "expected_calibration_error"),
+            "distillery.evaluation.metrics",
+        ),
+        "ReportData": "distillery.evaluation.report",
+        "render_report": "distillery.evaluation.report",
+    },
+)

@@ -1,11 +1,14 @@
 """review: a queue of the run's rows for a person to label (Label Studio, Argilla, a spreadsheet),
 and the import of their answers as the run's gold labels (``OUT/review/gold.csv``)."""
 
-from distillery.review.config import ReviewConfig
-from distillery.review.importer import import_labels, read_answers
-from distillery.review.queue import build_queue, label_config
+from __future__ import annotations
 
-__all__ = ["ReviewConfig", "build_queue", "import_labels", "label_config", "read_answers", "review"]
+from typing import TYPE_CHECKING
+
+from distillery.core.callable_module import lazy_package
+
+if TYPE_CHECKING:
+    from distillery.review.config import ReviewConfig
 
 
 def review(cfg: ReviewConfig):
@@ -14,6 +17,8 @@ def review(cfg: ReviewConfig):
     from distillery.core.errors import UserError
     from distillery.core.run import Run
     from distillery.core.rundir import locked
+    from distillery.review.importer import import_labels
+    from distillery.review.queue import build_queue
 
     run = Run.of(cfg)
     annotations = run.annotations
@@ -26,6 +31,15 @@ def review(cfg: ReviewConfig):
         return import_labels(cfg) if cfg.import_file else build_queue(cfg)
 
 
-from distillery.core.callable_module import callable_module  # noqa: E402
-
-callable_module(__name__, review)  # distillery.review(...) builds or imports a queue
+lazy_package(
+    __name__,
+    {
+        "review": __name__,
+        "ReviewConfig": "distillery.review.config",
+        "import_labels": "distillery.review.importer",
+        "read_answers": "distillery.review.importer",
+        "build_queue": "distillery.review.queue",
+        "label_config": "distillery.review.queue",
+    },
+    call="review",
+)

@@ -2,32 +2,23 @@
 
 Loading a student, its defer threshold and its card live one floor down, in ``distillery.student``;
 the names below that come from there are re-exported so ``from distillery.serve import load_student``
-keeps working.
+keeps working. Every name is imported on first use.
 """
 
-from distillery.serve.config import ExportConfig, PredictConfig
-from distillery.serve.export import export
-from distillery.serve.predict import predict
-from distillery.student import (
-    Student,
-    coverage_curve,
-    load_student,
-    pick_threshold,
-    predict_probabilities,
-    size_on_disk,
-    write_card,
-)
+from distillery.core.callable_module import lazy_package
 
-__all__ = [
-    "ExportConfig",
-    "PredictConfig",
-    "Student",
-    "coverage_curve",
-    "export",
-    "load_student",
-    "pick_threshold",
-    "predict",
-    "predict_probabilities",
-    "size_on_disk",
-    "write_card",
-]
+lazy_package(
+    __name__,
+    {
+        "ExportConfig": "distillery.serve.config",
+        "PredictConfig": "distillery.serve.config",
+        "export": "distillery.serve.export",
+        "predict": "distillery.serve.predict",
+        **dict.fromkeys(
+            ("Student", "load_student", "predict_probabilities", "size_on_disk"), "distillery.student.runtime"
+        ),
+        "coverage_curve": "distillery.student.defer",
+        "pick_threshold": "distillery.student.defer",
+        "write_card": "distillery.student.card",
+    },
+)

@@ -176,3 +176,41 @@ def test_the_usage_reference_in_the_docs_is_the_one_the_code_generates():
     for command in distillery_cli.STAGES:
         for name, f in distillery_cli.stage_fields(command).items():
             assert f"`{f.metadata.get('flag') or '--' + name.replace('_', '-')}` (`{name}`)" in text
+
+
+HEAVY = ("torch", "transformers", "accelerate", "peft", "sklearn", "scipy", "ray")
+
+
+def test_the_parser_help_and_a_settings_error_import_nothing_heavy(tmp_path):
+    """Building the parser, every subcommand's --help and refusing a bad setting or config file import
+    none of the libraries a stage needs (issue #39: `annotate --help` took 11 s importing them)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alpha: 2\n")
+    script = f"""
+import contextlib, io, sys
+from distillery import cli
+cli.build_parser()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    for argv in ([], *[[c] for c in cli.STAGES]):
+        try:
+            cli.main([*argv, "--help"])
+        except SystemExit:
+            pass
+    codes = (cli.main(["distill", "--alpha", "2"]), cli.main(["distill", "--config", {str(bad)!r}]))
+print(codes, sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "(2, 2) []", done.stdout + done.stderr
+    # the installed command itself, as a user runs it: -X importtime lists every module it imported
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "distillery", "annotate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert done.returncode == 0 and "--backend" in done.stdout
+    assert "distillery" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))

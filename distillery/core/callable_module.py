@@ -1,23 +1,48 @@
-"""``distillery.annotate`` is a package and, in the public API, a function: the package is made
-callable, so ``distillery.annotate(cfg)`` runs the stage whichever of the two Python bound to the
-name (importing a submodule binds the package over any function of that name)."""
+"""Stage packages that import nothing heavy until a name is used.
+
+``distillery.annotate`` is a package and, in the public API, a function: :func:`lazy_package` makes
+the package callable, so ``distillery.annotate(cfg)`` runs the stage whichever of the two Python
+bound to the name (importing a submodule binds the package over any function of that name). Its
+exported names are looked up in their modules on first use (PEP 562), so ``from
+distillery.annotate.config import AnnotateConfig`` imports the config alone: the command line builds
+its parser and prints ``--help`` without torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
-from collections.abc import Callable
 
-__all__ = ["callable_module"]
+__all__ = ["lazy_package"]
 
 
-def callable_module(name: str, function: Callable) -> None:
-    """Make the module ``name`` call ``function`` when called (its docstring and signature shown by help())."""
+def lazy_package(name: str, exports: dict[str, str], call: str | None = None) -> None:
+    """Give the package ``name`` its ``exports`` (exported name -> the module that defines it), each
+    imported the first time it is read; ``call`` (an exported name) is what calling the package runs."""
+    package = sys.modules[name]
+
+    def __getattr__(attr: str):
+        if attr not in exports:
+            raise AttributeError(f"module '{name}' has no attribute '{attr}'")
+        value = getattr(importlib.import_module(exports[attr]), attr)
+        setattr(package, attr, value)  # the next lookup is a plain attribute
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*package.__dict__, *exports})
+
+    package.__getattr__, package.__dir__ = __getattr__, __dir__
+    package.__all__ = sorted(exports)
+    if call is None:
+        return
 
     class _Stage(types.ModuleType):
         def __call__(self, *args, **kwargs):
-            return function(*args, **kwargs)
+            return getattr(self, call)(*args, **kwargs)
 
-    _Stage.__call__.__doc__ = function.__doc__
-    _Stage.__call__.__wrapped__ = function
-    sys.modules[name].__class__ = _Stage
+        @property
+        def __wrapped__(self):  # help() and inspect.signature() show the stage function's
+            return getattr(self, call)
+
+    package.__class__ = _Stage

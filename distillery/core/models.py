@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from distillery.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "EMBEDDED",
     "resolve_model",
     "load_causal_lm",
+    "no_grad",
     "pick_device",
     "pick_dtype",
     "parameter_count",
@@ -79,8 +84,23 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*past_key_values.*")
 
 
+def no_grad(function):
+    """``torch.no_grad()`` as a decorator that imports torch on the first call, not at import."""
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return call
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA when there is a GPU, else CPU; asking for CUDA without one is an error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -90,6 +110,8 @@ def pick_device(name: str) -> torch.device:
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: float32 on CPU (this CPU runs bf16 ~50x slower), bfloat16 on CUDA."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -165,6 +187,8 @@ def load_tokenizer(spec: str):
 
 def bnb_4bit_config(device: torch.device):
     """A bitsandbytes NF4 config; a clear error on CPU or without bitsandbytes."""
+    import torch
+
     if device.type != "cuda":
         raise UserError(
             f"--load-in-4bit needs a CUDA GPU (bitsandbytes); found device '{device}'; drop the flag on CPU"
@@ -194,7 +218,6 @@ def max_length_of(tokenizer, config=None) -> int:
     return length
 
 
-@torch.inference_mode()
 def predict_probabilities(
     model,
     tokenizer,
@@ -215,6 +238,15 @@ def predict_probabilities(
     hidden layer, mean-pooled over its tokens (for the active loop's diverse strategy).
     ``temperature`` and ``bias``: the student's post-hoc scaling, ``softmax(logits / T + b)``.
     """
+    import torch
+
+    with torch.inference_mode():
+        return _probabilities(model, tokenizer, texts, batch_size, max_length, embeddings, temperature, bias)
+
+
+def _probabilities(model, tokenizer, texts, batch_size, max_length, embeddings, temperature, bias):
+    import torch
+
     max_length = max_length or max_length_of(tokenizer, getattr(model, "config", None))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)

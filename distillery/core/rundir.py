@@ -35,10 +35,12 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from distillery.core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "RunLocked",

@@ -8,42 +8,34 @@ card; below every stage that trains, evaluates, reviews, predicts or exports wit
 ``kinds`` (the ``student_kinds`` registry's built-in entries; how a student is built, saved and
 loaded back), ``runtime`` (:class:`Student`, :func:`load_student`), ``defer`` (answer or defer:
 :func:`pick_threshold`) and ``card`` (the model card, :func:`write_card`). It imports only
-``distillery.core``.
+``distillery.core``, and each name on first use.
 """
 
-from distillery.student.card import push_to_hub, shareable_name, write_card
-from distillery.student.defer import clopper_pearson_lower, coverage_curve, pick_threshold, plot_coverage
-from distillery.student.kinds import (
-    STUDENT_FILE,
-    StudentKind,
-    StudentSettings,
-    keep_trainable_fp32,
-    load_trained_student,
-    save_student,
-    student_kind,
-    trainable_parameters,
-)
-from distillery.student.runtime import ONNX_FILE, Student, load_student, predict_probabilities, size_on_disk
+from distillery.core.callable_module import lazy_package
 
-__all__ = [
-    "ONNX_FILE",
-    "STUDENT_FILE",
-    "Student",
-    "StudentKind",
-    "StudentSettings",
-    "clopper_pearson_lower",
-    "coverage_curve",
-    "keep_trainable_fp32",
-    "load_student",
-    "load_trained_student",
-    "pick_threshold",
-    "plot_coverage",
-    "predict_probabilities",
-    "push_to_hub",
-    "save_student",
-    "shareable_name",
-    "size_on_disk",
-    "student_kind",
-    "trainable_parameters",
-    "write_card",
-]
+lazy_package(
+    __name__,
+    {
+        **dict.fromkeys(("push_to_hub", "shareable_name", "write_card"), "distillery.student.card"),
+        **dict.fromkeys(
+            ("clopper_pearson_lower", "coverage_curve", "pick_threshold", "plot_coverage"), "distillery.student.defer"
+        ),
+        **dict.fromkeys(
+            (
+                "STUDENT_FILE",
+                "StudentKind",
+                "StudentSettings",
+                "keep_trainable_fp32",
+                "load_trained_student",
+                "save_student",
+                "student_kind",
+                "trainable_parameters",
+            ),
+            "distillery.student.kinds",
+        ),
+        **dict.fromkeys(
+            ("ONNX_FILE", "Student", "load_student", "predict_probabilities", "size_on_disk"),
+            "distillery.student.runtime",
+        ),
+    },
+)

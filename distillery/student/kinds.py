@@ -5,6 +5,9 @@ classifier with LoRA adapters). A new kind is a subclass registered under a name
 
 Every saved student loads back through :func:`load_trained_student`, which
 ``distillery.student.runtime`` (and through it evaluate, review, predict and export) uses.
+
+torch and transformers are imported inside the functions that build or load a model, so registering
+the kinds (the command line's parser and ``--help``) imports neither.
 """
 
 from __future__ import annotations
@@ -14,18 +17,16 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from typing import TYPE_CHECKING, Any, Protocol
 
 from distillery.core.errors import UserError
 from distillery.core.models import bnb_4bit_config, gguf_to_plain, parameter_count, pick_device, resolve_model
 from distillery.core.options import check_settings, option
 from distillery.core.registry import student_kinds
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
-from distillery.student import pooled
-from distillery.student.pooled import CLASS_NAME, CODE_FILE, PooledEncoderForSequenceClassification, checkpoint_pooling
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "StudentKind",
@@ -91,6 +92,8 @@ def _labels_kwargs(labels: list[str]) -> dict:
 
 
 def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # Llama tokenizers often have none; the head skips pad tokens
         tokenizer.pad_token = tokenizer.eos_token
@@ -123,6 +126,9 @@ class StudentKind:
 
     def build(self, cfg: StudentSettings, labels: list[str]):
         """``(tokenizer, model)`` with a fresh classification head for ``labels``, every weight float32."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
         path = self.model_path(cfg)
         model = AutoModelForSequenceClassification.from_pretrained(
             path, ignore_mismatched_sizes=True, dtype=torch.float32, **_labels_kwargs(labels)
@@ -131,6 +137,8 @@ class StudentKind:
 
     def model_path(self, cfg: StudentSettings) -> str:
         """The local folder of ``--student-model`` (a GGUF file is converted once)."""
+        from transformers import AutoModelForCausalLM
+
         path = resolve_model(cfg.student_model or self.default_model)
         return gguf_to_plain(path, AutoModelForCausalLM) if path.endswith(".gguf") else path
 
@@ -142,6 +150,9 @@ class StudentKind:
     def load(self, folder: Path, meta: StudentMeta | None, device: torch.device):
         """``(tokenizer, model)`` of a saved student on ``device`` in eval mode; ``model.evaluated_base``
         says what the weights run as (the report and the model card show it)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         dtype = torch.float32 if device.type == "cpu" else "auto"
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
         model.evaluated_base = "full model"
@@ -171,6 +182,10 @@ def readout_pooling(path: str, readout: str) -> str | None:
     """The pooling of the head ``--readout`` gives the checkpoint at ``path`` (None: its own head). A student
     distill saved with a pooled head (``--student-model`` a previous student, as active --warm-start passes)
     keeps it: its weights fit no other head."""
+    from transformers import AutoConfig
+
+    from distillery.student.pooled import checkpoint_pooling
+
     saved = getattr(AutoConfig.from_pretrained(path), "distillery_pooling", None)
     if readout == "mean":
         return "mean"
@@ -187,6 +202,11 @@ class EncoderStudent(StudentKind):
     settings = EncoderSettings
 
     def build(self, cfg: StudentSettings, labels: list[str]):
+        import torch
+        from transformers import AutoConfig
+
+        from distillery.student.pooled import CLASS_NAME, CODE_FILE, PooledEncoderForSequenceClassification
+
         path = self.model_path(cfg)
         pooling = readout_pooling(path, getattr(cfg.settings, "readout", "head"))
         if pooling is None:
@@ -204,12 +224,19 @@ class EncoderStudent(StudentKind):
     def save(self, model, tokenizer, folder: Path, cfg: StudentSettings, meta: StudentMeta) -> None:
         """The model and tokenizer; a pooled head also gets its code (plain transformers loads it with
         ``trust_remote_code=True``)."""
+        from distillery.student import pooled
+
         super().save(model, tokenizer, folder, cfg, meta)
-        if isinstance(model, PooledEncoderForSequenceClassification):
-            shutil.copyfile(pooled.__file__, folder / CODE_FILE)
+        if isinstance(model, pooled.PooledEncoderForSequenceClassification):
+            shutil.copyfile(pooled.__file__, folder / pooled.CODE_FILE)
 
     def load(self, folder: Path, meta: StudentMeta | None, device: torch.device):
         """A pooled head is built from this package's code, never from the code file in the folder."""
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        from distillery.student.pooled import PooledEncoderForSequenceClassification
+
         if not getattr(AutoConfig.from_pretrained(folder), "distillery_pooling", None):
             return super().load(folder, meta, device)
         dtype = torch.float32 if device.type == "cpu" else "auto"
@@ -235,7 +262,9 @@ class LoraStudent(StudentKind):
     head_names = ("score",)  # LlamaForSequenceClassification's head, trained in full beside the adapters
 
     def build(self, cfg: StudentSettings, labels: list[str]):
+        import torch
         from peft import LoraConfig, TaskType, get_peft_model
+        from transformers import AutoModelForSequenceClassification
 
         path = self.model_path(cfg)
         tokenizer, device, kwargs = _tokenizer(path), pick_device(cfg.device), _labels_kwargs(labels)
@@ -275,7 +304,9 @@ class LoraStudent(StudentKind):
         """The adapter on its base. A QLoRA adapter gets the 4-bit base it was trained on when a GPU
         and bitsandbytes are there; elsewhere the unquantized base, which is not quite the model
         that was trained (the report says so)."""
+        import torch
         from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
         kwargs = {
@@ -319,6 +350,8 @@ def keep_trainable_fp32(model):
     which stayed bf16 on a bf16 base: at lr 5e-5 most AdamW updates fell below bf16's
     resolution and were lost (issue #10). Under bf16 autocast the matmuls still run in bf16.
     """
+    import torch
+
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -360,6 +393,8 @@ def save_student(
 def load_trained_student(path: str | Path, device="cpu"):
     """``(tokenizer, model)`` of a saved student, loaded by the kind its ``distillery_student.json``
     names (a merged LoRA student, or a folder without the file, loads as a full model)."""
+    import torch
+
     path, device = Path(path), torch.device(device)
     meta = StudentMeta.read(path)
     kind = "encoder" if meta is None or meta.student == "merged" else meta.student  # merged: a full model
