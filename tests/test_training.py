@@ -621,4 +621,3 @@ def test_every_row_trains_once_an_epoch_on_two_processes(group):
         assert [len(s) for s in shards] == [len(sampler)] * 2, "one optimizer step per batch on each process"
         seen = {i for shard in shards for batch in shard for i in batch}
         assert seen == set(range(len(lengths))), "every row trains in every epoch"
-
