@@ -114,8 +114,7 @@ def refit_temperature(record: dict) -> dict:
 
     from distillery.annotate.chunks import label_columns
     from distillery.distill.data import load_training_rows
-    from distillery.distill.scaling import pick_scaling, scaled_probabilities
-    from distillery.distill.train import MIN_SCALING_ROWS
+    from distillery.distill.scaling import MIN_SCALING_ROWS, pick_scaling, scaled_probabilities
 
     out = _run_dir(record)
     if out in _REFITTED:
@@ -160,7 +159,7 @@ def reapply_auto(results: list[dict]) -> list[dict]:
     import yaml
 
     from distillery.distill.data import load_training_rows
-    from distillery.distill.train import class_weights
+    from distillery.distill.losses import class_weights
 
     out = []
     for record in results:

@@ -205,7 +205,7 @@ def traced(out, last_only: bool = False):
     rules can be compared afterwards on one training run (``last_only``: the last pass only, for the
     per-class ranking at the last step; --posthoc then has one pass to choose from). Only reads the model
     (eval mode, no random numbers drawn): the trained student is the same as without it."""
-    import distillery.distill.train as train
+    import distillery.distill.loop as loop
     from distillery.annotate import read_annotations
     from distillery.core.models import predict_probabilities
     from distillery.evaluation import EvaluateConfig
@@ -213,7 +213,7 @@ def traced(out, last_only: bool = False):
 
     frame, manifest = read_annotations(out / "annotations")
     test_texts = eval_rows(EvaluateConfig(out=str(out)), frame, manifest).rows["text"].tolist()
-    trace, validate = [], train.validate
+    trace, validate = [], loop.validate
 
     def validate_and_trace(run, record):
         validate(run, record)
@@ -234,11 +234,11 @@ def traced(out, last_only: bool = False):
         model.train()
         trace[-1]["seconds"] = time.perf_counter() - started
 
-    train.validate = validate_and_trace
+    loop.validate = validate_and_trace
     try:
         yield trace
     finally:
-        train.validate = validate
+        loop.validate = validate
 
 
 def judged(teacher: dict, student: dict, majority: float) -> dict:

@@ -1,13 +1,17 @@
-"""The hybrid distillation loss, as a pure tensor function."""
+"""The hybrid distillation loss, as a pure tensor function, and the class weights and logit offsets
+it can take from the training rows."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KDLoss", "hybrid_kd_loss", "hybrid_kd_rows"]
+if TYPE_CHECKING:
+    from distillery.distill.data import TrainingRows
+
+__all__ = ["KDLoss", "class_weights", "hybrid_kd_loss", "hybrid_kd_rows", "logit_offsets"]
 
 
 class KDLoss(NamedTuple):
@@ -114,3 +118,34 @@ def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, cla
         teachers_label = has_soft & (teacher.argmax(dim=-1) == labels)
         hard_w = hard_w * torch.where(teachers_label, confidence, torch.ones_like(confidence))
     return kl_rows, ce_rows, weights * has_soft, hard_w
+
+
+def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Tensor | None:
+    """--class-weights: ``n / (labels x rows of the class)`` per class from the training rows' hard labels
+    (at most ``cap``); ``auto`` uses them when the smallest class has under AUTO_SMALL_CLASS_ROWS rows
+    and the largest over 1.5x as many, else none (None also for online rows, whose labels come batch by
+    batch). Measured (docs/results.md, "Keep every class"): on 500 rows weights keep a class of ~25-50
+    rows that the unweighted student drops; on 2,000 SST-2 rows at 80/20 (~340 in the small class) they
+    over-correct (accuracy 0.759 against 0.822 unweighted, under the majority's 0.80)."""
+    hard = rows.train["hard"] if "hard" in rows.train else None
+    if mode == "none" or hard is None or (hard < 0).all():
+        return None
+    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
+    if mode == "auto" and (counts.max() <= 1.5 * counts.min().clamp(min=1) or counts.min() >= AUTO_SMALL_CLASS_ROWS):
+        return None
+    weights = counts.sum() / (len(rows.labels) * counts.clamp(min=1))
+    return weights.clamp(max=cap).float()
+
+
+def logit_offsets(tau: float, rows: TrainingRows) -> torch.Tensor | None:
+    """--logit-adjustment: ``TAU x log(share)`` per class, the shares of the training rows' hard labels
+    (a class with none counts as one row); None when TAU is 0 or the rows are labelled online."""
+    hard = rows.train["hard"] if "hard" in rows.train else None
+    if tau == 0 or hard is None or (hard < 0).all():
+        return None
+    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
+    offsets = tau * torch.log(counts.clamp(min=1) / counts.clamp(min=1).sum())
+    return (offsets - offsets.mean()).float()
+
+
+AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows

@@ -18,11 +18,15 @@ against the teacher, and a bias that matches the teacher's argmax shares (noisie
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 from scipy.stats import chi2
+
+if TYPE_CHECKING:
+    from distillery.distill.data import TrainingRows
+    from distillery.distill.online import OnlineTeacher
 
 __all__ = ["Scaling", "fit_bias", "fit_scaling", "fit_temperature", "pick_scaling", "scaled_probabilities"]
 
@@ -153,3 +157,39 @@ def scaled_probabilities(logits, temperature: float = 1.0, bias: list[float] | N
         z = z + np.asarray(bias)
     z = np.exp(z - z.max(-1, keepdims=True))
     return (z / z.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def fit_student_scaling(
+    mode: str, model, tokenizer, rows: TrainingRows, online: OnlineTeacher | None, say=print
+) -> tuple[float, list[float] | None]:
+    """``--scaling MODE``: the student's post-hoc ``(T, b)`` (:func:`pick_scaling`) on the validation rows,
+    T against their gold labels where every one has one (``bias``: else against the teacher), b
+    (``bias`` only) against the teacher's calibrated distribution (``online``: the teacher scores them
+    now). None under :data:`MIN_SCALING_ROWS` validation rows."""
+    from distillery.annotate.chunks import label_columns
+    from distillery.core.models import predict_probabilities
+
+    val, labels = rows.val, rows.labels
+    if mode == "none":
+        return 1.0, None
+    if len(val) < MIN_SCALING_ROWS:
+        say(f"distill: no post-hoc scaling ({len(val)} validation rows; it needs {MIN_SCALING_ROWS})")
+        return 1.0, None
+    texts = val["text"].tolist()
+    model.eval()
+    probs = predict_probabilities(model, tokenizer, texts, 32)  # whole texts, as the student reads them
+    # Log-probabilities are the logits shifted per row: softmax(log p / T + b) = softmax(logits / T + b).
+    logits = np.log(np.maximum(probs, np.finfo(np.float32).tiny))
+    if online is None:
+        teacher = val[label_columns(labels)].to_numpy(np.float64)
+    else:
+        teacher = online.targets(texts, None)[0].float().cpu().numpy()
+    gold = None
+    if "gold" in val and val["gold"].isin(labels).all():
+        gold = val["gold"].map(labels.index).to_numpy()
+    scaling = pick_scaling(logits, teacher, gold, mode)
+    say(f"distill: post-hoc scaling on {len(val)} validation rows: {scaling.said}")
+    return scaling.temperature, scaling.bias
+
+
+MIN_SCALING_ROWS = 10  # validation rows --scaling needs (its likelihood-ratio tests are asymptotic)

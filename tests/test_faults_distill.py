@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import make_rows
 
-import distillery.distill.train as train_mod
+import distillery.distill.loop as loop_mod
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, annotate
 from distillery.core.errors import UserError
 from distillery.core.reviewed import GOLD_COLUMNS
 from distillery.distill import DistillConfig, distill
-from distillery.distill.train import find_checkpoint
+from distillery.distill.checkpoint import find_checkpoint
 
 
 class Stop(Exception):
@@ -70,14 +70,14 @@ def _distill_cfg(out: Path, model: Path, student: Path, **kw) -> DistillConfig:
 
 def _stop_after_first_checkpoint(monkeypatch, training) -> None:
     """Run ``training`` until its first checkpoint is saved whole, then stop it (as a kill would)."""
-    real = train_mod.save_checkpoint
+    real = loop_mod.save_checkpoint
 
     def save_then_stop(*args):
         real(*args)
         raise Stop
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_mod, "save_checkpoint", save_then_stop)
+        patch.setattr(loop_mod, "save_checkpoint", save_then_stop)
         with pytest.raises(Stop):
             training()
 
@@ -176,7 +176,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resumable(
     annotated, tiny_roberta, tmp_path, monkeypatch, capsys, error
 ):
     student = tmp_path / "student"
-    real_save, real_checkpoint, calls = torch.save, train_mod.save_checkpoint, []
+    real_save, real_checkpoint, calls = torch.save, loop_mod.save_checkpoint, []
 
     def counting(*args):
         calls.append(1)
@@ -187,7 +187,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resumable(
             raise FULL_DISK[error]
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", counting)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", counting)
     monkeypatch.setattr(torch, "save", full_disk)
     args = [
         "distill",

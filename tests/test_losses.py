@@ -105,7 +105,7 @@ def test_class_weights_come_from_the_training_rows_label_shares():
     import pandas as pd
 
     from distillery.distill.data import TrainingRows
-    from distillery.distill.train import class_weights
+    from distillery.distill.losses import class_weights
 
     def rows(n_neg, n_pos):
         return TrainingRows(

@@ -6,8 +6,8 @@ from conftest import DEVICES, make_rows
 
 from distillery.annotate import AnnotateConfig, annotate
 from distillery.distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
+from distillery.distill.loop import with_teacher
 from distillery.distill.online import OnlineTeacher, load_online_rows
-from distillery.distill.train import with_teacher
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from distillery import cli as distillery_cli
 from distillery.annotate import read_annotations
 from distillery.core.rundir import locked
-from distillery.distill.train import find_checkpoint
+from distillery.distill.checkpoint import find_checkpoint
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -82,23 +82,23 @@ def test_resume_continues_the_same_loss_curve(annotated, tiny_roberta, tiny_llam
     curve = [r["loss"] for r in _log(full)]
     # The same run, stopped after 5 steps (a checkpoint every 5 steps), then resumed.
     part = _cfg(annotated, model, tmp_path / "part", checkpoint_every=5, **kw)
-    import distillery.distill.train as train_mod
+    import distillery.distill.loop as loop_mod
 
     class Stop(Exception):
         pass
 
-    real = train_mod.save_checkpoint
+    real = loop_mod.save_checkpoint
 
     def save_then_stop(*args):
         real(*args)
         raise Stop  # the process dies right after its first checkpoint
 
-    train_mod.save_checkpoint = save_then_stop
+    loop_mod.save_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             distill(part)
     finally:
-        train_mod.save_checkpoint = real
+        loop_mod.save_checkpoint = real
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "part" / "checkpoint" / "model.safetensors")
@@ -238,7 +238,7 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
     import torch
 
     from distillery.distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
-    from distillery.distill.train import warm_start_head
+    from distillery.distill.loop import warm_start_head
 
     cfg = DistillConfig(
         out=str(annotated),
@@ -294,8 +294,7 @@ def test_a_three_times_overconfident_student_is_calibrated_from_its_gold_validat
     falls from over 0.1 to under 0.05 (T from 20 rows is noisy: under 0.03 in about 4 draws of 10);
     with 500 training rows (50 validation rows) under 0.03. Without gold, ``auto`` fits no temperature
     (against the teacher it made ECE worse on the tuning half) and says why."""
-    from distillery.distill.scaling import pick_scaling, scaled_probabilities
-    from distillery.distill.train import MIN_SCALING_ROWS
+    from distillery.distill.scaling import MIN_SCALING_ROWS, pick_scaling, scaled_probabilities
     from distillery.evaluation.metrics import expected_calibration_error
 
     def ece_before_and_after(train_rows: int, seed: int) -> tuple[float, float]:
@@ -381,7 +380,7 @@ def test_selection_never_keeps_a_below_majority_checkpoint_when_another_is_above
     a step whose student agreed with the labels on 33% of the rows; the selection now keeps a step
     that agrees at least as often as always answering the majority label, and warns only when none
     does."""
-    from distillery.distill.train import majority_warning, select
+    from distillery.distill.selection import majority_warning, select
 
     gen = np.random.default_rng(0)
     hard = np.array([0] * 40 + [1] * 10)
@@ -406,7 +405,7 @@ def test_selection_keeps_the_last_step_the_validation_rows_cannot_tell_from_the_
     """Issue #28: the lowest validation loss on 50 rows fell on an early, barely trained step; a later
     step whose loss is within one standard error (paired, row by row) is kept instead, and a later step
     that is clearly worse (overfitting) is not."""
-    from distillery.distill.train import select
+    from distillery.distill.selection import select
 
     gen = np.random.default_rng(1)
     hard = np.array([0] * 25 + [1] * 25)
@@ -429,7 +428,7 @@ def test_selection_keeps_the_last_step_the_validation_rows_cannot_tell_from_the_
 def test_a_checkpoint_from_before_the_row_losses_keeps_its_best_until_a_pass_beats_it():
     """A --resume from a checkpoint written before issue #28 (progress has a best, no lowest pass nor
     row losses): a worse pass does not replace the best, a better one does."""
-    from distillery.distill.train import select
+    from distillery.distill.selection import select
 
     progress = {"best": {"step": 100, "val_loss": 0.3, "val_accuracy": 0.9, "val_majority": 0.5}}
     worse = {"step": 150, "val_loss": 0.9, "val_accuracy": 0.9, "val_majority": 0.5, "at_least_majority": True}
@@ -572,7 +571,7 @@ def test_logit_adjustment_moves_a_90_10_students_shares_toward_its_teachers(tiny
     positive (share 0, its teacher 0.10); trained with ``--logit-adjustment 1`` (balanced softmax) the
     same student says it for "bright" rows (share 0.17), predicting from its logits alone."""
     from distillery.distill.data import load_training_rows
-    from distillery.distill.train import logit_offsets
+    from distillery.distill.losses import logit_offsets
     from distillery.serve import load_student
 
     run = _imbalanced_run(tmp_path, bright=(8, 1))

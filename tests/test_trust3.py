@@ -218,7 +218,7 @@ def test_a_leftover_at_a_temporary_name_is_cleared_only_when_it_is_distillerys(t
 def test_a_checkpoint_a_kill_left_unsealed_keeps_a_users_file(tmp_path, tiny_llama, tiny_roberta, monkeypatch):
     from test_faults_distill import _annotate_cfg, _distill_cfg, _stop_after_first_checkpoint
 
-    import distillery.distill.train as train_mod
+    import distillery.distill.checkpoint as checkpoint_mod
     from distillery.annotate import annotate
     from distillery.distill import distill
 
@@ -227,12 +227,12 @@ def test_a_checkpoint_a_kill_left_unsealed_keeps_a_users_file(tmp_path, tiny_lla
     out, student = tmp_path / "run", tmp_path / "student"
     annotate(_annotate_cfg(rows, tiny_llama, out))
     unlisted = []  # what a real save_state wrote that the checkpoint's expected names miss
-    real_seal = train_mod.seal_folder
-    monkeypatch.setattr(train_mod, "seal_folder", lambda p: (unlisted.extend(foreign(p)), real_seal(p)))
+    real_seal = checkpoint_mod.seal_folder
+    monkeypatch.setattr(checkpoint_mod, "seal_folder", lambda p: (unlisted.extend(foreign(p)), real_seal(p)))
     _stop_after_first_checkpoint(monkeypatch, lambda: distill(_distill_cfg(out, tiny_roberta, student)))
     assert unlisted == []
     # As a kill in the middle of the next save leaves it: checkpoint.new made, half written, unsealed.
-    fresh = make_folder(student / "checkpoint.new", expect=train_mod.CHECKPOINT_FILES)
+    fresh = make_folder(student / "checkpoint.new", expect=checkpoint_mod.CHECKPOINT_FILES)
     (fresh / "optimizer.bin").write_bytes(b"half")
     (fresh / "notes.txt").write_text("why this run stopped")
     assert foreign(fresh) == ["notes.txt"]
