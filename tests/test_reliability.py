@@ -460,11 +460,16 @@ def test_run_and_active_check_the_output_folder_before_the_first_teacher_call(
 
 
 def test_distill_runs_from_the_same_annotations_side_by_side(annotated, tiny_roberta, tmp_path):
+    before = {p: p.read_bytes() for p in sorted((annotated / "annotations").rglob("*")) if p.is_file()}
     with locked(annotated, "annotate"):  # another process holds the run folder: distill only reads it
         done = cli(
             *_distill_args(annotated, tiny_roberta, tmp_path / "sweep", "--epochs", "1", "--checkpoint-every", "0")
         )
     assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "sweep" / "train_summary.json").read_text())  # a whole student, trained
+    assert summary["steps"] >= 1 and (tmp_path / "sweep" / "distillery_student.json").is_file()
+    after = {p: p.read_bytes() for p in sorted((annotated / "annotations").rglob("*")) if p.is_file()}
+    assert after == before  # the annotations it read are as they were
 
 
 def test_a_kill_while_the_student_is_saved_is_not_a_finished_run(annotated, tiny_roberta, tmp_path, monkeypatch):

@@ -6,10 +6,12 @@ config dataclasses, so a setting added later without a declared range fails here
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
 from distillery import cli as distillery_cli
+from distillery.core.errors import UserError
 from distillery.core.options import INT_MAX, RANGE_WORDS, option, type_name
 
 # Each config class, the command that builds it first, and the flags that command needs besides.
@@ -131,9 +133,29 @@ def test_a_value_outside_a_settings_declaration_is_one_line_and_exit_2(
         assert value not in err  # a key pasted into the wrong flag is never shown
 
 
-def test_the_range_words_are_the_declared_ones():
-    """A typo in a bound's name (``gte=0``) would not be read: option() takes only these."""
-    assert set(RANGE_WORDS) == {"ge", "gt", "le", "lt"}
+@pytest.mark.parametrize(
+    ("word", "bound", "inside", "outside"),
+    [("ge", 0.0, 0.0, -1.0), ("gt", 0.0, 1.0, 0.0), ("le", 1.0, 1.0, 2.0), ("lt", 1.0, 0.0, 1.0)],
+)
+def test_each_range_word_bounds_its_field_as_it_says(word, bound, inside, outside):
+    """Each of option()'s range words is enforced with the comparison it names; a typo in a bound's name
+    (``gte=0``) is refused rather than silently unread."""
+    import dataclasses
+
+    from distillery.core.options import check_settings
+
+    @dataclasses.dataclass
+    class Settings:
+        x: float = option(inside, "a number", **{word: bound})
+
+        def __post_init__(self):
+            check_settings(self)
+
+    assert Settings(inside).x == inside
+    with pytest.raises(
+        UserError, match=f"--x: expected a number {re.escape(RANGE_WORDS[word])} {bound:g}, found {outside:g} "
+    ):
+        Settings(outside)
     with pytest.raises(TypeError):
         option(0, "x", gte=0)
 
@@ -150,4 +172,10 @@ def test_values_inside_their_declarations_are_accepted(argv, tmp_path, monkeypat
     ran = []
     monkeypatch.setattr(distillery_cli, "run_stages", lambda command, configs: ran.append(configs))
     monkeypatch.chdir(tmp_path)
-    assert distillery_cli.main(argv) == 0 and ran
+    assert distillery_cli.main(argv) == 0 and len(ran) == 1
+    # the stage receives the values as given, each in its own setting
+    settings = {k: v for cfg in ran[0] for k, v in cfg.flat().items()}
+    given = dict(zip(argv[1::2], argv[2::2]))
+    for flag, value in given.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        assert str(settings[name]) == value or settings[name] == type(settings[name])(value), (name, settings[name])
