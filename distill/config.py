@@ -24,7 +24,7 @@ class DistillConfig:
     """How the student is trained.
 
     Defaults from LLM-Neo (Yang et al. 2024): α=0.5, T=2.0, weight decay 0.01, batch 16. Where
-    LLM-Neo's 67k-row setting fails on a user's few hundred rows (issue #9, README "Small
+    LLM-Neo's 67k-row setting fails on a user's few hundred rows (docs/results.md, "Real
     data"), the defaults are chosen from the data: at least ``min_steps`` optimizer steps
     (more epochs on a small set), a learning rate per student kind (LLM-Neo's 5e-5 left the LoRA
     student at chance on small sets) and ``max_length`` covering 95% of the training rows. The

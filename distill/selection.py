@@ -24,7 +24,7 @@ def select(progress: dict, record: dict, row_losses: np.ndarray, first_step: flo
     if record["step"] < first_step:
         return False
     record["val_row_loss"] = float(row_losses.mean())  # what keep() compares row by row (class weights as trained)
-    if "lowest" not in progress and progress.get("best"):  # a checkpoint of a version before issue #28
+    if "lowest" not in progress and progress.get("best"):  # a checkpoint written before row losses were kept
         progress["lowest"] = dict(progress["best"])  # no row losses: a later pass must beat its loss
     if better(record, progress.get("lowest")):
         progress["lowest"] = {**{k: record[k] for k in KEPT}, "row_losses": row_losses.tolist()}
@@ -37,8 +37,8 @@ def select(progress: dict, record: dict, row_losses: np.ndarray, first_step: flo
 def better(record: dict, lowest: dict | None) -> bool:
     """Whether the validation ``record`` is the new ``lowest``: a pass that agrees with the hard labels at
     least as often as always answering their most common label beats one below that (on 50 noisy rows
-    the lowest loss once fell on a step whose student answered worse than the majority label, issue
-    #28); between two of the same kind, the lower validation loss wins."""
+    the lowest loss can fall on a step whose student answers worse than the majority label); between
+    two of the same kind, the lower validation loss wins."""
     if lowest is None:
         return True
     above, lowest_above = record.get("at_least_majority", True), lowest.get("at_least_majority", True)
@@ -50,10 +50,9 @@ def keep(record: dict, row_losses: np.ndarray, lowest: dict) -> bool:
     """Whether to keep the weights of this (latest) validation pass: it is of the same kind as the
     ``lowest`` (see :func:`better`) and its loss is within one standard error of the lowest one's,
     row by row (paired). So the student kept is the last pass the validation rows cannot tell from
-    the best: on 50 rows the lowest loss often fell on an early, barely trained step (SST-2 70/30:
-    step 58 of 319, macro-F1 retention 0.58 against 0.92 for the last within the error; the tuning
-    half of benchmarks/every_class.py, docs/usage.md "Every class"), while a later pass has seen
-    every row more often at a lower learning rate. A later pass clearly worse than the lowest
+    the best: on a few dozen rows the lowest loss often falls on an early, barely trained step
+    (docs/usage.md, "Every class", gives the measurements), while a later pass has seen every row
+    more often at a lower learning rate. A later pass clearly worse than the lowest
     (overfitting) is not kept."""
     if record.get("at_least_majority", True) != lowest.get("at_least_majority", True):
         return False

@@ -105,7 +105,7 @@ def class_retention(student: dict, teacher: dict) -> dict:
 
 def untellable_classes(teacher: dict) -> list[str]:
     """The classes the teacher cannot tell: its F1 on the class is below that of always answering it,
-    ``2p / (1 + p)`` for a class with share p of the gold rows (issue #38)."""
+    ``2p / (1 + p)`` for a class with share p of the gold rows."""
     support = {lab: m.get("support", 0) for lab, m in teacher["per_class"].items()}
     total = sum(support.values()) or 1
     return [

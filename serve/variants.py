@@ -4,7 +4,7 @@ Every variant comes from one float32 graph. An encoder (BERT, RoBERTa, MiniLM, .
 with eager attention through the TorchScript exporter, and onnxruntime's transformer optimizer
 fuses it: one ``Attention`` op per layer with the mask computed once (``EmbedLayerNormalization``),
 ``SkipLayerNormalization``, ``BiasGelu``. The graph transformers' SDPA attention gives is not fused,
-and 40% of its int8 time went to the mask's ``Where`` (docs/results.md, issue #19). Other
+and most of its int8 time goes to the mask's ``Where`` (docs/results.md, "A student that serves fast"). Other
 students (a merged Llama) keep the plain graph of ``torch.onnx`` (dynamo).
 
 - ``int8``: dynamic int8 (onnxruntime ``quantize_dynamic``): weights int8 per output channel,

@@ -63,7 +63,7 @@ def resolve_model(spec: str) -> str:
 
 def parameter_count(model) -> tuple[int, int]:
     """``(trainable, total)`` parameters, by the model's own count: 4-bit weights are packed two
-    to a byte, so summing ``numel()`` would count them at half (issue #10)."""
+    to a byte, so summing ``numel()`` would count them at half."""
     if hasattr(model, "get_nb_trainable_parameters"):  # a peft model
         return tuple(int(n) for n in model.get_nb_trainable_parameters())
     return model.num_parameters(only_trainable=True), model.num_parameters()
@@ -275,7 +275,7 @@ def _probabilities(model, tokenizer, texts, batch_size, max_length, embeddings, 
 def gpus_hidden(hide: bool):
     """``--device cpu`` means the CPU in every process: with a GPU visible, torch's barrier under
     accelerate picks ``cuda:<local rank>`` even for the gloo backend, and rank 1 of a CPU run
-    crashed on a 1-GPU machine (issue #10). Nothing has touched CUDA yet when this runs; the
+    crashed on a 1-GPU machine. Nothing has touched CUDA yet when this runs; the
     variable is put back afterwards for in-process callers (tests)."""
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     if hide:

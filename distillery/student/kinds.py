@@ -161,7 +161,7 @@ class StudentKind:
 
 @dataclass
 class EncoderSettings:
-    """The settings of the ``encoder`` kind: how its classification head reads the encoder (issue #38)."""
+    """The settings of the ``encoder`` kind: how its classification head reads the encoder."""
 
     readout: str = option(
         "head",
@@ -169,7 +169,7 @@ class EncoderSettings:
         "head ([CLS] through BERT's pooler for MiniLM); 'auto' pools the token states as a sentence-transformers "
         "checkpoint says it was trained (its 1_Pooling config: mean for all-MiniLM-L6-v2), then one linear layer, "
         "and gives any other checkpoint its own head; 'mean' mean-pools any encoder. Default head: fine-tuned, "
-        "the pooled head lost on the tuning half (docs/results.md, issue #38)",
+        'the pooled head lost on the tuning half (docs/results.md, "Keep every class")',
         choices=("head", "auto", "mean"),
         short="classifier readout: head, auto or mean",
     )
@@ -348,7 +348,7 @@ def keep_trainable_fp32(model):
 
     peft casts the LoRA adapters to float32 but not the ``modules_to_save`` copy of the head,
     which stayed bf16 on a bf16 base: at lr 5e-5 most AdamW updates fell below bf16's
-    resolution and were lost (issue #10). Under bf16 autocast the matmuls still run in bf16.
+    resolution and were lost. Under bf16 autocast the matmuls still run in bf16.
     """
     import torch
 

@@ -1,7 +1,7 @@
 """A sequence classifier that reads a sentence encoder the way it was trained: its token states pooled
 as its sentence-transformers ``1_Pooling`` config says (mean for all-MiniLM-L6-v2), then one linear
 layer. ``AutoModelForSequenceClassification`` would read the ``[CLS]`` token through BERT's pooler
-instead, which sentence encoders never trained (issue #38: frozen macro-F1 0.521 there, 0.641 mean-pooled).
+instead, which sentence encoders never trained (docs/results.md, "Keep every class", measures both).
 
 The encoder's own config is the model's config (``model_type`` stays ``bert``, ``roberta``, ...), with
 ``distillery_pooling`` added. This file imports only torch and transformers: distill copies it into every
