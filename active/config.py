@@ -26,6 +26,7 @@ class ActiveConfig:
         ge=1,
         short="teacher calls in all",
         group="active",
+        shown="common",
     )
     budget_cost: float = option(
         0.0,
@@ -40,6 +41,8 @@ class ActiveConfig:
         registry=active_strategies,
         short="which pool rows go to the teacher",
         group="active",
+        shown="common",
+        metavar="NAME",
     )
     test_rows: int = option(
         200,
@@ -47,9 +50,15 @@ class ActiveConfig:
         ge=0,
         short="random rows held out to score rounds",
         group="active",
+        shown="common",
     )
     seed_rows: int = option(
-        100, "random rows the first student trains on", ge=1, short="rows the first student trains on", group="active"
+        100,
+        "random rows the first student trains on",
+        ge=1,
+        short="rows the first student trains on",
+        group="active",
+        shown="common",
     )
     round_rows: int = option(
         100,
@@ -57,6 +66,7 @@ class ActiveConfig:
         ge=1,
         short="rows sent to the teacher per round",
         group="active",
+        shown="common",
     )
     patience: int = option(
         2,

@@ -36,29 +36,43 @@ class AnnotateConfig:
         form="data",
         short="input file, 'tweets' or hf:NAME",
         group="input",
+        shown="common",
+        metavar="FILE",
+        online="shown",
     )
     hf_config: str = option(
         "",
         "config name of an hf: dataset (e.g. sst2 for hf:glue)",
         short="config of an hf: dataset (e.g. sst2)",
         group="input",
+        online=True,
     )
-    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input")
-    text_column: str = option("text", "column that holds the text", short="column with the text", group="input")
+    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input", online=True)
+    text_column: str = option(
+        "text", "column that holds the text", short="column with the text", group="input", shown="common", online=True
+    )
     label_column: str = option(
         "",
         "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)",
         short="column with gold labels",
         group="input",
+        shown="common",
+        online=True,
     )
     split_column: str = option(
         "",
         "column with 'train' or 'test' per row, kept as the split (instead of --test-fraction)",
         short="column with train/test per row",
         group="input",
+        shown="common",
+        online=True,
     )
     id_column: str = option(
-        "", "column with row ids (default: a stable hash of the text)", short="column with row ids", group="input"
+        "",
+        "column with row ids (default: a stable hash of the text)",
+        short="column with row ids",
+        group="input",
+        online=True,
     )
     limit: int = option(
         -1,
@@ -67,6 +81,8 @@ class AnnotateConfig:
         ge=0,
         short="at most N rows (0 = all)",
         group="input",
+        shown="common",
+        online=True,
     )
     balance: bool | None = option(
         None,
@@ -74,12 +90,14 @@ class AnnotateConfig:
         "tweets only, so a user's file keeps its label shares)",
         short="same number of rows per gold label",
         group="input",
+        online=True,
     )
     drop_empty: bool = option(
         False,
         "skip rows with empty text instead of stopping with an error",
         short="skip rows with empty text",
         group="input",
+        online=True,
     )
     test_fraction: float = option(
         0.2,
@@ -88,6 +106,7 @@ class AnnotateConfig:
         lt=1.0,
         short="share of rows held out as test",
         group="input",
+        online=True,
     )
     seed: int = shared("seed")
     task: str = option(
@@ -95,6 +114,10 @@ class AnnotateConfig:
         "task name in data/tasks/ or a task YAML path",
         short="task name or task YAML file",
         group="task",
+        shown="common",
+        metavar="NAME",
+        online="shown",
+        answers=True,
     )
     labels: list[str] = option(
         [],
@@ -102,15 +125,29 @@ class AnnotateConfig:
         nonempty=True,
         short="labels, comma-separated",
         group="task",
+        shown="common",
+        online="shown",
+        answers=True,
     )
     backend: str = option(
-        "local", "teacher backend", registry=teacher_backends, short="teacher backend", group="teacher"
+        "local",
+        "teacher backend",
+        registry=teacher_backends,
+        short="teacher backend",
+        group="teacher",
+        shown="common",
+        online="shown",
+        answers=True,
     )
     teacher: str = option(
         "smollm2",
         "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file",
         short="smollm2, hub id, folder or .gguf",
         group="teacher",
+        shown="common",
+        metavar="MODEL",
+        online="shown",
+        answers=True,
     )
     teacher_batch_size: int = option(
         0,
@@ -118,6 +155,7 @@ class AnnotateConfig:
         ge=0,
         short="rows per teacher call (0 = auto)",
         group="teacher",
+        online=True,
     )
     max_prompt_tokens: int = option(
         1024,
@@ -125,6 +163,8 @@ class AnnotateConfig:
         ge=1,
         short="longer prompts become error rows",
         group="teacher",
+        online=True,
+        answers=True,
     )
     max_row_chars: int = option(
         0,
@@ -164,6 +204,10 @@ class AnnotateConfig:
         extra_choices=("auto",),
         short="teacher calibration",
         group="calibration",
+        shown="common",
+        metavar="MODE",
+        online="shown",
+        answers=True,
     )
     calibrate_on: int = option(
         200,
@@ -184,6 +228,7 @@ class AnnotateConfig:
         "estimate requests, tokens and cost, then stop before any request",
         short="estimate tokens and cost; send nothing",
         group="teacher",
+        shown="common",
     )
     overwrite: bool = shared("overwrite")
     restart_annotations: bool = option(
@@ -192,6 +237,7 @@ class AnnotateConfig:
         "input, teacher or selection) and annotate every row again (active: forget the whole earlier active run)",
         short="delete earlier annotations; start over",
         group="output",
+        shown="common",
     )
     only_deferred: bool = option(
         False,

@@ -263,12 +263,16 @@ class HostedSettings:
         "",
         "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1",
         short="server URL (…/v1)",
+        shown="common",
+        metavar="URL",
+        answers=True,
     )
     api_key_env: str = option(
         "OPENAI_API_KEY",
         "openai backend: the environment variable that holds the API key",
         form="env_name",
         short="variable that holds the API key",
+        metavar="NAME",
     )
     extra_headers: list[str] = option(
         [],
@@ -288,15 +292,22 @@ class HostedSettings:
         "every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)",
         choices=("top-logprobs", "echo"),
         short="top-logprobs or echo (vLLM, llama.cpp)",
+        answers=True,
     )
     template_from: str = option(
         "",
         "echo scoring: a model (hub id, dir, .gguf or smollm2) whose chat template formats the prompt; empty "
         "= plain text",
         short="echo: model whose chat template to use",
+        metavar="MODEL",
+        answers=True,
     )
     top_logprobs: int = option(
-        20, "openai backend: how many top tokens' log-probs to ask for", ge=1, short="top tokens' log-probs to ask for"
+        20,
+        "openai backend: how many top tokens' log-probs to ask for",
+        ge=1,
+        short="top tokens' log-probs to ask for",
+        answers=True,
     )
     concurrency: int = option(4, "openai backend: requests in flight", ge=1, short="requests in flight")
     requests_per_minute: float = option(
@@ -332,6 +343,7 @@ class HostedSettings:
         "openai backend: stop cleanly (resumable) once this much is spent (0 = no limit)",
         ge=0.0,
         short="stop once this much is spent (0 = none)",
+        shown="common",
     )
 
     def __post_init__(self) -> None:

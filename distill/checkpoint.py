@@ -4,6 +4,7 @@ finding it again, and refusing to resume one trained with other settings or on o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,19 +54,6 @@ IGNORED_ON_RESUME = {"resume", "checkpoint_every", "device", "overwrite", "learn
 TRAINING_DATA = "training_data"  # the key of the data's fingerprint in a checkpoint's settings.json
 
 
-# --teacher-mode online: the annotate settings that change what the teacher answers (a resume must not change them).
-ONLINE_TEACHER_SETTINGS = (
-    "backend",
-    "teacher",
-    "task",
-    "labels",
-    "max_prompt_tokens",
-    "calibrate",
-    "dtype",
-    "load_in_4bit",
-)
-
-
 def training_settings(cfg: DistillConfig, data: dict) -> dict:
     """The resolved settings a checkpoint was trained with (those a resume must not change), and under
     ``training_data`` the fingerprint of the rows and labels it trains on (:func:`data_fingerprint`,
@@ -77,8 +65,11 @@ def online_fingerprint(rows: TrainingRows, source: AnnotateConfig) -> dict:
     """--teacher-mode online: the rows it reads and the settings of the teacher that labels them (its
     weights are not hashed: a model folder retrained in place goes unnoticed)."""
     columns = ["id", "text", "gold", "split"]
-    settings = source.flat()  # the backend's own settings (dtype, load_in_4bit, ...) included
-    teacher = {k: settings.get(k) for k in ONLINE_TEACHER_SETTINGS}
+    settings = source.flat()
+    # the settings declared (option(answers=True)) to change what the teacher answers, the backend's own included
+    declared = [*dataclasses.fields(source), *(dataclasses.fields(source.settings) if source.settings else ())]
+    answers = [f.name for f in declared if f.metadata.get("answers")]
+    teacher = {k: settings.get(k) for k in answers}
     return {
         "source": "online",
         "rows": [rows_fingerprint(rows.train, columns), rows_fingerprint(rows.val, columns)],

@@ -35,12 +35,16 @@ class DistillConfig:
     out: str = shared("out")
     annotations: str = shared("annotations")
     student: str = shared("student")
-    student_kind: str = option("encoder", "student kind", registry=student_kinds, short="student kind", group="student")
+    student_kind: str = option(
+        "encoder", "student kind", registry=student_kinds, short="student kind", group="student", shown="common"
+    )
     student_model: str = option(
         "",
         "student checkpoint: a hub id, a local dir or a .gguf (default: minilm for encoder, smollm2 for llama-lora)",
         short="checkpoint (default per kind)",
         group="student",
+        shown="common",
+        metavar="MODEL",
     )
     hard_labels: str = option(
         "auto",
@@ -64,14 +68,18 @@ class DistillConfig:
         le=1.0,
         short="KD weight (0 = hard labels, 1 = pure KD)",
         group="training",
+        shown="common",
     )
-    temperature: float = option(2.0, "KD temperature T", gt=0.0, short="KD temperature T", group="training")
+    temperature: float = option(
+        2.0, "KD temperature T", gt=0.0, short="KD temperature T", group="training", shown="common"
+    )
     lr: float = option(
         0.0,
         "AdamW learning rate (0 = the student kind's default: encoder 5e-5, llama-lora 1e-3)",
         ge=0.0,
         short="learning rate (0 = the kind's default)",
         group="training",
+        shown="common",
     )
     weight_decay: float = option(0.01, "AdamW weight decay", ge=0.0, short="AdamW weight decay", group="training")
     class_weights: str = option(
@@ -91,6 +99,7 @@ class DistillConfig:
         choices=("ce", "gce", "confident"),
         short="hard-label loss: ce, gce, confident",
         group="training",
+        shown="rare",
     )
     keep_from: float = option(
         0.0,
@@ -99,6 +108,7 @@ class DistillConfig:
         lt=1.0,
         short="keep no pass before this share of steps",
         group="training",
+        shown="rare",
     )
     logit_adjustment: float = option(
         0.0,
@@ -109,6 +119,7 @@ class DistillConfig:
         le=10.0,
         short="logit adjustment TAU for rare classes (0 = off)",
         group="training",
+        shown="rare",
     )
     batch_size: int = option(
         16,
@@ -116,6 +127,7 @@ class DistillConfig:
         ge=1,
         short="training rows per optimizer step",
         group="training",
+        shown="common",
     )
     grad_accum: int = option(
         1,
@@ -130,6 +142,7 @@ class DistillConfig:
         ge=0,
         short="tokens per text (0 = 95% of rows)",
         group="training",
+        shown="common",
     )
     epochs: int = option(
         3,
@@ -137,6 +150,7 @@ class DistillConfig:
         ge=1,
         short="passes over the rows, at least",
         group="training",
+        shown="common",
     )
     min_steps: int = option(
         300,
@@ -168,7 +182,7 @@ class DistillConfig:
         group="training",
     )
     max_grad_norm: float = option(
-        1.0, "gradient clipping norm", gt=0.0, short="gradient clipping norm", group="training"
+        1.0, "gradient clipping norm", gt=0.0, short="gradient clipping norm", group="training", shown="rare"
     )
     val_fraction: float = option(
         0.1,
@@ -204,6 +218,7 @@ class DistillConfig:
         choices=("offline", "online"),
         short="soft labels from OUT or the teacher",
         group="teacher",
+        shown="common",
     )
     checkpoint_every: int = option(
         0,

@@ -46,29 +46,10 @@ from distillery.review.config import ReviewConfig
 from distillery.serve.config import ExportConfig, PredictConfig
 from distillery.student import student_kind
 
-# The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher; the
-# settings of a backend that can serve online distillation come with it).
-ONLINE_TEACHER = (
-    "data",
-    "hf_config",
-    "split",
-    "text_column",
-    "label_column",
-    "split_column",
-    "id_column",
-    "limit",
-    "balance",
-    "drop_empty",
-    "test_fraction",
-    "task",
-    "labels",
-    "backend",
-    "teacher",
-    "teacher_batch_size",
-    "max_prompt_tokens",
-    "calibrate",
-    "settings",
-)
+# The settings of annotate that distill reads for --teacher-mode online (the rows and the teacher, each
+# declared ``online`` in its option(); the settings of a backend that can serve online distillation come
+# with them).
+ONLINE_TEACHER = (*(f.name for f in dataclasses.fields(AnnotateConfig) if f.metadata.get("online")), "settings")
 
 # Each subcommand: its help line and the config classes it builds, in order (a class with a tuple
 # of names contributes only those fields).
@@ -117,22 +98,8 @@ GROUP_TITLES = {
     "output": "output",
     "device": "device and cluster (--engine ray: docs/scale.md)",
 }
-RARE = {
-    "worker_cpus",
-    "worker_gpus",
-    "logit_adjustment",
-    "max_grad_norm",
-    "hard_loss",
-    "keep_from",
-}  # shown by --help-all only, everywhere
-
-# Shown by `run --help` and `active --help` (the rest: --help-all); every other subcommand shows all its flags.
-COMMON = set(
-    "out data text_column label_column split_column limit labels task backend teacher base_url calibrate "
-    "device overwrite restart_annotations seed engine workers "
-    "student student_kind student_model alpha temperature epochs lr batch_size max_length teacher_mode eval_split "
-    "target_agreement budget strategy test_rows seed_rows round_rows dry_run max_cost".split()
-)
+# A setting's option() says where --help lists it (``shown``): "rare" ones only under --help-all; run and
+# active --help list the "common" ones (the rest: --help-all); every other subcommand shows all the others.
 
 # Old spellings: an error naming the new one (a flag here is not also a setting of that subcommand).
 RENAMED = {
@@ -225,26 +192,6 @@ def _shown_default(f: dataclasses.Field) -> str:
 
 
 METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
-METAVAR_OF = {
-    "import_file": "FILE",
-    "out": "DIR",
-    "student": "DIR",
-    "annotations": "DIR",
-    "onnx_dir": "DIR",
-    "data": "FILE",
-    "predictions": "FILE",
-    "teacher": "MODEL",
-    "student_model": "MODEL",
-    "template_from": "MODEL",
-    "task": "NAME",
-    "calibrate": "MODE",
-    "strategy": "NAME",
-    "device": "DEVICE",
-    "dtype": "DTYPE",
-    "base_url": "URL",
-    "api_key_env": "NAME",
-    "push_to_hub": "REPO",
-}
 
 
 def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
@@ -285,7 +232,7 @@ def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
         if registry is not None and len(registry.names()) <= 3
         else "|".join(f.metadata["choices"])
         if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3
-        else METAVAR_OF.get(f.name) or METAVARS.get(kind, "VALUE")
+        else f.metadata.get("metavar") or METAVARS.get(kind, "VALUE")
     )
     group.add_argument(
         flag, dest=f.name, default=None, metavar=metavar, help=help_text
@@ -308,9 +255,6 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         import textwrap
 
         return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
-
-
-ONLINE_SHOWN = ("teacher", "task", "labels", "data", "calibrate", "backend")  # distill --help; the rest with --help-all
 
 
 def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
@@ -341,16 +285,19 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
         if full:
             continue
         if command in ("run", "active"):
-            entry[1], entry[2] = [f for f in members if f.name in COMMON], [f for f in members if f.name not in COMMON]
-        elif any(f.name in RARE for f in members):
-            entry[1], entry[2] = [f for f in members if f.name not in RARE], [f for f in members if f.name in RARE]
+            common = [f.metadata.get("shown") == "common" for f in members]
+            entry[1], entry[2] = (
+                [f for f, c in zip(members, common) if c],
+                [f for f, c in zip(members, common) if not c],
+            )
+        elif any(f.metadata.get("shown") == "rare" for f in members):
+            rare = [f.metadata.get("shown") == "rare" for f in members]
+            entry[1], entry[2] = [f for f, r in zip(members, rare) if not r], [f for f, r in zip(members, rare) if r]
         elif command == "distill" and (
             title.startswith("online teacher") or title.endswith(")") and "backend" in title
         ):
-            entry[1], entry[2] = (
-                [f for f in members if f.name in ONLINE_SHOWN],
-                [f for f in members if f.name not in ONLINE_SHOWN],
-            )
+            shown = [f.metadata.get("online") == "shown" for f in members]
+            entry[1], entry[2] = [f for f, v in zip(members, shown) if v], [f for f, v in zip(members, shown) if not v]
     return [tuple(e) for e in out if e[1] or e[2]]
 
 

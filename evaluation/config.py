@@ -28,6 +28,7 @@ class EvaluateConfig:
         choices=("test", "train", "all"),
         short="rows to score: test, train or all",
         group="input",
+        shown="common",
     )
     speed_rows: int = option(
         128,
@@ -48,12 +49,14 @@ class EvaluateConfig:
         lt=1.0,
         short="defer: agreement to keep (0 = skip)",
         group="evaluation",
+        shown="common",
     )
     push_to_hub: str = option(
         "",
         "after evaluating, upload the (first) student with its model card to this hub repo (needs network and a token)",
         short="upload the student to this hub repo",
         group="evaluation",
+        metavar="REPO",
     )
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ class ReviewConfig:
         form="path",
         short="import a labelled queue (LS, Argilla, CSV)",
         group="review",
+        metavar="FILE",
     )
     seed: int = shared("seed")
     device: str = shared("device")

@@ -22,12 +22,16 @@ class PredictConfig:
         form="data",
         short="input file, 'tweets' or hf:NAME",
         group="input",
+        shown="common",
+        metavar="FILE",
     )
     hf_config: str = option(
         "", "config name of an hf: dataset", short="config of an hf: dataset (e.g. sst2)", group="input"
     )
     split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input")
-    text_column: str = option("text", "column that holds the text", short="column with the text", group="input")
+    text_column: str = option(
+        "text", "column that holds the text", short="column with the text", group="input", shown="common"
+    )
     id_column: str = option(
         "",
         "column with row ids, kept in the output (default: the row's position in the input, from 0)",
@@ -47,6 +51,7 @@ class PredictConfig:
         form="path",
         short="output CSV",
         group="output",
+        metavar="FILE",
     )
     predict_batch_size: int = option(
         32,
@@ -118,6 +123,7 @@ class ExportConfig:
         form="path",
         short="ONNX folder (STUDENT-onnx)",
         group="output",
+        metavar="DIR",
     )
     variant: str = option(
         "auto",

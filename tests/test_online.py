@@ -95,3 +95,25 @@ def test_online_training_runs_from_raw_rows(tiny_llama, tiny_roberta, tmp_path, 
     assert code == 0
     assert not (tmp_path / "run" / "annotations").exists(), "online mode needs no annotation chunks"
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+def test_the_resume_fingerprint_holds_the_teacher_settings_declared_to_change_its_answers(tmp_path):
+    """A setting whose option() says answers=True (annotate's or the backend's own) is in the online
+    fingerprint a resume compares; one that only changes speed is not, so changing it does not refuse
+    a resume."""
+    import dataclasses
+
+    import pandas as pd
+
+    from distillery.distill.checkpoint import data_change, online_fingerprint
+    from distillery.distill.data import TrainingRows
+
+    frame = pd.DataFrame({"id": ["a"], "text": ["good"], "gold": ["positive"], "split": ["train"]})
+    rows = TrainingRows(["negative", "positive"], frame, frame, 0)
+    base = AnnotateConfig(out=str(tmp_path), labels=["negative", "positive"])
+    then = online_fingerprint(rows, base)
+    assert {"backend", "teacher", "task", "dtype", "load_in_4bit"} <= then["teacher"].keys()
+    other_dtype = dataclasses.replace(base, settings=dataclasses.replace(base.settings, dtype="float32"))
+    assert "dtype 'auto' then, 'float32' now" in data_change(then, online_fingerprint(rows, other_dtype))[1]
+    faster = dataclasses.replace(base, settings=dataclasses.replace(base.settings, teacher_batch_tokens=512))
+    assert data_change(then, online_fingerprint(rows, faster)) is None

@@ -51,6 +51,10 @@ def option(
     flag: str | None = None,
     short: str | None = None,
     group: str | None = None,
+    metavar: str | None = None,
+    shown: str | None = None,
+    online: bool | str = False,
+    answers: bool = False,
 ):
     """A dataclass field: one setting, everything about it in one place.
 
@@ -66,7 +70,16 @@ def option(
         form: the shape of a string, a key of :data:`FORMS` (``device``, ``env_name``).
         choices, registry, extra_choices, nonempty: the values a string or list accepts, as :func:`coerce` reads them.
         flag: the flag's spelling where it is not ``--name`` (``--import``).
+        metavar: the value's name in ``--help`` (``DIR``, ``FILE``; default by type: N, X, VALUE, A,B).
+        shown: where ``--help`` lists it besides ``--help-all``: None, in its own subcommand's ``--help``;
+            ``common``, also in ``run --help`` and ``active --help``; ``rare``, in ``--help-all`` only.
+        online: an annotate setting that distill reads under ``--teacher-mode online`` (the rows and the
+            teacher); ``"shown"``: one that ``distill --help`` lists (the rest: ``--help-all``).
+        answers: a teacher setting that changes what the teacher answers: a resumed online distill
+            refuses a checkpoint whose teacher had another value (a backend's own settings all count).
     """
+    if shown not in (None, "common", "rare"):
+        raise TypeError(f"option(shown=): expected None, 'common' or 'rare'; found {shown!r}")
     given = {
         "ge": ge,
         "gt": gt,
@@ -80,6 +93,10 @@ def option(
         "flag": flag,
         "short": short,
         "group": group,
+        "metavar": metavar,
+        "shown": shown,
+        "online": online,
+        "answers": answers,
     }
     metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
