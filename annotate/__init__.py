@@ -8,8 +8,8 @@ lazy_package(
     __name__,
     {
         "AnnotateConfig": "distillery.annotate.config",
-        "ManifestError": "distillery.annotate.chunks",
-        "read_annotations": "distillery.annotate.chunks",
+        "ManifestError": "distillery.core.annotations",
+        "read_annotations": "distillery.core.annotations",
         "annotate": "distillery.annotate.run",
         "InputError": "distillery.core.inputs",
         "load_rows": "distillery.core.inputs",

@@ -44,25 +44,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distillery.core.annotations import AUTO_MIN_GOLD, label_columns
 from distillery.core.errors import UserError
 from distillery.core.registry import calibration_modes
+from distillery.core.reviewed import reviewed_fingerprint
 
 if TYPE_CHECKING:
-    pass
+    import pandas as pd
+
+    from distillery.annotate.chunks import ChunkStore
 
 __all__ = [
     "AUTO_MIN_GOLD",
     "CALIBRATIONS",
     "Calibration",
     "CalibrationMode",
+    "calibrate_chunks",
     "calibrated",
     "em_prior",
     "fit_calibration",
     "fit_gold_calibration",
     "resolve_mode",
 ]
-
-AUTO_MIN_GOLD = 50
 
 
 @dataclass
@@ -297,3 +300,76 @@ MEASURED_ONLY = {
     "content-free+em": CalibrationMode("", partial(_fit_builtin, "content-free+em"), needs_content_free=True)
 }
 CALIBRATIONS = ("auto", *(name for name, _ in BUILTIN_MODES))  # auto picks one of the others (resolve_mode)
+
+
+def calibrate_chunks(
+    store: ChunkStore,
+    labels: list[str],
+    mode: str,
+    bias_content_free: list[float] | None,
+    calibrate_on: int = 200,
+    requested: str | None = None,
+    reviewed: dict[str, str] | None = None,
+) -> dict:
+    """annotate's last step: fit the calibration on the chunks of ``store``, apply it to every chunk and mark
+    the run complete. Returns the calibration record.
+
+    ``mode`` is a resolved mode (not ``auto``: the caller resolves it with
+    :func:`resolve_mode`, which knows how the rows were sampled); the
+    modes are described above. ``gold`` fits on the first
+    ``calibrate_on`` non-test rows with a gold label; ``reviewed`` on every row with a human
+    label in ``reviewed`` (``{id: label}``, from ``OUT/review/gold.csv``). ``requested`` is what
+    the user asked for (e.g. ``auto``), kept in the record.
+    """
+    import pandas as pd
+
+    store.manifest["status"] = "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
+    store.save_manifest()
+    frames = store.read_all()
+    raw_cols, cal_cols = label_columns(labels, raw=True), label_columns(labels)
+
+    def soft(f: pd.DataFrame) -> pd.Series:  # rows with soft labels; hard-label-only rows keep theirs
+        return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
+
+    ok = (
+        pd.concat([f[soft(f)] for f in frames.values()])
+        if frames
+        else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
+    )
+    entry = calibration_modes.get(mode)
+    if entry.needs_review:
+        human = ok["id"].map(reviewed or {})
+        fit_rows = ok[human.isin(labels)].assign(gold=human[human.isin(labels)].to_numpy())
+    else:
+        fit_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")].head(calibrate_on)
+    calibration = fit_calibration(
+        mode,
+        ok[raw_cols].to_numpy(float),
+        bias_content_free,
+        fit_rows[raw_cols].to_numpy(float),
+        fit_rows["gold"].map(labels.index).to_numpy(),
+    )
+    if entry.needs_review:
+        calibration.extra["reviewed"] = reviewed_fingerprint(reviewed or {})  # annotate refits when the labels change
+    elif entry.needs_gold:
+        calibration.extra["calibrate_on"] = calibrate_on
+    for frame in frames.values():
+        good = soft(frame)
+        if good.any():
+            cal = calibration.apply(frame.loc[good, raw_cols].to_numpy(float))
+            frame.loc[good, cal_cols] = cal
+            frame.loc[good, "teacher_label"] = [labels[i] for i in cal.argmax(axis=1)]
+    store.rewrite(frames)
+    n_rows = sum(len(f) for f in frames.values())
+    n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
+    record = {**calibration.record(labels), "requested": requested or mode}
+    mass = ok["label_mass"].dropna() if "label_mass" in ok else pd.Series(dtype=float)
+    store.manifest.update(
+        status="complete",
+        calibration=record,
+        rows=n_rows,
+        rows_failed=n_err,
+        label_mass_median=float(mass.median()) if len(mass) else None,
+    )
+    store.save_manifest()
+    return record

@@ -11,83 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from distillery.annotate.calibration import fit_calibration
-from distillery.core.errors import UserError
-from distillery.core.registry import calibration_modes
-from distillery.core.reviewed import reviewed_fingerprint
+from distillery.core.annotations import FORMAT, ManifestError, read_chunk, read_manifest, run_id
 from distillery.core.rundir import append_csv, remove_owned, sha256_file, write_json, write_text
 
-__all__ = [
-    "FORMAT",
-    "ChunkStore",
-    "ManifestError",
-    "read_annotations",
-    "label_columns",
-    "run_id",
-    "teacher_probabilities",
-]
-
-FORMAT = "distillery.annotations/1"
-
-
-class ManifestError(UserError):
-    """The annotations directory is missing, incomplete, or from another teacher/prompt/label set."""
-
-
-def label_columns(labels: list[str], raw: bool = False) -> list[str]:
-    """Column names of the per-label natural-log probabilities (``logprob_<label>``)."""
-    return [f"{'raw_' if raw else ''}logprob_{lab}" for lab in labels]
-
-
-def teacher_probabilities(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    """The teacher's calibrated probabilities of ``frame``'s rows; a row with a hard label only
-    (a hosted teacher that gave no log-probs) is one-hot."""
-    probs = np.exp(frame[label_columns(labels)].to_numpy(float))
-    hard_only = np.isnan(probs).any(axis=1)
-    probs[hard_only] = np.eye(len(labels))[frame.loc[hard_only, "teacher_label"].map(labels.index).to_numpy(int)]
-    return probs
-
-
-def run_id(fingerprint: dict) -> str:
-    """A short hash of a run's fingerprint, written into every row of its chunks."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _read_chunk(path: Path) -> pd.DataFrame:
-    # Text columns keep "NA", "null" etc. as written; only the number columns have blanks.
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ManifestError(
-            f"{path}: not a whole chunk ({str(err).splitlines()[0]}); it was cut or edited after it was written; "
-            "delete it and rerun 'distillery annotate' to annotate its rows again"
-        ) from None
-    for col in frame.columns:
-        if col.startswith(("logprob_", "raw_logprob_")) or col == "label_mass":
-            frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
-    return frame
-
-
-def _read_manifest(path: Path) -> dict:
-    """A manifest as a dict; one that does not parse is a one-line error naming it (it is never deleted)."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ManifestError(
-            f"{path}: not a manifest distillery can read ({str(err).splitlines()[0]}); it is kept as it is: "
-            "move it away to annotate again, or pass another --out"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise ManifestError(
-            f"{path}: expected a JSON object; found {type(manifest).__name__}; move it away, or pass another --out"
-        )
-    return manifest
+__all__ = ["ChunkStore"]
 
 
 def _difference(key: str, old, new) -> str:
@@ -114,7 +45,7 @@ class ChunkStore:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.run_id = run_id(fingerprint)
-        old_manifest = _read_manifest(self.manifest_path) if self.manifest_path.is_file() else None
+        old_manifest = read_manifest(self.manifest_path) if self.manifest_path.is_file() else None
         if restart:
             for path in [self.manifest_path, *self.root.glob("part-*.csv")]:
                 remove_owned(path)
@@ -161,7 +92,7 @@ class ChunkStore:
                 f"{path} does not match its checksum in the manifest (cut or edited after it was written); "
                 "delete it and rerun 'distillery annotate' to annotate its rows again"
             )
-        frame = _read_chunk(path)
+        frame = read_chunk(path)
         if "run_id" not in frame.columns or set(frame["run_id"]) != {self.run_id}:
             raise ManifestError(
                 f"{path} was not written by this run (another teacher, prompt, label set, data selection or "
@@ -215,127 +146,11 @@ class ChunkStore:
     def save_manifest(self) -> None:
         write_json(self.manifest_path, self.manifest)
 
-    def finalize(
-        self,
-        labels: list[str],
-        mode: str,
-        bias_content_free: list[float] | None,
-        calibrate_on: int = 200,
-        requested: str | None = None,
-        reviewed: dict[str, str] | None = None,
-    ) -> dict:
-        """Apply calibration to every chunk and mark the run complete. Returns the calibration record.
+    def read_all(self) -> dict[str, pd.DataFrame]:
+        """Every chunk the manifest lists, by file name, in order."""
+        return {name: read_chunk(self.root / name) for name in sorted(self.manifest["chunks"])}
 
-        ``mode`` is a resolved mode (not ``auto``: the caller resolves it with
-        :func:`annotate.calibration.resolve_mode`, which knows how the rows were sampled); the
-        modes are described in :mod:`annotate.calibration`. ``gold`` fits on the first
-        ``calibrate_on`` non-test rows with a gold label; ``reviewed`` on every row with a human
-        label in ``reviewed`` (``{id: label}``, from ``OUT/review/gold.csv``). ``requested`` is what
-        the user asked for (e.g. ``auto``), kept in the record.
-        """
-        self.manifest["status"] = (
-            "calibrating"  # not complete while chunks are rewritten: a kill here is not read as done
-        )
-        self.save_manifest()
-        names = sorted(self.manifest["chunks"])
-        frames = {name: _read_chunk(self.root / name) for name in names}
-        raw_cols, cal_cols = label_columns(labels, raw=True), label_columns(labels)
-
-        def soft(f: pd.DataFrame) -> pd.Series:  # rows with soft labels; hard-label-only rows keep theirs
-            return (f["error_type"] == "") & f[raw_cols].notna().all(axis=1)
-
-        ok = (
-            pd.concat([f[soft(f)] for f in frames.values()])
-            if frames
-            else pd.DataFrame(columns=[*raw_cols, "gold", "split"])
-        )
-        entry = calibration_modes.get(mode)
-        if entry.needs_review:
-            human = ok["id"].map(reviewed or {})
-            fit_rows = ok[human.isin(labels)].assign(gold=human[human.isin(labels)].to_numpy())
-        else:
-            fit_rows = ok[ok["gold"].isin(labels) & (ok["split"] != "test")].head(calibrate_on)
-        calibration = fit_calibration(
-            mode,
-            ok[raw_cols].to_numpy(float),
-            bias_content_free,
-            fit_rows[raw_cols].to_numpy(float),
-            fit_rows["gold"].map(labels.index).to_numpy(),
-        )
-        if entry.needs_review:
-            calibration.extra["reviewed"] = reviewed_fingerprint(
-                reviewed or {}
-            )  # annotate refits when the labels change
-        elif entry.needs_gold:
-            calibration.extra["calibrate_on"] = calibrate_on
+    def rewrite(self, frames: dict[str, pd.DataFrame]) -> None:
+        """Write ``frames`` (from :meth:`read_all`) back, each chunk whole."""
         for name, frame in frames.items():
-            good = soft(frame)
-            if good.any():
-                cal = calibration.apply(frame.loc[good, raw_cols].to_numpy(float))
-                frame.loc[good, cal_cols] = cal
-                frame.loc[good, "teacher_label"] = [labels[i] for i in cal.argmax(axis=1)]
             self.write(int(name[5:10]), frame)
-        n_rows = sum(len(f) for f in frames.values())
-        n_err = sum(int((f["error_type"] != "").sum()) for f in frames.values())
-        record = {**calibration.record(labels), "requested": requested or mode}
-        mass = ok["label_mass"].dropna() if "label_mass" in ok else pd.Series(dtype=float)
-        self.manifest.update(
-            status="complete",
-            calibration=record,
-            rows=n_rows,
-            rows_failed=n_err,
-            label_mass_median=float(mass.median()) if len(mass) else None,
-        )
-        self.save_manifest()
-        return record
-
-
-def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read every chunk of a finished annotation run, checked against its manifest.
-
-    Returns the rows (failed ones included, with ``error_type`` set) and the manifest.
-    """
-    root = Path(root)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise ManifestError(
-            f"expected an annotations directory with manifest.json; found none in '{root}'; run 'distillery "
-            "annotate' first"
-        )
-    manifest = _read_manifest(manifest_path)
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{manifest_path}: expected format {FORMAT}; found {manifest.get('format')!r}")
-    if manifest.get("status") != "complete":
-        raise ManifestError(
-            f"{root}: annotation is not finished (status {manifest.get('status')!r}); rerun the same "
-            "'distillery annotate' command to finish it"
-        )
-    frames = []
-    for name, meta in sorted(manifest["chunks"].items()):
-        path = root / name
-        if not path.is_file():
-            raise ManifestError(
-                f"{path} is listed in the manifest but missing; rerun 'distillery annotate' to rebuild it"
-            )
-        if sha256_file(path) != meta["sha256"]:
-            raise ManifestError(
-                f"{path} does not match its checksum in the manifest (edited or truncated?); delete it and "
-                "rerun 'distillery annotate'"
-            )
-        frames.append(_read_chunk(path))
-    if not frames:
-        raise ManifestError(f"{root}: the manifest lists no chunks; rerun 'distillery annotate' to annotate the rows")
-    frame = pd.concat(frames, ignore_index=True)
-    twice = frame["id"][frame["id"].duplicated()]
-    if len(twice):
-        raise ManifestError(
-            f"{root}: {twice.nunique()} ids appear in more than one row (e.g. '{twice.iloc[0]}'); the chunks were "
-            "mixed from two runs; pass --restart-annotations to 'distillery annotate' to annotate them again"
-        )
-    needed = ["id", "text", "gold", "split", "teacher_label", *label_columns(manifest["labels"]), "error_type"]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise ManifestError(
-            f"{root}: chunks lack columns {missing}; they were not written by this version of distillery"
-        )
-    return frame, manifest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distillery.annotate.chunks import read_annotations
+from distillery.core.annotations import read_annotations
 from distillery.core.inputs import deferred_flags
 from distillery.core.rundir import append_csv, replacing
 

@@ -22,15 +22,17 @@ import yaml
 from tqdm.auto import tqdm
 
 from distillery.annotate.backends import Teacher, batch_limits, build_teacher, row_char_limit, score_rows
-from distillery.annotate.calibration import resolve_mode
-from distillery.annotate.chunks import ChunkStore, ManifestError, label_columns
+from distillery.annotate.calibration import calibrate_chunks, resolve_mode
+from distillery.annotate.chunks import ChunkStore
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.deferred import merge_answers
 from distillery.annotate.hosted import CACHE_FILES
 from distillery.annotate.teacher import Annotation, content_free_bias, failed_for_good
+from distillery.core.annotations import ManifestError, label_columns
 from distillery.core.errors import UserError
 from distillery.core.inputs import load_rows
-from distillery.core.registry import calibration_modes
+from distillery.core.models import resolve_model, size_on_disk
+from distillery.core.registry import calibration_modes, teacher_backends
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run
 from distillery.core.rundir import (
@@ -324,7 +326,8 @@ def finish(
     if (
         n_todo or store.manifest.get("status") != "complete" or not same
     ):  # a rerun with nothing to do leaves the chunks untouched
-        store.finalize(
+        calibrate_chunks(
+            store,
             task.labels,
             mode,
             store.manifest.get("content_free_bias"),
@@ -332,8 +335,13 @@ def finish(
             requested=cfg.calibrate,
             reviewed=reviewed,
         )
-    if n_todo:
+    if n_todo:  # what evaluate reports of the teacher: it never loads it again to time it
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
+        store.manifest["teacher_batch_size"] = batch_limits(cfg)[0]
+        if hasattr(teacher, "parameter_count"):  # a backend may not know
+            store.manifest["teacher_parameters"] = teacher.parameter_count()
+        if teacher_backends.get(cfg.backend).local:  # a model on this machine: its size on disk
+            store.manifest["teacher_size_bytes"] = size_on_disk(resolve_model(cfg.teacher))
         if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
             store.manifest["usage"] = {**teacher.usage, "cost": teacher.spent()}
         store.save_manifest()

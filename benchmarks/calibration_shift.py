@@ -30,7 +30,7 @@ from kd_sweep import mean_std
 from real_sets import SCENARIOS, content_free_bias, materialize, scenario
 
 from distillery.annotate.calibration import fit_calibration, resolve_mode
-from distillery.annotate.chunks import label_columns
+from distillery.core.annotations import label_columns
 from distillery.distill import DistillConfig, distill, load_trained_student
 from distillery.evaluation import classification_metrics, predict_student
 

@@ -112,7 +112,7 @@ def refit_temperature(record: dict) -> dict:
     ECE and coverage scored again: runs trained before a change of the rule stay comparable."""
     import yaml
 
-    from distillery.annotate.chunks import label_columns
+    from distillery.core.annotations import label_columns
     from distillery.distill.data import load_training_rows
     from distillery.distill.scaling import MIN_SCALING_ROWS, pick_scaling, scaled_probabilities
 

@@ -22,7 +22,7 @@ import numpy as np
 from common import ROOT, print_table, write_result
 
 from distillery.annotate import read_annotations
-from distillery.annotate.chunks import label_columns
+from distillery.core.annotations import label_columns
 from distillery.distill import DistillConfig, distill, load_trained_student
 from distillery.evaluation import predict_student
 

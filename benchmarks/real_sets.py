@@ -37,7 +37,7 @@ import pandas as pd
 from common import ROOT, SHARED_DATA
 
 from distillery.annotate import AnnotateConfig, annotate, read_annotations
-from distillery.annotate.calibration import resolve_mode
+from distillery.annotate.calibration import calibrate_chunks, resolve_mode
 from distillery.annotate.chunks import ChunkStore
 
 RUNS = ROOT / "data" / "runs"
@@ -287,5 +287,5 @@ def materialize(rows: pd.DataFrame, set_name: str, out: Path, calibrate: str, ca
     labels = manifest["labels"]
     n_gold = int((rows["gold"].isin(labels) & (rows["split"] != "test")).sum())
     mode = resolve_mode(calibrate, n_gold, len(labels))
-    store.finalize(labels, mode, content_free_bias(set_name), calibrate_on, requested=calibrate)
+    calibrate_chunks(store, labels, mode, content_free_bias(set_name), calibrate_on, requested=calibrate)
     return out

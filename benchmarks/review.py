@@ -39,8 +39,9 @@ from common import ROOT, machine, print_table, read_results, write_result
 from real_sets import materialize, scenario
 
 from distillery.annotate import read_annotations
-from distillery.annotate.calibration import resolve_mode
-from distillery.annotate.chunks import ChunkStore, teacher_probabilities
+from distillery.annotate.calibration import calibrate_chunks, resolve_mode
+from distillery.annotate.chunks import ChunkStore
+from distillery.core.annotations import teacher_probabilities
 from distillery.core.reviewed import read_queue, reviewed_labels
 from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
@@ -100,7 +101,7 @@ def _recalibrate(out) -> dict:
     reviewed = reviewed_labels(out, frame["id"])
     mode = resolve_mode("auto", 0, len(manifest["labels"]), False, len(reviewed))
     store = ChunkStore(out / "annotations", manifest["fingerprint"], {})
-    return store.finalize(manifest["labels"], mode, None, requested="auto", reviewed=reviewed)
+    return calibrate_chunks(store, manifest["labels"], mode, None, requested="auto", reviewed=reviewed)
 
 
 def _answer(out, ids, gold: dict, name: str) -> None:

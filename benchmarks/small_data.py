@@ -28,7 +28,7 @@ from kd_sweep import mean_std
 from real_sets import load, materialize
 
 from distillery.annotate import read_annotations
-from distillery.annotate.chunks import label_columns
+from distillery.core.annotations import label_columns
 from distillery.distill import DistillConfig, distill, load_trained_student
 from distillery.evaluation import predict_student
 

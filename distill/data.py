@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from distillery.annotate.chunks import label_columns, read_annotations
+from distillery.core.annotations import label_columns, read_annotations
 from distillery.core.errors import UserError
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run

@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 
 from distillery.annotate.calibration import fit_calibration, resolve_mode
-from distillery.annotate.chunks import label_columns
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.teacher import content_free_bias, online_backend
+from distillery.core.annotations import label_columns
 from distillery.core.errors import UserError
 from distillery.core.inputs import load_rows
 from distillery.core.registry import calibration_modes

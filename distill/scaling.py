@@ -166,7 +166,7 @@ def fit_student_scaling(
     T against their gold labels where every one has one (``bias``: else against the teacher), b
     (``bias`` only) against the teacher's calibrated distribution (``online``: the teacher scores them
     now). None under :data:`MIN_SCALING_ROWS` validation rows."""
-    from distillery.annotate.chunks import label_columns
+    from distillery.core.annotations import label_columns
     from distillery.core.models import predict_probabilities
 
     val, labels = rows.val, rows.labels

@@ -32,7 +32,7 @@ class EvaluateConfig:
     )
     speed_rows: int = option(
         128,
-        "rows used to time student and teacher (0 = skip the teacher timing)",
+        "rows used to time the student (0 = no timing); the teacher's rows/s is the one annotate recorded",
         ge=0,
         short="rows to time the models on",
         group="evaluation",

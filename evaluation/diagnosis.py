@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distillery.annotate.calibration import AUTO_MIN_GOLD
+from distillery.core.annotations import AUTO_MIN_GOLD
 
 __all__ = ["CLASS_RETENTION", "LOW_AGREEMENT", "diagnose"]
 

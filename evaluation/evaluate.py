@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from distillery.annotate.chunks import read_annotations, teacher_probabilities
-from distillery.annotate.config import AnnotateConfig
+from distillery.core.annotations import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
-from distillery.core.models import pick_device, resolve_model
-from distillery.core.registry import teacher_backends
+from distillery.core.models import pick_device
 from distillery.core.run import Run
 from distillery.core.rundir import guard_files, locked, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
@@ -53,27 +51,6 @@ def _time(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - start, result
-
-
-def _teacher_speed(manifest: dict, texts: list[str]) -> tuple[float, int, int | None]:
-    """Rows/s, batch size and parameter count of the annotation's teacher on ``texts``."""
-    from distillery.annotate.backends import batch_limits, build_teacher, teacher_batches
-    from distillery.core.tasks import TaskSpec
-
-    cfg = AnnotateConfig.from_flat(manifest["config"], strict=False)
-    teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
-    rows, tokens = batch_limits(cfg)
-    teacher.score(texts[:rows])  # warm-up
-
-    def score_all():  # batched as annotate batches them, tokenization included
-        return [
-            teacher.score([texts[i] for i in batch])
-            for batch in teacher_batches(teacher.prompt_lengths(texts), rows, tokens)
-        ]
-
-    seconds, _ = _time(score_all)
-    params = teacher.parameter_count() if hasattr(teacher, "parameter_count") else None  # a backend may not know
-    return len(texts) / seconds, rows, params
 
 
 def student_names(paths: list[str]) -> dict[str, str]:
@@ -172,7 +149,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     data = eval_rows(cfg, frame, manifest)
     texts = data.rows["text"].tolist()
     device = pick_device(cfg.device)
-    models = {"teacher": teacher_metrics(data, manifest, texts[: cfg.speed_rows])}
+    models = {"teacher": teacher_metrics(data, manifest)}
     named = student_names(cfg.students or [str(run.student)])  # a/student and b/student are two rows, not one
     for name, path in named.items():
         models[name] = student_metrics(cfg, data, path, device, models["teacher"])
@@ -264,17 +241,17 @@ def eval_rows(cfg: EvaluateConfig, frame: pd.DataFrame, manifest: dict) -> EvalR
     return EvalRows(frame, rows, labels, n_failed, gold, teacher_probabilities(rows, labels))
 
 
-def teacher_metrics(data: EvalRows, manifest: dict, speed_texts: list[str]) -> dict:
-    """The teacher against gold, its size, and its speed (a local teacher timed again; a hosted one: its annotation
-    speed)."""
+def teacher_metrics(data: EvalRows, manifest: dict) -> dict:
+    """The teacher against gold, and its speed and size as annotate recorded them (the teacher is never
+    loaded again to time it)."""
     m = data.vs_gold(data.teacher_probs)
-    m.update(size_bytes=size_on_disk(resolve_model(manifest["teacher"])))
-    backend = manifest["config"].get("backend", "local")
-    if speed_texts and backend in teacher_backends and teacher_backends.get(backend).local:
-        rps, bs, params = _teacher_speed(manifest, speed_texts)
-        m.update(rows_per_s=rps, batch_size=bs, parameters=params)
-    elif manifest.get("teacher_rows_per_s"):  # a hosted teacher is not called again
-        m.update(rows_per_s=manifest["teacher_rows_per_s"])
+    recorded = {
+        "rows_per_s": "teacher_rows_per_s",
+        "batch_size": "teacher_batch_size",
+        "parameters": "teacher_parameters",
+        "size_bytes": "teacher_size_bytes",
+    }
+    m.update({key: manifest[name] for key, name in recorded.items() if manifest.get(name) is not None})
     m["label_shares"] = {lab: float((data.teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(data.labels)}
     return m
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distillery.annotate.chunks import read_annotations
+from distillery.core.annotations import read_annotations
 from distillery.core.errors import UserError
 from distillery.core.reviewed import GOLD_COLUMNS, read_queue, read_reviewed, review_dir
 from distillery.core.run import Run

@@ -28,7 +28,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import pandas as pd
 
-from distillery.annotate.chunks import read_annotations, teacher_probabilities
+from distillery.core.annotations import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
 from distillery.core.reviewed import QUEUE_COLUMNS, read_queue, read_reviewed, review_dir
 from distillery.core.run import Run

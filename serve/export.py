@@ -124,7 +124,7 @@ def check_rows(cfg: ExportConfig, folder: Path, labels: list[str]) -> dict | Non
     """The rows the variants are checked on: the run's test rows, at most ``cfg.check_rows``, topped
     up with training rows to MIN_ROWS; the teacher's labels of the test rows (for the answer-or-defer
     threshold). None when the student's run has no annotations here."""
-    from distillery.annotate.chunks import read_annotations, teacher_probabilities
+    from distillery.core.annotations import read_annotations, teacher_probabilities
 
     annotations = Path(cfg.annotations) if cfg.annotations else _trained_on(folder)
     if annotations is None or not Run(Path(), annotations_dir=str(annotations)).manifest.is_file():

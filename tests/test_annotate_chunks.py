@@ -15,7 +15,7 @@ from conftest import make_rows
 
 from distillery.annotate import AnnotateConfig, ManifestError, annotate, read_annotations
 from distillery.annotate.calibration import calibrated, fit_gold_calibration
-from distillery.annotate.chunks import label_columns
+from distillery.core.annotations import label_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ from conftest import stop_server
 from servers import wait_until_up, why_it_died
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, read_annotations
-from distillery.annotate.chunks import label_columns
 from distillery.annotate.local import LocalTeacher
+from distillery.core.annotations import label_columns
 from distillery.core.models import resolve_model
 from distillery.core.tasks import TaskSpec
 

@@ -15,8 +15,9 @@ import pytest
 from conftest import stop_server
 from servers import wait_until_up
 
-from distillery.annotate.calibration import resolve_mode
-from distillery.annotate.chunks import ChunkStore, read_annotations
+from distillery.annotate.calibration import calibrate_chunks, resolve_mode
+from distillery.annotate.chunks import ChunkStore
+from distillery.core.annotations import read_annotations
 from distillery.core.errors import UserError
 from distillery.core.reviewed import read_queue, read_reviewed, reviewed_labels
 from distillery.evaluation.metrics import stratified_accuracy
@@ -70,7 +71,7 @@ def _run(root: Path, n_train: int = 120, n_test: int = 80, seed: int = 0) -> Pat
     )
     for index, start in enumerate(range(0, len(frame), 100)):  # chunks of 100 rows, as a real run writes them
         store.write(index, frame.iloc[start : start + 100].reset_index(drop=True))
-    store.finalize(LABELS, "none", None)
+    calibrate_chunks(store, LABELS, "none", None)
     return root
 
 
@@ -288,8 +289,8 @@ def test_reviewed_calibration_refits_from_raw_log_probs_and_beats_the_biased_tea
     )
     test = frame["split"] == "test"
     before = (frame.loc[test, "teacher_label"] == frame.loc[test, "gold"]).mean()
-    record = ChunkStore(run / "annotations", manifest["fingerprint"], {}).finalize(
-        LABELS, "reviewed", None, reviewed=reviewed
+    record = calibrate_chunks(
+        ChunkStore(run / "annotations", manifest["fingerprint"], {}), LABELS, "reviewed", None, reviewed=reviewed
     )
     frame, manifest = read_annotations(run / "annotations")
     after = (frame.loc[test, "teacher_label"] == frame.loc[test, "gold"]).mean()

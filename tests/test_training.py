@@ -488,6 +488,7 @@ def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1, bright: 
     rows say "bright", 70% of the negative ones "dull". Under the 90/10 prior a "bright" row is
     still most likely negative (0.1 x 0.7 < 0.9 x 0.3); with the classes weighted equally it is positive.
     ``bright``: how many in 10 positive and in 10 negative rows say "bright"."""
+    from distillery.annotate.calibration import calibrate_chunks
     from distillery.annotate.chunks import ChunkStore
 
     n_small = int(n * small_share)
@@ -528,7 +529,7 @@ def _imbalanced_run(root: Path, n: int = 200, small_share: float = 0.1, bright: 
         },
     )
     store.write(0, frame)
-    store.finalize(labels, "none", None)
+    calibrate_chunks(store, labels, "none", None)
     return root
 
 

