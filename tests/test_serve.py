@@ -204,7 +204,7 @@ def test_onnx_export_matches_the_pytorch_student(run_dir, tmp_path, variant):
         and [c["name"] for c in record["candidates"]] == [variant]
     )
     assert record["graph"] == "fused", "an encoder is served as onnxruntime's fused graph"
-    # The few lines the README gives to serve it without Distillery.
+    # The few lines docs/usage.md gives to serve it without Distillery.
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
