@@ -173,6 +173,15 @@ class DistillConfig:
         short="also train on 25% and 50% of rows",
         group="training",
     )
+    ceiling: bool = option(
+        False,
+        "also train the same student on the training rows' gold labels (--hard-labels gold --alpha 0) into "
+        "STUDENT-gold-ceiling beside it: what this student can learn from these rows, which evaluate reports "
+        "next to the teacher (every training row needs a gold label; training takes twice as long)",
+        short="also train a gold-label ceiling",
+        group="training",
+        shown="rare",
+    )
     warmup_ratio: float = option(
         0.1,
         "share of steps with linear warm-up (then linear decay)",
@@ -263,6 +272,11 @@ class DistillConfig:
                 "learning_curve: trains on shares of OUT/annotations (--teacher-mode offline); found "
                 "--teacher-mode online; "
                 "leave --learning-curve out, or annotate first"
+            )
+        if self.ceiling and self.teacher_mode == "online":
+            raise UserError(
+                "ceiling: trains on the gold labels of OUT/annotations (--teacher-mode offline); found --teacher-mode "
+                "online; leave --ceiling out, or annotate first"
             )
         check_student_folder(self.student, "--student")
 

@@ -127,6 +127,13 @@ def _distill(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) -
                 ),
                 source,
             )
+    if cfg.ceiling and cfg.teacher_mode == "offline":
+        ceiling = Run.of(cfg).ceiling
+        run.accelerator.print(f"distill: the gold-label ceiling, the same student on the gold labels, into {ceiling}")
+        distill(
+            replace(run.cfg, ceiling=False, learning_curve=False, hard_labels="gold", alpha=0.0, student=str(ceiling)),
+            source,
+        )
     return out_dir
 
 
@@ -152,6 +159,12 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
     else:
         rows = load_training_rows(cfg)
+        missing = sum(int((part["gold"] == "").sum()) for part in (rows.train, rows.val))
+        if cfg.ceiling and missing:  # before the student trains, not after
+            raise UserError(
+                f"--ceiling: expected a gold label on every training row; found {missing} without one; leave "
+                "--ceiling out, or give those rows a label (--label-column)"
+            )
     say(
         f"distill: {len(rows.train)} train rows, {len(rows.val)} validation rows, {rows.n_failed} failed "
         "annotations left out"

@@ -78,6 +78,18 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
+def gold_ceiling(student: Path, data: EvalRows, scored: dict, device, batch_size: int) -> dict | None:
+    """The same student trained on the gold labels (``distill --ceiling``, beside ``student``) against gold:
+    what this student can learn from these rows. Adds to ``scored`` (the student's metrics) its macro-F1
+    over the ceiling's. None without gold or without that student."""
+    path = Run(student.parent, student_dir=str(student)).ceiling
+    if data.gold is None or not (path / "train_summary.json").is_file():
+        return None
+    m = data.vs_gold(load_student(path, device).probabilities(data.rows["text"].tolist(), batch_size))
+    scored["macro_f1_vs_ceiling"] = scored["macro_f1"] / m["macro_f1"] if m["macro_f1"] else None
+    return {"student": path.name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "per_class": m["per_class"]}
+
+
 def learning_curve(student: Path, texts: list[str], gold, teacher_pred, batch_size: int, device) -> list[dict]:
     """Accuracy and agreement of the students ``distill --learning-curve`` trained on part of the
     rows (``learning_curve/student-*`` beside ``student``) and of ``student`` (all rows); empty without them."""
@@ -186,6 +198,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
             Path(students[0]), texts, data.gold, data.teacher_probs.argmax(1), cfg.eval_batch_size, device
         ),
     }
+    metrics["ceiling"] = gold_ceiling(Path(students[0]), data, metrics["student"], device, cfg.eval_batch_size)
     metrics["review"] = review_metrics(out, data, named, device, cfg.eval_batch_size)
     summary_path = Path(students[0]) / "train_summary.json"
     metrics["warnings"] = diagnose(metrics, json.loads(summary_path.read_text()) if summary_path.is_file() else None)
@@ -210,6 +223,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
         learning_curve=metrics["learning_curve"],
         defer=defer,
         review=metrics["review"],
+        ceiling=metrics["ceiling"],
     )
     write_text(run.report, render_report(report))
     for name, path in named.items():  # each student's card and distillery_student.json get its own row

@@ -37,6 +37,7 @@ class ReportData:
     learning_curve: list[dict] = field(default_factory=list)  # {train_rows, steps, accuracy, agreement}
     defer: dict | None = None  # the first student's {target, picked, curve} (distillery/student/defer.py)
     review: dict | None = None  # the human labels of 'distillery review' (evaluation/review.py)
+    ceiling: dict | None = None  # the gold-trained student of 'distill --ceiling' (evaluation/evaluate.py)
 
 
 def _fmt(x, digits: int = 4) -> str:
@@ -178,7 +179,19 @@ def render_report(data: ReportData) -> str:
         )
     plots = "\n".join(f"![{Path(p).stem}]({p})" for p in data.plots)
     review = review_section(data.review)
+    ceiling = ""
+    if data.ceiling:
+        first = next(m for name, m in data.models.items() if name != "teacher")
+        ratio = first.get("macro_f1_vs_ceiling")
+        ceiling = (
+            f"\nGold-trained ceiling (`distill --ceiling`: the same student trained on these rows' gold labels, "
+            f"`{data.ceiling['student']}`): accuracy {_fmt(data.ceiling['accuracy'])}, macro-F1 "
+            f"{_fmt(data.ceiling['macro_f1'])}"
+            + (f"; the student reaches **{ratio:.2f}×** of its macro-F1." if ratio is not None else ".")
+            + "\n"
+        )
     return TEMPLATE.read_text().format(
+        ceiling=ceiling,
         task=data.task,
         teacher=shareable_name(data.teacher),
         teacher_params=_params(teacher.get("parameters")),
@@ -332,6 +345,19 @@ def headline(metrics: dict) -> str:
         ),
         ("student speed-up", f"{s['speedup']:.1f}×" if s.get("speedup") else "–"),
     ]
+    ceiling = metrics.get("ceiling")
+    if ceiling:  # distill --ceiling: the same student on the gold labels
+        rows.append(
+            (
+                "gold-trained ceiling",
+                f"macro-F1 {ceiling['macro_f1']:.4f}"
+                + (
+                    f"; the student reaches {s['macro_f1_vs_ceiling']:.2f}× of it"
+                    if s.get("macro_f1_vs_ceiling")
+                    else ""
+                ),
+            )
+        )
     review = (metrics.get("review") or {}).get("random") or {}
     first = next(iter(metrics.get("students") or {}), None)
     for name, key in (

@@ -621,3 +621,36 @@ def test_every_row_trains_once_an_epoch_on_two_processes(group):
         assert [len(s) for s in shards] == [len(sampler)] * 2, "one optimizer step per batch on each process"
         seen = {i for shard in shards for batch in shard for i in batch}
         assert seen == set(range(len(lengths))), "every row trains in every epoch"
+
+
+def test_the_gold_ceiling_is_the_same_student_on_gold_labels_and_evaluate_reports_it(annotated, tiny_roberta, tmp_path):
+    import shutil
+
+    from sklearn.metrics import f1_score
+
+    from distillery.core.errors import UserError
+    from distillery.evaluation import EvaluateConfig, evaluate
+    from distillery.evaluation.report import headline
+    from distillery.student import load_student
+
+    run = tmp_path / "run"
+    shutil.copytree(annotated, run)
+    base = dict(out=str(run), student_model=str(tiny_roberta), epochs=1, min_steps=4, batch_size=8, device="cpu")
+    student = distill(DistillConfig(student=str(run / "student"), ceiling=True, **base))
+    ceiling = run / "student-gold-ceiling"
+    trained = yaml.safe_load((ceiling / "distillery_config.yaml").read_text())
+    assert (trained["hard_labels"], trained["alpha"], trained["ceiling"]) == ("gold", 0.0, False)
+    assert (ceiling / "train_summary.json").is_file() and student == run / "student"
+
+    metrics = evaluate(EvaluateConfig(out=str(run), eval_split="all", speed_rows=0, device="cpu"))
+    rows = pd.read_csv(run / "rows.csv")
+    labels = metrics["labels"]
+    texts, gold = rows["review"].tolist(), rows["sentiment"].map(labels.index).to_numpy()
+    predicted = load_student(ceiling).probabilities(texts).argmax(1)
+    assert metrics["ceiling"]["macro_f1"] == pytest.approx(f1_score(gold, predicted, average="macro"), abs=1e-9)
+    ratio = metrics["student"]["macro_f1"] / metrics["ceiling"]["macro_f1"]
+    assert metrics["student"]["macro_f1_vs_ceiling"] == pytest.approx(ratio)
+    assert "gold-trained ceiling" in headline(metrics)
+    assert "Gold-trained ceiling" in (run / "report.md").read_text()
+    with pytest.raises(UserError, match="--teacher-mode offline"):
+        DistillConfig(student=str(tmp_path / "x"), ceiling=True, teacher_mode="online", **base)

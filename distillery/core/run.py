@@ -65,6 +65,11 @@ class Run:
         """The students trained on shares of the rows: beside the student."""
         return self.student.parent / "learning_curve"
 
+    @property
+    def ceiling(self) -> Path:
+        """The same student trained on the gold labels (distill --ceiling): beside the student."""
+        return self.student.parent / f"{self.student.name}-gold-ceiling"
+
     def share_student(self, name: str) -> Path:
         """One learning-curve student (``student-25pct``, ``student-round-003``)."""
         return self.learning_curve / f"student-{name}"
