@@ -265,7 +265,6 @@ class HostedSettings:
         short="server URL (…/v1)",
         shown="common",
         metavar="URL",
-        answers=True,
     )
     api_key_env: str = option(
         "OPENAI_API_KEY",
@@ -292,7 +291,6 @@ class HostedSettings:
         "every label's full verbalizer scored from echoed prompt log-probs; vLLM, llama.cpp)",
         choices=("top-logprobs", "echo"),
         short="top-logprobs or echo (vLLM, llama.cpp)",
-        answers=True,
     )
     template_from: str = option(
         "",
@@ -300,14 +298,12 @@ class HostedSettings:
         "= plain text",
         short="echo: model whose chat template to use",
         metavar="MODEL",
-        answers=True,
     )
     top_logprobs: int = option(
         20,
         "openai backend: how many top tokens' log-probs to ask for",
         ge=1,
         short="top tokens' log-probs to ask for",
-        answers=True,
     )
     concurrency: int = option(4, "openai backend: requests in flight", ge=1, short="requests in flight")
     requests_per_minute: float = option(

@@ -162,13 +162,11 @@ class LocalSettings:
         choices=("auto", "float32", "bfloat16", "float16"),
         short="auto, float32, bfloat16, float16",
         metavar="DTYPE",
-        answers=True,
     )
     load_in_4bit: bool = option(
         False,
         "load the teacher in 4 bit with bitsandbytes (CUDA only)",
         short="teacher in 4 bit (bitsandbytes, CUDA)",
-        answers=True,
     )
 
     def __post_init__(self) -> None:

@@ -66,9 +66,11 @@ def online_fingerprint(rows: TrainingRows, source: AnnotateConfig) -> dict:
     weights are not hashed: a model folder retrained in place goes unnoticed)."""
     columns = ["id", "text", "gold", "split"]
     settings = source.flat()
-    # the settings declared (option(answers=True)) to change what the teacher answers, the backend's own included
-    declared = [*dataclasses.fields(source), *(dataclasses.fields(source.settings) if source.settings else ())]
-    answers = [f.name for f in declared if f.metadata.get("answers")]
+    # annotate's settings declared (option(answers=True)) to change what the teacher answers, and the
+    # backend's own but those its settings class lists in SAME_ANSWERS
+    same = getattr(type(source.settings), "SAME_ANSWERS", ())
+    own = [f.name for f in dataclasses.fields(source.settings) if f.name not in same] if source.settings else []
+    answers = [f.name for f in dataclasses.fields(source) if f.metadata.get("answers")] + own
     teacher = {k: settings.get(k) for k in answers}
     return {
         "source": "online",

@@ -75,8 +75,9 @@ def option(
             ``common``, also in ``run --help`` and ``active --help``; ``rare``, in ``--help-all`` only.
         online: an annotate setting that distill reads under ``--teacher-mode online`` (the rows and the
             teacher); ``"shown"``: one that ``distill --help`` lists (the rest: ``--help-all``).
-        answers: a teacher setting that changes what the teacher answers: a resumed online distill
-            refuses a checkpoint whose teacher had another value (a backend's own settings all count).
+        answers: an annotate setting that changes what the teacher answers: a resumed online distill
+            refuses a checkpoint whose teacher had another value (a backend's own settings count unless
+            its settings class lists them in ``SAME_ANSWERS``).
     """
     if shown not in (None, "common", "rare"):
         raise TypeError(f"option(shown=): expected None, 'common' or 'rare'; found {shown!r}")
