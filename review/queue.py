@@ -88,7 +88,10 @@ def label_issues(embeddings: np.ndarray, teacher_ids: np.ndarray, seed: int) -> 
     full = np.zeros((len(teacher_ids), len(counts)))
     full[:, present] = oof
     remap = {old: new for new, old in enumerate(present)}  # cleanlab wants labels 0..K-1 that all occur
-    return find_label_issues(np.array([remap[t] for t in teacher_ids]), full[:, present])
+    # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that runs torch's threads
+    # can deadlock on a lock a thread held (seen under pytest: the queue never returned); a few hundred rows
+    # need no pool
+    return find_label_issues(np.array([remap[t] for t in teacher_ids]), full[:, present], n_jobs=1)
 
 
 def student_signals(cfg: ReviewConfig, rows: pd.DataFrame, labels: list[str], probs: np.ndarray) -> tuple:
