@@ -3,7 +3,8 @@
 The server is started and stopped by a fixture on a free loopback port. The tests skip with
 a message when llama-cpp-python is not installed (`make install-server` installs it). A server
 that dies fails the next test at once with the tail of its log, and no test waits more than
-two minutes on a server that does not answer (pytest-timeout).
+two minutes on a server that does not answer (pytest-timeout; four for the two echo tests, whose
+17 echoed requests alone take 70-115 s on 2 cores).
 """
 
 import dataclasses
@@ -170,6 +171,7 @@ def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray
     return np.array([normalise(row.tolist()).logprobs for row in scores])
 
 
+@pytest.mark.timeout(240)
 def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, tmp_path):
     """Completions endpoint, full verbalizers, same chat template and answer prefix as local."""
     # 8 rows: llama-cpp-python sorts the whole vocabulary in Python for every echoed token, 2-5 s
@@ -190,6 +192,7 @@ def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, t
     assert agreement >= 0.85 and mad < 0.05  # at most one of the 8 rows differs
 
 
+@pytest.mark.timeout(240)
 def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
     """A prompt without a leading special token makes llama.cpp add an unlisted BOS, so its echoed
     log-probs come one position late; read in place they would be ~-10 per token."""
