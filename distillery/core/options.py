@@ -81,24 +81,9 @@ def option(
     """
     if shown not in (None, "common", "rare"):
         raise TypeError(f"option(shown=): expected None, 'common' or 'rare'; found {shown!r}")
-    given = {
-        "ge": ge,
-        "gt": gt,
-        "le": le,
-        "lt": lt,
-        "form": form,
-        "choices": choices,
-        "registry": registry,
-        "extra_choices": extra_choices,
-        "nonempty": nonempty,
-        "flag": flag,
-        "short": short,
-        "group": group,
-        "metavar": metavar,
-        "shown": shown,
-        "online": online,
-        "answers": answers,
-    }
+    given = dict(ge=ge, gt=gt, le=le, lt=lt, form=form, choices=choices, registry=registry)
+    given |= dict(extra_choices=extra_choices, nonempty=nonempty, flag=flag, short=short, group=group)
+    given |= dict(metavar=metavar, shown=shown, online=online, answers=answers)
     metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
