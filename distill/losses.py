@@ -85,6 +85,7 @@ def hybrid_kd_rows(
 
 
 HARD_LOSSES = ("ce", "gce", "confident")
+AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows
 GCE_Q = 0.7  # Zhang & Sabuncu 2018's q: 0 is cross-entropy, 1 is the mean absolute error
 
 
@@ -120,17 +121,24 @@ def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, cla
     return kl_rows, ce_rows, weights * has_soft, hard_w
 
 
+def _hard_label_counts(rows: TrainingRows) -> torch.Tensor | None:
+    """Rows per class among the training rows' hard labels; None when they have none (online rows, whose
+    labels come batch by batch)."""
+    hard = rows.train["hard"] if "hard" in rows.train else None
+    if hard is None or (hard < 0).all():
+        return None
+    return torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
+
+
 def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Tensor | None:
     """--class-weights: ``n / (labels x rows of the class)`` per class from the training rows' hard labels
     (at most ``cap``); ``auto`` uses them when the smallest class has under AUTO_SMALL_CLASS_ROWS rows
-    and the largest over 1.5x as many, else none (None also for online rows, whose labels come batch by
-    batch). Measured (docs/results.md, "Keep every class"): on 500 rows weights keep a class of ~25-50
-    rows that the unweighted student drops; on 2,000 SST-2 rows at 80/20 (~340 in the small class) they
-    over-correct (accuracy 0.759 against 0.822 unweighted, under the majority's 0.80)."""
-    hard = rows.train["hard"] if "hard" in rows.train else None
-    if mode == "none" or hard is None or (hard < 0).all():
+    and the largest over 1.5x as many, else none (None also for online rows). Measured (docs/results.md,
+    "Keep every class"): on 500 rows weights keep a class of ~25-50 rows that the unweighted student
+    drops; on 2,000 SST-2 rows at 80/20 (~340 in the small class) they over-correct."""
+    counts = None if mode == "none" else _hard_label_counts(rows)
+    if counts is None:
         return None
-    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
     if mode == "auto" and (counts.max() <= 1.5 * counts.min().clamp(min=1) or counts.min() >= AUTO_SMALL_CLASS_ROWS):
         return None
     weights = counts.sum() / (len(rows.labels) * counts.clamp(min=1))
@@ -140,12 +148,8 @@ def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Ten
 def logit_offsets(tau: float, rows: TrainingRows) -> torch.Tensor | None:
     """--logit-adjustment: ``TAU x log(share)`` per class, the shares of the training rows' hard labels
     (a class with none counts as one row); None when TAU is 0 or the rows are labelled online."""
-    hard = rows.train["hard"] if "hard" in rows.train else None
-    if tau == 0 or hard is None or (hard < 0).all():
+    counts = None if tau == 0 else _hard_label_counts(rows)
+    if counts is None:
         return None
-    counts = torch.bincount(torch.tensor(hard[hard >= 0].to_numpy()), minlength=len(rows.labels)).double()
     offsets = tau * torch.log(counts.clamp(min=1) / counts.clamp(min=1).sum())
     return (offsets - offsets.mean()).float()
-
-
-AUTO_SMALL_CLASS_ROWS = 100  # --class-weights auto weights the classes only while the smallest has fewer training rows

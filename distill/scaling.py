@@ -24,15 +24,27 @@ import numpy as np
 import torch
 from scipy.stats import chi2
 
+from distillery.core.annotations import label_columns
+from distillery.core.models import predict_probabilities
+
 if TYPE_CHECKING:
     from distillery.distill.data import TrainingRows
     from distillery.distill.online import OnlineTeacher
 
-__all__ = ["Scaling", "fit_bias", "fit_scaling", "fit_temperature", "pick_scaling", "scaled_probabilities"]
+__all__ = [
+    "Scaling",
+    "fit_bias",
+    "fit_scaling",
+    "fit_student_scaling",
+    "fit_temperature",
+    "pick_scaling",
+    "scaled_probabilities",
+]
 
 T_RANGE = (0.05, 20.0)  # safety bounds of a fitted temperature (a fit outside means a degenerate set)
 B_RANGE = 10.0  # and of each class bias
 LEVEL = 0.95  # the likelihood-ratio tests of --scaling auto
+MIN_SCALING_ROWS = 10  # validation rows --scaling needs (its likelihood-ratio tests are asymptotic)
 
 
 def _tensors(logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,9 +178,6 @@ def fit_student_scaling(
     T against their gold labels where every one has one (``bias``: else against the teacher), b
     (``bias`` only) against the teacher's calibrated distribution (``online``: the teacher scores them
     now). None under :data:`MIN_SCALING_ROWS` validation rows."""
-    from distillery.core.annotations import label_columns
-    from distillery.core.models import predict_probabilities
-
     val, labels = rows.val, rows.labels
     if mode == "none":
         return 1.0, None
@@ -190,6 +199,3 @@ def fit_student_scaling(
     scaling = pick_scaling(logits, teacher, gold, mode)
     say(f"distill: post-hoc scaling on {len(val)} validation rows: {scaling.said}")
     return scaling.temperature, scaling.bias
-
-
-MIN_SCALING_ROWS = 10  # validation rows --scaling needs (its likelihood-ratio tests are asymptotic)

@@ -159,8 +159,8 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
     else:
         rows = load_training_rows(cfg)
-        missing = sum(int((part["gold"] == "").sum()) for part in (rows.train, rows.val))
-        if cfg.ceiling and missing:  # before the student trains, not after
+        missing = sum(int((part["gold"] == "").sum()) for part in (rows.train, rows.val)) if cfg.ceiling else 0
+        if missing:  # --ceiling needs gold everywhere: said before the student trains, not after
             raise UserError(
                 f"--ceiling: expected a gold label on every training row; found {missing} without one; leave "
                 "--ceiling out, or give those rows a label (--label-column)"
