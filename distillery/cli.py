@@ -257,6 +257,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
 
+def _split(members: list, shown) -> list[list]:
+    """``[the members --help shows, the ones only --help-all shows]``, by the predicate ``shown``."""
+    return [[f for f in members if shown(f)], [f for f in members if not shown(f)]]
+
+
 def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
     """``(title, shown fields, hidden fields)`` per help group of a subcommand: the groups the options
     name, then one per backend or student kind with settings of its own. distill puts the online
@@ -281,23 +286,17 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
         out.append([title, [f for f in members if f.name not in seen], []])
         seen |= {f.name for f in members}
     for entry in out:
-        title, members, hidden = entry
+        title, members, _ = entry
         if full:
             continue
         if command in ("run", "active"):
-            common = [f.metadata.get("shown") == "common" for f in members]
-            entry[1], entry[2] = (
-                [f for f, c in zip(members, common) if c],
-                [f for f, c in zip(members, common) if not c],
-            )
+            entry[1:] = _split(members, lambda f: f.metadata.get("shown") == "common")
         elif any(f.metadata.get("shown") == "rare" for f in members):
-            rare = [f.metadata.get("shown") == "rare" for f in members]
-            entry[1], entry[2] = [f for f, r in zip(members, rare) if not r], [f for f, r in zip(members, rare) if r]
+            entry[1:] = _split(members, lambda f: f.metadata.get("shown") != "rare")
         elif command == "distill" and (
             title.startswith("online teacher") or title.endswith(")") and "backend" in title
         ):
-            shown = [f.metadata.get("online") == "shown" for f in members]
-            entry[1], entry[2] = [f for f, v in zip(members, shown) if v], [f for f, v in zip(members, shown) if not v]
+            entry[1:] = _split(members, lambda f: f.metadata.get("online") == "shown")
     return [tuple(e) for e in out if e[1] or e[2]]
 
 
