@@ -2,7 +2,7 @@
 
 ``distillery.distill(cfg)`` runs the stage; the names below are imported on first use."""
 
-from distillery.core.callable_module import lazy_package
+from distillery.core.lazy import lazy_package
 
 lazy_package(
     __name__,

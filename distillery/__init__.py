@@ -73,7 +73,7 @@ def __getattr__(name: str):
         "distill",
         "active",
         "review",
-    ):  # the stage's package, callable as its function (core/callable_module.py)
+    ):  # the stage's package, callable as its function (core/lazy.py)
         return importlib.import_module(f"distillery.{name}")
     value = getattr(importlib.import_module(_API[name]), name)
     globals()[name] = value  # the next lookup is a plain attribute

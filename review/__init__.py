@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from distillery.core.callable_module import lazy_package
+from distillery.core.lazy import lazy_package
 
 if TYPE_CHECKING:
     from distillery.review.config import ReviewConfig

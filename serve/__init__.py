@@ -5,7 +5,7 @@ the names below that come from there are re-exported so ``from distillery.serve 
 keeps working. Every name is imported on first use.
 """
 
-from distillery.core.callable_module import lazy_package
+from distillery.core.lazy import lazy_package
 
 lazy_package(
     __name__,

@@ -11,7 +11,7 @@ loaded back), ``runtime`` (:class:`Student`, :func:`load_student`), ``defer`` (a
 ``distillery.core``, and each name on first use.
 """
 
-from distillery.core.callable_module import lazy_package
+from distillery.core.lazy import lazy_package
 
 lazy_package(
     __name__,
