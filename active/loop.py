@@ -28,17 +28,17 @@ from distillery.active.config import ActiveConfig
 from distillery.active.strategies import Candidates, pick, scores
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task, read_annotations
 from distillery.core.errors import UserError
+from distillery.core.fingerprints import rows_fingerprint
+from distillery.core.lock import locked
 from distillery.core.registry import active_strategies
 from distillery.core.run import Run
 from distillery.core.rundir import (
     check_folder,
     claim_folder,
     install,
-    locked,
     make_folder,
     remove_leftovers,
     remove_owned,
-    rows_fingerprint,
     temporary_name,
     write_csv,
     write_json,
@@ -101,21 +101,14 @@ def _active(cfg: ActiveConfig, source: AnnotateConfig, train: DistillConfig, rep
                 "leave --budget-cost out"
             )
         settings = replace(settings, max_cost=cfg.budget_cost)
-    teacher_cfg = replace(
-        source,
-        settings=settings,
+    teacher_cfg = replace(source, settings=settings).asking_about(
         data=str(work / "selected.csv"),
-        text_column="text",
         label_column="gold" if has_gold else "",
         id_column="id",
         split_column="split",
-        limit=0,
-        balance=False,
         test_fraction=0.0,
         chunk_size=chunk,
-        only_deferred=False,
-        overwrite=False,
-        restart_annotations=False,
+        seed=source.seed,
     )
     print(
         f"active: pool of {len(pool)} rows, budget {cfg.budget} teacher calls, strategy {cfg.strategy}; "

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from distillery.core.annotations import FORMAT, ManifestError, read_chunk, read_manifest, run_id
-from distillery.core.rundir import append_csv, remove_owned, sha256_file, write_json, write_text
+from distillery.core.fingerprints import sha256_file
+from distillery.core.rundir import append_csv, remove_owned, write_json, write_text
 
 __all__ = ["ChunkStore"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ class AnnotateConfig:
         shown="common",
         metavar="FILE",
         online="shown",
+        rows="always",
     )
     hf_config: str = option(
         "",
@@ -46,10 +48,19 @@ class AnnotateConfig:
         short="config of an hf: dataset (e.g. sst2)",
         group="input",
         online=True,
+        rows="always",
     )
-    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input", online=True)
+    split: str = option(
+        "train", "split of an hf: dataset", short="split of an hf: dataset", group="input", online=True, rows="always"
+    )
     text_column: str = option(
-        "text", "column that holds the text", short="column with the text", group="input", shown="common", online=True
+        "text",
+        "column that holds the text",
+        short="column with the text",
+        group="input",
+        shown="common",
+        online=True,
+        rows="always",
     )
     label_column: str = option(
         "",
@@ -58,6 +69,7 @@ class AnnotateConfig:
         group="input",
         shown="common",
         online=True,
+        rows="always",
     )
     split_column: str = option(
         "",
@@ -66,6 +78,7 @@ class AnnotateConfig:
         group="input",
         shown="common",
         online=True,
+        rows="when set",
     )
     id_column: str = option(
         "",
@@ -73,6 +86,7 @@ class AnnotateConfig:
         short="column with row ids",
         group="input",
         online=True,
+        rows="always",
     )
     limit: int = option(
         -1,
@@ -83,6 +97,7 @@ class AnnotateConfig:
         group="input",
         shown="common",
         online=True,
+        rows="always",
     )
     balance: bool | None = option(
         None,
@@ -91,6 +106,7 @@ class AnnotateConfig:
         short="same number of rows per gold label",
         group="input",
         online=True,
+        rows="always",
     )
     drop_empty: bool = option(
         False,
@@ -98,6 +114,7 @@ class AnnotateConfig:
         short="skip rows with empty text",
         group="input",
         online=True,
+        rows="always",
     )
     test_fraction: float = option(
         0.2,
@@ -107,8 +124,9 @@ class AnnotateConfig:
         short="share of rows held out as test",
         group="input",
         online=True,
+        rows="always",
     )
-    seed: int = shared("seed")
+    seed: int = shared("seed", rows="always")
     task: str = option(
         "sentiment-binary",
         "task name in data/tasks/ or a task YAML path",
@@ -246,6 +264,7 @@ class AnnotateConfig:
         "answered, the teacher's where it deferred",
         short="only the rows predict --defer deferred",
         group="output",
+        rows="when set",
     )
     # The chosen backend's own settings (its dataclass, registered with it: LocalSettings, HostedSettings, ...).
     # Given as a dict of flat keys or as that dataclass; flags and YAML keys stay flat (--base-url, base_url:).
@@ -266,6 +285,17 @@ class AnnotateConfig:
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
         # an unknown backend, or a setting of another one: one line naming the registered ones, or its backend
         self.settings = entry_settings(teacher_backends, self.backend, self.settings)
+
+    def asking_about(self, **rows) -> AnnotateConfig:
+        """The same teacher (backend, its settings, task, calibration) asked about other rows: the settings
+        that select rows (``rows`` in their option()) and those of the output group back to their defaults,
+        then ``rows`` (the input and its columns)."""
+        reset = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(self)
+            if f.metadata.get("rows") or f.metadata.get("group") == "output"
+        }
+        return dataclasses.replace(self, **(reset | rows))
 
     def flat(self) -> dict:
         """Every setting as one flat mapping, the backend's included: what config.yaml and the manifest record."""

@@ -16,66 +16,26 @@ reads it from position i-1 instead, and a one-request probe finds which kind of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import math
-import os
-import re
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from distillery.core.options import check_settings, option
 from distillery.core.run import Run
-from distillery.core.rundir import check_reserved, guard_files, record_files, temporary_name
-from distillery.core.secrets import NO_KEY, env_name_problem, parse_headers, scrub
+from distillery.core.secrets import NO_KEY, api_key, looks_like_key, parse_headers, scrub
 
 if TYPE_CHECKING:
     from distillery.annotate.config import AnnotateConfig
+from distillery.annotate.logprobs import PROBE, echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
+from distillery.annotate.request_cache import CACHE_FILES, RequestCache
 from distillery.annotate.teacher import Annotation, normalise
 from distillery.core.errors import UserError
 from distillery.core.tasks import TaskSpec
 
-__all__ = [
-    "AuthError",
-    "HostedTeacher",
-    "api_key",
-    "cost",
-    "echo_is_shifted",
-    "echo_label_logprob",
-    "labels_from_top_logprobs",
-    "looks_like_key",
-]
+__all__ = ["AuthError", "HostedSettings", "HostedTeacher", "checked_key", "cost"]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-PLACEHOLDER_KEY = "no-key"  # --api-key-env none: the client needs some string; a server without keys ignores it
-
-
-# Keys that are valid variable names: a provider's prefix (OpenAI/Stripe sk_, Groq gsk_, GitHub github_pat_ and
-# ghp_, Hugging Face hf_, Replicate r8_, Slack xoxb-, ...) and 16 or more characters after it; AWS and Google
-# keys; a JWT or other base64 JSON (eyJ...).
-KEY_PREFIX = re.compile(
-    r"(?:(?:sk|pk|rk|gsk|github_pat|gh[pousr]|glpat|hf|r8|xox[abprs]|pplx|nvapi|xai)[_-].{16,}"
-    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza.{30,}|eyJ.{16,})"
-)
-
-
-def looks_like_key(value: str) -> bool:
-    """True when ``value`` (given as ``--api-key-env``) looks like a key rather than a variable's name: not a
-    variable name at all, a provider's key prefix, or a part between underscores that reads as random (16 or
-    more characters mixing letters with digits or upper with lower case, or 24 or more of anything)."""
-    if value == NO_KEY:
-        return False
-    if env_name_problem(value) or KEY_PREFIX.fullmatch(value):
-        return True
-    for part in value.split("_"):
-        mixed = any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
-        cased = any(c.islower() for c in part) and any(c.isupper() for c in part)
-        if len(part) >= 24 or (len(part) >= 16 and (mixed or cased)):
-            return True
-    return False
 
 
 def checked_key(settings) -> str:
@@ -88,156 +48,12 @@ def checked_key(settings) -> str:
     return api_key(settings.api_key_env)
 
 
-def api_key(name: str) -> str:
-    """The API key held by the environment variable ``name`` (``--api-key-env``; a placeholder for ``none``).
-
-    A value that looks like a key, or a variable that is unset or empty, is one line that never shows a value
-    (an unset variable is named: by then it looks like a name)."""
-    if looks_like_key(name):
-        raise UserError(
-            "--api-key-env: expected the NAME of an environment variable holding the key (e.g. OPENAI_API_KEY), "
-            "or 'none' for a server that needs no key; found a value that looks like a key (not shown); export "
-            "the key in a variable (export OPENAI_API_KEY=...) and pass the variable's name"
-        )
-    if name == NO_KEY:
-        return PLACEHOLDER_KEY
-    key = os.environ.get(name, "")
-    if not key:  # a name by now (a value that is not one was refused above): the name only, never a value
-        raise UserError(
-            f"--api-key-env {name}: expected the API key in that environment variable; found it unset or empty; "
-            f"export {name}=YOUR_KEY, or pass --api-key-env none for a server that needs no key"
-        )
-    return key
-
-
 class AuthError(PermissionError):
     """The server refused the API key: the run stops at once."""
 
 
 class ServerConfigError(ConnectionError):
     """The very first requests all failed the same way (no server there, unknown model, ...)."""
-
-
-def labels_from_top_logprobs(
-    top: list[tuple[str, float]], verbalizers: list[str]
-) -> tuple[list[float], float, list[str]]:
-    """Per-label log-probs from ``(token, logprob)`` pairs of one position.
-
-    Returns ``(logprobs renormalised over the labels, covered mass, labels bounded)``.
-    """
-    words = [v.strip().casefold() for v in verbalizers]
-    mass = [0.0] * len(words)
-    for token, logprob in top:
-        t = token.strip().casefold()
-        hits = [i for i, w in enumerate(words) if t and w.startswith(t)]
-        if len(hits) == 1:  # a token that begins two labels tells them apart not at all
-            mass[hits[0]] += math.exp(logprob)
-    floor = min(lp for _, lp in top) if top else -math.inf
-    bounded = [verbalizers[i].strip() for i, m in enumerate(mass) if m == 0.0]
-    raw = [math.log(m) if m > 0 else floor for m in mass]
-    covered = sum(mass)
-    total = math.log(sum(math.exp(x) for x in raw)) if any(math.isfinite(x) for x in raw) else -math.inf
-    return [x - total for x in raw], covered, bounded
-
-
-def echo_label_logprob(logprobs: dict, verbalizer: str, generated: str, shifted: bool) -> tuple[float, bool]:
-    """log P(verbalizer | prompt) from the echo of ``prompt + verbalizer`` (+ ``generated``).
-
-    ``logprobs``: the completion's ``{tokens, token_logprobs, top_logprobs}``. The label's
-    tokens are found from the end of the echo (some servers list the generated token, some do
-    not; llama.cpp's character offsets skip special tokens, so they are not used).
-    ``shifted``: llama.cpp's layout, where entry i holds the distribution that predicts token
-    i+1; the log-prob of token i is then looked up in ``top_logprobs[i-1]``, and when it is
-    not among those top tokens the smallest of them bounds it from above.
-    Returns ``(log-prob, bounded)``.
-    """
-    tokens = logprobs["tokens"]
-    ends = [len(tokens) - k for k in range(1, 4) if generated and "".join(tokens[len(tokens) - k :]) == generated] + [
-        len(tokens)
-    ]
-    for end in ends:
-        start, text = end, ""
-        while start > 1 and len(text) < len(verbalizer):
-            start -= 1
-            text = tokens[start] + text
-        if text == verbalizer:
-            break
-    else:
-        raise UserError(
-            f"the echo does not end in the label's own tokens ({verbalizer!r} merged with the prompt or the answer)"
-        )
-    total, bounded = 0.0, False
-    for i in range(start, end):
-        if not shifted:
-            total += logprobs["token_logprobs"][i]
-            continue
-        top = logprobs["top_logprobs"][i - 1] or {}
-        if tokens[i] in top:
-            total += top[tokens[i]]
-        else:
-            total, bounded = total + min(top.values(), default=-math.inf), True
-    return total, bounded
-
-
-PROBE = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"  # the later numbers are near-certain
-
-
-def echo_is_shifted(logprobs: dict) -> bool:
-    """True when an echoed ``head + PROBE`` shows llama.cpp's one-position-late log-probs.
-
-    llama.cpp is late when it adds a BOS token the echo does not list (a prompt that does not
-    start with a special token), so the probe starts like the real prompts do.
-    """
-    tokens, aligned, late = logprobs["tokens"], [], []
-    for i in range(len(tokens) - 14, len(tokens) - 1):  # the last numbers, not the generated token
-        aligned.append(logprobs["token_logprobs"][i] or -30.0)
-        late.append((logprobs["top_logprobs"][i - 1] or {}).get(tokens[i], -30.0))
-    return sum(late) > sum(aligned)
-
-
-CACHE_FILES = (
-    "request_cache.sqlite",
-    "request_cache.sqlite-journal",
-)  # the cache in OUT/annotations and SQLite's journal
-
-
-class RequestCache:
-    """answers already received, keyed by everything that shapes the answer (SQLite)."""
-
-    def __init__(self, path: Path):
-        names = [path.name, f"{path.name}-journal"]
-        for name in names:  # a link or a special file there is never opened, nor what it points to
-            check_reserved(path.parent / name)
-        guard_files(path.parent, names)  # a file of someone else's by those names is never opened as the cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():  # made whole under a temporary name, recorded as ours, then moved into place
-            staged = path.with_name(temporary_name(path.name))
-            check_reserved(staged)
-            staged.unlink(missing_ok=True)
-            with contextlib.closing(sqlite3.connect(staged)) as db:
-                db.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, body TEXT)")
-                db.commit()
-            record_files(path.parent, names)  # the journal is SQLite's companion of the file now whole
-            os.replace(staged, path)
-        self.db = sqlite3.connect(path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, body TEXT)")
-
-    @staticmethod
-    def key(request: dict) -> str:
-        return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT body FROM answers WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, body: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(body)))
-        self.db.commit()
-
-    def clear(self) -> None:
-        """Forget every answer (``--restart-annotations``)."""
-        self.db.execute("DELETE FROM answers")
-        self.db.commit()
 
 
 @dataclass

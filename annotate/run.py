@@ -26,24 +26,18 @@ from distillery.annotate.calibration import calibrate_chunks, resolve_mode
 from distillery.annotate.chunks import ChunkStore
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.deferred import merge_answers
-from distillery.annotate.hosted import CACHE_FILES
+from distillery.annotate.request_cache import CACHE_FILES
 from distillery.annotate.teacher import Annotation, content_free_bias, failed_for_good
 from distillery.core.annotations import ManifestError, label_columns
 from distillery.core.errors import UserError
+from distillery.core.fingerprints import file_fingerprint, rows_fingerprint
 from distillery.core.inputs import load_rows
+from distillery.core.lock import locked
 from distillery.core.models import resolve_model, size_on_disk
 from distillery.core.registry import calibration_modes, teacher_backends
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run
-from distillery.core.rundir import (
-    claim_folder,
-    file_fingerprint,
-    guard_files,
-    locked,
-    remove_leftovers,
-    rows_fingerprint,
-    write_text,
-)
+from distillery.core.rundir import claim_folder, guard_files, remove_leftovers, write_text
 from distillery.core.secrets import redacted
 from distillery.core.tasks import load_task
 
@@ -178,6 +172,18 @@ def answer_settings(cfg: AnnotateConfig) -> dict:
     return {"name": cfg.backend, **changed}
 
 
+def selecting_settings(cfg: AnnotateConfig) -> dict:
+    """The settings that select the rows and their split (declared ``rows`` in their option()): what an
+    annotation run's fingerprint records of its input."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        when = f.metadata.get("rows")
+        value = getattr(cfg, f.name)
+        if when == "always" or (when == "when set" and value != f.default):
+            out[f.name] = value
+    return out
+
+
 def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> ChunkStore:
     """The run's chunk store, claimed and checked against the rows this call selected."""
     root = Run.of(cfg).annotations
@@ -185,28 +191,9 @@ def open_store(cfg: AnnotateConfig, task, rows: pd.DataFrame, grows: bool) -> Ch
         "teacher": cfg.teacher,
         "prompt_hash": task.prompt_hash(),
         "labels": task.labels,
-        "data": {
-            k: getattr(cfg, k)
-            for k in (
-                "data",
-                "hf_config",
-                "split",
-                "text_column",
-                "label_column",
-                "id_column",
-                "limit",
-                "balance",
-                "drop_empty",
-                "test_fraction",
-                "seed",
-            )
-        },
+        "data": selecting_settings(cfg),
         "chunk_size": cfg.chunk_size,
     }
-    if cfg.split_column:  # only when set, so runs from before this option still resume
-        fingerprint["data"]["split_column"] = cfg.split_column
-    if cfg.only_deferred:
-        fingerprint["data"]["only_deferred"] = True
     answers = answer_settings(cfg)
     if answers:  # only when not the defaults of the local backend, so runs from before this still resume
         fingerprint["backend"] = redacted(answers)  # never a secret in the manifest

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distillery.core.errors import UserError, full_disk
-from distillery.core.rundir import make_folder, remove_owned, rows_fingerprint, seal_folder, write_json, write_text
+from distillery.core.fingerprints import rows_fingerprint
+from distillery.core.rundir import make_folder, remove_owned, seal_folder, write_json, write_text
 from distillery.core.tasks import load_task
 
 if TYPE_CHECKING:

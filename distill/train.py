@@ -23,13 +23,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from distillery.annotate.config import AnnotateConfig
 from distillery.core.errors import UserError
+from distillery.core.lock import locked
 from distillery.core.models import pick_device
 from distillery.core.run import Run
 from distillery.core.rundir import (
     claim_folder,
     guard_files,
     install,
-    locked,
     make_folder,
     remove_leftovers,
     remove_owned,

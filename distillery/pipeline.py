@@ -6,8 +6,9 @@ from pathlib import Path
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, load_task
 from distillery.core.errors import UserError
+from distillery.core.lock import locked
 from distillery.core.run import Run
-from distillery.core.rundir import check_folder, locked
+from distillery.core.rundir import check_folder
 from distillery.distill import DistillConfig, distill
 from distillery.evaluation import EvaluateConfig, evaluate
 from distillery.evaluation.evaluate import check_report_writable

@@ -19,9 +19,10 @@ import yaml
 
 from distillery.core.annotations import read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
+from distillery.core.lock import locked
 from distillery.core.models import pick_device
 from distillery.core.run import Run
-from distillery.core.rundir import guard_files, locked, write_json, write_text
+from distillery.core.rundir import guard_files, write_json, write_text
 from distillery.core.studentmeta import StudentMeta
 from distillery.evaluation.config import EvaluateConfig
 from distillery.evaluation.diagnosis import diagnose

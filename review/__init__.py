@@ -15,8 +15,8 @@ def review(cfg: ReviewConfig):
     """Build the next review queue, or with ``cfg.import_file`` import the answers; returns the folder
     or file written."""
     from distillery.core.errors import UserError
+    from distillery.core.lock import locked
     from distillery.core.run import Run
-    from distillery.core.rundir import locked
     from distillery.review.importer import import_labels
     from distillery.review.queue import build_queue
 

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from distillery.core.errors import UserError
+from distillery.core.lock import locked
 from distillery.core.registry import student_kinds
 from distillery.core.run import Run
 from distillery.core.rundir import (
@@ -33,7 +34,6 @@ from distillery.core.rundir import (
     claim_folder,
     guard_files,
     install,
-    locked,
     make_folder,
     mark_made,
     remove_leftovers,

@@ -24,19 +24,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from distillery.core.errors import UserError
+from distillery.core.fingerprints import file_fingerprint, sha256_file
 from distillery.core.inputs import iter_texts
+from distillery.core.lock import LOCK_FILE, locked
 from distillery.core.models import pick_device
 from distillery.core.run import Run
 from distillery.core.rundir import (
-    LOCK_FILE,
     append_csv,
-    file_fingerprint,
     foreign,
-    locked,
     remove_leftovers,
     remove_owned,
     replacing,
-    sha256_file,
     write_json,
     write_text,
 )

@@ -214,3 +214,20 @@ print(codes, sorted(m for m in {HEAVY!r} if m in sys.modules))
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
     assert done.returncode == 0 and "--backend" in done.stdout
     assert "distillery" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_a_stage_function_keeps_its_name_after_its_module_of_that_name_is_imported():
+    """``distillery.evaluation.evaluate`` is a function and a module: importing the module first (as a script
+    that uses one of its helpers does) must not leave the package's name bound to the module."""
+    import subprocess
+    import sys
+
+    script = """
+import distillery.evaluation.evaluate, distillery.serve.export, distillery.serve.predict
+from distillery.evaluation import evaluate
+from distillery.serve import export, predict
+import distillery
+print([type(f).__name__ for f in (evaluate, export, predict, distillery.evaluate, distillery.predict)])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == str(["function"] * 5), done.stdout + done.stderr

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from distillery.annotate.hosted import echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
+from distillery.annotate.logprobs import echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
 
 
 def test_case_and_space_variants_are_summed_and_renormalised():

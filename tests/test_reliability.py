@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from distillery import cli as distillery_cli
 from distillery.annotate import read_annotations
-from distillery.core.rundir import locked
+from distillery.core.lock import locked
 from distillery.distill.checkpoint import find_checkpoint
 
 pytestmark = pytest.mark.integration

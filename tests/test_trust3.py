@@ -20,15 +20,14 @@ from conftest import make_rows
 
 from distillery import cli as distillery_cli
 from distillery.core.errors import UserError, full_disk
+from distillery.core.lock import LOCK_FILE, locked
 from distillery.core.options import PATH_FORMS, read_config
 from distillery.core.registry import _load
+from distillery.core.reserved import LinkedName
 from distillery.core.rundir import (
-    LOCK_FILE,
     OWNED_FILE,
     ForeignFiles,
-    LinkedName,
     foreign,
-    locked,
     make_folder,
     owned,
     remove_owned,
@@ -108,7 +107,7 @@ def _reserved_uses(folder: Path) -> dict:
         LOCK_FILE: lock,
         OWNED_FILE: lambda: write_text(folder / "report.md", "x"),  # reads, then rewrites, the record
         temporary_name("report.md"): lambda: write_text(folder / "report.md", "x"),
-        "request_cache.sqlite": lambda: __import__("distillery.annotate.hosted", fromlist=["x"]).RequestCache(
+        "request_cache.sqlite": lambda: __import__("distillery.annotate.request_cache", fromlist=["x"]).RequestCache(
             folder / "request_cache.sqlite"
         ),
     }

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from distillery.core.errors import UserError
-from distillery.core.rundir import sha256_file
+from distillery.core.fingerprints import sha256_file
 
 __all__ = [
     "AUTO_MIN_GOLD",

@@ -34,15 +34,18 @@ def lazy_package(name: str, exports: dict[str, str], call: str | None = None) ->
 
     package.__getattr__, package.__dir__ = __getattr__, __dir__
     package.__all__ = sorted(exports)
-    if call is None:
-        return
 
-    class _Stage(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return getattr(self, call)(*args, **kwargs)
+    def __getattribute__(self, attr: str):
+        value = types.ModuleType.__getattribute__(self, attr)
+        # ``evaluate`` exported from the submodule ``evaluate``: importing that submodule binds the package's
+        # name to the module; the exported function is what the name stands for
+        if isinstance(value, types.ModuleType) and exports.get(attr) == value.__name__ == f"{name}.{attr}":
+            return getattr(value, attr)
+        return value
 
-        @property
-        def __wrapped__(self):  # help() and inspect.signature() show the stage function's
-            return getattr(self, call)
-
-    package.__class__ = _Stage
+    members: dict = {"__getattribute__": __getattribute__}
+    if call is not None:
+        members["__call__"] = lambda self, *args, **kwargs: getattr(self, call)(*args, **kwargs)
+        # help() and inspect.signature() show the stage function's
+        members["__wrapped__"] = property(lambda self: getattr(self, call))
+    package.__class__ = type("LazyPackage", (types.ModuleType,), members)

@@ -55,6 +55,7 @@ def option(
     shown: str | None = None,
     online: bool | str = False,
     answers: bool = False,
+    rows: str | None = None,
 ):
     """A dataclass field: one setting, everything about it in one place.
 
@@ -78,12 +79,17 @@ def option(
         answers: an annotate setting that changes what the teacher answers: a resumed online distill
             refuses a checkpoint whose teacher had another value (a backend's own settings count unless
             its settings class lists them in ``SAME_ANSWERS``).
+        rows: an annotate setting that selects the rows or their split, so an annotation run's
+            fingerprint records it: ``"always"``, or ``"when set"`` (recorded only when not its default,
+            so runs from before the setting existed still resume).
     """
     if shown not in (None, "common", "rare"):
         raise TypeError(f"option(shown=): expected None, 'common' or 'rare'; found {shown!r}")
+    if rows not in (None, "always", "when set"):
+        raise TypeError(f"option(rows=): expected None, 'always' or 'when set'; found {rows!r}")
     given = dict(ge=ge, gt=gt, le=le, lt=lt, form=form, choices=choices, registry=registry)
     given |= dict(extra_choices=extra_choices, nonempty=nonempty, flag=flag, short=short, group=group)
-    given |= dict(metavar=metavar, shown=shown, online=online, answers=answers)
+    given |= dict(metavar=metavar, shown=shown, online=online, answers=answers, rows=rows)
     metadata = {"help": help, **{k: v for k, v in given.items() if v is not None and v is not False and v != ()}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)

@@ -195,7 +195,8 @@ SHARED = {
 }
 
 
-def shared(name: str):
-    """The dataclass field of the shared setting ``name`` (:data:`SHARED`)."""
+def shared(name: str, **more):
+    """The dataclass field of the shared setting ``name`` (:data:`SHARED`); ``more``: the reading stage's
+    own :func:`~distillery.core.options.option` metadata (``online``, ``rows``, ...)."""
     default, help_text, short, group, checks = SHARED[name]
-    return option(default, help_text, short=short, group=group, **checks)
+    return option(default, help_text, short=short, group=group, **checks, **more)

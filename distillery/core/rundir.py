@@ -1,8 +1,5 @@
 """The run-directory layer every stage writes through.
 
-- :func:`locked`: one writer per output folder. A second ``distillery`` process on the same
-  folder stops at once with the pid and start time of the one that holds it; the lock dies
-  with its process (``fcntl.flock``), so a kill -9 never leaves a stale lock.
 - :func:`replacing`, :func:`write_text`, :func:`write_json`, :func:`write_csv`: whole-file
   writes (a temporary file in the same folder, fsync, ``os.replace``): a kill at any instant
   leaves the old file or the new one, never a torn one. Every CSV quotes every field, so a
@@ -15,8 +12,9 @@
   stops a stage on a folder of someone else's files
   unless ``--overwrite`` (then it writes beside them); :func:`guard_files`, the writers and
   :func:`remove_owned` never replace or delete a file that is not listed, whatever the flags.
-- :func:`file_fingerprint`, :func:`same_file`, :func:`rows_fingerprint`: fingerprints of an
-  input's content, so a rerun on an edited input stops instead of mixing old and new rows.
+
+One writer per folder is :mod:`distillery.core.lock`; a file of Distillery's own never opened through a link,
+:mod:`distillery.core.reserved`; fingerprints of an input's content, :mod:`distillery.core.fingerprints`.
 """
 
 from __future__ import annotations
@@ -24,28 +22,24 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import fnmatch
-import hashlib
 import json
 import os
 import re
 import shutil
-import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distillery.core.errors import UserError
+from distillery.core.lock import LOCK_FILE, main_process
+from distillery.core.reserved import check_reserved, open_reserved, read_reserved, refusal
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "RunLocked",
     "ForeignFiles",
-    "locked",
     "replacing",
     "write_text",
     "write_json",
@@ -62,141 +56,16 @@ __all__ = [
     "remove_owned",
     "remove_leftovers",
     "install",
-    "file_fingerprint",
-    "same_file",
-    "rows_fingerprint",
-    "sha256_file",
-    "LinkedName",
-    "check_reserved",
-    "open_reserved",
     "seal_folder",
     "mark_made",
     "remove_leftovers_named",
 ]
 
-LOCK_FILE = ".distillery.lock"
 OWNED_FILE = ".distillery-files.json"
-_held: dict[str, list] = {}  # folder -> [open lock file, depth]: a process may re-enter its own lock (run -> annotate)
-
-
-class RunLocked(UserError):
-    """Another distillery process is writing the same folder."""
 
 
 class ForeignFiles(UserError):
     """A stage would write over files that Distillery did not write."""
-
-
-def _main_process() -> bool:
-    """False in the other ranks of ``accelerate launch``: rank 0 checks and claims for the run."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-@contextlib.contextmanager
-def locked(folder: str | Path, command: str, shown: str | Path | None = None, flag: str = "--out") -> Iterator[Path]:
-    """Hold the exclusive lock of ``folder`` (created if missing) while the block runs.
-
-    Under ``accelerate launch`` only rank 0 takes it (the other ranks are the same run).
-    ``shown`` is what the refusal names (predict's output file rather than its parts folder),
-    ``flag`` the option that chooses the folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = str(folder.resolve())
-    if key in _held or not _main_process():
-        if key in _held:
-            _held[key][1] += 1
-        try:
-            yield folder
-        finally:
-            if key in _held:
-                _held[key][1] -= 1
-        return
-    fh = os.fdopen(open_reserved(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT), "a+", encoding="utf-8")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        who = "starting up"
-        for _ in range(40):  # the holder writes who it is right after it takes the lock: wait up to 2 s for that
-            fh.seek(0)
-            try:
-                info = json.loads(fh.read())
-                who = f"pid {info['pid']}, 'distillery {info['command']}', started {info['started']}"
-                break
-            except (ValueError, KeyError, TypeError):
-                time.sleep(0.05)
-        fh.close()
-        raise RunLocked(
-            f"another distillery process ({who}) is writing {shown or folder}; wait for it to finish, or "
-            f"pass another {flag}"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(json.dumps({"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-    fh.flush()
-    _held[key] = [fh, 1]
-    try:
-        yield folder
-    finally:
-        _held.pop(key, None)
-        fh.close()  # closing the file releases the lock
-
-
-class LinkedName(UserError):
-    """A link or a special file where Distillery keeps a file of its own (the lock, the ownership record,
-    a temporary file, a cache): never followed, never opened."""
-
-
-def _refuse(path: Path, what: str) -> LinkedName:
-    return LinkedName(
-        f"{path} is {what}, where distillery keeps a file of its own; it never follows or opens one there: "
-        "remove it (someone else may have put it there), then rerun"
-    )
-
-
-def check_reserved(path: str | Path) -> None:
-    """Stop (:class:`LinkedName`) if ``path`` is a link or anything but a regular file; absent is fine."""
-    path = Path(path)
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(mode):
-        raise _refuse(path, "a symbolic link")
-    if not stat.S_ISREG(mode):
-        raise _refuse(path, "not a regular file")
-
-
-def open_reserved(path: str | Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` of one of Distillery's own files, never through a link (``O_NOFOLLOW``) and never
-    blocking on a FIFO (``O_NONBLOCK``); a link or a special file there is :class:`LinkedName`."""
-    path = Path(path)
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise _refuse(path, "a symbolic link") from None
-        if err.errno == errno.EISDIR:
-            raise _refuse(path, "a folder") from None
-        if err.errno == errno.EEXIST and os.path.islink(path):
-            raise _refuse(path, "a symbolic link") from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise _refuse(path, "a folder" if stat.S_ISDIR(mode) else "not a regular file")
-    os.set_blocking(fd, True)
-    return fd
-
-
-def _read_reserved(path: Path) -> str | None:
-    """The text of one of Distillery's own files (None when absent), never through a link."""
-    try:
-        fd = open_reserved(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
-        return fh.read()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -285,7 +154,7 @@ def owned(folder: str | Path) -> set[str]:
 def _record(folder: str | Path) -> dict:
     """``folder``'s ownership record ({} when absent or unreadable), never read through a link."""
     try:
-        text = _read_reserved(Path(folder) / OWNED_FILE)
+        text = read_reserved(Path(folder) / OWNED_FILE)
     except NotADirectoryError:
         return {}
     try:
@@ -355,7 +224,7 @@ def record_files(folder: str | Path, names: list[str]) -> None:
     """
     folder = Path(folder)
     mine = owned(folder)
-    if not _main_process() or set(names) <= mine or made(folder):  # every file of a made folder is its own
+    if not main_process() or set(names) <= mine or made(folder):  # every file of a made folder is its own
         return
     with replacing(folder / OWNED_FILE) as fh:
         fh.write(json.dumps({"files": sorted(mine | set(names))}, indent=2) + "\n")
@@ -407,7 +276,7 @@ def check_folder(folder: str | Path, overwrite: bool, flag: str = "--out") -> No
     ``overwrite`` lets a stage write beside them; it never lets one replace or delete them.
     """
     folder = Path(folder)
-    if folder.is_dir() and not overwrite and _main_process():
+    if folder.is_dir() and not overwrite and main_process():
         others = foreign(folder)
         if others:
             raise ForeignFiles(
@@ -432,7 +301,7 @@ def guard_files(folder: str | Path, names: list[str], flag: str = "--out") -> No
     """
     folder = Path(folder)
     found = [f"{name}/{sub}" if sub != name else name for name in names for sub in foreign(folder / name)]
-    if found and _main_process():
+    if found and main_process():
         raise ForeignFiles(
             f"{folder} holds {_listed(found)}, which distillery did not write and will not replace; "
             f"move {'them' if len(found) > 1 else 'it'} away, or pass another {flag}"
@@ -443,7 +312,7 @@ def remove_owned(path: str | Path) -> None:
     """Delete what Distillery wrote at ``path`` (a file, or every recorded file under a folder, and the
     folders left empty); a file it did not write, and the folders that hold one, stay."""
     path = Path(path)
-    if not _main_process() or not (path.exists() or path.is_symlink()):
+    if not main_process() or not (path.exists() or path.is_symlink()):
         return
     if path.is_symlink() or not path.is_dir():
         mine = owned(path.parent)
@@ -496,14 +365,14 @@ def remove_leftovers_named(path: Path) -> None:
     ):  # only our temporary files (killed before its record), or a staged folder whose record covers all of it
         shutil.rmtree(path)
     else:
-        raise _refuse(path, "a folder holding files distillery did not write")
+        raise refusal(path, "a folder holding files distillery did not write")
 
 
 def remove_leftovers(folder: str | Path) -> None:
     """Remove the temporary files and folders (:func:`temporary_name`) that killed runs left in ``folder``
     (call it holding the folder's lock: no other run is writing there); see :func:`remove_leftovers_named`."""
     folder = Path(folder)
-    if not folder.is_dir() or not _main_process():
+    if not folder.is_dir() or not main_process():
         return
     for entry in folder.iterdir():
         if _temporary(entry.name):
@@ -537,34 +406,3 @@ def install(source: str | Path, target: str | Path, last: tuple[str, ...] = ()) 
             record_files(target, [name])
             os.replace(source / name, target / name)
     shutil.rmtree(source, ignore_errors=True)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_fingerprint(path: str | Path) -> dict:
-    """Name (not the machine's path), size, modification time and SHA-256 of an input file."""
-    path = Path(path)
-    info = path.stat()
-    return {"name": path.name, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256_file(path)}
-
-
-def same_file(old: dict, path: str | Path) -> bool:
-    """Whether ``path`` still holds what ``old`` fingerprinted: its content (SHA-256), never its size
-    and modification time alone (a copy can keep both)."""
-    if Path(path).stat().st_size != old.get("size"):
-        return False
-    return sha256_file(path) == old.get("sha256")
-
-
-def rows_fingerprint(rows: pd.DataFrame, columns: list[str]) -> dict:
-    """Row count and SHA-256 of ``columns`` of every row, in order: what a run annotates."""
-    digest = hashlib.sha256()
-    for values in rows[columns].astype(str).itertuples(index=False):
-        digest.update("\x1f".join(values).encode("utf-8", "surrogatepass") + b"\x1e")
-    return {"rows": len(rows), "sha256": digest.hexdigest()}

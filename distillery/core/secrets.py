@@ -3,11 +3,12 @@ written."""
 
 from __future__ import annotations
 
+import os
 import re
 
 from distillery.core.errors import UserError
 
-__all__ = ["parse_headers", "redacted", "scrub", "ENV_NAME", "NO_KEY", "env_name_problem"]
+__all__ = ["parse_headers", "redacted", "scrub", "ENV_NAME", "NO_KEY", "env_name_problem", "api_key", "looks_like_key"]
 
 REDACTED = "<redacted>"
 # An HTTP header name (RFC 9110 token) and an environment variable name.
@@ -108,3 +109,51 @@ def redacted(config: dict) -> dict:
         return scrub(value)
 
     return {k: walk(str(k), v, True) for k, v in config.items()}
+
+
+PLACEHOLDER_KEY = "no-key"  # --api-key-env none: the client needs some string; a server without keys ignores it
+# Keys that are valid variable names: a provider's prefix (OpenAI/Stripe sk_, Groq gsk_, GitHub github_pat_ and
+# ghp_, Hugging Face hf_, Replicate r8_, Slack xoxb-, ...) and 16 or more characters after it; AWS and Google
+# keys; a JWT or other base64 JSON (eyJ...).
+KEY_PREFIX = re.compile(
+    r"(?:(?:sk|pk|rk|gsk|github_pat|gh[pousr]|glpat|hf|r8|xox[abprs]|pplx|nvapi|xai)[_-].{16,}"
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}|AIza.{30,}|eyJ.{16,})"
+)
+
+
+def looks_like_key(value: str) -> bool:
+    """True when ``value`` (given as ``--api-key-env``) looks like a key rather than a variable's name: not a
+    variable name at all, a provider's key prefix, or a part between underscores that reads as random (16 or
+    more characters mixing letters with digits or upper with lower case, or 24 or more of anything)."""
+    if value == NO_KEY:
+        return False
+    if env_name_problem(value) or KEY_PREFIX.fullmatch(value):
+        return True
+    for part in value.split("_"):
+        mixed = any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
+        cased = any(c.islower() for c in part) and any(c.isupper() for c in part)
+        if len(part) >= 24 or (len(part) >= 16 and (mixed or cased)):
+            return True
+    return False
+
+
+def api_key(name: str) -> str:
+    """The API key held by the environment variable ``name`` (``--api-key-env``; a placeholder for ``none``).
+
+    A value that looks like a key, or a variable that is unset or empty, is one line that never shows a value
+    (an unset variable is named: by then it looks like a name)."""
+    if looks_like_key(name):
+        raise UserError(
+            "--api-key-env: expected the NAME of an environment variable holding the key (e.g. OPENAI_API_KEY), "
+            "or 'none' for a server that needs no key; found a value that looks like a key (not shown); export "
+            "the key in a variable (export OPENAI_API_KEY=...) and pass the variable's name"
+        )
+    if name == NO_KEY:
+        return PLACEHOLDER_KEY
+    key = os.environ.get(name, "")
+    if not key:  # a name by now (a value that is not one was refused above): the name only, never a value
+        raise UserError(
+            f"--api-key-env {name}: expected the API key in that environment variable; found it unset or empty; "
+            f"export {name}=YOUR_KEY, or pass --api-key-env none for a server that needs no key"
+        )
+    return key

@@ -17,8 +17,9 @@ import torch
 from scipy.special import softmax
 
 from distillery.core.errors import UserError
+from distillery.core.lock import LOCK_FILE
 from distillery.core.models import max_length_of, parameter_count, predict_probabilities, size_on_disk
-from distillery.core.rundir import LOCK_FILE, owned
+from distillery.core.rundir import owned
 from distillery.core.studentmeta import STUDENT_FILE, StudentMeta
 from distillery.student.kinds import load_trained_student
 
