@@ -31,37 +31,10 @@ class AnnotateConfig:
     """
 
     out: str = shared("out")
-    data: str = option(
-        "tweets",
-        "input: a .csv/.jsonl/.parquet file, 'tweets' (built in), or hf:NAME (Hugging Face datasets)",
-        form="data",
-        short="input file, 'tweets' or hf:NAME",
-        group="input",
-        shown="common",
-        metavar="FILE",
-        online="shown",
-        rows="always",
-    )
-    hf_config: str = option(
-        "",
-        "config name of an hf: dataset (e.g. sst2 for hf:glue)",
-        short="config of an hf: dataset (e.g. sst2)",
-        group="input",
-        online=True,
-        rows="always",
-    )
-    split: str = option(
-        "train", "split of an hf: dataset", short="split of an hf: dataset", group="input", online=True, rows="always"
-    )
-    text_column: str = option(
-        "text",
-        "column that holds the text",
-        short="column with the text",
-        group="input",
-        shown="common",
-        online=True,
-        rows="always",
-    )
+    data: str = shared("data", default="tweets", online="shown", rows="always")
+    hf_config: str = shared("hf_config", online=True, rows="always")
+    split: str = shared("split", online=True, rows="always")
+    text_column: str = shared("text_column", online=True, rows="always")
     label_column: str = option(
         "",
         "column with gold labels (optional; default 'label' when the file has one; 'tweets' uses its crowd labels)",
@@ -80,14 +53,7 @@ class AnnotateConfig:
         online=True,
         rows="when set",
     )
-    id_column: str = option(
-        "",
-        "column with row ids (default: a stable hash of the text)",
-        short="column with row ids",
-        group="input",
-        online=True,
-        rows="always",
-    )
+    id_column: str = shared("id_column", online=True, rows="always")
     limit: int = option(
         -1,
         "annotate at most this many rows, sampled with --seed (0 = all; default: every row of a --data file, "
@@ -108,14 +74,7 @@ class AnnotateConfig:
         online=True,
         rows="always",
     )
-    drop_empty: bool = option(
-        False,
-        "skip rows with empty text instead of stopping with an error",
-        short="skip rows with empty text",
-        group="input",
-        online=True,
-        rows="always",
-    )
+    drop_empty: bool = shared("drop_empty", online=True, rows="always")
     test_fraction: float = option(
         0.2,
         "share of rows marked split=test (held out from training, used by evaluate)",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -37,7 +36,8 @@ from distillery.active.config import ActiveConfig
 from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.teacher import online_backend
 from distillery.core.errors import UserError, full_disk
-from distillery.core.options import coerce, read_config, settings_of, short_help, type_name
+from distillery.core.flags import Formatter, Renamed, add_flag, build, split_shown
+from distillery.core.options import coerce, read_config, settings_of, type_name
 from distillery.core.registry import load_plugins, plugin_in_traceback
 from distillery.core.run import Run
 from distillery.distill.config import DistillConfig
@@ -179,89 +179,6 @@ def stage_configs(command: str) -> list[type]:
     return [entry[0] if isinstance(entry, tuple) else entry for entry in STAGES[command][1]]
 
 
-def _shown_default(f: dataclasses.Field) -> str:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if (
-        isinstance(default, bool)
-        or default is None
-        or default in ("", [])
-        or (isinstance(default, (int, float)) and default == -1)
-    ):
-        return ""
-    return f" [{','.join(default) if isinstance(default, list) else default}]"
-
-
-METAVARS = {"int": "N", "float": "X", "str": "VALUE", "list[str]": "A,B"}
-
-
-def _add_flag(group, f: dataclasses.Field, full: bool, shown: bool) -> None:
-    """One setting as a flag. A bool is --name (or --no-name where it defaults to on); the other
-    spelling is accepted but not listed."""
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-    registry = f.metadata.get("registry")
-    text = f.metadata.get("help", "")
-    if registry is not None and full:
-        text = f"{text} ({registry.describe()})"
-    if not full:
-        text = short_help(f)
-        text += f": {', '.join(registry.names())}" if registry is not None and len(registry.names()) > 3 else ""
-    text += _shown_default(f)
-    help_text = text.replace("%", "%%") if shown else argparse.SUPPRESS
-    kind = type_name(f)
-    if kind in ("bool", "bool | None"):
-        on = f.default is True
-        if on and full and shown:
-            help_text = f"on by default, this turns it off; {help_text}"
-        group.add_argument(
-            "--no-" + flag[2:] if on else flag,
-            dest=f.name,
-            action="store_false" if on else "store_true",
-            default=None,
-            help=help_text,
-        )
-        group.add_argument(
-            flag if on else "--no-" + flag[2:],
-            dest=f.name,
-            action="store_true" if on else "store_false",
-            default=None,
-            help=argparse.SUPPRESS,
-        )
-        return
-    metavar = (
-        "|".join(registry.names())
-        if registry is not None and len(registry.names()) <= 3
-        else "|".join(f.metadata["choices"])
-        if f.metadata.get("choices") and len(f.metadata["choices"]) <= 3
-        else f.metadata.get("metavar") or METAVARS.get(kind, "VALUE")
-    )
-    group.add_argument(
-        flag, dest=f.name, default=None, metavar=metavar, help=help_text
-    )  # converted and checked by coerce()
-
-
-class _Renamed(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} was renamed: use {self.const}")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """One line per flag on an 80-column terminal (the help column starts at 26)."""
-
-    def __init__(self, prog):
-        super().__init__(prog, max_help_position=26, width=max(shutil.get_terminal_size((100, 24)).columns, 80))
-
-    def _split_lines(self, text, width):
-        """Wrapped at spaces only: a hyphenated name (least-confident, mean+em) stays whole."""
-        import textwrap
-
-        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
-
-
-def _split(members: list, shown) -> list[list]:
-    """``[the members --help shows, the ones only --help-all shows]``, by the predicate ``shown``."""
-    return [[f for f in members if shown(f)], [f for f in members if not shown(f)]]
-
-
 def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
     """``(title, shown fields, hidden fields)`` per help group of a subcommand: the groups the options
     name, then one per backend or student kind with settings of its own. distill puts the online
@@ -290,13 +207,13 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
         if full:
             continue
         if command in ("run", "active"):
-            entry[1:] = _split(members, lambda f: f.metadata.get("shown") == "common")
+            entry[1:] = split_shown(members, lambda f: f.metadata.get("shown") == "common")
         elif any(f.metadata.get("shown") == "rare" for f in members):
-            entry[1:] = _split(members, lambda f: f.metadata.get("shown") != "rare")
+            entry[1:] = split_shown(members, lambda f: f.metadata.get("shown") != "rare")
         elif command == "distill" and (
             title.startswith("online teacher") or title.endswith(")") and "backend" in title
         ):
-            entry[1:] = _split(members, lambda f: f.metadata.get("online") == "shown")
+            entry[1:] = split_shown(members, lambda f: f.metadata.get("online") == "shown")
     return [tuple(e) for e in out if e[1] or e[2]]
 
 
@@ -312,7 +229,7 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
             help=help_line,
             description=help_line,
             usage=f"distillery {name} [options]",
-            formatter_class=_Formatter,
+            formatter_class=Formatter,
             add_help=False,
         )
         p.add_argument(
@@ -323,11 +240,11 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
         for title, members, hidden in _help_groups(name, full):
             g = p.add_argument_group(title) if members else p
             for f in members:
-                _add_flag(g, f, full, shown=True)
+                add_flag(g, f, full, shown=True)
             for f in hidden:
-                _add_flag(p, f, full, shown=False)
+                add_flag(p, f, full, shown=False)
         for old, new in RENAMED.get(name, {}).items():
-            p.add_argument(old, action=_Renamed, const=new, nargs="?", help=argparse.SUPPRESS)
+            p.add_argument(old, action=Renamed, const=new, nargs="?", help=argparse.SUPPRESS)
     return parser
 
 
@@ -351,23 +268,6 @@ def resolve(args: argparse.Namespace) -> dict:
         if k in known and v is not None:
             values[k] = coerce(known[k], v)
     return values
-
-
-def build(cls, values: dict):
-    """An instance of one stage's config from the resolved values that belong to it (``__post_init__``
-    checks ranges and refuses NaN and infinity in every float field). The values of a registry entry's
-    own settings go to the config's ``settings`` field; one of an entry other than the chosen one is
-    an error there, naming the entry it belongs to."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        registry = f.metadata.get("entry_settings")
-        if registry is None:
-            if f.name in values:
-                kwargs[f.name] = values[f.name]
-            continue
-        declared = {g.name for name in registry.names() for g in dataclasses.fields(settings_of(registry, name))}
-        kwargs[f.name] = {k: v for k, v in values.items() if k in declared}
-    return cls(**kwargs)
 
 
 def check_together(command: str, configs: list) -> None:

@@ -16,34 +16,12 @@ class PredictConfig:
 
     out: str = shared("out")
     student: str = shared("student")
-    data: str = option(
-        "",
-        "input (required): a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME",
-        form="data",
-        short="input file, 'tweets' or hf:NAME",
-        group="input",
-        shown="common",
-        metavar="FILE",
-    )
-    hf_config: str = option(
-        "", "config name of an hf: dataset", short="config of an hf: dataset (e.g. sst2)", group="input"
-    )
-    split: str = option("train", "split of an hf: dataset", short="split of an hf: dataset", group="input")
-    text_column: str = option(
-        "text", "column that holds the text", short="column with the text", group="input", shown="common"
-    )
-    id_column: str = option(
-        "",
-        "column with row ids, kept in the output (default: the row's position in the input, from 0)",
-        short="column with row ids",
-        group="input",
-    )
-    drop_empty: bool = option(
-        False,
-        "skip rows with empty text instead of stopping with an error",
-        short="skip rows with empty text",
-        group="input",
-    )
+    data: str = shared("data")
+    hf_config: str = shared("hf_config")
+    split: str = shared("split")
+    text_column: str = shared("text_column")
+    id_column: str = shared("id_column")
+    drop_empty: bool = shared("drop_empty")
     predictions: str = option(
         "predictions.csv",
         "output CSV: id, text, label, one p_LABEL column per label, confidence (and deferred); "

@@ -119,6 +119,37 @@ SHARED = {
         "input",
         {"form": "path", "shown": "common", "metavar": "DIR"},
     ),
+    "data": (
+        "",
+        "input: a .csv/.tsv/.jsonl/.json/.parquet file, 'tweets' (built in), or hf:NAME (a Hugging Face dataset)",
+        "input file, 'tweets' or hf:NAME",
+        "input",
+        {"form": "data", "shown": "common", "metavar": "FILE"},
+    ),
+    "hf_config": (
+        "",
+        "config name of an hf: dataset (e.g. sst2 for hf:glue)",
+        "config of an hf: dataset (e.g. sst2)",
+        "input",
+        {},
+    ),
+    "split": ("train", "split of an hf: dataset", "split of an hf: dataset", "input", {}),
+    "text_column": ("text", "column that holds the text", "column with the text", "input", {"shown": "common"}),
+    "id_column": (
+        "",
+        "column with row ids, kept in the output (default: annotate hashes the text, a stable id; predict numbers "
+        "the rows from 0 in input order)",
+        "column with row ids",
+        "input",
+        {},
+    ),
+    "drop_empty": (
+        False,
+        "skip rows with empty text instead of stopping with an error",
+        "skip rows with empty text",
+        "input",
+        {},
+    ),
     "annotations": (
         "",
         "the annotations folder (default OUT/annotations)",
@@ -195,8 +226,9 @@ SHARED = {
 }
 
 
-def shared(name: str, **more):
-    """The dataclass field of the shared setting ``name`` (:data:`SHARED`); ``more``: the reading stage's
-    own :func:`~distillery.core.options.option` metadata (``online``, ``rows``, ...)."""
-    default, help_text, short, group, checks = SHARED[name]
-    return option(default, help_text, short=short, group=group, **checks, **more)
+def shared(name: str, default=None, **more):
+    """The dataclass field of the shared setting ``name`` (:data:`SHARED`); ``default``: the reading stage's
+    own where it differs; ``more``: that stage's own :func:`~distillery.core.options.option` metadata
+    (``online``, ``rows``, ...)."""
+    value, help_text, short, group, checks = SHARED[name]
+    return option(value if default is None else default, help_text, short=short, group=group, **checks, **more)
