@@ -40,17 +40,20 @@ teacher_backends.register(
 
 
 def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:
-    """Instantiate the backend named by ``cfg.backend``; a teacher without the :class:`Teacher` methods
-    (a plugin's mistake) is one line naming its backend and package."""
-    teacher = teacher_backends.get(cfg.backend).build(cfg, task)
-    missing = [m for m in ("score", "prompt_lengths") if not callable(getattr(teacher, m, None))]
+    """Instantiate the backend named by ``cfg.backend`` with its settings, the task and what the run lends it;
+    a teacher that is no :class:`Teacher` or lacks its methods (a plugin's mistake) is one line naming its
+    backend and package."""
+    teacher = teacher_backends.get(cfg.backend).build(cfg.settings, task, cfg.runtime())
+    missing = [m for m in ("score", "prompt_lengths") if getattr(type(teacher), m, None) in (None, getattr(Teacher, m))]
     if missing:
         package = teacher_backends.origin(cfg.backend)
         raise UserError(
             f"teacher backend '{cfg.backend}'"
             + (f" (package {package})" if package else "")
-            + f": its teacher has no {' or '.join(m + '()' for m in missing)}; a teacher needs score(texts) and "
-            "prompt_lengths(texts) (docs/extending.md)"
+            + (f": its teacher has no {' or '.join(m + '()' for m in missing)}" if missing else "")
+            + ("" if isinstance(teacher, Teacher) else f": its teacher is a {type(teacher).__name__}, not a Teacher")
+            + "; a teacher derives from distillery.Teacher and gives score(texts) and prompt_lengths(texts) "
+            "(docs/extending.md)"
         )
     return teacher
 

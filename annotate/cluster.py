@@ -35,6 +35,7 @@ from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
+from distillery.annotate.teacher import Teacher, TeacherSpec
 from distillery.core.errors import UserError
 
 __all__ = ["ClusterTeacher", "TeacherWorker", "connect", "import_ray", "preflight"]
@@ -216,15 +217,17 @@ class TeacherWorker:
         rerun whose rows all fail alike is then not taken for a wrong URL)."""
         from distillery.annotate.backends import score_rows
 
-        if hasattr(self.teacher, "answered"):
-            self.teacher.answered = max(self.teacher.answered, answered)
-        before = dict(getattr(self.teacher, "usage", None) or {})
+        self.teacher.answered = max(self.teacher.answered, answered)
+        before = dict(self.teacher.usage or {})
         results = score_rows(self.teacher, texts, self.limits, self.max_chars)
-        after = getattr(self.teacher, "usage", None) or {}
-        return results, {k: v - before.get(k, 0) for k, v in after.items()}
+        return results, {k: v - before.get(k, 0) for k, v in (self.teacher.usage or {}).items()}
+
+    def spec(self) -> dict:
+        """The teacher as its backend describes itself (:class:`~distillery.core.annotations.TeacherSpec`)."""
+        return asdict(self.teacher.spec())
 
 
-class ClusterTeacher:
+class ClusterTeacher(Teacher):
     """The driver's side: starts ``--workers`` workers on the cluster and hands them chunks.
 
     Used as a context manager: on leaving it (the end, an error, Ctrl-C) every worker is killed
@@ -268,6 +271,11 @@ class ClusterTeacher:
         from distillery.annotate.hosted import cost
 
         return cost(self.usage, self.cfg.settings)
+
+    def spec(self) -> TeacherSpec:
+        """The teacher as one worker's backend describes it (every worker loads the same one)."""
+        worker = self.idle[0] if self.idle else None
+        return TeacherSpec(**self.ray.get(worker.spec.remote())) if worker else TeacherSpec(model=self.cfg.teacher)
 
     def _start(self) -> None:
         """One more worker, loading its teacher (its ready() answers once it has)."""

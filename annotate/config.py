@@ -15,7 +15,7 @@ from distillery.core.options import (
     split_settings,
 )
 from distillery.core.registry import calibration_modes, teacher_backends
-from distillery.core.run import shared
+from distillery.core.run import Run, shared
 
 __all__ = ["AnnotateConfig"]
 
@@ -113,16 +113,6 @@ class AnnotateConfig:
         short="teacher backend",
         group="teacher",
         shown="common",
-        online="shown",
-        answers=True,
-    )
-    teacher: str = option(
-        "smollm2",
-        "teacher: 'smollm2' (embedded), a hub id, a local model dir or a .gguf file",
-        short="smollm2, hub id, folder or .gguf",
-        group="teacher",
-        shown="common",
-        metavar="MODEL",
         online="shown",
         answers=True,
     )
@@ -244,6 +234,17 @@ class AnnotateConfig:
             self.labels = [s.strip() for s in self.labels.split(",") if s.strip()]
         # an unknown backend, or a setting of another one: one line naming the registered ones, or its backend
         self.settings = entry_settings(teacher_backends, self.backend, self.settings)
+
+    @property
+    def teacher(self) -> str:
+        """The model the chosen backend asks (its ``teacher`` setting; "" for a backend that names none)."""
+        return getattr(self.settings, "teacher", "")
+
+    def runtime(self):
+        """What this run lends its teacher besides the backend's settings."""
+        from distillery.annotate.teacher import TeacherRuntime
+
+        return TeacherRuntime(self.device, self.max_prompt_tokens, Run.of(self).annotations, self.restart_annotations)
 
     def asking_about(self, **rows) -> AnnotateConfig:
         """The same teacher (backend, its settings, task, calibration) asked about other rows: the settings

@@ -19,18 +19,14 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from distillery.core.options import check_settings, option
-from distillery.core.run import Run
-from distillery.core.secrets import NO_KEY, api_key, looks_like_key, parse_headers, scrub
-
-if TYPE_CHECKING:
-    from distillery.annotate.config import AnnotateConfig
 from distillery.annotate.logprobs import PROBE, echo_is_shifted, echo_label_logprob, labels_from_top_logprobs
 from distillery.annotate.request_cache import CACHE_FILES, RequestCache
-from distillery.annotate.teacher import Annotation, normalise
+from distillery.annotate.teacher import Annotation, Teacher, TeacherRuntime, TeacherSpec, model_setting, normalise
 from distillery.core.errors import UserError
+from distillery.core.options import check_settings, option
+from distillery.core.secrets import NO_KEY, api_key, looks_like_key, parse_headers, scrub
 from distillery.core.tasks import TaskSpec
 
 __all__ = ["AuthError", "HostedSettings", "HostedTeacher", "checked_key", "cost"]
@@ -75,6 +71,7 @@ class HostedSettings:
         "max_cost",
     )
 
+    teacher: str = model_setting()
     base_url: str = option(
         "",
         "openai backend: the server's base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1",
@@ -175,7 +172,7 @@ def cost(usage: dict, prices) -> float:
     ) / 1e6 * getattr(prices, "price_completion_per_m", 0.0)
 
 
-class HostedTeacher:
+class HostedTeacher(Teacher):
     """Labels rows through an OpenAI-compatible ``/chat/completions`` endpoint.
 
     One retry policy (tenacity: exponential backoff with jitter on 429, 5xx, timeouts and
@@ -186,8 +183,8 @@ class HostedTeacher:
     earlier runs, so that a rerun whose rows the server all refuses is not taken for a wrong URL.
     """
 
-    def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
-        self.settings = settings = cfg.settings  # HostedSettings
+    def __init__(self, settings: HostedSettings, task: TaskSpec, runtime: TeacherRuntime):
+        self.settings = settings
         try:
             import aiolimiter  # noqa: F401
             import openai  # noqa: F401
@@ -196,14 +193,14 @@ class HostedTeacher:
             raise ImportError(
                 "the hosted teacher needs openai, tenacity and aiolimiter: pip install 'distillery[hosted]'"
             ) from None
-        self.cfg, self.task = cfg, task
+        self.task = task
         self.api_key = checked_key(settings)
         self.headers = parse_headers(
             settings.extra_headers
         )  # 'api-key: KEY' -> {'api-key': 'KEY'}, as HTTP splits a header line
         self.verbalizers = [task.verbalizers[lab] for lab in task.labels]
-        self.cache = RequestCache(Run.of(cfg).annotations / CACHE_FILES[0])
-        if cfg.restart_annotations:  # a restart asks the server again: the model behind --teacher may have changed
+        self.cache = RequestCache(runtime.folder / CACHE_FILES[0])
+        if runtime.restart:  # a restart asks the server again: the model behind --teacher may have changed
             self.cache.clear()
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests_sent": 0, "cache_hits": 0}
         self.answered = 0  # rows answered in this run; until one is, a uniform failure stops the run
@@ -228,9 +225,14 @@ class HostedTeacher:
         """Money spent in this run, at --price-prompt-per-m and --price-completion-per-m."""
         return cost(self.usage, self.settings)
 
+    def spec(self) -> TeacherSpec:
+        """The model by its name on the server (the server itself is not recorded: it may hold a secret)."""
+        how = "echoed prompt log-probs" if self.settings.hosted_scoring == "echo" else "top log-probs"
+        return TeacherSpec(model=self.settings.teacher, description=f"{self.settings.teacher} on a server ({how})")
+
     def _request(self, text: str) -> dict:
         return {
-            "model": self.cfg.teacher,
+            "model": self.settings.teacher,
             "messages": self.task.messages(text),
             "temperature": 0.0,
             "max_tokens": 1,
@@ -240,7 +242,7 @@ class HostedTeacher:
 
     def _echo_request(self, prompt: str) -> dict:
         return {
-            "model": self.cfg.teacher,
+            "model": self.settings.teacher,
             "prompt": prompt,
             "temperature": 0.0,
             "max_tokens": 1,

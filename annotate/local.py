@@ -6,16 +6,23 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from distillery.annotate.teacher import Annotation, normalise
+from distillery.annotate.teacher import Annotation, Teacher, TeacherRuntime, TeacherSpec, model_setting, normalise
 from distillery.core.errors import UserError
-from distillery.core.models import load_causal_lm, no_grad, parameter_count, pick_device, pick_dtype
+from distillery.core.models import (
+    load_causal_lm,
+    no_grad,
+    parameter_count,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    size_on_disk,
+)
 from distillery.core.options import check_settings, option
 from distillery.core.tasks import TaskSpec, shared_first_tokens
 
 if TYPE_CHECKING:
     import torch
 
-    from distillery.annotate.config import AnnotateConfig
 
 __all__ = ["LocalTeacher", "VerbalizerScorer"]
 
@@ -144,6 +151,7 @@ class LocalSettings:
     # run's fingerprint: a change is refused, naming --restart-annotations).
     SAME_ANSWERS: ClassVar[tuple] = ("teacher_batch_tokens", "prefix_cache")
 
+    teacher: str = model_setting()
     teacher_batch_tokens: int = option(
         0,
         "local teacher: most prompt tokens per forward pass, counted as rows x the longest row's "
@@ -173,15 +181,16 @@ class LocalSettings:
         check_settings(self)
 
 
-class LocalTeacher:
+class LocalTeacher(Teacher):
     """A local Hugging Face causal LM as teacher (``--teacher smollm2``, a dir, a GGUF or a hub id)."""
 
-    def __init__(self, cfg: AnnotateConfig, task: TaskSpec):
-        device = pick_device(cfg.device)
-        dtype = pick_dtype(cfg.settings.dtype, device)
-        self.tokenizer, model = load_causal_lm(cfg.teacher, device, dtype, cfg.settings.load_in_4bit)
+    def __init__(self, settings: LocalSettings, task: TaskSpec, runtime: TeacherRuntime):
+        device = pick_device(runtime.device)
+        self.dtype = pick_dtype(settings.dtype, device)
+        self.model_name = settings.teacher
+        self.tokenizer, model = load_causal_lm(settings.teacher, device, self.dtype, settings.load_in_4bit)
         self.task = task
-        self.max_prompt_tokens = cfg.max_prompt_tokens
+        self.max_prompt_tokens = runtime.max_prompt_tokens
         self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
         sequences, self.groups = [], []  # every continuation of every label, and its label index
         for k, lab in enumerate(task.labels):
@@ -197,13 +206,19 @@ class LocalTeacher:
             )
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.scorer = VerbalizerScorer(model, sequences, pad if pad is not None else 0)
-        if cfg.settings.prefix_cache:
+        if settings.prefix_cache:
             self.scorer.set_prefix(self.shared_prefix_ids())
         self.tokenized: dict[str, list[int]] = {}  # prompt ids of the rows measured by prompt_lengths()
 
-    def parameter_count(self) -> int:
-        """The teacher's parameters (evaluate's report)."""
-        return parameter_count(self.scorer.model)[1]
+    def spec(self) -> TeacherSpec:
+        """The model, its parameters and its size on disk (evaluate's report)."""
+        parameters = parameter_count(self.scorer.model)[1]
+        return TeacherSpec(
+            model=self.model_name,
+            description=f"{self.model_name} in this process ({str(self.dtype).removeprefix('torch.')})",
+            parameters=parameters,
+            size_bytes=size_on_disk(resolve_model(self.model_name)),
+        )
 
     def prompt_text(self, text: str) -> str:
         """The full prompt: chat template (or plain turns), then the pre-filled answer prefix."""

@@ -33,8 +33,7 @@ from distillery.core.errors import UserError
 from distillery.core.fingerprints import file_fingerprint, rows_fingerprint
 from distillery.core.inputs import load_rows
 from distillery.core.lock import locked
-from distillery.core.models import resolve_model, size_on_disk
-from distillery.core.registry import calibration_modes, teacher_backends
+from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run
 from distillery.core.rundir import claim_folder, guard_files, remove_leftovers, write_text
@@ -260,8 +259,8 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
     if not todo:
         return True
     n_todo = sum(len(redo) for *_, redo in todo)
-    if hasattr(teacher, "answered"):  # hosted: rows labelled by earlier runs show that the server answers
-        teacher.answered += sum(c["rows"] - c["errors"] for c in store.manifest["chunks"].values())
+    # rows labelled by earlier runs show that the teacher answers (hosted: a wrong URL fails every row)
+    teacher.answered += sum(c["rows"] - c["errors"] for c in store.manifest["chunks"].values())
     with tqdm(
         total=n_todo, unit="row", desc="annotate", smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30
     ) as bar:
@@ -281,7 +280,7 @@ def ask_teacher(cfg: AnnotateConfig, task, store: ChunkStore, teacher: Teacher |
             store.write(index, frame)
             if cfg.engine == "ray":
                 bar.update(len(redo))
-            spent, cap = teacher.spent() if hasattr(teacher, "spent") else 0.0, getattr(cfg.settings, "max_cost", 0.0)
+            spent, cap = teacher.spent(), getattr(cfg.settings, "max_cost", 0.0)
             if cap and spent >= cap:
                 print(
                     f"annotate: stopped at --max-cost {cap} (spent {spent:.4f}); finished chunks "
@@ -325,11 +324,9 @@ def finish(
     if n_todo:  # what evaluate reports of the teacher: it never loads it again to time it
         store.manifest["teacher_rows_per_s"] = n_todo / elapsed
         store.manifest["teacher_batch_size"] = batch_limits(cfg)[0]
-        if hasattr(teacher, "parameter_count"):  # a backend may not know
-            store.manifest["teacher_parameters"] = teacher.parameter_count()
-        if teacher_backends.get(cfg.backend).local:  # a model on this machine: its size on disk
-            store.manifest["teacher_size_bytes"] = size_on_disk(resolve_model(cfg.teacher))
-        if getattr(teacher, "usage", None):  # hosted: tokens, requests and cost of this run
+        # the teacher as its backend describes itself: model, description, size where known
+        store.manifest["teacher_spec"] = asdict(dataclasses.replace(teacher.spec(), backend=cfg.backend))
+        if teacher.usage:  # hosted: tokens, requests and cost of this run
             store.manifest["usage"] = {**teacher.usage, "cost": teacher.spent()}
         store.save_manifest()
 

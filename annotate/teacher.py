@@ -1,21 +1,27 @@
-"""What a teacher is: the answer for one row (:class:`Annotation`), the protocol every backend
-implements (:class:`Teacher`), and a backend's registry entry (:class:`TeacherBackend`)."""
+"""What a teacher is: the answer for one row (:class:`Annotation`), the base class every backend's teacher
+derives from (:class:`Teacher`), what the run lends it (:class:`TeacherRuntime`), and a backend's registry
+entry (:class:`TeacherBackend`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
 
 import numpy as np
 
+from distillery.core.annotations import TeacherSpec
 from distillery.core.errors import UserError
+from distillery.core.options import option
 
 __all__ = [
     "Annotation",
     "Teacher",
     "TeacherBackend",
+    "TeacherRuntime",
+    "TeacherSpec",
+    "model_setting",
     "content_free_bias",
     "failed_for_good",
     "normalise",
@@ -44,16 +50,65 @@ class Annotation:
     flags: str = ""  # e.g. "bounded:positive" (log-prob is an upper bound) or "no_logprobs"
 
 
-class Teacher(Protocol):
-    """Anything that turns texts into label log-probabilities."""
+class Teacher:
+    """The base class of a backend's teacher: anything that turns texts into label log-probabilities.
+
+    A backend overrides :meth:`score` and :meth:`prompt_lengths`; the rest have defaults that fit a
+    teacher that neither charges nor counts tokens.
+    """
+
+    # rows answered so far (this run, earlier runs, every worker): until one is, a teacher may take a
+    # failure on every row for a wrong address and stop (the hosted one does)
+    answered: int = 0
+    # tokens and requests of this run, for the manifest ({"prompt_tokens": ..., ...}); None: not counted
+    usage: dict | None = None
 
     def score(self, texts: list[str]) -> list[Annotation]:
         """One annotation per text; failures are error annotations, never exceptions."""
-        ...
+        raise NotImplementedError
 
     def prompt_lengths(self, texts: list[str]) -> list[int]:
         """The cost of each row in the unit of --teacher-batch-tokens (local: prompt tokens)."""
-        ...
+        raise NotImplementedError
+
+    def spent(self) -> float:
+        """Money spent in this run (a backend that charges: at its configured prices)."""
+        return 0.0
+
+    def spec(self) -> TeacherSpec:
+        """What the manifest records of this teacher: its model, a description, its size where known (the
+        backend's name is filled in by annotate)."""
+        return TeacherSpec(description=type(self).__name__)
+
+
+@dataclass(frozen=True)
+class TeacherRuntime:
+    """What a run lends its teacher besides the backend's own settings.
+
+    Args:
+        device: ``--device`` (auto, cpu, cuda, cuda:N): where a model in this process runs.
+        max_prompt_tokens: a longer prompt is an error row, never sent.
+        folder: the annotations folder (a backend may keep a cache of answers there).
+        restart: ``--restart-annotations``: forget any cache, ask again.
+    """
+
+    device: str = "auto"
+    max_prompt_tokens: int = 1024
+    folder: Path = Path("data/runs/demo/annotations")
+    restart: bool = False
+
+
+def model_setting(shown: str | None = "common"):
+    """The ``teacher`` setting (``--teacher``) of a backend that names a model: one declaration, one help."""
+    return option(
+        "smollm2",
+        "teacher model: 'smollm2' (embedded), a hub id, a local model folder or a .gguf file (--backend local); "
+        "the model's name on the server (--backend openai)",
+        short="smollm2, hub id, dir, .gguf, served name",
+        shown=shown,
+        metavar="MODEL",
+        online="shown",
+    )
 
 
 @dataclass(frozen=True)
@@ -62,7 +117,8 @@ class TeacherBackend:
 
     Args:
         summary: one line for --help.
-        build: ``(AnnotateConfig, TaskSpec) -> Teacher``; the backend's own settings are ``cfg.settings``.
+        build: ``(settings, TaskSpec, TeacherRuntime) -> Teacher``: the backend's own settings (its ``settings``
+            dataclass, filled), the task, and what the run lends it.
         settings: the dataclass of the backend's own settings (``option()`` fields): the command line
             shows them as a flag group of their own, a config file's keys are checked against them, and
             a setting of another backend is an error naming that backend. None: it has none.

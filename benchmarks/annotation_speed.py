@@ -25,7 +25,7 @@ import torch
 from common import print_table, write_result
 
 from distillery.annotate import AnnotateConfig, load_rows, load_task
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import build_teacher
 
 SHOTS = [
     {"text": "just got back from the beach, best day ever!!", "label": "positive"},
@@ -37,7 +37,7 @@ SHOTS = [
 ]
 
 
-def generate_and_parse(teacher: LocalTeacher, texts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+def generate_and_parse(teacher, texts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
     """Greedy generation, then the first label word found in the generated text ('' if none)."""
     tok, model, labels = teacher.tokenizer, teacher.scorer.model, teacher.task.labels
     pad = teacher.scorer.pad_id
@@ -57,7 +57,7 @@ def generate_and_parse(teacher: LocalTeacher, texts: list[str], batch_size: int,
     return answers
 
 
-def score(teacher: LocalTeacher, texts: list[str], batch_size: int) -> list[str]:
+def score(teacher, texts: list[str], batch_size: int) -> list[str]:
     labels = teacher.task.labels
     out = []
     for b in range(0, len(texts), batch_size):
@@ -88,7 +88,7 @@ def main() -> None:
     started = time.perf_counter()
     task = load_task("sentiment-binary")
     texts = load_rows(AnnotateConfig(limit=args.rows, seed=3), task.labels)["text"].tolist()
-    teacher = LocalTeacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
+    teacher = build_teacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
     score(teacher, texts[:4], 4)  # warm-up
 
     rows, reference = [], None

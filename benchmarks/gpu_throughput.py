@@ -34,8 +34,7 @@ import torch
 from common import ROOT, SHARED_DATA, print_table, write_result
 
 from distillery.annotate import AnnotateConfig, load_task
-from distillery.annotate.backends import AUTO_BATCH, teacher_batches
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import AUTO_BATCH, build_teacher, teacher_batches
 from distillery.core.models import gguf_to_plain, parameter_count, resolve_model
 
 SHAPES = {  # the published configs' shapes (hidden, MLP, layers, heads, KV heads, vocab)
@@ -124,7 +123,7 @@ class Utilization:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def time_annotation(teacher: LocalTeacher, texts: list[str], rows: int, tokens: int, peak: float) -> dict:
+def time_annotation(teacher, texts: list[str], rows: int, tokens: int, peak: float) -> dict:
     """One pass over ``texts`` as ``distillery annotate`` batches them, after a warm-up batch."""
     cuda = torch.cuda.is_available()
     teacher.score(texts[: min(rows, 8)])
@@ -170,12 +169,11 @@ def time_online_kd(
     pd.DataFrame({"text": texts, "label": ["positive"] * len(texts)}).to_csv(data, index=False)
     source = AnnotateConfig(
         data=str(data),
-        teacher=teacher_dir,
         device=device,
         limit=0,
         test_fraction=0.0,
         calibrate="none",
-        settings={"load_in_4bit": four_bit},
+        settings={"teacher": teacher_dir, "load_in_4bit": four_bit},
     )
     cfg = DistillConfig(
         out=str(out / "kd"),
@@ -265,8 +263,8 @@ def main() -> None:
     task = load_task("sentiment-binary")
     rows = []
     for four_bit in [False, True] if args.load_in_4bit else [False]:
-        teacher = LocalTeacher(
-            AnnotateConfig(teacher=teacher_dir, device=args.device, settings={"load_in_4bit": four_bit}), task
+        teacher = build_teacher(
+            AnnotateConfig(device=args.device, settings={"teacher": teacher_dir, "load_in_4bit": four_bit}), task
         )
         for cap in [AUTO_BATCH["cuda" if cuda else "cpu"], *(SWEEP if cuda else CPU_SWEEP)]:
             row = {

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distillery.annotate import AnnotateConfig, load_rows, load_task  # noqa: E402  (after the sys.path line above)
-from distillery.annotate.hosted import HostedTeacher  # noqa: E402
+from distillery.annotate.backends import build_teacher  # noqa: E402
 from distillery.core.models import resolve_model  # noqa: E402
 
 
@@ -70,8 +70,8 @@ def main() -> None:
         task = load_task("sentiment-binary")
         task.answer_prefix = ""
         texts = load_rows(AnnotateConfig(limit=args.rows, seed=1), task.labels)["text"].tolist()
-        teacher = HostedTeacher(
-            AnnotateConfig(backend="openai", teacher="smollm2", out=str(work / "warm"), settings={"base_url": url}),
+        teacher = build_teacher(
+            AnnotateConfig(backend="openai", out=str(work / "warm"), settings={"teacher": "smollm2", "base_url": url}),
             task,
         )
         teacher.score(texts[:2])  # warm-up
@@ -89,11 +89,10 @@ def main() -> None:
         for concurrency in (1, 4, 8):
             cfg = AnnotateConfig(
                 backend="openai",
-                teacher="smollm2",
                 out=str(work / f"c{concurrency}"),
-                settings={"base_url": url, "concurrency": concurrency},
+                settings={"teacher": "smollm2", "base_url": url, "concurrency": concurrency},
             )
-            hosted = HostedTeacher(cfg, task)  # a fresh request cache: every row is sent
+            hosted = build_teacher(cfg, task)  # a fresh request cache: every row is sent
             start = time.perf_counter()
             out = hosted.score(texts)
             seconds = time.perf_counter() - start

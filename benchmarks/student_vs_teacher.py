@@ -28,7 +28,7 @@ import numpy as np
 from common import ROOT, batch_seconds, print_table, write_result
 
 from distillery.annotate import AnnotateConfig, read_annotations
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import build_teacher
 from distillery.core.models import resolve_model
 from distillery.core.tasks import TaskSpec
 from distillery.serve import ExportConfig, export
@@ -73,7 +73,7 @@ def main() -> None:
     results = []
 
     cfg = AnnotateConfig.from_flat({**manifest["config"], "device": "cpu"}, strict=False)
-    teacher = LocalTeacher(cfg, TaskSpec(**manifest["task"]))
+    teacher = build_teacher(cfg, TaskSpec(**manifest["task"]))
     teacher_size = size_on_disk(resolve_model(manifest["teacher"]))
     for batch in (1, 32):
         row = {

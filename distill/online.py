@@ -39,7 +39,7 @@ class OnlineTeacher:
     def __init__(self, source: AnnotateConfig, labels: list[str], calibration_texts: list[str]):
         task = load_task(source.task, labels)
         backend = online_backend(source.backend)  # the registered backend, as annotate builds it
-        self.teacher = backend.build(source, task)
+        self.teacher = backend.build(source.settings, task, source.runtime())
         mode = resolve_mode(source.calibrate, 0, len(labels))
         entry = calibration_modes.get(mode)
         if entry.needs_gold:

@@ -214,6 +214,9 @@ def _help_groups(command: str, full: bool) -> list[tuple[str, list, list]]:
             title.startswith("online teacher") or title.endswith(")") and "backend" in title
         ):
             entry[1:] = split_shown(members, lambda f: f.metadata.get("online") == "shown")
+            if not title.startswith("online teacher") and online:  # --teacher: listed with the online group
+                next(e for e in out if e[0].startswith("online teacher"))[1] += entry[1]
+                entry[1] = []
     return [tuple(e) for e in out if e[1] or e[2]]
 
 

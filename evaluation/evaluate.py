@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from distillery.core.annotations import read_annotations, teacher_probabilities
+from distillery.core.annotations import TeacherSpec, read_annotations, teacher_probabilities
 from distillery.core.errors import UserError
 from distillery.core.lock import locked
 from distillery.core.models import pick_device
@@ -208,7 +208,7 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     write_text(run.evaluate_config, config_text)
     report = ReportData(
         task=manifest["task"]["name"],
-        teacher=manifest["teacher"],
+        teacher=TeacherSpec.of(manifest).model or TeacherSpec.of(manifest).backend,
         split=cfg.eval_split,
         n_rows=len(data.rows),
         n_failed=data.n_failed,
@@ -260,13 +260,14 @@ def teacher_metrics(data: EvalRows, manifest: dict) -> dict:
     """The teacher against gold, and its speed and size as annotate recorded them (the teacher is never
     loaded again to time it)."""
     m = data.vs_gold(data.teacher_probs)
+    spec = TeacherSpec.of(manifest)
     recorded = {
-        "rows_per_s": "teacher_rows_per_s",
-        "batch_size": "teacher_batch_size",
-        "parameters": "teacher_parameters",
-        "size_bytes": "teacher_size_bytes",
+        "rows_per_s": manifest.get("teacher_rows_per_s"),
+        "batch_size": manifest.get("teacher_batch_size"),
+        "parameters": spec.parameters,
+        "size_bytes": spec.size_bytes,
     }
-    m.update({key: manifest[name] for key, name in recorded.items() if manifest.get(name) is not None})
+    m.update({key: value for key, value in recorded.items() if value is not None})
     m["label_shares"] = {lab: float((data.teacher_probs.argmax(1) == i).mean()) for i, lab in enumerate(data.labels)}
     return m
 

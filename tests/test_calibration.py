@@ -83,7 +83,7 @@ def test_auto_on_a_run(tiny_llama, tmp_path, rows, balance, expected):
         out=str(tmp_path / "run"),
         text_column="review",
         label_column="sentiment",
-        teacher=str(tiny_llama),
+        settings={"teacher": str(tiny_llama)},
         device="cpu",
         limit=0,
         test_fraction=0.25,

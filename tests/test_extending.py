@@ -27,12 +27,12 @@ from distillery import cli as distillery_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class KeywordTeacher:
+class KeywordTeacher(distillery.Teacher):
     """A teacher backend that needs no model: label log-probs from counting cue words."""
 
     CUES = {"positive": ("love", "great", "wonderful"), "negative": ("hate", "terrible", "awful")}
 
-    def __init__(self, cfg, task):
+    def __init__(self, settings, task, runtime):
         self.labels = task.labels
         self.calls = 0
 
@@ -203,9 +203,9 @@ class CueSettings:
         check_settings(self)
 
 
-class CueTeacher:
-    def __init__(self, cfg, task):
-        self.labels, self.settings = task.labels, cfg.settings
+class CueTeacher(distillery.Teacher):
+    def __init__(self, settings, task, runtime):
+        self.labels, self.settings = task.labels, settings
 
     def score(self, texts):
         out = []

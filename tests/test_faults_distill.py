@@ -35,7 +35,7 @@ def _annotate_cfg(rows_csv: Path, tiny_llama: Path, out: Path, **kw) -> Annotate
         data=str(rows_csv),
         text_column="review",
         label_column="sentiment",
-        teacher=str(tiny_llama),
+        settings={"teacher": str(tiny_llama)},
         device="cpu",
         limit=0,
         out=str(out),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distillery.annotate import AnnotateConfig, load_task
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import build_teacher
 from distillery.distill import DistillConfig, hybrid_kd_loss, load_student
 
 pytestmark = [
@@ -16,11 +16,11 @@ pytestmark = [
 def test_4bit_teacher_scores_like_the_bf16_teacher(tiny_llama):
     task = load_task("sentiment-binary")
     texts = ["I love this movie", "terrible and awful acting"]
-    full = LocalTeacher(
-        AnnotateConfig(teacher=str(tiny_llama), device="cuda", settings={"dtype": "bfloat16"}), task
+    full = build_teacher(
+        AnnotateConfig(device="cuda", settings={"teacher": str(tiny_llama), "dtype": "bfloat16"}), task
     ).score(texts)
-    four = LocalTeacher(
-        AnnotateConfig(teacher=str(tiny_llama), device="cuda", settings={"load_in_4bit": True}), task
+    four = build_teacher(
+        AnnotateConfig(device="cuda", settings={"teacher": str(tiny_llama), "load_in_4bit": True}), task
     ).score(texts)
     assert all(a.error_type == "" for a in four)
     for a, b in zip(full, four):  # NF4 of a random tiny model moves log-probs, but not by much
@@ -55,7 +55,7 @@ def test_qlora_checkpoint_resumes_and_evaluates_on_the_4bit_base(tiny_llama, tmp
             data=str(tmp_path / "rows.csv"),
             text_column="review",
             label_column="sentiment",
-            teacher=str(tiny_llama),
+            settings={"teacher": str(tiny_llama)},
             device="cuda",
             limit=0,
             out=str(tmp_path),

@@ -23,7 +23,7 @@ from conftest import stop_server
 from servers import wait_until_up, why_it_died
 
 from distillery.annotate import AnnotateConfig, annotate, load_rows, read_annotations
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import build_teacher
 from distillery.core.annotations import label_columns
 from distillery.core.models import resolve_model
 from distillery.core.tasks import TaskSpec
@@ -145,7 +145,7 @@ def test_hosted_agrees_with_the_local_teacher_on_the_same_gguf(server, tmp_path)
     assert manifest["usage"]["requests_sent"] >= 50 and manifest["usage"]["prompt_tokens"] > 0
 
     # The server's answers are matched case-insensitively; the local scorer sums the same variants.
-    local = LocalTeacher(AnnotateConfig(device="cpu"), TaskSpec(**TASK, case_variants=True))
+    local = build_teacher(AnnotateConfig(device="cpu"), TaskSpec(**TASK, case_variants=True))
     rows = load_rows(AnnotateConfig(limit=50, seed=0, test_fraction=0.0), ["negative", "positive"])
     assert rows["id"].tolist() == hosted["id"].tolist()
     local_lp = np.array([a.logprobs for a in local.score(rows["text"].tolist())])
@@ -164,7 +164,7 @@ def _local_logprobs(prompts: list[str], task: TaskSpec, bos: bool) -> np.ndarray
     """Label log-probs (renormalised) of the local float32 SmolLM2 for ready-made prompt texts."""
     from distillery.annotate.teacher import normalise
 
-    local = LocalTeacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
+    local = build_teacher(AnnotateConfig(device="cpu", settings={"prefix_cache": False}), task)
     tok = local.tokenizer
     ids = [([tok.bos_token_id] if bos else []) + tok(p, add_special_tokens=False).input_ids for p in prompts]
     scores = local.scorer.label_logprobs(ids)
@@ -181,7 +181,7 @@ def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, t
     assert (hosted["error_type"] == "").all(), hosted["error_message"].tolist()[:3]
     assert manifest["usage"]["requests_sent"] == 1 + 2 * 8  # the alignment probe, then one request per label
     task = TaskSpec(**manifest["task"])
-    local = LocalTeacher(AnnotateConfig(device="cpu"), task)
+    local = build_teacher(AnnotateConfig(device="cpu"), task)
     local_lp = np.array([a.logprobs for a in local.score(hosted["text"].tolist())])
     hosted_lp = hosted[label_columns(task.labels)].to_numpy(float)
     agreement = (local_lp.argmax(1) == hosted_lp.argmax(1)).mean()
@@ -196,11 +196,11 @@ def test_echo_scoring_with_the_chat_template_matches_the_local_teacher(server, t
 def test_echo_scoring_handles_llama_cpp_late_logprobs(server, tmp_path):
     """A prompt without a leading special token makes llama.cpp add an unlisted BOS, so its echoed
     log-probs come one position late; read in place they would be ~-10 per token."""
-    from distillery.annotate.hosted import HostedTeacher
+    from distillery.annotate.backends import build_teacher
     from distillery.core.tasks import load_task
 
     task = load_task("sentiment-binary")
-    teacher = HostedTeacher(_cfg(tmp_path, server, hosted_scoring="echo"), task)
+    teacher = build_teacher(_cfg(tmp_path, server, hosted_scoring="echo"), task)
     texts = load_rows(AnnotateConfig(limit=8, seed=1), task.labels)["text"].tolist()  # 8 rows: see the test above
     anns = teacher.score(texts)
     assert teacher.shifted is True

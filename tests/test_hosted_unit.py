@@ -162,12 +162,12 @@ def answering_server():
 
 def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     from distillery.annotate import AnnotateConfig, load_task
-    from distillery.annotate.hosted import HostedTeacher
+    from distillery.annotate.backends import build_teacher
 
     url, arrivals, _ = answering_server
     task = load_task("sentiment-binary")
     texts = [f"row {i}" for i in range(6)]
-    free = HostedTeacher(
+    free = build_teacher(
         AnnotateConfig(
             backend="openai",
             out=str(tmp_path / "a"),
@@ -178,7 +178,7 @@ def test_requests_per_minute_spaces_the_requests(answering_server, tmp_path):
     assert all(a.error_type == "" for a in free.score(texts))
     assert arrivals[-1] - arrivals[0] < 1.0  # unlimited: as fast as the server answers
     arrivals.clear()
-    limited = HostedTeacher(
+    limited = build_teacher(
         AnnotateConfig(
             backend="openai",
             out=str(tmp_path / "b"),

@@ -17,7 +17,7 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
         data=str(tmp_path / "rows.csv"),
         text_column="review",
         label_column="sentiment",
-        teacher=str(tiny_llama),
+        settings={"teacher": str(tiny_llama)},
         device=device,
         limit=0,
         out=str(tmp_path),

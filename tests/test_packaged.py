@@ -14,7 +14,7 @@ import torch
 
 from distillery import cli as distillery_cli
 from distillery.annotate import AnnotateConfig, load_rows, load_task
-from distillery.annotate.local import LocalTeacher
+from distillery.annotate.backends import build_teacher
 from distillery.core.models import resolve_model
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def test_gguf_plain_cache_gives_the_same_logits_as_the_gguf_model():
 
 def test_smollm2_teacher_scores_tweets():
     task = load_task("sentiment-binary")
-    teacher = LocalTeacher(AnnotateConfig(device="cpu"), task)
+    teacher = build_teacher(AnnotateConfig(device="cpu"), task)
     assert [len(ids) for ids in teacher.scorer.label_ids] == [1, 1], "' negative'/' positive' are single tokens"
     rows = load_rows(AnnotateConfig(limit=8, seed=0), task.labels)
     out = teacher.score(rows["text"].tolist())

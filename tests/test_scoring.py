@@ -7,8 +7,9 @@ import torch
 from conftest import DEVICES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distillery.annotate.backends import build_teacher
 from distillery.annotate.config import AnnotateConfig
-from distillery.annotate.local import LocalTeacher, VerbalizerScorer
+from distillery.annotate.local import VerbalizerScorer
 from distillery.annotate.teacher import normalise
 from distillery.core.tasks import TaskSpec, load_task
 
@@ -66,7 +67,7 @@ def test_normalise_renormalises_over_labels_and_keeps_the_mass():
 @pytest.mark.parametrize("device", DEVICES)
 def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama, device):
     task = load_task("sentiment-binary")
-    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device), task)
+    teacher = build_teacher(AnnotateConfig(settings={"teacher": str(tiny_llama)}, device=device), task)
     text = teacher.tokenizer.decode(teacher.prompt_ids("great fun"))
     assert text.endswith("<|im_start|>assistant\nThe sentiment is")
     assert "negative or positive.\n\ngreat fun" in text
@@ -76,8 +77,9 @@ def test_local_teacher_prompt_ends_with_answer_prefix_and_scores(tiny_llama, dev
 
 
 def test_too_long_prompt_is_an_error_row_not_an_exception(tiny_llama):
-    teacher = LocalTeacher(
-        AnnotateConfig(teacher=str(tiny_llama), device="cpu", max_prompt_tokens=200), load_task("sentiment-binary")
+    teacher = build_teacher(
+        AnnotateConfig(settings={"teacher": str(tiny_llama)}, device="cpu", max_prompt_tokens=200),
+        load_task("sentiment-binary"),
     )
     out = teacher.score(["short", "long " * 200])
     assert out[0].error_type == "" and out[0].logprobs is not None
@@ -118,8 +120,10 @@ def test_local_teacher_prefix_cache_on_and_off_agree(tiny_llama, device):
     task = load_task("sentiment-binary")
     task.few_shot = [{"text": "loved it", "label": "positive"}, {"text": "boring and long", "label": "negative"}]
     texts = ["great fun", "awful acting", "\n\nstarts with newlines", "ok"]
-    on = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device), task)
-    off = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device=device, settings={"prefix_cache": False}), task)
+    on = build_teacher(AnnotateConfig(settings={"teacher": str(tiny_llama)}, device=device), task)
+    off = build_teacher(
+        AnnotateConfig(device=device, settings={"teacher": str(tiny_llama), "prefix_cache": False}), task
+    )
     tolerance = PREFIX_CACHE_TOLERANCE[on.scorer.model.dtype]  # the teacher runs in bf16 on CUDA
     prefix = on.scorer.prefix_ids
     assert len(prefix) > 20 and not off.scorer.prefix_ids
@@ -140,7 +144,9 @@ def test_teacher_batches_cap_rows_and_padded_tokens():
 
 
 def test_prompt_lengths_count_the_tokens_after_the_cached_prefix(tiny_llama):
-    teacher = LocalTeacher(AnnotateConfig(teacher=str(tiny_llama), device="cpu"), load_task("sentiment-binary"))
+    teacher = build_teacher(
+        AnnotateConfig(settings={"teacher": str(tiny_llama)}, device="cpu"), load_task("sentiment-binary")
+    )
     texts = ["great fun", "awful acting, a long and terrible film"]
     n = len(teacher.scorer.prefix_ids)
     assert n > 0

@@ -40,7 +40,7 @@ def test_a_malformed_header_names_the_form_and_not_the_value(entry):
 def test_the_client_sends_the_header_value_without_the_space(tmp_path):
     pytest.importorskip("openai")
     from distillery.annotate import load_task
-    from distillery.annotate.hosted import HostedTeacher
+    from distillery.annotate.backends import build_teacher
 
     cfg = AnnotateConfig(
         backend="openai",
@@ -51,15 +51,15 @@ def test_the_client_sends_the_header_value_without_the_space(tmp_path):
             "extra_headers": [f"api-key: {HEADER_SECRET}"],
         },
     )
-    client = HostedTeacher(cfg, load_task("sentiment-binary"))._client()
+    client = build_teacher(cfg, load_task("sentiment-binary"))._client()
     assert client.default_headers["api-key"] == HEADER_SECRET  # was " hdr-..." (the space after the colon)
 
 
 def test_redacted_keeps_header_names_and_drops_every_secret_value():
     cfg = AnnotateConfig(
         backend="openai",
-        teacher="gpt-4o-mini",
         settings={
+            "teacher": "gpt-4o-mini",
             "base_url": f"https://user:{KEY_SECRET}@llm.example/v1?api_key={KEY_SECRET}&x=1",
             "extra_headers": [f"api-key: {HEADER_SECRET}", f"Authorization: Bearer {KEY_SECRET}"],
         },

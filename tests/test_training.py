@@ -31,7 +31,7 @@ def annotated(tiny_llama, tmp_path_factory) -> Path:
             data=str(out / "rows.csv"),
             text_column="review",
             label_column="sentiment",
-            teacher=str(tiny_llama),
+            settings={"teacher": str(tiny_llama)},
             device="cpu",
             limit=0,
             out=str(out),

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from distillery.core.errors import UserError
 from distillery.core.fingerprints import sha256_file
+
+if TYPE_CHECKING:  # read lazily: the teacher's description (TeacherSpec) is needed where pandas is not
+    import numpy as np
+    import pandas as pd
 
 __all__ = [
     "AUTO_MIN_GOLD",
     "FORMAT",
     "ManifestError",
+    "TeacherSpec",
     "label_columns",
     "read_annotations",
     "read_chunk",
@@ -33,6 +37,36 @@ __all__ = [
 FORMAT = "distillery.annotations/1"
 # --calibrate auto fits against gold labels once the rows hold this many (the report's diagnosis says so too)
 AUTO_MIN_GOLD = 50
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher behind an annotation run, as its backend describes itself (``manifest["teacher_spec"]``).
+
+    Args:
+        backend: ``--backend`` (local, openai, a plugin's).
+        model: the model it asks ("" where the backend names none).
+        description: one line for a person.
+        parameters, size_bytes: the model's size where the backend knows it (a model in this process).
+    """
+
+    backend: str = ""
+    model: str = ""
+    description: str = ""
+    parameters: int | None = None
+    size_bytes: int | None = None
+
+    @classmethod
+    def of(cls, manifest: dict) -> TeacherSpec:
+        """The spec a manifest records; a manifest from before specs: its ``teacher`` and size fields."""
+        if "teacher_spec" in manifest:
+            return cls(**manifest["teacher_spec"])
+        return cls(
+            backend=(manifest.get("config") or {}).get("backend", "local"),
+            model=manifest.get("teacher", ""),
+            parameters=manifest.get("teacher_parameters"),
+            size_bytes=manifest.get("teacher_size_bytes"),
+        )
 
 
 class ManifestError(UserError):
@@ -47,6 +81,8 @@ def label_columns(labels: list[str], raw: bool = False) -> list[str]:
 def teacher_probabilities(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
     """The teacher's calibrated probabilities of ``frame``'s rows; a row with a hard label only
     (a hosted teacher that gave no log-probs) is one-hot."""
+    import numpy as np
+
     probs = np.exp(frame[label_columns(labels)].to_numpy(float))
     hard_only = np.isnan(probs).any(axis=1)
     probs[hard_only] = np.eye(len(labels))[frame.loc[hard_only, "teacher_label"].map(labels.index).to_numpy(int)]
@@ -60,6 +96,9 @@ def run_id(fingerprint: dict) -> str:
 
 def read_chunk(path: Path) -> pd.DataFrame:
     """One chunk as strings, its number columns as floats (a blank is NaN)."""
+    import numpy as np
+    import pandas as pd
+
     # Text columns keep "NA", "null" etc. as written; only the number columns have blanks.
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -123,6 +162,8 @@ def read_annotations(root: str | Path) -> tuple[pd.DataFrame, dict]:
                 "rerun 'distillery annotate'"
             )
         frames.append(read_chunk(path))
+    import pandas as pd
+
     if not frames:
         raise ManifestError(f"{root}: the manifest lists no chunks; rerun 'distillery annotate' to annotate the rows")
     frame = pd.concat(frames, ignore_index=True)
