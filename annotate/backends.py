@@ -45,7 +45,7 @@ def build_teacher(cfg: AnnotateConfig, task: TaskSpec) -> Teacher:
     backend and package."""
     teacher = teacher_backends.get(cfg.backend).build(cfg.settings, task, cfg.runtime())
     missing = [m for m in ("score", "prompt_lengths") if getattr(type(teacher), m, None) in (None, getattr(Teacher, m))]
-    if missing:
+    if missing or not isinstance(teacher, Teacher):
         package = teacher_backends.origin(cfg.backend)
         raise UserError(
             f"teacher backend '{cfg.backend}'"

@@ -238,6 +238,7 @@ class ClusterTeacher(Teacher):
         self.cfg, self.task = cfg, task
         self.usage: dict = {}
         self.answered = 0  # rows answered so far (earlier runs' too), told to each worker with each chunk
+        self.teacher_spec = TeacherSpec(model=cfg.teacher)
         self.idle: list = []
         self.loading: dict = {}  # ready() reference -> worker still loading its teacher
         self.started: list = []  # every worker started, to kill at the end
@@ -254,6 +255,9 @@ class ClusterTeacher(Teacher):
                 (ref,), _ = ray.wait(list(self.loading), num_returns=1)
                 nodes.add(self._loaded(ref))
             print(f"annotate: {cfg.workers} worker(s) ready on {len(nodes)} node(s)")
+            # the teacher as one worker's backend describes it (every worker loads the same one), asked while
+            # the workers live: annotate records it after they are gone
+            self.teacher_spec = TeacherSpec(**ray.get(self.idle[0].spec.remote()))
         except BaseException:
             self.__exit__()
             raise
@@ -273,9 +277,7 @@ class ClusterTeacher(Teacher):
         return cost(self.usage, self.cfg.settings)
 
     def spec(self) -> TeacherSpec:
-        """The teacher as one worker's backend describes it (every worker loads the same one)."""
-        worker = self.idle[0] if self.idle else None
-        return TeacherSpec(**self.ray.get(worker.spec.remote())) if worker else TeacherSpec(model=self.cfg.teacher)
+        return self.teacher_spec
 
     def _start(self) -> None:
         """One more worker, loading its teacher (its ready() answers once it has)."""

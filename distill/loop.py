@@ -17,11 +17,11 @@ from distillery.distill.checkpoint import checkpoint_writes, save_checkpoint
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows
 from distillery.distill.losses import hybrid_kd_loss, hybrid_kd_rows
-from distillery.distill.online import OnlineTeacher
+from distillery.distill.online import Targets
 from distillery.distill.selection import select
 from distillery.student.kinds import student_kind
 
-__all__ = ["Training", "evaluate_student", "train", "validate", "warm_start_head", "with_teacher"]
+__all__ = ["Training", "evaluate_student", "train", "validate", "warm_start_head"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Training:
     accelerator: Accelerator
     device: torch.device
     rows: TrainingRows
-    online: OnlineTeacher | None
+    targets: Targets  # each batch's labels: from the chunks, or from the teacher online
     tokenizer: object
     model: object
     optimizer: object
@@ -54,21 +54,12 @@ class Training:
     rows_seen: int = 0
 
 
-def with_teacher(batch: dict, online: OnlineTeacher | None, gold_labels: bool) -> dict:
-    """Offline: the batch as read from the chunks. Online: soft and hard labels from the teacher."""
-    if online is None:
-        return batch
-    device = batch["input_ids"].device
-    logprobs, labels = online.targets(batch["texts"], batch["labels"] if gold_labels else None)
-    return {**batch, "teacher_logprobs": logprobs.to(device), "labels": labels.to(device)}
-
-
 @torch.no_grad()
 def evaluate_student(
     model,
     dataloader,
     cfg: DistillConfig,
-    online: OnlineTeacher | None = None,
+    targets: Targets | None = None,
     weights: torch.Tensor | None = None,
     offsets: torch.Tensor | None = None,
 ) -> dict:
@@ -78,14 +69,14 @@ def evaluate_student(
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0}
     predicted, hard, rows = [], [], []
     for batch in dataloader:
-        batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+        batch = targets(batch) if targets is not None else batch
         batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = (batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights, cfg.hard_loss)
+        loss_args = (batch["teacher_logprobs"], batch["labels"], cfg.alpha, cfg.temperature, weights, cfg.hard_loss)
         adjusted = logits if offsets is None else logits + offsets.to(logits.device)
-        for key, value in zip(("loss", "kd", "ce"), hybrid_kd_loss(adjusted, *targets)):
+        for key, value in zip(("loss", "kd", "ce"), hybrid_kd_loss(adjusted, *loss_args)):
             sums[key] += value.item() * len(batch["labels"])
-        rows.append(hybrid_kd_rows(adjusted, *targets).cpu())
+        rows.append(hybrid_kd_rows(adjusted, *loss_args).cpu())
         predicted.append(logits.argmax(-1).cpu())
         hard.append(batch["labels"].cpu())
     model.train()
@@ -153,7 +144,7 @@ def train(run: Training) -> None:
 def train_step(run: Training, batch: dict):
     """One micro-batch: forward, the hybrid KD loss, backward; the optimizer steps when accelerate syncs."""
     cfg, accelerator = run.cfg, run.accelerator
-    batch = with_teacher(batch, run.online, cfg.hard_labels == "gold")
+    batch = run.targets(batch)
     with accelerator.accumulate(run.model):
         logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if run.logit_offsets is not None:
@@ -179,7 +170,7 @@ def train_step(run: Training, batch: dict):
 
 def validate(run: Training, record: dict) -> None:
     """Score the validation rows into ``record``; keep the weights :func:`keep` picks."""
-    scores = evaluate_student(run.model, run.val_dl, run.cfg, run.online, run.class_weights, run.logit_offsets)
+    scores = evaluate_student(run.model, run.val_dl, run.cfg, run.targets, run.class_weights, run.logit_offsets)
     row_losses = scores.pop("row_losses")
     record.update({k if k.startswith("val_") else f"val_{k}": v for k, v in scores.items()})
     record["at_least_majority"] = record["val_accuracy"] >= record["val_majority"]
@@ -196,7 +187,7 @@ def validate(run: Training, record: dict) -> None:
         )
 
 
-def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher | None, device: torch.device) -> None:
+def warm_start_head(model, train_dl, cfg: DistillConfig, targets: Targets, device: torch.device) -> None:
     """LP-FT's first half (Kumar et al. 2022): fit only the classification head on the frozen
     model's features with the KD loss, so fine-tuning starts from a head that already fits."""
     names = student_kind(cfg.student_kind).head_names
@@ -208,7 +199,7 @@ def warm_start_head(model, train_dl, cfg: DistillConfig, online: OnlineTeacher |
     optimizer = torch.optim.AdamW(head, lr=1e-3, weight_decay=cfg.weight_decay)
     for _ in range(cfg.head_warmup_epochs):
         for batch in train_dl:
-            batch = with_teacher(batch, online, cfg.hard_labels == "gold")
+            batch = targets(batch)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             hybrid_kd_loss(

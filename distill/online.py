@@ -1,6 +1,9 @@
-"""Online distillation (LLM-Neo style): a frozen local teacher gives soft labels per batch."""
+"""Where a training batch's labels come from (:class:`Targets`): the annotation chunks, or, for online
+distillation (LLM-Neo style), a frozen teacher that gives soft labels per batch."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,7 +20,7 @@ from distillery.core.tasks import load_task
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import TrainingRows, split_train_val
 
-__all__ = ["OnlineTeacher", "load_online_rows"]
+__all__ = ["OnlineTeacher", "Targets", "load_online_rows"]
 
 
 class OnlineTeacher:
@@ -65,6 +68,29 @@ class OnlineTeacher:
         ok = torch.isfinite(logprobs).all(dim=-1)
         labels = hard.cpu() if hard is not None else logprobs.nan_to_num(-1e9).argmax(dim=-1)
         return logprobs, torch.where(ok, labels, torch.full_like(labels, -100))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A batch's soft and hard labels, offline or online: every loop (training, validation, the head's
+    warm start) asks this one object.
+
+    Args:
+        online: the teacher that scores each batch (``--teacher-mode online``); None: the labels came
+            with the batch, read from the annotation chunks.
+        gold_labels: online, the rows' gold labels are the hard labels (``--hard-labels gold``).
+    """
+
+    online: OnlineTeacher | None = None
+    gold_labels: bool = False
+
+    def __call__(self, batch: dict) -> dict:
+        """The batch with its ``teacher_logprobs`` and ``labels``."""
+        if self.online is None:
+            return batch
+        device = batch["input_ids"].device
+        logprobs, labels = self.online.targets(batch["texts"], batch["labels"] if self.gold_labels else None)
+        return {**batch, "teacher_logprobs": logprobs.to(device), "labels": labels.to(device)}
 
 
 def load_online_rows(cfg: DistillConfig, source: AnnotateConfig) -> TrainingRows:

@@ -52,7 +52,7 @@ from distillery.distill.config import DistillConfig
 from distillery.distill.data import build_dataloaders, covering_length, load_training_rows
 from distillery.distill.loop import Training, train, warm_start_head
 from distillery.distill.losses import class_weights, logit_offsets
-from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.distill.online import OnlineTeacher, Targets, load_online_rows
 from distillery.distill.scaling import fit_student_scaling
 from distillery.distill.selection import majority_warning
 from distillery.student.card import write_card
@@ -150,12 +150,13 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     if accelerator.is_main_process:  # not a finished student until the new one is saved whole
         for name in ("train_summary.json", STUDENT_FILE):
             remove_owned(out_dir / name)
-    online = None
+    targets = Targets()  # offline: each batch carries its labels, read from the chunks
     if cfg.teacher_mode == "online":
         if source is None:
             raise UserError("--teacher-mode online needs the data and teacher settings (--data, --teacher, ...)")
         rows = load_online_rows(cfg, source)
         online = OnlineTeacher(source, rows.labels, rows.train["text"].tolist()[:256])
+        targets = Targets(online, gold_labels=cfg.hard_labels == "gold")
         say(f"distill: online teacher {source.teacher}, calibration {source.calibrate}")
     else:
         rows = load_training_rows(cfg)
@@ -180,7 +181,7 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
     train_dl, val_dl = build_dataloaders(cfg, tokenizer, rows)
     sampler = train_dl.batch_sampler
     if cfg.head_warmup_epochs and not cfg.resume:
-        warm_start_head(model, train_dl, cfg, online, device)
+        warm_start_head(model, train_dl, cfg, targets, device)
     # fused: one kernel for the whole update (what Trainer uses too); ~10% of a CPU step otherwise.
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
@@ -218,7 +219,7 @@ def prepare(cfg: DistillConfig, source: AnnotateConfig | None, out_dir: Path) ->
         accelerator,
         device,
         rows,
-        online,
+        targets,
         tokenizer,
         model,
         optimizer,
@@ -290,7 +291,7 @@ def save(run: Training, train_seconds: float) -> None:
             "peak_memory_bytes": peak_memory_bytes(run.device),
         }
         summary["temperature"], summary["class_bias"] = fit_student_scaling(
-            run.cfg.scaling, student, run.tokenizer, rows, run.online, accelerator.print
+            run.cfg.scaling, student, run.tokenizer, rows, run.targets.online, accelerator.print
         )
         summary["best_at_least_majority"] = best.get("at_least_majority")
         staged = make_folder(out_dir / temporary_name("student"))  # saved whole, then moved beside the user's files

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 import distillery
 from distillery import cli as distillery_cli
+from distillery.core.options import option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -363,30 +365,71 @@ def test_a_saved_student_of_a_kind_no_plugin_registers_is_one_line_naming_the_pa
     assert "install the package distillery-tiny-gpt" in err
 
 
-def test_a_plugin_setting_named_like_one_of_distillerys_is_refused_in_one_line(tmp_path):
-    """It would take over that flag (here --limit) for every backend."""
-    source = PLUGIN.replace('"cues"', '"clash"').replace(
-        "    cue_weight: float", "    limit: int = option(5, 'rows', ge=0)\n    cue_weight: float"
+def test_a_plugin_setting_named_like_one_of_distillerys_is_refused_in_one_line(tmp_path, capsys):
+    """It would take over that flag (here --limit) for every backend. In-process: a backend registered by a
+    script is checked like an installed plugin's."""
+
+    @dataclass
+    class ClashSettings:
+        limit: int = option(5, "rows", ge=0)
+
+    distillery.teacher_backends.register(
+        "clash", distillery.TeacherBackend("clash", KeywordTeacher, settings=ClashSettings)
     )
-    wheel = _wheel(
-        tmp_path,
-        "distillery-clash",
-        {"distillery_clash.py": source},
-        "[distillery.plugins]\nclash = distillery_clash:register\n",
-    )
-    _install(wheel, tmp_path / "site")
-    done = _distillery("annotate", "--limit", "40", "--out", str(tmp_path / "run"), site=tmp_path / "site")
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert (
-        "teacher backend 'clash' (package distillery-clash): its setting 'limit' has the name of a Distillery setting"
-        in done.stderr
-    )
+    try:
+        code = distillery_cli.main(["annotate", "--limit", "40", "--out", str(tmp_path / "run")])
+    finally:
+        distillery.teacher_backends.unregister("clash")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "teacher backend 'clash': its setting 'limit' has the name of a Distillery setting (--limit)" in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_backend_whose_teacher_is_no_teacher_is_one_line(tmp_path, capsys):
+    """A teacher without prompt_lengths(), or not derived from distillery.Teacher: one line naming the
+    backend, before any row is asked."""
+
+    class NoLengths(distillery.Teacher):
+        def __init__(self, settings, task, runtime):
+            pass
+
+        def score(self, texts):
+            return [distillery.Annotation(logprobs=[-0.7, -0.7], mass=1.0) for _ in texts]
+
+    class NotATeacher:
+        def __init__(self, settings, task, runtime):
+            pass
+
+        def score(self, texts):
+            return []
+
+        def prompt_lengths(self, texts):
+            return [1] * len(texts)
+
+    data = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["I love it", "meh"] * 4}).to_csv(data, index=False)
+    for teacher, says in [
+        (NoLengths, "its teacher has no prompt_lengths()"),
+        (NotATeacher, "its teacher is a NotATeacher, not a Teacher"),
+    ]:
+        distillery.teacher_backends.register("odd", distillery.TeacherBackend("odd", teacher), replace=True)
+        try:
+            argv = ["annotate", "--data", str(data), "--backend", "odd", "--calibrate", "none"]
+            code = distillery_cli.main([*argv, "--out", str(tmp_path / teacher.__name__)])
+        finally:
+            distillery.teacher_backends.unregister("odd")
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"teacher backend 'odd': {says}" in err and "derives from distillery.Teacher" in err, err
 
 
 @pytest.mark.parametrize(
     "fault, code, says",
     [
         ("raise RuntimeError('cue table missing')", 1, "the error comes from the plugin package distillery-faulty"),
+        # an installed package's teacher without prompt_lengths(): named with its package (the in-process
+        # test above checks the same refusal for a backend a script registered)
         ("return", 2, "teacher backend 'faulty' (package distillery-faulty): its teacher has no prompt_lengths()"),
     ],
 )
@@ -422,3 +465,30 @@ def test_a_faulty_plugin_backend_is_named_not_taken_for_a_distillery_bug(fault, 
     done = _distillery(*args, site=tmp_path / "site")
     assert done.returncode == code and says in done.stderr, done.stderr
     assert "a bug in Distillery" not in done.stderr
+
+
+def test_the_documented_offline_plugin_install_works_in_a_fresh_venv(tmp_path):
+    """docs/extending.md's plugin package (its pyproject.toml, as the page shows it), built from source by
+    ``pip install --no-build-isolation --no-index`` in a new venv whose only packages are the machine's
+    (setuptools >= 70.1 among them, as the page says): nothing is downloaded, and the command lists it."""
+    page = (ROOT / "docs" / "extending.md").read_text()
+    pyproject = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    source = tmp_path / "distillery-cues"
+    source.mkdir()
+    (source / "pyproject.toml").write_text(pyproject.split("\n", 1)[1])  # less its "# pyproject.toml of" line
+    (source / "distillery_cues.py").write_text(PLUGIN)
+    venv = tmp_path / "venv"
+    # no pip or setuptools of the venv's own (ensurepip's setuptools is older than 70.1): the machine's are used
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run(
+        [python, "-m", "distillery", "annotate", "--help"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "cues teacher backend (--backend cues):" in shown.stdout and "--cue-weight X" in shown.stdout
+    # the machine's own environment does not have it: it went into the venv
+    assert "--backend cues" not in _distillery("annotate", "--help").stdout

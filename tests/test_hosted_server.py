@@ -123,11 +123,10 @@ def server(llama_server):
 
 def _cfg(tmp_path, url, **kw):
     """The hosted teacher's config; ``kw``: annotate's settings and the openai backend's own (hosted_scoring=, ...)."""
-    base = dict(
-        backend="openai", teacher="smollm2", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0
-    )
+    base = dict(backend="openai", out=str(tmp_path), limit=50, seed=0, calibrate="none", test_fraction=0.0)
     own = {f.name for f in dataclasses.fields(AnnotateConfig)}
     settings = {
+        "teacher": "smollm2",
         "base_url": url,
         "api_key_env": "none",
         "concurrency": 2,

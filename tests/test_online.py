@@ -6,8 +6,7 @@ from conftest import DEVICES, make_rows
 
 from distillery.annotate import AnnotateConfig, annotate
 from distillery.distill import DistillConfig, build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
-from distillery.distill.loop import with_teacher
-from distillery.distill.online import OnlineTeacher, load_online_rows
+from distillery.distill.online import OnlineTeacher, Targets, load_online_rows
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,7 +48,7 @@ def test_online_and_offline_give_the_same_loss_on_the_same_batch(tiny_llama, tmp
 
     teacher = OnlineTeacher(source, online_rows.labels, [])
     assert not any(p.requires_grad and p.grad is not None for p in teacher.teacher.scorer.model.parameters())
-    online_batch = with_teacher(online_batch, teacher, gold_labels=False)
+    online_batch = Targets(teacher)(online_batch)
     assert torch.allclose(online_batch["teacher_logprobs"].cpu(), offline_batch["teacher_logprobs"], atol=1e-5)
     assert torch.equal(online_batch["labels"].cpu(), offline_batch["labels"])
     offline_batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in offline_batch.items()}

@@ -239,6 +239,7 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
 
     from distillery.distill import build_dataloaders, hybrid_kd_loss, load_student, load_training_rows
     from distillery.distill.loop import warm_start_head
+    from distillery.distill.online import Targets
 
     cfg = DistillConfig(
         out=str(annotated),
@@ -265,7 +266,7 @@ def test_head_warm_start_changes_only_the_head_and_lowers_the_loss(annotated, ti
             )
 
     before, start = loss(), {n: p.detach().clone() for n, p in model.named_parameters()}
-    warm_start_head(model, train_dl, cfg, None, torch.device("cpu"))
+    warm_start_head(model, train_dl, cfg, Targets(), torch.device("cpu"))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, start[n])}
     assert changed and all(n.startswith("classifier.") for n in changed)
     assert all(p.requires_grad for p in model.parameters()) and model.training
