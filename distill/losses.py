@@ -11,7 +11,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from distillery.distill.data import TrainingRows
 
-__all__ = ["KDLoss", "class_weights", "hybrid_kd_loss", "hybrid_kd_rows", "logit_offsets"]
+__all__ = ["KDLoss", "class_weights", "hard_label_counts", "hybrid_kd_loss", "hybrid_kd_rows", "logit_offsets"]
 
 
 class KDLoss(NamedTuple):
@@ -121,7 +121,7 @@ def _row_parts(student_logits, teacher_logprobs, labels, alpha, temperature, cla
     return kl_rows, ce_rows, weights * has_soft, hard_w
 
 
-def _hard_label_counts(rows: TrainingRows) -> torch.Tensor | None:
+def hard_label_counts(rows: TrainingRows) -> torch.Tensor | None:
     """Rows per class among the training rows' hard labels; None when they have none (online rows, whose
     labels come batch by batch)."""
     hard = rows.train["hard"] if "hard" in rows.train else None
@@ -136,7 +136,7 @@ def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Ten
     and the largest over 1.5x as many, else none (None also for online rows). Measured (docs/results.md,
     "Keep every class"): on 500 rows weights keep a class of ~25-50 rows that the unweighted student
     drops; on 2,000 SST-2 rows at 80/20 (~340 in the small class) they over-correct."""
-    counts = None if mode == "none" else _hard_label_counts(rows)
+    counts = None if mode == "none" else hard_label_counts(rows)
     if counts is None:
         return None
     if mode == "auto" and (counts.max() <= 1.5 * counts.min().clamp(min=1) or counts.min() >= AUTO_SMALL_CLASS_ROWS):
@@ -148,7 +148,7 @@ def class_weights(mode: str, rows: TrainingRows, cap: float = 10.0) -> torch.Ten
 def logit_offsets(tau: float, rows: TrainingRows) -> torch.Tensor | None:
     """--logit-adjustment: ``TAU x log(share)`` per class, the shares of the training rows' hard labels
     (a class with none counts as one row); None when TAU is 0 or the rows are labelled online."""
-    counts = None if tau == 0 else _hard_label_counts(rows)
+    counts = None if tau == 0 else hard_label_counts(rows)
     if counts is None:
         return None
     offsets = tau * torch.log(counts.clamp(min=1) / counts.clamp(min=1).sum())

@@ -51,7 +51,7 @@ from distillery.distill.checkpoint import (
 from distillery.distill.config import DistillConfig
 from distillery.distill.data import build_dataloaders, covering_length, load_training_rows
 from distillery.distill.loop import Training, train, warm_start_head
-from distillery.distill.losses import class_weights, logit_offsets
+from distillery.distill.losses import class_weights, hard_label_counts, logit_offsets
 from distillery.distill.online import OnlineTeacher, Targets, load_online_rows
 from distillery.distill.scaling import fit_student_scaling
 from distillery.distill.selection import majority_warning
@@ -268,6 +268,7 @@ def save(run: Training, train_seconds: float) -> None:
         student.load_state_dict(run.best_state, strict=False)
     if accelerator.is_main_process:
         best = progress["best"] or {}
+        counts = hard_label_counts(rows)
         summary = {
             "train_rows": len(rows.train),
             "val_rows": len(rows.val),
@@ -284,6 +285,8 @@ def save(run: Training, train_seconds: float) -> None:
             "best_step": best.get("step"),
             "lowest_val_loss_step": best.get("lowest_step", best.get("step")),
             "labels": rows.labels,
+            # rows per class by their hard labels (evaluate says how many more a dropped class needs)
+            "train_label_counts": None if counts is None else dict(zip(rows.labels, counts.int().tolist())),
             "class_weights": None if run.class_weights is None else dict(zip(rows.labels, run.class_weights.tolist())),
             "logit_offsets": None if run.logit_offsets is None else dict(zip(rows.labels, run.logit_offsets.tolist())),
             "trainable_parameters": run.parameters[0],

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from distillery.core.annotations import AUTO_MIN_GOLD
 
 __all__ = ["CLASS_RETENTION", "LOW_AGREEMENT", "diagnose"]
 
 LOW_AGREEMENT = 0.75  # below this the student has not learnt its teacher's labels
 CLASS_RETENTION = 0.8  # a class whose student F1 is under this share of the teacher's is being dropped
+# Teacher-labelled training rows of its smallest class with which the measured students kept every class
+# (docs/results.md, "Keep every class": the fewest that did on the sets where smaller ones dropped a class)
+KEPT_CLASS_ROWS = 340
 
 
 def _above(ci: list[float] | None, baseline: float | None) -> bool:
@@ -75,7 +80,7 @@ def diagnose(metrics: dict, train_summary: dict | None = None) -> list[str]:
             out.append(
                 f"student: class '{label}' F1 {f1_s:.3f} against the teacher's {f1_t:.3f} ({kept:.2f}×, "
                 f"under {CLASS_RETENTION}×): "
-                f"the student is dropping it. {_dropped_advice(train_summary)}"
+                f"the student is dropping it. {_dropped_advice(train_summary)}{_rows_needed(train_summary, label)}"
             )
     if student["agreement"] < LOW_AGREEMENT:
         out.append(
@@ -101,6 +106,25 @@ def _dropped_advice(train_summary: dict | None) -> str:
         else ""
     )
     return unweighted + "Distil again with --class-weights balanced, or " + more_rows
+
+
+def _rows_needed(train_summary: dict | None, label: str) -> str:
+    """How many more teacher-labelled rows, at the class's share, would give it KEPT_CLASS_ROWS training rows."""
+    counts = (train_summary or {}).get("train_label_counts") or {}
+    have, total = counts.get(label), sum(counts.values())
+    if have is None or not total or have >= KEPT_CLASS_ROWS:
+        return ""
+    share = have / total
+    more = (
+        f"about {math.ceil((KEPT_CLASS_ROWS - have) / share):,} more rows at its share ({share:.1%})"
+        if have
+        else "rows"
+    )
+    return (
+        f" Its training rows hold {have} of it by the teacher's labels; students here kept every class from "
+        f"{KEPT_CLASS_ROWS} (docs/results.md): {more} would get there, fewer if 'distillery active --strategy "
+        "rare' picks them."
+    )
 
 
 def _shares_advice(calibration: dict, shares_t: dict, shares_g: dict) -> str:

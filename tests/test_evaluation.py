@@ -198,6 +198,17 @@ def test_class_retention_and_the_warning_for_a_dropped_class():
         if "class '" in w
     ][0]
     assert "--class-weights" not in weighted and "more rows of that class" in weighted
+    # How many more teacher-labelled rows: 30 of 500 are negative (6%); 340 would need (340 - 30) / 0.06 more.
+    counts = {
+        "train_rows": 500,
+        "steps": 300,
+        "class_weights": None,
+        "train_label_counts": {"negative": 30, "positive": 470},
+    }
+    few = [w for w in diagnose(metrics, counts) if "class '" in w][0]
+    assert "hold 30 of it" in few and "about 5,167 more rows at its share (6.0%)" in few, few
+    counts["train_label_counts"] = {"negative": 400, "positive": 600}  # already as many as the kept runs had
+    assert "more rows at its share" not in [w for w in diagnose(metrics, counts) if "class '" in w][0]
     metrics["student"]["per_class"]["negative"]["f1"] = 0.55  # 0.92×: kept
     metrics["student"].update(class_retention(metrics["student"], teacher))
     assert not [w for w in diagnose(metrics) if "class '" in w]

@@ -564,7 +564,10 @@ def test_balanced_class_weights_keep_a_small_class_the_unweighted_student_drops(
     assert said["auto"][0] > 0.5 > said["auto"][1], (
         f"the weighted student should say positive for 'bright' only; P(positive) {said['auto']}"
     )
-    assert json.loads((tmp_path / "auto" / "train_summary.json").read_text())["class_weights"]["positive"] > 1
+    summary = json.loads((tmp_path / "auto" / "train_summary.json").read_text())
+    assert summary["class_weights"]["positive"] > 1
+    counts = summary["train_label_counts"]  # what evaluate's dropped-class warning counts from
+    assert sum(counts.values()) == summary["train_rows"] and counts["positive"] < counts["negative"] / 4
 
 
 def test_logit_adjustment_moves_a_90_10_students_shares_toward_its_teachers(tiny_roberta, tmp_path):
