@@ -122,7 +122,7 @@ class TeacherBackend:
         settings: the dataclass of the backend's own settings (``option()`` fields): the command line
             shows them as a flag group of their own, a config file's keys are checked against them, and
             a setting of another backend is an error naming that backend. None: it has none.
-        local: runs a model in this process: --device applies, and annotate records its size on disk.
+        local: runs a model in this process: --device applies and its batches are sized by device.
         online: can score training batches during ``distill --teacher-mode online``.
         batch_rows: rows per teacher call when --teacher-batch-size is 0 (None: by device, AUTO_BATCH).
     """
