@@ -133,8 +133,7 @@ def test_case11b_a_refused_predict_leaves_no_parts_folder(student, rows, tmp_pat
 
 
 HOLD = (
-    "import sys\nfrom distillery.core.lock import locked\nwith locked(sys.argv[1], 'predict'):\n    "
-    "sys.stdin.read()\n"
+    "import sys\nfrom distillery.core.lock import locked\nwith locked(sys.argv[1], 'predict'):\n    sys.stdin.read()\n"
 )
 
 
