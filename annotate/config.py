@@ -8,6 +8,7 @@ from typing import Any
 
 from distillery.core.options import (
     check_settings,
+    default_of,
     entry_settings,
     flat_settings,
     option,
@@ -251,7 +252,7 @@ class AnnotateConfig:
         that select rows (``rows`` in their option()) and those of the output group back to their defaults,
         then ``rows`` (the input and its columns)."""
         reset = {
-            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            f.name: default_of(f)
             for f in dataclasses.fields(self)
             if f.metadata.get("rows") or f.metadata.get("group") == "output"
         }

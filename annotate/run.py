@@ -33,6 +33,7 @@ from distillery.core.errors import UserError
 from distillery.core.fingerprints import file_fingerprint, rows_fingerprint
 from distillery.core.inputs import load_rows
 from distillery.core.lock import locked
+from distillery.core.options import default_of
 from distillery.core.registry import calibration_modes
 from distillery.core.reviewed import reviewed_fingerprint, reviewed_labels
 from distillery.core.run import Run
@@ -178,7 +179,7 @@ def selecting_settings(cfg: AnnotateConfig) -> dict:
     for f in dataclasses.fields(cfg):
         when = f.metadata.get("rows")
         value = getattr(cfg, f.name)
-        if when == "always" or (when == "when set" and value != f.default):
+        if when == "always" or (when == "when set" and value != default_of(f)):
             out[f.name] = value
     return out
 

@@ -98,14 +98,14 @@ class TeacherRuntime:
     restart: bool = False
 
 
-def model_setting(shown: str | None = "common"):
+def model_setting():
     """The ``teacher`` setting (``--teacher``) of a backend that names a model: one declaration, one help."""
     return option(
         "smollm2",
         "teacher model: 'smollm2' (embedded), a hub id, a local model folder or a .gguf file (--backend local); "
         "the model's name on the server (--backend openai)",
         short="smollm2, hub id, dir, .gguf, served name",
-        shown=shown,
+        shown="common",
         metavar="MODEL",
         online="shown",
     )

@@ -12,12 +12,13 @@ import dataclasses
 from pathlib import Path
 
 from distillery.cli import GROUP_TITLES, RENAMED, RENAMED_KEYS, STAGES, entry_groups, stage_fields
+from distillery.core.options import default_of
 
 MARK = "## Settings reference"
 
 
 def _row(f: dataclasses.Field, where: list[str]) -> str:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = default_of(f)
     shown = ",".join(default) if isinstance(default, list) else default
     text = f.metadata.get("help", "")
     if f.metadata.get("registry") is not None:

@@ -206,9 +206,10 @@ def _evaluate(cfg: EvaluateConfig) -> dict:
     write_json(run.metrics, metrics)
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
     write_text(run.evaluate_config, config_text)
+    spec = TeacherSpec.of(manifest)  # the teacher as its backend described itself
     report = ReportData(
         task=manifest["task"]["name"],
-        teacher=TeacherSpec.of(manifest).model or TeacherSpec.of(manifest).backend,
+        teacher=spec.model or spec.backend,
         split=cfg.eval_split,
         n_rows=len(data.rows),
         n_failed=data.n_failed,

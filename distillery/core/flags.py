@@ -8,13 +8,13 @@ import argparse
 import dataclasses
 import shutil
 
-from distillery.core.options import settings_of, short_help, type_name
+from distillery.core.options import default_of, settings_of, short_help, type_name
 
 __all__ = ["Formatter", "Renamed", "add_flag", "build", "split_shown"]
 
 
 def _shown_default(f: dataclasses.Field) -> str:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = default_of(f)
     if (
         isinstance(default, bool)
         or default is None

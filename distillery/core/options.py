@@ -96,6 +96,11 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def default_of(f: dataclasses.Field):
+    """A setting's default value (a fresh one for a list or dict setting)."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def type_name(f: dataclasses.Field) -> str:
     """A field's type as written ("int", "list[str]", "bool | None"), with or without
     ``from __future__ import annotations``."""
